@@ -1,0 +1,7 @@
+"""jaxformer: the Transformer in JAX / Flax NNX, done properly.
+
+`jaxformer.ops` holds the pure functional primitives (attention, masks, positions, norms, losses) and imports
+nothing from the rest of the package.
+"""
+
+__version__ = "0.1.0"

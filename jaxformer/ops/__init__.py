@@ -1,0 +1,58 @@
+"""jaxformer.ops: pure, jit- and vmap-able JAX functions for Transformers (no Flax, no global state).
+
+Layout is BTNH (`[batch, length, heads, head_dim]`); masks are boolean with True = "may attend", broadcastable
+to `[B, N, T, S]`. Import what you need:
+
+    from jaxformer import ops
+    out = ops.dot_product_attention(q, k, v, mask=ops.causal_mask(T))
+"""
+
+from jaxformer.ops.activations import ACTIVATIONS, gelu, get_activation, relu, silu, swiglu
+from jaxformer.ops.attention import attention_weights, dot_product_attention
+from jaxformer.ops.blockwise import blockwise_attention
+from jaxformer.ops.classic_attention import additive_attention, multiplicative_attention
+from jaxformer.ops.heads import merge_heads, split_heads
+from jaxformer.ops.losses import cross_entropy
+from jaxformer.ops.masks import (
+    block_sparse_mask,
+    causal_mask,
+    combine_masks,
+    lengths_to_valid,
+    no_self_mask,
+    padding_mask,
+    segment_mask,
+    sliding_window_mask,
+)
+from jaxformer.ops.norms import layer_norm, rms_norm
+from jaxformer.ops.positions import alibi_bias, alibi_slopes, apply_rope, sinusoidal_positions
+
+__all__ = [
+    "ACTIVATIONS",
+    "additive_attention",
+    "alibi_bias",
+    "alibi_slopes",
+    "apply_rope",
+    "attention_weights",
+    "block_sparse_mask",
+    "blockwise_attention",
+    "causal_mask",
+    "combine_masks",
+    "cross_entropy",
+    "dot_product_attention",
+    "gelu",
+    "get_activation",
+    "layer_norm",
+    "lengths_to_valid",
+    "merge_heads",
+    "multiplicative_attention",
+    "no_self_mask",
+    "padding_mask",
+    "relu",
+    "rms_norm",
+    "segment_mask",
+    "silu",
+    "sinusoidal_positions",
+    "sliding_window_mask",
+    "split_heads",
+    "swiglu",
+]

@@ -1,0 +1,56 @@
+"""Feed-forward activations: ReLU (the paper), GELU (BERT / GPT-2) and the gated SwiGLU (Shazeer, 2020)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxformer.ops import _checks
+
+
+def relu(x) -> jax.Array:
+    """max(x, 0)."""
+    return jax.nn.relu(x)
+
+
+def gelu(x, *, approximate: bool = True) -> jax.Array:
+    """GELU(x) = x * Phi(x). `approximate=True` is the tanh form used by GPT-2,
+    0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); `approximate=False` is the exact erf form (BERT)."""
+    return jax.nn.gelu(x, approximate=approximate)
+
+
+def silu(x) -> jax.Array:
+    """x * sigmoid(x) (also called swish)."""
+    return jax.nn.silu(x)
+
+
+def swiglu(gate, value) -> jax.Array:
+    """Gated linear unit with a SiLU gate: `silu(gate) * value`, both `[..., F]` (the two FFN input projections)."""
+    gate, value = _checks.check_array("gate", gate), _checks.check_array("value", value)
+    if gate.shape != value.shape:
+        raise ValueError(
+            f"`gate` and `value` must have the same shape; got {_checks.shape_str(gate.shape)} and "
+            f"{_checks.shape_str(value.shape)}."
+        )
+    return jax.nn.silu(gate) * value
+
+
+# Element-wise activations by config name (swiglu is gated, so FFN layers handle it themselves).
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": relu,
+    "gelu": gelu,
+    "gelu_exact": lambda x: gelu(x, approximate=False),
+    "silu": silu,
+    "tanh": jnp.tanh,
+}
+
+
+def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """The element-wise activation called `name` (one of ACTIVATIONS)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(
+            f"Unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)} (or 'swiglu' in a feed-forward layer)."
+        )
+    return ACTIVATIONS[name]

@@ -1,0 +1,182 @@
+"""Scaled dot-product attention (Vaswani et al., 2017), with multi-head, grouped-query and multi-query forms.
+
+    Attention(Q, K, V) = softmax(scale * Q K^T + bias, masked) V,    scale = 1 / sqrt(H) by default.
+
+Layout is BTNH: query `[B, T, N, H]`, key `[B, S, K, H]`, value `[B, S, K, Hv]`. Query head n reads key/value
+head `n // G` with G = N / K: K == N is multi-head attention, 1 < K < N grouped-query attention (GQA), K == 1
+multi-query attention (MQA). This is the grouping of `jax.nn.dot_product_attention`.
+
+Numerics: the logits and the softmax are float32 whatever the input dtype; the output has the query's dtype. A
+query row whose mask is all False attends to nothing: its output and every gradient through it are exactly zero
+(not NaN, not a uniform average over masked keys).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jaxformer.ops import _checks
+from jaxformer.ops.masks import causal_mask
+
+
+def _check_query_key(query, key) -> tuple[int, int, int, int, int, int]:
+    """Validates query/key and returns (B, T, S, N, K, H)."""
+    query = _checks.check_array("query", query)
+    key = _checks.check_array("key", key)
+    _checks.check_rank("query", query, 4, "[B, T, N, H]")
+    _checks.check_rank("key", key, 4, "[B, S, K, H]")
+    _checks.check_floating("query", query)
+    if key.dtype != query.dtype:
+        raise TypeError(f"`key` dtype {key.dtype} differs from `query` dtype {query.dtype}; cast them to one dtype.")
+    B, T, N, H = query.shape
+    if key.shape[0] != B or key.shape[3] != H:
+        raise ValueError(
+            f"`key` of shape {_checks.shape_str(key.shape)} must be [B={B}, S, K, H={H}] to match `query` "
+            f"of shape {_checks.shape_str(query.shape)} ([B, T, N, H])."
+        )
+    S, K = key.shape[1], key.shape[2]
+    if N % K:
+        raise ValueError(
+            f"The number of query heads N={N} (query shape {_checks.shape_str(query.shape)}) must be a multiple "
+            f"of the number of key/value heads K={K} (key shape {_checks.shape_str(key.shape)})."
+        )
+    return B, T, S, N, K, H
+
+
+def _check_value(value, query, key) -> None:
+    value = _checks.check_array("value", value)
+    _checks.check_rank("value", value, 4, "[B, S, K, Hv]")
+    if value.dtype != query.dtype:
+        raise TypeError(f"`value` dtype {value.dtype} differs from `query` dtype {query.dtype}.")
+    if value.shape[:3] != key.shape[:3]:
+        raise ValueError(
+            f"`value` of shape {_checks.shape_str(value.shape)} must share [B, S, K] = "
+            f"{_checks.shape_str(key.shape[:3])} with `key` (shape {_checks.shape_str(key.shape)})."
+        )
+
+
+def _grouped(x, B, N, K, T, S) -> jax.Array:
+    """Reshapes a mask or bias broadcastable to [B, N, T, S] into [B|1, K|1, G|1, T|1, S|1] (a free reshape)."""
+    x = x.reshape((1,) * (4 - x.ndim) + x.shape)
+    b, n, t, s = x.shape
+    if n == 1:
+        return x.reshape(b, 1, 1, t, s)
+    return x.reshape(b, K, N // K, t, s)
+
+
+@jax.custom_jvp
+def _softmax_allowing_empty_rows(logits):
+    """softmax over the last axis where masked logits are -inf; a row that is entirely -inf gives zeros."""
+    row_max = jnp.max(logits, axis=-1, keepdims=True)
+    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
+    unnormalized = jnp.exp(logits - jax.lax.stop_gradient(row_max))
+    denom = jnp.sum(unnormalized, axis=-1, keepdims=True)
+    return unnormalized / jnp.where(denom == 0.0, 1.0, denom)
+
+
+@_softmax_allowing_empty_rows.defjvp
+def _softmax_allowing_empty_rows_jvp(primals, tangents):
+    # d softmax = p * (dx - <p, dx>): only the output is needed, and masked entries (p == 0) stay exactly zero.
+    (logits,), (logits_dot,) = primals, tangents
+    probs = _softmax_allowing_empty_rows(logits)
+    probs_dot = probs * (logits_dot - jnp.sum(probs * logits_dot, axis=-1, keepdims=True))
+    return probs, probs_dot
+
+
+def check_mask(mask, target: tuple[int, int, int, int]):
+    """Validates an attention mask against [B, N, T, S] = `target`; returns it as an array (or None)."""
+    if mask is None:
+        return None
+    mask = _checks.check_array("mask", mask)
+    _checks.check_bool("mask", mask, " Pass additive float terms as `bias`.")
+    _checks.check_broadcastable("mask", mask, target, "[B, N, T, S]")
+    return mask
+
+
+def masked_softmax(logits, mask) -> jax.Array:
+    """Float32 softmax over the last axis of `logits`, restricted to `mask` (rows with no True give 0)."""
+    logits = logits.astype(jnp.float32)
+    if mask is not None:
+        logits = jnp.where(mask, logits, -jnp.inf)
+    return _softmax_allowing_empty_rows(logits)
+
+
+def _grouped_probabilities(query, key, *, mask, bias, scale, is_causal) -> jax.Array:
+    """Softmax attention probabilities in float32, shaped [B, K, G, T, S]. Validates every argument."""
+    B, T, S, N, K, H = _check_query_key(query, key)
+    target, layout = (B, N, T, S), "[B, N, T, S]"
+    mask = check_mask(mask, target)
+    if bias is not None:
+        bias = _checks.check_array("bias", bias)
+        _checks.check_floating("bias", bias)
+        _checks.check_broadcastable("bias", bias, target, layout)
+    if is_causal:
+        mask = causal_mask(T, S) if mask is None else mask & causal_mask(T, S)
+    scale = 1.0 / math.sqrt(H) if scale is None else scale
+
+    query_grouped = query.reshape(B, T, K, N // K, H)
+    logits = jnp.einsum("BTKGH,BSKH->BKGTS", query_grouped, key, preferred_element_type=jnp.float32)
+    logits = logits * jnp.asarray(scale, jnp.float32)
+    if bias is not None:
+        logits = logits + _grouped(bias.astype(jnp.float32), B, N, K, T, S)
+    return masked_softmax(logits, None if mask is None else _grouped(mask, B, N, K, T, S))
+
+
+def attention_weights(query, key, *, mask=None, bias=None, scale=None, is_causal=False) -> jax.Array:
+    """The attention probabilities `softmax(scale * q . k + bias)` over keys, for inspection and plots.
+
+    Args:
+      query: `[B, T, N, H]`.
+      key: `[B, S, K, H]`, N a multiple of K.
+      mask: bool, broadcastable to `[B, N, T, S]`; True = may attend.
+      bias: float, broadcastable to `[B, N, T, S]`; added to the scaled logits before the softmax.
+      scale: multiplies q . k; defaults to `1 / sqrt(H)`.
+      is_causal: also apply `causal_mask(T, S)` (query t sees keys s <= t).
+
+    Returns:
+      float32 `[B, N, T, S]`; each row sums to 1, or is all zeros where the mask leaves nothing to attend to.
+    """
+    probs = _grouped_probabilities(query, key, mask=mask, bias=bias, scale=scale, is_causal=is_causal)
+    B, K, G, T, S = probs.shape
+    return probs.reshape(B, K * G, T, S)
+
+
+def dot_product_attention(
+    query, key, value, *, mask=None, bias=None, scale=None, is_causal=False, dropout_rate: float = 0.0, dropout_rng=None
+) -> jax.Array:
+    """Scaled dot-product attention: `softmax(scale * Q K^T + bias, masked) V`, per query head.
+
+        logits[b, n, t, s] = scale * sum_h query[b, t, n, h] * key[b, s, n // G, h] + bias[b, n, t, s]
+        probs = softmax over s of logits, restricted to mask[b, n, t, s] == True
+        out[b, t, n, :] = sum_s probs[b, n, t, s] * value[b, s, n // G, :]
+
+    Args:
+      query: `[B, T, N, H]`.
+      key: `[B, S, K, H]`; N must be a multiple of K (K == N: MHA, K == 1: MQA, otherwise GQA).
+      value: `[B, S, K, Hv]`; Hv may differ from H.
+      mask: bool, broadcastable to `[B, N, T, S]` (True = may attend); e.g. from `jaxformer.ops.masks`.
+      bias: float, broadcastable to `[B, N, T, S]`, added before the softmax (e.g. `alibi_bias`).
+      scale: logit scale; defaults to `1 / sqrt(H)`.
+      is_causal: AND the mask with `causal_mask(T, S)`: query t sees keys s <= t (top-left aligned, as in
+        `jax.nn.dot_product_attention`). For queries that follow a cache use `mask=causal_mask(T, S, offset=...)`.
+      dropout_rate: probability of dropping an attention weight (inverted dropout, rescaled by 1 / (1 - rate)).
+      dropout_rng: `jax.random` key, required when `dropout_rate > 0`.
+
+    Returns:
+      `[B, T, N, Hv]` in the query's dtype. Rows with nothing to attend to are zeros.
+    """
+    probs = _grouped_probabilities(query, key, mask=mask, bias=bias, scale=scale, is_causal=is_causal)
+    _check_value(value, query, key)
+    if not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(f"`dropout_rate` must be in [0, 1); got {dropout_rate}.")
+    if dropout_rate > 0.0:
+        if dropout_rng is None:
+            raise ValueError("`dropout_rng` (a jax.random key) is required when `dropout_rate` > 0.")
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    B, T, N = query.shape[:3]
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs.astype(value.dtype), value, preferred_element_type=jnp.float32)
+    return out.reshape(B, T, N, value.shape[-1]).astype(query.dtype)

@@ -1,0 +1,330 @@
+"""Blockwise (flash-style) attention: exact softmax attention in O(T + S) memory.
+
+The dense path materialises the `[T, S]` logits per head. Here the keys are visited in blocks and the softmax is
+accumulated online (Milakov & Gimelshein 2018; Rabe & Staats 2021; Dao et al. 2022, FlashAttention-2). For each
+query block, with running row max m, normaliser l and unnormalised output o, each key block j does
+
+    s = scale * q k_j^T                      (masked entries -> -inf)
+    m' = max(m, rowmax(s));   p = exp(s - m')
+    l' = exp(m - m') l + rowsum(p);   o' = exp(m - m') o + p v_j
+
+and the output is o / l. The backward pass is a custom VJP that saves only the output and the row log-sum-exp
+L = m + log l, and recomputes each block's probabilities p = exp(s - L):
+
+    dv_j = sum_i p^T do_i,   dp = do_i v_j^T,   ds = p * (dp - rowsum(do_i * o_i)),
+    dq_i = scale * sum_j ds k_j,   dk_j = scale * sum_i ds^T q_i.
+
+Masks are described structurally (causal, key lengths, a sliding window, segment ids) rather than as a `[T, S]`
+array, so that blocks that are entirely masked are skipped: causal attention does about half the work of the
+dense path.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxformer.ops import _checks
+from jaxformer.ops.attention import _check_query_key, _check_value
+
+# Finite stand-in for -inf in the running max, so that exp(m - m') never sees inf - inf.
+_MASKED = -0.7 * float(np.finfo(np.float32).max)
+
+
+class _Plan(NamedTuple):
+    """Static description of the computation (hashable: it is a custom_vjp non-differentiable argument)."""
+
+    scale: float
+    q_block: int
+    kv_block: int
+    q_len: int  # T, before padding
+    kv_len: int  # S, before padding
+    # Key s is visible from query t iff  t - left <= s <= t + right  (None = unbounded on that side).
+    left: int | None
+    right: int | None
+
+
+def _key_block_range(plan: _Plan, q_block_index, kv_limit):
+    """[lo, hi) of the key blocks that query block `q_block_index` can see (may be empty)."""
+    first_q = q_block_index * plan.q_block
+    last_q = first_q + plan.q_block - 1
+    lo = 0 if plan.left is None else jnp.maximum(0, (first_q - plan.left) // plan.kv_block)
+    last_key = kv_limit - 1 if plan.right is None else jnp.minimum(last_q + plan.right, kv_limit - 1)
+    hi = (last_key + plan.kv_block) // plan.kv_block  # ceil((last_key + 1) / kv_block), 0 if last_key < 0
+    return lo, jnp.maximum(hi, lo)
+
+
+def _query_block_range(plan: _Plan, kv_block_index, num_q_blocks: int):
+    """[lo, hi) of the query blocks that can see key block `kv_block_index`."""
+    first_k = kv_block_index * plan.kv_block
+    last_k = first_k + plan.kv_block - 1
+    lo = 0 if plan.right is None else jnp.maximum(0, (first_k - plan.right) // plan.q_block)
+    hi = num_q_blocks if plan.left is None else jnp.minimum(num_q_blocks, (last_k + plan.left) // plan.q_block + 1)
+    return lo, jnp.maximum(hi, lo)
+
+
+def _block_mask(plan: _Plan, q_start, kv_start, kv_lengths, q_segments, kv_segments):
+    """Boolean mask of one (query block, key block) tile, broadcastable to [B, K, G, bq, bk]; None if all True."""
+    t = q_start + jnp.arange(plan.q_block)[:, None]
+    s = kv_start + jnp.arange(plan.kv_block)[None, :]
+    mask = None
+
+    def both(a, b):
+        return b if a is None else a & b
+
+    if plan.left is not None:
+        mask = both(mask, s >= t - plan.left)
+    if plan.right is not None:
+        mask = both(mask, s <= t + plan.right)
+    if kv_lengths is not None:
+        mask = both(mask, s[None] < kv_lengths[:, None, None])  # [B, 1, bk]
+    elif plan.kv_len % plan.kv_block:
+        mask = both(mask, s < plan.kv_len)  # padded keys
+    if q_segments is not None:
+        q_ids = jax.lax.dynamic_slice_in_dim(q_segments, q_start, plan.q_block, axis=1)
+        kv_ids = jax.lax.dynamic_slice_in_dim(kv_segments, kv_start, plan.kv_block, axis=1)
+        mask = both(mask, q_ids[:, :, None] == kv_ids[:, None, :])
+    if mask is None:
+        return None
+    mask = mask.reshape((1,) * (3 - mask.ndim) + mask.shape)  # [B|1, bq, bk]
+    return mask[:, None, None]
+
+
+def _kv_limit(plan: _Plan, kv_lengths):
+    """Keys at or beyond this position are masked for every example (so their blocks can be skipped)."""
+    if kv_lengths is None:
+        return plan.kv_len
+    return jnp.minimum(jnp.max(kv_lengths), plan.kv_len)
+
+
+def _tile_logits(plan: _Plan, q_tile, k_tile, mask):
+    logits = jnp.einsum("BKGqH,BKkH->BKGqk", q_tile, k_tile, preferred_element_type=jnp.float32)
+    logits = logits * plan.scale
+    return logits if mask is None else jnp.where(mask, logits, _MASKED)
+
+
+def _forward(plan: _Plan, q, k, v, kv_lengths, q_segments, kv_segments):
+    """q [B, K, G, Tp, H], k [B, K, Sp, H], v [B, K, Sp, Hv] -> (out f32 [B, K, G, Tp, Hv], lse [B, K, G, Tp])."""
+    B, K, G, Tp, _ = q.shape
+    Hv = v.shape[-1]
+    kv_limit = _kv_limit(plan, kv_lengths)
+
+    def one_query_block(i):
+        q_start = i * plan.q_block
+        q_tile = jax.lax.dynamic_slice_in_dim(q, q_start, plan.q_block, axis=3)
+
+        def visit_key_block(j, carry):
+            row_max, row_sum, acc = carry
+            kv_start = j * plan.kv_block
+            k_tile = jax.lax.dynamic_slice_in_dim(k, kv_start, plan.kv_block, axis=2)
+            v_tile = jax.lax.dynamic_slice_in_dim(v, kv_start, plan.kv_block, axis=2)
+            mask = _block_mask(plan, q_start, kv_start, kv_lengths, q_segments, kv_segments)
+            logits = _tile_logits(plan, q_tile, k_tile, mask)
+            new_max = jnp.maximum(row_max, jnp.max(logits, axis=-1))
+            probs = jnp.exp(logits - new_max[..., None])
+            if mask is not None:
+                probs = jnp.where(mask, probs, 0.0)
+            correction = jnp.exp(row_max - new_max)
+            row_sum = correction * row_sum + jnp.sum(probs, axis=-1)
+            pv = jnp.einsum("BKGqk,BKkH->BKGqH", probs.astype(v.dtype), v_tile, preferred_element_type=jnp.float32)
+            return new_max, row_sum, correction[..., None] * acc + pv
+
+        init = (
+            jnp.full((B, K, G, plan.q_block), _MASKED, jnp.float32),
+            jnp.zeros((B, K, G, plan.q_block), jnp.float32),
+            jnp.zeros((B, K, G, plan.q_block, Hv), jnp.float32),
+        )
+        lo, hi = _key_block_range(plan, i, kv_limit)
+        row_max, row_sum, acc = jax.lax.fori_loop(lo, hi, visit_key_block, init)
+        attended = row_sum > 0.0  # False only for rows that see no key at all: output 0, lse +inf.
+        out = acc / jnp.where(attended, row_sum, 1.0)[..., None]
+        lse = jnp.where(attended, row_max + jnp.log(jnp.where(attended, row_sum, 1.0)), jnp.inf)
+        return out, lse
+
+    out, lse = jax.lax.map(one_query_block, jnp.arange(Tp // plan.q_block))
+    # [nq, B, K, G, bq, ...] -> [B, K, G, nq * bq, ...]
+    out = jnp.moveaxis(out, 0, 3).reshape(B, K, G, Tp, Hv)
+    lse = jnp.moveaxis(lse, 0, 3).reshape(B, K, G, Tp)
+    return out, lse
+
+
+def _backward(plan: _Plan, q, k, v, kv_lengths, q_segments, kv_segments, out, lse, dout):
+    B, K, _, Tp, H = q.shape
+    Sp = k.shape[2]
+    num_q_blocks = Tp // plan.q_block
+    kv_limit = _kv_limit(plan, kv_lengths)
+    delta = jnp.sum(dout.astype(jnp.float32) * out, axis=-1)  # rowsum(do * o) [B, K, G, Tp]
+
+    def one_key_block(dq, j):
+        kv_start = j * plan.kv_block
+        k_tile = jax.lax.dynamic_slice_in_dim(k, kv_start, plan.kv_block, axis=2)
+        v_tile = jax.lax.dynamic_slice_in_dim(v, kv_start, plan.kv_block, axis=2)
+
+        def visit_query_block(i, carry):
+            dk, dv, dq = carry
+            q_start = i * plan.q_block
+            q_tile = jax.lax.dynamic_slice_in_dim(q, q_start, plan.q_block, axis=3)
+            do_tile = jax.lax.dynamic_slice_in_dim(dout, q_start, plan.q_block, axis=3)
+            lse_tile = jax.lax.dynamic_slice_in_dim(lse, q_start, plan.q_block, axis=3)
+            delta_tile = jax.lax.dynamic_slice_in_dim(delta, q_start, plan.q_block, axis=3)
+            mask = _block_mask(plan, q_start, kv_start, kv_lengths, q_segments, kv_segments)
+            probs = jnp.exp(_tile_logits(plan, q_tile, k_tile, mask) - lse_tile[..., None])
+            if mask is not None:
+                probs = jnp.where(mask, probs, 0.0)
+            dv = dv + jnp.einsum(
+                "BKGqk,BKGqH->BKkH", probs.astype(dout.dtype), do_tile, preferred_element_type=jnp.float32
+            )
+            dprobs = jnp.einsum("BKGqH,BKkH->BKGqk", do_tile, v_tile, preferred_element_type=jnp.float32)
+            dlogits = (probs * (dprobs - delta_tile[..., None]) * plan.scale).astype(q.dtype)
+            dk = dk + jnp.einsum("BKGqk,BKGqH->BKkH", dlogits, q_tile, preferred_element_type=jnp.float32)
+            dq_tile = jax.lax.dynamic_slice_in_dim(dq, q_start, plan.q_block, axis=3)
+            dq_tile = dq_tile + jnp.einsum("BKGqk,BKkH->BKGqH", dlogits, k_tile, preferred_element_type=jnp.float32)
+            dq = jax.lax.dynamic_update_slice_in_dim(dq, dq_tile, q_start, axis=3)
+            return dk, dv, dq
+
+        init = (
+            jnp.zeros((B, K, plan.kv_block, H), jnp.float32),
+            jnp.zeros((B, K, plan.kv_block, v.shape[-1]), jnp.float32),
+            dq,
+        )
+        lo, hi = _query_block_range(plan, j, num_q_blocks)
+        hi = jnp.where(kv_start < kv_limit, hi, lo)  # key block beyond every example's length: nothing to do
+        dk, dv, dq = jax.lax.fori_loop(lo, hi, visit_query_block, init)
+        return dq, (dk, dv)
+
+    dq, (dk, dv) = jax.lax.scan(one_key_block, jnp.zeros(q.shape, jnp.float32), jnp.arange(Sp // plan.kv_block))
+    dk = jnp.moveaxis(dk, 0, 2).reshape(k.shape)
+    dv = jnp.moveaxis(dv, 0, 2).reshape(v.shape)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _attention(plan, q, k, v, kv_lengths, q_segments, kv_segments):
+    return _forward(plan, q, k, v, kv_lengths, q_segments, kv_segments)[0].astype(q.dtype)
+
+
+def _attention_fwd(plan, q, k, v, kv_lengths, q_segments, kv_segments):
+    out, lse = _forward(plan, q, k, v, kv_lengths, q_segments, kv_segments)
+    return out.astype(q.dtype), (q, k, v, kv_lengths, q_segments, kv_segments, out, lse)
+
+
+def _attention_bwd(plan, residuals, dout):
+    q, k, v, kv_lengths, q_segments, kv_segments, out, lse = residuals
+    dq, dk, dv = _backward(plan, q, k, v, kv_lengths, q_segments, kv_segments, out, lse, dout)
+    return dq, dk, dv, None, None, None
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def _pad_axis(x, axis: int, multiple: int, value=0):
+    pad = -x.shape[axis] % multiple
+    if pad == 0:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, pad)
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def _check_segment_ids(segment_ids, B: int, T: int, S: int):
+    """Returns (q_segments [B, T], kv_segments [B, S]) or (None, None)."""
+    if segment_ids is None:
+        return None, None
+    if isinstance(segment_ids, (tuple, list)):
+        if len(segment_ids) != 2:
+            raise ValueError(
+                f"`segment_ids` must be an array [B, T] or a pair (q [B, T], kv [B, S]); got "
+                f"a sequence of length {len(segment_ids)}."
+            )
+        q_ids, kv_ids = segment_ids
+    else:
+        if T != S:
+            raise ValueError(
+                f"A single `segment_ids` array needs T == S (self-attention); got T={T}, S={S}. "
+                "Pass a pair (q_segment_ids, kv_segment_ids)."
+            )
+        q_ids = kv_ids = segment_ids
+    q_ids = _checks.check_array("segment_ids", q_ids)
+    kv_ids = _checks.check_array("segment_ids", kv_ids)
+    for name, x, want in (("segment_ids (query)", q_ids, (B, T)), ("segment_ids (key)", kv_ids, (B, S))):
+        _checks.check_integer(name, x)
+        if x.shape != want:
+            raise ValueError(f"`{name}` must have shape {_checks.shape_str(want)}; got {_checks.shape_str(x.shape)}.")
+    return q_ids.astype(jnp.int32), kv_ids.astype(jnp.int32)
+
+
+def blockwise_attention(
+    query,
+    key,
+    value,
+    *,
+    is_causal: bool = False,
+    kv_lengths=None,
+    window: int | None = None,
+    segment_ids=None,
+    scale: float | None = None,
+    block_size: int = 512,
+) -> jax.Array:
+    """Exact attention computed block by block, never materialising the `[T, S]` matrix (forward or backward).
+
+    Equals `dot_product_attention(query, key, value, mask=..., scale=scale)` with the mask described by the
+    arguments below (to float32 rounding), in O((T + S) * H) memory. Fully masked blocks are skipped.
+
+    Args:
+      query: `[B, T, N, H]`.
+      key: `[B, S, K, H]`, N a multiple of K.
+      value: `[B, S, K, Hv]`.
+      is_causal: query t sees keys s <= t (as `causal_mask(T, S)`).
+      kv_lengths: int `[B]`: key s is valid iff `s < kv_lengths[b]` (as `padding_mask` on the keys).
+      window: sliding window (as `sliding_window_mask(T, S, window=window, causal=is_causal)`): query t sees
+        keys with `t - window < s <= t` when causal, `|t - s| < window` otherwise.
+      segment_ids: int `[B, T]` for self-attention (T == S), or a pair `(q_ids [B, T], kv_ids [B, S])`; tokens
+        attend only within equal ids (as `segment_mask`).
+      scale: logit scale; defaults to `1 / sqrt(H)`.
+      block_size: queries and keys per block (lengths need not be multiples of it; the tail is padded).
+
+    Returns:
+      `[B, T, N, Hv]` in the query's dtype; rows that see no key are zeros.
+    """
+    B, T, S, N, K, H = _check_query_key(query, key)
+    _check_value(value, query, key)
+    block_size = _checks.check_positive_int("block_size", block_size)
+    if window is not None:
+        window = _checks.check_positive_int("window", window)
+    if kv_lengths is not None:
+        kv_lengths = _checks.check_array("kv_lengths", kv_lengths)
+        _checks.check_integer("kv_lengths", kv_lengths)
+        if kv_lengths.shape != (B,):
+            raise ValueError(f"`kv_lengths` must have shape [B] = ({B},); got {_checks.shape_str(kv_lengths.shape)}.")
+        concrete = _checks.concrete_or_none(kv_lengths)
+        if concrete is not None and ((concrete < 0) | (concrete > S)).any():
+            raise ValueError(f"`kv_lengths` must lie in [0, S={S}]; got {concrete.tolist()}.")
+        # Traced lengths cannot be checked; clipping keeps the padded tail of the last block out of reach.
+        kv_lengths = jnp.clip(kv_lengths.astype(jnp.int32), 0, S)
+    q_segments, kv_segments = _check_segment_ids(segment_ids, B, T, S)
+
+    plan = _Plan(
+        scale=float(1.0 / math.sqrt(H) if scale is None else scale),
+        q_block=min(block_size, T),
+        kv_block=min(block_size, S),
+        q_len=T,
+        kv_len=S,
+        left=None if window is None else window - 1,
+        right=0 if is_causal else (None if window is None else window - 1),
+    )
+    G, Hv = N // K, value.shape[-1]
+    # BTNH -> [B, K, G, T, H] / [B, K, S, H]: heads lead so that each tile is a batched matmul.
+    q = _pad_axis(query.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4), 3, plan.q_block)
+    k = _pad_axis(key.transpose(0, 2, 1, 3), 2, plan.kv_block)
+    v = _pad_axis(value.transpose(0, 2, 1, 3), 2, plan.kv_block)
+    if q_segments is not None:
+        q_segments = _pad_axis(q_segments, 1, plan.q_block)
+        kv_segments = _pad_axis(kv_segments, 1, plan.kv_block, value=-1)
+    out = _attention(plan, q, k, v, kv_lengths, q_segments, kv_segments)
+    out = out[:, :, :, :T].transpose(0, 3, 1, 2, 4).reshape(B, T, N, Hv)
+    return out.astype(query.dtype)

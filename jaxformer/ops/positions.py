@@ -1,0 +1,118 @@
+"""Positional information: sinusoidal encodings, rotary embeddings (RoPE) and ALiBi biases."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxformer.ops import _checks
+from jaxformer.ops.masks import _query_key_positions
+
+
+def sinusoidal_positions(length: int, dim: int, *, base: float = 10000.0) -> jax.Array:
+    """The fixed encodings of "Attention Is All You Need", interleaved as in the paper:
+
+        PE[p, 2i] = sin(p / base^(2i / dim)),   PE[p, 2i + 1] = cos(p / base^(2i / dim)).
+
+    For every offset k, PE[p + k] is a fixed rotation of PE[p] (each (sin, cos) pair turns by k / base^(2i/dim)),
+    which is why the paper hoped the model could attend by relative position.
+
+    Returns:
+      float32 `[length, dim]`.
+    """
+    length = _checks.check_positive_int("length", length)
+    dim = _checks.check_positive_int("dim", dim)
+    if dim % 2:
+        raise ValueError(f"`dim` must be even (sin/cos pairs); got {dim}.")
+    inv_freq = base ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)  # [dim / 2]
+    angles = np.arange(length, dtype=np.float64)[:, None] * inv_freq[None, :]  # [length, dim / 2]
+    # Computed in float64 on the host: float32 angles lose digits for long lengths.
+    pe = np.stack([np.sin(angles), np.cos(angles)], axis=-1).reshape(length, dim)
+    return jnp.asarray(pe, dtype=jnp.float32)
+
+
+def apply_rope(x, positions, *, base: float = 10000.0, interleaved: bool = True, scale: float = 1.0) -> jax.Array:
+    """Rotary position embedding (Su et al., RoFormer): rotates feature pairs of each head by position.
+
+    Pair i of a head of size H turns by angle `theta_i(p) = (p / scale) * base^(-2i / H)`:
+
+        (x_a, x_b) -> (x_a cos theta - x_b sin theta,  x_a sin theta + x_b cos theta)
+
+    where the pairs are (x[2i], x[2i+1]) with `interleaved=True` (RoFormer, the paper) and (x[i], x[i + H/2])
+    with `interleaved=False` (GPT-NeoX / LLaMA "rotate half"). Because rotations compose, the dot product of a
+    rotated query at p and a rotated key at p' depends only on p - p'. `scale > 1` is linear position
+    interpolation (positions are divided by it) for running at longer contexts.
+
+    Args:
+      x: `[B, T, N, H]` queries or keys, H even.
+      positions: integer `[T]` or `[B, T]`.
+
+    Returns:
+      `[B, T, N, H]` in x's dtype (the rotation is computed in float32).
+    """
+    x = _checks.check_array("x", x)
+    _checks.check_rank("x", x, 4, "[B, T, N, H]")
+    B, T, _, H = x.shape
+    if H % 2:
+        raise ValueError(f"apply_rope needs an even head dim H (x shape {_checks.shape_str(x.shape)}); got H={H}.")
+    positions = _checks.check_array("positions", positions)
+    _checks.check_integer("positions", positions)
+    if positions.shape not in ((T,), (B, T)):
+        raise ValueError(
+            f"`positions` must have shape [T] = ({T},) or [B, T] = ({B}, {T}) to match x of shape "
+            f"{_checks.shape_str(x.shape)}; got {_checks.shape_str(positions.shape)}."
+        )
+    if scale <= 0:
+        raise ValueError(f"`scale` must be positive; got {scale}.")
+    inv_freq = jnp.asarray(base ** (-np.arange(0, H, 2, dtype=np.float64) / H), jnp.float32)  # [H / 2]
+    angles = (positions.astype(jnp.float32) / scale)[..., None] * inv_freq  # [(B,) T, H / 2]
+    angles = angles.reshape((-1, T, 1, H // 2))  # [B|1, T, 1, H / 2]
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    xf = x.astype(jnp.float32)
+    if interleaved:
+        xa, xb = xf[..., 0::2], xf[..., 1::2]
+        rotated = jnp.stack([xa * cos - xb * sin, xa * sin + xb * cos], axis=-1).reshape(x.shape)
+    else:
+        xa, xb = xf[..., : H // 2], xf[..., H // 2 :]
+        rotated = jnp.concatenate([xa * cos - xb * sin, xa * sin + xb * cos], axis=-1)
+    return rotated.astype(x.dtype)
+
+
+def alibi_slopes(num_heads: int) -> np.ndarray:
+    """ALiBi head slopes (Press et al., 2022): 2^(-8/n), 2^(-16/n), ... for n heads when n is a power of two;
+    otherwise the slopes of the nearest lower power of two followed by every other slope of the next one.
+
+    Returns:
+      float32 NumPy `[num_heads]`.
+    """
+    num_heads = _checks.check_positive_int("num_heads", num_heads)
+
+    def power_of_two_slopes(n: int) -> list[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    closest = 2 ** math.floor(math.log2(num_heads))
+    slopes = power_of_two_slopes(closest)
+    if closest != num_heads:
+        slopes += power_of_two_slopes(2 * closest)[0::2][: num_heads - closest]
+    return np.asarray(slopes, dtype=np.float32)
+
+
+def alibi_bias(num_heads: int, q_len: int, kv_len: int | None = None, *, offset=0) -> jax.Array:
+    """ALiBi attention bias: `bias[0, n, t, s] = -slope_n * |(t + offset) - s|`.
+
+    Under a causal mask this is the paper's `slope_n * (s - t)`; without one it penalises distance both ways.
+    `offset` is the number of cached positions before the queries, as in `causal_mask`.
+
+    Returns:
+      float32 `[1, N, T, S]` (add it through `bias=`).
+    """
+    slopes = jnp.asarray(alibi_slopes(num_heads))
+    q_pos, k_pos = _query_key_positions(q_len, kv_len, offset)
+    if q_pos.shape[0] != 1:
+        raise ValueError("`offset` must be a scalar for alibi_bias.")
+    distance = jnp.abs(q_pos - k_pos).astype(jnp.float32)  # [1, 1, T, S]
+    return -slopes[None, :, None, None] * distance
