@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxformer.ops import _checks
-from jaxformer.ops.attention import check_mask, masked_softmax
+from jaxformer.ops.attention import check_mask, masked_logits, rows_with_keys
 
 
 def _check_inputs(query, key, value) -> tuple[int, int, int, int]:
@@ -51,8 +51,10 @@ def _check_weight(name: str, w, want: tuple[int, ...], layout: str) -> None:
 
 
 def _attend(scores_BNTS, value, mask, dtype) -> jax.Array:
-    probs = masked_softmax(scores_BNTS, mask)
+    probs = jax.nn.softmax(masked_logits(scores_BNTS, mask), axis=-1)
     out = jnp.einsum("BNTS,BSNH->BTNH", probs.astype(value.dtype), value, preferred_element_type=jnp.float32)
+    if mask is not None:
+        out = out * jnp.moveaxis(rows_with_keys(mask), 1, 2)  # rows with no key: zeros
     return out.astype(dtype)
 
 

@@ -17,7 +17,8 @@ def cross_entropy(logits, labels, *, mask=None, label_smoothing: float = 0.0) ->
 
     Args:
       logits: `[..., V]` float.
-      labels: integer `[...]` (the logits' shape without V), each in [0, V).
+      labels: integer `[...]` (the logits' shape without V), in [0, V) wherever the mask counts the token;
+        tokens the mask leaves out may hold anything (e.g. an "ignore" label such as -100).
       mask: `[...]` bool (True = count this token) or float weights; None counts every token.
       label_smoothing: e in [0, 1).
 
@@ -42,10 +43,12 @@ def cross_entropy(logits, labels, *, mask=None, label_smoothing: float = 0.0) ->
                 f"got {_checks.shape_str(mask.shape)}."
             )
 
+    weights = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
+    if mask is not None:
+        labels = jnp.where(weights != 0, labels, 0)  # an out-of-range ignored label would gather NaN
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     nll = -jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
     if label_smoothing:
         nll = (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(log_probs, axis=-1)
-    weights = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
     count = jnp.sum(weights)
     return jnp.sum(nll * weights) / jnp.maximum(count, 1e-8), count

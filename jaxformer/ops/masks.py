@@ -162,7 +162,8 @@ def block_sparse_mask(
     key block j when any of these holds:
       - sliding window: `|i - j| <= window_blocks`;
       - global: `i < global_blocks` or `j < global_blocks` (the first blocks attend to and are attended by all);
-      - random: j is one of `random_blocks` key blocks drawn for row i without replacement from `rng`.
+      - random: j is one of `random_blocks` key blocks drawn for row i, uniformly without replacement, from the
+        blocks that the window and global rules leave out (as in BigBird; fewer if fewer are left).
 
     Args:
       q_len, kv_len: T and S.
@@ -192,8 +193,9 @@ def block_sparse_mask(
     kb = jnp.arange(num_kv_blocks)[None, :]
     blocks = (jnp.abs(qb - kb) <= window_blocks) | (qb < global_blocks) | (kb < global_blocks)
     if random_blocks > 0:
-        # Ranking i.i.d. uniforms draws `random_blocks` distinct columns per row, uniformly.
-        noise = jax.random.uniform(rng, (num_q_blocks, num_kv_blocks))
+        # The `random_blocks` smallest of i.i.d. uniforms are a uniform draw without replacement; blocks that are
+        # already attended get noise 2 so that they rank last and every draw adds a new block while one is left.
+        noise = jnp.where(blocks, 2.0, jax.random.uniform(rng, (num_q_blocks, num_kv_blocks)))
         ranks = jnp.argsort(jnp.argsort(noise, axis=-1), axis=-1)
         blocks = blocks | (ranks < random_blocks)
     q_block_of = jnp.arange(q_len) // block_size

@@ -1,0 +1,287 @@
+"""Tests for jaxformer.ops.positions: sinusoidal encodings, RoPE and ALiBi against float64 NumPy references."""
+
+import functools
+import math
+
+import hypothesis
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxformer.ops import positions
+
+
+def normal(seed, shape, dtype=np.float32):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# sinusoidal_positions
+
+
+def np_sinusoidal(length, dim, base=10000.0):
+    pe = np.zeros((length, dim), np.float64)
+    for p in range(length):
+        for i in range(dim // 2):
+            angle = p / base ** (2 * i / dim)
+            pe[p, 2 * i] = math.sin(angle)
+            pe[p, 2 * i + 1] = math.cos(angle)
+    return pe
+
+
+@pytest.mark.parametrize(("length", "dim", "base"), [(16, 8, 10000.0), (7, 6, 100.0), (1, 2, 10000.0), (50, 32, 500.0)])
+def test_sinusoidal_positions_matches_formula(length, dim, base):
+    pe = positions.sinusoidal_positions(length, dim, base=base)
+    assert pe.shape == (length, dim)
+    assert pe.dtype == jnp.float32
+    np.testing.assert_allclose(pe, np_sinusoidal(length, dim, base), rtol=1e-6, atol=1e-6)
+
+
+def test_sinusoidal_positions_long_lengths_stay_accurate():
+    # The angles are computed in float64: at p ~ 1e5 float32 angles would be off by ~1e-2.
+    pe = positions.sinusoidal_positions(100_000, 4)
+    np.testing.assert_allclose(pe[-3:], np_sinusoidal(100_000, 4)[-3:], atol=1e-6)
+
+
+def rotation_matrix(k, dim, base=10000.0):
+    """Block-diagonal M_k with PE[p + k] = M_k @ PE[p] for every p: pair i turns by k / base^(2i / dim)."""
+    m = np.zeros((dim, dim), np.float64)
+    for i in range(dim // 2):
+        w = k / base ** (2 * i / dim)
+        # (sin(a + w), cos(a + w)) = (sin a cos w + cos a sin w, cos a cos w - sin a sin w)
+        m[2 * i : 2 * i + 2, 2 * i : 2 * i + 2] = [[math.cos(w), math.sin(w)], [-math.sin(w), math.cos(w)]]
+    return m
+
+
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_sinusoidal_positions_shift_is_a_fixed_rotation(k):
+    dim = 16
+    pe = np.asarray(positions.sinusoidal_positions(40, dim), np.float64)
+    m_k = rotation_matrix(k, dim)
+    for p in (0, 1, 7, 20, 40 - k - 1):
+        np.testing.assert_allclose(m_k @ pe[p], pe[p + k], atol=1e-6)
+
+
+def test_sinusoidal_positions_odd_dim_raises():
+    with pytest.raises(ValueError, match="dim"):
+        positions.sinusoidal_positions(4, 5)
+
+
+@pytest.mark.parametrize(("length", "dim", "name"), [(0, 4, "length"), (4, 0, "dim"), (4.0, 4, "length")])
+def test_sinusoidal_positions_bad_sizes_raise(length, dim, name):
+    with pytest.raises(ValueError, match=name):
+        positions.sinusoidal_positions(length, dim)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# apply_rope
+
+
+def np_rope(x, pos, *, base=10000.0, interleaved=True, scale=1.0):
+    """Float64 reference: pair i of each head turns by (p / scale) * base^(-2i / H)."""
+    x = np.asarray(x, np.float64)
+    B, T, _, H = x.shape
+    pos = np.broadcast_to(np.asarray(pos, np.float64), (B, T))
+    out = np.empty_like(x)
+    for i in range(H // 2):
+        theta = (pos / scale * base ** (-2 * i / H))[:, :, None]  # [B, T, 1]
+        a, b = (2 * i, 2 * i + 1) if interleaved else (i, i + H // 2)
+        out[..., a] = x[..., a] * np.cos(theta) - x[..., b] * np.sin(theta)
+        out[..., b] = x[..., a] * np.sin(theta) + x[..., b] * np.cos(theta)
+    return out
+
+
+def rope_jit(x, pos, **kwargs):
+    return jax.jit(functools.partial(positions.apply_rope, **kwargs))(x, pos)
+
+
+@pytest.mark.parametrize("interleaved", [True, False])
+@pytest.mark.parametrize("batched_positions", [False, True])
+@pytest.mark.parametrize(("scale", "base"), [(1.0, 10000.0), (2.5, 10000.0), (1.0, 100.0)])
+def test_apply_rope_matches_reference(interleaved, batched_positions, scale, base):
+    B, T, N, H = 2, 5, 3, 8
+    x = normal(0, (B, T, N, H))
+    if batched_positions:
+        pos = np.random.default_rng(1).integers(0, 50, (B, T)).astype(np.int32)
+    else:
+        pos = np.array([0, 1, 2, 7, 40], np.int32)
+    got = rope_jit(x, pos, base=base, interleaved=interleaved, scale=scale)
+    assert got.shape == x.shape
+    assert got.dtype == jnp.float32
+    want = np_rope(x, pos, base=base, interleaved=interleaved, scale=scale)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5)
+
+
+def test_apply_rope_eager_and_jit_agree():
+    x, pos = normal(0, (2, 4, 2, 6)), np.array([3, 4, 5, 6], np.int32)
+    np.testing.assert_allclose(positions.apply_rope(x, pos), rope_jit(x, pos), rtol=1e-6, atol=1e-6)
+
+
+def test_apply_rope_layouts_differ_by_a_feature_permutation():
+    # "rotate half" on x is the interleaved rotation on x with features reordered so that (i, i + H/2) -> (2i, 2i + 1).
+    H = 8
+    x, pos = normal(0, (1, 4, 2, H)), np.arange(4, dtype=np.int32)
+    perm = np.stack([np.arange(H // 2), np.arange(H // 2) + H // 2], axis=-1).reshape(H)  # 0, 4, 1, 5, ...
+    half = rope_jit(x, pos, interleaved=False)
+    inter = rope_jit(x[..., perm], pos, interleaved=True)
+    np.testing.assert_allclose(np.asarray(inter), np.asarray(half)[..., perm], rtol=1e-6, atol=1e-6)
+
+
+def test_apply_rope_position_zero_is_identity():
+    x = normal(0, (1, 3, 2, 4))
+    np.testing.assert_allclose(rope_jit(x, np.zeros(3, np.int32)), x, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("interleaved", [True, False])
+def test_apply_rope_preserves_norms(interleaved):
+    x, pos = normal(0, (2, 6, 3, 8)), np.arange(100, 106, dtype=np.int32)
+    got = np.asarray(rope_jit(x, pos, interleaved=interleaved))
+    np.testing.assert_allclose(np.linalg.norm(got, axis=-1), np.linalg.norm(x, axis=-1), rtol=1e-5)
+    assert not np.allclose(got, x, atol=1e-2), "positions 100.. should rotate the vectors"
+
+
+@pytest.mark.parametrize("interleaved", [True, False])
+def test_apply_rope_dot_product_depends_only_on_relative_position(interleaved):
+    H = 16
+    q, k = normal(0, (H,)), normal(1, (H,))
+    p1 = np.array([10, 13, 20, 27, 40], np.int32)
+    rope = jax.jit(functools.partial(positions.apply_rope, interleaved=interleaved))
+    q_rot = np.asarray(rope(np.broadcast_to(q, (1, len(p1), 1, H)), p1), np.float64)[0, :, 0]
+    dot_by_shift = {}
+    for shift in (-9, 0, 2, 7):
+        k_rot = np.asarray(rope(np.broadcast_to(k, (1, len(p1), 1, H)), p1 + shift), np.float64)[0, :, 0]
+        dots = np.einsum("th,th->t", q_rot, k_rot)  # <rope(q, p1), rope(k, p1 + shift)> for 5 values of p1
+        np.testing.assert_allclose(dots, dots[0], rtol=1e-4, atol=1e-4)
+        dot_by_shift[shift] = dots[0]
+    # ... and it does change with the shift (the test would pass trivially for a rope that did nothing).
+    assert len({round(float(d), 3) for d in dot_by_shift.values()}) == len(dot_by_shift), dot_by_shift
+
+
+def test_apply_rope_bf16_keeps_dtype():
+    x = jnp.asarray(normal(0, (2, 4, 2, 8)), jnp.bfloat16)
+    pos = np.arange(4, dtype=np.int32)
+    got = rope_jit(x, pos)
+    assert got.dtype == jnp.bfloat16
+    want = np_rope(np.asarray(x.astype(jnp.float32)), pos)
+    np.testing.assert_allclose(np.asarray(got.astype(jnp.float32)), want, rtol=2e-2, atol=2e-2)
+
+
+@hypothesis.given(
+    B=st.integers(1, 3),
+    T=st.integers(1, 5),
+    N=st.integers(1, 3),
+    half_H=st.integers(1, 5),
+    interleaved=st.booleans(),
+    batched=st.booleans(),
+)
+def test_apply_rope_any_shape(B, T, N, half_H, interleaved, batched):
+    H = 2 * half_H
+    x = normal(B * 1000 + T * 100 + N * 10 + H, (B, T, N, H))
+    pos = np.random.default_rng(H).integers(0, 64, (B, T) if batched else (T,)).astype(np.int32)
+    got = rope_jit(x, pos, interleaved=interleaved)
+    np.testing.assert_allclose(got, np_rope(x, pos, interleaved=interleaved), rtol=1e-5, atol=5e-5)
+
+
+def test_apply_rope_odd_head_dim_raises():
+    with pytest.raises(ValueError, match="H=5"):
+        positions.apply_rope(np.zeros((1, 2, 1, 5), np.float32), np.arange(2, dtype=np.int32))
+
+
+@pytest.mark.parametrize("shape", [(3,), (2, 3), (1, 2), (2, 2, 1), ()])
+def test_apply_rope_positions_wrong_shape_raises(shape):
+    x = np.zeros((2, 2, 1, 4), np.float32)  # positions must be [2] or [2, 2]
+    with pytest.raises(ValueError, match="`positions`"):
+        positions.apply_rope(x, np.zeros(shape, np.int32))
+
+
+def test_apply_rope_float_positions_raise():
+    with pytest.raises(TypeError, match="positions"):
+        positions.apply_rope(np.zeros((1, 2, 1, 4), np.float32), np.arange(2, dtype=np.float32))
+
+
+def test_apply_rope_wrong_rank_raises():
+    with pytest.raises(ValueError, match="`x`"):
+        positions.apply_rope(np.zeros((2, 1, 4), np.float32), np.arange(2, dtype=np.int32))
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0])
+def test_apply_rope_non_positive_scale_raises(scale):
+    with pytest.raises(ValueError, match="scale"):
+        positions.apply_rope(np.zeros((1, 2, 1, 4), np.float32), np.arange(2, dtype=np.int32), scale=scale)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# ALiBi
+
+
+def paper_alibi_slopes(n):
+    """The reference algorithm of the ALiBi paper's code (ofirpress/attention_with_linear_biases)."""
+
+    def get_slopes_power_of_2(n):
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        ratio = start
+        return [start * ratio**i for i in range(n)]
+
+    if math.log2(n).is_integer():
+        return get_slopes_power_of_2(n)
+    closest_power_of_2 = 2 ** math.floor(math.log2(n))
+    return (
+        get_slopes_power_of_2(closest_power_of_2)
+        + paper_alibi_slopes(2 * closest_power_of_2)[0::2][: n - closest_power_of_2]
+    )
+
+
+def test_alibi_slopes_eight_heads():
+    slopes = positions.alibi_slopes(8)
+    assert slopes.shape == (8,)
+    assert slopes.dtype == np.float32
+    np.testing.assert_allclose(slopes, [2.0 ** -(i + 1) for i in range(8)], rtol=1e-7)
+
+
+def test_alibi_slopes_six_heads():
+    # Slopes of 4 heads (2^-2, 2^-4, 2^-6, 2^-8), then every other slope of 8 heads, first 2 (2^-1, 2^-3).
+    want = paper_alibi_slopes(6)
+    np.testing.assert_allclose(want, [2**-2, 2**-4, 2**-6, 2**-8, 2**-1, 2**-3])
+    np.testing.assert_allclose(positions.alibi_slopes(6), want, rtol=1e-7)
+
+
+@pytest.mark.parametrize("num_heads", [1, 2, 3, 4, 5, 12, 16, 24, 32])
+def test_alibi_slopes_match_paper_code(num_heads):
+    np.testing.assert_allclose(positions.alibi_slopes(num_heads), paper_alibi_slopes(num_heads), rtol=1e-6)
+
+
+def test_alibi_slopes_bad_num_heads_raises():
+    with pytest.raises(ValueError, match="num_heads"):
+        positions.alibi_slopes(0)
+
+
+def np_alibi_bias(num_heads, T, S, offset=0):
+    slopes = paper_alibi_slopes(num_heads)
+    out = np.zeros((1, num_heads, T, S), np.float64)
+    for n in range(num_heads):
+        for t in range(T):
+            for s in range(S):
+                out[0, n, t, s] = -slopes[n] * abs(t + offset - s)
+    return out
+
+
+@pytest.mark.parametrize(("num_heads", "q_len", "kv_len", "offset"), [(4, 5, None, 0), (6, 3, 7, 0), (8, 2, 6, 4)])
+def test_alibi_bias_matches_reference(num_heads, q_len, kv_len, offset):
+    got = positions.alibi_bias(num_heads, q_len, kv_len, offset=offset)
+    S = q_len if kv_len is None else kv_len
+    assert got.shape == (1, num_heads, q_len, S)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, np_alibi_bias(num_heads, q_len, S, offset), rtol=1e-6, atol=1e-6)
+
+
+def test_alibi_bias_traced_offset_under_jit():
+    fn = jax.jit(lambda offset: positions.alibi_bias(2, 2, 5, offset=offset))
+    for offset in (0, 3):
+        np.testing.assert_allclose(fn(jnp.int32(offset)), np_alibi_bias(2, 2, 5, offset), rtol=1e-6, atol=1e-6)
+
+
+def test_alibi_bias_per_example_offset_raises():
+    with pytest.raises(ValueError, match="offset"):
+        positions.alibi_bias(2, 2, 5, offset=np.array([0, 1], np.int32))
