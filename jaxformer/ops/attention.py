@@ -84,9 +84,14 @@ def check_mask(mask, target: tuple[int, int, int, int]):
     return mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
 
 
-def masked_logits(logits, mask) -> jax.Array:
-    """float32 logits with masked entries (and -inf from a bias) replaced by a large finite negative value."""
-    logits = jnp.maximum(logits.astype(jnp.float32), _MASKED_LOGIT)
+def masked_logits(logits, mask, *, clamp: bool = False) -> jax.Array:
+    """float32 logits with masked entries replaced by a large finite negative value.
+
+    `clamp=True` also lifts -inf (e.g. from a bias) to that value, so that a row of -inf cannot make NaN.
+    """
+    logits = logits.astype(jnp.float32)
+    if clamp:
+        logits = jnp.maximum(logits, _MASKED_LOGIT)
     return logits if mask is None else jnp.where(mask, logits, _MASKED_LOGIT)
 
 
@@ -118,12 +123,14 @@ def _grouped_logits(query, key, *, mask, bias, scale, is_causal):
 
     # Put the query in [B, K, G, T, H] first: the dot then yields [B, K, G, T, S] in its natural order, with no
     # transpose of the [T, S] logits inside the softmax fusions (measured: it made the CPU path 2x slower).
+    # Scaling the query rather than the logits touches T * H numbers instead of T * S, and in the backward pass it
+    # saves two passes over the [T, S] gradient (measured in experiments/bench_attention.py).
+    query = (query.astype(jnp.float32) * scale).astype(query.dtype)
     query_BKGTH = query.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)
     logits = jnp.einsum("BKGTH,BSKH->BKGTS", query_BKGTH, key, preferred_element_type=jnp.float32)
-    logits = logits * jnp.asarray(scale, jnp.float32)
     if bias is not None:
         logits = logits + _grouped(bias.astype(jnp.float32), B, N, K, T, S)
-    return masked_logits(logits, full_mask), (None if mask is None else full_mask)
+    return masked_logits(logits, full_mask, clamp=bias is not None), (None if mask is None else full_mask)
 
 
 def attention_weights(query, key, *, mask=None, bias=None, scale=None, is_causal=False) -> jax.Array:
@@ -182,9 +189,11 @@ def dot_product_attention(
             raise ValueError("`dropout_rng` (a jax.random key) is required when `dropout_rate` > 0.")
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
         probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
-    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs.astype(value.dtype), value, preferred_element_type=jnp.float32)
+    # value as [B, K, S, Hv] makes the probabilities the left operand, contracted over their last (contiguous)
+    # axis; with BSKH operands XLA:CPU transposed the whole [T, S] matrix first (measured: 15-20% of the forward).
+    value_BKSH = value.transpose(0, 2, 1, 3)
+    out = jnp.einsum("BKGTS,BKSH->BKGTH", probs.astype(value.dtype), value_BKSH, preferred_element_type=jnp.float32)
     if mask is not None:
-        # Rows with no key came out of the softmax uniform; zero them here, on [T, Hv] rather than [T, S].
-        out = out * jnp.moveaxis(rows_with_keys(mask), 3, 1)  # [B|1, T, K|1, G|1, 1]
+        out = out * rows_with_keys(mask)  # rows with no key came out of the softmax uniform: zero them
     B, T, N = query.shape[:3]
-    return out.reshape(B, T, N, value.shape[-1]).astype(query.dtype)
+    return out.transpose(0, 3, 1, 2, 4).reshape(B, T, N, value.shape[-1]).astype(query.dtype)

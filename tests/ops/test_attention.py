@@ -93,7 +93,10 @@ def test_default_scale_is_inverse_sqrt_head_dim():
     q, k, v = make_qkv(*SHAPES["mha"])
     H = q.shape[-1]
     np.testing.assert_allclose(
-        ops.dot_product_attention(q, k, v), ops.dot_product_attention(q, k, v, scale=1 / np.sqrt(H)), rtol=1e-6
+        ops.dot_product_attention(q, k, v),
+        ops.dot_product_attention(q, k, v, scale=1 / np.sqrt(H)),
+        rtol=1e-6,
+        atol=1e-6,
     )
     assert not np.allclose(ops.dot_product_attention(q, k, v), ops.dot_product_attention(q, k, v, scale=1.0))
 
