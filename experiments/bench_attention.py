@@ -1,6 +1,7 @@
 """Attention benchmark: jaxformer's dense and blockwise paths against jax.nn and flax.nnx.
 
-    python experiments/bench_attention.py            # full run, ~10 minutes on a 2-core CPU
+    python experiments/bench_attention.py            # full run, ~20 minutes on a 2-core CPU
+    python experiments/bench_attention.py --part dense        # or --part blockwise, or --part block-size
     python experiments/bench_attention.py --smoke    # tiny sizes, seconds (checks the script still works)
 
 Part 1 (dense, float32, causal): `ops.dot_product_attention` vs `jax.nn.dot_product_attention` vs
@@ -104,7 +105,16 @@ def dense_comparison(shapes, rounds_small: int, rounds_large: int, block_size: i
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """Peak resident memory of this process. VmHWM belongs to the current address space; ru_maxrss would
+    also count the parent's peak, which Linux carries across fork + exec."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB; other systems differ
 
 
 def blockwise_one_length(T: int, block_size: int, repeats: int, B=1, N=8, H=64) -> dict:
@@ -144,8 +154,37 @@ def blockwise_scaling(lengths, block_size: int, repeats: int) -> list[dict]:
     return rows
 
 
+def block_size_sweep(T: int, block_sizes, repeats: int, B=1, N=8, H=64) -> list[dict]:
+    """Causal blockwise forward and forward+backward at length T for each block size (one process)."""
+    q, k, v, cot = make_inputs(B, T, N, H)
+    rows = []
+    for block_size in block_sizes:
+        fn = lambda q, k, v, bs=block_size: ops.blockwise_attention(q, k, v, is_causal=True, block_size=bs)
+        fwd, fwd_bwd = jax.jit(fn), jax.jit(forward_and_backward(fn))
+        jax.block_until_ready((fwd(q, k, v), fwd_bwd(q, k, v, cot)))
+        rows.append(
+            {
+                "T": T,
+                "block_size": block_size,
+                "fwd_ms": 1e3 * statistics.median(time_once(fwd, q, k, v) for _ in range(repeats)),
+                "fwd_bwd_ms": 1e3 * statistics.median(time_once(fwd_bwd, q, k, v, cot) for _ in range(repeats)),
+            }
+        )
+    print("| T | block | fwd ms | fwd+bwd ms |\n|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['T']} | {r['block_size']} | {r['fwd_ms']:.0f} | {r['fwd_bwd_ms']:.0f} |")
+    return rows
+
+
 def print_tables(dense_rows, block_rows):
     print(f"\njax {jax.__version__}, {platform.machine()}, {jax.devices()[0].device_kind}, float32, causal\n")
+    if dense_rows:
+        print_dense_table(dense_rows)
+    if block_rows:
+        print_blockwise_table(block_rows)
+
+
+def print_dense_table(dense_rows):
     print("| shape | implementation | fwd ms | fwd / jax.nn | fwd+bwd ms | fwd+bwd / jax.nn |")
     print("|---|---|---:|---:|---:|---:|")
     for r in dense_rows:
@@ -153,7 +192,11 @@ def print_tables(dense_rows, block_rows):
             f"| {r['shape']} | {r['impl']} | {r['fwd_ms']:.2f} | {r['fwd_ratio_vs_jax_nn']:.2f} | "
             f"{r['fwd_bwd_ms']:.2f} | {r['fwd_bwd_ratio_vs_jax_nn']:.2f} |"
         )
-    print("\n| T | block | fwd ms | fwd+bwd ms | peak RSS MiB | RSS after inputs MiB | one dense T x T f32 MiB |")
+    print()
+
+
+def print_blockwise_table(block_rows):
+    print("| T | block | fwd ms | fwd+bwd ms | peak RSS MiB | RSS after inputs MiB | one dense T x T f32 MiB |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for r in block_rows:
         print(
@@ -166,6 +209,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check that the script runs")
     parser.add_argument("--block-size", type=int, default=512)
+    parser.add_argument("--part", choices=["all", "dense", "blockwise", "block-size"], default="all")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--one-length", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=3, help=argparse.SUPPRESS)
@@ -174,12 +218,21 @@ def main():
     if args.one_length:
         print(json.dumps(blockwise_one_length(args.one_length, args.block_size, args.repeats)))
         return
+    if args.part == "block-size":
+        rows = block_size_sweep(4096, [128, 256, 512, 1024], repeats=5)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"jax": jax.__version__, "block_size_sweep": rows}, f, indent=1)
+        return
     if args.smoke:
         dense = dense_comparison([(2, 32, 2, 8), (1, 64, 2, 8)], 3, 3, block_size=16)
         block = blockwise_scaling([64, 128], block_size=32, repeats=1)
     else:
-        dense = dense_comparison([(8, 256, 4, 32), (1, 4096, 8, 64)], 50, 7, args.block_size)
-        block = blockwise_scaling([4096, 16384, 32768], args.block_size, args.repeats)
+        dense, block = [], []
+        if args.part in ("all", "blockwise"):  # first, while this process is small
+            block = blockwise_scaling([4096, 16384, 32768], args.block_size, args.repeats)
+        if args.part in ("all", "dense"):
+            dense = dense_comparison([(8, 256, 4, 32), (1, 4096, 8, 64)], 50, 7, args.block_size)
     print_tables(dense, block)
     if args.json:
         with open(args.json, "w") as f:

@@ -122,9 +122,8 @@ def _grouped_logits(query, key, *, mask, bias, scale, is_causal):
         full_mask = causal if mask is None else mask & causal
 
     # Put the query in [B, K, G, T, H] first: the dot then yields [B, K, G, T, S] in its natural order, with no
-    # transpose of the [T, S] logits inside the softmax fusions (measured: it made the CPU path 2x slower).
-    # Scaling the query rather than the logits touches T * H numbers instead of T * S, and in the backward pass it
-    # saves two passes over the [T, S] gradient (measured in experiments/bench_attention.py).
+    # transpose of the [T, S] logits inside the softmax fusions (seen in the optimized HLO on CPU).
+    # Scaling the query rather than the logits touches T * H numbers instead of T * S (also in the backward pass).
     query = (query.astype(jnp.float32) * scale).astype(query.dtype)
     query_BKGTH = query.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)
     logits = jnp.einsum("BKGTH,BSKH->BKGTS", query_BKGTH, key, preferred_element_type=jnp.float32)
@@ -190,7 +189,8 @@ def dot_product_attention(
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
         probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
     # value as [B, K, S, Hv] makes the probabilities the left operand, contracted over their last (contiguous)
-    # axis; with BSKH operands XLA:CPU transposed the whole [T, S] matrix first (measured: 15-20% of the forward).
+    # axis. With BSKH operands XLA:CPU transposed the whole [T, S] matrix first (as it does for jax.nn); this way
+    # it fuses the softmax into the matmul instead (see BENCHMARKS.md).
     value_BKSH = value.transpose(0, 2, 1, 3)
     out = jnp.einsum("BKGTS,BKSH->BKGTH", probs.astype(value.dtype), value_BKSH, preferred_element_type=jnp.float32)
     if mask is not None:

@@ -156,6 +156,20 @@ def test_fully_masked_rows_give_zeros_and_finite_gradients():
     assert np.all(np.asarray(grads[0])[:, 1] == 0)
 
 
+def test_minus_infinity_bias_does_not_make_nan():
+    """-inf in a bias excludes a key like a mask does; a row of -inf gives finite values and gradients."""
+    B, T, S, N, K, H, Hv = SHAPES["mha"]
+    q, k, v = make_qkv(*SHAPES["mha"])
+    bias = np.zeros((1, 1, T, S), np.float32)
+    bias[..., 1:3] = -np.inf  # keys 1 and 2 excluded for every query
+    bias[..., 4, :] = -np.inf  # query 4 excludes everything
+    out = ops.dot_product_attention(q, k, v, bias=bias)
+    keep = np.isfinite(bias)
+    np.testing.assert_allclose(np.asarray(out)[:, :4], reference.attention(q, k, v, mask=keep)[:, :4], atol=1e-5)
+    grads = jax.grad(lambda q, k, v: jnp.sum(ops.dot_product_attention(q, k, v, bias=bias) ** 2), (0, 1, 2))(q, k, v)
+    assert all(np.all(np.isfinite(np.asarray(g))) for g in grads)
+
+
 def test_gradients_match_float64_finite_differences_of_reference():
     q, k, v = make_qkv(*SHAPES["gqa"], seed=5)
     mask = random_mask((1, 1, q.shape[1], k.shape[1]))
