@@ -1,0 +1,18 @@
+"""jaxformer.nn: Flax NNX layers that own parameters (with logical axis names) and call jaxformer.ops."""
+
+from jaxformer.nn.embed import Embed, LearnedPositions
+from jaxformer.nn.feedforward import FeedForward
+from jaxformer.nn.norms import BatchNorm, LayerNorm, RMSNorm
+from jaxformer.nn.params import LOGICAL_AXES, logical_axes, logical_param
+
+__all__ = [
+    "LOGICAL_AXES",
+    "BatchNorm",
+    "Embed",
+    "FeedForward",
+    "LayerNorm",
+    "LearnedPositions",
+    "RMSNorm",
+    "logical_axes",
+    "logical_param",
+]

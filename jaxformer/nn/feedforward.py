@@ -1,0 +1,64 @@
+"""Position-wise feed-forward network: D -> F -> D with ReLU / GELU, or the gated SwiGLU."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxformer import ops
+from jaxformer.nn.params import logical_param
+
+
+class FeedForward(nnx.Module):
+    """FFN(x) = act(x W_in + b_in) W_out + b_out (Vaswani et al.), or with `activation="swiglu"`
+    FFN(x) = (silu(x W_gate) * (x W_up)) W_out (Shazeer, 2020; no biases, as in LLaMA).
+
+    Weights: `w_in` / `w_gate` / `w_up` `[D, F]` on (`embed`, `mlp`), `w_out` `[F, D]` on (`mlp`, `embed`),
+    initialised with variance 1/fan_in (LeCun normal). Dropout (rate `dropout_rate`) follows the activation;
+    `model.eval()` turns it off.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int,
+        *,
+        activation: str = "gelu",
+        use_bias: bool = True,
+        dropout_rate: float = 0.0,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.dim, self.hidden_dim, self.activation, self.dtype = dim, hidden_dim, activation, dtype
+        init = nnx.initializers.lecun_normal()
+        zeros = nnx.initializers.zeros
+        self.gated = activation == "swiglu"
+        self.act = None if self.gated else ops.get_activation(activation)  # validates the name
+        if self.gated:
+            self.w_gate = logical_param(rngs, init, (dim, hidden_dim), ("embed", "mlp"), param_dtype)
+            self.w_up = logical_param(rngs, init, (dim, hidden_dim), ("embed", "mlp"), param_dtype)
+            self.b_in = self.b_out = None
+        else:
+            self.w_in = logical_param(rngs, init, (dim, hidden_dim), ("embed", "mlp"), param_dtype)
+            self.b_in = logical_param(rngs, zeros, (hidden_dim,), ("mlp",), param_dtype) if use_bias else None
+        self.w_out = logical_param(rngs, init, (hidden_dim, dim), ("mlp", "embed"), param_dtype)
+        if not self.gated:
+            self.b_out = logical_param(rngs, zeros, (dim,), ("embed",), param_dtype) if use_bias else None
+        self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"FeedForward expects inputs [..., D={self.dim}]; got shape {tuple(x.shape)}.")
+        x = x.astype(self.dtype)
+
+        def dense(y, w, b=None):
+            out = jnp.einsum("...D,DF->...F", y, w[...].astype(self.dtype))
+            return out if b is None else out + b[...].astype(self.dtype)
+
+        if self.gated:
+            hidden = ops.swiglu(dense(x, self.w_gate), dense(x, self.w_up))
+        else:
+            hidden = self.act(dense(x, self.w_in, self.b_in))
+        return dense(self.dropout(hidden), self.w_out, self.b_out)

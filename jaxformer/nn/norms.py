@@ -1,0 +1,91 @@
+"""Normalisation layers over the feature axis D (and BatchNorm over the batch, for the LN-vs-BN experiment)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxformer import ops
+from jaxformer.nn.params import logical_param
+
+
+def _check_width(name: str, x, dim: int) -> None:
+    if x.shape[-1] != dim:
+        raise ValueError(f"{name} expects inputs [..., D={dim}]; got shape {tuple(x.shape)}.")
+
+
+class LayerNorm(nnx.Module):
+    """`ops.layer_norm` with a learned scale (init 1) and bias (init 0), both `[D]` on the `embed` axis."""
+
+    def __init__(
+        self, dim: int, *, epsilon: float = 1e-5, use_bias: bool = True, param_dtype=jnp.float32, rngs: nnx.Rngs
+    ):
+        self.dim, self.epsilon = dim, epsilon
+        self.scale = logical_param(rngs, nnx.initializers.ones, (dim,), ("embed",), param_dtype)
+        self.bias = logical_param(rngs, nnx.initializers.zeros, (dim,), ("embed",), param_dtype) if use_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        _check_width("LayerNorm", x, self.dim)
+        bias = None if self.bias is None else self.bias[...]
+        return ops.layer_norm(x, self.scale[...], bias, epsilon=self.epsilon)
+
+
+class RMSNorm(nnx.Module):
+    """`ops.rms_norm` with a learned scale `[D]` (init 1) on the `embed` axis."""
+
+    def __init__(self, dim: int, *, epsilon: float = 1e-6, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.dim, self.epsilon = dim, epsilon
+        self.scale = logical_param(rngs, nnx.initializers.ones, (dim,), ("embed",), param_dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        _check_width("RMSNorm", x, self.dim)
+        return ops.rms_norm(x, self.scale[...], epsilon=self.epsilon)
+
+
+class BatchNorm(nnx.Module):
+    """Batch normalisation of `[B, T, D]` activations over the batch and length axes, ignoring padding.
+
+    Training (`use_running_average=False`): y = (x - mean) / sqrt(var + eps) * scale + bias, with mean and var
+    taken over the valid tokens of the batch (`valid [B, T]`, all by default), and running averages updated as
+    `avg <- momentum * avg + (1 - momentum) * batch_stat`. Evaluation (`model.eval()`) uses the running averages.
+    Here for the LayerNorm-vs-BatchNorm experiment: its statistics couple the examples of a batch.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        momentum: float = 0.99,
+        epsilon: float = 1e-5,
+        param_dtype=jnp.float32,
+        use_running_average: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        self.dim, self.momentum, self.epsilon = dim, momentum, epsilon
+        self.use_running_average = use_running_average
+        self.scale = logical_param(rngs, nnx.initializers.ones, (dim,), ("embed",), param_dtype)
+        self.bias = logical_param(rngs, nnx.initializers.zeros, (dim,), ("embed",), param_dtype)
+        self.mean = nnx.BatchStat(jnp.zeros((dim,), jnp.float32))
+        self.var = nnx.BatchStat(jnp.ones((dim,), jnp.float32))
+
+    def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+        _check_width("BatchNorm", x, self.dim)
+        xf = x.astype(jnp.float32)
+        if self.use_running_average:
+            mean, var = self.mean[...], self.var[...]
+        else:
+            if valid is None:
+                weights = jnp.ones((*x.shape[:-1], 1), jnp.float32)
+            else:
+                if valid.shape != x.shape[:-1]:
+                    raise ValueError(f"`valid` must have shape {tuple(x.shape[:-1])}; got {tuple(valid.shape)}.")
+                weights = valid.astype(jnp.float32)[..., None]
+            count = jnp.maximum(jnp.sum(weights), 1.0)
+            axes = tuple(range(x.ndim - 1))
+            mean = jnp.sum(xf * weights, axis=axes) / count
+            var = jnp.sum(jnp.square(xf - mean) * weights, axis=axes) / count
+            self.mean[...] = self.momentum * self.mean[...] + (1 - self.momentum) * mean
+            self.var[...] = self.momentum * self.var[...] + (1 - self.momentum) * var
+        y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
+        return y.astype(x.dtype)
