@@ -1,5 +1,6 @@
 """jaxformer.nn: Flax NNX layers that own parameters (with logical axis names) and call jaxformer.ops."""
 
+from jaxformer.nn.attention import MultiHeadAttention
 from jaxformer.nn.embed import Embed, LearnedPositions
 from jaxformer.nn.feedforward import FeedForward
 from jaxformer.nn.norms import BatchNorm, LayerNorm, RMSNorm
@@ -12,6 +13,7 @@ __all__ = [
     "FeedForward",
     "LayerNorm",
     "LearnedPositions",
+    "MultiHeadAttention",
     "RMSNorm",
     "logical_axes",
     "logical_param",

@@ -32,11 +32,13 @@ class LayerNorm(nnx.Module):
 
 
 class RMSNorm(nnx.Module):
-    """`ops.rms_norm` with a learned scale `[D]` (init 1) on the `embed` axis."""
+    """`ops.rms_norm` with a learned scale `[D]` (init 1) on logical axis `axis` (`head_dim` for qk-norm)."""
 
-    def __init__(self, dim: int, *, epsilon: float = 1e-6, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self, dim: int, *, epsilon: float = 1e-6, param_dtype=jnp.float32, axis: str = "embed", rngs: nnx.Rngs
+    ):
         self.dim, self.epsilon = dim, epsilon
-        self.scale = logical_param(rngs, nnx.initializers.ones, (dim,), ("embed",), param_dtype)
+        self.scale = logical_param(rngs, nnx.initializers.ones, (dim,), (axis,), param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         _check_width("RMSNorm", x, self.dim)

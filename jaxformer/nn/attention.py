@@ -1,0 +1,211 @@
+"""Multi-head attention layer: projections, positions, a KV cache, and a choice of attention implementation."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxformer import ops
+from jaxformer.nn.norms import RMSNorm
+from jaxformer.nn.params import logical_param
+
+POSITIONAL = ("none", "rope", "alibi")
+IMPLEMENTATIONS = ("xla", "blockwise", "jax_nn")
+
+
+class MultiHeadAttention(nnx.Module):
+    """Self- or cross-attention with N query heads and K key/value heads (MHA, GQA, MQA).
+
+        q = x W_q [B, T, N, H],  k = c W_k, v = c W_v [B, S, K, H]   (c = x for self-attention)
+        out = dot_product_attention(q, k, v) W_o [B, T, D]
+
+    Parameters (logical axes): `w_q [D, N, H]` (embed, heads, head_dim), `w_k`, `w_v [Dc, K, H]`
+    (embed, kv_heads, head_dim), `w_o [N, H, D]` (heads, head_dim, embed); optional biases.
+
+    Options: `qk_norm` (RMSNorm over H on q and k, as in ViT-22B / Gemma), `positional="rope"` (rotary on q and k
+    at their absolute positions) or `"alibi"` (ALiBi bias), `implementation="xla"` (jaxformer's dense path),
+    `"blockwise"` (O(T) memory; masks given structurally) or `"jax_nn"` (`jax.nn.dot_product_attention`, which
+    can select cuDNN / TPU kernels).
+
+    KV cache: `init_cache(batch_size, max_len)` allocates `[B, max_len, K, H]` key and value buffers and a
+    per-example index. Each call with `decode=True` appends its T tokens at the index and attends causally over
+    everything cached so far, so a prompt can be prefilled in one call and then extended one or more tokens at
+    a time.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        num_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        context_dim: int | None = None,
+        use_bias: bool = False,
+        qk_norm: bool = False,
+        positional: str = "none",
+        rope_base: float = 10000.0,
+        implementation: str = "xla",
+        dropout_rate: float = 0.0,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}.")
+        if head_dim is None:
+            if dim % num_heads:
+                raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}; pass head_dim explicitly.")
+            head_dim = dim // num_heads
+        if positional not in POSITIONAL:
+            raise ValueError(f"positional={positional!r}; choose one of {POSITIONAL}.")
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation={implementation!r}; choose one of {IMPLEMENTATIONS}.")
+        if positional == "rope" and head_dim % 2:
+            raise ValueError(f"positional='rope' needs an even head_dim; got {head_dim}.")
+        context_dim = dim if context_dim is None else context_dim
+        self.dim, self.num_heads, self.num_kv_heads, self.head_dim = dim, num_heads, num_kv_heads, head_dim
+        self.positional, self.rope_base, self.implementation = positional, rope_base, implementation
+        self.dropout_rate, self.dtype = dropout_rate, dtype
+        self.deterministic = False  # set by model.eval() / model.train()
+
+        init = nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
+        out_init = nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
+        N, K, H = num_heads, num_kv_heads, head_dim
+        self.w_q = logical_param(rngs, init, (dim, N, H), ("embed", "heads", "head_dim"), param_dtype)
+        self.w_k = logical_param(rngs, init, (context_dim, K, H), ("embed", "kv_heads", "head_dim"), param_dtype)
+        self.w_v = logical_param(rngs, init, (context_dim, K, H), ("embed", "kv_heads", "head_dim"), param_dtype)
+        self.w_o = logical_param(rngs, out_init, (N, H, dim), ("heads", "head_dim", "embed"), param_dtype)
+        zeros = nnx.initializers.zeros
+        if use_bias:
+            self.b_q = logical_param(rngs, zeros, (N, H), ("heads", "head_dim"), param_dtype)
+            self.b_k = logical_param(rngs, zeros, (K, H), ("kv_heads", "head_dim"), param_dtype)
+            self.b_v = logical_param(rngs, zeros, (K, H), ("kv_heads", "head_dim"), param_dtype)
+            self.b_o = logical_param(rngs, zeros, (dim,), ("embed",), param_dtype)
+        else:
+            self.b_q = self.b_k = self.b_v = self.b_o = None
+        self.q_norm = RMSNorm(H, param_dtype=param_dtype, axis="head_dim", rngs=rngs) if qk_norm else None
+        self.k_norm = RMSNorm(H, param_dtype=param_dtype, axis="head_dim", rngs=rngs) if qk_norm else None
+        self.dropout_rngs = rngs["dropout"].fork() if dropout_rate > 0 else None
+        # Declared as data (not static) so that init_cache can put Cache variables here later.
+        self.cached_key, self.cached_value, self.cache_index = nnx.data(None), nnx.data(None), nnx.data(None)
+
+    # -- cache -------------------------------------------------------------------------------------------------
+
+    def init_cache(self, batch_size: int, max_len: int, dtype=None) -> None:
+        """Allocates an empty KV cache for `batch_size` sequences of up to `max_len` tokens.
+
+        A call that would write past `max_len` raises when its token count alone is too large; the running index
+        is a traced value, so keeping `index + T <= max_len` across calls is the decoding loop's job.
+        """
+        shape = (batch_size, max_len, self.num_kv_heads, self.head_dim)
+        dtype = self.dtype if dtype is None else dtype
+        self.cached_key = nnx.Cache(jnp.zeros(shape, dtype))
+        self.cached_value = nnx.Cache(jnp.zeros(shape, dtype))
+        self.cache_index = nnx.Cache(jnp.zeros((batch_size,), jnp.int32))
+
+    # -- forward -----------------------------------------------------------------------------------------------
+
+    def _project(self, x, w, b, norm):
+        out = jnp.einsum("BTD,DNH->BTNH", x.astype(self.dtype), w[...].astype(self.dtype))
+        if b is not None:
+            out = out + b[...].astype(self.dtype)
+        return out if norm is None else norm(out)
+
+    def __call__(
+        self,
+        x: jax.Array,
+        context: jax.Array | None = None,
+        *,
+        mask: jax.Array | None = None,
+        is_causal: bool = False,
+        positions: jax.Array | None = None,
+        decode: bool = False,
+    ) -> jax.Array:
+        """x `[B, T, D]`; context `[B, S, Dc]` for cross-attention (None: self-attention).
+
+        mask: bool, broadcastable to `[B, N, T, S]` (True = may attend). is_causal: queries see keys at or before
+        their own position. positions: int `[T]` or `[B, T]` query (and, for self-attention, key) positions for
+        RoPE / ALiBi; defaults to `arange(T)`, or to the cache index onwards with `decode=True`.
+        decode: use and extend the KV cache (self-attention only; call `init_cache` first). Attention is then
+        causal over the cache by construction, and `mask` is ANDed with it.
+        """
+        if x.ndim != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"`x` must be [B, T, D={self.dim}]; got shape {tuple(x.shape)}.")
+        B, T, _ = x.shape
+        cross = context is not None
+        if cross and decode:
+            raise ValueError("decode=True caches self-attention keys; for cross-attention compute the context once.")
+        if cross and self.positional != "none":
+            raise ValueError(
+                f"positional={self.positional!r} is for self-attention; build cross-attention layers "
+                "with positional='none'."
+            )
+        q = self._project(x, self.w_q, self.b_q, self.q_norm)
+        source = context if cross else x
+        k = self._project(source, self.w_k, self.b_k, self.k_norm)
+        v = self._project(source, self.w_v, self.b_v, None)
+
+        offset = jnp.zeros((B,), jnp.int32)
+        if decode:
+            if self.cache_index is None:
+                raise ValueError("decode=True needs a KV cache: call init_cache(batch_size, max_len) first.")
+            offset = self.cache_index[...]
+        if positions is None:
+            positions = offset[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]
+        if self.positional == "rope":
+            q = ops.apply_rope(q, positions, base=self.rope_base)
+            k = ops.apply_rope(k, positions, base=self.rope_base)
+
+        if decode:
+            k, v, mask = self._update_cache(k, v, mask, offset)
+            is_causal = False  # the cache mask is causal already
+        bias = None
+        if self.positional == "alibi":
+            S = k.shape[1]
+            q_pos = positions if positions.ndim == 2 else jnp.broadcast_to(positions, (B, T))
+            distance = jnp.abs(q_pos[:, None, :, None] - jnp.arange(S)[None, None, None, :]).astype(jnp.float32)
+            bias = -jnp.asarray(ops.alibi_slopes(self.num_heads))[None, :, None, None] * distance
+        out = self._attend(q, k, v, mask=mask, bias=bias, is_causal=is_causal, decode=decode)
+        out = jnp.einsum("BTNH,NHD->BTD", out, self.w_o[...].astype(self.dtype))
+        return out if self.b_o is None else out + self.b_o[...].astype(self.dtype)
+
+    def _update_cache(self, k, v, mask, offset):
+        B, T = k.shape[:2]
+        max_len = self.cached_key.shape[1]
+        if T > max_len:
+            raise ValueError(f"{T} new tokens do not fit a KV cache of max_len={max_len}.")
+        write = jax.vmap(lambda buf, new, i: jax.lax.dynamic_update_slice_in_dim(buf, new, i, axis=0))
+        self.cached_key[...] = write(self.cached_key[...], k.astype(self.cached_key.dtype), offset)
+        self.cached_value[...] = write(self.cached_value[...], v.astype(self.cached_value.dtype), offset)
+        self.cache_index[...] = offset + T
+        cache_mask = ops.causal_mask(T, max_len, offset=offset)  # [B, 1, T, max_len]: also hides unwritten slots
+        return self.cached_key[...], self.cached_value[...], ops.combine_masks(mask, cache_mask)
+
+    def _attend(self, q, k, v, *, mask, bias, is_causal, decode):
+        use_dropout = self.dropout_rate > 0 and not self.deterministic
+        # Dropout and cached decoding (a causal mask with an offset) always take jaxformer's dense path.
+        if self.implementation == "xla" or use_dropout or decode:
+            rng = self.dropout_rngs() if use_dropout else None
+            return ops.dot_product_attention(
+                q,
+                k,
+                v,
+                mask=mask,
+                bias=bias,
+                is_causal=is_causal,
+                dropout_rate=self.dropout_rate if use_dropout else 0.0,
+                dropout_rng=rng,
+            )
+        if self.implementation == "jax_nn":  # note: rows with nothing to attend to average all values here
+            if mask is not None:
+                mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+            return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal)
+        if mask is not None or bias is not None:
+            raise ValueError(
+                "implementation='blockwise' takes its mask structurally (is_causal); "
+                "an array mask or an ALiBi bias needs implementation='xla'."
+            )
+        return ops.blockwise_attention(q, k, v, is_causal=is_causal)

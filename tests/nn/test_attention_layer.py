@@ -1,0 +1,128 @@
+"""MultiHeadAttention: NumPy reference, KV-cache decoding equals the full pass, implementations, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxformer import nn, ops
+from tests.nn.test_layers import randomize
+from tests.ops import reference
+
+D, N, K = 32, 4, 2
+X = np.random.default_rng(0).normal(size=(2, 7, D)).astype(np.float32)
+
+
+def np_project(x, w, b=None):
+    out = np.einsum("btd,dnh->btnh", np.asarray(x, np.float64), np.asarray(w[...], np.float64))
+    return out if b is None else out + np.asarray(b[...], np.float64)
+
+
+def reference_layer(m, x, context=None, mask=None):
+    c = x if context is None else context
+    q, k, v = np_project(x, m.w_q, m.b_q), np_project(c, m.w_k, m.b_k), np_project(c, m.w_v, m.b_v)
+    out = reference.attention(q, k, v, mask=mask)
+    out = np.einsum("btnh,nhd->btd", out, np.asarray(m.w_o[...], np.float64))
+    return out if m.b_o is None else out + np.asarray(m.b_o[...], np.float64)
+
+
+@pytest.mark.parametrize("num_kv_heads, use_bias", [(N, True), (K, False), (1, False)], ids=["mha", "gqa", "mqa"])
+def test_self_attention_matches_reference(num_kv_heads, use_bias):
+    m = randomize(nn.MultiHeadAttention(D, N, num_kv_heads=num_kv_heads, use_bias=use_bias, rngs=nnx.Rngs(0)))
+    mask = np.random.default_rng(1).random((2, 1, 7, 7)) < 0.7
+    np.testing.assert_allclose(m(X, mask=mask), reference_layer(m, X, mask=mask), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        m(X, is_causal=True), reference_layer(m, X, mask=reference.causal(7, 7)), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_cross_attention_with_a_different_context_width():
+    m = randomize(nn.MultiHeadAttention(D, N, num_kv_heads=K, context_dim=12, rngs=nnx.Rngs(0)))
+    context = np.random.default_rng(2).normal(size=(2, 5, 12)).astype(np.float32)
+    valid = ops.padding_mask(np.ones((2, 7), bool), np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool))
+    np.testing.assert_allclose(
+        m(X, context, mask=valid), reference_layer(m, X, context, mask=np.asarray(valid)), rtol=1e-4, atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("positional", ["none", "rope", "alibi"])
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_cached_decoding_equals_the_full_causal_pass(positional, qk_norm):
+    """Prefill several tokens at once, then decode one and then several: the same as one teacher-forced pass."""
+    m = nn.MultiHeadAttention(D, N, num_kv_heads=K, positional=positional, qk_norm=qk_norm, rngs=nnx.Rngs(0))
+    full = m(X, is_causal=True)
+    m.init_cache(2, 12)
+    pieces = [m(X[:, :4], decode=True), m(X[:, 4:5], decode=True), m(X[:, 5:7], decode=True)]
+    np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), full, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(m.cache_index[...], [7, 7])
+
+
+def test_decode_step_jits_as_a_pure_function_of_the_split_state():
+    m = nn.MultiHeadAttention(D, N, num_kv_heads=K, positional="rope", rngs=nnx.Rngs(0))
+    full = m(X, is_causal=True)
+    m.init_cache(2, 8)
+    graphdef, state = nnx.split(m)
+
+    @jax.jit
+    def step(state, x):
+        layer = nnx.merge(graphdef, state)
+        out = layer(x, decode=True)
+        return out, nnx.state(layer)
+
+    outs = []
+    for t in range(7):
+        out, state = step(state, X[:, t : t + 1])
+        outs.append(out)
+    np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("implementation", ["jax_nn", "blockwise"])
+def test_implementations_agree(implementation):
+    ref = nn.MultiHeadAttention(D, N, num_kv_heads=K, rngs=nnx.Rngs(0))
+    other = nn.MultiHeadAttention(D, N, num_kv_heads=K, implementation=implementation, rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(other(X, is_causal=True), ref(X, is_causal=True), rtol=1e-5, atol=1e-5)
+
+
+def test_dropout_in_training_only():
+    m = nn.MultiHeadAttention(D, N, dropout_rate=0.5, rngs=nnx.Rngs(0))
+    assert not np.allclose(m(X), m(X))
+    m.eval()
+    np.testing.assert_array_equal(m(X), m(X))
+
+
+def test_parameters_carry_logical_axes():
+    m = nn.MultiHeadAttention(D, N, num_kv_heads=K, use_bias=True, qk_norm=True, rngs=nnx.Rngs(0))
+    axes = {"/".join(map(str, path)): nn.logical_axes(p) for path, p in nnx.iter_graph(m) if isinstance(p, nnx.Param)}
+    assert axes == {
+        "w_q": ("embed", "heads", "head_dim"),
+        "w_k": ("embed", "kv_heads", "head_dim"),
+        "w_v": ("embed", "kv_heads", "head_dim"),
+        "w_o": ("heads", "head_dim", "embed"),
+        "b_q": ("heads", "head_dim"),
+        "b_k": ("kv_heads", "head_dim"),
+        "b_v": ("kv_heads", "head_dim"),
+        "b_o": ("embed",),
+        "q_norm/scale": ("head_dim",),
+        "k_norm/scale": ("head_dim",),
+    }
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="multiple of num_kv_heads=3"):
+        nn.MultiHeadAttention(D, N, num_kv_heads=3, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="positional='learned'"):
+        nn.MultiHeadAttention(D, N, positional="learned", rngs=nnx.Rngs(0))
+    m = nn.MultiHeadAttention(D, N, positional="rope", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="call init_cache"):
+        m(X, decode=True)
+    with pytest.raises(ValueError, match=r"`x` must be \[B, T, D=32\]"):
+        m(X[..., :8])
+    with pytest.raises(ValueError, match="positional='rope' is for self-attention"):
+        m(X, X)
+    m.init_cache(2, 4)
+    with pytest.raises(ValueError, match="do not fit a KV cache of max_len=4"):
+        m(X, decode=True)
+    blockwise = nn.MultiHeadAttention(D, N, implementation="blockwise", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="implementation='blockwise'"):
+        blockwise(X, mask=np.ones((1, 1, 7, 7), bool))
