@@ -1,6 +1,7 @@
 """jaxformer.nn: Flax NNX layers that own parameters (with logical axis names) and call jaxformer.ops."""
 
 from jaxformer.nn.attention import MultiHeadAttention
+from jaxformer.nn.blocks import BlockConfig, DecoderBlock, EncoderBlock
 from jaxformer.nn.embed import Embed, LearnedPositions
 from jaxformer.nn.feedforward import FeedForward
 from jaxformer.nn.norms import BatchNorm, LayerNorm, RMSNorm
@@ -9,7 +10,10 @@ from jaxformer.nn.params import LOGICAL_AXES, logical_axes, logical_param
 __all__ = [
     "LOGICAL_AXES",
     "BatchNorm",
+    "BlockConfig",
+    "DecoderBlock",
     "Embed",
+    "EncoderBlock",
     "FeedForward",
     "LayerNorm",
     "LearnedPositions",
