@@ -81,6 +81,18 @@ def make_attention(cfg: BlockConfig, *, cross: bool = False, context_dim: int | 
     )
 
 
+def make_ffn(cfg: BlockConfig, *, rngs: nnx.Rngs) -> FeedForward:
+    return FeedForward(
+        cfg.dim,
+        cfg.ffn_dim,
+        activation=cfg.activation,
+        use_bias=cfg.use_bias,
+        dtype=cfg.dtype,
+        param_dtype=cfg.param_dtype,
+        rngs=rngs,
+    )
+
+
 class _Residual(nnx.Module):
     """One sublayer with its norm, dropout and residual connection, in pre- or post-norm order."""
 
@@ -104,15 +116,7 @@ class EncoderBlock(nnx.Module):
     def __init__(self, cfg: BlockConfig, *, rngs: nnx.Rngs):
         self.attention = make_attention(cfg, rngs=rngs)
         self.attention_residual = _Residual(cfg, rngs=rngs)
-        self.ffn = FeedForward(
-            cfg.dim,
-            cfg.ffn_dim,
-            activation=cfg.activation,
-            use_bias=cfg.use_bias,
-            dtype=cfg.dtype,
-            param_dtype=cfg.param_dtype,
-            rngs=rngs,
-        )
+        self.ffn = make_ffn(cfg, rngs=rngs)
         self.ffn_residual = _Residual(cfg, rngs=rngs)
 
     def __call__(
@@ -145,15 +149,7 @@ class DecoderBlock(nnx.Module):
             self.cross_residual = _Residual(cfg, rngs=rngs)
         else:
             self.cross_attention = self.cross_residual = None
-        self.ffn = FeedForward(
-            cfg.dim,
-            cfg.ffn_dim,
-            activation=cfg.activation,
-            use_bias=cfg.use_bias,
-            dtype=cfg.dtype,
-            param_dtype=cfg.param_dtype,
-            rngs=rngs,
-        )
+        self.ffn = make_ffn(cfg, rngs=rngs)
         self.ffn_residual = _Residual(cfg, rngs=rngs)
 
     def init_cache(self, batch_size: int, max_len: int, dtype=None) -> None:
