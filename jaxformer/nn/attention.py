@@ -164,6 +164,8 @@ class MultiHeadAttention(nnx.Module):
             is_causal = False  # the cache mask is causal already
         bias = None
         if self.positional == "alibi":
+            # ops.alibi_bias with arbitrary per-example query positions (a cache index, or `positions`), which
+            # its scalar `offset` cannot express: -slope_n * |query position - key position|.
             S = k.shape[1]
             q_pos = positions if positions.ndim == 2 else jnp.broadcast_to(positions, (B, T))
             distance = jnp.abs(q_pos[:, None, :, None] - jnp.arange(S)[None, None, None, :]).astype(jnp.float32)
