@@ -24,7 +24,9 @@ class MultiHeadAttention(nnx.Module):
     (embed, kv_heads, head_dim), `w_o [N, H, D]` (heads, head_dim, embed); optional biases.
 
     Options: `qk_norm` (RMSNorm over H on q and k, as in ViT-22B / Gemma), `positional="rope"` (rotary on q and k
-    at their absolute positions) or `"alibi"` (ALiBi bias), `implementation="xla"` (jaxformer's dense path),
+    at their absolute positions) or `"alibi"` (ALiBi bias), `sliding_window=W` (self-attention sees only the W
+    nearest positions: causal `p - W < s <= p`, or `|p - s| < W` without `is_causal`; Mistral / Longformer),
+    `implementation="xla"` (jaxformer's dense path),
     `"blockwise"` (O(T) memory; masks given structurally) or `"jax_nn"` (`jax.nn.dot_product_attention`, which
     can select cuDNN / TPU kernels).
 
@@ -46,6 +48,7 @@ class MultiHeadAttention(nnx.Module):
         qk_norm: bool = False,
         positional: str = "none",
         rope_base: float = 10000.0,
+        sliding_window: int | None = None,
         implementation: str = "xla",
         dropout_rate: float = 0.0,
         dtype=jnp.float32,
@@ -65,7 +68,10 @@ class MultiHeadAttention(nnx.Module):
             raise ValueError(f"implementation={implementation!r}; choose one of {IMPLEMENTATIONS}.")
         if positional == "rope" and head_dim % 2:
             raise ValueError(f"positional='rope' needs an even head_dim; got {head_dim}.")
+        if sliding_window is not None and (not isinstance(sliding_window, int) or sliding_window < 1):
+            raise ValueError(f"sliding_window must be a positive int or None; got {sliding_window!r}.")
         context_dim = dim if context_dim is None else context_dim
+        self.sliding_window = sliding_window
         self.dim, self.num_heads, self.num_kv_heads, self.head_dim = dim, num_heads, num_kv_heads, head_dim
         self.positional, self.rope_base, self.implementation = positional, rope_base, implementation
         self.dropout_rate, self.dtype = dropout_rate, dtype
@@ -138,6 +144,8 @@ class MultiHeadAttention(nnx.Module):
         cross = context is not None
         if cross and decode:
             raise ValueError("decode=True caches self-attention keys; for cross-attention compute the context once.")
+        if cross and self.sliding_window is not None:
+            raise ValueError("sliding_window is for self-attention; build cross-attention with sliding_window=None.")
         if cross and self.positional != "none":
             raise ValueError(
                 f"positional={self.positional!r} is for self-attention; build cross-attention layers "
@@ -183,11 +191,19 @@ class MultiHeadAttention(nnx.Module):
         self.cached_key[...] = write(self.cached_key[...], k.astype(self.cached_key.dtype), offset)
         self.cached_value[...] = write(self.cached_value[...], v.astype(self.cached_value.dtype), offset)
         self.cache_index[...] = offset + T
-        cache_mask = ops.causal_mask(T, max_len, offset=offset)  # [B, 1, T, max_len]: also hides unwritten slots
+        # [B, 1, T, max_len]; being causal it also hides the slots not written yet.
+        if self.sliding_window is None:
+            cache_mask = ops.causal_mask(T, max_len, offset=offset)
+        else:
+            cache_mask = ops.sliding_window_mask(T, max_len, window=self.sliding_window, offset=offset)
         return self.cached_key[...], self.cached_value[...], ops.combine_masks(mask, cache_mask)
 
     def _attend(self, q, k, v, *, mask, bias, is_causal, decode):
         use_dropout = self.dropout_rate > 0 and not self.deterministic
+        blockwise = self.implementation == "blockwise" and not (use_dropout or decode)
+        if self.sliding_window is not None and not (decode or blockwise):  # (decoding's cache mask has it already)
+            window = ops.sliding_window_mask(q.shape[1], k.shape[1], window=self.sliding_window, causal=is_causal)
+            mask = ops.combine_masks(mask, window)
         # Dropout and cached decoding (a causal mask with an offset) always take jaxformer's dense path.
         if self.implementation == "xla" or use_dropout or decode:
             rng = self.dropout_rngs() if use_dropout else None
@@ -210,4 +226,4 @@ class MultiHeadAttention(nnx.Module):
                 "implementation='blockwise' takes its mask structurally (is_causal); "
                 "an array mask or an ALiBi bias needs implementation='xla'."
             )
-        return ops.blockwise_attention(q, k, v, is_causal=is_causal)
+        return ops.blockwise_attention(q, k, v, is_causal=is_causal, window=self.sliding_window)

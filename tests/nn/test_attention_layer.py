@@ -84,6 +84,30 @@ def test_implementations_agree(implementation):
     np.testing.assert_allclose(other(X, is_causal=True), ref(X, is_causal=True), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("is_causal", [True, False])
+def test_sliding_window_matches_the_reference(is_causal):
+    m = randomize(nn.MultiHeadAttention(D, N, num_kv_heads=K, sliding_window=3, rngs=nnx.Rngs(0)))
+    t, s = np.arange(7)[:, None], np.arange(7)[None, :]
+    window = ((t - s >= 0) & (t - s < 3)) if is_causal else (np.abs(t - s) < 3)
+    want = reference_layer(m, X, mask=window[None, None])
+    np.testing.assert_allclose(m(X, is_causal=is_causal), want, rtol=1e-4, atol=1e-4)
+    for implementation in ("jax_nn", "blockwise"):
+        other = nn.MultiHeadAttention(
+            D, N, num_kv_heads=K, sliding_window=3, implementation=implementation, rngs=nnx.Rngs(0)
+        )
+        nnx.update(other, nnx.state(m))
+        np.testing.assert_allclose(other(X, is_causal=is_causal), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("positional", ["none", "rope", "alibi"])
+def test_cached_decoding_with_a_sliding_window(positional):
+    m = nn.MultiHeadAttention(D, N, num_kv_heads=K, positional=positional, sliding_window=2, rngs=nnx.Rngs(0))
+    full = m(X, is_causal=True)
+    m.init_cache(2, 9)
+    pieces = [m(X[:, :3], decode=True), m(X[:, 3:4], decode=True), m(X[:, 4:7], decode=True)]
+    np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), full, rtol=1e-5, atol=1e-5)
+
+
 def test_dropout_in_training_only():
     m = nn.MultiHeadAttention(D, N, dropout_rate=0.5, rngs=nnx.Rngs(0))
     assert not np.allclose(m(X), m(X))
@@ -120,6 +144,10 @@ def test_errors():
         m(X[..., :8])
     with pytest.raises(ValueError, match="positional='rope' is for self-attention"):
         m(X, X)
+    with pytest.raises(ValueError, match="sliding_window must be a positive int"):
+        nn.MultiHeadAttention(D, N, sliding_window=0, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="sliding_window is for self-attention"):
+        nn.MultiHeadAttention(D, N, sliding_window=2, rngs=nnx.Rngs(0))(X, X)
     m.init_cache(2, 4)
     with pytest.raises(ValueError, match="do not fit a KV cache of max_len=4"):
         m(X, decode=True)
