@@ -37,6 +37,8 @@ class BlockConfig:
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
     positional: str = "none"
+    rope_base: float = 10000.0
+    sliding_window: int | None = None
     qk_norm: bool = False
     use_bias: bool = True
     implementation: str = "xla"
@@ -73,6 +75,8 @@ def make_attention(cfg: BlockConfig, *, cross: bool = False, context_dim: int | 
         use_bias=cfg.use_bias,
         qk_norm=cfg.qk_norm,
         positional="none" if cross else cfg.positional,
+        rope_base=cfg.rope_base,
+        sliding_window=None if cross else cfg.sliding_window,
         implementation=cfg.implementation,
         dropout_rate=cfg.attention_dropout_rate,
         dtype=cfg.dtype,

@@ -1,0 +1,38 @@
+"""Model-agnostic KV-cache surgery used by the decoding loops.
+
+Every jaxformer.nn.MultiHeadAttention with a cache holds `cached_key` / `cached_value` `[..., B, S, K, H]` and
+`cache_index` `[..., B]` (a leading `[L]` when layers are scanned); these helpers act on all of them at once.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxformer.nn.attention import MultiHeadAttention
+
+
+def _caches(model: nnx.Module):
+    for _, module in nnx.iter_graph(model):
+        if isinstance(module, MultiHeadAttention) and module.cache_index is not None:
+            yield module
+
+
+def set_cache_index(model: nnx.Module, index: jax.Array) -> None:
+    """Sets every cache's index to `index [B]`: the next decoded token of sequence b is written at `index[b]`.
+
+    After prefilling right-padded prompts, setting the index to the prompt lengths makes each sequence continue
+    from its own last real token: its padding slots are overwritten and, being at or after the index, never seen.
+    """
+    for attention in _caches(model):
+        attention.cache_index[...] = jnp.broadcast_to(index, attention.cache_index.shape).astype(jnp.int32)
+
+
+def reorder_cache(model: nnx.Module, batch_indices: jax.Array) -> None:
+    """Replaces the cache of batch entry b by that of entry `batch_indices[b]` (which may repeat entries and change
+    the batch size): how beam search follows the beams it keeps, and how it tiles one prefill over the beams."""
+    for attention in _caches(model):
+        for cache, base_rank in ((attention.cached_key, 4), (attention.cached_value, 4), (attention.cache_index, 1)):
+            axis = cache[...].ndim - base_rank
+            cache.set_value(jnp.take(cache[...], batch_indices, axis=axis))

@@ -1,0 +1,90 @@
+"""The input side shared by the text models: token (+ position, + segment) embeddings, then norm and dropout."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxformer import nn, ops
+from jaxformer.models.config import ModelConfig
+from jaxformer.nn.blocks import make_norm
+
+
+def check_tokens(name: str, tokens, vocab_size: int, max_len: int | None) -> jax.Array:
+    """`tokens` must be int `[B, T]`, with T <= max_len (if given) and ids in [0, vocab_size) when known."""
+    tokens = jnp.asarray(tokens)
+    if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(f"`{name}` must be integer token ids [B, T]; got {tokens.dtype} of shape {tokens.shape}.")
+    if max_len is not None and tokens.shape[1] > max_len:
+        raise ValueError(
+            f"`{name}` has {tokens.shape[1]} tokens but the model's position table holds max_len={max_len}; "
+            "shorten the input or build the model with a larger max_len."
+        )
+    try:  # concrete inputs are range-checked; traced ones (under jit) cannot be
+        ids = np.asarray(tokens)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return tokens
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise ValueError(
+            f"`{name}` ids must lie in [0, vocab_size={vocab_size}); got min {ids.min()}, max {ids.max()}."
+        )
+    return tokens
+
+
+class InputEmbedding(nnx.Module):
+    """x = dropout(norm(E[tokens] * s + P[positions] + T[token_types])) -> `[B, T, D]`.
+
+    s = sqrt(D) when `embed_scale` (Vaswani et al.), else 1. P is a learned table (`positional="learned"`),
+    the fixed sinusoids (`"sinusoidal"`), or absent (RoPE / ALiBi act inside attention). T (segment embeddings)
+    exists when `type_vocab_size > 0` (BERT). The norm exists when `embed_norm` (BERT).
+    """
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        if cfg.vocab_size < 1:
+            raise ValueError("This model embeds tokens: ModelConfig.vocab_size must be >= 1.")
+        self.cfg = cfg
+        kwargs = {"init_std": cfg.init_std, "dtype": cfg.dtype, "param_dtype": cfg.param_dtype, "rngs": rngs}
+        self.tokens = nn.Embed(cfg.vocab_size, cfg.d_model, **kwargs)
+        self.positions = (
+            nn.LearnedPositions(cfg.max_len, cfg.d_model, **kwargs) if cfg.positional == "learned" else None
+        )
+        self.token_types = nn.Embed(cfg.type_vocab_size, cfg.d_model, **kwargs) if cfg.type_vocab_size else None
+        self.norm = make_norm(cfg.block_config(), rngs=rngs) if cfg.embed_norm else None
+        self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
+
+    @property
+    def has_absolute_positions(self) -> bool:
+        return self.cfg.positional in ("learned", "sinusoidal")
+
+    def __call__(
+        self,
+        tokens: jax.Array,
+        *,
+        positions: jax.Array | None = None,
+        token_types: jax.Array | None = None,
+        valid: jax.Array | None = None,
+    ) -> jax.Array:
+        """tokens int `[B, T]`; positions int `[T]` or `[B, T]` (default `arange(T)`); token_types `[B, T]`."""
+        cfg = self.cfg
+        tokens = check_tokens("tokens", tokens, cfg.vocab_size, cfg.max_len if self.has_absolute_positions else None)
+        T = tokens.shape[1]
+        x = self.tokens(tokens)
+        if cfg.embed_scale:
+            x = x * math.sqrt(cfg.d_model)
+        if positions is None:
+            positions = jnp.arange(T, dtype=jnp.int32)
+        if cfg.positional == "learned":
+            x = x + self.positions(positions)
+        elif cfg.positional == "sinusoidal":
+            table = ops.sinusoidal_positions(cfg.max_len, cfg.d_model)
+            # Out-of-range (traced) positions read NaN, as for the learned table, rather than clipping silently.
+            x = x + jnp.take(table, positions, axis=0, mode="fill", fill_value=jnp.nan).astype(cfg.dtype)
+        if self.token_types is not None:
+            x = x + self.token_types(jnp.zeros_like(tokens) if token_types is None else token_types)
+        if self.norm is not None:
+            x = self.norm(x, valid) if isinstance(self.norm, nn.BatchNorm) else self.norm(x)
+        return self.dropout(x)

@@ -1,0 +1,94 @@
+"""GPT: a decoder-only language model (Radford et al. 2018/2019), and its modern relatives by config."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxformer import nn, ops
+from jaxformer.models.config import ModelConfig
+from jaxformer.models.embedding import InputEmbedding
+from jaxformer.models.stack import BlockStack
+from jaxformer.nn.blocks import make_norm
+
+
+class OutputHead(nnx.Module):
+    """Logits `[B, T, V]` in float32: `x E^T` with the input embedding E when tied, else `x W` (`W [D, V]`)."""
+
+    def __init__(self, cfg: ModelConfig, embed: nn.Embed, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        if cfg.tie_embeddings:
+            self.embed, self.kernel = embed, None
+        else:
+            self.embed = None
+            init = nnx.initializers.normal(stddev=cfg.init_std)
+            self.kernel = nn.logical_param(
+                rngs, init, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.param_dtype
+            )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.kernel is None:
+            logits = self.embed.attend(x)
+        else:
+            logits = jnp.einsum("BTD,DV->BTV", x.astype(self.cfg.dtype), self.kernel[...].astype(self.cfg.dtype))
+        return logits.astype(jnp.float32)  # the softmax / loss wants float32 even when computing in bfloat16
+
+
+class GPT(nnx.Module):
+    """Decoder-only LM: `model(tokens [B, T]) -> logits [B, T, V]`, causal.
+
+        x = InputEmbedding(tokens); x = DecoderBlock(x) (L times); logits = Head(FinalNorm(x))
+
+    With the `gpt2-*` variants this is GPT-2 (pre-norm, learned positions, GELU, tied embeddings); switch to
+    `positional="rope", norm="rmsnorm", activation="swiglu", num_kv_heads=...` for a LLaMA-style model.
+    Pre-norm models get the final norm that their residual stream needs; post-norm blocks end normalised.
+
+    Decoding: `init_cache(batch_size, max_len)`, then calls with `decode=True` append to the KV cache (prefill a
+    whole prompt in one call, then one or more tokens per call); see `jaxformer.decoding.generate`.
+    """
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        block_cfg = config.block_config()
+        self.embed = InputEmbedding(config, rngs=rngs)
+        self.blocks = BlockStack(
+            lambda r: nn.DecoderBlock(block_cfg, rngs=r), config.num_layers, scan=config.scan_layers, rngs=rngs
+        )
+        self.final_norm = make_norm(block_cfg, rngs=rngs) if config.norm_position == "pre" else None
+        self.head = OutputHead(config, self.embed.tokens, rngs=rngs)
+
+    def init_cache(self, batch_size: int, max_len: int | None = None, dtype=None) -> None:
+        """An empty KV cache for `batch_size` sequences of up to `max_len` tokens (default `config.max_len`)."""
+        self.blocks.init_cache(batch_size, self.config.max_len if max_len is None else max_len, dtype)
+
+    def __call__(
+        self,
+        tokens: jax.Array,
+        *,
+        positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+        valid: jax.Array | None = None,
+        decode: bool = False,
+    ) -> jax.Array:
+        """tokens int `[B, T]` -> logits float32 `[B, T, V]`.
+
+        positions: int `[B, T]` (default `arange(T)`, or onwards from the cache index with `decode=True`).
+        segment_ids: int `[B, T]` for packed sequences: tokens attend only within their segment (pass the
+        per-segment `positions` too). valid: bool `[B, T]`, False at padding (masked as keys; BatchNorm stats).
+        """
+        B, T = jnp.shape(tokens)[:2] if jnp.ndim(tokens) == 2 else (None, None)
+        if decode and (segment_ids is not None or valid is not None):
+            raise ValueError("decode=True takes neither segment_ids nor valid: the KV cache's index marks each length.")
+        if decode and positions is None:
+            positions = self.blocks.cache_index()[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]
+        mask = None
+        if segment_ids is not None:
+            mask = ops.segment_mask(segment_ids)
+        if valid is not None:
+            mask = ops.combine_masks(mask, ops.padding_mask(valid))
+        x = self.embed(tokens, positions=positions, valid=valid)
+        x = self.blocks(x, mask=mask, valid=valid, positions=positions, decode=decode)
+        if self.final_norm is not None:
+            x = self.final_norm(x, valid) if isinstance(self.final_norm, nn.BatchNorm) else self.final_norm(x)
+        return self.head(x)

@@ -1,0 +1,71 @@
+"""A stack of L identical blocks, applied in a Python loop or as one block scanned over stacked parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+from flax import nnx
+
+
+class BlockStack(nnx.Module):
+    """L blocks built by `make_block(rngs)`; `stack(x, **kwargs)` applies them in order.
+
+    With `scan=True` the blocks' parameters are stacked on a leading `[L, ...]` axis (built with `nnx.vmap`) and
+    applied with `jax.lax.scan`: XLA compiles one block instead of L, so compile time no longer grows with depth
+    (MaxText's `scan_layers`). KV caches, batch statistics and dropout streams are stacked the same way.
+    """
+
+    def __init__(self, make_block: Callable[[nnx.Rngs], nnx.Module], num_layers: int, *, scan: bool, rngs: nnx.Rngs):
+        self.scan, self.num_layers = scan, num_layers
+        if scan:
+
+            @nnx.split_rngs(splits=num_layers)
+            @nnx.vmap(in_axes=(0,), out_axes=0)
+            def build(layer_rngs):
+                return make_block(layer_rngs)
+
+            self.layers = build(rngs)
+        else:
+            self.layers = nnx.List([make_block(rngs) for _ in range(num_layers)])
+
+    def __call__(self, x: jax.Array, *args, **kwargs) -> jax.Array:
+        """Applies every block as `x = block(x, *args, **kwargs)`; args and kwargs are the same for each layer."""
+        if not self.scan:
+            for block in self.layers:
+                x = block(x, *args, **kwargs)
+            return x
+
+        # A plain lax.scan over the split state (rather than nnx.scan) also works inside other jax loops, such as
+        # the decoding while_loop, whose trace levels NNX transforms refuse to mix.
+        # Parameters are read-only here; the rest (KV caches, batch statistics, dropout counters) is carried out.
+        graphdef, params, mutable = nnx.split(self.layers, nnx.Param, ...)
+
+        def apply(h, layer_state):
+            block = nnx.merge(graphdef, *layer_state)
+            return block(h, *args, **kwargs), nnx.state(block, nnx.Not(nnx.Param))
+
+        x, mutable = jax.lax.scan(apply, x, (params, mutable))
+        nnx.update(self.layers, mutable)
+        return x
+
+    def init_cache(self, batch_size: int, max_len: int, dtype=None) -> None:
+        """Gives every block's self-attention an empty KV cache (stacked `[L, ...]` when scanned)."""
+        if not self.scan:
+            for block in self.layers:
+                block.init_cache(batch_size, max_len, dtype)
+            return
+
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def init(block):
+            block.init_cache(batch_size, max_len, dtype)
+
+        init(self.layers)
+
+    def cache_index(self) -> jax.Array:
+        """The number of tokens cached so far, `[B]` (the same in every layer)."""
+        attention = self.layers.self_attention if self.scan else self.layers[0].self_attention
+        if attention.cache_index is None:
+            raise ValueError("decode=True needs a KV cache: call init_cache(batch_size, max_len) first.")
+        index = attention.cache_index[...]
+        return index[0] if self.scan else index

@@ -1,0 +1,123 @@
+"""The encoder-decoder Transformer of "Attention Is All You Need" (Vaswani et al. 2017)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxformer import nn, ops
+from jaxformer.models.config import ModelConfig
+from jaxformer.models.embedding import InputEmbedding
+from jaxformer.models.gpt import OutputHead
+from jaxformer.models.stack import BlockStack
+from jaxformer.nn.blocks import make_norm
+
+
+def _norm(norm, x, valid):
+    if norm is None:
+        return x
+    return norm(x, valid) if isinstance(norm, nn.BatchNorm) else norm(x)
+
+
+def _check_valid(name: str, valid, tokens) -> jax.Array | None:
+    if valid is None:
+        return None
+    valid = jnp.asarray(valid)
+    if valid.dtype != jnp.bool_ or valid.shape != jnp.shape(tokens):
+        raise ValueError(
+            f"`{name}` must be bool with the shape of its tokens {tuple(jnp.shape(tokens))}; "
+            f"got {valid.dtype} {tuple(valid.shape)}."
+        )
+    return valid
+
+
+class Transformer(nnx.Module):
+    """Encoder-decoder with cross-attention; one token embedding shared by source, target and output logits
+    (the paper's shared 37k BPE vocabulary), scaled by sqrt(D), plus sinusoidal positions in the variants.
+
+        memory = Encoder(Embed(src))                      [B, S, D]
+        logits = Head(Decoder(Embed(tgt_in), memory))     [B, T, V]    (causal self-attention + cross-attention)
+
+    Training is teacher-forced: `model(src, tgt_in, src_valid=..., tgt_valid=...)`, where `tgt_in` is the target
+    shifted right (starting with BOS). Inference: `memory = model.encode(src, src_valid=...)`, then
+    `model.init_cache(batch, max_len)` and `model.decode(tokens, memory, src_valid=..., decode=True)` per step
+    (see `jaxformer.decoding.beam_search`).
+    """
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        block_cfg = config.block_config()
+        pre_norm = config.norm_position == "pre"
+        self.embed = InputEmbedding(config, rngs=rngs)
+        self.encoder = BlockStack(
+            lambda r: nn.EncoderBlock(block_cfg, rngs=r), config.num_layers, scan=config.scan_layers, rngs=rngs
+        )
+        self.encoder_norm = make_norm(block_cfg, rngs=rngs) if pre_norm else None
+        self.decoder = BlockStack(
+            lambda r: nn.DecoderBlock(block_cfg, cross_attention=True, rngs=r),
+            config.decoder_layers,
+            scan=config.scan_layers,
+            rngs=rngs,
+        )
+        self.decoder_norm = make_norm(block_cfg, rngs=rngs) if pre_norm else None
+        self.head = OutputHead(config, self.embed.tokens, rngs=rngs)
+
+    def init_cache(self, batch_size: int, max_len: int | None = None, dtype=None) -> None:
+        """An empty KV cache in the decoder's self-attention for `batch_size` targets of up to `max_len` tokens."""
+        self.decoder.init_cache(batch_size, self.config.max_len if max_len is None else max_len, dtype)
+
+    def encode(self, src: jax.Array, *, src_valid: jax.Array | None = None) -> jax.Array:
+        """src int `[B, S]`, src_valid bool `[B, S]` (False = padding) -> memory `[B, S, D]`."""
+        src_valid = _check_valid("src_valid", src_valid, src)
+        mask = None if src_valid is None else ops.padding_mask(src_valid)
+        x = self.embed(src, valid=src_valid)
+        x = self.encoder(x, mask=mask, valid=src_valid)
+        return _norm(self.encoder_norm, x, src_valid)
+
+    def decode(
+        self,
+        tgt: jax.Array,
+        memory: jax.Array,
+        *,
+        src_valid: jax.Array | None = None,
+        tgt_valid: jax.Array | None = None,
+        positions: jax.Array | None = None,
+        decode: bool = False,
+    ) -> jax.Array:
+        """tgt int `[B, T]`, memory `[B, S, D]` from `encode` -> logits float32 `[B, T, V]`.
+
+        With `decode=True` the self-attention appends to its KV cache and positions continue from its index.
+        """
+        tgt_valid = _check_valid("tgt_valid", tgt_valid, tgt)
+        if memory.ndim != 3 or memory.shape[0] != jnp.shape(tgt)[0] or memory.shape[2] != self.config.d_model:
+            raise ValueError(
+                f"`memory` must be [B={jnp.shape(tgt)[0]}, S, D={self.config.d_model}] from encode(); "
+                f"got {tuple(memory.shape)}."
+            )
+        if src_valid is not None and src_valid.shape != memory.shape[:2]:
+            raise ValueError(f"`src_valid` must have shape {tuple(memory.shape[:2])}; got {tuple(src_valid.shape)}.")
+        if decode and tgt_valid is not None:
+            raise ValueError("decode=True takes no tgt_valid: the KV cache's index marks each target's length.")
+        T = jnp.shape(tgt)[1]
+        if decode and positions is None:
+            positions = self.decoder.cache_index()[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]
+        self_mask = None if tgt_valid is None else ops.padding_mask(tgt_valid)
+        cross_mask = None if src_valid is None else src_valid[:, None, None, :]
+        x = self.embed(tgt, positions=positions, valid=tgt_valid)
+        x = self.decoder(
+            x, memory, mask=self_mask, context_mask=cross_mask, valid=tgt_valid, positions=positions, decode=decode
+        )
+        return self.head(_norm(self.decoder_norm, x, tgt_valid))
+
+    def __call__(
+        self,
+        src: jax.Array,
+        tgt_in: jax.Array,
+        *,
+        src_valid: jax.Array | None = None,
+        tgt_valid: jax.Array | None = None,
+    ) -> jax.Array:
+        """Teacher-forced logits float32 `[B, T, V]` for src `[B, S]` and the right-shifted target `[B, T]`."""
+        memory = self.encode(src, src_valid=src_valid)
+        return self.decode(tgt_in, memory, src_valid=src_valid, tgt_valid=tgt_valid)

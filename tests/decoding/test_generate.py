@@ -1,0 +1,88 @@
+"""generate: greedy equals the argmax of full forwards, batches of different prompt lengths, eos, sampling."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxformer.decoding import generate
+from jaxformer.models import GPT, ModelConfig
+
+CFG = ModelConfig(vocab_size=48, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, d_ff=64, max_len=24)
+PROMPT = np.array([[5, 7, 9, 0, 0, 0], [1, 2, 3, 4, 5, 6], [8, 0, 0, 0, 0, 0]], np.int32)
+LENGTHS = np.array([3, 6, 1], np.int32)
+
+
+def greedy_by_full_forward(model, prompt, steps):
+    """The reference: re-run the whole sequence and take the argmax of the last position, step by step."""
+    model.eval()
+    seq = list(prompt)
+    for _ in range(steps):
+        seq.append(int(jnp.argmax(model(jnp.asarray([seq], jnp.int32))[0, -1])))
+    return seq[len(prompt) :]
+
+
+@pytest.mark.parametrize("positional", ["learned", "rope", "alibi"])
+def test_greedy_generation_equals_argmax_of_the_full_forward(positional):
+    model = GPT(CFG.replace(positional=positional, dropout_rate=0.1), rngs=nnx.Rngs(0))
+    out = generate(model, PROMPT, 10, rng=jax.random.key(0), temperature=0.0, prompt_lengths=LENGTHS)
+    assert out.shape == (3, 10) and out.dtype == jnp.int32
+    for b in range(3):
+        assert out[b].tolist() == greedy_by_full_forward(model, PROMPT[b, : LENGTHS[b]], 10), f"prompt {b}"
+
+
+def test_generate_leaves_the_model_untouched():
+    model = GPT(CFG.replace(dropout_rate=0.1), rngs=nnx.Rngs(0))
+    before = jax.tree.map(np.asarray, nnx.state(model, nnx.Param))
+    generate(model, PROMPT, 4, rng=jax.random.key(0))
+    assert model.blocks.layers[0].self_attention.cache_index is None
+    assert not model.blocks.layers[0].self_attention.deterministic  # still in training mode
+    jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, nnx.state(model, nnx.Param)))
+
+
+def test_eos_ends_each_row_and_the_rest_is_eos():
+    model = GPT(CFG, rngs=nnx.Rngs(0))
+    free = generate(model, PROMPT, 8, rng=jax.random.key(0), temperature=0.0, prompt_lengths=LENGTHS)
+    eos = int(free[0, 2])  # make the third greedy token of row 0 the end token
+    out = generate(model, PROMPT, 8, rng=jax.random.key(0), temperature=0.0, prompt_lengths=LENGTHS, eos_id=eos)
+    for row_free, row in zip(np.asarray(free), np.asarray(out), strict=True):
+        hits = np.flatnonzero(row_free == eos)
+        end = hits[0] + 1 if hits.size else len(row)
+        np.testing.assert_array_equal(row[:end], row_free[:end])
+        assert np.all(row[end:] == eos)
+
+
+def test_sampling_is_reproducible_and_top_k_one_is_greedy():
+    model = GPT(CFG, rngs=nnx.Rngs(0))
+    a = generate(model, PROMPT, 6, rng=jax.random.key(1), temperature=1.0, top_p=0.9)
+    b = generate(model, PROMPT, 6, rng=jax.random.key(1), temperature=1.0, top_p=0.9)
+    c = generate(model, PROMPT, 6, rng=jax.random.key(2), temperature=1.0, top_p=0.9)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    greedy = generate(model, PROMPT, 6, rng=jax.random.key(0), temperature=0.0)
+    np.testing.assert_array_equal(generate(model, PROMPT, 6, rng=jax.random.key(3), top_k=1), greedy)
+
+
+def test_scanned_layers_generate_like_looped_ones():
+    from tests.models.test_gpt import stacked_copy
+
+    model = GPT(CFG, rngs=nnx.Rngs(0))
+    scanned = stacked_copy(model, CFG)
+    kwargs = dict(rng=jax.random.key(0), temperature=0.0, prompt_lengths=LENGTHS)
+    np.testing.assert_array_equal(generate(scanned, PROMPT, 5, **kwargs), generate(model, PROMPT, 5, **kwargs))
+
+
+def test_bad_arguments():
+    model = GPT(CFG, rngs=nnx.Rngs(0))
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match="6 \\+ 19 new tokens = 25 exceeds the model's max_len=24"):
+        generate(model, PROMPT, 19, rng=key)
+    with pytest.raises(ValueError, match=r"`prompt_lengths` must lie in \[1, P=6\]"):
+        generate(model, PROMPT, 2, rng=key, prompt_lengths=np.array([0, 6, 1]))
+    with pytest.raises(ValueError, match=r"`prompt` ids must lie in \[0, vocab_size=48\)"):
+        generate(model, PROMPT + 48, 2, rng=key)
+    with pytest.raises(ValueError, match="`max_new_tokens` must be >= 1"):
+        generate(model, PROMPT, 0, rng=key)
+    with pytest.raises(ValueError, match="`top_k`"):
+        generate(model, PROMPT, 2, rng=key, top_k=0)
