@@ -42,10 +42,11 @@ CACHED_CASES = {
 def test_prefill_then_cached_decoding_equals_the_teacher_forced_logits(overrides):
     model = GPT(tiny(**overrides), rngs=nnx.Rngs(0))
     full = model(TOKENS)
+    step = nnx.jit(lambda m, x: m(x, decode=True))  # compiled per chunk length; the cache is carried by nnx.jit
     for prefill in (1, 4, 7):
         model.init_cache(2, 16)
-        pieces = [model(TOKENS[:, :prefill], decode=True), model(TOKENS[:, prefill : prefill + 1], decode=True)]
-        pieces.append(model(TOKENS[:, prefill + 1 :], decode=True))
+        pieces = [step(model, TOKENS[:, :prefill]), step(model, TOKENS[:, prefill : prefill + 1])]
+        pieces.append(step(model, TOKENS[:, prefill + 1 :]))
         np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), full, rtol=1e-5, atol=1e-5, err_msg=f"{prefill=}")
 
 
@@ -53,8 +54,10 @@ def test_causality_through_gradients():
     """d logits[t] / d (position embedding of s) is zero exactly when s > t."""
     model = GPT(tiny(tie_embeddings=False), rngs=nnx.Rngs(0))
     T = 8
+    # One compiled gradient for every t: a one-hot weight picks the position whose logits are differentiated.
+    grad_at = nnx.jit(nnx.grad(lambda m, onehot: jnp.sum(m(TOKENS[:1, :T])[0] * onehot[:, None])))
     for t in (0, 3, 7):
-        grads = nnx.grad(lambda m, t=t: m(TOKENS[:1, :T])[0, t].sum())(model)
+        grads = grad_at(model, jnp.eye(T)[t])
         grad = grads["embed"]["positions"]["embedding"][...]
         norms = np.linalg.norm(np.asarray(grad[:T]), axis=-1)
         assert np.all(norms[t + 1 :] == 0.0), f"position {t} sees the future: {norms}"
@@ -83,7 +86,7 @@ def test_every_option_gives_finite_outputs_and_gradients_and_jit_agrees(override
         logits = model(TOKENS)
         return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[..., None], axis=-1))
 
-    value, grads = nnx.value_and_grad(loss)(model)
+    value, grads = nnx.jit(nnx.value_and_grad(loss))(model)
     assert np.isfinite(value)
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
     model.eval()  # deterministic, so that jit and eager see the same computation

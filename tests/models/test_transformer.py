@@ -28,19 +28,20 @@ def test_encode_then_cached_decoding_equals_the_teacher_forced_logits(overrides)
     model = Transformer(tiny(**overrides), rngs=nnx.Rngs(0))
     full = model(SRC, TGT, src_valid=SRC_VALID)
     memory = model.encode(SRC, src_valid=SRC_VALID)
+    step = nnx.jit(lambda m, x: m.decode(x, memory, src_valid=SRC_VALID, decode=True))
     for prefill in (1, 5):
         model.init_cache(2, 12)
-        pieces = [model.decode(TGT[:, :prefill], memory, src_valid=SRC_VALID, decode=True)]
-        pieces += [model.decode(TGT[:, t : t + 1], memory, src_valid=SRC_VALID, decode=True) for t in (prefill,)]
-        pieces.append(model.decode(TGT[:, prefill + 1 :], memory, src_valid=SRC_VALID, decode=True))
+        pieces = [step(model, TGT[:, :prefill]), step(model, TGT[:, prefill : prefill + 1])]
+        pieces.append(step(model, TGT[:, prefill + 1 :]))
         np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), full, rtol=1e-5, atol=1e-5, err_msg=f"{prefill=}")
 
 
 def test_decoder_causality_through_gradients():
     """d logits[t] / d decoder-input embedding of position s is zero exactly when s > t (through the memory too)."""
     model = Transformer(tiny(positional="learned", tie_embeddings=False), rngs=nnx.Rngs(0))
+    grad_at = nnx.jit(nnx.grad(lambda m, onehot: jnp.sum(m(SRC, TGT, src_valid=SRC_VALID) * onehot[:, None])))
     for t in (0, 4, 8):
-        grads = nnx.grad(lambda m, t=t: m(SRC, TGT, src_valid=SRC_VALID)[:, t].sum())(model)
+        grads = grad_at(model, jnp.eye(9)[t])
         # The position table is shared by source and target; the source uses rows < 7 at every t, so look at the
         # target-only rows 7..8 and at the token table rows of target tokens that do not occur in the source.
         rows = np.linalg.norm(np.asarray(grads["embed"]["positions"]["embedding"][...]), axis=-1)
@@ -78,7 +79,7 @@ def test_target_padding_does_not_change_the_real_positions():
 
 def test_jit_matches_eager_and_gradients_are_finite():
     model = Transformer(tiny(dropout_rate=0.1), rngs=nnx.Rngs(0))
-    grads = nnx.grad(lambda m: jnp.mean(m(SRC, TGT, src_valid=SRC_VALID) ** 2))(model)
+    grads = nnx.jit(nnx.grad(lambda m: jnp.mean(m(SRC, TGT, src_valid=SRC_VALID) ** 2)))(model)
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
     model.eval()
     jitted = nnx.jit(lambda m, s, t, v: m(s, t, src_valid=v))(model, SRC, TGT, SRC_VALID)
