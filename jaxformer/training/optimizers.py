@@ -1,0 +1,70 @@
+"""Optimizers from optax: AdamW or Adafactor, global-norm clipping, gradient accumulation, a weight-decay mask."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from jaxformer.training.schedules import Schedule
+
+OPTIMIZERS = ("adamw", "adafactor")
+
+# Weight matrices by parameter name (jaxformer's layers name them so): attention w_q / w_k / w_v / w_o, feed-forward
+# w_in / w_out / w_gate / w_up, dense kernels, untied output decoders. Embedding tables are called "embedding".
+_MATRIX_PREFIXES = ("w_", "kernel", "head_kernel", "decoder")
+
+
+def _name(path) -> str:
+    keys = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+    names = [k for k in keys if isinstance(k, str) and k != "value"]
+    return names[-1] if names else ""
+
+
+def decay_mask(params, *, decay_embeddings: bool = False):
+    """A pytree of bools like `params`: True where weight decay applies.
+
+    Decayed: weight matrices (names starting with `w_`, `kernel`, `decoder`), and the embedding tables when
+    `decay_embeddings` (nanoGPT decays them; BERT and T5 do not). Never decayed: norm scales, biases, class tokens
+    - decaying a LayerNorm scale pulls it towards 0, not towards the identity. Names rather than ndim decide,
+    since a scanned model stacks a bias `[F]` into `[L, F]` and attention biases are `[N, H]`.
+    """
+
+    def decays(path, _):
+        name = _name(path)
+        return name.startswith(_MATRIX_PREFIXES) or (decay_embeddings and name == "embedding")
+
+    return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def make_optimizer(
+    schedule: Schedule,
+    *,
+    name: str = "adamw",
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    decay_embeddings: bool = False,
+    clip_norm: float | None = 1.0,
+    grad_accum_steps: int = 1,
+) -> optax.GradientTransformation:
+    """clip_by_global_norm(clip_norm) -> AdamW(schedule, b1, b2, eps, weight_decay on `decay_mask`) (or Adafactor),
+    wrapped in `optax.MultiSteps` when `grad_accum_steps > 1` (the update is applied every k micro-batches with
+    their mean gradient; the schedule then counts applied updates)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer {name!r}; choose one of {OPTIMIZERS}.")
+    if not isinstance(grad_accum_steps, int) or grad_accum_steps < 1:
+        raise ValueError(f"`grad_accum_steps` must be a positive int; got {grad_accum_steps!r}.")
+    if clip_norm is not None and clip_norm <= 0:
+        raise ValueError(f"`clip_norm` must be > 0 or None; got {clip_norm}.")
+
+    def mask(params):
+        return decay_mask(params, decay_embeddings=decay_embeddings)
+
+    if name == "adamw":
+        core = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)
+    else:
+        core = optax.adafactor(schedule, weight_decay_rate=weight_decay or None, weight_decay_mask=mask)
+    chain = [optax.clip_by_global_norm(clip_norm)] if clip_norm is not None else []
+    optimizer = optax.chain(*chain, core)
+    return optax.MultiSteps(optimizer, grad_accum_steps) if grad_accum_steps > 1 else optimizer

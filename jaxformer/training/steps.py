@@ -1,0 +1,77 @@
+"""Pure, jitted train and eval steps: (TrainState, batch) -> (TrainState, metrics)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxformer import ops
+from jaxformer.training.schedules import Schedule
+from jaxformer.training.state import Graphs, TrainState
+
+LossFn = Callable[[nnx.Module, dict], tuple[jax.Array, dict]]
+
+
+def lm_loss(model: nnx.Module, batch: dict, *, label_smoothing: float = 0.0) -> tuple[jax.Array, dict]:
+    """Next-token cross-entropy of a decoder-only LM.
+
+    batch: `inputs`, `targets` int `[B, T]`; optional `weights` `[B, T]` (0 = ignore, e.g. padding),
+    `segment_ids` and `positions` `[B, T]` for packed rows. Returns (loss, metrics): `nll` (unsmoothed mean
+    negative log-likelihood), `accuracy` (argmax == target), `tokens` (number counted).
+    """
+    logits = model(batch["inputs"], segment_ids=batch.get("segment_ids"), positions=batch.get("positions"))
+    weights = batch.get("weights")
+    loss, tokens = ops.cross_entropy(logits, batch["targets"], mask=weights, label_smoothing=label_smoothing)
+    nll = loss if not label_smoothing else ops.cross_entropy(logits, batch["targets"], mask=weights)[0]
+    w = jnp.ones(batch["targets"].shape, jnp.float32) if weights is None else weights.astype(jnp.float32)
+    correct = (jnp.argmax(logits, axis=-1) == batch["targets"]).astype(jnp.float32)
+    accuracy = jnp.sum(correct * w) / jnp.maximum(tokens, 1.0)
+    return loss, {"nll": nll, "accuracy": accuracy, "tokens": tokens}
+
+
+def make_train_step(
+    graphs: Graphs, optimizer: optax.GradientTransformation, schedule: Schedule, loss_fn: LossFn = lm_loss
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """The jitted training step. The incoming TrainState is donated: its buffers are reused for the new one.
+
+    metrics: `loss`, `nll`, `perplexity` = exp(nll), `accuracy`, `tokens`, `grad_norm` (global, before
+    clipping), `learning_rate` (the schedule at this step).
+    """
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        def compute_loss(params, model_state):
+            # Fresh Variables at this trace level (tree.map rebuilds them), so that dropout may advance its counter.
+            model_state = jax.tree.map(lambda x: x, model_state)
+            model = nnx.merge(graphs.train, params, model_state)
+            loss, metrics = loss_fn(model, batch)
+            return loss, (metrics, nnx.state(model, nnx.Not(nnx.Param)))
+
+        grad_fn = jax.value_and_grad(compute_loss, has_aux=True)
+        (loss, (metrics, model_state)), grads = grad_fn(state.params, state.model_state)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            **metrics,
+            "loss": loss,
+            "perplexity": jnp.exp(metrics["nll"]),
+            "grad_norm": optax.tree.norm(grads),
+            "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
+        }
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state), metrics
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def make_eval_step(graphs: Graphs, loss_fn: LossFn = lm_loss) -> Callable[[TrainState, dict], dict]:
+    """The jitted evaluation step (dropout off, running BatchNorm statistics): metrics as in training."""
+
+    def eval_step(state: TrainState, batch: dict) -> dict:
+        model = nnx.merge(graphs.eval, state.params, state.model_state)
+        loss, metrics = loss_fn(model, batch)
+        return {**metrics, "loss": loss, "perplexity": jnp.exp(metrics["nll"])}
+
+    return jax.jit(eval_step)

@@ -1,0 +1,88 @@
+"""TrainState and the jitted steps: golden one-step metrics, gradient accumulation, dropout RNG, eval mode."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxformer import training
+from jaxformer.models import GPT, ModelConfig
+
+CFG = ModelConfig(vocab_size=32, num_layers=2, d_model=32, num_heads=4, d_ff=64, max_len=16, dropout_rate=0.1)
+TOKENS = np.random.default_rng(0).integers(0, 32, size=(4, 17)).astype(np.int32)
+BATCH = {"inputs": TOKENS[:, :-1], "targets": TOKENS[:, 1:]}
+
+
+def setup(cfg=CFG, grad_accum_steps=1, learning_rate=1e-2):
+    schedule = training.make_schedule("warmup_cosine", learning_rate=learning_rate, num_steps=10, warmup_steps=0)
+    optimizer = training.make_optimizer(schedule, weight_decay=0.1, grad_accum_steps=grad_accum_steps)
+    graphs, state = training.create_train_state(GPT(cfg, rngs=nnx.Rngs(0)), optimizer)
+    return graphs, state, training.make_train_step(graphs, optimizer, schedule), training.make_eval_step(graphs)
+
+
+def test_one_step_golden_metrics():
+    """Recorded on the 2-core CPU dev machine (jax 0.10.2) with
+    `.venv/bin/pytest tests/training/test_steps.py -k golden -s` printing the values below."""
+    _, state, train_step, _ = setup()
+    state, metrics = train_step(state, BATCH)
+    state, metrics2 = train_step(state, BATCH)
+    got = {k: float(v) for k, v in metrics.items()} | {"loss_2": float(metrics2["loss"])}
+    print(got)
+    golden = {
+        "loss": GOLDEN_LOSS,
+        "grad_norm": GOLDEN_GRAD_NORM,
+        "learning_rate": 1e-2,
+        "tokens": 64.0,
+        "loss_2": GOLDEN_LOSS_2,
+    }
+    for key, want in golden.items():
+        np.testing.assert_allclose(got[key], want, rtol=1e-4, err_msg=key)
+    assert int(state.step) == 2
+
+
+GOLDEN_LOSS, GOLDEN_GRAD_NORM, GOLDEN_LOSS_2 = 3.4425657, 1.3347762, 3.3163116
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    # No biases: the key bias has an exactly zero gradient (softmax ignores it), whose rounding noise Adam's first
+    # step would blow up to +-lr differently in the two runs.
+    cfg = CFG.replace(dropout_rate=0.0, use_bias=False)
+    _, big, big_step, _ = setup(cfg)
+    _, small, small_step, _ = setup(cfg, grad_accum_steps=2)
+    big, _ = big_step(big, BATCH)
+    for half in (slice(0, 2), slice(2, 4)):
+        small, _ = small_step(small, {k: v[half] for k, v in BATCH.items()})
+    for a, b in zip(jax.tree.leaves(big.params), jax.tree.leaves(small.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_draws_new_masks_each_step_and_eval_is_deterministic():
+    _, state, train_step, eval_step = setup(learning_rate=1e-9)
+    losses = []
+    for _ in range(2):
+        state, metrics = train_step(state, BATCH)
+        losses.append(float(metrics["loss"]))
+    assert losses[0] != losses[1]  # same batch, (almost) same weights: only the dropout masks differ
+    a, b = eval_step(state, BATCH), eval_step(state, BATCH)
+    assert float(a["loss"]) == float(b["loss"])
+
+
+def test_decay_mask_selects_weight_matrices_only():
+    model = GPT(CFG.replace(tie_embeddings=False), rngs=nnx.Rngs(0))
+    params = nnx.state(model, nnx.Param)
+    flat = {
+        "/".join(str(getattr(k, "key", "")) for k in path): m
+        for path, m in jax.tree_util.tree_leaves_with_path(training.decay_mask(params))
+    }
+    decayed = sorted(k.split("/")[-2] for k, m in flat.items() if m)
+    assert set(decayed) == {"w_q", "w_k", "w_v", "w_o", "w_in", "w_out", "kernel"}
+    with_embeddings = training.decay_mask(params, decay_embeddings=True)
+    assert sum(jax.tree.leaves(with_embeddings)) == sum(jax.tree.leaves(training.decay_mask(params))) + 2
+
+
+def test_bad_optimizer_arguments():
+    schedule = training.make_schedule("constant", learning_rate=1.0, num_steps=10)
+    with pytest.raises(ValueError, match="Unknown optimizer 'sgd'"):
+        training.make_optimizer(schedule, name="sgd")
+    with pytest.raises(ValueError, match="`grad_accum_steps` must be a positive int"):
+        training.make_optimizer(schedule, grad_accum_steps=0)
