@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-all lint format bench clean
+.PHONY: install run demo test test-all lint format bench clean
 
 install: $(STAMP)
 
@@ -16,8 +16,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The main job. Until the training loop lands this is a short tour of jaxformer.ops.
+# tfds reads prepared datasets from $$TFDS_DATA_DIR; on the project machines they live in ../shared.
+TFDS_DATA_DIR ?= $(if $(wildcard ../shared/tensorflow_datasets),$(abspath ../shared/tensorflow_datasets),)
+ifneq ($(TFDS_DATA_DIR),)
+export TFDS_DATA_DIR
+endif
+
+# The main job: a character-level GPT on tiny Shakespeare (the accelerator recipe when jax sees a GPU / TPU).
 run: $(STAMP)
+	@CONFIG=$$($(PY) -c "import jax; print('shakespeare_char_cpu' if jax.default_backend() == 'cpu' else 'shakespeare_char')"); \
+	echo "make run: jax backend $$($(PY) -c 'import jax; print(jax.default_backend())'), training $$CONFIG into workdir/$$CONFIG"; \
+	$(VENV)/bin/jaxformer train --config experiments/configs/$$CONFIG.py --workdir workdir/$$CONFIG
+
+demo: $(STAMP)
 	$(PY) experiments/demo_ops.py
 
 # Default (fast) suite, in parallel. Heavier tests are marked `slow`.

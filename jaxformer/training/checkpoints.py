@@ -64,6 +64,13 @@ class Checkpointer:
         restored = self.manager.restore(step, args=args)
         return restored.state, restored.data, restored.config
 
+    def restore_config(self, step: int | None = None) -> dict:
+        """Only the config stored with checkpoint `step` (default: the latest), e.g. to rebuild the model."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"No complete checkpoint in {self.directory}.")
+        return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+
     def close(self) -> None:
         self.manager.close()
 

@@ -1,0 +1,35 @@
+"""Character-level GPT on tiny Shakespeare for an accelerator: nanoGPT's `train_shakespeare_char` recipe.
+
+    jaxformer train --config experiments/configs/shakespeare_char.py --workdir workdir/shakespeare_char
+
+6 layers, 6 heads, d=384, context 256, batch 64, dropout 0.2, 5000 steps, lr 1e-3 (100 warmup steps, cosine to
+1e-4), AdamW b2=0.99, weight decay 0.1, clipping 1.0. nanoGPT reports validation loss 1.47 on one A100 in about
+3 minutes. Too slow for a 2-core CPU (use shakespeare_char_cpu there); not yet measured by this project.
+"""
+
+import importlib.util
+import pathlib
+
+
+def _cpu_config():
+    path = pathlib.Path(__file__).with_name("shakespeare_char_cpu.py")  # config files are loaded by path
+    spec = importlib.util.spec_from_file_location("shakespeare_char_cpu", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def get_config():
+    config = _cpu_config()
+    config.name = "shakespeare_char"
+    config.data.seq_len = 256
+    config.model.num_layers = 6
+    config.model.num_heads = 6
+    config.model.d_model = 384
+    config.model.d_ff = 4 * 384
+    config.model.dropout_rate = 0.2
+    config.batch_size = 64
+    config.num_steps = 5000
+    config.eval_every = 500
+    config.checkpoint_every = 1000
+    return config

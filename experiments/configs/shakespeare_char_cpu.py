@@ -1,0 +1,65 @@
+"""Character-level GPT on tiny Shakespeare, nanoGPT's CPU recipe ("baby GPT" on a laptop).
+
+    jaxformer train --config experiments/configs/shakespeare_char_cpu.py --workdir workdir/shakespeare_char_cpu
+
+4 layers, 4 heads, d=128, context 64, batch 12, 2000 steps, AdamW (b2=0.99, weight decay 0.1 on all matrices
+and embeddings), lr 1e-3 with 100 warmup steps and cosine decay to 1e-4, gradient clipping 1.0, no dropout.
+Data: tfds `tiny_shakespeare` (train / validation splits) from $TFDS_DATA_DIR.
+Runtime and result on the 2-core CPU dev machine: see README.md and BENCHMARKS.md (the target is validation
+loss <= 1.89 at step 2000; nanoGPT reports 1.88 for this recipe).
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.name = "shakespeare_char_cpu"
+    config.seed = 1337
+
+    config.data = ml_collections.ConfigDict()
+    config.data.source = "tfds"  # or "text_file" with data.path
+    config.data.name = "tiny_shakespeare"
+    config.data.data_dir = ""  # "" = $TFDS_DATA_DIR, else tfds's default
+    config.data.path = ""
+    config.data.eval_fraction = 0.1  # text_file only: the tail used for validation
+    config.data.train_split = "train"
+    config.data.eval_split = "validation"
+    config.data.tokenizer = "char"
+    config.data.seq_len = 64
+
+    config.model = ml_collections.ConfigDict()
+    config.model.variant = "gpt2-tiny"
+    config.model.num_layers = 4
+    config.model.num_heads = 4
+    config.model.d_model = 128
+    config.model.d_ff = 512
+    config.model.dropout_rate = 0.0
+
+    config.num_steps = 2000
+    config.batch_size = 12
+    config.schedule = "warmup_cosine"
+    config.learning_rate = 1e-3
+    config.end_learning_rate = 1e-4
+    config.warmup_steps = 100
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "adamw"
+    config.optimizer.b1 = 0.9
+    config.optimizer.b2 = 0.99
+    config.optimizer.weight_decay = 0.1
+    config.optimizer.decay_embeddings = True  # nanoGPT decays every 2-D parameter
+    config.optimizer.clip_norm = 1.0
+    config.optimizer.grad_accum_steps = 1
+
+    config.log_every = 50
+    config.eval_every = 250
+    config.checkpoint_every = 500
+    config.keep_checkpoints = 3
+
+    config.sample = ml_collections.ConfigDict()
+    config.sample.prompt = "\n"
+    config.sample.num_tokens = 500
+    config.sample.temperature = 0.8
+    config.sample.top_k = 200
+    return config

@@ -1,0 +1,8 @@
+"""`python -m jaxformer.train --config FILE --workdir DIR`: the same as `jaxformer train ...`."""
+
+import sys
+
+from jaxformer.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main([sys.argv[0], "train", *sys.argv[1:]]))
