@@ -34,7 +34,10 @@ def _train(argv: list[str]) -> None:
 
         _quiet()
         config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-        row = train_and_evaluate(config, workdir)
+        try:
+            row = train_and_evaluate(config, workdir)
+        except KeyboardInterrupt:
+            sys.exit(130)  # the loop saved a checkpoint and said so
         print(f"\nFinished {config.name}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step"))
         print(f"Results in {os.path.abspath(workdir)}: metrics.jsonl, loss.png, samples.txt, checkpoints/")
 

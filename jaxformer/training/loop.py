@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import statistics
+import threading
 import time
 
 import jax
@@ -32,7 +34,7 @@ from jaxformer.training.steps import make_eval_step, make_train_step
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or Inf; the newest checkpoint on disk predates it."""
+    """The loss, the gradient norm or the parameters became NaN or Inf; the newest checkpoint predates it."""
 
 
 def load_text(cfg: ml_collections.ConfigDict, split: str) -> str:
@@ -178,7 +180,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     start = int(state.step)
     log.truncate_after(start)
 
+    def stop(what: str, step: int) -> NonFiniteLossError:
+        return NonFiniteLossError(
+            f"{what} at step {step}. Nothing was saved after step {checkpoints.latest_step()}, the newest "
+            f"checkpoint in {checkpoints.directory}; lower learning_rate, raise warmup_steps or set "
+            "optimizer.clip_norm, then run again to resume."
+        )
+
     def save(step: int) -> None:
+        # A finite loss can still be followed by an update that overflows: never checkpoint such parameters.
+        if not all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(state.params)):
+            raise stop("Parameters are not finite", step)
         if step not in checkpoints.all_steps():
             checkpoints.save(step, state, data_state=batches.state(), config=config.to_dict())
 
@@ -187,19 +199,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_losses: list[float] = []
     row: dict = {}
     progress = _progress(start, config.num_steps)
+    interrupted = _InterruptFlag()
     try:
         for step in range(start + 1, config.num_steps + 1):
             t0 = time.perf_counter()
             state, metrics = train_step(state, next(batches))
-            loss = float(metrics["loss"])  # also waits for the step, so the wall time below is the step's
+            # Fetching waits for the step, so the wall time below is the step's.
+            loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
             if step > start + 1:  # the first step of a process compiles
                 step_times.append(time.perf_counter() - t0)
             if not math.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"Training loss is {loss} at step {step}. Nothing was saved after step "
-                    f"{checkpoints.latest_step()}, the newest checkpoint in {checkpoints.directory}; lower "
-                    "learning_rate, raise warmup_steps or set optimizer.clip_norm, then run again to resume."
-                )
+                raise stop(f"Training loss is {loss}", step)
+            if not math.isfinite(grad_norm):
+                raise stop(f"Gradient norm is {grad_norm}", step)
             train_losses.append(loss)
             progress.update(1)
             last = step == config.num_steps
@@ -225,17 +237,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 step_times, train_losses = [], []
             if step % config.checkpoint_every == 0 or last:
                 save(step)
-    except KeyboardInterrupt:
-        # Interrupted inside a step, `state` may be the donated input whose buffers are gone: then the newest
-        # checkpoint on disk stays the resume point.
-        if not any(x.is_deleted() for x in jax.tree.leaves(state) if isinstance(x, jax.Array)):
-            save(int(state.step))
-        print(
-            f"\nInterrupted: newest checkpoint is step {checkpoints.latest_step()} in {checkpoints.directory}; "
-            "run the same command to resume."
-        )
-        raise
+            if interrupted.is_set:  # Ctrl-C is acted on between steps, where `state` is complete
+                save(step)
+                print(f"\nInterrupted: saved step {step} in {checkpoints.directory}; run the same command to resume.")
+                raise KeyboardInterrupt
     finally:
+        interrupted.restore()
         progress.close()
         checkpoints.close()
 
@@ -254,6 +261,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with open(os.path.join(workdir, "samples.txt"), "w") as f:
         f.write(text)
     return row
+
+
+class _InterruptFlag:
+    """Turns the first Ctrl-C (SIGINT) into a flag the loop checks between steps; a second one interrupts at once.
+
+    An interrupt raised inside a jitted step could leave `state` pointing at donated buffers, so the loop only
+    stops where it can save a consistent checkpoint.
+    """
+
+    def __init__(self):
+        self.is_set = False
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        self.is_set = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def restore(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def _progress(start: int, total: int):

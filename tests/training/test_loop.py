@@ -20,17 +20,6 @@ CONFIG = ROOT / "experiments" / "configs" / "shakespeare_char_cpu.py"
 TFDS_DIR = pathlib.Path(os.environ.get("TFDS_DATA_DIR", ROOT.parent / "shared" / "tensorflow_datasets"))
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """A small deterministic text (not a real corpus: the tests are about the machinery)."""
-    rng = np.random.default_rng(0)
-    words = ["to", "be", "or", "not", "that", "is", "the", "question", "whether", "tis", "nobler", "mind"]
-    lines = [" ".join(rng.choice(words, size=8)) for _ in range(600)]
-    path = tmp_path_factory.mktemp("corpus") / "text.txt"
-    path.write_text("\n".join(lines))
-    return path
-
-
 def tiny_args(workdir, corpus, num_steps, every):
     return [
         f"--config={CONFIG}",
