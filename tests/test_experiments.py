@@ -33,3 +33,9 @@ def test_bench_decode_smoke_cached_and_recomputed_tokens_agree():
     out = run_script("experiments/bench_decode.py", "--smoke")
     rows = [line for line in out.splitlines() if line.startswith("| 1 | 8 |") or line.startswith("| 2 | 8 |")]
     assert len(rows) == 2 and all(row.rstrip().endswith("| yes |") for row in rows), out
+
+
+@pytest.mark.slow
+def test_bench_train_smoke():
+    out = run_script("experiments/bench_train.py", "--smoke")
+    assert '"mfu":' in out

@@ -1,0 +1,119 @@
+"""Training-step benchmark: median step time and "CPU MFU" of a config's jitted train step.
+
+    python experiments/bench_train.py                                   # shakespeare_char_cpu, ~1 minute
+    python experiments/bench_train.py --config experiments/configs/shakespeare_char.py --steps 20
+    python experiments/bench_train.py --smoke                           # tiny sizes, seconds
+
+MFU = model FLOPs per step / step time / peak FLOP/s, where
+  - model FLOPs per step = tokens per step * (6 N + 12 L T D) (the PaLM / nanoGPT estimate: N parameters without
+    the position table, 6 for forward + backward matmuls, 12 L T D for the attention scores and their use), and
+  - peak FLOP/s is measured in the same process: a jitted float32 [2048, 2048] @ [2048, 2048] (2 * 2048^3 FLOPs),
+    median of repeated calls: what XLA's CPU matmul reaches on this machine, not a datasheet number.
+The step is the real `jaxformer.training` train step (AdamW, clipping, schedule) on random tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxformer.training.loop import build
+from jaxformer.training.state import create_train_state
+from jaxformer.training.steps import make_train_step
+
+
+def load_config(path: str):
+    spec = importlib.util.spec_from_file_location("config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def matmul_flops_per_s(n: int = 2048, rounds: int = 10) -> float:
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    dot(a, b).block_until_ready()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        dot(a, b).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="experiments/configs/shakespeare_char_cpu.py")
+    parser.add_argument("--steps", type=int, default=100, help="timed steps (after 5 warm-up steps)")
+    parser.add_argument("--vocab_size", type=int, default=65, help="tiny Shakespeare has 65 characters")
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--json", help="also write the result to this file")
+    args = parser.parse_args()
+    config = load_config(args.config)
+    if args.smoke:
+        config.model.update(num_layers=1, d_model=32, d_ff=64, num_heads=2)
+        config.data.seq_len, config.batch_size, args.steps = 16, 2, 3
+
+    model_cfg, model, schedule, optimizer = build(config, args.vocab_size)
+    graphs, state = create_train_state(model, optimizer)
+    train_step = make_train_step(graphs, optimizer, schedule)
+    B, T = config.batch_size, config.data.seq_len
+    rng = np.random.default_rng(0)
+
+    def batch():
+        tokens = rng.integers(0, args.vocab_size, size=(B, T + 1)).astype(np.int32)
+        return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+
+    for _ in range(5):
+        state, metrics = train_step(state, batch())
+    jax.block_until_ready(metrics)
+    times = []
+    for _ in range(args.steps):
+        b = batch()
+        start = time.perf_counter()
+        state, metrics = train_step(state, b)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    step_s = statistics.median(times)
+
+    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    position_table = model_cfg.max_len * model_cfg.d_model if model_cfg.positional == "learned" else 0
+    N, L, D = params - position_table, model_cfg.num_layers, model_cfg.d_model
+    flops_per_step = B * T * (6 * N + 12 * L * T * D)
+    peak = matmul_flops_per_s()
+    result = {
+        "config": config.name,
+        "params": params,
+        "tokens_per_step": B * T,
+        "step_ms": 1e3 * step_s,
+        "tokens_per_s": B * T / step_s,
+        "model_gflops_per_step": flops_per_step / 1e9,
+        "achieved_gflops_per_s": flops_per_step / step_s / 1e9,
+        "matmul_gflops_per_s": peak / 1e9,
+        "mfu": flops_per_step / step_s / peak,
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "machine": platform.processor() or platform.machine(),
+    }
+    print(json.dumps(result, indent=1))
+    print(
+        f"\n| {config.name} | {params:,} | {B}x{T} | {result['step_ms']:.1f} ms | {result['tokens_per_s']:.0f} | "
+        f"{result['achieved_gflops_per_s']:.1f} | {result['matmul_gflops_per_s']:.1f} | "
+        f"**{100 * result['mfu']:.1f}%** |"
+    )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
