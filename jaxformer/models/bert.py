@@ -12,15 +12,11 @@ from jaxformer import nn, ops
 from jaxformer.models.config import ModelConfig
 from jaxformer.models.embedding import InputEmbedding, check_tokens
 from jaxformer.models.stack import BlockStack
-from jaxformer.nn.blocks import make_norm
+from jaxformer.nn.blocks import apply_norm, make_norm
 
 # The MLM transform is element-wise; a gated activation (swiglu) has no D -> D form, so such configs use the
 # exact GELU there, as ModernBERT does with its GeGLU feed-forward and GELU head.
 _GATED_FALLBACK = "gelu_exact"
-
-
-def _normalize(norm: nnx.Module, x: jax.Array, valid: jax.Array | None) -> jax.Array:
-    return norm(x, valid) if isinstance(norm, nn.BatchNorm) else norm(x)
 
 
 def _dense_params(cfg: ModelConfig, rngs: nnx.Rngs) -> tuple[nnx.Param, nnx.Param]:
@@ -91,7 +87,7 @@ class MLMHead(nnx.Module):
         h = hidden.astype(cfg.dtype)
         z = h @ self.kernel[...].astype(cfg.dtype) + self.bias[...].astype(cfg.dtype)
         z = self.act(z)
-        z = _normalize(self.norm, z, valid)
+        z = apply_norm(self.norm, z, valid)
         if self.decoder is None:
             logits = self.embed.attend(z)
         else:
@@ -160,8 +156,7 @@ class BERT(nnx.Module):
             mask = ops.padding_mask(valid)  # [B, 1, T, T]: padded query rows attend to nothing and output zeros
         x = self.embed(tokens, positions=positions, token_types=token_types, valid=valid)
         x = self.blocks(x, mask=mask, valid=valid, positions=positions)
-        if self.final_norm is not None:
-            x = _normalize(self.final_norm, x, valid)
+        x = apply_norm(self.final_norm, x, valid)
         return BERTOutput(hidden=x, pooled=self.pooler(x))
 
     def mlm_logits(self, hidden: jax.Array, *, valid: jax.Array | None = None) -> jax.Array:

@@ -11,7 +11,7 @@ from flax import nnx
 
 from jaxformer import nn, ops
 from jaxformer.models.config import ModelConfig
-from jaxformer.nn.blocks import make_norm
+from jaxformer.nn.blocks import apply_norm, make_norm
 
 
 def check_tokens(name: str, tokens, vocab_size: int, max_len: int | None) -> jax.Array:
@@ -85,6 +85,4 @@ class InputEmbedding(nnx.Module):
             x = x + jnp.take(table, positions, axis=0, mode="fill", fill_value=jnp.nan).astype(cfg.dtype)
         if self.token_types is not None:
             x = x + self.token_types(jnp.zeros_like(tokens) if token_types is None else token_types)
-        if self.norm is not None:
-            x = self.norm(x, valid) if isinstance(self.norm, nn.BatchNorm) else self.norm(x)
-        return self.dropout(x)
+        return self.dropout(apply_norm(self.norm, x, valid))

@@ -10,7 +10,7 @@ from jaxformer import nn, ops
 from jaxformer.models.config import ModelConfig
 from jaxformer.models.embedding import InputEmbedding
 from jaxformer.models.stack import BlockStack
-from jaxformer.nn.blocks import make_norm
+from jaxformer.nn.blocks import apply_norm, make_norm
 
 
 class OutputHead(nnx.Module):
@@ -89,6 +89,4 @@ class GPT(nnx.Module):
             mask = ops.combine_masks(mask, ops.padding_mask(valid))
         x = self.embed(tokens, positions=positions, valid=valid)
         x = self.blocks(x, mask=mask, valid=valid, positions=positions, decode=decode)
-        if self.final_norm is not None:
-            x = self.final_norm(x, valid) if isinstance(self.final_norm, nn.BatchNorm) else self.final_norm(x)
-        return self.head(x)
+        return self.head(apply_norm(self.final_norm, x, valid))

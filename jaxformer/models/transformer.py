@@ -11,13 +11,7 @@ from jaxformer.models.config import ModelConfig
 from jaxformer.models.embedding import InputEmbedding
 from jaxformer.models.gpt import OutputHead
 from jaxformer.models.stack import BlockStack
-from jaxformer.nn.blocks import make_norm
-
-
-def _norm(norm, x, valid):
-    if norm is None:
-        return x
-    return norm(x, valid) if isinstance(norm, nn.BatchNorm) else norm(x)
+from jaxformer.nn.blocks import apply_norm, make_norm
 
 
 def _check_valid(name: str, valid, tokens) -> jax.Array | None:
@@ -73,7 +67,7 @@ class Transformer(nnx.Module):
         mask = None if src_valid is None else ops.padding_mask(src_valid)
         x = self.embed(src, valid=src_valid)
         x = self.encoder(x, mask=mask, valid=src_valid)
-        return _norm(self.encoder_norm, x, src_valid)
+        return apply_norm(self.encoder_norm, x, src_valid)
 
     def decode(
         self,
@@ -108,7 +102,7 @@ class Transformer(nnx.Module):
         x = self.decoder(
             x, memory, mask=self_mask, context_mask=cross_mask, valid=tgt_valid, positions=positions, decode=decode
         )
-        return self.head(_norm(self.decoder_norm, x, tgt_valid))
+        return self.head(apply_norm(self.decoder_norm, x, tgt_valid))
 
     def __call__(
         self,

@@ -60,6 +60,13 @@ class BlockConfig:
                 raise ValueError(f"BlockConfig.{name} must be in [0, 1); got {getattr(self, name)}.")
 
 
+def apply_norm(norm: nnx.Module | None, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+    """`norm(x)`, with `valid [B, T]` passed on to a BatchNorm (whose statistics skip padding); None = identity."""
+    if norm is None:
+        return x
+    return norm(x, valid) if isinstance(norm, BatchNorm) else norm(x)
+
+
 def make_norm(cfg: BlockConfig, *, rngs: nnx.Rngs) -> nnx.Module:
     kwargs = {"epsilon": cfg.norm_epsilon, "param_dtype": cfg.param_dtype, "rngs": rngs}
     return {"layernorm": LayerNorm, "rmsnorm": RMSNorm, "batchnorm": BatchNorm}[cfg.norm](cfg.dim, **kwargs)
@@ -105,13 +112,10 @@ class _Residual(nnx.Module):
         self.norm = make_norm(cfg, rngs=rngs)
         self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
 
-    def _normalize(self, x, valid):
-        return self.norm(x, valid) if isinstance(self.norm, BatchNorm) else self.norm(x)
-
     def __call__(self, sublayer, x: jax.Array, valid: jax.Array | None) -> jax.Array:
         if self.pre_norm:
-            return x + self.dropout(sublayer(self._normalize(x, valid)))
-        return self._normalize(x + self.dropout(sublayer(x)), valid)
+            return x + self.dropout(sublayer(apply_norm(self.norm, x, valid)))
+        return apply_norm(self.norm, x + self.dropout(sublayer(x)), valid)
 
 
 class EncoderBlock(nnx.Module):
