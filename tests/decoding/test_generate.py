@@ -8,6 +8,7 @@ from flax import nnx
 
 from jaxformer.decoding import generate
 from jaxformer.models import GPT, ModelConfig
+from tests.models.helpers import scanned_copy
 
 CFG = ModelConfig(vocab_size=48, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, d_ff=64, max_len=24)
 PROMPT = np.array([[5, 7, 9, 0, 0, 0], [1, 2, 3, 4, 5, 6], [8, 0, 0, 0, 0, 0]], np.int32)
@@ -70,10 +71,8 @@ def test_sampling_is_reproducible_and_top_k_one_is_greedy():
 
 
 def test_scanned_layers_generate_like_looped_ones():
-    from tests.models.test_gpt import stacked_copy
-
     model = GPT(CFG, rngs=nnx.Rngs(0))
-    scanned = stacked_copy(model, CFG)
+    scanned = scanned_copy(model)
     kwargs = dict(rng=jax.random.key(0), temperature=0.0, prompt_lengths=LENGTHS)
     np.testing.assert_array_equal(generate(scanned, PROMPT, 5, **kwargs), generate(model, PROMPT, 5, **kwargs))
 

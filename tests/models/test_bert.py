@@ -14,6 +14,7 @@ from jaxformer import nn, ops
 from jaxformer.models.bert import BERT, BERTOutput
 from jaxformer.models.config import ModelConfig
 from jaxformer.models.masking import mask_for_mlm
+from tests.models.helpers import param_count, scanned_copy
 from tests.nn.test_layers import np_, randomize
 
 # T = 17, the sequence length of the vit-tiny tests: jax caches eager op compilations by shape, so both files share
@@ -28,29 +29,6 @@ def tiny(**overrides):
 
 def build(seed=0, **overrides):
     return randomize(BERT(tiny(**overrides), rngs=nnx.Rngs(seed)), seed)
-
-
-def param_count(model, keep=lambda path: True) -> int:
-    """Parameters of `model` (shared ones once), counting only those whose path `keep` accepts."""
-    return sum(math.prod(v.shape) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param)) if keep(path))
-
-
-def scanned_copy(model):
-    """`model` rebuilt with `scan_layers=True` and given `model`'s state, its L blocks stacked on a leading axis.
-
-    Built with `nnx.eval_shape`: compiling the vmapped initialisers would cost seconds and every value is
-    replaced anyway.
-    """
-    cls, config = type(model), model.config.replace(scan_layers=True)
-    scanned = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
-    values = nnx.to_pure_dict(nnx.state(model))
-    layers = values["blocks"]["layers"]
-    values["blocks"]["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *[layers[i] for i in sorted(layers)])
-    state = nnx.state(scanned)
-    nnx.replace_by_pure_dict(state, values)
-    nnx.update(scanned, state)
-    assert scanned.blocks.scan and param_count(scanned) == param_count(model)
-    return scanned
 
 
 # -- parameter counts ------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from jaxformer.models import GPT, ModelConfig
+from tests.models.helpers import scanned_copy
 
 TOKENS = np.random.default_rng(0).integers(0, 64, size=(2, 11)).astype(np.int32)
 
@@ -14,17 +15,6 @@ TOKENS = np.random.default_rng(0).integers(0, 64, size=(2, 11)).astype(np.int32)
 def tiny(**overrides):
     base = dict(vocab_size=64, num_layers=2, d_model=32, num_heads=4, d_ff=64, max_len=16, dropout_rate=0.0)
     return ModelConfig(**{**base, **overrides})
-
-
-def stacked_copy(looped: GPT, cfg: ModelConfig) -> GPT:
-    """A scan_layers=True model holding the looped model's parameters, stacked on a leading layer axis."""
-    scanned = GPT(cfg.replace(scan_layers=True), rngs=nnx.Rngs(1))
-    layers = [nnx.state(block) for block in looped.blocks.layers]
-    nnx.update(scanned.blocks.layers, jax.tree.map(lambda *xs: jnp.stack(xs), *layers))
-    for name in ("embed", "final_norm", "head"):
-        if getattr(looped, name) is not None:
-            nnx.update(getattr(scanned, name), nnx.state(getattr(looped, name)))
-    return scanned
 
 
 CACHED_CASES = {
@@ -97,7 +87,7 @@ def test_every_option_gives_finite_outputs_and_gradients_and_jit_agrees(override
 def test_scan_layers_equals_the_python_loop():
     cfg = tiny(positional="rope", num_kv_heads=2)
     looped = GPT(cfg, rngs=nnx.Rngs(0))
-    scanned = stacked_copy(looped, cfg)
+    scanned = scanned_copy(looped)
     assert scanned.blocks.layers.ffn.w_in.shape == (2, 32, 64)
     np.testing.assert_allclose(scanned(TOKENS), looped(TOKENS), rtol=1e-5, atol=1e-5)
 

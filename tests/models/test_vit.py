@@ -9,7 +9,8 @@ from flax import nnx
 from jaxformer import ops
 from jaxformer.models.config import ModelConfig
 from jaxformer.models.vit import ViT, patchify
-from tests.models.test_bert import NORM_CONFIGS, param_count, scanned_copy
+from tests.models.helpers import param_count, scanned_copy
+from tests.models.test_bert import NORM_CONFIGS
 from tests.nn.test_layers import np_, randomize
 
 IMAGES = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)

@@ -1,0 +1,30 @@
+"""Helpers shared by the model tests."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def param_count(model, keep=lambda path: True) -> int:
+    """Parameters of `model` (shared ones once), counting only those whose path `keep` accepts."""
+    return sum(math.prod(v.shape) for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param)) if keep(path))
+
+
+def scanned_copy(model):
+    """`model` rebuilt with `scan_layers=True` and given `model`'s state, its L blocks stacked on a leading axis.
+
+    Built with `nnx.eval_shape`: compiling the vmapped initialisers would cost seconds and every value is
+    replaced anyway.
+    """
+    cls, config = type(model), model.config.replace(scan_layers=True)
+    scanned = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
+    values = nnx.to_pure_dict(nnx.state(model))
+    layers = values["blocks"]["layers"]
+    values["blocks"]["layers"] = jax.tree.map(lambda *xs: jnp.stack(xs), *[layers[i] for i in sorted(layers)])
+    state = nnx.state(scanned)
+    nnx.replace_by_pure_dict(state, values)
+    nnx.update(scanned, state)
+    assert scanned.blocks.scan and param_count(scanned) == param_count(model)
+    return scanned
