@@ -8,6 +8,7 @@ Every iterator is deterministic given its seed and resumable from its `state()`,
 training loop stores in its checkpoint.
 """
 
+from jaxformer.data.images import ImageDataset, digits, image_dataset, mnist
 from jaxformer.data.lm import LMBatcher, eval_batches, num_eval_batches
 from jaxformer.data.packing import ShuffledBatches, pack_sequences
 from jaxformer.data.sources import DatasetNotPreparedError, default_data_dir, text_file, tfds_source, tfds_text
@@ -24,7 +25,13 @@ from jaxformer.data.synthetic import (
     seq2seq_task,
     seq2seq_vocab_size,
 )
-from jaxformer.data.tokenizers import ByteTokenizer, CharTokenizer, Tokenizer, tokenizer_from_dict
+from jaxformer.data.tokenizers import (
+    ByteTokenizer,
+    CharTokenizer,
+    SentencePieceTokenizer,
+    Tokenizer,
+    tokenizer_from_dict,
+)
 
 __all__ = [
     "BOS_ID",
@@ -37,11 +44,16 @@ __all__ = [
     "ByteTokenizer",
     "CharTokenizer",
     "DatasetNotPreparedError",
+    "ImageDataset",
     "LMBatcher",
+    "SentencePieceTokenizer",
     "ShuffledBatches",
     "Tokenizer",
     "default_data_dir",
+    "digits",
     "eval_batches",
+    "image_dataset",
+    "mnist",
     "num_eval_batches",
     "pack_sequences",
     "seq2seq_decode",
