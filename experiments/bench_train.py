@@ -15,7 +15,6 @@ The step is the real `jaxformer.training` train step (AdamW, clipping, schedule)
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import platform
 import statistics
@@ -25,16 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxformer.training.defaults import load_config
 from jaxformer.training.loop import build
 from jaxformer.training.state import create_train_state
 from jaxformer.training.steps import make_train_step
-
-
-def load_config(path: str):
-    spec = importlib.util.spec_from_file_location("config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from jaxformer.training.tasks import build_model_config
 
 
 def matmul_flops_per_s(n: int = 2048, rounds: int = 10) -> float:
@@ -63,7 +57,8 @@ def main():
         config.model.update(num_layers=1, d_model=32, d_ff=64, num_heads=2)
         config.data.seq_len, config.batch_size, args.steps = 16, 2, 3
 
-    model_cfg, model, schedule, optimizer = build(config, args.vocab_size)
+    model_cfg = build_model_config(config, {"vocab_size": args.vocab_size, "max_len": config.data.seq_len})
+    model, schedule, optimizer = build(config, model_cfg)
     graphs, state = create_train_state(model, optimizer)
     train_step = make_train_step(graphs, optimizer, schedule)
     B, T = config.batch_size, config.data.seq_len

@@ -56,7 +56,8 @@ def _sample(argv: list[str]) -> None:
     flags.mark_flags_as_required(["workdir"])
 
     def main(_):
-        from jaxformer.training.loop import load_trained, sample_text
+        from jaxformer.training.loop import load_trained
+        from jaxformer.training.tasks.lm import sample_text
 
         _quiet()
         f = flags.FLAGS

@@ -7,20 +7,13 @@
 3 minutes. Too slow for a 2-core CPU (use shakespeare_char_cpu there); not yet measured by this project.
 """
 
-import importlib.util
 import pathlib
 
-
-def _cpu_config():
-    path = pathlib.Path(__file__).with_name("shakespeare_char_cpu.py")  # config files are loaded by path
-    spec = importlib.util.spec_from_file_location("shakespeare_char_cpu", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from jaxformer.training.defaults import load_config
 
 
 def get_config():
-    config = _cpu_config()
+    config = load_config(pathlib.Path(__file__).with_name("shakespeare_char_cpu.py"))  # config files load by path
     config.name = "shakespeare_char"
     config.data.seq_len = 256
     config.model.num_layers = 6

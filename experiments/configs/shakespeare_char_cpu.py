@@ -11,13 +11,14 @@ loss <= 1.89 at step 2000; nanoGPT reports 1.88 for this recipe).
 
 import ml_collections
 
+from jaxformer.training.defaults import default_config
+
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
+    config = default_config()
     config.name = "shakespeare_char_cpu"
     config.seed = 1337
 
-    config.data = ml_collections.ConfigDict()
     config.data.source = "tfds"  # or "text_file" with data.path
     config.data.name = "tiny_shakespeare"
     config.data.data_dir = ""  # "" = $TFDS_DATA_DIR, else tfds's default
@@ -25,10 +26,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.eval_fraction = 0.1  # text_file only: the tail used for validation
     config.data.train_split = "train"
     config.data.eval_split = "validation"
-    config.data.tokenizer = "char"
+    config.data.tokenizer = "char"  # or "byte", "sentencepiece" (with data.vocab_size)
+    config.data.vocab_size = 0  # sentencepiece only
+    config.data.sentencepiece_type = "unigram"  # or "bpe"
     config.data.seq_len = 64
 
-    config.model = ml_collections.ConfigDict()
     config.model.variant = "gpt2-tiny"
     config.model.num_layers = 4
     config.model.num_heads = 4
@@ -43,7 +45,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.end_learning_rate = 1e-4
     config.warmup_steps = 100
 
-    config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adamw"
     config.optimizer.b1 = 0.9
     config.optimizer.b2 = 0.99

@@ -1,9 +1,10 @@
-"""train_and_evaluate(config, workdir): the main job for language models (GPT on a text corpus).
+"""train_and_evaluate(config, workdir): the main job, one loop for every task (`jaxformer.training.tasks`).
 
 Resumes from the newest complete checkpoint in `workdir/checkpoints` (model, optimizer, RNG counters and the data
 position), so a run that is killed and restarted continues with exactly the batches and random numbers of an
-uninterrupted one. Writes `metrics.jsonl` (one JSON object per log line), `tokenizer.json`, `loss.png` and
-`samples.txt` to the workdir.
+uninterrupted one. Writes `metrics.jsonl` (one JSON object per log line), TensorBoard event files under
+`tensorboard/`, `loss.png`, `samples.txt` (what the trained model produces) and the task's assets (a language
+model's `tokenizer.json`) to the workdir.
 """
 
 from __future__ import annotations
@@ -23,79 +24,25 @@ import numpy as np
 from flax import nnx
 
 from jaxformer import data
-from jaxformer.decoding import generate
 from jaxformer.models import GPT, ModelConfig
 from jaxformer.training import plots
 from jaxformer.training.checkpoints import Checkpointer
+from jaxformer.training.metrics import MetricsLog
 from jaxformer.training.optimizers import make_optimizer
 from jaxformer.training.schedules import make_schedule
 from jaxformer.training.state import create_train_state, merge
 from jaxformer.training.steps import make_eval_step, make_train_step
+from jaxformer.training.tasks import build_model_config, make_task
+from jaxformer.training.tasks.lm import lm_model_fields
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss, the gradient norm or the parameters became NaN or Inf; the newest checkpoint predates it."""
 
 
-def load_text(cfg: ml_collections.ConfigDict, split: str) -> str:
-    """The raw text of `split` from the config's source: a tfds dataset or a local text file (split by share)."""
-    if cfg.source == "tfds":
-        return data.tfds_text(cfg.name, split, data_dir=cfg.data_dir or None)
-    if cfg.source == "text_file":
-        text = data.text_file(cfg.path)
-        cut = int(len(text) * (1.0 - cfg.eval_fraction))
-        return text[:cut] if split == cfg.train_split else text[cut:]
-    raise ValueError(f"config.data.source={cfg.source!r}; choose 'tfds' or 'text_file'.")
-
-
-def make_tokenizer(name: str, train_text: str) -> data.Tokenizer:
-    if name == "char":
-        return data.CharTokenizer.from_text(train_text)
-    if name == "byte":
-        return data.ByteTokenizer()
-    raise ValueError(f"config.data.tokenizer={name!r}; choose 'char' or 'byte'.")
-
-
-def model_config(config: ml_collections.ConfigDict, vocab_size: int) -> ModelConfig:
-    """`config.model` is a variant name plus field overrides; vocabulary and context come from the data."""
-    overrides = dict(config.model.to_dict())
-    variant = overrides.pop("variant")
-    return ModelConfig.variant(variant, **{"vocab_size": vocab_size, "max_len": config.data.seq_len, **overrides})
-
-
-def evaluate(eval_step, state, tokens: np.ndarray, config) -> float:
-    """Mean next-token loss over every target of the evaluation split (padded batches, padding not counted)."""
-    total, count = 0.0, 0.0
-    for batch in data.eval_batches(tokens, batch_size=config.batch_size, seq_len=config.data.seq_len):
-        batch = {"inputs": batch["inputs"], "targets": batch["targets"], "weights": batch["valid"]}
-        metrics = jax.device_get(eval_step(state, batch))
-        total += float(metrics["nll"]) * float(metrics["tokens"])
-        count += float(metrics["tokens"])
-    return total / max(count, 1.0)
-
-
-def sample_text(model: GPT, tokenizer, prompt: str, num_tokens: int, *, seed: int, **sampling) -> str:
-    """`num_tokens` sampled after `prompt`, in chunks whose prompt is the recent context (as nanoGPT crops to the
-    block size), since learned positions stop at max_len."""
-    max_len = model.config.max_len
-    context = list(tokenizer.encode(prompt)) or [0]
-    out: list[int] = []
-    key = jax.random.key(seed)
-    while len(out) < num_tokens:
-        window = context[-(max_len // 2) :]
-        chunk = min(max_len - len(window), num_tokens - len(out))
-        key, sub = jax.random.split(key)
-        new = generate(model, jnp.asarray([window], jnp.int32), chunk, rng=sub, **sampling)
-        new = [int(t) for t in np.asarray(new[0])]
-        out += new
-        context += new
-    return prompt + tokenizer.decode(np.asarray(out, np.int32))
-
-
-def build(config: ml_collections.ConfigDict, vocab_size: int):
-    """(ModelConfig, GPT, schedule, optimizer) that `config` describes, for a vocabulary of `vocab_size`."""
-    model_cfg = model_config(config, vocab_size)
-    model = GPT(model_cfg, rngs=nnx.Rngs(config.seed))
+def build(config: ml_collections.ConfigDict, model_cfg: ModelConfig, model_class: type[nnx.Module] = GPT):
+    """(model, schedule, optimizer) that `config` describes, the model a `model_class` of `model_cfg`."""
+    model = model_class(model_cfg, rngs=nnx.Rngs(config.seed))
     schedule = make_schedule(
         config.schedule,
         learning_rate=config.learning_rate,
@@ -115,70 +62,49 @@ def build(config: ml_collections.ConfigDict, vocab_size: int):
         clip_norm=opt.clip_norm or None,
         grad_accum_steps=opt.grad_accum_steps,
     )
-    return model_cfg, model, schedule, optimizer
+    return model, schedule, optimizer
 
 
 def load_trained(workdir: str):
-    """(model in eval mode, tokenizer, config) from the newest checkpoint of a run's workdir."""
-    with open(os.path.join(workdir, "tokenizer.json")) as f:
+    """(GPT in eval mode, tokenizer, config) from the newest checkpoint of a language-model run's workdir."""
+    path = os.path.join(workdir, "tokenizer.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: {workdir} holds no trained language model (task 'lm').")
+    with open(path) as f:
         tokenizer = data.tokenizer_from_dict(json.load(f))
     with Checkpointer(os.path.join(workdir, "checkpoints")) as checkpoints:
         step = checkpoints.latest_step()
         if step is None:
             raise FileNotFoundError(f"No checkpoint in {checkpoints.directory}: train first.")
         config = ml_collections.ConfigDict(checkpoints.restore_config(step))
-        _, model, _, optimizer = build(config, tokenizer.vocab_size)
+        if config.get("task", "lm") != "lm":
+            raise ValueError(f"{workdir} holds a {config.task!r} model; sampling text needs task 'lm'.")
+        model_cfg = build_model_config(config, lm_model_fields(config, tokenizer))
+        model, _, optimizer = build(config, model_cfg)
         graphs, template = create_train_state(model, optimizer)
         state, _, _ = checkpoints.restore(template, step)
     return merge(graphs.eval, state), tokenizer, config
 
 
-class MetricsLog:
-    """Appends one JSON object per line to `workdir/metrics.jsonl` and keeps the history for the loss plot."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self.history: list[dict] = []
-        if os.path.exists(path):
-            with open(path) as f:
-                self.history = [json.loads(line) for line in f if line.strip()]
-
-    def truncate_after(self, step: int) -> None:
-        """Forgets lines logged after `step` (a resumed run logs them again, exactly as before)."""
-        self.history = [row for row in self.history if row["step"] <= step]
-        with open(self.path, "w") as f:
-            f.writelines(json.dumps(row) + "\n" for row in self.history)
-
-    def write(self, row: dict) -> None:
-        self.history.append(row)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains `config` into `workdir` (resuming if it holds a checkpoint); returns the final metrics row."""
     os.makedirs(workdir, exist_ok=True)
-    train_text = load_text(config.data, config.data.train_split)
-    eval_text = load_text(config.data, config.data.eval_split)
-    tokenizer = make_tokenizer(config.data.tokenizer, train_text)
-    with open(os.path.join(workdir, "tokenizer.json"), "w") as f:
-        json.dump(tokenizer.to_dict(), f)
-    train_tokens, eval_tokens = tokenizer.encode(train_text), tokenizer.encode(eval_text)
-
-    model_cfg, model, schedule, optimizer = build(config, tokenizer.vocab_size)
+    task = make_task(config)
+    task.save_assets(workdir)
+    model, schedule, optimizer = build(config, task.model_config(), task.model_class)
     graphs, state = create_train_state(model, optimizer)
-    train_step, eval_step = make_train_step(graphs, optimizer, schedule), make_eval_step(graphs)
-    batches = data.LMBatcher(train_tokens, batch_size=config.batch_size, seq_len=config.data.seq_len, seed=config.seed)
+    train_step = make_train_step(graphs, optimizer, schedule, task.loss)
+    eval_step = make_eval_step(graphs, task.loss)
+    batches = task.batches
 
     checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
-    log = MetricsLog(os.path.join(workdir, "metrics.jsonl"))
     start = checkpoints.latest_step()
     if start is not None:
         state, data_state, _ = checkpoints.restore(state, start)
         batches.restore(data_state)
         print(f"Resumed from the checkpoint at step {start} in {checkpoints.directory}.")
     start = int(state.step)
-    log.truncate_after(start)
+    log = MetricsLog(workdir, resume_step=start)
 
     def stop(what: str, step: int) -> NonFiniteLossError:
         return NonFiniteLossError(
@@ -194,7 +120,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if step not in checkpoints.all_steps():
             checkpoints.save(step, state, data_state=batches.state(), config=config.to_dict())
 
-    tokens_per_step = config.batch_size * config.data.seq_len
+    tokens_per_step = task.tokens_per_batch
     step_times: list[float] = []
     train_losses: list[float] = []
     row: dict = {}
@@ -227,7 +153,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     "tokens_per_s": tokens_per_step / (step_ms / 1e3) if step_times else float("nan"),
                 }
                 if step % config.eval_every == 0 or last:
-                    row["val_loss"] = evaluate(eval_step, state, eval_tokens, config)
+                    row.update(task.evaluate(eval_step, state, merge(graphs.eval, state)))
                 log.write(row)
                 progress.set_postfix(
                     loss=f"{row['train_loss']:.3f}",
@@ -245,21 +171,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         interrupted.restore()
         progress.close()
         checkpoints.close()
+        log.close()
 
     plots.loss_curve(log.history, os.path.join(workdir, "loss.png"), title=config.name)
-    final_model = merge(graphs.eval, state)
-    sample = config.sample
-    text = sample_text(
-        final_model,
-        tokenizer,
-        sample.prompt,
-        sample.num_tokens,
-        seed=config.seed,
-        temperature=sample.temperature,
-        top_k=min(sample.top_k, tokenizer.vocab_size) if sample.top_k else None,  # nanoGPT clamps it too
-    )
     with open(os.path.join(workdir, "samples.txt"), "w") as f:
-        f.write(text)
+        f.write(task.samples(merge(graphs.eval, state)))
     return row
 
 

@@ -16,21 +16,30 @@ from jaxformer.training.state import Graphs, TrainState
 LossFn = Callable[[nnx.Module, dict], tuple[jax.Array, dict]]
 
 
+def classification_loss(
+    logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None, *, label_smoothing: float = 0.0
+) -> tuple[jax.Array, dict]:
+    """Softmax cross-entropy of `logits [..., V]` against `targets [...]`, with the metrics every task reports.
+
+    weights: `[...]` (0 = ignore, e.g. padding); None counts every target. Returns (loss, metrics): `nll` (the
+    unsmoothed mean negative log-likelihood), `accuracy` (argmax == target) and `tokens` (the targets counted).
+    """
+    loss, tokens = ops.cross_entropy(logits, targets, mask=weights, label_smoothing=label_smoothing)
+    nll = loss if not label_smoothing else ops.cross_entropy(logits, targets, mask=weights)[0]
+    w = jnp.ones(targets.shape, jnp.float32) if weights is None else weights.astype(jnp.float32)
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    accuracy = jnp.sum(correct * w) / jnp.maximum(tokens, 1.0)
+    return loss, {"nll": nll, "accuracy": accuracy, "tokens": tokens}
+
+
 def lm_loss(model: nnx.Module, batch: dict, *, label_smoothing: float = 0.0) -> tuple[jax.Array, dict]:
     """Next-token cross-entropy of a decoder-only LM.
 
     batch: `inputs`, `targets` int `[B, T]`; optional `weights` `[B, T]` (0 = ignore, e.g. padding),
-    `segment_ids` and `positions` `[B, T]` for packed rows. Returns (loss, metrics): `nll` (unsmoothed mean
-    negative log-likelihood), `accuracy` (argmax == target), `tokens` (number counted).
+    `segment_ids` and `positions` `[B, T]` for packed rows. Returns (loss, metrics) as `classification_loss`.
     """
     logits = model(batch["inputs"], segment_ids=batch.get("segment_ids"), positions=batch.get("positions"))
-    weights = batch.get("weights")
-    loss, tokens = ops.cross_entropy(logits, batch["targets"], mask=weights, label_smoothing=label_smoothing)
-    nll = loss if not label_smoothing else ops.cross_entropy(logits, batch["targets"], mask=weights)[0]
-    w = jnp.ones(batch["targets"].shape, jnp.float32) if weights is None else weights.astype(jnp.float32)
-    correct = (jnp.argmax(logits, axis=-1) == batch["targets"]).astype(jnp.float32)
-    accuracy = jnp.sum(correct * w) / jnp.maximum(tokens, 1.0)
-    return loss, {"nll": nll, "accuracy": accuracy, "tokens": tokens}
+    return classification_loss(logits, batch["targets"], batch.get("weights"), label_smoothing=label_smoothing)
 
 
 def make_train_step(

@@ -1,0 +1,62 @@
+"""default_config(): every key `train_and_evaluate` reads, with defaults; experiment configs override them.
+
+    config = default_config()            # in an experiment's get_config()
+    config.task = "seq2seq"
+    config.model.variant = "transformer-tiny"
+
+Keys that other tools rely on keep these names: `num_steps`, `batch_size`, `seed`, `eval_every`,
+`checkpoint_every`, `learning_rate`, `warmup_steps`, `schedule`, `model` (a ModelConfig variant name plus field
+overrides, e.g. `model.dtype = "bfloat16"` for bf16 compute with float32 parameters), `data` (task specific).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import ml_collections
+
+
+def default_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.name = "run"
+    config.task = "lm"  # lm | mlm | seq2seq | classification (jaxformer.training.tasks)
+    config.seed = 0
+
+    config.data = ml_collections.ConfigDict()  # keys depend on the task: see jaxformer/training/tasks/<task>.py
+    config.model = ml_collections.ConfigDict()
+    config.model.variant = "gpt2-tiny"  # plus any ModelConfig field to override
+
+    config.num_steps = 1000
+    config.batch_size = 32
+    config.schedule = "warmup_cosine"  # jaxformer.training.SCHEDULES
+    config.learning_rate = 1e-3  # the peak (inverse_sqrt: the factor in front of d_model^-0.5)
+    config.end_learning_rate = 1e-4
+    config.warmup_steps = 100
+    config.label_smoothing = 0.0
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "adamw"  # or "adafactor"
+    config.optimizer.b1 = 0.9
+    config.optimizer.b2 = 0.99
+    config.optimizer.weight_decay = 0.1  # matrices only; norms and biases never decay
+    config.optimizer.decay_embeddings = False
+    config.optimizer.clip_norm = 1.0  # 0 = no clipping
+    config.optimizer.grad_accum_steps = 1
+
+    config.log_every = 50
+    config.eval_every = 250
+    config.checkpoint_every = 500
+    config.keep_checkpoints = 3
+    return config
+
+
+def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """`get_config()` of the experiment config file at `path` (what `--config` loads on the command line)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Config file {path!r} does not exist; pass the path of an experiments/configs/*.py.")
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()

@@ -1,0 +1,44 @@
+"""MetricsLog: a training run's metrics as JSON lines (`metrics.jsonl`) and TensorBoard event files.
+
+Each row is one log line of the loop: `step`, `train_loss`, `learning_rate`, `step_ms`, `tokens_per_s`, ... and
+on evaluation steps the task's `val_*` metrics. A resumed run first forgets the rows after its checkpoint's step
+(it logs them again, identically): `metrics.jsonl` is rewritten without them and TensorBoard is told to purge
+them, so neither holds two values for a step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+
+class MetricsLog:
+    """`workdir/metrics.jsonl` plus `workdir/tensorboard/events.out.tfevents.*` (scalars tagged by row key)."""
+
+    def __init__(self, workdir: str, *, resume_step: int = 0):
+        from tensorboardX import SummaryWriter  # lazy: only the training loop needs it
+
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.history: list[dict] = []
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                self.history = [row for line in f if line.strip() and (row := json.loads(line))["step"] <= resume_step]
+        with open(self.path, "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in self.history)
+        # purge_step: TensorBoard drops the events of a previous process from this step on.
+        self.tensorboard = SummaryWriter(
+            os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1 if resume_step else None
+        )
+
+    def write(self, row: dict) -> None:
+        self.history.append(row)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                self.tensorboard.add_scalar(key, value, global_step=row["step"])
+        self.tensorboard.flush()
+
+    def close(self) -> None:
+        self.tensorboard.close()

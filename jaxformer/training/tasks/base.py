@@ -1,0 +1,91 @@
+"""What the training loop needs from a task: data, a model shaped by that data, a loss, evaluation, samples.
+
+`train_and_evaluate` is one loop for every task; a Task supplies the parts that differ between a language model,
+a masked LM, an encoder-decoder and an image classifier. Tasks read the data when they are constructed.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterator
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from jaxformer.models import ModelConfig
+from jaxformer.training.state import TrainState
+
+
+class Task(abc.ABC):
+    """One kind of training problem. Subclasses set `model_class` and implement the abstract methods.
+
+    Attributes set by subclasses: `batches` (train batches: an iterator of dicts of arrays with `state()` /
+    `restore(state)`, deterministic given the config's seed) and `tokens_per_batch` (model input tokens per
+    training batch, for the tokens/s metric).
+    """
+
+    model_class: type[nnx.Module]
+    batches: Iterator[dict]
+    tokens_per_batch: int
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+
+    @abc.abstractmethod
+    def model_fields(self) -> dict:
+        """ModelConfig fields that the data fixes (vocab_size, max_len, image_size, ...), over the config's."""
+
+    def model_config(self) -> ModelConfig:
+        return build_model_config(self.config, self.model_fields())
+
+    @abc.abstractmethod
+    def loss(self, model: nnx.Module, batch: dict) -> tuple[jax.Array, dict]:
+        """(scalar loss, metrics with `nll`, `accuracy`, `tokens`) of `model` on `batch`; traced inside jit."""
+
+    @abc.abstractmethod
+    def evaluate(self, eval_step: Callable[[TrainState, dict], dict], state: TrainState, model: nnx.Module) -> dict:
+        """Validation metrics, each key starting with `val_` (at least `val_loss`). `model` is the eval-mode model
+        of `state`, for metrics that need decoding rather than the loss."""
+
+    @abc.abstractmethod
+    def samples(self, model: nnx.Module) -> str:
+        """Text for `samples.txt` at the end of training: what the trained model produces."""
+
+    def save_assets(self, workdir: str) -> None:
+        """Writes what is needed besides the checkpoint to use the model (e.g. `tokenizer.json`); default none."""
+        return None
+
+
+def build_model_config(config: ml_collections.ConfigDict, fields: dict) -> ModelConfig:
+    """`config.model` (a variant name plus overrides) over the data's `fields`. An explicit override wins (e.g. a
+    vocabulary padded to a multiple of 64, a longer context for sampling) as long as the data still fits."""
+    overrides = dict(config.model.to_dict())
+    variant = overrides.pop("variant")
+    cfg = ModelConfig.variant(variant, **{**fields, **overrides})
+    for name in ("vocab_size", "max_len"):
+        if name in fields and getattr(cfg, name) < fields[name]:
+            raise ValueError(
+                f"config.model.{name}={getattr(cfg, name)} is smaller than the data needs ({fields[name]}); "
+                f"remove the override or raise it."
+            )
+    return cfg
+
+
+def weighted_mean(rows: list[tuple[dict, float]], key: str) -> float:
+    """sum(metrics[key] * weight) / sum(weight) over (metrics, weight) rows."""
+    total = sum(float(m[key]) * w for m, w in rows)
+    count = sum(w for _, w in rows)
+    return total / max(count, 1.0)
+
+
+def padded_batches(arrays: dict[str, np.ndarray], batch_size: int) -> Iterator[tuple[dict, np.ndarray]]:
+    """Every example of `arrays` (N rows each) once, in order, in batches of exactly `batch_size` (one compile):
+    yields (batch, example_valid bool `[B]`); the last batch is filled with copies of row 0, marked invalid."""
+    n = len(next(iter(arrays.values())))
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, start + batch_size)
+        valid = idx < n
+        idx = np.where(valid, idx, 0)
+        yield {k: v[idx] for k, v in arrays.items()}, valid

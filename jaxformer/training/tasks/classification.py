@@ -1,0 +1,88 @@
+"""Image classification (`config.task = "classification"`): a ViT labels images.
+
+Data: `config.data.name` "mnist" (tfds, from $TFDS_DATA_DIR / `data_dir`) or "digits" (scikit-learn's 8x8
+digits, offline); `config.data.fallback` is loaded instead when the tfds dataset is not prepared. The model's
+image size, channels and classes come from the data; `config.data.patch_grid` g cuts each image into g x g
+patches (patch_size = image_size / g), so the sequence length is g^2 + 1 whichever dataset was loaded.
+"""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from jaxformer import data
+from jaxformer.models import ViT
+from jaxformer.training.steps import classification_loss
+from jaxformer.training.tasks.base import Task, padded_batches, weighted_mean
+
+_predict = nnx.jit(lambda model, images: model(images).argmax(-1))
+
+
+class ImageClassification(Task):
+    model_class = ViT
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        super().__init__(config)
+        cfg = config.data
+        load = lambda split: data.image_dataset(
+            cfg.name, split, data_dir=cfg.data_dir or None, fallback=cfg.fallback or None
+        )
+        self.train_set, self.eval_set = load(cfg.train_split), load(cfg.eval_split)
+        size, grid = self.train_set.images.shape[1], cfg.patch_grid
+        if size % grid:
+            raise ValueError(
+                f"config.data.patch_grid={grid} does not divide the image size {size} of {self.train_set.name!r}."
+            )
+        self.patch_size = size // grid
+        self.batches = data.ShuffledBatches(
+            {"images": self.train_set.images, "labels": self.train_set.labels},
+            batch_size=config.batch_size,
+            seed=config.seed,
+        )
+        self.tokens_per_batch = config.batch_size * (grid * grid + 1)
+
+    def model_fields(self) -> dict:
+        images = self.train_set.images
+        grid = self.config.data.patch_grid
+        return {
+            "image_size": images.shape[1],
+            "num_channels": images.shape[3],
+            "num_classes": self.train_set.num_classes,
+            "patch_size": self.patch_size,
+            "max_len": grid * grid + 1,
+        }
+
+    def loss(self, model, batch):
+        logits = model(batch["images"])
+        return classification_loss(
+            logits, batch["labels"], batch.get("weights"), label_smoothing=self.config.get("label_smoothing", 0.0)
+        )
+
+    def evaluate(self, eval_step, state, model) -> dict:
+        """`val_loss` and `val_accuracy` over every image of the evaluation split."""
+        rows = []
+        arrays = {"images": self.eval_set.images, "labels": self.eval_set.labels}
+        for batch, valid in padded_batches(arrays, self.config.batch_size):
+            metrics = jax.device_get(eval_step(state, {**batch, "weights": valid}))
+            rows.append((metrics, float(metrics["tokens"])))
+        return {"val_loss": weighted_mean(rows, "nll"), "val_accuracy": weighted_mean(rows, "accuracy")}
+
+    def samples(self, model) -> str:
+        """The confusion matrix on the evaluation split (rows: true class, columns: predicted)."""
+        k = self.eval_set.num_classes
+        confusion = np.zeros((k, k), np.int64)
+        arrays = {"images": self.eval_set.images, "labels": self.eval_set.labels}
+        for batch, valid in padded_batches(arrays, self.config.batch_size):
+            predicted = np.asarray(_predict(model, batch["images"]))
+            np.add.at(confusion, (batch["labels"][valid], predicted[valid]), 1)
+        accuracy = np.trace(confusion) / confusion.sum()
+        lines = [
+            f"{self.eval_set.name} {self.config.data.eval_split}: accuracy {accuracy:.4f} "
+            f"({np.trace(confusion)}/{confusion.sum()}); confusion matrix, rows = true class, columns = predicted",
+            "     " + " ".join(f"{j:>4}" for j in range(k)),
+        ]
+        lines += [f"{i:>4} " + " ".join(f"{c:>4}" for c in confusion[i]) for i in range(k)]
+        return "\n".join(lines) + "\n"

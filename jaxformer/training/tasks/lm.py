@@ -1,0 +1,127 @@
+"""Language modelling (`config.task = "lm"`): a decoder-only GPT predicts the next token of a text corpus.
+
+Data: `config.data.source` "tfds" (a text dataset such as tiny_shakespeare) or "text_file" (its last
+`eval_fraction` is the validation text); `config.data.tokenizer` "char", "byte" or "sentencepiece" (trained on the
+training text, `config.data.vocab_size` pieces). Training batches are random windows of `seq_len + 1` tokens;
+validation covers every token of the validation text once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxformer import data
+from jaxformer.decoding import generate
+from jaxformer.models import GPT
+from jaxformer.training.steps import lm_loss
+from jaxformer.training.tasks.base import Task, weighted_mean
+
+TOKENIZERS = ("char", "byte", "sentencepiece")
+
+
+def load_text(cfg: ml_collections.ConfigDict, split: str) -> str:
+    """The raw text of `split` from the config's source: a tfds dataset or a local text file (split by share)."""
+    if cfg.source == "tfds":
+        return data.tfds_text(cfg.name, split, data_dir=cfg.data_dir or None)
+    if cfg.source == "text_file":
+        text = data.text_file(cfg.path)
+        cut = int(len(text) * (1.0 - cfg.eval_fraction))
+        return text[:cut] if split == cfg.train_split else text[cut:]
+    raise ValueError(f"config.data.source={cfg.source!r}; choose 'tfds' or 'text_file'.")
+
+
+def make_tokenizer(cfg: ml_collections.ConfigDict, train_text: str) -> data.Tokenizer:
+    """The tokenizer `cfg.tokenizer` names, fitted to the training text where it has a vocabulary to learn."""
+    name = cfg.tokenizer
+    if name == "char":
+        return data.CharTokenizer.from_text(train_text)
+    if name == "byte":
+        return data.ByteTokenizer()
+    if name == "sentencepiece":
+        return data.SentencePieceTokenizer.train(
+            train_text, vocab_size=cfg.vocab_size, model_type=cfg.get("sentencepiece_type", "unigram")
+        )
+    raise ValueError(f"config.data.tokenizer={name!r}; choose one of {TOKENIZERS}.")
+
+
+def sample_text(model: GPT, tokenizer, prompt: str, num_tokens: int, *, seed: int, **sampling) -> str:
+    """`num_tokens` sampled after `prompt`, in chunks whose prompt is the recent context (as nanoGPT crops to the
+    block size), since learned positions stop at max_len."""
+    max_len = model.config.max_len
+    context = list(tokenizer.encode(prompt)) or [0]
+    out: list[int] = []
+    key = jax.random.key(seed)
+    while len(out) < num_tokens:
+        window = context[-(max_len // 2) :]
+        chunk = min(max_len - len(window), num_tokens - len(out))
+        key, sub = jax.random.split(key)
+        new = generate(model, jnp.asarray([window], jnp.int32), chunk, rng=sub, **sampling)
+        new = [int(t) for t in np.asarray(new[0])]
+        out += new
+        context += new
+    return prompt + tokenizer.decode(np.asarray(out, np.int32))
+
+
+class LanguageModelling(Task):
+    model_class = GPT
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        super().__init__(config)
+        cfg = config.data
+        train_text = load_text(cfg, cfg.train_split)
+        eval_text = load_text(cfg, cfg.eval_split)
+        self.tokenizer = make_tokenizer(cfg, train_text)
+        self.train_tokens, self.eval_tokens = self.tokenizer.encode(train_text), self.tokenizer.encode(eval_text)
+        self.batches = data.LMBatcher(
+            self.train_tokens, batch_size=config.batch_size, seq_len=cfg.seq_len, seed=config.seed
+        )
+        self.tokens_per_batch = config.batch_size * cfg.seq_len
+
+    def model_fields(self) -> dict:
+        return lm_model_fields(self.config, self.tokenizer)
+
+    def loss(self, model, batch):
+        return lm_loss(model, batch, label_smoothing=self.config.get("label_smoothing", 0.0))
+
+    def evaluate(self, eval_step, state, model) -> dict:
+        """`val_loss`: mean next-token loss over every target of the validation text (padding not counted)."""
+        rows = []
+        cfg = self.config
+        batches = data.eval_batches(self.eval_tokens, batch_size=cfg.batch_size, seq_len=cfg.data.seq_len)
+        for batch in batches:
+            batch = {"inputs": batch["inputs"], "targets": batch["targets"], "weights": batch["valid"]}
+            metrics = jax.device_get(eval_step(state, batch))
+            rows.append((metrics, float(metrics["tokens"])))
+        return {"val_loss": weighted_mean(rows, "nll"), "val_accuracy": weighted_mean(rows, "accuracy")}
+
+    def samples(self, model) -> str:
+        sample = self.config.sample
+        return sample_text(
+            model,
+            self.tokenizer,
+            sample.prompt,
+            sample.num_tokens,
+            seed=self.config.seed,
+            temperature=sample.temperature,
+            top_k=min(sample.top_k, model.config.vocab_size) if sample.top_k else None,  # nanoGPT clamps it too
+        )
+
+    def save_assets(self, workdir: str) -> None:
+        save_tokenizer(self.tokenizer, workdir)
+
+
+def save_tokenizer(tokenizer: data.Tokenizer, workdir: str) -> None:
+    """`workdir/tokenizer.json`, which `load_trained` reads back with `data.tokenizer_from_dict`."""
+    with open(os.path.join(workdir, "tokenizer.json"), "w") as f:
+        json.dump(tokenizer.to_dict(), f)
+
+
+def lm_model_fields(config: ml_collections.ConfigDict, tokenizer: data.Tokenizer) -> dict:
+    """The vocabulary comes from the tokenizer and the context from `config.data.seq_len`."""
+    return {"vocab_size": tokenizer.vocab_size, "max_len": config.data.seq_len}

@@ -1,0 +1,143 @@
+"""Masked language modelling (`config.task = "mlm"`): BERT learns to restore corrupted tokens of a text corpus.
+
+Data as for "lm" (a tfds text dataset or a text file, char / byte / sentencepiece tokens). Each training batch
+is B random windows of `seq_len` tokens corrupted by `mask_for_mlm` (`config.data.mask_rate` of the tokens
+chosen, 80% [MASK] / 10% random / 10% kept); [MASK] is one extra id after the tokenizer's vocabulary. The
+corruption of step s is drawn from (seed, s) like the windows, so a resumed run sees identical batches.
+Validation tiles the validation text once with a fixed corruption; the loss counts the chosen tokens only.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import ml_collections
+import numpy as np
+
+from jaxformer import data
+from jaxformer.models import BERT, mask_for_mlm
+from jaxformer.training.steps import classification_loss
+from jaxformer.training.tasks.base import Task, weighted_mean
+from jaxformer.training.tasks.lm import load_text, make_tokenizer, save_tokenizer
+
+_mask = jax.jit(mask_for_mlm, static_argnames=("vocab_size", "mask_id", "special_ids", "mask_rate"))
+
+
+class MLMBatches:
+    """Resumable, deterministic masked-LM batches: `LMBatcher` windows, corrupted with a key folded from the step.
+
+    Yields {"inputs": corrupted int32 `[B, T]`, "labels": the original tokens, "targets": bool `[B, T]` (the
+    positions to predict)}. `state()` / `restore()` are the LMBatcher's.
+    """
+
+    def __init__(self, windows: data.LMBatcher, *, mask_id: int, mask_rate: float, seed: int):
+        self.windows, self.mask_id, self.mask_rate = windows, mask_id, mask_rate
+        self.key = jax.random.key(seed)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        step = self.windows.step
+        tokens = next(self.windows)["inputs"]
+        return corrupt(jax.random.fold_in(self.key, step), tokens, mask_id=self.mask_id, mask_rate=self.mask_rate)
+
+    def state(self) -> dict[str, int]:
+        return self.windows.state()
+
+    def restore(self, state) -> None:
+        self.windows.restore(state)
+
+
+def corrupt(key: jax.Array, tokens: np.ndarray, *, mask_id: int, mask_rate: float, valid=None) -> dict:
+    """The MLM batch of `tokens [B, T]`: ids in [0, mask_id), [MASK] = mask_id, random ids in [0, mask_id]."""
+    inputs, labels, targets = _mask(
+        key, tokens, vocab_size=mask_id + 1, mask_id=mask_id, valid=valid, mask_rate=mask_rate
+    )
+    return {"inputs": np.asarray(inputs), "labels": np.asarray(labels), "targets": np.asarray(targets)}
+
+
+class MaskedLanguageModelling(Task):
+    model_class = BERT
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        super().__init__(config)
+        cfg = config.data
+        train_text = load_text(cfg, cfg.train_split)
+        self.tokenizer = make_tokenizer(cfg, train_text)
+        self.mask_id = self.tokenizer.vocab_size  # one id after the tokenizer's
+        self.eval_tokens = self.tokenizer.encode(load_text(cfg, cfg.eval_split))
+        windows = data.LMBatcher(
+            self.tokenizer.encode(train_text), batch_size=config.batch_size, seq_len=cfg.seq_len, seed=config.seed
+        )
+        self.batches = MLMBatches(windows, mask_id=self.mask_id, mask_rate=cfg.mask_rate, seed=config.seed)
+        self.tokens_per_batch = config.batch_size * cfg.seq_len
+
+    def model_fields(self) -> dict:
+        return {"vocab_size": self.mask_id + 1, "max_len": self.config.data.seq_len}
+
+    def loss(self, model, batch):
+        valid = batch.get("valid")
+        hidden = model(batch["inputs"], valid=valid).hidden
+        logits = model.mlm_logits(hidden, valid=valid)
+        return classification_loss(
+            logits, batch["labels"], batch["targets"], label_smoothing=self.config.get("label_smoothing", 0.0)
+        )
+
+    @functools.cached_property
+    def eval_set(self) -> list[dict]:
+        """The validation text in padded windows, each corrupted once with a fixed key (the same at every eval)."""
+        cfg, batches = self.config, []
+        windows = data.eval_batches(self.eval_tokens, batch_size=cfg.batch_size, seq_len=cfg.data.seq_len)
+        key = jax.random.key(cfg.seed + 1)
+        for i, window in enumerate(windows):
+            # The windows' inputs are tokens 0..T-1 of each slice; valid marks the real ones.
+            batch = corrupt(
+                jax.random.fold_in(key, i),
+                window["inputs"],
+                mask_id=self.mask_id,
+                mask_rate=cfg.data.mask_rate,
+                valid=window["valid"],
+            )
+            batches.append({**batch, "valid": window["valid"]})
+        return batches
+
+    def evaluate(self, eval_step, state, model) -> dict:
+        """`val_loss` / `val_accuracy` over the chosen tokens of the validation text."""
+        rows = []
+        for batch in self.eval_set:
+            metrics = jax.device_get(eval_step(state, batch))
+            rows.append((metrics, float(metrics["tokens"])))
+        return {"val_loss": weighted_mean(rows, "nll"), "val_accuracy": weighted_mean(rows, "accuracy")}
+
+    def samples(self, model) -> str:
+        """A few validation windows: the corrupted input ([MASK] shown as "_") and the model's restoration."""
+        batch = self.eval_set[0]
+        rows = min(4, len(batch["inputs"]))
+        out = model(batch["inputs"][:rows], valid=batch["valid"][:rows]).hidden
+        predicted = np.asarray(model.mlm_logits(out).argmax(-1))
+        restored = np.where(batch["targets"][:rows], predicted, batch["labels"][:rows])
+        shown = np.where(batch["inputs"][:rows] == self.mask_id, -1, batch["inputs"][:rows])
+        lines = []
+        for i in range(rows):
+            keep = batch["valid"][i]
+            chosen = int(batch["targets"][i].sum())
+            right = int((restored[i] == batch["labels"][i])[batch["targets"][i]].sum())
+            lines += [
+                f"--- window {i}: {right}/{chosen} chosen tokens restored",
+                "input:    " + self._decode(shown[i][keep]),
+                "restored: " + self._decode(restored[i][keep]),
+                "original: " + self._decode(batch["labels"][i][keep]),
+            ]
+        return "\n".join(lines) + "\n"
+
+    def _decode(self, ids: np.ndarray) -> str:
+        """Text of ids where -1 ([MASK]) prints as "_", a predicted [MASK] as "#" and a newline as "|"."""
+        parts = []
+        for i in ids.tolist():
+            parts.append("_" if i == -1 else "#" if i == self.mask_id else self.tokenizer.decode(np.asarray([i])))
+        return "".join(parts).replace("\n", "|")  # one line per window
+
+    def save_assets(self, workdir: str) -> None:
+        save_tokenizer(self.tokenizer, workdir)

@@ -1,0 +1,197 @@
+"""Every task through `train_and_evaluate` (tiny versions of the shipped configs), and the tasks' own pieces."""
+
+import json
+import pathlib
+import struct
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxformer import data
+from jaxformer.training.defaults import load_config
+from jaxformer.training.loop import train_and_evaluate
+from jaxformer.training.tasks import build_model_config, make_task
+from jaxformer.training.tasks.base import padded_batches
+from jaxformer.training.tasks.mlm import MLMBatches
+from jaxformer.training.tasks.seq2seq import exact_matches
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "configs"
+TINY_MODEL = dict(num_layers=1, num_heads=2, d_model=32, d_ff=64)
+
+
+def tiny(config_name: str, **overrides) -> ml_collections.ConfigDict:
+    config = load_config(CONFIGS / f"{config_name}.py")
+    config.model.update(TINY_MODEL)
+    config.update(num_steps=6, eval_every=3, log_every=3, checkpoint_every=3, warmup_steps=2, batch_size=8)
+    for key, value in overrides.items():
+        config.data[key] = value
+    return config
+
+
+def text_config(name: str, corpus) -> ml_collections.ConfigDict:
+    return tiny(name, source="text_file", path=str(corpus), seq_len=16)
+
+
+def tensorboard_scalars(workdir) -> dict[str, list[int]]:
+    """{tag: [steps]} read back from the event files (TFRecord framing around Event protos)."""
+    from tensorboardX.proto import event_pb2
+
+    found: dict[str, list[int]] = {}
+    for path in sorted((pathlib.Path(workdir) / "tensorboard").glob("events.out.tfevents.*")):
+        raw = path.read_bytes()
+        pos = 0
+        while pos < len(raw):
+            (length,) = struct.unpack("<Q", raw[pos : pos + 8])
+            event = event_pb2.Event.FromString(raw[pos + 12 : pos + 12 + length])
+            pos += 12 + length + 4
+            for value in event.summary.value:
+                found.setdefault(value.tag, []).append(event.step)
+    return found
+
+
+def check_run(workdir, final: dict, val_keys: tuple[str, ...]) -> list[dict]:
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [3, 6]
+    for row in rows:
+        for key in ("train_loss", "learning_rate", "step_ms", "tokens_per_s", "val_loss", *val_keys):
+            assert key in row and np.isfinite(row[key]), (key, row)
+    assert final == rows[-1]
+    assert (workdir / "loss.png").stat().st_size > 0
+    assert (workdir / "samples.txt").read_text().strip()
+    scalars = tensorboard_scalars(workdir)
+    assert scalars["train_loss"] == [3, 6] and scalars["val_loss"] == [3, 6]
+    return rows
+
+
+def test_seq2seq_task_trains_and_reports_exact_match(tmp_path):
+    config = tiny("seq2seq_toy", num_train=64, num_eval=20, max_len=4)
+    final = train_and_evaluate(config, str(tmp_path))
+    check_run(tmp_path, final, ("val_accuracy", "val_exact_match"))
+    assert 0.0 <= final["val_exact_match"] <= 1.0
+    lines = (tmp_path / "samples.txt").read_text().splitlines()
+    assert lines[0].startswith("reverse:") and len(lines) == 21 and all(" -> " in line for line in lines[1:])
+
+
+def test_mlm_task_trains_and_restores_masked_text(tmp_path, corpus):
+    final = train_and_evaluate(text_config("bert_mlm_tiny", corpus), str(tmp_path))
+    check_run(tmp_path, final, ("val_accuracy",))
+    assert (tmp_path / "tokenizer.json").exists()
+    assert "restored:" in (tmp_path / "samples.txt").read_text()
+
+
+def test_classification_task_trains_on_digits(tmp_path):
+    config = tiny("vit_digits", name="digits", fallback="")
+    final = train_and_evaluate(config, str(tmp_path))
+    check_run(tmp_path, final, ("val_accuracy",))
+    samples = (tmp_path / "samples.txt").read_text().splitlines()
+    assert samples[0].startswith("digits test: accuracy")
+    confusion = np.array([[int(x) for x in line.split()[1:]] for line in samples[2:]])
+    assert confusion.shape == (10, 10) and confusion.sum() == 359  # every held-out image counted once
+
+
+def test_vit_digits_falls_back_from_mnist_and_fits_the_model_to_the_images(tmp_path):
+    config = tiny("vit_digits", data_dir=str(tmp_path))  # an empty directory: mnist is not prepared there
+    with pytest.warns(UserWarning, match="digits"):
+        task = make_task(config)
+    cfg = task.model_config()
+    assert (cfg.image_size, cfg.patch_size, cfg.num_channels, cfg.num_classes, cfg.max_len) == (8, 2, 1, 10, 17)
+
+
+def test_lm_task_tokenizes_with_sentencepiece(corpus):
+    config = text_config("shakespeare_char_cpu", corpus)
+    config.data.update(tokenizer="sentencepiece", vocab_size=40)
+    task = make_task(config)
+    assert isinstance(task.tokenizer, data.SentencePieceTokenizer)
+    assert task.model_config().vocab_size == 40
+    text = pathlib.Path(corpus).read_text()
+    assert task.tokenizer.decode(task.train_tokens) == text[: int(len(text) * (1 - config.data.eval_fraction))]
+    assert len(task.train_tokens) < 0.8 * len(text)  # subwords, not characters
+
+
+def test_unknown_task_is_named():
+    config = tiny("seq2seq_toy")
+    config.task = "translation"
+    with pytest.raises(ValueError, match=r"config.task='translation'; choose one of \('lm', 'mlm'"):
+        make_task(config)
+
+
+def test_model_override_may_not_shrink_what_the_data_needs():
+    config = tiny("seq2seq_toy")
+    assert build_model_config(config, {"vocab_size": 13, "max_len": 9}).vocab_size == 13
+    config.model.vocab_size = 64  # padding the vocabulary is allowed
+    assert build_model_config(config, {"vocab_size": 13, "max_len": 9}).vocab_size == 64
+    config.model.vocab_size = 8
+    with pytest.raises(ValueError, match=r"config.model.vocab_size=8 is smaller than the data needs \(13\)"):
+        build_model_config(config, {"vocab_size": 13, "max_len": 9})
+
+
+def test_mlm_batches_resume_exactly_and_corrupt_only_chosen_positions():
+    tokens = np.random.default_rng(0).integers(0, 20, size=2000).astype(np.int32)
+
+    def batches():
+        windows = data.LMBatcher(tokens, batch_size=4, seq_len=32, seed=3)
+        return MLMBatches(windows, mask_id=20, mask_rate=0.15, seed=3)
+
+    straight = batches()
+    first = [next(straight) for _ in range(5)]
+    resumed = batches()
+    next(resumed)
+    state = resumed.state()
+    again = batches()
+    again.restore(state)
+    for want, got in zip(first[1:], [next(again) for _ in range(4)], strict=True):
+        for key in want:
+            np.testing.assert_array_equal(want[key], got[key])
+    for batch in first:
+        changed = batch["inputs"] != batch["labels"]
+        assert not np.any(changed & ~batch["targets"])  # only chosen positions are corrupted
+        np.testing.assert_array_equal(batch["targets"].sum(1), round(0.15 * 32))  # exactly k per row
+    assert not np.array_equal(first[0]["targets"], first[1]["targets"])  # a fresh corruption every step
+
+
+def test_exact_match_counts_the_whole_target_and_its_eos():
+    eos = data.EOS_ID
+    tgt_out = np.array([[5, 6, eos, 0], [5, 6, eos, 0], [5, 6, eos, 0], [7, eos, 0, 0]])
+    valid = tgt_out != 0
+    predicted = np.array([[5, 6, eos, eos], [5, 6, 7, eos], [5, 7, eos, 0], [7, eos, 0, 0]])
+    np.testing.assert_array_equal(exact_matches(predicted, tgt_out, valid), [True, False, False, True])
+
+
+def test_padded_batches_cover_every_example_once_in_full_batches():
+    arrays = {"x": np.arange(10), "y": np.arange(10) * 2}
+    seen = []
+    for batch, valid in padded_batches(arrays, 4):
+        assert batch["x"].shape == (4,) and valid.shape == (4,)
+        np.testing.assert_array_equal(batch["y"], batch["x"] * 2)
+        seen += batch["x"][valid].tolist()
+    assert seen == list(range(10))
+
+
+@pytest.mark.slow
+def test_seq2seq_toy_learns_reverse_to_99_percent_exact_match(tmp_path):
+    config = load_config(CONFIGS / "seq2seq_toy.py")
+    final = train_and_evaluate(config, str(tmp_path))
+    assert final["step"] == config.num_steps
+    assert final["val_exact_match"] >= 0.99, final
+
+
+def test_bf16_compute_keeps_float32_parameters(corpus):
+    from jaxformer.training.loop import build
+    from jaxformer.training.state import create_train_state
+    from jaxformer.training.steps import make_train_step
+
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        config = text_config("shakespeare_char_cpu", corpus)
+        config.model.dtype = dtype
+        task = make_task(config)
+        model, schedule, optimizer = build(config, task.model_config(), task.model_class)
+        graphs, state = create_train_state(model, optimizer)
+        step = make_train_step(graphs, optimizer, schedule, task.loss)
+        state, metrics = step(state, next(task.batches))
+        assert {p.dtype for p in jax.tree.leaves(state.params)} == {np.dtype("float32")}
+        losses[dtype] = float(metrics["loss"])
+    assert np.isfinite(losses["bfloat16"])
+    np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=2e-2)
