@@ -120,6 +120,20 @@ class MultiHeadAttention(nnx.Module):
             out = out + b[...].astype(self.dtype)
         return out if norm is None else norm(out)
 
+    def _project_qkv(self, x):
+        """Self-attention's q, k, v from one matmul against [w_q | w_k | w_v] (concatenated along heads): one
+        larger dot instead of three small ones, forward and backward (the same parameters and results)."""
+        N, K = self.num_heads, self.num_kv_heads
+        w = jnp.concatenate([self.w_q[...], self.w_k[...], self.w_v[...]], axis=1).astype(self.dtype)
+        qkv = jnp.einsum("BTD,DNH->BTNH", x.astype(self.dtype), w)
+        if self.b_q is not None:
+            b = jnp.concatenate([self.b_q[...], self.b_k[...], self.b_v[...]], axis=0).astype(self.dtype)
+            qkv = qkv + b
+        q, k, v = qkv[:, :, :N], qkv[:, :, N : N + K], qkv[:, :, N + K :]
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q, k, v
+
     def __call__(
         self,
         x: jax.Array,
@@ -151,10 +165,12 @@ class MultiHeadAttention(nnx.Module):
                 f"positional={self.positional!r} is for self-attention; build cross-attention layers "
                 "with positional='none'."
             )
-        q = self._project(x, self.w_q, self.b_q, self.q_norm)
-        source = context if cross else x
-        k = self._project(source, self.w_k, self.b_k, self.k_norm)
-        v = self._project(source, self.w_v, self.b_v, None)
+        if cross:
+            q = self._project(x, self.w_q, self.b_q, self.q_norm)
+            k = self._project(context, self.w_k, self.b_k, self.k_norm)
+            v = self._project(context, self.w_v, self.b_v, None)
+        else:
+            q, k, v = self._project_qkv(x)
 
         offset = jnp.zeros((B,), jnp.int32)
         if decode:
