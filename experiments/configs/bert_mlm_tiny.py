@@ -27,6 +27,7 @@ def get_config():
     config.data.eval_split = "validation"
     config.data.tokenizer = "char"
     config.data.vocab_size = 0  # sentencepiece only
+    config.data.sentencepiece_type = "unigram"  # or "bpe"
     config.data.seq_len = 64
     config.data.mask_rate = 0.15
 

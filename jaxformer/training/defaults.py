@@ -26,6 +26,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()  # keys depend on the task: see jaxformer/training/tasks/<task>.py
     config.model = ml_collections.ConfigDict()
     config.model.variant = "gpt2-tiny"  # plus any ModelConfig field to override
+    config.model.dtype = "float32"  # computation; "bfloat16" keeps float32 parameters (param_dtype)
 
     config.num_steps = 1000
     config.batch_size = 32
@@ -34,6 +35,13 @@ def default_config() -> ml_collections.ConfigDict:
     config.end_learning_rate = 1e-4
     config.warmup_steps = 100
     config.label_smoothing = 0.0
+    # Settings of particular schedules, in optimizer updates (= steps / optimizer.grad_accum_steps):
+    config.schedule_options = ml_collections.ConfigDict()
+    config.schedule_options.boundaries = ()  # step: multiply by decay_factor at each of these updates
+    config.schedule_options.decay_factor = 0.1
+    config.schedule_options.decay_rate = 0.5  # exponential: multiply by decay_rate every decay_steps
+    config.schedule_options.decay_steps = 1000
+    config.schedule_options.decay_fraction = 0.2  # warmup_stable_decay: the share of updates spent decaying
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adamw"  # or "adafactor"
@@ -48,6 +56,12 @@ def default_config() -> ml_collections.ConfigDict:
     config.eval_every = 250
     config.checkpoint_every = 500
     config.keep_checkpoints = 3
+
+    config.sample = ml_collections.ConfigDict()  # what a language model writes to samples.txt at the end
+    config.sample.prompt = "\n"
+    config.sample.num_tokens = 500
+    config.sample.temperature = 0.8
+    config.sample.top_k = 200
     return config
 
 

@@ -41,27 +41,41 @@ class NonFiniteLossError(RuntimeError):
 
 
 def build(config: ml_collections.ConfigDict, model_cfg: ModelConfig, model_class: type[nnx.Module] = GPT):
-    """(model, schedule, optimizer) that `config` describes, the model a `model_class` of `model_cfg`."""
+    """(model, schedule, optimizer) that `config` describes, the model a `model_class` of `model_cfg`.
+
+    `schedule` maps the train step (one batch) to the learning rate it trains with. With gradient accumulation
+    (k = optimizer.grad_accum_steps) the optimizer updates every k batches and its schedule counts updates, so
+    num_steps and warmup_steps (in batches) are divided by k for it, and batch s trains with update s // k's rate.
+    """
     model = model_class(model_cfg, rngs=nnx.Rngs(config.seed))
-    schedule = make_schedule(
+    k = config.optimizer.grad_accum_steps
+    for name in ("num_steps", "warmup_steps"):
+        if config[name] % k:
+            raise ValueError(
+                f"config.{name}={config[name]} must be a multiple of optimizer.grad_accum_steps={k} (the "
+                f"optimizer updates once every {k} batches)."
+            )
+    update_schedule = make_schedule(
         config.schedule,
         learning_rate=config.learning_rate,
-        num_steps=config.num_steps,
-        warmup_steps=config.warmup_steps,
+        num_steps=config.num_steps // k,
+        warmup_steps=config.warmup_steps // k,
         end_learning_rate=config.end_learning_rate,
         d_model=model_cfg.d_model,
+        **config.get("schedule_options", ml_collections.ConfigDict()).to_dict(),
     )
     opt = config.optimizer
     optimizer = make_optimizer(
-        schedule,
+        update_schedule,
         name=opt.name,
         b1=opt.b1,
         b2=opt.b2,
         weight_decay=opt.weight_decay,
         decay_embeddings=opt.decay_embeddings,
         clip_norm=opt.clip_norm or None,
-        grad_accum_steps=opt.grad_accum_steps,
+        grad_accum_steps=k,
     )
+    schedule = update_schedule if k == 1 else (lambda step: update_schedule(step // k))
     return model, schedule, optimizer
 
 
@@ -142,7 +156,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             progress.update(1)
             last = step == config.num_steps
             if step % config.log_every == 0 or step % config.eval_every == 0 or last:
-                step_ms = 1e3 * statistics.median(step_times) if step_times else float("nan")
+                # None (JSON null) when every step since the last line compiled: no timing to report.
+                step_ms = 1e3 * statistics.median(step_times) if step_times else None
                 row = {
                     "step": step,
                     "train_loss": float(np.mean(train_losses)),
@@ -150,7 +165,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     "grad_norm": float(metrics["grad_norm"]),
                     "accuracy": float(metrics["accuracy"]),
                     "step_ms": step_ms,
-                    "tokens_per_s": tokens_per_step / (step_ms / 1e3) if step_times else float("nan"),
+                    "tokens_per_s": tokens_per_step / (step_ms / 1e3) if step_times else None,
                 }
                 if step % config.eval_every == 0 or last:
                     row.update(task.evaluate(eval_step, state, merge(graphs.eval, state)))
@@ -158,7 +173,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 progress.set_postfix(
                     loss=f"{row['train_loss']:.3f}",
                     lr=f"{row['learning_rate']:.2e}",
-                    tok_s=f"{row['tokens_per_s']:.0f}",
+                    tok_s=f"{row['tokens_per_s'] or 0:.0f}",
                 )
                 step_times, train_losses = [], []
             if step % config.checkpoint_every == 0 or last:

@@ -26,10 +26,13 @@ class MetricsLog:
                 self.history = [row for line in f if line.strip() and (row := json.loads(line))["step"] <= resume_step]
         with open(self.path, "w") as f:
             f.writelines(json.dumps(row) + "\n" for row in self.history)
+        board = os.path.join(workdir, "tensorboard")
+        if not resume_step and os.path.isdir(board):  # a fresh start: events of an earlier attempt are stale
+            for name in os.listdir(board):
+                if name.startswith("events.out.tfevents."):
+                    os.remove(os.path.join(board, name))
         # purge_step: TensorBoard drops the events of a previous process from this step on.
-        self.tensorboard = SummaryWriter(
-            os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1 if resume_step else None
-        )
+        self.tensorboard = SummaryWriter(board, purge_step=resume_step + 1 if resume_step else None)
 
     def write(self, row: dict) -> None:
         self.history.append(row)

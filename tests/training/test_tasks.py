@@ -195,3 +195,30 @@ def test_bf16_compute_keeps_float32_parameters(corpus):
         losses[dtype] = float(metrics["loss"])
     assert np.isfinite(losses["bfloat16"])
     np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=2e-2)
+
+
+def test_schedule_counts_optimizer_updates_under_gradient_accumulation():
+    from jaxformer.training.loop import build
+    from jaxformer.training.schedules import make_schedule
+
+    config = tiny("seq2seq_toy")
+    config.update(num_steps=20, warmup_steps=4, learning_rate=1e-2, end_learning_rate=0.0)
+    config.optimizer.grad_accum_steps = 2
+    model_cfg = build_model_config(config, {"vocab_size": 13, "max_len": 9})
+    _, schedule, _ = build(config, model_cfg)
+    updates = make_schedule("warmup_cosine", learning_rate=1e-2, num_steps=10, warmup_steps=2)
+    for step in range(20):
+        np.testing.assert_allclose(schedule(step), updates(step // 2), rtol=1e-6)
+    config.num_steps = 21
+    with pytest.raises(ValueError, match=r"config.num_steps=21 must be a multiple of optimizer.grad_accum_steps=2"):
+        build(config, model_cfg)
+
+
+def test_schedule_options_reach_the_schedule():
+    from jaxformer.training.loop import build
+
+    config = tiny("seq2seq_toy")
+    config.update(schedule="step", num_steps=20, warmup_steps=0, learning_rate=1.0)
+    config.schedule_options.update(boundaries=(5, 10), decay_factor=0.5)
+    _, schedule, _ = build(config, build_model_config(config, {"vocab_size": 13, "max_len": 9}))
+    np.testing.assert_allclose([schedule(4), schedule(5), schedule(12)], [1.0, 0.5, 0.25])
