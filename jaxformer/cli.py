@@ -39,7 +39,9 @@ def _train(argv: list[str]) -> None:
         except KeyboardInterrupt:
             sys.exit(130)  # the loop saved a checkpoint and said so
         print(f"\nFinished {config.name}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step"))
-        print(f"Results in {os.path.abspath(workdir)}: metrics.jsonl, tensorboard/, loss.png, samples.txt, checkpoints/")
+        print(
+            f"Results in {os.path.abspath(workdir)}: metrics.jsonl, tensorboard/, loss.png, samples.txt, checkpoints/"
+        )
 
     app.run(main, argv=argv)
 
