@@ -6,7 +6,8 @@ bert-tiny overridden to 4 layers, 4 heads, d=128 (post-norm, learned positions, 
 64 characters, 15% of them chosen per window (80% [MASK] / 10% random / 10% kept), batch 16, AdamW lr 1e-3
 (warmup 100, cosine to 1e-4), no dropout. Validation: the tfds validation split, corrupted once with a fixed key;
 `val_loss` / `val_accuracy` count the chosen characters only.
-Expected on the 2-core CPU dev machine: see README.md ("Other configs").
+Expected on the 2-core CPU dev machine: about 5 minutes (5:08 measured), val_loss 2.19 and val_accuracy 0.39 on
+the masked characters at step 2000.
 """
 
 from jaxformer.training.defaults import default_config

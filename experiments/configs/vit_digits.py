@@ -6,7 +6,8 @@ vit-tiny overridden to 4 layers, 4 heads, d=64 (pre-norm, learned positions, cla
 into a 4 x 4 grid of patches (2x2 pixels for digits, 7x7 for mnist), so 17 tokens. Batch 64, AdamW lr 1e-3
 (warmup 100, cosine to 1e-5), weight decay 0.05, no dropout. Validation: the test split (digits: 359 images held
 out by a fixed stratified split; mnist: its 10,000 test images).
-Expected on the 2-core CPU dev machine with digits: see README.md ("Other configs").
+Expected on the 2-core CPU dev machine with digits: about 2 minutes (1:39 measured), val_accuracy 0.92-0.94
+(two runs: 0.919, 0.936) and val_loss ~0.4 at step 1500; the model fits the training set exactly by step ~900.
 """
 
 from jaxformer.training.defaults import default_config

@@ -27,7 +27,7 @@ from jaxformer import data
 from jaxformer.models import GPT, ModelConfig
 from jaxformer.training import plots
 from jaxformer.training.checkpoints import Checkpointer
-from jaxformer.training.metrics import MetricsLog
+from jaxformer.training.metrics import MetricsLog, perplexity
 from jaxformer.training.optimizers import make_optimizer
 from jaxformer.training.schedules import make_schedule
 from jaxformer.training.state import create_train_state, merge
@@ -137,6 +137,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     tokens_per_step = task.tokens_per_batch
     step_times: list[float] = []
     train_losses: list[float] = []
+    train_nlls: list[float] = []  # the unsmoothed loss, for perplexity
     row: dict = {}
     progress = _progress(start, config.num_steps)
     interrupted = _InterruptFlag()
@@ -145,7 +146,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             t0 = time.perf_counter()
             state, metrics = train_step(state, next(batches))
             # Fetching waits for the step, so the wall time below is the step's.
-            loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
+            fetched = jax.device_get({k: metrics[k] for k in ("loss", "nll", "grad_norm")})
+            loss, grad_norm = float(fetched["loss"]), float(fetched["grad_norm"])
             if step > start + 1:  # the first step of a process compiles
                 step_times.append(time.perf_counter() - t0)
             if not math.isfinite(loss):
@@ -153,6 +155,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if not math.isfinite(grad_norm):
                 raise stop(f"Gradient norm is {grad_norm}", step)
             train_losses.append(loss)
+            train_nlls.append(float(fetched["nll"]))
             progress.update(1)
             last = step == config.num_steps
             if step % config.log_every == 0 or step % config.eval_every == 0 or last:
@@ -161,6 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 row = {
                     "step": step,
                     "train_loss": float(np.mean(train_losses)),
+                    "train_perplexity": perplexity(float(np.mean(train_nlls))),
                     "learning_rate": float(metrics["learning_rate"]),
                     "grad_norm": float(metrics["grad_norm"]),
                     "accuracy": float(metrics["accuracy"]),
@@ -175,7 +179,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     lr=f"{row['learning_rate']:.2e}",
                     tok_s=f"{row['tokens_per_s'] or 0:.0f}",
                 )
-                step_times, train_losses = [], []
+                step_times, train_losses, train_nlls = [], [], []
             if step % config.checkpoint_every == 0 or last:
                 save(step)
             if interrupted.is_set:  # Ctrl-C is acted on between steps, where `state` is complete

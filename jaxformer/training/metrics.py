@@ -13,6 +13,16 @@ import math
 import os
 
 
+def perplexity(nll: float) -> float:
+    """exp(mean negative log-likelihood); inf where that overflows a float (a diverged run)."""
+    return math.exp(nll) if nll < 709.0 else math.inf
+
+
+def _json_value(value):
+    """Non-finite floats become null: `metrics.jsonl` stays strict JSON."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 class MetricsLog:
     """`workdir/metrics.jsonl` plus `workdir/tensorboard/events.out.tfevents.*` (scalars tagged by row key)."""
 
@@ -37,7 +47,7 @@ class MetricsLog:
     def write(self, row: dict) -> None:
         self.history.append(row)
         with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(json.dumps({k: _json_value(v) for k, v in row.items()}) + "\n")
         for key, value in row.items():
             if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
                 self.tensorboard.add_scalar(key, value, global_step=row["step"])

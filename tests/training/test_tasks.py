@@ -55,7 +55,15 @@ def check_run(workdir, final: dict, val_keys: tuple[str, ...]) -> list[dict]:
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [3, 6]
     for row in rows:
-        for key in ("train_loss", "learning_rate", "step_ms", "tokens_per_s", "val_loss", *val_keys):
+        for key in (
+            "train_loss",
+            "train_perplexity",
+            "learning_rate",
+            "step_ms",
+            "tokens_per_s",
+            "val_loss",
+            *val_keys,
+        ):
             assert key in row and np.isfinite(row[key]), (key, row)
     assert final == rows[-1]
     assert (workdir / "loss.png").stat().st_size > 0
@@ -76,7 +84,7 @@ def test_seq2seq_task_trains_and_reports_exact_match(tmp_path):
 
 def test_mlm_task_trains_and_restores_masked_text(tmp_path, corpus):
     final = train_and_evaluate(text_config("bert_mlm_tiny", corpus), str(tmp_path))
-    check_run(tmp_path, final, ("val_accuracy",))
+    check_run(tmp_path, final, ("val_accuracy", "val_perplexity"))
     assert (tmp_path / "tokenizer.json").exists()
     assert "restored:" in (tmp_path / "samples.txt").read_text()
 

@@ -19,6 +19,7 @@ import numpy as np
 from jaxformer import data
 from jaxformer.decoding import generate
 from jaxformer.models import GPT
+from jaxformer.training.metrics import perplexity
 from jaxformer.training.steps import lm_loss
 from jaxformer.training.tasks.base import Task, weighted_mean
 
@@ -98,7 +99,12 @@ class LanguageModelling(Task):
             batch = {"inputs": batch["inputs"], "targets": batch["targets"], "weights": batch["valid"]}
             metrics = jax.device_get(eval_step(state, batch))
             rows.append((metrics, float(metrics["tokens"])))
-        return {"val_loss": weighted_mean(rows, "nll"), "val_accuracy": weighted_mean(rows, "accuracy")}
+        val_loss = weighted_mean(rows, "nll")
+        return {
+            "val_loss": val_loss,
+            "val_perplexity": perplexity(val_loss),
+            "val_accuracy": weighted_mean(rows, "accuracy"),
+        }
 
     def samples(self, model) -> str:
         sample = self.config.sample

@@ -17,6 +17,7 @@ import numpy as np
 
 from jaxformer import data
 from jaxformer.models import BERT, mask_for_mlm
+from jaxformer.training.metrics import perplexity
 from jaxformer.training.steps import classification_loss
 from jaxformer.training.tasks.base import Task, weighted_mean
 from jaxformer.training.tasks.lm import load_text, make_tokenizer, save_tokenizer
@@ -109,7 +110,12 @@ class MaskedLanguageModelling(Task):
         for batch in self.eval_set:
             metrics = jax.device_get(eval_step(state, batch))
             rows.append((metrics, float(metrics["tokens"])))
-        return {"val_loss": weighted_mean(rows, "nll"), "val_accuracy": weighted_mean(rows, "accuracy")}
+        val_loss = weighted_mean(rows, "nll")
+        return {
+            "val_loss": val_loss,
+            "val_perplexity": perplexity(val_loss),
+            "val_accuracy": weighted_mean(rows, "accuracy"),
+        }
 
     def samples(self, model) -> str:
         """A few validation windows: the corrupted input ([MASK] shown as "_") and the model's restoration."""
