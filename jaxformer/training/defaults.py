@@ -52,6 +52,12 @@ def default_config() -> ml_collections.ConfigDict:
     config.optimizer.clip_norm = 1.0  # 0 = no clipping
     config.optimizer.grad_accum_steps = 1
 
+    # Devices (jaxformer/training/sharding.py): data x fsdp x tensor must use every device; -1 takes the rest.
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = -1
+    config.mesh.fsdp = 1
+    config.mesh.tensor = 1
+
     config.log_every = 50
     config.eval_every = 250
     config.checkpoint_every = 500

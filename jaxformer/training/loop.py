@@ -25,7 +25,7 @@ from flax import nnx
 
 from jaxformer import data
 from jaxformer.models import GPT, ModelConfig
-from jaxformer.training import plots
+from jaxformer.training import plots, sharding
 from jaxformer.training.checkpoints import Checkpointer
 from jaxformer.training.metrics import MetricsLog, perplexity
 from jaxformer.training.optimizers import make_optimizer
@@ -41,13 +41,18 @@ class NonFiniteLossError(RuntimeError):
 
 
 def build(config: ml_collections.ConfigDict, model_cfg: ModelConfig, model_class: type[nnx.Module] = GPT):
-    """(model, schedule, optimizer) that `config` describes, the model a `model_class` of `model_cfg`.
+    """(model, schedule, optimizer) that `config` describes, the model a `model_class` of `model_cfg` built on
+    the default device (the training loop builds it sharded instead, see `sharding.create_sharded_train_state`)."""
+    return model_class(model_cfg, rngs=nnx.Rngs(config.seed)), *build_optimizer(config, model_cfg)
+
+
+def build_optimizer(config: ml_collections.ConfigDict, model_cfg: ModelConfig):
+    """(schedule, optimizer) that `config` describes.
 
     `schedule` maps the train step (one batch) to the learning rate it trains with. With gradient accumulation
     (k = optimizer.grad_accum_steps) the optimizer updates every k batches and its schedule counts updates, so
     num_steps and warmup_steps (in batches) are divided by k for it, and batch s trains with update s // k's rate.
     """
-    model = model_class(model_cfg, rngs=nnx.Rngs(config.seed))
     k = config.optimizer.grad_accum_steps
     for name in ("num_steps", "warmup_steps"):
         if config[name] % k:
@@ -76,7 +81,7 @@ def build(config: ml_collections.ConfigDict, model_cfg: ModelConfig, model_class
         grad_accum_steps=k,
     )
     schedule = update_schedule if k == 1 else (lambda step: update_schedule(step // k))
-    return model, schedule, optimizer
+    return schedule, optimizer
 
 
 def load_trained(workdir: str):
@@ -105,10 +110,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     task = make_task(config)
     task.save_assets(workdir)
-    model, schedule, optimizer = build(config, task.model_config(), task.model_class)
-    graphs, state = create_train_state(model, optimizer)
-    train_step = make_train_step(graphs, optimizer, schedule, task.loss)
-    eval_step = make_eval_step(graphs, task.loss)
+    mesh = sharding.mesh_from_config(config.get("mesh", {}))
+    sharding.check_batch_size(config.batch_size, mesh)
+    model_cfg = task.model_config()
+    schedule, optimizer = build_optimizer(config, model_cfg)
+    graphs, state, state_shardings = sharding.create_sharded_train_state(
+        lambda: task.model_class(model_cfg, rngs=nnx.Rngs(config.seed)), optimizer, mesh
+    )
+    train_step = make_train_step(
+        graphs,
+        optimizer,
+        schedule,
+        task.loss,
+        state_shardings=state_shardings,
+        batch_sharding=sharding.batch_sharding(mesh),
+    )
+    sharded_eval_step = make_eval_step(graphs, task.loss)
+    eval_step = lambda state, batch: sharded_eval_step(state, sharding.shard_batch(batch, mesh))
     batches = task.batches
 
     checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
@@ -144,7 +162,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     try:
         for step in range(start + 1, config.num_steps + 1):
             t0 = time.perf_counter()
-            state, metrics = train_step(state, next(batches))
+            state, metrics = train_step(state, sharding.shard_batch(next(batches), mesh))
             # Fetching waits for the step, so the wall time below is the step's.
             fetched = jax.device_get({k: metrics[k] for k in ("loss", "nll", "grad_norm")})
             loss, grad_norm = float(fetched["loss"]), float(fetched["grad_norm"])

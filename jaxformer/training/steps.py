@@ -43,9 +43,19 @@ def lm_loss(model: nnx.Module, batch: dict, *, label_smoothing: float = 0.0) -> 
 
 
 def make_train_step(
-    graphs: Graphs, optimizer: optax.GradientTransformation, schedule: Schedule, loss_fn: LossFn = lm_loss
+    graphs: Graphs,
+    optimizer: optax.GradientTransformation,
+    schedule: Schedule,
+    loss_fn: LossFn = lm_loss,
+    *,
+    state_shardings=None,
+    batch_sharding=None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The jitted training step. The incoming TrainState is donated: its buffers are reused for the new one.
+
+    With `state_shardings` (a TrainState of shardings, from `sharding.create_sharded_train_state`) and
+    `batch_sharding`, the step is compiled for them and returns the new state with the same shardings, so a
+    sharded run never re-lays out its state between steps; metrics come back replicated.
 
     metrics: `loss`, `nll`, `perplexity` = exp(nll), `accuracy`, `tokens`, `grad_norm` (global, before
     clipping), `learning_rate` (the schedule at this step).
@@ -72,7 +82,14 @@ def make_train_step(
         }
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state), metrics
 
-    return jax.jit(train_step, donate_argnums=0)
+    if state_shardings is None:
+        return jax.jit(train_step, donate_argnums=0)
+    return jax.jit(
+        train_step,
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, None),
+        donate_argnums=0,
+    )
 
 
 def make_eval_step(graphs: Graphs, loss_fn: LossFn = lm_loss) -> Callable[[TrainState, dict], dict]:

@@ -1,0 +1,199 @@
+"""Where every array lives: the device mesh, the logical-axis rules, and sharded state and batches.
+
+The mesh has three axes (`MESH_AXES`):
+
+    data     data parallelism: the batch is split, parameters are replicated
+    fsdp     fully sharded data parallelism: the batch is split AND parameters / optimizer state are split along
+             their `embed` axis (all-gathered for each layer's matmuls, gradients reduce-scattered)
+    tensor   tensor (Megatron) parallelism: heads and the feed-forward width are split; activations are
+             all-reduced after the attention output and the second feed-forward matmul
+
+Parameters carry logical axis names (jaxformer/nn/params.py); `LOGICAL_AXIS_RULES` is the one table that maps
+them to mesh axes. A dimension whose size the mesh axes do not divide is replicated instead, except the ones
+tensor parallelism exists for (`heads`, `mlp`), where that is a config error.
+
+    mesh = mesh_from_config(config.mesh)           # {"data": -1, "fsdp": 1, "tensor": 1} by default
+    specs = param_specs(abstract_params)           # PartitionSpec per parameter, from the rules
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxformer.nn.params import logical_axes
+from jaxformer.training.state import Graphs, TrainState
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")  # the batch is split over both: FSDP is data parallelism with sharded state
+
+# logical axis -> mesh axes it is split over (None: replicated). Order within a tensor matters only in that a
+# mesh axis is used at most once per array (the first logical axis to claim it wins).
+LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", BATCH_AXES),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("head_dim", None),
+)
+# Splitting these is the point of tensor parallelism, so a size the tensor axis does not divide is an error.
+STRICT_AXES = ("heads", "mlp")
+
+
+def mesh_shape(sizes: dict, num_devices: int) -> tuple[int, int, int]:
+    """(data, fsdp, tensor) from `sizes` (missing axes are 1; one -1 takes the devices left), checked."""
+    unknown = sorted(set(sizes) - set(MESH_AXES))
+    if unknown:
+        raise ValueError(f"config.mesh has unknown axes {unknown}; the mesh axes are {MESH_AXES}.")
+    shape = [sizes.get(axis, 1) for axis in MESH_AXES]
+    for axis, size in zip(MESH_AXES, shape, strict=True):
+        if isinstance(size, bool) or not isinstance(size, int) or (size < 1 and size != -1):
+            raise ValueError(f"config.mesh.{axis} must be a positive int or -1 (the rest); got {size!r}.")
+    if shape.count(-1) > 1:
+        raise ValueError(f"At most one config.mesh axis may be -1; got {dict(zip(MESH_AXES, shape, strict=True))}.")
+    fixed = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if num_devices % fixed:
+            raise ValueError(
+                f"config.mesh {dict(zip(MESH_AXES, shape, strict=True))}: the fixed axes ({fixed} devices) do not "
+                f"divide the {num_devices} devices, so -1 cannot take the rest."
+            )
+        shape[shape.index(-1)] = num_devices // fixed
+    elif fixed != num_devices:
+        raise ValueError(
+            f"config.mesh {dict(zip(MESH_AXES, shape, strict=True))} uses {fixed} devices but {num_devices} are "
+            f"available; make the product of data x fsdp x tensor {num_devices}, or set one axis to -1."
+        )
+    return tuple(shape)
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, *, devices: Sequence | None = None) -> Mesh:
+    """A `Mesh` with axes ("data", "fsdp", "tensor") over `devices` (default: all), -1 filling the rest."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = mesh_shape({"data": data, "fsdp": fsdp, "tensor": tensor}, len(devices))
+    # Auto axes: jit propagates shardings through the model (GSPMD); newer jax defaults make_mesh to Explicit,
+    # where every reshape of a sharded activation would need an out_sharding.
+    auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
+
+
+def mesh_from_config(mesh_config) -> Mesh:
+    """The mesh that `config.mesh` (a ConfigDict or dict with `data`, `fsdp`, `tensor`) describes."""
+    sizes = dict(mesh_config.to_dict() if hasattr(mesh_config, "to_dict") else mesh_config)
+    return make_mesh(**sizes)
+
+
+def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
+    """The PartitionSpec of an array with logical `axes` and `shape` on `mesh`, by `LOGICAL_AXIS_RULES`.
+
+    A leading axis without a name (the layer axis of scanned parameters) is replicated. A mesh axis of size 1
+    is left out; a dimension that the mesh axes do not divide is replicated (for `STRICT_AXES`, an error).
+    """
+    rules = dict(LOGICAL_AXIS_RULES)
+    axes = (None,) * (len(shape) - len(axes)) + tuple(axes)
+    used: set[str] = set()
+    spec = []
+    for name, size in zip(axes, shape, strict=True):
+        target = rules.get(name) if name is not None else None
+        target = (target,) if isinstance(target, str) else tuple(target or ())
+        target = tuple(a for a in target if a not in used and mesh.shape[a] > 1)
+        ways = math.prod(mesh.shape[a] for a in target)
+        if target and size % ways:
+            if name in STRICT_AXES:
+                raise ValueError(
+                    f"The {name!r} dimension ({size}) is not divisible by the mesh axes {target} ({ways} devices): "
+                    f"choose config.mesh.tensor dividing {size}, or change the model."
+                )
+            target = ()
+        used.update(target)
+        spec.append(None if not target else target[0] if len(target) == 1 else target)
+    return PartitionSpec(*spec)
+
+
+def param_specs(state: nnx.State, mesh: Mesh):
+    """A PartitionSpec for every leaf of `state` (Variables or arrays with a `shape`): from the variable's
+    logical axes where it has them, replicated otherwise (RNG state, counters, BatchNorm statistics)."""
+
+    def spec(variable):
+        axes = logical_axes(variable) if isinstance(variable, nnx.Variable) else None
+        value = variable.get_value() if isinstance(variable, nnx.Variable) else variable
+        shape = value.shape if hasattr(value, "shape") else np.shape(value)
+        return PartitionSpec() if axes is None else logical_to_spec(axes, shape, mesh)
+
+    return jax.tree.map(spec, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def named(mesh: Mesh, specs):
+    """NamedShardings on `mesh` for a tree of PartitionSpecs."""
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Batches are split along their first (batch) axis over `BATCH_AXES`, replicated over `tensor`."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def check_batch_size(batch_size: int, mesh: Mesh, name: str = "config.batch_size") -> None:
+    ways = math.prod(mesh.shape[a] for a in BATCH_AXES)
+    if batch_size % ways:
+        raise ValueError(
+            f"{name}={batch_size} is not divisible by the data x fsdp mesh axes ({ways} devices), which split "
+            f"the batch; use a multiple of {ways}."
+        )
+
+
+def shard_batch(batch: dict, mesh: Mesh) -> dict:
+    """Puts a host batch (a dict of arrays with a leading batch axis) on the mesh, split over `BATCH_AXES`."""
+    sharding = batch_sharding(mesh)
+    return jax.tree.map(lambda x: jax.device_put(np.asarray(x), sharding), batch)
+
+
+def create_sharded_train_state(
+    make_model: Callable[[], nnx.Module], optimizer: optax.GradientTransformation, mesh: Mesh
+) -> tuple[Graphs, TrainState, TrainState]:
+    """(graphs, state, state_shardings): a TrainState initialised directly into its shardings on `mesh`.
+
+    The model is first built abstractly (`nnx.eval_shape`, no memory) to read its parameters' logical axes; then
+    its constructor runs under `jax.jit` with those `out_shardings`, so each device only ever materialises its
+    own shards. The optimizer state is initialised the same way, sharded like the parameters it tracks.
+    """
+    abstract = nnx.eval_shape(make_model)
+    abstract.eval()
+    eval_graph = nnx.graphdef(abstract)
+    abstract.train()
+    train_graph, abstract_params, abstract_rest = nnx.split(abstract, nnx.Param, ...)
+    param_shardings = named(mesh, param_specs(abstract_params, mesh))
+    rest_shardings = named(mesh, param_specs(abstract_rest, mesh))
+
+    @functools.partial(jax.jit, out_shardings=(param_shardings, rest_shardings))
+    def init():
+        model = make_model()
+        model.train()
+        _, params, rest = nnx.split(model, nnx.Param, ...)
+        return params, rest
+
+    params, model_state = init()
+    replicated = NamedSharding(mesh, PartitionSpec())
+    leaf_shardings = jax.tree.map(lambda x: x.sharding, params)
+    opt_shardings = optax.tree_map_params(
+        optimizer,
+        lambda _, sharding: sharding,
+        jax.eval_shape(optimizer.init, params),
+        leaf_shardings,
+        transform_non_params=lambda _: replicated,
+    )
+    opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
+    step = jax.device_put(np.zeros((), np.int32), replicated)
+    state = TrainState(step=step, params=params, opt_state=opt_state, model_state=model_state)
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    return Graphs(train=train_graph, eval=eval_graph), state, shardings

@@ -1,0 +1,75 @@
+"""Run by test_sharding.py in a subprocess with 8 fake CPU devices: trains a tiny GPT for a few steps on each mesh
+given as an argument and prints one JSON object {mesh: {"losses": [...], "specs": {...}}} on the last line.
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/training/multidevice_run.py CORPUS 1,1,1 8,1,1
+"""
+
+import json
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+
+import jax
+from flax import nnx
+
+from jaxformer.training import sharding
+from jaxformer.training.defaults import load_config
+from jaxformer.training.loop import build_optimizer
+from jaxformer.training.steps import make_train_step
+from jaxformer.training.tasks import make_task
+
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "configs", "shakespeare_char_cpu.py")
+SPOT_CHECK = {
+    "w_qkv": ("blocks", "layers", 0, "self_attention", "w_q"),
+    "w_o": ("blocks", "layers", 0, "self_attention", "w_o"),
+    "w_in": ("blocks", "layers", 0, "ffn", "w_in"),
+    "w_out": ("blocks", "layers", 0, "ffn", "w_out"),
+    "embedding": ("embed", "tokens", "embedding"),
+}
+
+
+def spec_list(array) -> list:
+    """The array's PartitionSpec as JSON: a list of None / axis name / list of axis names."""
+    return [list(a) if isinstance(a, tuple) else a for a in array.sharding.spec]
+
+
+def run(corpus: str, mesh_arg: str, steps: int) -> dict:
+    data, fsdp, tensor = (int(x) for x in mesh_arg.split(","))
+    config = load_config(CONFIG)
+    config.data.update(source="text_file", path=corpus, seq_len=16)
+    config.model.update(num_layers=2, num_heads=4, d_model=32, d_ff=64, dropout_rate=0.1)
+    config.update(batch_size=8, warmup_steps=2, num_steps=steps)
+    task = make_task(config)
+    model_cfg = task.model_config()
+    devices = jax.devices()[: data * fsdp * tensor]
+    mesh = sharding.make_mesh(data, fsdp, tensor, devices=devices)
+    schedule, optimizer = build_optimizer(config, model_cfg)
+    graphs, state, shardings = sharding.create_sharded_train_state(
+        lambda: task.model_class(model_cfg, rngs=nnx.Rngs(config.seed)), optimizer, mesh
+    )
+    step = make_train_step(
+        graphs, optimizer, schedule, task.loss, state_shardings=shardings, batch_sharding=sharding.batch_sharding(mesh)
+    )
+    losses = []
+    for _ in range(steps):
+        state, metrics = step(state, sharding.shard_batch(next(task.batches), mesh))
+        losses.append(float(metrics["loss"]))
+    specs = {}
+    for name, path in SPOT_CHECK.items():
+        node = state.params
+        for key in path:
+            node = node[key]
+        specs[name] = spec_list(node.get_value())
+    mu = jax.tree.leaves(state.opt_state)
+    return {
+        "losses": losses,
+        "specs": specs,
+        "devices": len(devices),
+        "opt_specs": [json.loads(s) for s in sorted({json.dumps(spec_list(x)) for x in mu})],
+    }
+
+
+if __name__ == "__main__":
+    corpus, *meshes = sys.argv[1:]
+    print(json.dumps({m: run(corpus, m, 10) for m in meshes}))
