@@ -11,9 +11,11 @@ import sys
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 
 import jax
+import numpy as np
 from flax import nnx
 
 from jaxformer.training import sharding
+from jaxformer.training.checkpoints import Checkpointer
 from jaxformer.training.defaults import load_config
 from jaxformer.training.loop import build_optimizer
 from jaxformer.training.steps import make_train_step
@@ -34,7 +36,8 @@ def spec_list(array) -> list:
     return [list(a) if isinstance(a, tuple) else a for a in array.sharding.spec]
 
 
-def run(corpus: str, mesh_arg: str, steps: int) -> dict:
+def setup(corpus: str, mesh_arg: str, steps: int):
+    """(task, graphs, state, step function, mesh) for a tiny GPT on the mesh "data,fsdp,tensor"."""
     data, fsdp, tensor = (int(x) for x in mesh_arg.split(","))
     config = load_config(CONFIG)
     config.data.update(source="text_file", path=corpus, seq_len=16)
@@ -51,10 +54,20 @@ def run(corpus: str, mesh_arg: str, steps: int) -> dict:
     step = make_train_step(
         graphs, optimizer, schedule, task.loss, state_shardings=shardings, batch_sharding=sharding.batch_sharding(mesh)
     )
+    return task, state, step, mesh, len(devices)
+
+
+def train(task, state, step, mesh, steps: int):
     losses = []
     for _ in range(steps):
         state, metrics = step(state, sharding.shard_batch(next(task.batches), mesh))
         losses.append(float(metrics["loss"]))
+    return state, losses
+
+
+def run(corpus: str, mesh_arg: str, steps: int) -> dict:
+    task, state, step, mesh, num_devices = setup(corpus, mesh_arg, steps)
+    state, losses = train(task, state, step, mesh, steps)
     specs = {}
     for name, path in SPOT_CHECK.items():
         node = state.params
@@ -65,11 +78,42 @@ def run(corpus: str, mesh_arg: str, steps: int) -> dict:
     return {
         "losses": losses,
         "specs": specs,
-        "devices": len(devices),
+        "devices": num_devices,
         "opt_specs": [json.loads(s) for s in sorted({json.dumps(spec_list(x)) for x in mu})],
     }
 
 
+def cross_mesh(corpus: str, directory: str, source: str, targets: list[str]) -> dict:
+    """Trains 5 steps on `source`, checkpoints, restores onto each target mesh and trains 5 more there; the
+    source run also goes on for 5 steps. Returns whether each restore gave identical parameters, and the losses."""
+    task, state, step, mesh, _ = setup(corpus, source, 10)
+    state, _ = train(task, state, step, mesh, 5)
+    with Checkpointer(directory) as checkpoints:
+        checkpoints.save(5, state, data_state=task.batches.state(), config={})
+    saved = [np.asarray(x) for x in jax.tree.leaves(state.params)]
+    _, continued = train(task, state, step, mesh, 5)
+    result = {source: continued}
+    for target in targets:
+        task, template, step, mesh, _ = setup(corpus, target, 10)
+        with Checkpointer(directory) as checkpoints:
+            restored, data_state, _ = checkpoints.restore(template, 5)
+        task.batches.restore(data_state)
+        same = all(
+            np.array_equal(a, np.asarray(b)) for a, b in zip(saved, jax.tree.leaves(restored.params), strict=True)
+        )
+        layouts = {
+            x.sharding.spec == y.sharding.spec
+            for x, y in zip(jax.tree.leaves(restored), jax.tree.leaves(template), strict=True)
+        }
+        _, losses = train(task, restored, step, mesh, 5)
+        result[target] = {"identical_params": same, "target_shardings": layouts == {True}, "losses": losses}
+    return result
+
+
 if __name__ == "__main__":
-    corpus, *meshes = sys.argv[1:]
-    print(json.dumps({m: run(corpus, m, 10) for m in meshes}))
+    if sys.argv[1] == "--cross-mesh":  # --cross-mesh CORPUS DIR SOURCE TARGET...
+        corpus, directory, source, *targets = sys.argv[2:]
+        print(json.dumps(cross_mesh(corpus, directory, source, targets)))
+    else:  # CORPUS MESH...
+        corpus, *meshes = sys.argv[1:]
+        print(json.dumps({m: run(corpus, m, 10) for m in meshes}))

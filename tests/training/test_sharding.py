@@ -108,3 +108,33 @@ def test_the_loop_rejects_a_mesh_larger_than_the_machine_before_compiling(tmp_pa
     with pytest.raises(ValueError, match=r"config.mesh \{'data': 2, 'fsdp': 1, 'tensor': 1\} uses 2 devices but 1"):
         train_and_evaluate(config, str(tmp_path))
     assert not (tmp_path / "checkpoints").exists()
+
+
+def cross_mesh(corpus, directory, source, *targets):
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(HERE / "multidevice_run.py"),
+            "--cross-mesh",
+            str(corpus),
+            str(directory),
+            source,
+            *targets,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(("source", "targets"), [("1,8,1", ("1,1,1", "1,4,2", "8,1,1")), ("1,1,1", ("1,8,1",))])
+def test_a_checkpoint_restores_onto_another_mesh_and_trains_on_identically(tmp_path, corpus, source, targets):
+    """fsdp 8 -> 1 device, fsdp 4 x tensor 2 and data 8; 1 device -> fsdp 8: restored against the new mesh's
+    shardings, the parameters are bit-identical and the next 5 losses match the run that never stopped."""
+    result = cross_mesh(corpus, tmp_path / "checkpoints", source, *targets)
+    for target in targets:
+        assert result[target]["identical_params"], target
+        assert result[target]["target_shardings"], target
+        assert result[target]["losses"] == pytest.approx(result[source], rel=1e-5), target
