@@ -57,6 +57,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.mesh.data = -1
     config.mesh.fsdp = 1
     config.mesh.tensor = 1
+    config.parallel = "jit"  # or "pmap" / "shard_map": per-device data parallelism (training/data_parallel.py)
 
     config.log_every = 50
     config.eval_every = 250

@@ -25,13 +25,13 @@ from flax import nnx
 
 from jaxformer import data
 from jaxformer.models import GPT, ModelConfig
-from jaxformer.training import plots, sharding
+from jaxformer.training import data_parallel, plots, sharding
 from jaxformer.training.checkpoints import Checkpointer
 from jaxformer.training.metrics import MetricsLog, perplexity
 from jaxformer.training.optimizers import make_optimizer
 from jaxformer.training.schedules import make_schedule
 from jaxformer.training.state import create_train_state, merge
-from jaxformer.training.steps import make_eval_step, make_train_step
+from jaxformer.training.steps import make_eval_step
 from jaxformer.training.tasks import build_model_config, make_task
 from jaxformer.training.tasks.lm import lm_model_fields
 
@@ -112,21 +112,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     task.save_assets(workdir)
     mesh = sharding.mesh_from_config(config.get("mesh", {}))
     sharding.check_batch_size(config.batch_size, mesh)
+    parallel = config.get("parallel", "jit")
+    if parallel not in data_parallel.PARALLEL:
+        raise ValueError(f"config.parallel={parallel!r}; choose one of {data_parallel.PARALLEL}.")
+    # pmap copies an ordinary one-device state to every device itself; the other modes lay it out on the mesh.
+    state_mesh = sharding.make_mesh(1, 1, 1, devices=list(mesh.devices.flat)[:1]) if parallel == "pmap" else mesh
     model_cfg = task.model_config()
     schedule, optimizer = build_optimizer(config, model_cfg)
     graphs, state, state_shardings = sharding.create_sharded_train_state(
-        lambda: task.model_class(model_cfg, rngs=nnx.Rngs(config.seed)), optimizer, mesh
+        lambda: task.model_class(model_cfg, rngs=nnx.Rngs(config.seed)), optimizer, state_mesh
     )
-    train_step = make_train_step(
-        graphs,
-        optimizer,
-        schedule,
-        task.loss,
-        state_shardings=state_shardings,
-        batch_sharding=sharding.batch_sharding(mesh),
+    runner = data_parallel.make_parallel_step(
+        parallel, graphs, optimizer, schedule, task.loss, mesh=mesh, state_shardings=state_shardings
     )
     sharded_eval_step = make_eval_step(graphs, task.loss)
-    eval_step = lambda state, batch: sharded_eval_step(state, sharding.shard_batch(batch, mesh))
+    eval_step = lambda state, batch: sharded_eval_step(state, sharding.shard_batch(batch, state_mesh))
     batches = task.batches
 
     checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
@@ -136,6 +136,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         batches.restore(data_state)
         print(f"Resumed from the checkpoint at step {start} in {checkpoints.directory}.")
     start = int(state.step)
+    state = runner.to_devices(state)
     log = MetricsLog(workdir, resume_step=start)
 
     def stop(what: str, step: int) -> NonFiniteLossError:
@@ -146,11 +147,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         )
 
     def save(step: int) -> None:
+        host_state = runner.to_host(state)
         # A finite loss can still be followed by an update that overflows: never checkpoint such parameters.
-        if not all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(state.params)):
+        if not all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(host_state.params)):
             raise stop("Parameters are not finite", step)
         if step not in checkpoints.all_steps():
-            checkpoints.save(step, state, data_state=batches.state(), config=config.to_dict())
+            checkpoints.save(step, host_state, data_state=batches.state(), config=config.to_dict())
 
     tokens_per_step = task.tokens_per_batch
     step_times: list[float] = []
@@ -162,7 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     try:
         for step in range(start + 1, config.num_steps + 1):
             t0 = time.perf_counter()
-            state, metrics = train_step(state, sharding.shard_batch(next(batches), mesh))
+            state, metrics = runner.step(state, next(batches))
             # Fetching waits for the step, so the wall time below is the step's.
             fetched = jax.device_get({k: metrics[k] for k in ("loss", "nll", "grad_norm")})
             loss, grad_norm = float(fetched["loss"]), float(fetched["grad_norm"])
@@ -190,7 +192,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     "tokens_per_s": tokens_per_step / (step_ms / 1e3) if step_times else None,
                 }
                 if step % config.eval_every == 0 or last:
-                    row.update(task.evaluate(eval_step, state, merge(graphs.eval, state)))
+                    host_state = runner.to_host(state)
+                    row.update(task.evaluate(eval_step, host_state, merge(graphs.eval, host_state)))
                 log.write(row)
                 progress.set_postfix(
                     loss=f"{row['train_loss']:.3f}",
@@ -212,7 +215,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     plots.loss_curve(log.history, os.path.join(workdir, "loss.png"), title=config.name)
     with open(os.path.join(workdir, "samples.txt"), "w") as f:
-        f.write(task.samples(merge(graphs.eval, state)))
+        f.write(task.samples(merge(graphs.eval, runner.to_host(state))))
     return row
 
 

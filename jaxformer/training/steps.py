@@ -42,24 +42,29 @@ def lm_loss(model: nnx.Module, batch: dict, *, label_smoothing: float = 0.0) -> 
     return classification_loss(logits, batch["targets"], batch.get("weights"), label_smoothing=label_smoothing)
 
 
-def make_train_step(
+def train_step_fn(
     graphs: Graphs,
     optimizer: optax.GradientTransformation,
     schedule: Schedule,
     loss_fn: LossFn = lm_loss,
     *,
-    state_shardings=None,
-    batch_sharding=None,
+    axis_name: str | None = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """The jitted training step. The incoming TrainState is donated: its buffers are reused for the new one.
-
-    With `state_shardings` (a TrainState of shardings, from `sharding.create_sharded_train_state`) and
-    `batch_sharding`, the step is compiled for them and returns the new state with the same shardings, so a
-    sharded run never re-lays out its state between steps; metrics come back replicated.
+    """The pure (unjitted) training step: (state, batch) -> (new state, metrics).
 
     metrics: `loss`, `nll`, `perplexity` = exp(nll), `accuracy`, `tokens`, `grad_norm` (global, before
     clipping), `learning_rate` (the schedule at this step).
+
+    axis_name: for per-device code (`jax.pmap`, `jax.shard_map`) where each device sees its shard of the batch:
+    gradients, losses and floating model state (BatchNorm statistics) are averaged over that axis before the
+    update (`lax.pmean`), token counts summed, so every device applies the same update. With equal-sized shards
+    this is the global-batch step, except that dropout draws the same stream on every device.
     """
+
+    def mean(tree):
+        if axis_name is None:
+            return tree
+        return jax.tree.map(lambda x: jax.lax.pmean(x, axis_name) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         def compute_loss(params, model_state):
@@ -71,10 +76,13 @@ def make_train_step(
 
         grad_fn = jax.value_and_grad(compute_loss, has_aux=True)
         (loss, (metrics, model_state)), grads = grad_fn(state.params, state.model_state)
+        tokens = metrics["tokens"] if axis_name is None else jax.lax.psum(metrics["tokens"], axis_name)
+        grads, model_state, (loss, metrics) = mean(grads), mean(model_state), mean((loss, metrics))
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {
             **metrics,
+            "tokens": tokens,
             "loss": loss,
             "perplexity": jnp.exp(metrics["nll"]),
             "grad_norm": optax.tree.norm(grads),
@@ -82,6 +90,25 @@ def make_train_step(
         }
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state), metrics
 
+    return train_step
+
+
+def make_train_step(
+    graphs: Graphs,
+    optimizer: optax.GradientTransformation,
+    schedule: Schedule,
+    loss_fn: LossFn = lm_loss,
+    *,
+    state_shardings=None,
+    batch_sharding=None,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """The jitted training step (`train_step_fn`). The incoming TrainState is donated: its buffers are reused.
+
+    With `state_shardings` (a TrainState of shardings, from `sharding.create_sharded_train_state`) and
+    `batch_sharding`, the step is compiled for them and returns the new state with the same shardings, so a
+    sharded run never re-lays out its state between steps; metrics come back replicated.
+    """
+    train_step = train_step_fn(graphs, optimizer, schedule, loss_fn)
     if state_shardings is None:
         return jax.jit(train_step, donate_argnums=0)
     return jax.jit(

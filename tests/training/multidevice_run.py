@@ -14,11 +14,10 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxformer.training import sharding
+from jaxformer.training import data_parallel, sharding
 from jaxformer.training.checkpoints import Checkpointer
 from jaxformer.training.defaults import load_config
 from jaxformer.training.loop import build_optimizer
-from jaxformer.training.steps import make_train_step
 from jaxformer.training.tasks import make_task
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "configs", "shakespeare_char_cpu.py")
@@ -37,37 +36,49 @@ def spec_list(array) -> list:
 
 
 def setup(corpus: str, mesh_arg: str, steps: int):
-    """(task, graphs, state, step function, mesh) for a tiny GPT on the mesh "data,fsdp,tensor"."""
+    """(task, state, step function, mesh, devices) for a tiny GPT on the mesh "data,fsdp,tensor" (optionally
+    followed by ":pmap" or ":shard_map" for those data-parallel modes, or ":nodropout")."""
+    mesh_arg, _, mode = mesh_arg.partition(":")
     data, fsdp, tensor = (int(x) for x in mesh_arg.split(","))
     config = load_config(CONFIG)
     config.data.update(source="text_file", path=corpus, seq_len=16)
-    config.model.update(num_layers=2, num_heads=4, d_model=32, d_ff=64, dropout_rate=0.1)
+    # Per-device modes draw the same dropout stream on every device, so they are compared without dropout.
+    dropout = 0.0 if mode else 0.1
+    config.model.update(num_layers=2, num_heads=4, d_model=32, d_ff=64, dropout_rate=dropout)
     config.update(batch_size=8, warmup_steps=2, num_steps=steps)
     task = make_task(config)
     model_cfg = task.model_config()
     devices = jax.devices()[: data * fsdp * tensor]
-    mesh = sharding.make_mesh(data, fsdp, tensor, devices=devices)
+    full_mesh = sharding.make_mesh(data, fsdp, tensor, devices=devices)
+    # pmap takes an ordinary state and copies it to each device itself: build it on one device.
+    mesh = sharding.make_mesh(1, 1, 1, devices=devices[:1]) if mode == "pmap" else full_mesh
     schedule, optimizer = build_optimizer(config, model_cfg)
     graphs, state, shardings = sharding.create_sharded_train_state(
         lambda: task.model_class(model_cfg, rngs=nnx.Rngs(config.seed)), optimizer, mesh
     )
-    step = make_train_step(
-        graphs, optimizer, schedule, task.loss, state_shardings=shardings, batch_sharding=sharding.batch_sharding(mesh)
+    parallel = mode if mode in ("pmap", "shard_map") else "jit"
+    runner = data_parallel.make_parallel_step(
+        parallel, graphs, optimizer, schedule, task.loss, mesh=full_mesh, state_shardings=shardings
     )
-    return task, state, step, mesh, len(devices)
+    step = runner.step
+    state = runner.to_devices(state)
+    return task, state, step, (None if mode == "pmap" else mesh), len(devices)
 
 
 def train(task, state, step, mesh, steps: int):
-    losses = []
+    losses, grad_norms = [], []
     for _ in range(steps):
-        state, metrics = step(state, sharding.shard_batch(next(task.batches), mesh))
+        state, metrics = step(state, next(task.batches))
         losses.append(float(metrics["loss"]))
-    return state, losses
+        grad_norms.append(float(metrics["grad_norm"]))
+    return state, losses, grad_norms
 
 
 def run(corpus: str, mesh_arg: str, steps: int) -> dict:
     task, state, step, mesh, num_devices = setup(corpus, mesh_arg, steps)
-    state, losses = train(task, state, step, mesh, steps)
+    state, losses, grad_norms = train(task, state, step, mesh, steps)
+    if mesh is None:  # pmap
+        return {"losses": losses, "grad_norms": grad_norms, "devices": num_devices}
     specs = {}
     for name, path in SPOT_CHECK.items():
         node = state.params
@@ -77,6 +88,7 @@ def run(corpus: str, mesh_arg: str, steps: int) -> dict:
     mu = jax.tree.leaves(state.opt_state)
     return {
         "losses": losses,
+        "grad_norms": grad_norms,
         "specs": specs,
         "devices": num_devices,
         "opt_specs": [json.loads(s) for s in sorted({json.dumps(spec_list(x)) for x in mu})],
@@ -87,11 +99,11 @@ def cross_mesh(corpus: str, directory: str, source: str, targets: list[str]) -> 
     """Trains 5 steps on `source`, checkpoints, restores onto each target mesh and trains 5 more there; the
     source run also goes on for 5 steps. Returns whether each restore gave identical parameters, and the losses."""
     task, state, step, mesh, _ = setup(corpus, source, 10)
-    state, _ = train(task, state, step, mesh, 5)
+    state, _, _ = train(task, state, step, mesh, 5)
     with Checkpointer(directory) as checkpoints:
         checkpoints.save(5, state, data_state=task.batches.state(), config={})
     saved = [np.asarray(x) for x in jax.tree.leaves(state.params)]
-    _, continued = train(task, state, step, mesh, 5)
+    _, continued, _ = train(task, state, step, mesh, 5)
     result = {source: continued}
     for target in targets:
         task, template, step, mesh, _ = setup(corpus, target, 10)
@@ -105,7 +117,7 @@ def cross_mesh(corpus: str, directory: str, source: str, targets: list[str]) -> 
             x.sharding.spec == y.sharding.spec
             for x, y in zip(jax.tree.leaves(restored), jax.tree.leaves(template), strict=True)
         }
-        _, losses = train(task, restored, step, mesh, 5)
+        _, losses, _ = train(task, restored, step, mesh, 5)
         result[target] = {"identical_params": same, "target_shardings": layouts == {True}, "losses": losses}
     return result
 

@@ -1,6 +1,7 @@
 """Sharding: the mesh from config, the logical-axis rules, and equal training on every mesh (8 fake CPU devices)."""
 
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -12,14 +13,16 @@ from jax.sharding import PartitionSpec as P
 from jaxformer.training import sharding
 
 HERE = pathlib.Path(__file__).resolve().parent
-MESHES = ("1,1,1", "8,1,1", "1,8,1", "2,2,2")  # data, fsdp, tensor
+MESHES = ("1,1,1", "8,1,1", "1,8,1", "2,2,2")  # data, fsdp, tensor (parallel="jit")
+# pmap / shard_map draw the same dropout stream on every device, so they are compared with dropout off.
+PER_DEVICE = ("8,1,1:pmap", "8,1,1:shard_map")
 
 
 @pytest.fixture(scope="module")
 def runs(corpus):
     """Ten training steps of a tiny GPT (dropout on) on each mesh, in one subprocess with 8 CPU devices."""
     out = subprocess.run(
-        [sys.executable, str(HERE / "multidevice_run.py"), str(corpus), *MESHES],
+        [sys.executable, str(HERE / "multidevice_run.py"), str(corpus), *MESHES, "1,1,1:nodropout", *PER_DEVICE],
         capture_output=True,
         text=True,
         timeout=600,
@@ -34,6 +37,25 @@ def test_every_mesh_trains_to_the_same_losses_as_one_device(runs, mesh):
     reference = runs["1,1,1"]["losses"]
     assert len(reference) == 10 and reference[-1] < reference[0]
     assert runs[mesh]["losses"] == pytest.approx(reference, rel=1e-5)
+    assert runs[mesh]["grad_norms"] == pytest.approx(runs["1,1,1"]["grad_norms"], rel=1e-5)
+
+
+@pytest.mark.parametrize("mode", PER_DEVICE)
+def test_pmap_and_shard_map_data_parallelism_train_to_the_same_losses(runs, mode):
+    assert runs[mode]["devices"] == 8
+    reference = runs["1,1,1:nodropout"]
+    assert runs[mode]["losses"] == pytest.approx(reference["losses"], rel=1e-5)
+    # Gradient clipping and Adam hide a wrongly scaled gradient from the losses; the norm shows it.
+    assert runs[mode]["grad_norms"] == pytest.approx(reference["grad_norms"], rel=1e-5)
+
+
+def test_shard_map_refuses_a_mesh_that_is_not_data_only():
+    from jaxformer.training.data_parallel import make_shard_map_train_step
+
+    with pytest.raises(
+        ValueError, match=r"parallel='shard_map' is data parallelism only; the mesh also splits \{'fsdp': 2\}"
+    ):
+        make_shard_map_train_step(None, None, None, mesh=fake_mesh(data=4, fsdp=2))
 
 
 def test_parameters_are_sharded_as_the_rules_say(runs):
@@ -138,3 +160,41 @@ def test_a_checkpoint_restores_onto_another_mesh_and_trains_on_identically(tmp_p
         assert result[target]["identical_params"], target
         assert result[target]["target_shardings"], target
         assert result[target]["losses"] == pytest.approx(result[source], rel=1e-5), target
+
+
+def test_the_loop_trains_identically_with_jit_pmap_and_shard_map(tmp_path, corpus):
+    """`jaxformer train --config.parallel=...` end to end on 8 CPU devices (dropout off): equal metrics rows."""
+    rows = {}
+    meshes = {"jit": ["--config.mesh.data=1", "--config.mesh.fsdp=-1"], "pmap": [], "shard_map": []}  # FSDP for jit
+    for parallel, mesh in meshes.items():
+        workdir = tmp_path / parallel
+        args = [
+            f"--config={HERE.parents[1] / 'experiments' / 'configs' / 'shakespeare_char_cpu.py'}",
+            f"--workdir={workdir}",
+            "--config.data.source=text_file",
+            f"--config.data.path={corpus}",
+            "--config.num_steps=8",
+            "--config.log_every=4",
+            "--config.eval_every=8",
+            "--config.checkpoint_every=8",
+            "--config.warmup_steps=2",
+            "--config.batch_size=8",
+            "--config.data.seq_len=16",
+            "--config.model.num_layers=1",
+            "--config.model.d_model=32",
+            "--config.model.d_ff=64",
+            "--config.sample.num_tokens=8",
+            f"--config.parallel={parallel}",
+        ]
+        args += mesh
+        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+        out = subprocess.run([sys.executable, "-m", "jaxformer.train", *args], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-3000:]
+        lines = (workdir / "metrics.jsonl").read_text().splitlines()
+        rows[parallel] = [
+            {k: v for k, v in json.loads(line).items() if k not in ("step_ms", "tokens_per_s")} for line in lines
+        ]
+    assert [r["step"] for r in rows["jit"]] == [4, 8] and "val_loss" in rows["jit"][-1]
+    for parallel in ("pmap", "shard_map"):
+        for want, got in zip(rows["jit"], rows[parallel], strict=True):
+            assert got == pytest.approx(want, rel=1e-5), parallel
