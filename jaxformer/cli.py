@@ -2,6 +2,7 @@
 
     jaxformer train  --config experiments/configs/shakespeare_char_cpu.py --workdir DIR [--config.KEY=VALUE ...]
     jaxformer sample --workdir DIR [--prompt TEXT] [--num_tokens N] [--temperature T] [--top_k K] [--seed S]
+    jaxformer memory --config FILE [--config.mesh.fsdp=8 ...] [--devices N]   (per-device bytes, nothing trained)
 
 `python -m jaxformer.train ...` is the same as `jaxformer train ...`.
 """
@@ -72,9 +73,26 @@ def _sample(argv: list[str]) -> None:
     app.run(main, argv=argv)
 
 
+def _memory(argv: list[str]) -> None:
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config()).", lock_config=True)
+    flags.DEFINE_integer("devices", 0, "Devices to size the run for (default: the devices jax sees).")
+    flags.mark_flags_as_required(["config"])
+
+    def main(_):
+        from jaxformer.training.memory import format_report, memory_report
+
+        _quiet()
+        print(format_report(memory_report(flags.FLAGS.config, flags.FLAGS.devices or None)))
+
+    app.run(main, argv=argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
-    commands = {"train": _train, "sample": _sample}
+    commands = {"train": _train, "sample": _sample, "memory": _memory}
     if len(argv) < 2 or argv[1] not in commands:
         print(USAGE, file=sys.stderr)
         return 2

@@ -1,0 +1,125 @@
+"""How much memory a run needs per device, from shapes alone: `jaxformer memory --config ... [--devices N]`.
+
+Parameters and optimizer state are counted exactly: every array of the abstract TrainState (`nnx.eval_shape`,
+`jax.eval_shape` of the optimizer's init, nothing allocated) divided by the number of devices its sharding under
+`LOGICAL_AXIS_RULES` splits it over. Activations are an estimate: what the backward pass keeps per layer,
+following Korthikanti et al. 2022 ("Reducing activation recomputation", eq. 2 with tensor parallelism t):
+
+    per layer  T * b * D * (10 + 24 / t + 5 * N * T / (D * t))   bytes at 16 bits; x2 at 32 bits
+    plus the logits and their gradient, 2 * b * T * V / t * 4 bytes (float32),
+
+with b the per-device batch (B / (data * fsdp)), T the sequence length, D the width, N the heads. XLA's real
+peak also holds temporaries and may rematerialise, so treat it as a sizing guide, not a guarantee.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxformer.training import sharding
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshShape:
+    """The sizes of the mesh axes, without devices (a mesh for sizing runs on machines you do not have)."""
+
+    shape: dict
+
+
+def _sharded_bytes(tree, specs, mesh: MeshShape) -> tuple[int, int]:
+    """(total bytes, bytes per device) of the arrays in `tree` laid out by the PartitionSpecs in `specs`."""
+    total = per_device = 0
+    for leaf, spec in zip(jax.tree.leaves(tree), jax.tree.leaves(specs, is_leaf=_is_spec), strict=True):
+        nbytes = math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize if hasattr(leaf, "shape") else 0
+        ways = 1
+        for entry in spec:
+            for axis in (entry,) if isinstance(entry, str) else entry or ():
+                ways *= mesh.shape[axis]
+        total += nbytes
+        per_device += nbytes // ways
+    return total, per_device
+
+
+def _is_spec(x) -> bool:
+    return isinstance(x, jax.sharding.PartitionSpec)
+
+
+def memory_report(config: ml_collections.ConfigDict, num_devices: int | None = None) -> dict:
+    """Per-device bytes of parameters, optimizer state and (estimated) activations for `config` on
+    `num_devices` devices (default: the devices jax sees), with `config.mesh` resolved against that count."""
+    from jaxformer.training.loop import build_optimizer
+    from jaxformer.training.tasks import make_task
+
+    num_devices = num_devices or jax.device_count()
+    shape = sharding.mesh_shape(dict(config.mesh.to_dict()), num_devices)
+    mesh = MeshShape(dict(zip(sharding.MESH_AXES, shape, strict=True)))
+    sharding.check_batch_size(config.batch_size, mesh)
+    task = make_task(config)
+    cfg = task.model_config()
+    _, optimizer = build_optimizer(config, cfg)
+    abstract = nnx.eval_shape(lambda: task.model_class(cfg, rngs=nnx.Rngs(0)))
+    params = nnx.state(abstract, nnx.Param)
+    param_specs = sharding.param_specs(params, mesh)
+    param_total, param_device = _sharded_bytes(params, param_specs, mesh)
+
+    # The specs in the parameters' own structure (each Variable holding its spec), as tree_map_params needs.
+    leaf_specs = jax.tree.map(
+        lambda spec, variable: jax.tree.map(lambda _: spec, variable), param_specs, params, is_leaf=_is_spec
+    )
+    opt_state = jax.eval_shape(optimizer.init, params)
+    opt_specs = optax.tree_map_params(
+        optimizer,
+        lambda _, spec: spec,
+        opt_state,
+        leaf_specs,
+        transform_non_params=lambda _: jax.sharding.PartitionSpec(),
+        is_leaf=_is_spec,
+    )
+    opt_total, opt_device = _sharded_bytes(opt_state, opt_specs, mesh)
+
+    T = cfg.max_len if config.get("task", "lm") in ("classification", "seq2seq") else config.data.seq_len
+    b = config.batch_size // (mesh.shape["data"] * mesh.shape["fsdp"])
+    t = mesh.shape["tensor"]
+    width_bytes = np.dtype(cfg.dtype).itemsize / 2  # the formula counts 16-bit activations
+    layers = cfg.num_layers + (cfg.decoder_layers if config.get("task", "lm") == "seq2seq" else 0)
+    per_layer = T * b * cfg.d_model * (10 + 24 / t + 5 * cfg.num_heads * T / (cfg.d_model * t)) * width_bytes
+    logits = 2 * b * T * cfg.vocab_size / t * 4 if config.get("task", "lm") != "classification" else 0
+    activations = int(layers * per_layer + logits)
+    return {
+        "devices": num_devices,
+        "mesh": mesh.shape,
+        "parameters": int(sum(math.prod(p.shape) for p in jax.tree.leaves(params))),
+        "param_bytes": param_total,
+        "param_bytes_per_device": param_device,
+        "optimizer_bytes": opt_total,
+        "optimizer_bytes_per_device": opt_device,
+        "activation_bytes_per_device": activations,
+        "total_bytes_per_device": param_device + opt_device + 2 * param_device + activations,  # + grads, updates
+    }
+
+
+def format_report(report: dict) -> str:
+    """The report as a small table of per-device GiB / MiB."""
+
+    def size(n):
+        return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+    mesh = " x ".join(f"{a}={s}" for a, s in report["mesh"].items())
+    return "\n".join(
+        [
+            f"{report['parameters']:,} parameters on {report['devices']} devices ({mesh}); per device:",
+            f"  parameters        {size(report['param_bytes_per_device']):>12}   (of {size(report['param_bytes'])})",
+            f"  optimizer state   {size(report['optimizer_bytes_per_device']):>12}   "
+            f"(of {size(report['optimizer_bytes'])})",
+            f"  gradients+updates {size(2 * report['param_bytes_per_device']):>12}   (transient, as parameters)",
+            f"  activations       {size(report['activation_bytes_per_device']):>12}   (estimate, backward pass)",
+            f"  total             {size(report['total_bytes_per_device']):>12}",
+        ]
+    )
