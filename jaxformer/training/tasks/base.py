@@ -15,6 +15,7 @@ import numpy as np
 from flax import nnx
 
 from jaxformer.models import ModelConfig
+from jaxformer.training.metrics import perplexity
 from jaxformer.training.state import TrainState
 
 
@@ -71,6 +72,19 @@ def build_model_config(config: ml_collections.ConfigDict, fields: dict) -> Model
                 f"remove the override or raise it."
             )
     return cfg
+
+
+def evaluate_batches(eval_step, state: TrainState, batches, *, with_perplexity: bool = False) -> dict:
+    """`val_loss` (mean unsmoothed NLL) and `val_accuracy` over every counted target of `batches`, each batch
+    weighted by its `tokens`; plus `val_perplexity` = exp(val_loss) for token-level tasks."""
+    rows = []
+    for batch in batches:
+        metrics = jax.device_get(eval_step(state, batch))
+        rows.append((metrics, float(metrics["tokens"])))
+    result = {"val_loss": weighted_mean(rows, "nll"), "val_accuracy": weighted_mean(rows, "accuracy")}
+    if with_perplexity:
+        result["val_perplexity"] = perplexity(result["val_loss"])
+    return result
 
 
 def weighted_mean(rows: list[tuple[dict, float]], key: str) -> float:

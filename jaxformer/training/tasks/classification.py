@@ -8,7 +8,6 @@ patches (patch_size = image_size / g), so the sequence length is g^2 + 1 whichev
 
 from __future__ import annotations
 
-import jax
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -16,7 +15,7 @@ from flax import nnx
 from jaxformer import data
 from jaxformer.models import ViT
 from jaxformer.training.steps import classification_loss
-from jaxformer.training.tasks.base import Task, padded_batches, weighted_mean
+from jaxformer.training.tasks.base import Task, evaluate_batches, padded_batches
 
 _predict = nnx.jit(lambda model, images: model(images).argmax(-1))
 
@@ -63,12 +62,9 @@ class ImageClassification(Task):
 
     def evaluate(self, eval_step, state, model) -> dict:
         """`val_loss` and `val_accuracy` over every image of the evaluation split."""
-        rows = []
         arrays = {"images": self.eval_set.images, "labels": self.eval_set.labels}
-        for batch, valid in padded_batches(arrays, self.config.batch_size):
-            metrics = jax.device_get(eval_step(state, {**batch, "weights": valid}))
-            rows.append((metrics, float(metrics["tokens"])))
-        return {"val_loss": weighted_mean(rows, "nll"), "val_accuracy": weighted_mean(rows, "accuracy")}
+        batches = ({**batch, "weights": valid} for batch, valid in padded_batches(arrays, self.config.batch_size))
+        return evaluate_batches(eval_step, state, batches)
 
     def samples(self, model) -> str:
         """The confusion matrix on the evaluation split (rows: true class, columns: predicted)."""

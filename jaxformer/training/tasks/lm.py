@@ -19,9 +19,8 @@ import numpy as np
 from jaxformer import data
 from jaxformer.decoding import generate
 from jaxformer.models import GPT
-from jaxformer.training.metrics import perplexity
 from jaxformer.training.steps import lm_loss
-from jaxformer.training.tasks.base import Task, weighted_mean
+from jaxformer.training.tasks.base import Task, evaluate_batches
 
 TOKENIZERS = ("char", "byte", "sentencepiece")
 
@@ -92,19 +91,12 @@ class LanguageModelling(Task):
 
     def evaluate(self, eval_step, state, model) -> dict:
         """`val_loss`: mean next-token loss over every target of the validation text (padding not counted)."""
-        rows = []
         cfg = self.config
-        batches = data.eval_batches(self.eval_tokens, batch_size=cfg.batch_size, seq_len=cfg.data.seq_len)
-        for batch in batches:
-            batch = {"inputs": batch["inputs"], "targets": batch["targets"], "weights": batch["valid"]}
-            metrics = jax.device_get(eval_step(state, batch))
-            rows.append((metrics, float(metrics["tokens"])))
-        val_loss = weighted_mean(rows, "nll")
-        return {
-            "val_loss": val_loss,
-            "val_perplexity": perplexity(val_loss),
-            "val_accuracy": weighted_mean(rows, "accuracy"),
-        }
+        batches = (
+            {"inputs": b["inputs"], "targets": b["targets"], "weights": b["valid"]}
+            for b in data.eval_batches(self.eval_tokens, batch_size=cfg.batch_size, seq_len=cfg.data.seq_len)
+        )
+        return evaluate_batches(eval_step, state, batches, with_perplexity=True)
 
     def samples(self, model) -> str:
         sample = self.config.sample

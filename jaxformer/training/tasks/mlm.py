@@ -17,9 +17,8 @@ import numpy as np
 
 from jaxformer import data
 from jaxformer.models import BERT, mask_for_mlm
-from jaxformer.training.metrics import perplexity
 from jaxformer.training.steps import classification_loss
-from jaxformer.training.tasks.base import Task, weighted_mean
+from jaxformer.training.tasks.base import Task, evaluate_batches
 from jaxformer.training.tasks.lm import load_text, make_tokenizer, save_tokenizer
 
 _mask = jax.jit(mask_for_mlm, static_argnames=("vocab_size", "mask_id", "special_ids", "mask_rate"))
@@ -106,16 +105,7 @@ class MaskedLanguageModelling(Task):
 
     def evaluate(self, eval_step, state, model) -> dict:
         """`val_loss` / `val_accuracy` over the chosen tokens of the validation text."""
-        rows = []
-        for batch in self.eval_set:
-            metrics = jax.device_get(eval_step(state, batch))
-            rows.append((metrics, float(metrics["tokens"])))
-        val_loss = weighted_mean(rows, "nll")
-        return {
-            "val_loss": val_loss,
-            "val_perplexity": perplexity(val_loss),
-            "val_accuracy": weighted_mean(rows, "accuracy"),
-        }
+        return evaluate_batches(eval_step, state, self.eval_set, with_perplexity=True)
 
     def samples(self, model) -> str:
         """A few validation windows: the corrupted input ([MASK] shown as "_") and the model's restoration."""
