@@ -50,6 +50,13 @@ def make_tokenizer(cfg: ml_collections.ConfigDict, train_text: str) -> data.Toke
     raise ValueError(f"config.data.tokenizer={name!r}; choose one of {TOKENIZERS}.")
 
 
+def load_corpus(cfg: ml_collections.ConfigDict) -> tuple[data.Tokenizer, np.ndarray, np.ndarray]:
+    """(tokenizer fitted to the training text, train tokens, eval tokens) of `config.data`."""
+    train_text = load_text(cfg, cfg.train_split)
+    tokenizer = make_tokenizer(cfg, train_text)
+    return tokenizer, tokenizer.encode(train_text), tokenizer.encode(load_text(cfg, cfg.eval_split))
+
+
 def sample_text(model: GPT, tokenizer, prompt: str, num_tokens: int, *, seed: int, **sampling) -> str:
     """`num_tokens` sampled after `prompt`, in chunks whose prompt is the recent context (as nanoGPT crops to the
     block size), since learned positions stop at max_len."""
@@ -74,10 +81,7 @@ class LanguageModelling(Task):
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
         cfg = config.data
-        train_text = load_text(cfg, cfg.train_split)
-        eval_text = load_text(cfg, cfg.eval_split)
-        self.tokenizer = make_tokenizer(cfg, train_text)
-        self.train_tokens, self.eval_tokens = self.tokenizer.encode(train_text), self.tokenizer.encode(eval_text)
+        self.tokenizer, self.train_tokens, self.eval_tokens = load_corpus(cfg)
         self.batches = data.LMBatcher(
             self.train_tokens, batch_size=config.batch_size, seq_len=cfg.seq_len, seed=config.seed
         )

@@ -19,7 +19,7 @@ from jaxformer import data
 from jaxformer.models import BERT, mask_for_mlm
 from jaxformer.training.steps import classification_loss
 from jaxformer.training.tasks.base import Task, evaluate_batches
-from jaxformer.training.tasks.lm import load_text, make_tokenizer, save_tokenizer
+from jaxformer.training.tasks.lm import load_corpus, save_tokenizer
 
 _mask = jax.jit(mask_for_mlm, static_argnames=("vocab_size", "mask_id", "special_ids", "mask_rate"))
 
@@ -64,13 +64,9 @@ class MaskedLanguageModelling(Task):
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
         cfg = config.data
-        train_text = load_text(cfg, cfg.train_split)
-        self.tokenizer = make_tokenizer(cfg, train_text)
+        self.tokenizer, train_tokens, self.eval_tokens = load_corpus(cfg)
         self.mask_id = self.tokenizer.vocab_size  # one id after the tokenizer's
-        self.eval_tokens = self.tokenizer.encode(load_text(cfg, cfg.eval_split))
-        windows = data.LMBatcher(
-            self.tokenizer.encode(train_text), batch_size=config.batch_size, seq_len=cfg.seq_len, seed=config.seed
-        )
+        windows = data.LMBatcher(train_tokens, batch_size=config.batch_size, seq_len=cfg.seq_len, seed=config.seed)
         self.batches = MLMBatches(windows, mask_id=self.mask_id, mask_rate=cfg.mask_rate, seed=config.seed)
         self.tokens_per_batch = config.batch_size * cfg.seq_len
 
