@@ -1,5 +1,6 @@
 """The experiment scripts still run (tiny sizes); their real results are in BENCHMARKS.md."""
 
+import json
 import pathlib
 import subprocess
 import sys
@@ -39,3 +40,11 @@ def test_bench_decode_smoke_cached_and_recomputed_tokens_agree():
 def test_bench_train_smoke():
     out = run_script("experiments/bench_train.py", "--smoke")
     assert '"mfu":' in out
+
+
+@pytest.mark.slow
+def test_bench_gpu_smoke_runs_every_part_on_cpu(tmp_path):
+    out = run_script("experiments/bench_gpu.py", "--smoke", "--json", str(tmp_path / "gpu.json"))
+    result = json.loads((tmp_path / "gpu.json").read_text())
+    assert {"peak", "attention", "train", "decode"} <= set(result), out
+    assert "cuDNN" in out  # on CPU the cuDNN rows record jax's error instead of a time

@@ -7,6 +7,8 @@ from collections.abc import Callable
 import jax
 from flax import nnx
 
+from jaxformer.nn.constraints import RESIDUAL_AXES, constrain
+
 
 class BlockStack(nnx.Module):
     """L blocks built by `make_block(rngs)`; `stack(x, **kwargs)` applies them in order.
@@ -14,6 +16,9 @@ class BlockStack(nnx.Module):
     With `scan=True` the blocks' parameters are stacked on a leading `[L, ...]` axis (built with `nnx.vmap`) and
     applied with `jax.lax.scan`: XLA compiles one block instead of L, so compile time no longer grows with depth
     (MaxText's `scan_layers`). KV caches, batch statistics and dropout streams are stacked the same way.
+
+    The residual stream `[B, T, D]` entering the stack and leaving every block is marked with
+    `constrain(x, RESIDUAL_AXES)`: a no-op unless a sharded training step has activation hints on (nn/constraints.py).
     """
 
     def __init__(self, make_block: Callable[[nnx.Rngs], nnx.Module], num_layers: int, *, scan: bool, rngs: nnx.Rngs):
@@ -31,9 +36,10 @@ class BlockStack(nnx.Module):
 
     def __call__(self, x: jax.Array, *args, **kwargs) -> jax.Array:
         """Applies every block as `x = block(x, *args, **kwargs)`; args and kwargs are the same for each layer."""
+        x = constrain(x, RESIDUAL_AXES)
         if not self.scan:
             for block in self.layers:
-                x = block(x, *args, **kwargs)
+                x = constrain(block(x, *args, **kwargs), RESIDUAL_AXES)
             return x
 
         # A plain lax.scan over the split state (rather than nnx.scan) also works inside other jax loops, such as
@@ -43,7 +49,7 @@ class BlockStack(nnx.Module):
 
         def apply(h, layer_state):
             block = nnx.merge(graphdef, *layer_state)
-            return block(h, *args, **kwargs), nnx.state(block, nnx.Not(nnx.Param))
+            return constrain(block(h, *args, **kwargs), RESIDUAL_AXES), nnx.state(block, nnx.Not(nnx.Param))
 
         x, mutable = jax.lax.scan(apply, x, (params, mutable))
         nnx.update(self.layers, mutable)

@@ -11,7 +11,7 @@ from jaxformer.nn.norms import RMSNorm
 from jaxformer.nn.params import logical_param
 
 POSITIONAL = ("none", "rope", "alibi")
-IMPLEMENTATIONS = ("xla", "blockwise", "jax_nn")
+IMPLEMENTATIONS = ("xla", "blockwise", "jax_nn", "cudnn")
 
 
 class MultiHeadAttention(nnx.Module):
@@ -27,8 +27,9 @@ class MultiHeadAttention(nnx.Module):
     at their absolute positions) or `"alibi"` (ALiBi bias), `sliding_window=W` (self-attention sees only the W
     nearest positions: causal `p - W < s <= p`, or `|p - s| < W` without `is_causal`; Mistral / Longformer),
     `implementation="xla"` (jaxformer's dense path),
-    `"blockwise"` (O(T) memory; masks given structurally) or `"jax_nn"` (`jax.nn.dot_product_attention`, which
-    can select cuDNN / TPU kernels).
+    `"blockwise"` (O(T) memory; masks given structurally), `"jax_nn"` (`jax.nn.dot_product_attention` with its
+    default backend) or `"cudnn"` (the same call with `implementation="cudnn"`: cuDNN flash attention on NVIDIA
+    GPUs, bf16/fp16 only; jax raises on other backends).
 
     KV cache: `init_cache(batch_size, max_len)` allocates `[B, max_len, K, H]` key and value buffers and a
     per-example index. Each call with `decode=True` appends its T tokens at the index and attends causally over
@@ -233,10 +234,13 @@ class MultiHeadAttention(nnx.Module):
                 dropout_rate=self.dropout_rate if use_dropout else 0.0,
                 dropout_rng=rng,
             )
-        if self.implementation == "jax_nn":  # note: rows with nothing to attend to average all values here
+        if self.implementation in ("jax_nn", "cudnn"):  # note: rows with nothing to attend to average all values
             if mask is not None:
                 mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
-            return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal)
+            backend = "cudnn" if self.implementation == "cudnn" else None
+            return jax.nn.dot_product_attention(
+                q, k, v, bias=bias, mask=mask, is_causal=is_causal, implementation=backend
+            )
         if mask is not None or bias is not None:
             raise ValueError(
                 "implementation='blockwise' takes its mask structurally (is_causal); "

@@ -139,10 +139,10 @@ def make_parallel_step(
             state_shardings=state_shardings,
             batch_sharding=sharding.batch_sharding(mesh),
         )
-        return ParallelStep(lambda s, b: jitted(s, sharding.shard_batch(b, mesh)), same, same)
+        return ParallelStep(_on_mesh(jitted, mesh), same, same)
     if parallel == "shard_map":
         mapped = make_shard_map_train_step(graphs, optimizer, schedule, loss_fn, mesh=mesh)
-        return ParallelStep(lambda s, b: mapped(s, sharding.shard_batch(b, mesh)), same, same)
+        return ParallelStep(_on_mesh(mapped, mesh), same, same)
     if parallel == "pmap":
         devices = list(mesh.devices.flat)
         pmapped = make_pmap_train_step(graphs, optimizer, schedule, loss_fn, devices=devices)
@@ -155,3 +155,18 @@ def make_parallel_step(
         to_host = lambda s: jax.device_put(unreplicate(s), state_shardings)
         return ParallelStep(step, lambda s: replicate(s, devices), to_host)
     raise ValueError(f"config.parallel={parallel!r}; choose one of {PARALLEL}.")
+
+
+def _on_mesh(step: Callable, mesh: Mesh) -> Callable:
+    """`step` on a host batch laid out over `mesh`, run with `mesh` as jax's ambient mesh (`jax.set_mesh`).
+
+    Only the step runs there: flax's `nnx.eval_shape` reads parameter metadata as mesh axes under an ambient mesh,
+    and jaxformer's metadata names logical axes, so building the state stays outside. pmap refuses any other
+    ambient mesh, so its step never runs under one."""
+    from jaxformer.training import sharding
+
+    def run(state, batch):
+        with sharding.use_mesh(mesh):
+            return step(state, sharding.shard_batch(batch, mesh))
+
+    return run

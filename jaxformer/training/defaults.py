@@ -58,6 +58,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.mesh.fsdp = 1
     config.mesh.tensor = 1
     config.parallel = "jit"  # or "pmap" / "shard_map": per-device data parallelism (training/data_parallel.py)
+    config.distributed = False  # multi-host: jax.distributed.initialize() first (training/multihost.py)
 
     config.log_every = 50
     config.eval_every = 250

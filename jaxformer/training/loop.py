@@ -25,7 +25,7 @@ from flax import nnx
 
 from jaxformer import data
 from jaxformer.models import GPT, ModelConfig
-from jaxformer.training import data_parallel, plots, sharding
+from jaxformer.training import data_parallel, multihost, plots, sharding
 from jaxformer.training.checkpoints import Checkpointer
 from jaxformer.training.metrics import MetricsLog, perplexity
 from jaxformer.training.optimizers import make_optimizer
@@ -107,14 +107,17 @@ def load_trained(workdir: str):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains `config` into `workdir` (resuming if it holds a checkpoint); returns the final metrics row."""
+    multihost.initialize(config)  # before anything touches a device
     os.makedirs(workdir, exist_ok=True)
-    task = make_task(config)
-    task.save_assets(workdir)
     mesh = sharding.mesh_from_config(config.get("mesh", {}))
     sharding.check_batch_size(config.batch_size, mesh)
     parallel = config.get("parallel", "jit")
     if parallel not in data_parallel.PARALLEL:
         raise ValueError(f"config.parallel={parallel!r}; choose one of {data_parallel.PARALLEL}.")
+    leader = multihost.is_leader()
+    task = make_task(config)
+    if leader:
+        task.save_assets(workdir)
     # pmap copies an ordinary one-device state to every device itself; the other modes lay it out on the mesh.
     state_mesh = sharding.make_mesh(1, 1, 1, devices=list(mesh.devices.flat)[:1]) if parallel == "pmap" else mesh
     model_cfg = task.model_config()
@@ -125,7 +128,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     runner = data_parallel.make_parallel_step(
         parallel, graphs, optimizer, schedule, task.loss, mesh=mesh, state_shardings=state_shardings
     )
-    sharded_eval_step = make_eval_step(graphs, task.loss)
+    sharded_eval_step = make_eval_step(graphs, task.loss, mesh=None if parallel == "pmap" else state_mesh)
     eval_step = lambda state, batch: sharded_eval_step(state, sharding.shard_batch(batch, state_mesh))
     batches = task.batches
 
@@ -134,10 +137,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if start is not None:
         state, data_state, _ = checkpoints.restore(state, start)
         batches.restore(data_state)
-        print(f"Resumed from the checkpoint at step {start} in {checkpoints.directory}.")
+        if leader:
+            print(f"Resumed from the checkpoint at step {start} in {checkpoints.directory}.")
     start = int(state.step)
     state = runner.to_devices(state)
-    log = MetricsLog(workdir, resume_step=start)
+    log = MetricsLog(workdir, resume_step=start, writes=leader)
 
     def stop(what: str, step: int) -> NonFiniteLossError:
         return NonFiniteLossError(
@@ -159,7 +163,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_losses: list[float] = []
     train_nlls: list[float] = []  # the unsmoothed loss, for perplexity
     row: dict = {}
-    progress = _progress(start, config.num_steps)
+    progress = _progress(start, config.num_steps, enabled=leader)
     interrupted = _InterruptFlag()
     try:
         for step in range(start + 1, config.num_steps + 1):
@@ -213,9 +217,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         checkpoints.close()
         log.close()
 
-    plots.loss_curve(log.history, os.path.join(workdir, "loss.png"), title=config.name)
-    with open(os.path.join(workdir, "samples.txt"), "w") as f:
-        f.write(task.samples(merge(graphs.eval, runner.to_host(state))))
+    samples = task.samples(merge(graphs.eval, runner.to_host(state)))  # every process: it may run sharded code
+    if leader:
+        plots.loss_curve(log.history, os.path.join(workdir, "loss.png"), title=config.name)
+        with open(os.path.join(workdir, "samples.txt"), "w") as f:
+            f.write(samples)
     return row
 
 
@@ -241,7 +247,7 @@ class _InterruptFlag:
             signal.signal(signal.SIGINT, self.previous)
 
 
-def _progress(start: int, total: int):
+def _progress(start: int, total: int, *, enabled: bool = True):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, mininterval=1.0)
+    return tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, mininterval=1.0, disable=not enabled)

@@ -24,13 +24,19 @@ def _json_value(value):
 
 
 class MetricsLog:
-    """`workdir/metrics.jsonl` plus `workdir/tensorboard/events.out.tfevents.*` (scalars tagged by row key)."""
+    """`workdir/metrics.jsonl` plus `workdir/tensorboard/events.out.tfevents.*` (scalars tagged by row key).
 
-    def __init__(self, workdir: str, *, resume_step: int = 0):
+    With `writes=False` (every process but the first of a multi-host run) rows are kept in `history` only.
+    """
+
+    def __init__(self, workdir: str, *, resume_step: int = 0, writes: bool = True):
         from tensorboardX import SummaryWriter  # lazy: only the training loop needs it
 
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.history: list[dict] = []
+        self.tensorboard = None
+        if not writes:
+            return
         if os.path.exists(self.path):
             with open(self.path) as f:
                 self.history = [row for line in f if line.strip() and (row := json.loads(line))["step"] <= resume_step]
@@ -46,6 +52,8 @@ class MetricsLog:
 
     def write(self, row: dict) -> None:
         self.history.append(row)
+        if self.tensorboard is None:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps({k: _json_value(v) for k, v in row.items()}) + "\n")
         for key, value in row.items():
@@ -54,4 +62,5 @@ class MetricsLog:
         self.tensorboard.flush()
 
     def close(self) -> None:
-        self.tensorboard.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()

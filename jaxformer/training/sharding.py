@@ -18,6 +18,7 @@ tensor parallelism exists for (`heads`, `mlp`), where that is a config error.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -28,6 +29,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxformer.nn.constraints import Resolver
 from jaxformer.nn.params import logical_axes
 from jaxformer.training.state import Graphs, TrainState
 
@@ -93,6 +95,26 @@ def mesh_from_config(mesh_config) -> Mesh:
     return make_mesh(**sizes)
 
 
+def use_mesh(mesh: Mesh):
+    """A context in which `mesh` is jax's ambient mesh (`jax.set_mesh`), so that bare PartitionSpecs and
+    `jax.sharding.get_abstract_mesh()` refer to it; a no-op context on a jax that has neither `jax.set_mesh` nor
+    `jax.sharding.use_mesh`. Not for `parallel="pmap"`: pmap builds its own mesh and refuses a different ambient one.
+    """
+    set_mesh = getattr(jax, "set_mesh", None) or getattr(jax.sharding, "use_mesh", None)
+    return set_mesh(mesh) if set_mesh is not None else contextlib.nullcontext()
+
+
+def activation_resolver(mesh: Mesh) -> Resolver:
+    """For `nn.constraints.activation_sharding`: an activation with logical axes is laid out by the same rules
+    table as the parameters. The residual stream ("batch", "length", "embed") is split over data x fsdp on its batch
+    axis; `embed` stays whole, because fsdp is already taken by the batch (one mesh axis per array)."""
+
+    def resolve(axes, shape):
+        return NamedSharding(mesh, logical_to_spec(axes, shape, mesh))
+
+    return resolve
+
+
 def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> PartitionSpec:
     """The PartitionSpec of an array with logical `axes` and `shape` on `mesh`, by `LOGICAL_AXIS_RULES`.
 
@@ -152,10 +174,42 @@ def check_batch_size(batch_size: int, mesh: Mesh, name: str = "config.batch_size
         )
 
 
-def shard_batch(batch: dict, mesh: Mesh) -> dict:
-    """Puts a host batch (a dict of arrays with a leading batch axis) on the mesh, split over `BATCH_AXES`."""
+@functools.lru_cache(maxsize=64)
+def process_rows(mesh: Mesh, batch_size: int) -> slice:
+    """The rows of a global batch of `batch_size` that this process's devices hold under `batch_sharding(mesh)`.
+
+    With one process that is every row. With several (multi-host), each process feeds only its rows: the devices
+    a process owns form a contiguous block of the batch axis in `jax.make_mesh`'s device order.
+    """
     sharding = batch_sharding(mesh)
-    return jax.tree.map(lambda x: jax.device_put(np.asarray(x), sharding), batch)
+    indices = sharding.addressable_devices_indices_map((batch_size,)).values()
+    starts = [index[0].indices(batch_size)[0] for index in indices]
+    stops = [index[0].indices(batch_size)[1] for index in indices]
+    rows = slice(min(starts), max(stops))
+    held = sum(stop - start for start, stop in {(a, b) for a, b in zip(starts, stops, strict=True)})
+    if held != rows.stop - rows.start:
+        raise ValueError(
+            f"This process's devices hold batch rows {sorted(set(zip(starts, stops, strict=True)))}, which are not "
+            f"one contiguous block of the {batch_size} rows; build the mesh with jax.make_mesh (process-major order)."
+        )
+    return rows
+
+
+def shard_batch(batch: dict, mesh: Mesh) -> dict:
+    """Puts a global host batch (a dict of arrays with a leading batch axis) on the mesh, split over `BATCH_AXES`.
+
+    Every process passes the same global batch; each contributes only the rows its devices hold
+    (`process_rows`), and `jax.make_array_from_process_local_data` assembles the global array. With one process
+    this is a plain `device_put` of the whole batch.
+    """
+    sharding = batch_sharding(mesh)
+
+    def place(x):
+        x = np.asarray(x)
+        rows = process_rows(mesh, x.shape[0])
+        return jax.make_array_from_process_local_data(sharding, x[rows], x.shape)
+
+    return jax.tree.map(place, batch)
 
 
 def create_sharded_train_state(

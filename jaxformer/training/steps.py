@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -10,7 +11,9 @@ import optax
 from flax import nnx
 
 from jaxformer import ops
+from jaxformer.nn.constraints import activation_sharding
 from jaxformer.training.schedules import Schedule
+from jaxformer.training.sharding import activation_resolver
 from jaxformer.training.state import Graphs, TrainState
 
 LossFn = Callable[[nnx.Module, dict], tuple[jax.Array, dict]]
@@ -106,25 +109,38 @@ def make_train_step(
 
     With `state_shardings` (a TrainState of shardings, from `sharding.create_sharded_train_state`) and
     `batch_sharding`, the step is compiled for them and returns the new state with the same shardings, so a
-    sharded run never re-lays out its state between steps; metrics come back replicated.
+    sharded run never re-lays out its state between steps; metrics come back replicated. The model's activation
+    hints (nn/constraints.py) are then on, pinning the residual stream to the batch sharding's mesh.
     """
     train_step = train_step_fn(graphs, optimizer, schedule, loss_fn)
     if state_shardings is None:
         return jax.jit(train_step, donate_argnums=0)
     return jax.jit(
-        train_step,
+        with_activation_hints(train_step, batch_sharding.mesh),
         in_shardings=(state_shardings, batch_sharding),
         out_shardings=(state_shardings, None),
         donate_argnums=0,
     )
 
 
-def make_eval_step(graphs: Graphs, loss_fn: LossFn = lm_loss) -> Callable[[TrainState, dict], dict]:
-    """The jitted evaluation step (dropout off, running BatchNorm statistics): metrics as in training."""
+def make_eval_step(graphs: Graphs, loss_fn: LossFn = lm_loss, *, mesh=None) -> Callable[[TrainState, dict], dict]:
+    """The jitted evaluation step (dropout off, running BatchNorm statistics): metrics as in training. With a
+    `mesh`, the model's activation hints are on (as in `make_train_step` with shardings)."""
 
     def eval_step(state: TrainState, batch: dict) -> dict:
         model = nnx.merge(graphs.eval, state.params, state.model_state)
         loss, metrics = loss_fn(model, batch)
         return {**metrics, "loss": loss, "perplexity": jnp.exp(metrics["nll"])}
 
-    return jax.jit(eval_step)
+    return jax.jit(eval_step if mesh is None else with_activation_hints(eval_step, mesh))
+
+
+def with_activation_hints(step: Callable, mesh) -> Callable:
+    """`step` traced with the model's activation sharding hints resolved on `mesh` by the rules table."""
+
+    @functools.wraps(step)
+    def hinted(*args):
+        with activation_sharding(activation_resolver(mesh)):
+            return step(*args)
+
+    return hinted

@@ -84,6 +84,13 @@ def test_implementations_agree(implementation):
     np.testing.assert_allclose(other(X, is_causal=True), ref(X, is_causal=True), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="cuDNN is there to run on a GPU")
+def test_cudnn_without_a_gpu_says_so():
+    m = nn.MultiHeadAttention(D, N, implementation="cudnn", dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    with pytest.raises(RuntimeError, match="cuDNN"):
+        m(X, is_causal=True)
+
+
 @pytest.mark.parametrize("is_causal", [True, False])
 def test_sliding_window_matches_the_reference(is_causal):
     m = randomize(nn.MultiHeadAttention(D, N, num_kv_heads=K, sliding_window=3, rngs=nnx.Rngs(0)))

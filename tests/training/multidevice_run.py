@@ -6,6 +6,7 @@ given as an argument and prints one JSON object {mesh: {"losses": [...], "specs"
 
 import json
 import os
+import re
 import sys
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
@@ -18,6 +19,7 @@ from jaxformer.training import data_parallel, sharding
 from jaxformer.training.checkpoints import Checkpointer
 from jaxformer.training.defaults import load_config
 from jaxformer.training.loop import build_optimizer
+from jaxformer.training.steps import make_train_step
 from jaxformer.training.tasks import make_task
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "configs", "shakespeare_char_cpu.py")
@@ -62,7 +64,23 @@ def setup(corpus: str, mesh_arg: str, steps: int):
     )
     step = runner.step
     state = runner.to_devices(state)
+    if parallel == "jit":  # for inspecting the compiled program: the same step, lowered
+        jitted = make_train_step(
+            graphs,
+            optimizer,
+            schedule,
+            task.loss,
+            state_shardings=shardings,
+            batch_sharding=sharding.batch_sharding(mesh),
+        )
+        step.lower = lambda state, batch: jitted.lower(state, sharding.shard_batch(batch, mesh)).as_text()
     return task, state, step, (None if mode == "pmap" else mesh), len(devices)
+
+
+def residual_constraints(hlo: str, shape: str) -> list[str]:
+    """The distinct shardings that the program's sharding constraints give arrays of `shape` (e.g. "8x16x32")."""
+    found = re.findall(r"sdy\.sharding_constraint %\S+ <@\w+, (\[.*?\])> : tensor<" + shape + r"x", hlo)
+    return sorted(set(found))
 
 
 def train(task, state, step, mesh, steps: int):
@@ -86,7 +104,11 @@ def run(corpus: str, mesh_arg: str, steps: int) -> dict:
             node = node[key]
         specs[name] = spec_list(node.get_value())
     mu = jax.tree.leaves(state.opt_state)
+    # The residual stream [batch 8, length 16, embed 32] is pinned at every block boundary (nn/constraints.py).
+    lower = getattr(step, "lower", None)  # jit modes only
+    constraints = residual_constraints(lower(state, next(task.batches)), "8x16x32") if lower else None
     return {
+        "residual_constraints": constraints,
         "losses": losses,
         "grad_norms": grad_norms,
         "specs": specs,

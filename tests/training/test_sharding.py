@@ -71,6 +71,21 @@ def test_parameters_are_sharded_as_the_rules_say(runs):
     assert ["fsdp", "tensor"] in runs["2,2,2"]["opt_specs"] and ["tensor", "fsdp"] in runs["2,2,2"]["opt_specs"]
 
 
+@pytest.mark.parametrize(
+    "mesh, spec",
+    [
+        ("1,1,1", "[{}, {}, {}]"),
+        ("8,1,1", '[{"data"}, {}, {}]'),
+        ("1,8,1", '[{"fsdp"}, {}, {}]'),
+        ("2,2,2", '[{"data", "fsdp"}, {}, {}]'),
+    ],
+)
+def test_the_residual_stream_is_pinned_to_the_batch_sharding(runs, mesh, spec):
+    # Every [batch, length, embed] constraint in the compiled step splits the batch over data x fsdp only: embed
+    # stays whole although the rules send it to fsdp for parameters (one mesh axis per array, batch first).
+    assert runs[mesh]["residual_constraints"] == [spec]
+
+
 def fake_mesh(data=1, fsdp=1, tensor=1):
     return types.SimpleNamespace(shape={"data": data, "fsdp": fsdp, "tensor": tensor})
 
