@@ -18,8 +18,8 @@ killed part-way still leaves the parts it finished):
    matmul precision "highest"); for the backward the largest of the three rel_errs of dq, dk, dv.
 3. train: the real `jaxformer.training` train step (AdamW, clipping, schedule, as `build` / `create_train_state` /
    `make_train_step` make it) of `gpt2-small` with bf16 compute, float32 parameters, dropout 0, on random tokens
-   (vocab 50257), batch 16 x 1024, for attention_impl "xla" and "cudnn". Compile time = lower + compile (AOT) of
-   the step; then 3 warm-up steps and the median of 20 steps (each waited on via its metrics).
+   (vocab 50257), batch 16 x 1024, for attention_impl "xla" and "cudnn" (`--train_impls`). Compile time = lower +
+   compile (AOT) of the step; then 3 warm-up steps and the median of 20 steps (each waited on via its metrics).
      flops_per_step = B T (6 N + 12 L T D)   (PaLM / nanoGPT; N = parameters without the position table)
      model TFLOP/s = flops_per_step / step seconds;  MFU = model TFLOP/s / measured bf16 peak of part 1.
 4. decode: `jaxformer.decoding.generate` of `gpt2-small` (bf16 compute and parameters, random weights), prompt 32
@@ -248,7 +248,7 @@ def bench_train_step(impl: str, args, peak_tflops: float | None) -> dict:
 
 def bench_train(args, peak_tflops: float | None, progress) -> list[dict]:
     rows = []
-    for impl in ("xla", "cudnn"):
+    for impl in args.train_impls.split(","):
         try:
             row = bench_train_step(impl, args, peak_tflops)
         except Exception as e:
@@ -377,6 +377,7 @@ def main():
     parser.add_argument("--steps", type=int, default=20, help="timed train steps")
     parser.add_argument("--warmup", type=int, default=3, help="train steps before timing (the first compiles)")
     parser.add_argument("--scan_layers", action="store_true", help="train with scan_layers=True (faster compile)")
+    parser.add_argument("--train_impls", default="xla,cudnn", help="attention_impl values for the train part")
     parser.add_argument("--prompt_len", type=int, default=32)
     parser.add_argument("--new_tokens", type=int, default=256)
     parser.add_argument("--decode_batches", default="1,8")

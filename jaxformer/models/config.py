@@ -29,7 +29,7 @@ class ModelConfig:
     Core: `vocab_size` (V; 0 for ViT), `num_layers` (L; the encoder's in an encoder-decoder), `d_model` (D),
     `num_heads` (N), `d_ff` (F), `max_len` (longest sequence; size of the learned position table).
     Attention: `num_kv_heads` (K, default N), `head_dim` (H, default D / N), `qk_norm`, `sliding_window`,
-    `attention_impl` (xla | blockwise | jax_nn | cudnn), `rope_base`.
+    `attention_impl` (auto | xla | blockwise | jax_nn | cudnn; nn/attention_dispatch.py), `rope_base`.
     Residual blocks: `norm` (layernorm | rmsnorm | batchnorm), `norm_position` (pre: x + f(norm(x)); post:
     norm(x + f(x)), the original paper and BERT), `norm_epsilon`, `activation` (relu | gelu | gelu_exact | silu |
     swiglu ...), `use_bias`, `dropout_rate` (sublayer outputs and embeddings), `attention_dropout_rate`.

@@ -7,11 +7,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxformer import ops
+from jaxformer.nn import attention_dispatch
+from jaxformer.nn.attention_dispatch import IMPLEMENTATIONS
 from jaxformer.nn.norms import RMSNorm
 from jaxformer.nn.params import logical_param
 
 POSITIONAL = ("none", "rope", "alibi")
-IMPLEMENTATIONS = ("xla", "blockwise", "jax_nn", "cudnn")
 
 
 class MultiHeadAttention(nnx.Module):
@@ -28,8 +29,9 @@ class MultiHeadAttention(nnx.Module):
     nearest positions: causal `p - W < s <= p`, or `|p - s| < W` without `is_causal`; Mistral / Longformer),
     `implementation="xla"` (jaxformer's dense path),
     `"blockwise"` (O(T) memory; masks given structurally), `"jax_nn"` (`jax.nn.dot_product_attention` with its
-    default backend) or `"cudnn"` (the same call with `implementation="cudnn"`: cuDNN flash attention on NVIDIA
-    GPUs, bf16/fp16 only; jax raises on other backends).
+    default backend), `"cudnn"` (the same call with `implementation="cudnn"`: cuDNN flash attention on NVIDIA
+    GPUs, bf16/fp16 only; jax raises on other backends) or `"auto"` (the best of these that supports the call on
+    this backend); the table of what each supports is in nn/attention_dispatch.py.
 
     KV cache: `init_cache(batch_size, max_len)` allocates `[B, max_len, K, H]` key and value buffers and a
     per-example index. Each call with `decode=True` appends its T tokens at the index and attends causally over
@@ -217,12 +219,22 @@ class MultiHeadAttention(nnx.Module):
 
     def _attend(self, q, k, v, *, mask, bias, is_causal, decode):
         use_dropout = self.dropout_rate > 0 and not self.deterministic
-        blockwise = self.implementation == "blockwise" and not (use_dropout or decode)
-        if self.sliding_window is not None and not (decode or blockwise):  # (decoding's cache mask has it already)
+        implementation = attention_dispatch.choose(
+            self.implementation,
+            dtype=q.dtype,
+            head_dim=self.head_dim,
+            seq_len=max(q.shape[1], k.shape[1]),
+            has_mask=mask is not None,
+            has_bias=bias is not None,
+            sliding_window=self.sliding_window,
+            dropout=use_dropout,
+            decode=decode,
+        )
+        if self.sliding_window is not None and implementation != "blockwise" and not decode:
+            # (decoding's cache mask has the window already; blockwise takes it structurally)
             window = ops.sliding_window_mask(q.shape[1], k.shape[1], window=self.sliding_window, causal=is_causal)
             mask = ops.combine_masks(mask, window)
-        # Dropout and cached decoding (a causal mask with an offset) always take jaxformer's dense path.
-        if self.implementation == "xla" or use_dropout or decode:
+        if implementation == "xla":
             rng = self.dropout_rngs() if use_dropout else None
             return ops.dot_product_attention(
                 q,
@@ -234,10 +246,10 @@ class MultiHeadAttention(nnx.Module):
                 dropout_rate=self.dropout_rate if use_dropout else 0.0,
                 dropout_rng=rng,
             )
-        if self.implementation in ("jax_nn", "cudnn"):  # note: rows with nothing to attend to average all values
+        if implementation in ("jax_nn", "cudnn"):  # note: rows with nothing to attend to average all values
             if mask is not None:
                 mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
-            backend = "cudnn" if self.implementation == "cudnn" else None
+            backend = "cudnn" if implementation == "cudnn" else None
             return jax.nn.dot_product_attention(
                 q, k, v, bias=bias, mask=mask, is_causal=is_causal, implementation=backend
             )
