@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run demo test test-all lint format bench clean
+.PHONY: install run demo test test-all lint format bench claims clean
 
 install: $(STAMP)
 
@@ -48,6 +48,10 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) experiments/bench_attention.py
+
+# The claims lab: every experiments/claims/NN_*.py at its default (CPU) size, then experiments/REPORT.md.
+claims: $(STAMP)
+	$(PY) experiments/claims/run_all.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,121 @@
+"""The claims lab's shared machinery: every experiment in experiments/claims/ is one claim, run the same way.
+
+An experiment module defines
+
+    CLAIM = "One sentence: what the classic explanation says."
+    SETUP = "What is run, at the default size (a 2-core CPU, minutes) and with --full (an accelerator)."
+
+    def run(full: bool) -> Outcome:          # does the work, returns the numbers and the verdict
+    def plot(numbers: dict, path: str):      # draws the figure from the numbers alone
+
+and ends with `if __name__ == "__main__": lab.main(sys.modules[__name__])`. `main` parses `--full` and `--out`,
+times the run, and writes `<out>/<name>.json` (claim, setup, result, verdict, numbers, seconds, size, machine) and
+`<out>/<name>.png`. `report.py` turns those files into experiments/REPORT.md: nothing in the report is typed by
+hand.
+
+Experiments that train a language model use `lm_config` + `train_lm`: the library's own training loop
+(`jaxformer.training.train_and_evaluate`) on tiny Shakespeare from tfds, in a temporary workdir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import tempfile
+import time
+from types import ModuleType
+
+import jax
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+ROOT = os.path.dirname(os.path.dirname(HERE))
+CPU_RECIPE = os.path.join(ROOT, "experiments", "configs", "shakespeare_char_cpu.py")
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What an experiment found: `result` (a few sentences quoting the numbers), `supported` (True / False /
+    None for "partly" or "depends"), and `numbers` (JSON-serialisable; enough to redraw the figure)."""
+
+    result: str
+    supported: bool | None
+    numbers: dict
+
+
+def verdict(supported: bool | None) -> str:
+    return {True: "supported", False: "not supported", None: "partly supported"}[supported]
+
+
+def machine() -> str:
+    device = jax.devices()[0]
+    kind = f"{device.platform} ({device.device_kind})"
+    return f"{platform.machine()} {kind}, {os.cpu_count()} CPUs, jax {jax.__version__}"
+
+
+def main(module: ModuleType) -> dict:
+    """Runs `module`'s claim from the command line; returns the record it wrote."""
+    name = os.path.splitext(os.path.basename(module.__file__))[0]
+    parser = argparse.ArgumentParser(description=f"{module.CLAIM}\n\n{module.SETUP}")
+    parser.add_argument("--full", action="store_true", help="the accelerator-sized setting")
+    parser.add_argument("--out", default=RESULTS, help="where <name>.json and <name>.png go")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    start = time.perf_counter()
+    outcome = module.run(args.full)
+    seconds = time.perf_counter() - start
+    figure = os.path.join(args.out, f"{name}.png")
+    module.plot(outcome.numbers, figure)
+    record = {
+        "name": name,
+        "claim": module.CLAIM,
+        "setup": module.SETUP,
+        "result": outcome.result,
+        "supported": outcome.supported,
+        "verdict": verdict(outcome.supported),
+        "numbers": outcome.numbers,
+        "seconds": round(seconds, 1),
+        "size": "full" if args.full else "default",
+        "machine": machine(),
+        "figure": os.path.basename(figure),
+    }
+    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
+        json.dump(record, f, indent=1)
+    print(f"{name}: {record['verdict']} ({seconds:.0f} s)\n{outcome.result}")
+    return record
+
+
+def lm_config(steps: int, **overrides):
+    """The `shakespeare_char_cpu` training config for `steps` steps (evaluated once, at the end), with dotted
+    `overrides`: `lm_config(300, **{"model.num_heads": 1, "batch_size": 16})`."""
+    from jaxformer.training.defaults import load_config
+
+    config = load_config(CPU_RECIPE)
+    config.update(num_steps=steps, log_every=max(1, steps // 20), eval_every=steps, checkpoint_every=steps)
+    config.warmup_steps = min(config.warmup_steps, steps // 10)
+    config.sample.num_tokens = 0
+    for dotted, value in overrides.items():
+        *path, key = dotted.split(".")
+        node = config
+        for part in path:
+            node = node[part]
+        node[key] = value
+    return config
+
+
+def train_lm(config) -> dict:
+    """Trains `config` with the library's loop in a temporary workdir. Returns {"final": the last metrics row
+    (with val_loss), "history": every logged row}."""
+    from jaxformer.training.loop import train_and_evaluate
+
+    with tempfile.TemporaryDirectory() as workdir:
+        final = train_and_evaluate(config, workdir)
+        with open(os.path.join(workdir, "metrics.jsonl")) as f:
+            history = [json.loads(line) for line in f if line.strip()]
+    return {"final": final, "history": history}

@@ -1,0 +1,78 @@
+"""The claims lab's machinery (experiments/claims/lab.py, report.py) and every claim experiment's default run."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLAIMS = os.path.join(ROOT, "experiments", "claims")
+sys.path.insert(0, CLAIMS)
+
+import lab  # noqa: E402
+import report  # noqa: E402
+
+
+def fake_claim(tmp_path, supported):
+    module = types.ModuleType("fake")
+    module.__file__ = str(tmp_path / "99_fake.py")
+    module.CLAIM, module.SETUP = "Two is more than one.", "Compare 2 with 1."
+    module.run = lambda full: lab.Outcome(f"2 > 1 is {2 > 1} (full={full}).", supported, {"values": [1, 2]})
+
+    def plot(numbers, path):
+        import matplotlib.pyplot as plt
+
+        plt.figure()
+        plt.plot(numbers["values"])
+        plt.savefig(path)
+        plt.close()
+
+    module.plot = plot
+    return module
+
+
+@pytest.mark.parametrize("supported, verdict", [(True, "supported"), (False, "not supported"), (None, "partly")])
+def test_main_writes_a_record_and_a_figure(tmp_path, monkeypatch, supported, verdict):
+    monkeypatch.setattr(sys, "argv", ["99_fake.py", "--out", str(tmp_path)])
+    record = lab.main(fake_claim(tmp_path, supported))
+    saved = json.loads((tmp_path / "99_fake.json").read_text())
+    assert saved == record and saved["verdict"].startswith(verdict) and saved["size"] == "default"
+    assert saved["result"] == "2 > 1 is True (full=False)." and (tmp_path / "99_fake.png").stat().st_size > 0
+
+
+def test_the_report_lays_out_every_record_from_its_files(tmp_path, monkeypatch):
+    for supported in (True, False):
+        monkeypatch.setattr(sys, "argv", ["99_fake.py", "--out", str(tmp_path)])
+        module = fake_claim(tmp_path, supported)
+        module.__file__ = str(tmp_path / f"9{int(supported)}_fake.py")
+        lab.main(module)
+    text = report.render([json.load(open(p)) for p in sorted(glob.glob(str(tmp_path / "*.json")))], "results")
+    assert text.count("**Claim.** Two is more than one.") == 2
+    assert "**Verdict: not supported.**" in text and "**Verdict: supported.**" in text
+    assert "![90_fake](results/90_fake.png)" in text and "| 2 | [91_fake](#91_fake) | supported |" in text
+
+
+SCRIPTS = sorted(glob.glob(os.path.join(CLAIMS, "[0-9][0-9]_*.py")))
+
+
+@pytest.mark.slow  # each claim's default size takes up to a few minutes
+@pytest.mark.parametrize("script", SCRIPTS, ids=[os.path.basename(s) for s in SCRIPTS])
+def test_every_claim_runs_at_its_default_size(tmp_path, script):
+    out = subprocess.run(
+        [sys.executable, script, "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    name = os.path.splitext(os.path.basename(script))[0]
+    record = json.loads((tmp_path / f"{name}.json").read_text())
+    assert record["claim"] and record["result"] and (tmp_path / f"{name}.png").exists()
+
+
+def test_every_claim_in_the_repository_has_its_record_and_figure():
+    for script in SCRIPTS:
+        name = os.path.splitext(os.path.basename(script))[0]
+        assert os.path.exists(os.path.join(CLAIMS, "results", f"{name}.json")), name
+        assert os.path.exists(os.path.join(CLAIMS, "results", f"{name}.png")), name
