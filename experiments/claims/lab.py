@@ -29,9 +29,6 @@ import time
 from types import ModuleType
 
 import jax
-import matplotlib
-
-matplotlib.use("Agg")  # files only; no display needed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
@@ -61,6 +58,9 @@ def machine() -> str:
 
 def main(module: ModuleType) -> dict:
     """Runs `module`'s claim from the command line; returns the record it wrote."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # a script writes files only; imported in a notebook, plots stay inline
     name = os.path.splitext(os.path.basename(module.__file__))[0]
     parser = argparse.ArgumentParser(description=f"{module.CLAIM}\n\n{module.SETUP}")
     parser.add_argument("--full", action="store_true", help="the accelerator-sized setting")

@@ -1,0 +1,741 @@
+"""Writes the notebooks in colab/ from the cell sources below: `python colab/_build.py` (then `ruff format colab`).
+
+Every notebook gets the same first code cell (install from GitHub in Colab, else use the local checkout) and a
+cell tagged `parameters` with its size knobs. Notebooks are stored without outputs.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = pathlib.Path(__file__).resolve().parent
+GITHUB = "jaxformer/jaxformer"  # owner/name on GitHub: change it here (and in README.md) if the repository moves
+BADGE = (
+    "[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
+    f"(https://colab.research.google.com/github/{GITHUB}/blob/main/colab/{{name}})"
+)
+
+SETUP = f"""import os
+import shutil
+import sys
+from pathlib import Path
+
+REPO_URL = "https://github.com/{GITHUB}"  # change this if the repository lives elsewhere
+IN_COLAB = "google.colab" in sys.modules
+if IN_COLAB:  # a fresh Colab runtime: clone the repository (configs, experiments) and install jaxformer from it
+    if not Path("jaxformer").exists():
+        !git clone -q --depth 1 {{REPO_URL}}
+    # jax for this runtime's accelerator first, so that pip does not pair a new jax with an old CUDA / TPU plugin
+    ACCEL = "cuda12" if shutil.which("nvidia-smi") else "tpu" if Path("/dev/accel0").exists() else "cpu"
+    !pip install -q -U "jax[{{ACCEL}}]"
+    !pip install -q -e "./jaxformer[experiments]"
+    ROOT = Path("jaxformer").resolve()
+else:  # a local checkout: $JAXFORMER_ROOT, else the nearest folder above the working directory with pyproject.toml
+    here = Path.cwd().resolve()
+    found = next((p for p in [here, *here.parents] if (p / "pyproject.toml").exists()), here)
+    ROOT = Path(os.environ.get("JAXFORMER_ROOT") or found)
+sys.path.insert(0, str(ROOT))  # import jaxformer at once (no runtime restart after pip install -e)
+print("repository:", ROOT)"""
+
+DATA = """
+
+# Tiny Shakespeare: jaxformer reads tfds datasets prepared as array_record and never downloads them itself.
+if IN_COLAB:
+    import tensorflow_datasets as tfds
+
+    tfds.builder("tiny_shakespeare", file_format="array_record").download_and_prepare()
+elif not os.environ.get("TFDS_DATA_DIR") and (ROOT.parent / "shared" / "tensorflow_datasets").is_dir():
+    os.environ["TFDS_DATA_DIR"] = str(ROOT.parent / "shared" / "tensorflow_datasets")  # as `make run` does"""
+
+
+def md(text: str):
+    return new_markdown_cell(text.strip("\n"))
+
+
+def code(text: str, tags: tuple[str, ...] = ()):
+    cell = new_code_cell(text.strip("\n"))
+    if tags:
+        cell.metadata["tags"] = list(tags)
+    return cell
+
+
+def notebook(name: str, title: str, intro: str, params: str, cells: list, *, data: bool = False):
+    head = [
+        md(f"# {title}\n\n{BADGE.format(name=name)}\n\n{intro.strip()}"),
+        code(SETUP + (DATA if data else "")),
+        md("**Parameters.** Every size knob is here; the defaults take a few minutes on a free Colab GPU / TPU."),
+        code(params, tags=("parameters",)),
+    ]
+    nb = new_notebook(cells=head + cells)
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    nb.metadata["language_info"] = {"name": "python"}
+    nb.metadata["colab"] = {"provenance": []}
+    stem = name.removesuffix(".ipynb")
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"{stem[:2]}-{i:02d}"
+    nbformat.validate(nb)
+    nbformat.write(nb, HERE / name)
+    # Keep the stored notebooks as `ruff format` leaves them (the cell sources above are written loosely).
+    subprocess.run([sys.executable, "-m", "ruff", "format", "--quiet", str(HERE / name)], check=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+notebook(
+    "01_attention_primitives.ipynb",
+    "01 · Attention primitives: masks, weights, GQA, blockwise attention",
+    """
+`jaxformer.ops` is a set of pure `jax.numpy` functions (no Flax): masks, attention, positions, norms. Masks are
+boolean, **True = may attend**, shaped to broadcast to `[B, N, T, S]` (batch, query heads, query length, key
+length); attention tensors are laid out `[B, T, N, H]` (BTNH), as in `jax.nn.dot_product_attention`.
+""",
+    """
+T = 12  # length of the sequences drawn below
+WINDOW = 4  # sliding-window size
+LENGTHS = [12, 8]  # real tokens of each example (the rest is padding)
+N, K, H = 8, 2, 16  # query heads, key/value heads (GQA: 4 query heads share each key/value head), head dim
+LONG_T = 1024  # length of the blockwise-vs-dense check
+BLOCK_SIZE = 128  # blockwise attention's tile
+""",
+    [
+        md("""
+## Masks
+
+Each mask function returns a boolean array with singleton axes where it does not depend on the batch or the head
+(`[1, 1, T, S]`), or `[B, 1, T, S]` for padding. `combine_masks` ANDs them. Black = may attend.
+"""),
+        code("""
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+
+from jaxformer import ops
+
+valid = ops.lengths_to_valid(jnp.array(LENGTHS), T)  # [B, T], True = real token
+padding = ops.padding_mask(valid)  # [B, 1, T, T]: both the query and the key must be real
+masks = {
+    "causal": ops.causal_mask(T),
+    f"padding (length {LENGTHS[1]})": padding[1:],
+    f"sliding window {WINDOW}": ops.sliding_window_mask(T, window=WINDOW),
+    "no self": ops.no_self_mask(T),
+    "causal & padding": ops.combine_masks(ops.causal_mask(T), padding)[1:],
+}
+fig, axes = plt.subplots(1, len(masks), figsize=(3.3 * len(masks), 3.6))
+for ax, (name, mask) in zip(axes, masks.items(), strict=True):
+    ax.imshow(np.asarray(mask[0, 0]), cmap="Greys", vmin=0, vmax=1)
+    ax.set(title=f"{name}\\n{tuple(mask.shape)}", xlabel="key s", ylabel="query t")
+plt.tight_layout()
+plt.show()
+"""),
+        md("""
+## Attention weights
+
+`ops.attention_weights` returns the softmax probabilities `[B, N, T, S]` that `ops.dot_product_attention` averages
+the values with. A query row whose mask allows no key (the padded rows of example 1) is all zeros, never NaN.
+"""),
+        code("""
+B = len(LENGTHS)
+kq, kk, kv = jax.random.split(jax.random.key(0), 3)
+q = jax.random.normal(kq, (B, T, N, H))
+k = jax.random.normal(kk, (B, T, K, H))
+v = jax.random.normal(kv, (B, T, K, H))
+mask = ops.combine_masks(ops.causal_mask(T), padding)
+weights = ops.attention_weights(q, k, mask=mask)  # [B, N, T, S], float32
+out = ops.dot_product_attention(q, k, v, mask=mask)  # [B, T, N, H]
+print("weights", weights.shape, "out", out.shape)
+print("row sums of example 1, head 0:", np.round(np.asarray(weights[1, 0].sum(-1)), 3))
+
+# The output is the weights times the values (each key/value head serves N // K query heads):
+by_hand = jnp.einsum("bnts,bsnh->btnh", weights, jnp.repeat(v, N // K, axis=2))
+print("max |dot_product_attention - weights @ v| =", float(jnp.abs(out - by_hand).max()))
+
+fig, axes = plt.subplots(B, 4, figsize=(13, 3.3 * B))
+for b in range(B):
+    for n in range(4):
+        axes[b, n].imshow(np.asarray(weights[b, n]), cmap="viridis", vmin=0, vmax=1)
+        axes[b, n].set(title=f"example {b}, head {n}", xlabel="key s", ylabel="query t")
+plt.tight_layout()
+plt.show()
+"""),
+        md("""
+## Grouped-query attention (GQA)
+
+The key/value tensors may have fewer heads `K` than the query's `N` (a multiple of `K`): query head `n` reads
+key/value head `n // (N // K)`. `K == N` is multi-head attention, `K == 1` multi-query attention. The output
+always has `N` heads; what shrinks is the key/value projection and the KV cache (by `N / K`). GQA equals
+multi-head attention with each key/value head repeated `N // K` times.
+"""),
+        code("""
+for kv_heads, name in ((N, "MHA"), (K, "GQA"), (1, "MQA")):
+    k_ = jax.random.normal(kk, (B, T, kv_heads, H))
+    v_ = jax.random.normal(kv, (B, T, kv_heads, H))
+    o = ops.dot_product_attention(q, k_, v_, is_causal=True)
+    print(f"{name}: q {q.shape}  k, v {k_.shape}  ->  out {o.shape};  KV cache per token: {2 * kv_heads * H} numbers")
+
+gqa = ops.dot_product_attention(q, k, v, is_causal=True)
+mha = ops.dot_product_attention(q, jnp.repeat(k, N // K, axis=2), jnp.repeat(v, N // K, axis=2), is_causal=True)
+print("max |GQA - MHA with repeated k, v| =", float(jnp.abs(gqa - mha).max()))
+"""),
+        md("""
+## Blockwise (flash-style) attention equals dense attention
+
+`ops.blockwise_attention` visits the keys in tiles of `block_size` and accumulates the softmax online, so it never
+holds the `[T, S]` matrix (forward or backward: a custom VJP). Its masks are described structurally (`is_causal`,
+`kv_lengths`, `window`, `segment_ids`) so that fully masked tiles are skipped. Here it is checked against
+`dot_product_attention` with the equivalent boolean mask, outputs and gradients.
+"""),
+        code("""
+kq, kk, kv, kg = jax.random.split(jax.random.key(1), 4)
+ql = jax.random.normal(kq, (2, LONG_T, N, H))
+kl = jax.random.normal(kk, (2, LONG_T, K, H))
+vl = jax.random.normal(kv, (2, LONG_T, K, H))
+cotangent = jax.random.normal(kg, ql.shape)
+kv_lengths = jnp.array([LONG_T, 3 * LONG_T // 4])
+key_valid = ops.lengths_to_valid(kv_lengths, LONG_T)
+# kv_lengths hides padded keys only, so the dense mask pads the keys (every query row stays real)
+dense_mask = ops.combine_masks(
+    ops.sliding_window_mask(LONG_T, window=LONG_T // 4),  # causal, the LONG_T // 4 latest keys
+    ops.padding_mask(jnp.ones((2, LONG_T), bool), key_valid),
+)
+dense = lambda q: ops.dot_product_attention(q, kl, vl, mask=dense_mask)
+blockwise = lambda q: ops.blockwise_attention(
+    q, kl, vl, is_causal=True, window=LONG_T // 4, kv_lengths=kv_lengths, block_size=BLOCK_SIZE
+)
+print("max |blockwise - dense| (output):  ", float(jnp.abs(blockwise(ql) - dense(ql)).max()))
+grad = lambda f: jax.grad(lambda q: jnp.sum(f(q) * cotangent))(ql)
+print("max |blockwise - dense| (gradient):", float(jnp.abs(grad(blockwise) - grad(dense)).max()))
+dense_bytes = 2 * N * LONG_T * LONG_T * 4
+print(f"the dense path's float32 logits: {dense_bytes / 2**20:.1f} MiB; a blockwise tile: "
+      f"{2 * N * BLOCK_SIZE * BLOCK_SIZE * 4 / 2**20:.2f} MiB")
+"""),
+    ],
+)
+
+# ---------------------------------------------------------------------------------------------------------------
+notebook(
+    "02_train_gpt_shakespeare.ipynb",
+    "02 · Train a character-level GPT on tiny Shakespeare",
+    """
+The project's main job in a notebook: `jaxformer.training.loop.train_and_evaluate(config, workdir)` trains a GPT on
+tfds `tiny_shakespeare`, with nanoGPT's recipe for the hardware jax finds: `experiments/configs/shakespeare_char.py`
+(6 layers, d=384, context 256) on a GPU / TPU, `shakespeare_char_cpu.py` (4 layers, d=128, context 64) on a CPU.
+Then the loss curve from `metrics.jsonl`, the samples, and a prompt of our own.
+""",
+    """
+NUM_STEPS = 2000  # training steps (the recipes' own: 5000 on an accelerator, 2000 on CPU)
+BATCH_SIZE = None  # None: the recipe's (64 on an accelerator, 12 on CPU)
+SEQ_LEN = None  # None: the recipe's context (256 / 64)
+MODEL = {}  # overrides of config.model, e.g. {"num_layers": 4, "dropout_rate": 0.1}
+LOG_EVERY, EVAL_EVERY = 50, 250  # metrics row / validation loss every so many steps
+SAMPLE_TOKENS = 500  # characters written to samples.txt
+PROMPT = "ROMEO:"
+WORKDIR = "workdir/02_shakespeare"
+FRESH_RUN = True  # delete WORKDIR first; False resumes from its newest checkpoint
+""",
+    [
+        md("## Which hardware?"),
+        code("""
+import jax
+
+print(f"backend: {jax.default_backend()}; {jax.device_count()} device(s): {jax.devices()}")
+RECIPE = "shakespeare_char_cpu" if jax.default_backend() == "cpu" else "shakespeare_char"
+print("recipe:", RECIPE)
+"""),
+        md("""
+## The config
+
+The recipes live in `experiments/configs/*.py` (each a `get_config()` returning an `ml_collections.ConfigDict`).
+They are not part of the installed package, which is why the first cell clones the repository rather than only
+`pip install`ing it: `load_config(path)` reads the file exactly as `jaxformer train --config path` does, so this
+notebook trains the very recipe that the README measures. (The alternative, rebuilding it here from
+`jaxformer.training.defaults.default_config()`, would copy twenty settings that could silently drift from the
+file.) The parameters cell then overrides a few keys, as `--config.KEY=VALUE` would.
+"""),
+        code("""
+from jaxformer.training.defaults import load_config
+
+config = load_config(ROOT / "experiments" / "configs" / f"{RECIPE}.py")
+config.num_steps = NUM_STEPS
+config.warmup_steps = min(config.warmup_steps, NUM_STEPS // 10)
+config.batch_size = BATCH_SIZE or config.batch_size
+config.data.seq_len = SEQ_LEN or config.data.seq_len
+config.model.update(MODEL)
+config.update(log_every=LOG_EVERY, eval_every=EVAL_EVERY)
+config.sample.num_tokens = SAMPLE_TOKENS
+print(config.model)
+print(f"steps {config.num_steps}, batch {config.batch_size}, context {config.data.seq_len}")
+"""),
+        md("""
+## The device mesh
+
+`config.mesh` names the sizes of the `data`, `fsdp` and `tensor` axes (`-1` takes the devices left):
+by default every device does data parallelism. `train_and_evaluate` builds the same mesh with
+`jaxformer.training.sharding.mesh_from_config`; notebook 06 shows the other layouts.
+"""),
+        code("""
+from jaxformer.training import sharding
+
+mesh = sharding.mesh_from_config(config.mesh)
+print("config.mesh:", config.mesh.to_dict(), "->", dict(mesh.shape), f"over {jax.device_count()} device(s)")
+print("examples per device:", config.batch_size // (mesh.shape["data"] * mesh.shape["fsdp"]))
+"""),
+        md("""
+## Train
+
+Everything the run writes goes to `WORKDIR`: `metrics.jsonl`, TensorBoard files, checkpoints, `loss.png`,
+`samples.txt`, `tokenizer.json`. Running the cell again with `FRESH_RUN = False` resumes from the newest checkpoint.
+"""),
+        code("""
+from jaxformer.training.loop import train_and_evaluate
+
+if FRESH_RUN:
+    shutil.rmtree(WORKDIR, ignore_errors=True)
+final = train_and_evaluate(config, WORKDIR)
+print({key: round(value, 4) for key, value in final.items() if isinstance(value, float)})
+"""),
+        md("## The loss curve, from `metrics.jsonl`"),
+        code("""
+import json
+
+import matplotlib.pyplot as plt
+
+rows = [json.loads(line) for line in open(f"{WORKDIR}/metrics.jsonl")]
+evals = [row for row in rows if "val_loss" in row]
+plt.plot([r["step"] for r in rows], [r["train_loss"] for r in rows], label="train")
+plt.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation")
+plt.xlabel("step")
+plt.ylabel("loss (nats per character)")
+plt.title(config.name)
+plt.legend()
+plt.show()
+"""),
+        md("## What the model writes (`samples.txt`, temperature 0.8)"),
+        code("""
+print(open(f"{WORKDIR}/samples.txt").read())
+"""),
+        md("""
+## A prompt of our own
+
+`load_trained` rebuilds the model from the newest checkpoint (as `jaxformer sample --workdir ...` does) and
+`jaxformer.decoding.generate` continues the prompt over a KV cache, up to the model's context length.
+"""),
+        code("""
+import numpy as np
+
+from jaxformer.decoding import generate
+from jaxformer.training.loop import load_trained
+
+model, tokenizer, _ = load_trained(WORKDIR)
+prompt = jax.numpy.asarray([tokenizer.encode(PROMPT)], jax.numpy.int32)
+new = generate(model, prompt, model.config.max_len - prompt.shape[1], rng=jax.random.key(0), temperature=0.8)
+print(PROMPT + tokenizer.decode(np.asarray(new[0])))
+"""),
+    ],
+    data=True,
+)
+
+# ---------------------------------------------------------------------------------------------------------------
+notebook(
+    "03_seq2seq_beam_search.ipynb",
+    "03 · An encoder-decoder Transformer, greedy decoding and beam search",
+    """
+`experiments/configs/seq2seq_toy.py`: the encoder-decoder `Transformer` (2 + 2 layers, d=64, post-norm,
+sinusoidal positions) learns to reverse strings of 1-8 digits, generated offline. We train it with
+`train_and_evaluate`, load it back from its checkpoint, and decode the validation set with
+`jaxformer.decoding.beam_search`, with one beam (greedy) and with several.
+""",
+    """
+TASK = "reverse"  # or "sort", "add"
+NUM_STEPS = 1500
+BATCH_SIZE = 64
+NUM_TRAIN, NUM_EVAL = 20_000, 1_000  # generated examples
+BEAM_SIZE = 4
+NUM_SHOWN = 8  # examples printed
+WORKDIR = "workdir/03_seq2seq"
+FRESH_RUN = True  # delete WORKDIR first; False resumes from its newest checkpoint
+""",
+    [
+        md("## Train"),
+        code("""
+from jaxformer.training.defaults import load_config
+from jaxformer.training.loop import train_and_evaluate
+
+config = load_config(ROOT / "experiments" / "configs" / "seq2seq_toy.py")
+config.data.update(task=TASK, num_train=NUM_TRAIN, num_eval=NUM_EVAL)
+config.update(num_steps=NUM_STEPS, batch_size=BATCH_SIZE, warmup_steps=min(config.warmup_steps, NUM_STEPS // 10))
+if FRESH_RUN:
+    shutil.rmtree(WORKDIR, ignore_errors=True)
+final = train_and_evaluate(config, WORKDIR)
+print({key: round(value, 4) for key, value in final.items() if isinstance(value, float)})
+print(open(f"{WORKDIR}/samples.txt").read())
+"""),
+        md("""
+## Load the trained model
+
+`jaxformer.training.loop.load_trained` does this for language models only; for another task the pieces are
+public: the task (`make_task`) gives the model config, `build` the model and optimizer, `create_train_state` a
+template for the checkpoint, and `merge` the model in eval mode.
+"""),
+        code("""
+from jaxformer.training import create_train_state, merge
+from jaxformer.training.checkpoints import Checkpointer
+from jaxformer.training.loop import build
+from jaxformer.training.tasks import make_task
+
+task = make_task(config)  # the same generated data and model fields as the run
+model, _, optimizer = build(config, task.model_config(), task.model_class)
+graphs, template = create_train_state(model, optimizer)
+with Checkpointer(f"{WORKDIR}/checkpoints") as checkpoints:
+    state, _, _ = checkpoints.restore(template)
+model = merge(graphs.eval, state)
+print(type(model).__name__, model.config.num_layers, "+", model.config.decoder_layers, "layers, step", int(state.step))
+"""),
+        md("""
+## Greedy and beam search
+
+`beam_search(model, src, beam_size=W, max_len=..., bos_id=..., eos_id=..., src_valid=...)` returns the W best
+outputs per input, best first, with their length-normalised log-probabilities (GNMT penalty, `length_penalty=0.6`).
+One beam is greedy decoding, which is what the training loop's `val_exact_match` uses. An output is an exact match
+when it equals the target and then stops (EOS).
+"""),
+        code("""
+import numpy as np
+
+from jaxformer import data
+from jaxformer.decoding import beam_search
+from jaxformer.training.tasks.seq2seq import exact_matches
+
+ev = task.eval_set  # src, src_valid, tgt_in, tgt_out, tgt_valid
+max_len = ev["tgt_out"].shape[1]
+decode = lambda width: beam_search(
+    model, ev["src"], beam_size=width, max_len=max_len, eos_id=data.EOS_ID, bos_id=data.BOS_ID,
+    src_valid=ev["src_valid"],
+)
+greedy, _ = decode(1)
+beams, scores = decode(BEAM_SIZE)
+greedy, beams, scores = np.asarray(greedy[:, 0]), np.asarray(beams), np.asarray(scores)
+for name, best in (("greedy", greedy), (f"beam search, {BEAM_SIZE} beams (best)", beams[:, 0])):
+    print(f"{name:32s} exact match {exact_matches(best, ev['tgt_out'], ev['tgt_valid']).mean():.1%} "
+          f"of {len(best)}")
+"""),
+        code("""
+text = data.seq2seq_decode
+for i in range(min(NUM_SHOWN, len(greedy))):
+    print(f"{text(ev['src'][i]):>10s} -> greedy {text(greedy[i]):10s} target {text(ev['tgt_out'][i])}")
+    for w in range(BEAM_SIZE):
+        print(f"{'':>14s}beam {w}: {text(beams[i, w]):10s} log p / lp = {scores[i, w]:8.3f}")
+"""),
+    ],
+)
+
+# ---------------------------------------------------------------------------------------------------------------
+notebook(
+    "04_claims_tour.ipynb",
+    "04 · A tour of the claims lab",
+    """
+`experiments/claims/NN_*.py` each test one classic explanation of the Transformer (why scale by sqrt(d_k), what
+masks guarantee, ...): `run(full)` does the experiment and returns an `Outcome` (result text, verdict, numbers),
+`plot(numbers, path)` draws its figure. `make claims` runs them all and writes `experiments/REPORT.md`; here we
+import a few and run them in the notebook, next to the record stored in `experiments/claims/results/`.
+""",
+    """
+CLAIMS = ["01_scaling", "05_masks"]  # file names in experiments/claims/ (the default sizes take about a minute)
+FULL = False  # True: the accelerator-sized setting of each experiment
+OUT = "claims_results"  # where the figures go
+""",
+    [
+        code("""
+import importlib.util
+import json
+import time
+
+from IPython.display import Image, Markdown, display
+
+CLAIMS_DIR = ROOT / "experiments" / "claims"
+sys.path.insert(0, str(CLAIMS_DIR))
+import lab  # noqa: E402  (the claims lab's shared machinery)
+
+print("experiments:", sorted(p.stem for p in CLAIMS_DIR.glob("[0-9][0-9]_*.py")))
+os.makedirs(OUT, exist_ok=True)
+"""),
+        md("""
+Each experiment file is imported by path (`importlib`; its name starts with a digit), run, plotted and compared
+with its stored record.
+"""),
+        code("""
+for name in CLAIMS:
+    spec = importlib.util.spec_from_file_location(f"claim_{name}", CLAIMS_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    display(Markdown(f"## {name}\\n\\n**Claim.** {module.CLAIM}\\n\\n**Setup.** {module.SETUP}"))
+    start = time.perf_counter()
+    outcome = module.run(full=FULL)
+    seconds = time.perf_counter() - start
+    figure = os.path.join(OUT, f"{name}.png")
+    module.plot(outcome.numbers, figure)
+    display(Image(figure))
+    stored_path = CLAIMS_DIR / "results" / f"{name}.json"
+    stored = json.loads(stored_path.read_text()) if stored_path.exists() else None
+    note = f"; stored record: {stored['verdict']}, {stored['seconds']} s on {stored['machine']}" if stored else ""
+    display(Markdown(f"**Verdict: {lab.verdict(outcome.supported)}** ({seconds:.0f} s here{note}).\\n\\n"
+                     f"{outcome.result}"))
+"""),
+    ],
+)
+
+# ---------------------------------------------------------------------------------------------------------------
+notebook(
+    "05_scaling_laws.ipynb",
+    "05 · A small scaling law on tiny Shakespeare",
+    """
+Kaplan et al. (2020) found that a language model's loss falls as a power of its size,
+L(N) = a N^-b + c, with N the non-embedding parameters (about 12 L d² for L layers of width d). We train a
+sweep of character-level GPTs for the same number of steps with the claims lab's helpers
+(`lab.lm_config` / `lab.train_lm`: the library's `train_and_evaluate` on the `shakespeare_char_cpu` recipe, in a
+temporary workdir), then fit the law with `scipy.optimize.curve_fit`. With a fixed step budget the larger models
+are under-trained, so expect the curve to flatten early; more steps move it down.
+""",
+    """
+SIZES = [(2, 32), (2, 64), (3, 96), (4, 128), (4, 192)]  # (layers, d_model); 32-wide heads, d_ff = 4 d_model
+STEPS = 1500  # training steps per model
+BATCH_SIZE = 32
+SEQ_LEN = 64
+""",
+    [
+        code("""
+import warnings
+
+import matplotlib.pyplot as plt
+import numpy as np
+import scipy.optimize
+
+sys.path.insert(0, str(ROOT / "experiments" / "claims"))
+import lab
+"""),
+        md("## The sweep"),
+        code("""
+results = []
+for layers, d in SIZES:
+    config = lab.lm_config(STEPS, **{
+        "model.num_layers": layers, "model.d_model": d, "model.num_heads": max(1, d // 32), "model.d_ff": 4 * d,
+        "batch_size": BATCH_SIZE, "data.seq_len": SEQ_LEN,
+    })
+    run = lab.train_lm(config)
+    results.append(dict(layers=layers, d=d, N=12 * layers * d**2, val_loss=run["final"]["val_loss"],
+                        history=run["history"]))
+    print(f"L={layers} d={d:4d}  N={12 * layers * d**2:>9,}  val_loss {run['final']['val_loss']:.3f}")
+"""),
+        md("## Fit L(N) = a N^-b + c"),
+        code("""
+N = np.array([r["N"] for r in results], float)
+loss = np.array([r["val_loss"] for r in results])
+law = lambda n, a, b, c: a * (n / N[0]) ** -b + c  # N relative to the smallest model keeps a well scaled
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # as many points as parameters: no covariance estimate
+    (a, b, c), _ = scipy.optimize.curve_fit(
+        law, N, loss, p0=(max(loss[0] - loss.min(), 0.1), 0.3, 0.9 * loss.min()),
+        bounds=([0, 0, 0], [np.inf, 3, np.inf]), maxfev=20_000,
+    )
+print(f"L(N) = {a * N[0] ** b:.3g} * N^-{b:.3f} + {c:.3f}")
+
+fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.5))
+grid = np.geomspace(N.min() / 2, N.max() * 4, 100)
+left.semilogx(N, loss, "o", label="validation loss")
+left.semilogx(grid, law(grid, a, b, c), "-", label=f"fit: b = {b:.2f}, c = {c:.2f}")
+left.axhline(c, ls=":", color="gray")
+left.set(xlabel="non-embedding parameters N = 12 L d²", ylabel="validation loss", title="L(N)")
+left.legend()
+for r in results:
+    right.plot([h["step"] for h in r["history"]], [h["train_loss"] for h in r["history"]], label=f"N={r['N']:,}")
+right.set(xlabel="step", ylabel="train loss", title="learning curves")
+right.legend()
+plt.tight_layout()
+plt.show()
+"""),
+    ],
+    data=True,
+)
+
+# ---------------------------------------------------------------------------------------------------------------
+notebook(
+    "06_sharding_and_checkpoints.ipynb",
+    "06 · Meshes, parameter shardings and checkpoints that move between meshes",
+    """
+`jaxformer.training.sharding` lays a run out on a `data` x `fsdp` x `tensor` device mesh: one table maps each
+parameter's logical axes (`embed`, `heads`, `mlp`, `vocab`, ...) to mesh axes. We build three meshes, look at
+where the parameters go, train a few steps on one mesh, save an orbax checkpoint with
+`jaxformer.training.checkpoints.Checkpointer`, restore it onto a different mesh, and size runs with
+`jaxformer memory`.
+""",
+    """
+FAKE_DEVICES = 8  # on a CPU runtime: how many devices XLA pretends to have
+D_MODEL, NUM_LAYERS, NUM_HEADS = 128, 2, 4  # the GPT (heads and 4 * D_MODEL must divide by the tensor axis)
+BATCH_SIZE = 16  # must divide by data x fsdp of every mesh
+SEQ_LEN = 64
+STEPS = 20  # training steps before the checkpoint
+CONTINUE_STEPS = 5  # training steps after restoring on the other mesh
+WORKDIR = "workdir/06_sharding"
+""",
+    [
+        md("""
+## Devices
+
+A TPU runtime (e.g. v2-8, v5e-8) has 8 real devices. A CPU runtime has one, but XLA can split the host into
+several CPU devices: `--xla_force_host_platform_device_count` in `XLA_FLAGS`, read once, when jax creates its
+CPU backend, so it must be set **before jax is imported** (restart the runtime if jax was already imported). The
+shardings and collectives are then real, only slow. We set it only when no accelerator is present; on a
+one-GPU runtime the meshes below have one device (use a CPU or TPU runtime to see them split).
+"""),
+        code("""
+import glob
+
+ON_ACCELERATOR = bool(shutil.which("nvidia-smi") or glob.glob("/dev/accel*") or os.environ.get("COLAB_TPU_ADDR"))
+if not ON_ACCELERATOR:
+    if "jax" in sys.modules:
+        print("jax is already imported: restart the runtime for the fake devices to take effect")
+    flags = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={FAKE_DEVICES}".strip()
+
+import jax  # noqa: E402
+
+print(f"backend {jax.default_backend()}: {jax.device_count()} devices")
+"""),
+        md("""
+## Meshes
+
+`sharding.make_mesh(data, fsdp, tensor)` (or `mesh_from_config(config.mesh)`, what the training loop calls) uses
+every device; `-1` takes the devices left.
+"""),
+        code("""
+import math
+
+from jaxformer.training import sharding
+
+n = jax.device_count()
+shapes = {"data": (n, 1, 1), "fsdp": (1, n, 1), f"2x2x{n // 4}": (2, 2, n // 4)}
+meshes = {name: sharding.make_mesh(*shape) for name, shape in shapes.items() if math.prod(shape) == n}
+for name, mesh in meshes.items():
+    print(f"{name:8s} {dict(mesh.shape)}")
+print("mesh_from_config({'data': 1, 'fsdp': -1}) ->", dict(sharding.mesh_from_config({"data": 1, "fsdp": -1}).shape))
+"""),
+        md("""
+## The rules table
+
+Each parameter is created with logical axis names; `LOGICAL_AXIS_RULES` maps them to mesh axes (None =
+replicated). A mesh axis of size 1 is dropped, and a dimension that the mesh axes do not divide is replicated
+(an error for `heads` and `mlp`, which tensor parallelism exists to split).
+"""),
+        code("""
+print(f"{'logical axis':14s}mesh axes")
+for logical, mesh_axes in sharding.LOGICAL_AXIS_RULES:
+    print(f"{logical:14s}{mesh_axes}")
+"""),
+        md("""
+## A sharded train state on each mesh
+
+`create_sharded_train_state(make_model, optimizer, mesh)` builds the model abstractly, reads the logical axes and
+initialises parameters and optimizer state straight into their shardings (no device ever holds a full copy).
+"""),
+        code("""
+from flax import nnx
+
+from jaxformer.training.defaults import load_config
+from jaxformer.training.loop import build_optimizer
+from jaxformer.training.tasks import make_task
+
+config = load_config(ROOT / "experiments" / "configs" / "shakespeare_char_cpu.py")
+config.model.update(d_model=D_MODEL, num_layers=NUM_LAYERS, num_heads=NUM_HEADS, d_ff=4 * D_MODEL)
+config.data.seq_len = SEQ_LEN
+config.update(batch_size=BATCH_SIZE, num_steps=STEPS + CONTINUE_STEPS, warmup_steps=0)
+task = make_task(config)  # tiny Shakespeare, the char tokenizer, the batcher
+model_cfg = task.model_config()
+schedule, optimizer = build_optimizer(config, model_cfg)
+make_model = lambda: task.model_class(model_cfg, rngs=nnx.Rngs(config.seed))
+states = {name: sharding.create_sharded_train_state(make_model, optimizer, mesh) for name, mesh in meshes.items()}
+
+first = next(iter(states.values()))[1]
+print(f"{'parameter':44s}{'shape':14s}" + "".join(f"{name:22s}" for name in meshes))
+for i, (path, leaf) in enumerate(jax.tree_util.tree_leaves_with_path(first.params)):
+    specs = [jax.tree.leaves(s.params)[i].sharding.spec for _, s, _ in states.values()]
+    print(f"{jax.tree_util.keystr(path, simple=True, separator='/').removesuffix('/value'):44s}{leaf.shape!s:14s}"
+          + "".join(f"{spec!s:22s}" for spec in specs))
+"""),
+        md("`jax.debug.visualize_array_sharding` draws which device holds which block of a 2-D array:"),
+        code("""
+for name, (_, state, _) in states.items():
+    w_in = state.params["blocks"]["layers"][0]["ffn"]["w_in"].get_value()  # [embed, mlp]
+    print(f"{name}: ffn w_in {w_in.shape}, {w_in.sharding.spec}")
+    jax.debug.visualize_array_sharding(w_in)
+"""),
+        md("""
+## Train on one mesh, checkpoint, restore on another
+
+`make_train_step` compiles the step for the state's shardings (and donates the old state); the batch is laid out
+with `shard_batch` and the step runs with the mesh as jax's ambient mesh (`use_mesh`), as the training loop does.
+"""),
+        code("""
+from jaxformer.training import make_train_step
+
+names = list(meshes)
+source, target = names[1 % len(names)], names[-1]  # fsdp -> 2x2x2 on 8 devices
+steps = {
+    name: make_train_step(graphs, optimizer, schedule, task.loss, state_shardings=shardings,
+                          batch_sharding=sharding.batch_sharding(meshes[name]))
+    for name, (graphs, _, shardings) in states.items()
+}
+state = states[source][1]
+losses = []
+for _ in range(STEPS):
+    with sharding.use_mesh(meshes[source]):
+        state, metrics = steps[source](state, sharding.shard_batch(next(task.batches), meshes[source]))
+    losses.append(float(metrics["loss"]))
+print(f"trained on {source}: loss {losses[0]:.3f} -> {losses[-1]:.3f}")
+"""),
+        code("""
+import numpy as np
+
+from jaxformer.training.checkpoints import Checkpointer
+
+shutil.rmtree(WORKDIR, ignore_errors=True)
+with Checkpointer(f"{WORKDIR}/checkpoints") as checkpoints:
+    checkpoints.save(STEPS, state, data_state=task.batches.state(), config=config.to_dict())
+    print("saved step", checkpoints.latest_step(), "in", checkpoints.directory)
+    # the template (a state built on the target mesh) gives shapes, dtypes and the shardings to restore into
+    restored, data_state, _ = checkpoints.restore(states[target][1], STEPS)
+
+pairs = zip(jax.tree.leaves(state.params), jax.tree.leaves(restored.params), strict=True)
+same = all(np.array_equal(a, b) for a, b in pairs)
+w_in = restored.params["blocks"]["layers"][0]["ffn"]["w_in"].get_value()
+print(f"restored on {target}: identical parameters: {same}; ffn w_in now {w_in.sharding.spec}")
+task.batches.restore(data_state)
+for _ in range(CONTINUE_STEPS):
+    with sharding.use_mesh(meshes[target]):
+        restored, metrics = steps[target](restored, sharding.shard_batch(next(task.batches), meshes[target]))
+print(f"continued on {target} to step {int(restored.step)}: loss {float(metrics['loss']):.3f}")
+"""),
+        md("""
+## How much memory per device? `jaxformer memory`
+
+From shapes alone (nothing is allocated), `memory_report(config, num_devices)` counts the parameters and
+optimizer state each device holds under the rules table, and estimates the activations. The command line is
+
+    jaxformer memory --config experiments/configs/shakespeare_char.py --devices 8 \\
+        --config.mesh.fsdp=-1 --config.mesh.data=1
+"""),
+        code("""
+from jaxformer.training.memory import format_report, memory_report
+
+big = load_config(ROOT / "experiments" / "configs" / "shakespeare_char.py")
+for mesh_sizes in ({"data": -1, "fsdp": 1, "tensor": 1}, {"data": 1, "fsdp": -1, "tensor": 1},
+                   {"data": 2, "fsdp": 2, "tensor": 2}):
+    big.mesh.update(mesh_sizes)
+    print(format_report(memory_report(big, num_devices=8)), end="\\n\\n")
+"""),
+    ],
+    data=True,
+)
