@@ -5,20 +5,15 @@ TFDS_DATA_DIR=... python experiments/claims/03_heads.py [--full]
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax
-import jax.numpy as jnp
 import lab
 import numpy as np
 from flax import nnx
-
-from jaxformer import ops
 
 CLAIM = (
     "Several attention heads beat one head of the same total width (same parameter count), because each head "
@@ -41,38 +36,8 @@ FULL = dict(layers=4, d_model=256, heads=(1, 2, 4, 8, 16), steps=3000, seeds={},
 DIVERSITY_WINDOWS = 8
 
 
-def train(config) -> dict:
-    """`lab.train_lm`, but also returns the trained model (read back from the final checkpoint before the
-    temporary workdir goes) and the tokenizer: {"final", "history", "model", "tokenizer"}."""
-    from jaxformer.training.loop import load_trained, train_and_evaluate
-
-    with tempfile.TemporaryDirectory() as workdir:
-        final = train_and_evaluate(config, workdir)
-        with open(os.path.join(workdir, "metrics.jsonl")) as f:
-            history = [json.loads(line) for line in f if line.strip()]
-        model, tokenizer, _ = load_trained(workdir)
-    return {"final": final, "history": history, "model": model, "tokenizer": tokenizer}
-
-
 def param_count(model) -> int:
     return int(sum(np.prod(p.shape) for p in jax.tree.leaves(nnx.state(model, nnx.Param))))
-
-
-def attention_maps(model, tokens: np.ndarray) -> list[np.ndarray]:
-    """Per layer, the causal self-attention probabilities [B, N, T, T] of a trained pre-norm GPT on `tokens`.
-
-    Recomputes each block's q and k from its own normalised input (exactly what the block attends with) and
-    passes them to `ops.attention_weights`; the blocks themselves carry the residual stream forward."""
-    model.eval()
-    tokens = jnp.asarray(tokens, jnp.int32)
-    x = model.embed(tokens)
-    maps = []
-    for block in model.blocks.layers:
-        h = block.self_residual.norm(x)
-        q, k, _ = block.self_attention._project_qkv(h)
-        maps.append(np.asarray(ops.attention_weights(q, k, is_causal=True)))
-        x = block(x)
-    return maps
 
 
 def diversity(maps: list[np.ndarray]) -> dict:
@@ -126,16 +91,16 @@ def run(full: bool) -> lab.Outcome:
         for seed in seeds:
             config = lab.lm_config(size["steps"], **overrides, **{"model.num_heads": heads, "seed": seed})
             print(f"heads={heads} seed={seed}: training {size['steps']} steps", flush=True)
-            out = train(config)
+            out = lab.train_lm(config, keep_model=True)
             entry["val_loss"].append(float(out["final"]["val_loss"]))
             entry["curves"].append([[r["step"], r["train_loss"]] for r in out["history"]])
             params[str(heads)] = param_count(out["model"])
             if seed == seeds[0]:
                 model = out["model"]
-                maps = attention_maps(model, windows)
+                maps = lab.attention_maps(model, windows)
                 entry["diversity"] = diversity(maps)
                 init_model = type(model)(model.config, rngs=nnx.Rngs(seed))
-                entry["init_diversity"] = diversity(attention_maps(init_model, windows))
+                entry["init_diversity"] = diversity(lab.attention_maps(init_model, windows))
                 if heads == 4:
                     entry["maps"] = [np.round(m[0], 4).tolist() for m in maps]  # every layer, first window
         entry["mean"] = float(np.mean(entry["val_loss"]))

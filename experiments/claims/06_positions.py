@@ -13,10 +13,8 @@ saw in training (they start at the random init and only weight decay moves them)
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -90,18 +88,6 @@ def permutation_experiment(rng: np.random.Generator) -> dict:
 # -- (b) training and length extrapolation -----------------------------------------------------------------------
 
 
-def train(config):
-    """Trains `config` with the library's loop in a temporary workdir; (final metrics row, trained GPT in eval mode)."""
-    from jaxformer.training.loop import load_trained, train_and_evaluate
-
-    with tempfile.TemporaryDirectory() as workdir:
-        final = train_and_evaluate(config, workdir)
-        with open(os.path.join(workdir, "metrics.jsonl")) as f:
-            history = [json.loads(line) for line in f if line.strip()]
-        model, _, _ = load_trained(workdir)
-    return final, history, model
-
-
 def loss_by_position(model: GPT, tokens: np.ndarray, length: int, batch_size: int = 32) -> tuple[float, np.ndarray]:
     """Non-overlapping windows of `length` over the whole split: (mean loss over every target, mean loss at each
     position 0..length-1 of the window)."""
@@ -138,7 +124,8 @@ def extrapolation_experiment(s: dict) -> dict:
     out = {"context": T, "lengths": [f * T for f in FACTORS], "models": {}}
     for positional in ENCODINGS:
         config = lab.lm_config(s["steps"], **overrides, **{"model.positional": positional})
-        final, history, model = train(config)
+        out = lab.train_lm(config, keep_model=True)
+        final, history, model = out["final"], out["history"], out["model"]
         row = {"library_val_loss": final["val_loss"], "train_loss": [r["train_loss"] for r in history]}
         row["steps"] = [r["step"] for r in history]
         for f in FACTORS:

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import os
 import sys
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -81,18 +79,6 @@ def fmt(value: float) -> str:
 
 
 # -- (a) training ----------------------------------------------------------------------------------------------------
-
-
-def train_and_load(config) -> tuple[dict, list, nnx.Module]:
-    """`lab.train_lm`, but the workdir lives until the trained model (eval mode) is read back from its checkpoint."""
-    from jaxformer.training.loop import load_trained, train_and_evaluate
-
-    with tempfile.TemporaryDirectory() as workdir:
-        final = train_and_evaluate(config, workdir)
-        with open(os.path.join(workdir, "metrics.jsonl")) as f:
-            history = [json.loads(line) for line in f if line.strip()]
-        model, _, _ = load_trained(workdir)
-    return final, history, model
 
 
 def split_modes(model: nnx.Module):
@@ -154,7 +140,8 @@ def train_all(s: dict) -> tuple[dict, dict]:
             config = lab.lm_config(steps, **{"model.num_layers": s["layers"], "model.norm": norm, "batch_size": bs})
             if eval_tokens is None:
                 eval_tokens = load_corpus(config.data)[2]
-            final, history, model = train_and_load(config)
+            out = lab.train_lm(config, keep_model=True)
+            final, history, model = out["final"], out["history"], out["model"]
             train_def, eval_def, state = split_modes(model)
             T = config.data.seq_len
             runs[f"{norm}/{bs}"] = dict(

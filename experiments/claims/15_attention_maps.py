@@ -5,20 +5,15 @@ TFDS_DATA_DIR=... python experiments/claims/15_attention_maps.py [--full]
 
 from __future__ import annotations
 
-import json
 import os
 import string
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import jax.numpy as jnp
 import lab
 import numpy as np
 from flax import nnx
-
-from jaxformer import ops
 
 CLAIM = (
     "Trained attention heads specialise in interpretable patterns: some attend to the previous token or a fixed "
@@ -47,31 +42,6 @@ MAX_OFFSET = 8
 WINDOW = 32  # the figure shows the last 32 query / key positions of one passage
 DELIMITERS = set(" \n" + string.punctuation)
 SHARP = ("previous token", "offset", "current token", "delimiter", "word start")
-
-
-def train(config) -> dict:
-    """`lab.train_lm`, but also returns the trained model read back from the final checkpoint (as 03_heads.py)."""
-    from jaxformer.training.loop import load_trained, train_and_evaluate
-
-    with tempfile.TemporaryDirectory() as workdir:
-        final = train_and_evaluate(config, workdir)
-        with open(os.path.join(workdir, "metrics.jsonl")) as f:
-            history = [json.loads(line) for line in f if line.strip()]
-        model, tokenizer, _ = load_trained(workdir)
-    return {"final": final, "history": history, "model": model, "tokenizer": tokenizer}
-
-
-def attention_maps(model, tokens: np.ndarray) -> np.ndarray:
-    """Causal self-attention probabilities [L, B, N, T, T] of a pre-norm GPT on `tokens` (as in 03_heads.py)."""
-    model.eval()
-    x = model.embed(jnp.asarray(tokens, jnp.int32))
-    maps = []
-    for block in model.blocks.layers:
-        h = block.self_residual.norm(x)
-        q, k, _ = block.self_attention._project_qkv(h)
-        maps.append(np.asarray(ops.attention_weights(q, k, is_causal=True)))
-        x = block(x)
-    return np.stack(maps)
 
 
 def head_metrics(maps: np.ndarray, delim: np.ndarray) -> list[list[dict]]:
@@ -179,11 +149,11 @@ def run(full: bool) -> lab.Outcome:
     assert delim.shape == tokens.shape, "char tokenizer: one character per token"
 
     print(f"training shakespeare_char_cpu for {size['steps']} steps", flush=True)
-    out = train(config)
+    out = lab.train_lm(config, keep_model=True)
     model = out["model"]
     init_model = type(model)(model.config, rngs=nnx.Rngs(config.seed))
-    maps = attention_maps(model, tokens)
-    init_maps = attention_maps(init_model, tokens)
+    maps = np.stack(lab.attention_maps(model, tokens))
+    init_maps = np.stack(lab.attention_maps(init_model, tokens))
     trained, init = head_metrics(maps, delim), head_metrics(init_maps, delim)
     L, N = len(trained), len(trained[0])
 

@@ -109,13 +109,38 @@ def lm_config(steps: int, **overrides):
     return config
 
 
-def train_lm(config) -> dict:
+def train_lm(config, *, keep_model: bool = False) -> dict:
     """Trains `config` with the library's loop in a temporary workdir. Returns {"final": the last metrics row
-    (with val_loss), "history": every logged row}."""
-    from jaxformer.training.loop import train_and_evaluate
+    (with val_loss), "history": every logged row}; with `keep_model`, also "model" (the trained model in eval
+    mode, read back from the final checkpoint before the workdir goes) and "tokenizer"."""
+    from jaxformer.training.loop import load_trained, train_and_evaluate
 
     with tempfile.TemporaryDirectory() as workdir:
         final = train_and_evaluate(config, workdir)
         with open(os.path.join(workdir, "metrics.jsonl")) as f:
             history = [json.loads(line) for line in f if line.strip()]
-    return {"final": final, "history": history}
+        out = {"final": final, "history": history}
+        if keep_model:
+            out["model"], out["tokenizer"], _ = load_trained(workdir)
+    return out
+
+
+def attention_maps(model, tokens) -> list:
+    """Per layer, the causal self-attention probabilities [B, N, T, T] of a pre-norm GPT on `tokens` [B, T].
+
+    Recomputes each block's q and k from its own normalised input (exactly what the block attends with) and
+    passes them to `ops.attention_weights`; the blocks themselves carry the residual stream forward."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxformer import ops
+
+    model.eval()
+    x = model.embed(jnp.asarray(tokens, jnp.int32))
+    maps = []
+    for block in model.blocks.layers:
+        h = block.self_residual.norm(x)
+        q, k, _ = block.self_attention._project_qkv(h)
+        maps.append(np.asarray(ops.attention_weights(q, k, is_causal=True)))
+        x = block(x)
+    return maps
