@@ -35,13 +35,21 @@ def initialize(config) -> bool:
     if not requested(config):
         return False
     if not jax.distributed.is_initialized():
-        env = os.environ
         jax.distributed.initialize(
-            coordinator_address=env.get("JAX_COORDINATOR_ADDRESS"),
-            num_processes=int(env["JAX_NUM_PROCESSES"]) if "JAX_NUM_PROCESSES" in env else None,
-            process_id=int(env["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in env else None,
+            coordinator_address=os.environ.get("JAX_COORDINATOR_ADDRESS"),
+            num_processes=_env_int("JAX_NUM_PROCESSES"),
+            process_id=_env_int("JAX_PROCESS_ID"),
         )
     return True
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise ValueError(f"${name}={value!r} must be a non-negative integer (or unset, for jax to detect it).")
+    return int(value)
 
 
 def is_leader() -> bool:

@@ -115,8 +115,10 @@ def make_train_step(
     train_step = train_step_fn(graphs, optimizer, schedule, loss_fn)
     if state_shardings is None:
         return jax.jit(train_step, donate_argnums=0)
+    # The mesh of the hints: the batch's, or else the state's (every leaf of a sharded state shares one mesh).
+    mesh = (batch_sharding if batch_sharding is not None else jax.tree.leaves(state_shardings)[0]).mesh
     return jax.jit(
-        with_activation_hints(train_step, batch_sharding.mesh),
+        with_activation_hints(train_step, mesh),
         in_shardings=(state_shardings, batch_sharding),
         out_shardings=(state_shardings, None),
         donate_argnums=0,

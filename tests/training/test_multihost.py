@@ -124,3 +124,12 @@ def test_a_log_that_does_not_write_keeps_its_rows_in_memory_only(tmp_path):
     log.write({"step": 1, "train_loss": 2.0})
     log.close()
     assert log.history == [{"step": 1, "train_loss": 2.0}] and list(tmp_path.iterdir()) == []
+
+
+def test_a_malformed_process_count_is_named(monkeypatch):
+    import ml_collections
+
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
+    monkeypatch.setattr(multihost.jax.distributed, "is_initialized", lambda: False)
+    with pytest.raises(ValueError, match=r"\$JAX_NUM_PROCESSES='two' must be a non-negative integer"):
+        multihost.initialize(ml_collections.ConfigDict({"distributed": True}))

@@ -86,3 +86,17 @@ def test_bad_optimizer_arguments():
         training.make_optimizer(schedule, name="sgd")
     with pytest.raises(ValueError, match="`grad_accum_steps` must be a positive int"):
         training.make_optimizer(schedule, grad_accum_steps=0)
+
+
+def test_a_sharded_step_without_a_batch_sharding_takes_the_mesh_from_the_state():
+    from jaxformer.training import sharding
+
+    mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    cfg = ModelConfig.variant("gpt2-tiny", num_layers=1)
+    schedule = training.make_schedule("constant", learning_rate=1e-3, num_steps=2)
+    optimizer = training.make_optimizer(schedule)
+    graphs, state, shardings = sharding.create_sharded_train_state(lambda: GPT(cfg, rngs=nnx.Rngs(0)), optimizer, mesh)
+    step = training.make_train_step(graphs, optimizer, schedule, state_shardings=shardings)
+    tokens = np.zeros((2, 9), np.int32)
+    state, metrics = step(state, {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]})
+    assert np.isfinite(float(metrics["loss"]))
