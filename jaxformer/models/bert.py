@@ -74,7 +74,7 @@ class MLMHead(nnx.Module):
             self.embed = None
             init = nnx.initializers.normal(stddev=cfg.init_std)
             self.decoder = nn.logical_param(
-                rngs, init, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.param_dtype
+                rngs, init, (cfg.d_model, cfg.padded_vocab_size), ("embed", "vocab"), cfg.param_dtype
             )
         self.output_bias = nn.logical_param(
             rngs, nnx.initializers.zeros, (cfg.vocab_size,), ("vocab",), cfg.param_dtype
@@ -92,6 +92,7 @@ class MLMHead(nnx.Module):
             logits = self.embed.attend(z)
         else:
             logits = jnp.einsum("...D,DV->...V", z.astype(cfg.dtype), self.decoder[...].astype(cfg.dtype))
+        logits = logits[..., : cfg.vocab_size]  # the tables may be padded to vocab_multiple
         # Add the bias in float32: the softmax / loss wants float32 even when computing in bfloat16.
         return logits.astype(jnp.float32) + self.output_bias[...].astype(jnp.float32)
 
@@ -113,7 +114,11 @@ class BERT(nnx.Module):
         block_cfg = config.block_config()
         self.embed = InputEmbedding(config, rngs=rngs)
         self.blocks = BlockStack(
-            lambda r: nn.EncoderBlock(block_cfg, rngs=r), config.num_layers, scan=config.scan_layers, rngs=rngs
+            lambda r: nn.EncoderBlock(block_cfg, rngs=r),
+            config.num_layers,
+            scan=config.scan_layers,
+            rngs=rngs,
+            remat=config.remat,
         )
         self.final_norm = make_norm(block_cfg, rngs=rngs) if config.norm_position == "pre" else None
         self.pooler = Pooler(config, rngs=rngs)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jaxformer import ops
 from jaxformer.nn.attention import IMPLEMENTATIONS
 from jaxformer.nn.blocks import NORM_POSITIONS, NORMS, BlockConfig
+from jaxformer.nn.remat import REMAT_POLICIES
 
 POSITIONAL = ("learned", "sinusoidal", "rope", "alibi", "none")
 ACTIVATIONS = (*ops.ACTIVATIONS, "swiglu")
@@ -38,7 +39,10 @@ class ModelConfig:
     (a norm after the embedding sum, as BERT), `type_vocab_size` (BERT segment embeddings; 0 = none).
     Encoder-decoder: `num_decoder_layers` (default `num_layers`). ViT: `image_size`, `patch_size`,
     `num_channels`, `num_classes`. Execution: `scan_layers` (one compiled block, scanned over L: compile time
-    independent of depth), `dtype` (computation), `param_dtype` (storage), `init_std` (embeddings).
+    independent of depth), `vocab_multiple` (store the embedding / output tables with V rounded up to a multiple
+    of this, e.g. 128, for fast matmuls as nanoGPT's 50304; the logits keep V columns), `remat` (none | full |
+    dots | dots_no_batch: what each block's backward pass recomputes instead of storing; nn/remat.py), `dtype`
+    (computation), `param_dtype` (storage), `init_std` (embeddings).
     """
 
     vocab_size: int
@@ -71,6 +75,8 @@ class ModelConfig:
     num_classes: int = 0
     attention_impl: str = "xla"
     scan_layers: bool = False
+    remat: str = "none"
+    vocab_multiple: int = 1
     init_std: float = 0.02
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -80,6 +86,8 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"ModelConfig.{name} must be a positive int; got {value!r}.")
+        if not isinstance(self.vocab_multiple, int) or self.vocab_multiple < 1:
+            raise ValueError(f"ModelConfig.vocab_multiple must be a positive int; got {self.vocab_multiple!r}.")
         for name in ("vocab_size", "type_vocab_size", "num_classes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
@@ -90,6 +98,7 @@ class ModelConfig:
             ("norm_position", self.norm_position, NORM_POSITIONS),
             ("activation", self.activation, ACTIVATIONS),
             ("attention_impl", self.attention_impl, IMPLEMENTATIONS),
+            ("remat", self.remat, REMAT_POLICIES),
         ):
             if value not in allowed:
                 raise ValueError(f"ModelConfig.{name}={value!r}; choose one of {allowed}.")
@@ -126,6 +135,13 @@ class ModelConfig:
         object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype))
 
     # -- derived sizes -----------------------------------------------------------------------------------------
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the token embedding (and columns of an untied output head): V rounded up to `vocab_multiple`.
+        The extra rows are never read by a valid token id, and the heads slice the logits back to V."""
+        m = self.vocab_multiple
+        return -(-self.vocab_size // m) * m
 
     @property
     def kv_heads(self) -> int:

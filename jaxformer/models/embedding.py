@@ -48,7 +48,7 @@ class InputEmbedding(nnx.Module):
             raise ValueError("This model embeds tokens: ModelConfig.vocab_size must be >= 1.")
         self.cfg = cfg
         kwargs = {"init_std": cfg.init_std, "dtype": cfg.dtype, "param_dtype": cfg.param_dtype, "rngs": rngs}
-        self.tokens = nn.Embed(cfg.vocab_size, cfg.d_model, **kwargs)
+        self.tokens = nn.Embed(cfg.padded_vocab_size, cfg.d_model, **kwargs)
         self.positions = (
             nn.LearnedPositions(cfg.max_len, cfg.d_model, **kwargs) if cfg.positional == "learned" else None
         )

@@ -14,7 +14,10 @@ from jaxformer.nn.blocks import apply_norm, make_norm
 
 
 class OutputHead(nnx.Module):
-    """Logits `[B, T, V]` in float32: `x E^T` with the input embedding E when tied, else `x W` (`W [D, V]`)."""
+    """Logits `[B, T, V]` in float32: `x E^T` with the input embedding E when tied, else `x W` (`W [D, V]`).
+
+    E and W have `cfg.padded_vocab_size` rows / columns (V rounded up to `vocab_multiple`, so that the largest
+    matmul of a GPT has a friendly shape); the logits of the padding columns are sliced off."""
 
     def __init__(self, cfg: ModelConfig, embed: nn.Embed, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -24,7 +27,7 @@ class OutputHead(nnx.Module):
             self.embed = None
             init = nnx.initializers.normal(stddev=cfg.init_std)
             self.kernel = nn.logical_param(
-                rngs, init, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.param_dtype
+                rngs, init, (cfg.d_model, cfg.padded_vocab_size), ("embed", "vocab"), cfg.param_dtype
             )
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -32,6 +35,7 @@ class OutputHead(nnx.Module):
             logits = self.embed.attend(x)
         else:
             logits = jnp.einsum("BTD,DV->BTV", x.astype(self.cfg.dtype), self.kernel[...].astype(self.cfg.dtype))
+        logits = logits[..., : self.cfg.vocab_size]  # a no-op unless the tables are padded
         return logits.astype(jnp.float32)  # the softmax / loss wants float32 even when computing in bfloat16
 
 
@@ -53,7 +57,11 @@ class GPT(nnx.Module):
         block_cfg = config.block_config()
         self.embed = InputEmbedding(config, rngs=rngs)
         self.blocks = BlockStack(
-            lambda r: nn.DecoderBlock(block_cfg, rngs=r), config.num_layers, scan=config.scan_layers, rngs=rngs
+            lambda r: nn.DecoderBlock(block_cfg, rngs=r),
+            config.num_layers,
+            scan=config.scan_layers,
+            rngs=rngs,
+            remat=config.remat,
         )
         self.final_norm = make_norm(block_cfg, rngs=rngs) if config.norm_position == "pre" else None
         self.head = OutputHead(config, self.embed.tokens, rngs=rngs)

@@ -8,6 +8,7 @@ import jax
 from flax import nnx
 
 from jaxformer.nn.constraints import RESIDUAL_AXES, constrain
+from jaxformer.nn.remat import remat
 
 
 class BlockStack(nnx.Module):
@@ -17,12 +18,23 @@ class BlockStack(nnx.Module):
     applied with `jax.lax.scan`: XLA compiles one block instead of L, so compile time no longer grows with depth
     (MaxText's `scan_layers`). KV caches, batch statistics and dropout streams are stacked the same way.
 
+    `remat` names a rematerialisation policy (nn/remat.py) applied to each block: under `jax.grad` the backward
+    pass recomputes what the policy does not save, block by block.
+
     The residual stream `[B, T, D]` entering the stack and leaving every block is marked with
     `constrain(x, RESIDUAL_AXES)`: a no-op unless a sharded training step has activation hints on (nn/constraints.py).
     """
 
-    def __init__(self, make_block: Callable[[nnx.Rngs], nnx.Module], num_layers: int, *, scan: bool, rngs: nnx.Rngs):
-        self.scan, self.num_layers = scan, num_layers
+    def __init__(
+        self,
+        make_block: Callable[[nnx.Rngs], nnx.Module],
+        num_layers: int,
+        *,
+        scan: bool,
+        rngs: nnx.Rngs,
+        remat: str = "none",
+    ):
+        self.scan, self.num_layers, self.remat = scan, num_layers, remat
         if scan:
 
             @nnx.split_rngs(splits=num_layers)
@@ -39,7 +51,7 @@ class BlockStack(nnx.Module):
         x = constrain(x, RESIDUAL_AXES)
         if not self.scan:
             for block in self.layers:
-                x = constrain(block(x, *args, **kwargs), RESIDUAL_AXES)
+                x = constrain(self._apply_block(block, x, args, kwargs), RESIDUAL_AXES)
             return x
 
         # A plain lax.scan over the split state (rather than nnx.scan) also works inside other jax loops, such as
@@ -51,9 +63,23 @@ class BlockStack(nnx.Module):
             block = nnx.merge(graphdef, *layer_state)
             return constrain(block(h, *args, **kwargs), RESIDUAL_AXES), nnx.state(block, nnx.Not(nnx.Param))
 
-        x, mutable = jax.lax.scan(apply, x, (params, mutable))
+        x, mutable = jax.lax.scan(remat(apply, self.remat, in_scan=True), x, (params, mutable))
         nnx.update(self.layers, mutable)
         return x
+
+    def _apply_block(self, block: nnx.Module, x: jax.Array, args: tuple, kwargs: dict) -> jax.Array:
+        if self.remat == "none":
+            return block(x, *args, **kwargs)
+        # jax.checkpoint takes a pure function: the block's state goes in and its updated state comes out.
+        graphdef, state = nnx.split(block)
+
+        def apply(state, h):
+            block = nnx.merge(graphdef, state)
+            return block(h, *args, **kwargs), nnx.state(block)
+
+        y, state = remat(apply, self.remat)(state, x)
+        nnx.update(block, state)
+        return y
 
     def init_cache(self, batch_size: int, max_len: int, dtype=None) -> None:
         """Gives every block's self-attention an empty KV cache (stacked `[L, ...]` when scanned)."""

@@ -45,7 +45,11 @@ class Transformer(nnx.Module):
         pre_norm = config.norm_position == "pre"
         self.embed = InputEmbedding(config, rngs=rngs)
         self.encoder = BlockStack(
-            lambda r: nn.EncoderBlock(block_cfg, rngs=r), config.num_layers, scan=config.scan_layers, rngs=rngs
+            lambda r: nn.EncoderBlock(block_cfg, rngs=r),
+            config.num_layers,
+            scan=config.scan_layers,
+            rngs=rngs,
+            remat=config.remat,
         )
         self.encoder_norm = make_norm(block_cfg, rngs=rngs) if pre_norm else None
         self.decoder = BlockStack(
@@ -53,6 +57,7 @@ class Transformer(nnx.Module):
             config.decoder_layers,
             scan=config.scan_layers,
             rngs=rngs,
+            remat=config.remat,
         )
         self.decoder_norm = make_norm(block_cfg, rngs=rngs) if pre_norm else None
         self.head = OutputHead(config, self.embed.tokens, rngs=rngs)

@@ -78,7 +78,11 @@ class ViT(nnx.Module):
         )
         self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
         self.blocks = BlockStack(
-            lambda r: nn.EncoderBlock(block_cfg, rngs=r), cfg.num_layers, scan=cfg.scan_layers, rngs=rngs
+            lambda r: nn.EncoderBlock(block_cfg, rngs=r),
+            cfg.num_layers,
+            scan=cfg.scan_layers,
+            rngs=rngs,
+            remat=cfg.remat,
         )
         self.final_norm = make_norm(block_cfg, rngs=rngs) if cfg.norm_position == "pre" else None
         if cfg.num_classes:

@@ -27,6 +27,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict()
     config.model.variant = "gpt2-tiny"  # plus any ModelConfig field to override
     config.model.dtype = "float32"  # computation; "bfloat16" keeps float32 parameters (param_dtype)
+    config.model.scan_layers = False  # one compiled block scanned over the layers (compile time)
+    config.model.remat = "none"  # none | full | dots | dots_no_batch (jaxformer/nn/remat.py)
+    config.model.vocab_multiple = 1  # pad the embedding table to a multiple (e.g. 128 for GPT-2's 50257 tokens)
 
     config.num_steps = 1000
     config.batch_size = 32
