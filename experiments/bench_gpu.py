@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -55,6 +56,9 @@ from jaxformer.training.loop import build
 from jaxformer.training.state import create_train_state
 from jaxformer.training.steps import make_train_step
 from jaxformer.training.tasks import build_model_config
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import trace_summary  # experiments/ is not a package
 
 PARTS = ("peak", "attention", "train", "decode")
 
@@ -170,7 +174,7 @@ def attention_cells(row: dict) -> str:
 # -- 3. train -----------------------------------------------------------------------------------------------------
 
 
-def train_config(impl: str, batch: int, seq: int, scan_layers: bool, smoke: bool):
+def train_config(impl: str, batch: int, seq: int, scan_layers: bool, smoke: bool, remat: str, vocab_multiple: int):
     config = default_config()
     config.name = f"gpt2-small-bf16-{impl}"
     config.model.variant = "gpt2-small"
@@ -178,6 +182,8 @@ def train_config(impl: str, batch: int, seq: int, scan_layers: bool, smoke: bool
     config.model.dropout_rate = 0.0
     config.model.attention_impl = impl
     config.model.scan_layers = scan_layers
+    config.model.remat = remat
+    config.model.vocab_multiple = vocab_multiple
     if smoke:
         config.model.num_layers, config.model.d_model, config.model.num_heads, config.model.d_ff = 2, 64, 4, 256
     config.batch_size = batch
@@ -185,8 +191,22 @@ def train_config(impl: str, batch: int, seq: int, scan_layers: bool, smoke: bool
     return config
 
 
+def compiled_memory(compiled) -> dict | None:
+    """XLA's buffer assignment for the compiled step (bytes): temporaries (activations kept for the backward pass
+    and scratch), arguments and outputs; None where the backend does not report it."""
+    try:
+        m = compiled.memory_analysis()
+        return {
+            "temp_bytes": int(m.temp_size_in_bytes),
+            "argument_bytes": int(m.argument_size_in_bytes),
+            "output_bytes": int(m.output_size_in_bytes),
+        }
+    except Exception:  # not every backend / jax version has it
+        return None
+
+
 def bench_train_step(impl: str, args, peak_tflops: float | None) -> dict:
-    config = train_config(impl, args.batch, args.seq, args.scan_layers, args.smoke)
+    config = train_config(impl, args.batch, args.seq, args.scan_layers, args.smoke, args.remat, args.vocab_multiple)
     B, T = config.batch_size, config.data.seq_len
     model_cfg = build_model_config(config, {"vocab_size": args.vocab, "max_len": T})
     model, schedule, optimizer = build(config, model_cfg)
@@ -202,6 +222,7 @@ def bench_train_step(impl: str, args, peak_tflops: float | None) -> dict:
     start = time.perf_counter()
     compiled = train_step.lower(state, batches[0]).compile()
     compile_s = time.perf_counter() - start
+    memory = compiled_memory(compiled)
     start = time.perf_counter()
     state, metrics = compiled(state, batches[0])
     jax.block_until_ready(metrics)
@@ -217,6 +238,15 @@ def bench_train_step(impl: str, args, peak_tflops: float | None) -> dict:
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
     step_s = statistics.median(times)
+    profile = None
+    if args.profile:  # a few more steps under the profiler, after the timed ones (tracing slows them)
+        trace_dir = os.path.join(args.profile, impl)
+        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+            for i in range(args.profile_steps):
+                state, metrics = compiled(state, batches[i % len(batches)])
+            jax.block_until_ready(metrics)
+        profile = trace_summary.summarize(trace_dir, top=40)
+        print(trace_summary.format_summary(profile, processes=3), flush=True)
 
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     position_table = model_cfg.max_len * model_cfg.d_model if model_cfg.positional == "learned" else 0
@@ -225,6 +255,11 @@ def bench_train_step(impl: str, args, peak_tflops: float | None) -> dict:
     achieved = flops_per_step / step_s / 1e12
     return {
         "impl": impl,
+        "remat": args.remat,
+        "scan_layers": args.scan_layers,
+        "vocab": args.vocab,
+        "vocab_multiple": args.vocab_multiple,
+        "memory": memory,
         "params": params,
         "params_without_positions": N,
         "layers": L,
@@ -243,6 +278,7 @@ def bench_train_step(impl: str, args, peak_tflops: float | None) -> dict:
         "model_tflops_per_s": achieved,
         "mfu": achieved / peak_tflops if peak_tflops else None,
         "final_loss": float(metrics["loss"]),
+        "profile": profile,
     }
 
 
@@ -262,9 +298,10 @@ def train_cells(row: dict) -> str:
     if "error" in row:
         return row["error"]
     mfu = f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "-"
+    temp = f", temp {row['memory']['temp_bytes'] / 2**30:.2f} GiB" if row.get("memory") else ""
     return (
         f"{row['step_ms']:.1f} ms/step, {row['tokens_per_s']:,.0f} tok/s, {row['model_tflops_per_s']:.1f} TFLOP/s, "
-        f"MFU {mfu}, compile {row['compile_s']:.1f} s"
+        f"MFU {mfu}, compile {row['compile_s']:.1f} s{temp}"
     )
 
 
@@ -377,7 +414,11 @@ def main():
     parser.add_argument("--steps", type=int, default=20, help="timed train steps")
     parser.add_argument("--warmup", type=int, default=3, help="train steps before timing (the first compiles)")
     parser.add_argument("--scan_layers", action="store_true", help="train with scan_layers=True (faster compile)")
+    parser.add_argument("--remat", default="none", help="ModelConfig.remat of the train part")
+    parser.add_argument("--vocab_multiple", type=int, default=1, help="ModelConfig.vocab_multiple of the train part")
     parser.add_argument("--train_impls", default="xla,cudnn", help="attention_impl values for the train part")
+    parser.add_argument("--profile", help="trace --profile_steps more train steps into this folder and summarize")
+    parser.add_argument("--profile_steps", type=int, default=3)
     parser.add_argument("--prompt_len", type=int, default=32)
     parser.add_argument("--new_tokens", type=int, default=256)
     parser.add_argument("--decode_batches", default="1,8")

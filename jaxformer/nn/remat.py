@@ -11,10 +11,10 @@
 (Korthikanti et al. 2022) at the price of one more forward pass; `dots_no_batch` drops the T x S attention
 tensors, which dominate at long context. Under `jax.grad` only; the forward values are unchanged.
 
-Use it with `scan_layers=True`. Inside the layer scan the backward pass must recompute each block when it reaches
-it; in a Python loop of blocks XLA is free to schedule the recomputation early and keep its results, and on
-XLA:CPU it does: the compiled step's temporaries are byte-for-byte those of no remat (tests/models/test_remat.py
-measures the scanned case, where "full" cuts them about 4x).
+Measured (BENCHMARKS.md): on an H100, GPT-2 small's step keeps 6.5 instead of 12.1 GiB of temporaries with "full",
+looped or scanned. On XLA:CPU only the layer scan gets the saving: in a Python loop of blocks XLA schedules the
+recomputation early and keeps its results, and the compiled step's temporaries are byte-for-byte those of no remat
+(tests/models/test_remat.py measures the scanned case, where "full" cuts them about 4x).
 """
 
 from __future__ import annotations
