@@ -3,6 +3,9 @@
     python experiments/bench_train.py                                   # shakespeare_char_cpu, ~1 minute
     python experiments/bench_train.py --config experiments/configs/shakespeare_char.py --steps 20
     python experiments/bench_train.py --smoke                           # tiny sizes, seconds
+    python experiments/bench_train.py --wide                            # d_model 512, 8 layers, context 256
+    python experiments/bench_train.py --scan_layers --remat full        # layer scan, rematerialised blocks
+    python experiments/bench_train.py --profile /tmp/trace              # + where the step's time goes
 
 MFU = model FLOPs per step / step time / peak FLOP/s, where
   - model FLOPs per step = tokens per step * (6 N + 12 L T D) (the PaLM / nanoGPT estimate: N parameters without
@@ -10,15 +13,18 @@ MFU = model FLOPs per step / step time / peak FLOP/s, where
   - peak FLOP/s is measured in the same process: a jitted float32 [2048, 2048] @ [2048, 2048] (2 * 2048^3 FLOPs),
     median of repeated calls: what XLA's CPU matmul reaches on this machine, not a datasheet number.
 The step is the real `jaxformer.training` train step (AdamW, clipping, schedule) on random tokens. Steps and the
-matmul are timed in alternating rounds; the result is the median per-round MFU, with its range.
+matmul are timed in alternating rounds; the result is the median per-round MFU, with its range. Also reported:
+compile time (ahead-of-time lower + compile of the step) and XLA's temporary buffer bytes for it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
+import sys
 import time
 
 import jax
@@ -30,6 +36,9 @@ from jaxformer.training.loop import build
 from jaxformer.training.state import create_train_state
 from jaxformer.training.steps import make_train_step
 from jaxformer.training.tasks import build_model_config
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import trace_summary  # experiments/ is not a package
 
 
 def matmul_flops_per_s(n: int = 2048, rounds: int = 5) -> float:
@@ -52,12 +61,21 @@ def main():
     parser.add_argument("--rounds", type=int, default=10, help="alternating rounds of steps and matmul timing")
     parser.add_argument("--vocab_size", type=int, default=65, help="tiny Shakespeare has 65 characters")
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--wide", action="store_true", help="d_model 512, 8 layers, 8 heads, d_ff 2048, context 256")
+    parser.add_argument("--scan_layers", action="store_true")
+    parser.add_argument("--remat", default="none", help="ModelConfig.remat: none | full | dots | dots_no_batch")
+    parser.add_argument("--profile", help="trace 10 more steps with jax.profiler into this folder and summarize")
     parser.add_argument("--json", help="also write the result to this file")
     args = parser.parse_args()
     config = load_config(args.config)
+    if args.wide:
+        config.name += "_wide"
+        config.model.update(num_layers=8, d_model=512, d_ff=2048, num_heads=8)
+        config.data.seq_len = 256
     if args.smoke:
         config.model.update(num_layers=1, d_model=32, d_ff=64, num_heads=2)
         config.data.seq_len, config.batch_size, args.steps, args.rounds = 16, 2, 4, 2
+    config.model.scan_layers, config.model.remat = args.scan_layers, args.remat
 
     model_cfg = build_model_config(config, {"vocab_size": args.vocab_size, "max_len": config.data.seq_len})
     model, schedule, optimizer = build(config, model_cfg)
@@ -70,8 +88,12 @@ def main():
         tokens = rng.integers(0, args.vocab_size, size=(B, T + 1)).astype(np.int32)
         return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
 
+    start = time.perf_counter()
+    compiled = train_step.lower(state, batch()).compile()
+    compile_s = time.perf_counter() - start
+    temp_bytes = compiled.memory_analysis().temp_size_in_bytes
     for _ in range(5):
-        state, metrics = train_step(state, batch())
+        state, metrics = compiled(state, batch())
     jax.block_until_ready(metrics)
     # This machine's speed drifts by +-15% over minutes (shared cores), so step time and the matmul roofline are
     # measured in alternating rounds and MFU is taken per round: the ratio is steadier than either number.
@@ -81,10 +103,18 @@ def main():
         for _ in range(args.steps // args.rounds):
             b = batch()
             start = time.perf_counter()
-            state, metrics = train_step(state, b)
+            state, metrics = compiled(state, b)
             jax.block_until_ready(metrics)
             times.append(time.perf_counter() - start)
         rounds.append((statistics.median(times), matmul_flops_per_s()))
+    profile = None
+    if args.profile:
+        with jax.profiler.trace(args.profile, create_perfetto_trace=True):
+            for _ in range(10):
+                state, metrics = compiled(state, batch())
+            jax.block_until_ready(metrics)
+        profile = trace_summary.summarize(args.profile, top=40)
+        print(trace_summary.format_summary(profile, processes=2))
     params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     position_table = model_cfg.max_len * model_cfg.d_model if model_cfg.positional == "learned" else 0
     N, L, D = params - position_table, model_cfg.num_layers, model_cfg.d_model
@@ -94,7 +124,13 @@ def main():
     peak = statistics.median(p for _, p in rounds)
     result = {
         "config": config.name,
+        "scan_layers": args.scan_layers,
+        "remat": args.remat,
         "params": params,
+        "layers": L,
+        "d_model": D,
+        "compile_s": compile_s,
+        "temp_bytes": temp_bytes,
         "tokens_per_step": B * T,
         "rounds": args.rounds,
         "step_ms": 1e3 * step_s,
@@ -108,10 +144,13 @@ def main():
         "jax": jax.__version__,
         "backend": jax.default_backend(),
         "machine": platform.processor() or platform.machine(),
+        "profile": profile,
     }
-    print(json.dumps(result, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k != "profile"}, indent=1))
+    options = f"scan={args.scan_layers} remat={args.remat}"
     print(
-        f"\n| {config.name} | {params:,} | {B}x{T} | {result['step_ms']:.1f} ms | {result['tokens_per_s']:.0f} | "
+        f"\n| {config.name} | {options} | {params:,} | {B}x{T} | {compile_s:.1f} s | {temp_bytes / 2**20:.1f} MiB | "
+        f"{result['step_ms']:.1f} ms | {result['tokens_per_s']:.0f} | "
         f"{result['achieved_gflops_per_s']:.1f} | {result['matmul_gflops_per_s']:.1f} | "
         f"**{100 * result['mfu']:.1f}%** ({100 * mfus[0]:.1f}-{100 * mfus[-1]:.1f}) |"
     )
