@@ -54,6 +54,11 @@ def test_the_report_lays_out_every_record_from_its_files(tmp_path, monkeypatch):
     assert text.count("**Claim.** Two is more than one.") == 2
     assert "**Verdict: not supported.**" in text and "**Verdict: supported.**" in text
     assert "![90_fake](results/90_fake.png)" in text and "| 2 | [91_fake](#91_fake) | supported |" in text
+    assert "--full size" not in text
+    full = json.load(open(tmp_path / "91_fake.json")) | {"size": "full", "machine": "a GPU"}
+    text = report.render([], "results", [full], "results_full")
+    assert "## Runs at the --full size" in text and "| 91_fake | supported | " in text and "a GPU |" in text
+    assert "![91_fake full](results_full/91_fake.png)" in text
 
 
 SCRIPTS = sorted(glob.glob(os.path.join(CLAIMS, "[0-9][0-9]_*.py")))

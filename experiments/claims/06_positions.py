@@ -41,13 +41,19 @@ SETUP = (
     "the causal mask alone breaks the symmetry. (b) A char-level GPT on tiny Shakespeare through the library's "
     "training loop (shakespeare_char_cpu recipe: AdamW, warmup + cosine, batch 12, context 64, no dropout, same "
     "seed and batches for every model), 2 layers, d=128, 4 heads, 600 steps, once per positional in {none, "
-    "learned, sinusoidal, rope, alibi}; every model is built with max_len=256, so learned-table rows 64..255 are "
+    "learned, sinusoidal, rope, alibi}, plus sinusoidal with token embeddings x sqrt(d) as in Vaswani et al. "
+    "(sinusoidal_scaled; the recipe's GPT-2 init leaves them ~35x smaller than the sinusoid); every model is built "
+    "with max_len=256, so learned-table rows 64..255 are "
     "never trained (only weight-decayed). Each trained model is evaluated on the whole validation split cut into "
     "non-overlapping windows of 64, 128 and 256 characters (1x, 2x, 4x): mean next-character loss per window "
     "length, and loss vs position within the 256 windows. --full: 6 layers, d=256, 8 heads, batch 32, 3000 steps."
 )
 
 ENCODINGS = ("none", "learned", "sinusoidal", "rope", "alibi")
+# Part (b) also trains sinusoidal the way Vaswani et al. use it: token embeddings multiplied by sqrt(D). With the
+# GPT-2 init (std 0.02) and no scaling, the unit-amplitude sinusoid is ~35x larger than a token embedding at d=128.
+SCALED = "sinusoidal_scaled"
+TRAINED = (*ENCODINGS, SCALED)
 EXACT_MAX = 1e-4  # a permutation difference counts as "zero" (float32 round-off) below this
 REAL_MIN = 1e-2  # ... and as a real difference above this
 FACTORS = (1, 2, 4)
@@ -122,10 +128,11 @@ def extrapolation_experiment(s: dict) -> dict:
     base = lab.lm_config(s["steps"], **overrides)
     _, _, eval_tokens = load_corpus(base.data)
     out = {"context": T, "lengths": [f * T for f in FACTORS], "models": {}}
-    for positional in ENCODINGS:
-        config = lab.lm_config(s["steps"], **overrides, **{"model.positional": positional})
-        out = lab.train_lm(config, keep_model=True)
-        final, history, model = out["final"], out["history"], out["model"]
+    for name in TRAINED:
+        positional = "sinusoidal" if name == SCALED else name
+        extra = {"model.positional": positional, "model.embed_scale": name == SCALED}
+        trained = lab.train_lm(lab.lm_config(s["steps"], **overrides, **extra), keep_model=True)
+        final, history, model = trained["final"], trained["history"], trained["model"]
         row = {"library_val_loss": final["val_loss"], "train_loss": [r["train_loss"] for r in history]}
         row["steps"] = [r["step"] for r in history]
         for f in FACTORS:
@@ -135,10 +142,9 @@ def extrapolation_experiment(s: dict) -> dict:
                 row["by_position"] = by_pos.tolist()
                 row["loss_beyond"] = float(by_pos[T:].mean())  # positions never seen in training
                 row["loss_within"] = float(by_pos[:T].mean())
-        out["models"][positional] = row
+        out["models"][name] = row
         print(
-            f"  {positional:>10}: val loss {row['loss_1x']:.3f} (1x), {row['loss_2x']:.3f} (2x), "
-            f"{row['loss_4x']:.3f} (4x)",
+            f"  {name:>17}: val loss {row['loss_1x']:.3f} (1x), {row['loss_2x']:.3f} (2x), {row['loss_4x']:.3f} (4x)",
             flush=True,
         )
     return out
@@ -157,14 +163,17 @@ def summarize(a: dict, b: dict) -> tuple[str, bool | None, dict]:
     """(result text, supported, the derived numbers) from the two experiments' measurements."""
     m, T, enc = b["models"], b["context"], a["encoder"]
     a_holds = enc["none"] < EXACT_MAX and min(enc[p] for p in ENCODINGS[1:]) > REAL_MIN
-    versus_none = {p: m[p]["loss_1x"] - m["none"]["loss_1x"] for p in ENCODINGS[1:]}
-    beats_none = {p: versus_none[p] < 0 for p in ENCODINGS[1:]}
-    degrade = {p: m[p]["loss_4x"] - m[p]["loss_1x"] for p in ENCODINGS}
-    relative_better = max(degrade["rope"], degrade["alibi"]) < min(degrade["learned"], degrade["sinusoidal"])
-    parts = [a_holds, all(beats_none.values()), relative_better]
+    # The verdict takes sinusoidal as the paper uses it (scaled embeddings); the unscaled run is reported beside it.
+    judged = ("learned", SCALED, "rope", "alibi")
+    versus_none = {p: m[p]["loss_1x"] - m["none"]["loss_1x"] for p in TRAINED[1:]}
+    beats_none = {p: versus_none[p] < 0 for p in TRAINED[1:]}
+    degrade = {p: m[p]["loss_4x"] - m[p]["loss_1x"] for p in TRAINED}
+    absolute = ("learned", "sinusoidal", SCALED)
+    relative_better = max(degrade["rope"], degrade["alibi"]) < min(degrade[p] for p in absolute)
+    parts = [a_holds, all(beats_none[p] for p in judged), relative_better]
     supported = True if all(parts) else (False if not any(parts) else None)
-    winners = [p for p in ENCODINGS[1:] if beats_none[p]]
-    losers = [p for p in ENCODINGS[1:] if not beats_none[p]]
+    winners = [p for p in TRAINED[1:] if beats_none[p]]
+    losers = [p for p in TRAINED[1:] if not beats_none[p]]
     beat_text = f"{', '.join(winners) or 'no encoding'} beat{'s' if len(winners) == 1 else ''} no positions"
     if losers:
         beat_text += f" and {', '.join(losers)} {'does' if len(losers) == 1 else 'do'} not"
@@ -180,14 +189,16 @@ def summarize(a: dict, b: dict) -> tuple[str, bool | None, dict]:
         f"(RoPE) and {enc['alibi']:.2f} (ALiBi); a causal GPT-tiny with no positions is not equivariant either "
         f"({a['causal_none']:.2f}, logits up to {a['causal_scale']:.2f}): the causal mask itself tells a token how "
         f"many tokens precede it. (b) Char-level GPT trained at context {T}, validation loss at {T} / {2 * T} / "
-        f"{4 * T} characters: " + "; ".join(losses(p) for p in ENCODINGS) + ". "
+        f"{4 * T} characters: " + "; ".join(losses(p) for p in TRAINED) + f" ({SCALED}: token embeddings x sqrt(D), "
+        "as Vaswani et al.). "
         f"At 1x {beat_text} (loss minus none's {m['none']['loss_1x']:.3f}: "
-        + ", ".join(f"{p} {versus_none[p]:+.3f}" for p in ENCODINGS[1:])
+        + ", ".join(f"{p} {versus_none[p]:+.3f}" for p in TRAINED[1:])
         + "). Change from 1x to 4x: "
-        + ", ".join(f"{p} {degrade[p]:+.3f}" for p in ENCODINGS)
+        + ", ".join(f"{p} {degrade[p]:+.3f}" for p in TRAINED)
         + f"; within the 4x windows, mean loss at the trained positions 0..{T - 1} vs the unseen {T}..{4 * T - 1}: "
-        + ", ".join(f"{p} {m[p]['loss_within']:.3f} -> {m[p]['loss_beyond']:.3f}" for p in ENCODINGS)
-        + f". RoPE and ALiBi {'do' if relative_better else 'do not both'} degrade less than learned and sinusoidal."
+        + ", ".join(f"{p} {m[p]['loss_within']:.3f} -> {m[p]['loss_beyond']:.3f}" for p in TRAINED)
+        + f". RoPE and ALiBi {'do' if relative_better else 'do not both'} degrade less than learned and both "
+        "sinusoidal runs."
     )
     return result, supported, dict(degrade=degrade, beats_none=beats_none, versus_none=versus_none)
 
@@ -198,6 +209,7 @@ def plot(numbers: dict, path: str):
     a, b = numbers["permutation"], numbers["extrapolation"]
     m, T = b["models"], b["context"]
     colors = dict(none="tab:gray", learned="tab:blue", sinusoidal="tab:orange", rope="tab:green", alibi="tab:red")
+    colors[SCALED] = "tab:brown"
     fig, axes = plt.subplots(1, 3, figsize=(18, 5), gridspec_kw=dict(width_ratios=[0.8, 1, 1.4]))
 
     ax = axes[0]
@@ -216,13 +228,13 @@ def plot(numbers: dict, path: str):
     ax.set_title("(a) permuting the input, random-init BERT-tiny\n(dashed: round-off threshold)", fontsize=10)
 
     ax = axes[1]
-    width = 0.16
+    width = 0.8 / len(TRAINED)
     xs = np.arange(len(FACTORS))
-    for i, p in enumerate(ENCODINGS):
+    for i, p in enumerate(TRAINED):
         vals = [m[p][f"loss_{f}x"] for f in FACTORS]
-        ax.bar(xs + (i - 2) * width, vals, width, color=colors[p], label=p)
-    top = max(m[p][f"loss_{f}x"] for p in ENCODINGS for f in FACTORS)
-    bottom = min(m[p][f"loss_{f}x"] for p in ENCODINGS for f in FACTORS)
+        ax.bar(xs + (i - (len(TRAINED) - 1) / 2) * width, vals, width, color=colors[p], label=p)
+    top = max(m[p][f"loss_{f}x"] for p in TRAINED for f in FACTORS)
+    bottom = min(m[p][f"loss_{f}x"] for p in TRAINED for f in FACTORS)
     ax.set_ylim(bottom - 0.1, top + 0.1)
     ax.set_xticks(xs, [f"{f}x ({f * T} chars)" for f in FACTORS])
     ax.set_ylabel("validation loss (nats / char)")
@@ -231,7 +243,7 @@ def plot(numbers: dict, path: str):
 
     ax = axes[2]
     bin_size = 8
-    for p in ENCODINGS:
+    for p in TRAINED:
         by_pos = np.asarray(m[p]["by_position"])
         binned = by_pos.reshape(-1, bin_size).mean(axis=1)
         centers = np.arange(len(binned)) * bin_size + bin_size / 2

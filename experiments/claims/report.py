@@ -15,7 +15,7 @@ import os
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def render(records: list[dict], figures_from: str) -> str:
+def render(records: list[dict], figures_from: str, full: list[dict] = (), full_figures_from: str = "") -> str:
     lines = [
         "# The Transformer claims lab: report",
         "",
@@ -23,6 +23,7 @@ def render(records: list[dict], figures_from: str) -> str:
         "run everything again with `python experiments/claims/run_all.py`. Each section is one experiment:",
         "the claim, the setup, what was measured, and whether it supports the claim. Times are the wall clock of",
         "the recorded run on the machine its section names; a run that shared its CPU with other jobs took longer.",
+        f"The {len(records)} records below took {sum(r['seconds'] for r in records) / 60:.0f} minutes in all.",
         "",
         "| # | experiment | verdict | time | size |",
         "|---|---|---|---:|---|",
@@ -46,21 +47,48 @@ def render(records: list[dict], figures_from: str) -> str:
             "",
             f"![{r['name']}]({figure})",
         ]
+    if full:
+        lines += [
+            "",
+            '<a id="full"></a>',
+            "## Runs at the --full size",
+            "",
+            "Records in `experiments/claims/results_full/` (written by `run_all.py --full`, or by one script with "
+            "`--full --out experiments/claims/results_full`), on the machine each names.",
+            "",
+            "| experiment | verdict | time | machine |",
+            "|---|---|---:|---|",
+        ]
+        lines += [f"| {r['name']} | {r['verdict']} | {r['seconds']:.0f} s | {r['machine']} |" for r in full]
+        for r in full:
+            lines += [
+                "",
+                f"### {r['name']} (--full)",
+                "",
+                f"**Result.** {r['result']}",
+                "",
+                f"**Verdict: {r['verdict']}.**",
+                "",
+                f"![{r['name']} full]({os.path.join(full_figures_from, r['figure'])})",
+            ]
     return "\n".join(lines) + "\n"
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default=os.path.join(HERE, "results"))
+    parser.add_argument("--results_full", default=os.path.join(HERE, "results_full"))
     parser.add_argument("--out", default=os.path.join(HERE, "..", "REPORT.md"))
     args = parser.parse_args()
     paths = sorted(glob.glob(os.path.join(args.results, "*.json")))
     if not paths:
         raise SystemExit(f"No records in {args.results}: run experiments/claims/run_all.py first.")
     records = [json.load(open(p)) for p in paths]
-    figures_from = os.path.relpath(args.results, os.path.dirname(os.path.abspath(args.out)))
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    figures_from = os.path.relpath(args.results, out_dir)
+    full = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(args.results_full, "*.json")))]
     with open(args.out, "w") as f:
-        f.write(render(records, figures_from))
+        f.write(render(records, figures_from, full, os.path.relpath(args.results_full, out_dir)))
     print(f"Wrote {args.out} ({len(records)} experiments).")
 
 

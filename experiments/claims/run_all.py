@@ -2,7 +2,7 @@
 
 python experiments/claims/run_all.py                 # default sizes: a 2-core CPU
 python experiments/claims/run_all.py --only 01,05    # some of them
-python experiments/claims/run_all.py --full          # accelerator sizes
+python experiments/claims/run_all.py --full          # accelerator sizes, recorded in results_full/
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ def main():
     failed = []
     for script in scripts:
         print(f"== {os.path.basename(script)}", flush=True)
-        if subprocess.run([sys.executable, script, *(["--full"] if args.full else [])]).returncode:
+        # Full-size records go to their own folder: they never replace the default (CPU) ones.
+        extra = ["--full", "--out", os.path.join(HERE, "results_full")] if args.full else []
+        if subprocess.run([sys.executable, script, *extra]).returncode:
             failed.append(os.path.basename(script))
     subprocess.run([sys.executable, os.path.join(HERE, "report.py")], check=True)
     if failed:
