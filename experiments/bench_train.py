@@ -4,7 +4,7 @@
     python experiments/bench_train.py --config experiments/configs/shakespeare_char.py --steps 20
     python experiments/bench_train.py --smoke                           # tiny sizes, seconds
     python experiments/bench_train.py --wide                            # d_model 512, 8 layers, context 256
-    python experiments/bench_train.py --scan_layers --remat full        # layer scan, rematerialised blocks
+    python experiments/bench_train.py --no-scan_layers --remat none     # the plain loop of blocks
     python experiments/bench_train.py --profile /tmp/trace              # + where the step's time goes
 
 MFU = model FLOPs per step / step time / peak FLOP/s, where
@@ -62,8 +62,10 @@ def main():
     parser.add_argument("--vocab_size", type=int, default=65, help="tiny Shakespeare has 65 characters")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--wide", action="store_true", help="d_model 512, 8 layers, 8 heads, d_ff 2048, context 256")
-    parser.add_argument("--scan_layers", action="store_true")
-    parser.add_argument("--remat", default="none", help="ModelConfig.remat: none | full | dots | dots_no_batch")
+    parser.add_argument(
+        "--scan_layers", action=argparse.BooleanOptionalAction, default=None, help="default: the config's setting"
+    )
+    parser.add_argument("--remat", help="ModelConfig.remat: none | full | dots | dots_no_batch (default: the config's)")
     parser.add_argument("--profile", help="trace 10 more steps with jax.profiler into this folder and summarize")
     parser.add_argument("--json", help="also write the result to this file")
     args = parser.parse_args()
@@ -75,7 +77,11 @@ def main():
     if args.smoke:
         config.model.update(num_layers=1, d_model=32, d_ff=64, num_heads=2)
         config.data.seq_len, config.batch_size, args.steps, args.rounds = 16, 2, 4, 2
-    config.model.scan_layers, config.model.remat = args.scan_layers, args.remat
+    if args.scan_layers is not None:
+        config.model.scan_layers = args.scan_layers
+    if args.remat is not None:
+        config.model.remat = args.remat
+    scan_layers, remat = config.model.get("scan_layers", False), config.model.get("remat", "none")
 
     model_cfg = build_model_config(config, {"vocab_size": args.vocab_size, "max_len": config.data.seq_len})
     model, schedule, optimizer = build(config, model_cfg)
@@ -124,8 +130,8 @@ def main():
     peak = statistics.median(p for _, p in rounds)
     result = {
         "config": config.name,
-        "scan_layers": args.scan_layers,
-        "remat": args.remat,
+        "scan_layers": scan_layers,
+        "remat": remat,
         "params": params,
         "layers": L,
         "d_model": D,
@@ -147,7 +153,7 @@ def main():
         "profile": profile,
     }
     print(json.dumps({k: v for k, v in result.items() if k != "profile"}, indent=1))
-    options = f"scan={args.scan_layers} remat={args.remat}"
+    options = f"scan={scan_layers} remat={remat}"
     print(
         f"\n| {config.name} | {options} | {params:,} | {B}x{T} | {compile_s:.1f} s | {temp_bytes / 2**20:.1f} MiB | "
         f"{result['step_ms']:.1f} ms | {result['tokens_per_s']:.0f} | "

@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
 from jaxformer.ops import _checks
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+
+
+@jax.custom_jvp
+def _gelu_tanh(x):
+    return 0.5 * x * (1.0 + jnp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3)))
+
+
+@_gelu_tanh.defjvp
+def _gelu_tanh_jvp(primals, tangents):
+    """d/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2),  t = tanh(sqrt(2/pi)(x + 0.044715 x^3)).
+
+    Written by hand so that the backward pass keeps this one derivative per element and multiplies by it, where
+    autodiff of the formula keeps t and x and rebuilds the derivative in the backward pass (the CPU train step of
+    shakespeare_char_cpu: 4% faster, experiments/ablate_train_cpu.py).
+    """
+    (x,), (dx,) = primals, tangents
+    t = jnp.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x**3))
+    y = 0.5 * x * (1.0 + t)
+    slope = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * x * x)
+    return y, slope * dx
 
 
 def relu(x) -> jax.Array:
@@ -18,7 +41,7 @@ def relu(x) -> jax.Array:
 def gelu(x, *, approximate: bool = True) -> jax.Array:
     """GELU(x) = x * Phi(x). `approximate=True` is the tanh form used by GPT-2,
     0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); `approximate=False` is the exact erf form (BERT)."""
-    return jax.nn.gelu(x, approximate=approximate)
+    return _gelu_tanh(x) if approximate else jax.nn.gelu(x, approximate=False)
 
 
 def silu(x) -> jax.Array:

@@ -2,10 +2,42 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from jaxformer.ops import _checks
+
+
+def _standardize_primal(xf, epsilon: float, center: bool):
+    xc = xf - jnp.mean(xf, axis=-1, keepdims=True) if center else xf
+    rstd = jax.lax.rsqrt(jnp.mean(jnp.square(xc), axis=-1, keepdims=True) + epsilon)
+    return xc * rstd, rstd
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def _standardize(xf, epsilon: float, center: bool):
+    """x_hat = (x - mean(x)) / sqrt(var(x) + epsilon) over the last axis (center=False: x / rms(x)), float32.
+
+    The derivative is written by hand (as jax.nn.softmax's is): with r = 1 / sqrt(var + epsilon),
+
+        d x_hat = r * (dc - x_hat * mean(x_hat * dc)),   dc = dx - mean(dx)   (dc = dx without centring)
+
+    so reverse mode keeps only x_hat and r and runs the textbook LayerNorm backward: two row reductions and one
+    fused element-wise pass, instead of the chain of reductions that differentiating mean / var / rsqrt gives
+    (the CPU train step of shakespeare_char_cpu: 10% faster, experiments/ablate_train_cpu.py).
+    """
+    return _standardize_primal(xf, epsilon, center)[0]
+
+
+@_standardize.defjvp
+def _standardize_jvp(epsilon, center, primals, tangents):
+    (xf,), (dx,) = primals, tangents
+    x_hat, rstd = _standardize_primal(xf, epsilon, center)
+    if center:
+        dx = dx - jnp.mean(dx, axis=-1, keepdims=True)
+    return x_hat, rstd * (dx - x_hat * jnp.mean(x_hat * dx, axis=-1, keepdims=True))
 
 
 def _check_param(name: str, p, dim: int):
@@ -35,11 +67,7 @@ def layer_norm(x, scale=None, bias=None, *, epsilon: float = 1e-5) -> jax.Array:
     _checks.check_floating("x", x)
     dim = x.shape[-1]
     scale, bias = _check_param("scale", scale, dim), _check_param("bias", bias, dim)
-    xf = x.astype(jnp.float32)
-    mean = jnp.mean(xf, axis=-1, keepdims=True)
-    centered = xf - mean
-    var = jnp.mean(jnp.square(centered), axis=-1, keepdims=True)
-    y = centered * jax.lax.rsqrt(var + epsilon)
+    y = _standardize(x.astype(jnp.float32), float(epsilon), True)
     if scale is not None:
         y = y * scale
     if bias is not None:
@@ -62,8 +90,7 @@ def rms_norm(x, scale=None, *, epsilon: float = 1e-6) -> jax.Array:
     x = _checks.check_array("x", x)
     _checks.check_floating("x", x)
     scale = _check_param("scale", scale, x.shape[-1])
-    xf = x.astype(jnp.float32)
-    y = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=-1, keepdims=True) + epsilon)
+    y = _standardize(x.astype(jnp.float32), float(epsilon), False)
     if scale is not None:
         y = y * scale
     return y.astype(x.dtype)

@@ -42,6 +42,20 @@ def test_gelu_default_is_tanh_form_and_differs_from_exact():
     assert np.abs(np_gelu_tanh(X) - np_gelu_erf(X)).max() > 1e-4  # so the two tests above can tell them apart
 
 
+@pytest.mark.parametrize(("approximate", "reference"), [(True, np_gelu_tanh), (False, np_gelu_erf)])
+def test_gelu_derivative_matches_float64_central_differences(approximate, reference):
+    """The tanh form's hand-written derivative (a custom JVP) in reverse and forward mode, and under jit."""
+    eps = 1e-6
+    expected = (reference(X.astype(np.float64) + eps) - reference(X.astype(np.float64) - eps)) / (2 * eps)
+    fn = lambda x: activations.gelu(x, approximate=approximate)
+    # atol: in float32, 0.5 (1 + t) and the second term cancel in the tails, where t = tanh(...) is -1 to within a
+    # few ulps (autodiff of jax.nn.gelu has the same ~5e-6 there, depending on XLA's tanh).
+    grad = jax.jit(jax.vmap(jax.grad(fn)))(X)
+    np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-5)
+    _, tangent = jax.jvp(fn, (X,), (np.ones_like(X),))
+    np.testing.assert_allclose(tangent, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_silu():
     np.testing.assert_allclose(activations.silu(X), np_silu(X), rtol=1e-5, atol=1e-6)
 

@@ -129,3 +129,50 @@ def test_layer_norm_wrong_bias_shape_raises():
 def test_integer_x_raises(norm):
     with pytest.raises(TypeError, match="`x`"):
         norm(np.ones((2, 4), np.int32))
+
+
+def numerical_grad(f, x, eps=1e-6):
+    """Central differences of a float64 NumPy scalar function."""
+    x = np.asarray(x, np.float64)
+    grad = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        step = np.zeros_like(x)
+        step[i] = eps
+        grad[i] = (f(x + step) - f(x - step)) / (2 * eps)
+    return grad
+
+
+@pytest.mark.parametrize("norm", ["layer_norm", "rms_norm"])
+def test_gradients_match_float64_finite_differences(norm):
+    """The hand-written derivative (ops/norms.py) against central differences of the float64 reference, for the
+    input, the scale and the bias, with a random cotangent."""
+    x, scale, bias = normal(0, (2, 3, 16)), normal(1, (16,), loc=1.0), normal(2, (16,))
+    w = normal(3, (2, 3, 16))
+    if norm == "layer_norm":
+        ours = lambda x, s, b: jnp.sum(norms.layer_norm(x, s, b) * w)
+        ref = lambda x, s, b: float(np.sum(np_layer_norm(x, s, b) * w))
+    else:
+        ours = lambda x, s, b: jnp.sum(norms.rms_norm(x, s) * w) + 0.0 * jnp.sum(b)
+        ref = lambda x, s, b: float(np.sum(np_rms_norm(x, s) * w))
+    grads = jax.jit(jax.grad(ours, argnums=(0, 1, 2)))(x, scale, bias)
+    expected = (
+        numerical_grad(lambda v: ref(v, scale, bias), x),
+        numerical_grad(lambda v: ref(x, v, bias), scale),
+        numerical_grad(lambda v: ref(x, scale, v), bias),
+    )
+    for got, want in zip(grads, expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("norm", ["layer_norm", "rms_norm"])
+def test_forward_mode_and_second_derivatives_work(norm):
+    """The custom JVP serves jax.jvp and nested differentiation too, not only jax.grad."""
+    fn = getattr(norms, norm)
+    x, v = normal(4, (3, 8)), normal(5, (3, 8))
+    ref = np_layer_norm if norm == "layer_norm" else np_rms_norm
+    eps = 1e-6
+    expected = (ref(x.astype(np.float64) + eps * v) - ref(x.astype(np.float64) - eps * v)) / (2 * eps)
+    _, tangent = jax.jvp(fn, (x,), (v,))
+    np.testing.assert_allclose(tangent, expected, rtol=1e-4, atol=1e-5)
+    hvp = jax.grad(lambda x: jnp.vdot(jax.grad(lambda y: jnp.sum(fn(y) ** 3))(x), v))(x)
+    assert np.all(np.isfinite(hvp)) and np.any(hvp != 0)

@@ -46,7 +46,8 @@ def setup(corpus: str, mesh_arg: str, steps: int):
     config.data.update(source="text_file", path=corpus, seq_len=16)
     # Per-device modes draw the same dropout stream on every device, so they are compared without dropout.
     dropout = 0.0 if mode else 0.1
-    config.model.update(num_layers=2, num_heads=4, d_model=32, d_ff=64, dropout_rate=dropout)
+    # The looped stack: SPOT_CHECK above names layer 0's parameters (the recipe itself scans its layers).
+    config.model.update(num_layers=2, num_heads=4, d_model=32, d_ff=64, dropout_rate=dropout, scan_layers=False)
     config.update(batch_size=8, warmup_steps=2, num_steps=steps)
     task = make_task(config)
     model_cfg = task.model_config()
