@@ -649,7 +649,9 @@ from jaxformer.training.loop import build_optimizer
 from jaxformer.training.tasks import make_task
 
 config = load_config(ROOT / "experiments" / "configs" / "shakespeare_char_cpu.py")
-config.model.update(d_model=D_MODEL, num_layers=NUM_LAYERS, num_heads=NUM_HEADS, d_ff=4 * D_MODEL)
+# A Python loop of layers, so that each layer's weights are their own 2-D arrays below (the recipe scans its layers:
+# one [L, ...] array per weight, whose layer axis is never sharded).
+config.model.update(d_model=D_MODEL, num_layers=NUM_LAYERS, num_heads=NUM_HEADS, d_ff=4 * D_MODEL, scan_layers=False)
 config.data.seq_len = SEQ_LEN
 config.update(batch_size=BATCH_SIZE, num_steps=STEPS + CONTINUE_STEPS, warmup_steps=0)
 task = make_task(config)  # tiny Shakespeare, the char tokenizer, the batcher

@@ -97,6 +97,9 @@ def lm_config(steps: int, **overrides):
     from jaxformer.training.defaults import load_config
 
     config = load_config(CPU_RECIPE)
+    # The plain loop of layers: the experiments read per-layer internals (attention maps, per-layer gradients) and
+    # their records were taken with it (the recipe itself now scans and rematerialises its layers for speed).
+    config.model.update(scan_layers=False, remat="none")
     config.update(num_steps=steps, log_every=max(1, steps // 20), eval_every=steps, checkpoint_every=steps)
     config.warmup_steps = min(config.warmup_steps, steps // 10)
     config.sample.num_tokens = 0
