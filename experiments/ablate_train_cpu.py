@@ -26,9 +26,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import platform
 import random
 import statistics
+import sys
 import time
 
 import jax
@@ -37,11 +39,13 @@ import numpy as np
 
 import jaxformer.ops as ops
 import jaxformer.ops.activations as activations
-from jaxformer.training.defaults import load_config
 from jaxformer.training.loop import build
 from jaxformer.training.state import create_train_state
 from jaxformer.training.steps import make_train_step
 from jaxformer.training.tasks import build_model_config
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_train import recipe_config  # experiments/ is not a package
 
 
 def layer_norm_autodiff(x, scale=None, bias=None, *, epsilon: float = 1e-5):
@@ -171,14 +175,9 @@ def main():
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--json")
     args = parser.parse_args()
-    config = load_config(args.config)
-    if args.wide:
-        config.name += "_wide"
-        config.model.update(num_layers=8, d_model=512, d_ff=2048, num_heads=8)
-        config.data.seq_len = 256
+    config = recipe_config(args.config, wide=args.wide, smoke=args.smoke)
     if args.smoke:
-        config.model.update(num_layers=1, d_model=32, d_ff=64, num_heads=2)
-        config.data.seq_len, config.batch_size, args.rounds, args.steps_per_round = 16, 2, 2, 2
+        args.rounds, args.steps_per_round = 2, 2
     B, T, vocab = config.batch_size, config.data.seq_len, 65
     rng = np.random.default_rng(0)
 

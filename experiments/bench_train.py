@@ -41,6 +41,20 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import trace_summary  # experiments/ is not a package
 
 
+def recipe_config(path: str, *, wide: bool = False, smoke: bool = False):
+    """The config at `path`; `wide`: d_model 512, 8 layers, 8 heads, d_ff 2048, context 256 (issue 6 of 6's wider
+    recipe); `smoke`: one tiny layer, context 16, batch 2."""
+    config = load_config(path)
+    if wide:
+        config.name += "_wide"
+        config.model.update(num_layers=8, d_model=512, d_ff=2048, num_heads=8)
+        config.data.seq_len = 256
+    if smoke:
+        config.model.update(num_layers=1, d_model=32, d_ff=64, num_heads=2)
+        config.data.seq_len, config.batch_size = 16, 2
+    return config
+
+
 def matmul_flops_per_s(n: int = 2048, rounds: int = 5) -> float:
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
@@ -69,14 +83,9 @@ def main():
     parser.add_argument("--profile", help="trace 10 more steps with jax.profiler into this folder and summarize")
     parser.add_argument("--json", help="also write the result to this file")
     args = parser.parse_args()
-    config = load_config(args.config)
-    if args.wide:
-        config.name += "_wide"
-        config.model.update(num_layers=8, d_model=512, d_ff=2048, num_heads=8)
-        config.data.seq_len = 256
+    config = recipe_config(args.config, wide=args.wide, smoke=args.smoke)
     if args.smoke:
-        config.model.update(num_layers=1, d_model=32, d_ff=64, num_heads=2)
-        config.data.seq_len, config.batch_size, args.steps, args.rounds = 16, 2, 4, 2
+        args.steps, args.rounds = 4, 2
     if args.scan_layers is not None:
         config.model.scan_layers = args.scan_layers
     if args.remat is not None:

@@ -48,3 +48,12 @@ def test_bench_gpu_smoke_runs_every_part_on_cpu(tmp_path):
     result = json.loads((tmp_path / "gpu.json").read_text())
     assert {"peak", "attention", "train", "decode"} <= set(result), out
     assert "cuDNN" in out  # on CPU the cuDNN rows record jax's error instead of a time
+
+
+@pytest.mark.slow
+def test_ablate_train_cpu_smoke_times_each_variant(tmp_path):
+    variants = "baseline,before,scan_remat_dots_no_batch,no_gelu"
+    run_script("experiments/ablate_train_cpu.py", "--smoke", "--variants", variants, "--json", str(tmp_path / "a.json"))
+    result = json.loads((tmp_path / "a.json").read_text())
+    assert list(result["variants"]) == variants.split(",")
+    assert result["variants"]["baseline"]["ratio"] == 1.0 and result["variants"]["before"]["step_ms"] > 0
