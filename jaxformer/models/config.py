@@ -30,7 +30,7 @@ class ModelConfig:
     Core: `vocab_size` (V; 0 for ViT), `num_layers` (L; the encoder's in an encoder-decoder), `d_model` (D),
     `num_heads` (N), `d_ff` (F), `max_len` (longest sequence; size of the learned position table).
     Attention: `num_kv_heads` (K, default N), `head_dim` (H, default D / N), `qk_norm`, `sliding_window`,
-    `attention_impl` (auto | xla | blockwise | jax_nn | cudnn; nn/attention_dispatch.py), `rope_base`.
+    `attention_impl` (auto | xla | blockwise | jax_nn | cudnn | pallas; nn/attention_dispatch.py), `rope_base`.
     Residual blocks: `norm` (layernorm | rmsnorm | batchnorm), `norm_position` (pre: x + f(norm(x)); post:
     norm(x + f(x)), the original paper and BERT), `norm_epsilon`, `activation` (relu | gelu | gelu_exact | silu |
     swiglu ...), `use_bias`, `dropout_rate` (sublayer outputs and embeddings), `attention_dropout_rate`.
@@ -128,8 +128,11 @@ class ModelConfig:
             raise ValueError(
                 f"ModelConfig.image_size={self.image_size} must be a multiple of patch_size={self.patch_size}."
             )
-        if self.attention_impl == "blockwise" and self.positional == "alibi":
-            raise ValueError("attention_impl='blockwise' takes no bias; use positional='rope' or attention_impl='xla'.")
+        if self.attention_impl in ("blockwise", "pallas") and self.positional == "alibi":
+            raise ValueError(
+                f"attention_impl={self.attention_impl!r} takes no bias (ALiBi is one); use positional='rope' or "
+                "attention_impl='xla'."
+            )
         # Accept dtype names ("bfloat16") and keep the field hashable.
         object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
         object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype))

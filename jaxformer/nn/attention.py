@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -30,8 +32,10 @@ class MultiHeadAttention(nnx.Module):
     `implementation="xla"` (jaxformer's dense path),
     `"blockwise"` (O(T) memory; masks given structurally), `"jax_nn"` (`jax.nn.dot_product_attention` with its
     default backend), `"cudnn"` (the same call with `implementation="cudnn"`: cuDNN flash attention on NVIDIA
-    GPUs, bf16/fp16 only; jax raises on other backends) or `"auto"` (the best of these that supports the call on
-    this backend); the table of what each supports is in nn/attention_dispatch.py.
+    GPUs, bf16/fp16 only; jax raises on other backends), `"pallas"` (jax's Pallas TPU splash kernel through
+    `ops.splash_attention`; T and S multiples of 128; off TPU it runs in the Pallas interpreter) or `"auto"`
+    (the best of these that supports the call on this backend); the table of what each supports is in
+    nn/attention_dispatch.py.
 
     KV cache: `init_cache(batch_size, max_len)` allocates `[B, max_len, K, H]` key and value buffers and a
     per-example index. Each call with `decode=True` appends its T tokens at the index and attends causally over
@@ -223,14 +227,15 @@ class MultiHeadAttention(nnx.Module):
             self.implementation,
             dtype=q.dtype,
             head_dim=self.head_dim,
-            seq_len=max(q.shape[1], k.shape[1]),
+            q_len=q.shape[1],
+            kv_len=k.shape[1],
             has_mask=mask is not None,
             has_bias=bias is not None,
             sliding_window=self.sliding_window,
             dropout=use_dropout,
             decode=decode,
         )
-        if self.sliding_window is not None and implementation != "blockwise" and not decode:
+        if self.sliding_window is not None and implementation not in ("blockwise", "pallas") and not decode:
             # (decoding's cache mask has the window already; blockwise takes it structurally)
             window = ops.sliding_window_mask(q.shape[1], k.shape[1], window=self.sliding_window, causal=is_causal)
             mask = ops.combine_masks(mask, window)
@@ -255,7 +260,16 @@ class MultiHeadAttention(nnx.Module):
             )
         if mask is not None or bias is not None:
             raise ValueError(
-                "implementation='blockwise' takes its mask structurally (is_causal); "
-                "an array mask or an ALiBi bias needs implementation='xla'."
+                f"implementation={implementation!r} takes its mask structurally (is_causal, sliding_window); "
+                "an array mask (padding, packed segments) or an ALiBi bias needs implementation='xla'."
             )
+        if implementation == "pallas":
+            interpret = jax.default_backend() != "tpu"
+            if interpret:
+                warnings.warn(
+                    f"implementation='pallas' on {jax.default_backend()!r} runs the TPU splash kernel in the Pallas "
+                    "interpreter: correct but slow, for tests. Use 'auto' or 'xla' to train here.",
+                    stacklevel=2,
+                )
+            return ops.splash_attention(q, k, v, is_causal=is_causal, window=self.sliding_window, interpret=interpret)
         return ops.blockwise_attention(q, k, v, is_causal=is_causal, window=self.sliding_window)

@@ -6,14 +6,22 @@
     jax_nn          jax.nn.dot_product_attention, default backend      any            yes   yes  -> xla   -> xla
     cudnn           jax.nn.dot_product_attention(implementation=       any            yes   yes  -> xla   -> xla
                     "cudnn"): flash attention, NVIDIA GPU, bf16/fp16
+    pallas          ops.splash_attention: jax's Pallas TPU splash      causal/window  no    yes  -> xla   -> xla
+                    kernel; T, S multiples of 128; off TPU it runs
+                    in the Pallas interpreter (slow, with a warning)
+
+"masks" is what the layer can hand the kernel: "any" takes array masks (padding, packing's segment mask, sparse
+patterns); "causal/window" only `is_causal` and `sliding_window`, so an array mask or an ALiBi bias given to an
+explicit `blockwise` / `pallas` raises a ValueError that says to use `xla`. (The functional `ops.blockwise_attention`
+and `ops.splash_attention` also take segment ids directly.)
 
 `auto` picks `cudnn` on a GPU when the call is bf16 / fp16 with head_dim <= 128 (a multiple of 8), no array mask,
-no bias and no sliding window; `blockwise` on a CPU when the longer sequence has >= `BLOCKWISE_MIN_LEN` tokens and
-there is no array mask or bias; `xla` otherwise.
+no bias and no sliding window; `pallas` on a TPU when there is no array mask or bias and both lengths are multiples
+of 128; `blockwise` on a CPU when the longer sequence has >= `BLOCKWISE_MIN_LEN` tokens and there is no array mask
+or bias; `xla` otherwise.
 
-"-> xla": dropout on attention weights and cached decoding always take the dense path. A TPU runs `xla` under `auto`:
-jaxformer does not wrap the Pallas TPU flash / splash kernels yet. The choice is made while tracing, from static
-facts (backend, dtype, shapes, which masks are given), so it costs nothing at run time.
+"-> xla": dropout on attention weights and cached decoding always take the dense path. The choice is made while
+tracing, from static facts (backend, dtype, shapes, which masks are given), so it costs nothing at run time.
 """
 
 from __future__ import annotations
@@ -21,7 +29,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("auto", "xla", "blockwise", "jax_nn", "cudnn")
+IMPLEMENTATIONS = ("auto", "xla", "blockwise", "jax_nn", "cudnn", "pallas")
+PALLAS_TILE = 128  # ops.splash_attention needs both lengths to be multiples of this
 BLOCKWISE_MIN_LEN = 2048  # on CPU blockwise was 2.5x faster than dense at T=4096 and slower at T=256 (BENCHMARKS.md)
 
 
@@ -30,7 +39,8 @@ def choose(
     *,
     dtype,
     head_dim: int,
-    seq_len: int,
+    q_len: int,
+    kv_len: int,
     has_mask: bool,
     has_bias: bool,
     sliding_window: int | None,
@@ -38,7 +48,7 @@ def choose(
     decode: bool,
     backend: str | None = None,
 ) -> str:
-    """The kernel that runs ("xla", "blockwise", "jax_nn" or "cudnn") for a requested `implementation`."""
+    """The kernel that runs ("xla", "blockwise", "jax_nn", "cudnn" or "pallas") for a requested `implementation`."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation={implementation!r}; choose one of {IMPLEMENTATIONS}.")
     if dropout or decode:
@@ -56,6 +66,8 @@ def choose(
         and sliding_window is None
     ):
         return "cudnn"
-    if backend == "cpu" and seq_len >= BLOCKWISE_MIN_LEN and structural:
+    if backend == "tpu" and structural and q_len % PALLAS_TILE == 0 and kv_len % PALLAS_TILE == 0:
+        return "pallas"
+    if backend == "cpu" and max(q_len, kv_len) >= BLOCKWISE_MIN_LEN and structural:
         return "blockwise"
     return "xla"

@@ -25,6 +25,7 @@ from jaxformer.ops.masks import (
 )
 from jaxformer.ops.norms import layer_norm, rms_norm
 from jaxformer.ops.positions import alibi_bias, alibi_slopes, apply_rope, sinusoidal_positions
+from jaxformer.ops.splash import splash_attention
 
 __all__ = [
     "ACTIVATIONS",
@@ -53,6 +54,7 @@ __all__ = [
     "silu",
     "sinusoidal_positions",
     "sliding_window_mask",
+    "splash_attention",
     "split_heads",
     "swiglu",
 ]

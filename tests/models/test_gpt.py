@@ -108,6 +108,9 @@ def test_bad_configs_and_inputs_raise_clear_errors():
         tiny(num_kv_heads=3)
     with pytest.raises(ValueError, match="positional='relative'; choose one of"):
         tiny(positional="relative")
+    for impl in ("blockwise", "pallas"):
+        with pytest.raises(ValueError, match=f"attention_impl='{impl}' takes no bias .* use positional='rope'"):
+            tiny(positional="alibi", attention_impl=impl)
     with pytest.raises(ValueError, match="Unknown ModelConfig variant 'gpt5'"):
         ModelConfig.variant("gpt5")
     with pytest.raises(ValueError, match=r"Unknown ModelConfig fields \['d_modle'\]"):

@@ -1,6 +1,7 @@
 """implementation="auto": which kernel runs for which call (nn/attention_dispatch.py), and that it computes the
 same attention as the dense path."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -12,7 +13,8 @@ from jaxformer.nn.attention_dispatch import BLOCKWISE_MIN_LEN, choose
 BASE = dict(
     dtype=jnp.bfloat16,
     head_dim=64,
-    seq_len=1024,
+    q_len=1024,
+    kv_len=1024,
     has_mask=False,
     has_bias=False,
     sliding_window=None,
@@ -33,14 +35,20 @@ BASE = dict(
         ("gpu", {"has_bias": True}, "xla"),
         ("gpu", {"sliding_window": 128}, "xla"),
         ("cpu", {}, "xla"),
-        ("cpu", {"seq_len": BLOCKWISE_MIN_LEN}, "blockwise"),
-        ("cpu", {"seq_len": BLOCKWISE_MIN_LEN, "sliding_window": 128}, "blockwise"),
-        ("cpu", {"seq_len": BLOCKWISE_MIN_LEN, "has_bias": True}, "xla"),
-        ("cpu", {"seq_len": BLOCKWISE_MIN_LEN, "has_mask": True}, "xla"),
-        ("tpu", {}, "xla"),  # the Pallas TPU kernels are not wrapped yet
+        ("cpu", {"kv_len": BLOCKWISE_MIN_LEN}, "blockwise"),  # cross-attention: the longer length counts
+        ("cpu", {"q_len": BLOCKWISE_MIN_LEN, "kv_len": BLOCKWISE_MIN_LEN, "sliding_window": 128}, "blockwise"),
+        ("cpu", {"q_len": BLOCKWISE_MIN_LEN, "has_bias": True}, "xla"),
+        ("cpu", {"q_len": BLOCKWISE_MIN_LEN, "has_mask": True}, "xla"),
+        ("tpu", {}, "pallas"),
+        ("tpu", {"dtype": jnp.float32, "sliding_window": 128}, "pallas"),
+        ("tpu", {"q_len": 1000}, "xla"),  # the splash kernel tiles by 128
+        ("tpu", {"kv_len": 200}, "xla"),
+        ("tpu", {"has_mask": True}, "xla"),
+        ("tpu", {"has_bias": True}, "xla"),
+        ("tpu", {"dropout": True}, "xla"),
         ("gpu", {"dropout": True}, "xla"),
         ("gpu", {"decode": True}, "xla"),
-        ("cpu", {"seq_len": BLOCKWISE_MIN_LEN, "decode": True}, "xla"),
+        ("cpu", {"q_len": BLOCKWISE_MIN_LEN, "decode": True}, "xla"),
     ],
 )
 def test_auto_picks_the_kernel_the_table_says(backend, changes, want):
@@ -48,7 +56,7 @@ def test_auto_picks_the_kernel_the_table_says(backend, changes, want):
 
 
 def test_an_explicit_choice_is_kept_except_for_dropout_and_decoding():
-    for implementation in ("xla", "blockwise", "jax_nn", "cudnn"):
+    for implementation in ("xla", "blockwise", "jax_nn", "cudnn", "pallas"):
         assert choose(implementation, backend="cpu", **BASE) == implementation
         assert choose(implementation, backend="gpu", **{**BASE, "dropout": True}) == "xla"
     with pytest.raises(ValueError, match=r"implementation='flash'; choose one of \('auto', 'xla'"):
@@ -66,3 +74,44 @@ def test_auto_on_a_long_cpu_sequence_runs_blockwise_and_equals_dense(monkeypatch
     assert calls == [1]
     auto(x[:, :16], is_causal=True)  # a short sequence takes the dense path
     assert calls == [1]
+
+
+def _has_splash():
+    try:
+        import jax.experimental.pallas.ops.tpu.splash_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_splash = pytest.mark.skipif(not _has_splash(), reason="this jax has no Pallas splash kernel")
+
+
+@needs_splash
+@pytest.mark.parametrize("config", [dict(sliding_window=40), dict(num_kv_heads=1, positional="rope")])
+def test_pallas_layer_equals_the_dense_layer_values_and_gradients(config):
+    """implementation='pallas' runs ops.splash_attention (here in the Pallas interpreter, with a warning)."""
+    x = np.random.default_rng(1).normal(size=(2, 128, 16)).astype(np.float32)
+    build = lambda impl: nn.MultiHeadAttention(16, 2, implementation=impl, rngs=nnx.Rngs(0), **config)
+    dense, pallas = build("xla"), build("pallas")
+
+    def loss(model, x):
+        return jnp.sum(jnp.sin(model(x, is_causal=True)))
+
+    with pytest.warns(UserWarning, match="Pallas interpreter: correct but slow"):
+        got, got_grads = nnx.value_and_grad(loss, argnums=(0, 1))(pallas, x)
+    want, want_grads = nnx.value_and_grad(loss, argnums=(0, 1))(dense, x)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    np.testing.assert_allclose(got_grads[1], want_grads[1], rtol=1e-4, atol=1e-5)
+    got_params, want_params = nnx.state(got_grads[0], nnx.Param), nnx.state(want_grads[0], nnx.Param)
+    for g, w in zip(jax.tree.leaves(got_params), jax.tree.leaves(want_params), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_pallas_layer_refuses_an_array_mask_and_names_the_way_out():
+    layer = nn.MultiHeadAttention(16, 2, implementation="pallas", rngs=nnx.Rngs(0))
+    x = np.zeros((1, 128, 16), np.float32)
+    with pytest.raises(
+        ValueError, match=r"implementation='pallas' takes its mask structurally .* needs implementation='xla'"
+    ):
+        layer(x, mask=ops.causal_mask(128))

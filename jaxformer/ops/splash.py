@@ -1,0 +1,151 @@
+"""Splash attention: jax's Pallas TPU flash-attention kernel for structural masks, in jaxformer's BTNH layout.
+
+`jax.experimental.pallas.ops.tpu.splash_attention` ("sparse flash") is the TPU kernel MaxText trains with. Like
+`blockwise_attention` it never materialises the `[T, S]` logits and skips key blocks that a mask hides entirely,
+but each tile runs as one Pallas kernel on the TPU's matrix unit instead of as XLA ops. It computes
+
+    out[b, t, n] = sum_s softmax_s(scale * q[b, t, n] . k[b, s, n // G] + mask(t, s)) v[b, s, n // G]
+
+with the mask given structurally (causal, a sliding window, segment ids), never as an array. This wrapper turns
+BTNH into the kernel's per-example `[N, T, H]`, folds the logit scale into the query (the kernel applies none),
+builds the kernel once per static configuration, and maps it over the batch.
+
+On a machine without a TPU the same kernel runs through the Pallas interpreter (`interpret=True`): slow, but it
+executes the kernel's own block logic and its custom backward pass, which is how the tests check it on CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jaxformer.ops import _checks
+from jaxformer.ops.attention import _check_query_key, _check_value
+
+LANES = 128  # TPU vector lane width: the kernel's key blocks must be multiples of it
+
+
+def _splash_module():
+    """jax's splash package, imported on first use (it is experimental: a jax release may move it)."""
+    try:
+        from jax.experimental.pallas.ops.tpu import splash_attention
+    except ImportError as err:
+        raise ValueError(
+            f"jax {jax.__version__} has no Pallas splash kernel at jax.experimental.pallas.ops.tpu.splash_attention "
+            f"({err}); use dot_product_attention / blockwise_attention (implementation='xla' or 'blockwise')."
+        ) from err
+    return splash_attention
+
+
+def _tile(length: int, block_size: int) -> int:
+    """The largest multiple of LANES that divides `length` and is at most `block_size`."""
+    return next(b for b in range(min(block_size, length) // LANES * LANES, 0, -LANES) if length % b == 0)
+
+
+@functools.cache
+def _kernel(num_heads: int, q_len: int, kv_len: int, is_causal: bool, window, block: int, interpret: bool):
+    """The splash kernel for one static configuration (mask processing runs in NumPy; cached so it runs once)."""
+    splash = _splash_module()
+
+    shape = (q_len, kv_len)
+    if window is not None:  # LocalMask keeps keys s with  t - left <= s <= t + right
+        head_mask = splash.LocalMask(shape, window_size=(window - 1, 0 if is_causal else window - 1), offset=0)
+    elif is_causal:
+        head_mask = splash.CausalMask(shape)
+    else:
+        head_mask = splash.FullMask(shape)
+    bq, bkv = _tile(q_len, block), _tile(kv_len, block)
+    blocks = splash.BlockSizes(
+        block_q=bq,
+        block_kv=bkv,
+        block_kv_compute=bkv,
+        block_q_dkv=bq,
+        block_kv_dkv=bkv,
+        block_kv_dkv_compute=bkv,
+        block_q_dq=bq,
+        block_kv_dq=bkv,
+    )
+    mask = splash.MultiHeadMask([head_mask] * num_heads)
+    return splash.make_splash_mha(mask, block_sizes=blocks, head_shards=1, q_seq_shards=1, interpret=interpret)
+
+
+def splash_attention(
+    query,
+    key,
+    value,
+    *,
+    is_causal: bool = False,
+    window: int | None = None,
+    segment_ids=None,
+    scale: float | None = None,
+    block_size: int = 512,
+    interpret: bool = False,
+) -> jax.Array:
+    """Exact attention through jax's Pallas TPU splash kernel; equals `dot_product_attention` with the same mask.
+
+    Args:
+      query: `[B, T, N, H]`.
+      key: `[B, S, K, H]`, N a multiple of K (MHA, GQA, MQA).
+      value: `[B, S, K, Hv]`.
+      is_causal: query t sees keys s <= t (as `causal_mask(T, S)`).
+      window: sliding window (as `sliding_window_mask(T, S, window=window, causal=is_causal)`): query t sees keys
+        with `t - window < s <= t` when causal, `|t - s| < window` otherwise. Needs T <= S.
+      segment_ids: int `[B, T]` for self-attention (T == S): tokens attend only within equal ids (as
+        `segment_mask`; give padding its own id). Every query sees at least itself, so no row is empty.
+      scale: logit scale; defaults to `1 / sqrt(H)`.
+      block_size: most queries / keys per tile, a multiple of 128; each tile is the largest multiple of 128 up
+        to it that divides T (or S). T and S must be multiples of 128: pad, or use `dot_product_attention`.
+      interpret: run the kernel through the Pallas interpreter, on any backend (slow: for tests). Without it the
+        kernel compiles for TPU only.
+
+    Returns:
+      `[B, T, N, Hv]` in the query's dtype.
+
+    Not supported (use `dot_product_attention` or `blockwise_attention`): array masks, an additive bias, key
+    lengths, dropout on the weights, segment ids for cross-attention.
+    """
+    B, T, S, N, K, H = _check_query_key(query, key)
+    _check_value(value, query, key)
+    block_size = _checks.check_positive_int("block_size", block_size)
+    if not interpret and jax.default_backend() != "tpu":
+        raise ValueError(
+            f"splash_attention compiles a Pallas TPU kernel, and the default backend is "
+            f"{jax.default_backend()!r}. Pass interpret=True to run it through the Pallas interpreter (slow; for "
+            "tests), or use dot_product_attention / blockwise_attention."
+        )
+    if block_size % LANES:
+        raise ValueError(f"`block_size` must be a multiple of {LANES} (the TPU lane width); got {block_size}.")
+    for name, length in (("T (query length)", T), ("S (key length)", S)):
+        if length % LANES:
+            raise ValueError(
+                f"splash_attention needs {name} to be a multiple of {LANES} (the kernel's tiles are); got "
+                f"{length}. Pad the sequence, or use dot_product_attention."
+            )
+    if window is not None:
+        window = _checks.check_positive_int("window", window)
+        if T > S:
+            raise ValueError(f"A `window` needs T <= S (otherwise late queries see no key); got T={T}, S={S}.")
+    ids = None
+    if segment_ids is not None:
+        if T != S:
+            raise ValueError(f"`segment_ids` is for self-attention (T == S); got T={T}, S={S}.")
+        ids = _checks.check_array("segment_ids", segment_ids)
+        _checks.check_integer("segment_ids", ids)
+        if ids.shape != (B, T):
+            raise ValueError(f"`segment_ids` must have shape [B={B}, T={T}]; got {_checks.shape_str(ids.shape)}.")
+        ids = ids.astype(jnp.int32)
+
+    kernel = _kernel(N, T, S, bool(is_causal), window, block_size, bool(interpret))
+    scale = H**-0.5 if scale is None else scale
+    # [B, T, N, H] -> [B, N, T, H]: the kernel is written per example, heads first.
+    q_BNTH = jnp.swapaxes(query * jnp.asarray(scale, query.dtype), 1, 2)
+    k_BKSH, v_BKSH = jnp.swapaxes(key, 1, 2), jnp.swapaxes(value, 1, 2)
+    if ids is None:
+        out_BNTH = jax.vmap(kernel)(q_BNTH, k_BKSH, v_BKSH)
+    else:
+        out_BNTH = jax.vmap(lambda q, k, v, i: kernel(q, k, v, segment_ids=_splash_module().SegmentIds(q=i, kv=i)))(
+            q_BNTH, k_BKSH, v_BKSH, ids
+        )
+    return jnp.swapaxes(out_BNTH, 1, 2).astype(query.dtype)
