@@ -90,11 +90,8 @@ class GPT(nnx.Module):
             raise ValueError("decode=True takes neither segment_ids nor valid: the KV cache's index marks each length.")
         if decode and positions is None:
             positions = self.blocks.cache_index()[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]
-        mask = None
-        if segment_ids is not None:
-            mask = ops.segment_mask(segment_ids)
-        if valid is not None:
-            mask = ops.combine_masks(mask, ops.padding_mask(valid))
+        # Segment ids go to attention as they are: the structural kernels (blockwise, pallas) skip whole blocks.
+        mask = None if valid is None else ops.padding_mask(valid)
         x = self.embed(tokens, positions=positions, valid=valid)
-        x = self.blocks(x, mask=mask, valid=valid, positions=positions, decode=decode)
+        x = self.blocks(x, mask=mask, valid=valid, positions=positions, segment_ids=segment_ids, decode=decode)
         return self.head(apply_norm(self.final_norm, x, valid))

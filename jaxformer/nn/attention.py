@@ -149,6 +149,7 @@ class MultiHeadAttention(nnx.Module):
         mask: jax.Array | None = None,
         is_causal: bool = False,
         positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
         decode: bool = False,
     ) -> jax.Array:
         """x `[B, T, D]`; context `[B, S, Dc]` for cross-attention (None: self-attention).
@@ -156,6 +157,8 @@ class MultiHeadAttention(nnx.Module):
         mask: bool, broadcastable to `[B, N, T, S]` (True = may attend). is_causal: queries see keys at or before
         their own position. positions: int `[T]` or `[B, T]` query (and, for self-attention, key) positions for
         RoPE / ALiBi; defaults to `arange(T)`, or to the cache index onwards with `decode=True`.
+        segment_ids: int `[B, T]` for packed self-attention: tokens attend only within equal ids. The dense
+        kernels get it as `ops.segment_mask`; `blockwise` and `pallas` take it structurally (and skip blocks).
         decode: use and extend the KV cache (self-attention only; call `init_cache` first). Attention is then
         causal over the cache by construction, and `mask` is ANDed with it.
         """
@@ -167,6 +170,12 @@ class MultiHeadAttention(nnx.Module):
             raise ValueError("decode=True caches self-attention keys; for cross-attention compute the context once.")
         if cross and self.sliding_window is not None:
             raise ValueError("sliding_window is for self-attention; build cross-attention with sliding_window=None.")
+        if segment_ids is not None and (cross or decode):
+            raise ValueError(
+                "segment_ids is for packed self-attention; pass it neither with `context` nor decode=True."
+            )
+        if segment_ids is not None and jnp.shape(segment_ids) != (B, T):
+            raise ValueError(f"`segment_ids` must be [B={B}, T={T}]; got shape {tuple(jnp.shape(segment_ids))}.")
         if cross and self.positional != "none":
             raise ValueError(
                 f"positional={self.positional!r} is for self-attention; build cross-attention layers "
@@ -201,7 +210,7 @@ class MultiHeadAttention(nnx.Module):
             q_pos = positions if positions.ndim == 2 else jnp.broadcast_to(positions, (B, T))
             distance = jnp.abs(q_pos[:, None, :, None] - jnp.arange(S)[None, None, None, :]).astype(jnp.float32)
             bias = -jnp.asarray(ops.alibi_slopes(self.num_heads))[None, :, None, None] * distance
-        out = self._attend(q, k, v, mask=mask, bias=bias, is_causal=is_causal, decode=decode)
+        out = self._attend(q, k, v, mask=mask, bias=bias, segment_ids=segment_ids, is_causal=is_causal, decode=decode)
         out = jnp.einsum("BTNH,NHD->BTD", out, self.w_o[...].astype(self.dtype))
         return out if self.b_o is None else out + self.b_o[...].astype(self.dtype)
 
@@ -221,7 +230,7 @@ class MultiHeadAttention(nnx.Module):
             cache_mask = ops.sliding_window_mask(T, max_len, window=self.sliding_window, offset=offset)
         return self.cached_key[...], self.cached_value[...], ops.combine_masks(mask, cache_mask)
 
-    def _attend(self, q, k, v, *, mask, bias, is_causal, decode):
+    def _attend(self, q, k, v, *, mask, bias, segment_ids, is_causal, decode):
         use_dropout = self.dropout_rate > 0 and not self.deterministic
         implementation = attention_dispatch.choose(
             self.implementation,
@@ -231,14 +240,18 @@ class MultiHeadAttention(nnx.Module):
             kv_len=k.shape[1],
             has_mask=mask is not None,
             has_bias=bias is not None,
+            has_segments=segment_ids is not None,
             sliding_window=self.sliding_window,
             dropout=use_dropout,
             decode=decode,
         )
-        if self.sliding_window is not None and implementation not in ("blockwise", "pallas") and not decode:
-            # (decoding's cache mask has the window already; blockwise takes it structurally)
+        structural = implementation in ("blockwise", "pallas")  # these take the window and segments as arguments
+        if self.sliding_window is not None and not structural and not decode:
+            # (decoding's cache mask has the window already)
             window = ops.sliding_window_mask(q.shape[1], k.shape[1], window=self.sliding_window, causal=is_causal)
             mask = ops.combine_masks(mask, window)
+        if segment_ids is not None and not structural:
+            mask, segment_ids = ops.combine_masks(mask, ops.segment_mask(segment_ids)), None
         if implementation == "xla":
             rng = self.dropout_rngs() if use_dropout else None
             return ops.dot_product_attention(
@@ -271,5 +284,9 @@ class MultiHeadAttention(nnx.Module):
                     "interpreter: correct but slow, for tests. Use 'auto' or 'xla' to train here.",
                     stacklevel=2,
                 )
-            return ops.splash_attention(q, k, v, is_causal=is_causal, window=self.sliding_window, interpret=interpret)
-        return ops.blockwise_attention(q, k, v, is_causal=is_causal, window=self.sliding_window)
+            return ops.splash_attention(
+                q, k, v, is_causal=is_causal, window=self.sliding_window, segment_ids=segment_ids, interpret=interpret
+            )
+        return ops.blockwise_attention(
+            q, k, v, is_causal=is_causal, window=self.sliding_window, segment_ids=segment_ids
+        )

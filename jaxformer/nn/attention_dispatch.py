@@ -2,23 +2,23 @@
 
     implementation  kernel                                             masks          bias  GQA  dropout  decoding
     xla             ops.dot_product_attention (dense T x S scores)     any            yes   yes  yes      yes
-    blockwise       ops.blockwise_attention (O(T) memory)              causal/window  no    yes  -> xla   -> xla
+    blockwise       ops.blockwise_attention (O(T) memory)              structural     no    yes  -> xla   -> xla
     jax_nn          jax.nn.dot_product_attention, default backend      any            yes   yes  -> xla   -> xla
     cudnn           jax.nn.dot_product_attention(implementation=       any            yes   yes  -> xla   -> xla
                     "cudnn"): flash attention, NVIDIA GPU, bf16/fp16
-    pallas          ops.splash_attention: jax's Pallas TPU splash      causal/window  no    yes  -> xla   -> xla
+    pallas          ops.splash_attention: jax's Pallas TPU splash      structural     no    yes  -> xla   -> xla
                     kernel; T, S multiples of 128; off TPU it runs
                     in the Pallas interpreter (slow, with a warning)
 
-"masks" is what the layer can hand the kernel: "any" takes array masks (padding, packing's segment mask, sparse
-patterns); "causal/window" only `is_causal` and `sliding_window`, so an array mask or an ALiBi bias given to an
-explicit `blockwise` / `pallas` raises a ValueError that says to use `xla`. (The functional `ops.blockwise_attention`
-and `ops.splash_attention` also take segment ids directly.)
+"masks" is what the layer can hand the kernel: "any" takes array masks (padding, sparse patterns; packing's
+`segment_ids` become `ops.segment_mask`); "structural" takes `is_causal`, `sliding_window` and `segment_ids` as
+arguments and skips the blocks they hide, but no array mask, so an array mask or an ALiBi bias given to an explicit
+`blockwise` / `pallas` raises a ValueError that says to use `xla`.
 
 `auto` picks `cudnn` on a GPU when the call is bf16 / fp16 with head_dim <= 128 (a multiple of 8), no array mask,
-no bias and no sliding window; `pallas` on a TPU when there is no array mask or bias and both lengths are multiples
-of 128; `blockwise` on a CPU when the longer sequence has >= `BLOCKWISE_MIN_LEN` tokens and there is no array mask
-or bias; `xla` otherwise.
+no bias, no segment ids and no sliding window; `pallas` on a TPU when there is no array mask or bias and both
+lengths are multiples of 128; `blockwise` on a CPU when the longer sequence has >= `BLOCKWISE_MIN_LEN` tokens and
+there is no array mask or bias; `xla` otherwise.
 
 "-> xla": dropout on attention weights and cached decoding always take the dense path. The choice is made while
 tracing, from static facts (backend, dtype, shapes, which masks are given), so it costs nothing at run time.
@@ -46,6 +46,7 @@ def choose(
     sliding_window: int | None,
     dropout: bool,
     decode: bool,
+    has_segments: bool = False,
     backend: str | None = None,
 ) -> str:
     """The kernel that runs ("xla", "blockwise", "jax_nn", "cudnn" or "pallas") for a requested `implementation`."""
@@ -63,6 +64,7 @@ def choose(
         and head_dim <= 128
         and head_dim % 8 == 0
         and structural
+        and not has_segments
         and sliding_window is None
     ):
         return "cudnn"

@@ -134,9 +134,12 @@ class EncoderBlock(nnx.Module):
         mask: jax.Array | None = None,
         valid: jax.Array | None = None,
         positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
     ) -> jax.Array:
-        """x `[B, T, D]`; mask broadcastable to `[B, N, T, T]`; valid `[B, T]` (BatchNorm statistics only)."""
-        x = self.attention_residual(lambda h: self.attention(h, mask=mask, positions=positions), x, valid)
+        """x `[B, T, D]`; mask broadcastable to `[B, N, T, T]`; valid `[B, T]` (BatchNorm statistics only);
+        segment_ids int `[B, T]` (packed sequences; see MultiHeadAttention)."""
+        attend = lambda h: self.attention(h, mask=mask, positions=positions, segment_ids=segment_ids)
+        x = self.attention_residual(attend, x, valid)
         return self.ffn_residual(self.ffn, x, valid)
 
 
@@ -172,15 +175,19 @@ class DecoderBlock(nnx.Module):
         context_mask: jax.Array | None = None,
         valid: jax.Array | None = None,
         positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
         decode: bool = False,
     ) -> jax.Array:
         """x `[B, T, D]`; context `[B, S, Dc]` (needed iff the block has cross-attention); mask is ANDed with
-        the causal mask; context_mask broadcastable to `[B, N, T, S]`; valid `[B, T]` (BatchNorm only)."""
+        the causal mask; context_mask broadcastable to `[B, N, T, S]`; valid `[B, T]` (BatchNorm only);
+        segment_ids int `[B, T]` (packed sequences; see MultiHeadAttention)."""
         if (context is None) != (self.cross_attention is None):
             raise ValueError("DecoderBlock: pass `context` exactly when the block was built with cross_attention.")
 
         def self_attend(h):
-            return self.self_attention(h, mask=mask, is_causal=not decode, positions=positions, decode=decode)
+            return self.self_attention(
+                h, mask=mask, is_causal=not decode, positions=positions, segment_ids=segment_ids, decode=decode
+            )
 
         x = self.self_residual(self_attend, x, valid)
         if self.cross_attention is not None:

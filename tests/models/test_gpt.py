@@ -92,8 +92,9 @@ def test_scan_layers_equals_the_python_loop():
     np.testing.assert_allclose(scanned(TOKENS), looped(TOKENS), rtol=1e-5, atol=1e-5)
 
 
-def test_packed_segments_do_not_see_each_other():
-    model = GPT(tiny(positional="rope"), rngs=nnx.Rngs(0))
+@pytest.mark.parametrize("attention_impl", ["xla", "blockwise"])  # blockwise takes the segment ids structurally
+def test_packed_segments_do_not_see_each_other(attention_impl):
+    model = GPT(tiny(positional="rope", attention_impl=attention_impl, scan_layers=True), rngs=nnx.Rngs(0))
     segments = np.array([[0] * 5 + [1] * 6] * 2, np.int32)
     positions = np.array([list(range(5)) + list(range(6))] * 2, np.int32)
     packed = model(TOKENS, segment_ids=segments, positions=positions)

@@ -1,6 +1,8 @@
 """implementation="auto": which kernel runs for which call (nn/attention_dispatch.py), and that it computes the
 same attention as the dense path."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,6 +36,9 @@ BASE = dict(
         ("gpu", {"has_mask": True}, "xla"),
         ("gpu", {"has_bias": True}, "xla"),
         ("gpu", {"sliding_window": 128}, "xla"),
+        ("gpu", {"has_segments": True}, "xla"),
+        ("cpu", {"q_len": BLOCKWISE_MIN_LEN, "kv_len": BLOCKWISE_MIN_LEN, "has_segments": True}, "blockwise"),
+        ("tpu", {"has_segments": True}, "pallas"),
         ("cpu", {}, "xla"),
         ("cpu", {"kv_len": BLOCKWISE_MIN_LEN}, "blockwise"),  # cross-attention: the longer length counts
         ("cpu", {"q_len": BLOCKWISE_MIN_LEN, "kv_len": BLOCKWISE_MIN_LEN, "sliding_window": 128}, "blockwise"),
@@ -115,3 +120,32 @@ def test_pallas_layer_refuses_an_array_mask_and_names_the_way_out():
         ValueError, match=r"implementation='pallas' takes its mask structurally .* needs implementation='xla'"
     ):
         layer(x, mask=ops.causal_mask(128))
+
+
+@pytest.mark.parametrize("implementation", ["blockwise", pytest.param("pallas", marks=needs_splash)])
+def test_structural_kernels_take_segment_ids_and_equal_the_dense_segment_mask(implementation):
+    """Packed sequences: `segment_ids` reach blockwise / pallas as arguments and the dense path as a mask."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 128, 16)).astype(np.float32)
+    segment_ids = np.cumsum(rng.random((2, 128)) < 0.05, axis=1).astype(np.int32)
+    build = lambda impl: nn.MultiHeadAttention(16, 2, implementation=impl, positional="rope", rngs=nnx.Rngs(0))
+
+    def loss(model, x):
+        return jnp.sum(jnp.sin(model(x, is_causal=True, segment_ids=segment_ids)))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # pallas off TPU warns that it runs in the interpreter
+        got, got_dx = nnx.value_and_grad(loss, argnums=1)(build(implementation), x)
+    masked = lambda model, x: jnp.sum(jnp.sin(model(x, is_causal=True, mask=ops.segment_mask(segment_ids))))
+    want, want_dx = nnx.value_and_grad(masked, argnums=1)(build("xla"), x)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    np.testing.assert_allclose(got_dx, want_dx, rtol=1e-4, atol=1e-5)
+
+
+def test_segment_ids_are_checked():
+    layer = nn.MultiHeadAttention(16, 2, rngs=nnx.Rngs(0))
+    x = np.zeros((1, 8, 16), np.float32)
+    with pytest.raises(ValueError, match=r"`segment_ids` must be \[B=1, T=8\]; got shape \(1, 5\)"):
+        layer(x, segment_ids=np.zeros((1, 5), np.int32))
+    with pytest.raises(ValueError, match="segment_ids is for packed self-attention"):
+        layer(x, x, segment_ids=np.zeros((1, 8), np.int32))
