@@ -57,3 +57,29 @@ def test_ablate_train_cpu_smoke_times_each_variant(tmp_path):
     result = json.loads((tmp_path / "a.json").read_text())
     assert list(result["variants"]) == variants.split(",")
     assert result["variants"]["baseline"]["ratio"] == 1.0 and result["variants"]["before"]["step_ms"] > 0
+
+
+def test_matmul_ceiling_counts_every_dot_of_a_scanned_gradient():
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import jax
+    import jax.numpy as jnp
+    import matmul_ceiling_cpu
+
+    def loss(w, x):  # 3 layers in a scan: forward h @ w, backward dh @ w^T and h^T @ dh per layer
+        return jax.lax.scan(lambda h, w_l: (jnp.tanh(h @ w_l), None), x, w)[0].sum()
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss))(jnp.ones((3, 8, 8)), jnp.ones((4, 8))).jaxpr
+    dots = matmul_ceiling_cpu.collect_dots(jaxpr)
+    assert sum(dots.values()) == 9
+    assert {key[0] for key in dots} == {(4, 8)}  # every operand pair involves a [4, 8] activation
+    flops = sum(matmul_ceiling_cpu.dot_flops(k[0], k[2], k[4]) * n for k, n in dots.items())
+    assert flops == 9 * 2 * 4 * 8 * 8
+    batched = (((2,), (1,)), ((0,), (0,)))  # [B, T, H] . [B, H, S] -> [B, T, S]
+    assert matmul_ceiling_cpu.dot_flops((5, 3, 4), (5, 4, 7), batched) == 2 * 5 * 3 * 4 * 7
+
+
+@pytest.mark.slow
+def test_matmul_ceiling_smoke(tmp_path):
+    run_script("experiments/matmul_ceiling_cpu.py", "--smoke", "--json", str(tmp_path / "c.json"))
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert result["dots_per_step"] == sum(row["count"] for row in result["dots"]) and result["ceiling_mfu"] > 0
