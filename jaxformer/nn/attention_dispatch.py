@@ -1,27 +1,33 @@
 """Which attention kernel a `MultiHeadAttention` call runs: the one dispatch point behind `implementation`.
 
-    implementation  kernel                                             masks          bias  GQA  dropout  decoding
-    xla             ops.dot_product_attention (dense T x S scores)     any            yes   yes  yes      yes
-    blockwise       ops.blockwise_attention (O(T) memory)              structural     no    yes  -> xla   -> xla
-    jax_nn          jax.nn.dot_product_attention, default backend      any            yes   yes  -> xla   -> xla
-    cudnn           jax.nn.dot_product_attention(implementation=       any            yes   yes  -> xla   -> xla
-                    "cudnn"): flash attention, NVIDIA GPU, bf16/fp16
-    pallas          ops.splash_attention: jax's Pallas TPU splash      structural     no    yes  -> xla   -> xla
-                    kernel; T, S multiples of 128; off TPU it runs
+    implementation  kernel
+    xla             ops.dot_product_attention: dense T x S scores, any backend
+    blockwise       ops.blockwise_attention: O(T) memory, skips hidden blocks (jaxformer's own custom VJP)
+    jax_nn          jax.nn.dot_product_attention with its default backend
+    cudnn           jax.nn.dot_product_attention(implementation="cudnn"): flash attention, NVIDIA GPU, bf16/fp16
+    pallas          ops.splash_attention: jax's Pallas TPU splash kernel; T, S multiples of 128; off TPU it runs
                     in the Pallas interpreter (slow, with a warning)
 
-"masks" is what the layer can hand the kernel: "any" takes array masks (padding, sparse patterns; packing's
-`segment_ids` become `ops.segment_mask`); "structural" takes `is_causal`, `sliding_window` and `segment_ids` as
-arguments and skips the blocks they hide, but no array mask, so an array mask or an ALiBi bias given to an explicit
-`blockwise` / `pallas` raises a ValueError that says to use `xla`.
+    what the call has      xla   blockwise  jax_nn  cudnn  pallas
+    is_causal / window     yes   yes        yes     yes    yes      (blockwise / pallas skip hidden blocks)
+    segment_ids (packing)  mask  yes        mask    mask   yes      ("mask": passed as ops.segment_mask)
+    array mask (padding)   yes   error      yes     yes    error
+    bias (ALiBi)           yes   error      yes     yes    error
+    GQA / MQA              yes   yes        yes     yes    yes
+    attention dropout      yes   -> xla     -> xla  -> xla -> xla
+    KV-cache decoding      yes   -> xla     -> xla  -> xla -> xla
+
+"error": an explicit `blockwise` / `pallas` raises a ValueError that names the input and says to use `xla`
+(a model config with ALiBi and either of them is refused when it is built). "-> xla": dropout on the attention
+weights and cached decoding always take the dense path.
 
 `auto` picks `cudnn` on a GPU when the call is bf16 / fp16 with head_dim <= 128 (a multiple of 8), no array mask,
 no bias, no segment ids and no sliding window; `pallas` on a TPU when there is no array mask or bias and both
 lengths are multiples of 128; `blockwise` on a CPU when the longer sequence has >= `BLOCKWISE_MIN_LEN` tokens and
 there is no array mask or bias; `xla` otherwise.
 
-"-> xla": dropout on attention weights and cached decoding always take the dense path. The choice is made while
-tracing, from static facts (backend, dtype, shapes, which masks are given), so it costs nothing at run time.
+The choice is made while tracing, from static facts (backend, dtype, shapes, which masks are given), so it costs
+nothing at run time.
 """
 
 from __future__ import annotations
