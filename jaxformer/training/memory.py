@@ -8,8 +8,17 @@ following Korthikanti et al. 2022 ("Reducing activation recomputation", eq. 2 wi
     per layer  T * b * D * (10 + 24 / t + 5 * N * T / (D * t))   bytes at 16 bits; x2 at 32 bits
     plus the logits and their gradient, 2 * b * T * V / t * 4 bytes (float32),
 
-with b the per-device batch (B / (data * fsdp)), T the sequence length, D the width, N the heads. XLA's real
-peak also holds temporaries and may rematerialise, so treat it as a sizing guide, not a guarantee.
+with b the per-device batch (B / (data * fsdp)), T the sequence length, D the width, N the heads. With
+`model.remat` a layer keeps less (units of T * b * D bytes at 16 bits, a = N T / D):
+
+    full            2                 the block's input only
+    dots_no_batch   2 + 18 / t        + the outputs of q, k, v (6), the attention output projection (2), the FFN's
+                                        two matmuls (8 + 2)
+    dots            2 + 20 / t + 2a/t + attention's scores and its probabilities-times-values
+
+plus, once, one layer's full set while its backward pass recomputes it. XLA's real peak also holds temporaries
+and may rematerialise on its own (or, for a plain loop of layers on XLA:CPU, ignore the policy: BENCHMARKS.md), so
+treat it as a sizing guide, not a guarantee.
 """
 
 from __future__ import annotations
@@ -89,9 +98,11 @@ def memory_report(config: ml_collections.ConfigDict, num_devices: int | None = N
     t = mesh.shape["tensor"]
     width_bytes = np.dtype(cfg.dtype).itemsize / 2  # the formula counts 16-bit activations
     layers = cfg.num_layers + (cfg.decoder_layers if config.get("task", "lm") == "seq2seq" else 0)
-    per_layer = T * b * cfg.d_model * (10 + 24 / t + 5 * cfg.num_heads * T / (cfg.d_model * t)) * width_bytes
+    unit = T * b * cfg.d_model * width_bytes
+    a = cfg.num_heads * T / cfg.d_model
+    kept, recomputed = _kept_per_layer(cfg.remat, a, t)
     logits = 2 * b * T * cfg.vocab_size / t * 4 if config.get("task", "lm") != "classification" else 0
-    activations = int(layers * per_layer + logits)
+    activations = int((layers * kept + recomputed) * unit + logits)
     return {
         "devices": num_devices,
         "mesh": mesh.shape,
@@ -100,9 +111,23 @@ def memory_report(config: ml_collections.ConfigDict, num_devices: int | None = N
         "param_bytes_per_device": param_device,
         "optimizer_bytes": opt_total,
         "optimizer_bytes_per_device": opt_device,
+        "remat": cfg.remat,
         "activation_bytes_per_device": activations,
         "total_bytes_per_device": param_device + opt_device + 2 * param_device + activations,  # + grads, updates
     }
+
+
+def _kept_per_layer(remat: str, a: float, t: int) -> tuple[float, float]:
+    """(what each layer keeps for the backward pass, what one layer's recomputation adds), in T * b * D bytes
+    at 16 bits; a = N T / D, t = tensor-parallel ways."""
+    everything = 10 + 24 / t + 5 * a / t  # Korthikanti et al., eq. 2
+    kept = {
+        "none": everything,
+        "full": 2.0,
+        "dots_no_batch": 2 + 18 / t,
+        "dots": 2 + 20 / t + 2 * a / t,
+    }[remat]
+    return kept, 0.0 if remat == "none" else everything
 
 
 def format_report(report: dict) -> str:
@@ -119,7 +144,8 @@ def format_report(report: dict) -> str:
             f"  optimizer state   {size(report['optimizer_bytes_per_device']):>12}   "
             f"(of {size(report['optimizer_bytes'])})",
             f"  gradients+updates {size(2 * report['param_bytes_per_device']):>12}   (transient, as parameters)",
-            f"  activations       {size(report['activation_bytes_per_device']):>12}   (estimate, backward pass)",
+            f"  activations       {size(report['activation_bytes_per_device']):>12}   "
+            f"(estimate, backward pass, remat={report['remat']})",
             f"  total             {size(report['total_bytes_per_device']):>12}",
         ]
     )

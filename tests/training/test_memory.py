@@ -6,6 +6,7 @@ import pytest
 
 from jaxformer.training.defaults import load_config
 from jaxformer.training.memory import format_report, memory_report
+from jaxformer.training.tasks import make_task
 
 CONFIG = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "configs" / "shakespeare_char_cpu.py"
 
@@ -44,3 +45,27 @@ def test_a_batch_the_mesh_cannot_split_is_named(corpus):
     config.batch_size = 12
     with pytest.raises(ValueError, match=r"config.batch_size=12 is not divisible by the data x fsdp mesh axes \(8"):
         memory_report(config, num_devices=8)
+
+
+def test_remat_policies_keep_less_in_the_documented_amounts(corpus):
+    """Per layer (units of T b D at 16 bits, a = N T / D): none 10 + 24 + 5a, dots 2 + 20 + 2a, dots_no_batch
+    2 + 18, full 2; every policy but none adds one layer's full set for the recomputation."""
+    reports = {}
+    for remat in ("none", "dots", "dots_no_batch", "full"):
+        config = config_for(corpus)
+        config.model.remat = remat
+        reports[remat] = report = memory_report(config, num_devices=1)
+        assert f"remat={remat}" in format_report(report)
+    B, T, D, N, L = 16, 64, 128, 4, 4
+    V = make_task(config_for(corpus)).model_config().vocab_size  # the test corpus's characters
+    unit, a, logits = T * B * D * 2, N * T / D, 2 * B * T * V * 4  # float32: 2x the 16-bit bytes
+    everything = 34 + 5 * a
+    want = {
+        "none": L * everything,
+        "dots": L * (22 + 2 * a) + everything,
+        "dots_no_batch": L * 20 + everything,
+        "full": L * 2 + everything,
+    }
+    for remat, units in want.items():
+        assert reports[remat]["activation_bytes_per_device"] == int(units * unit + logits), remat
+    assert reports["full"]["activation_bytes_per_device"] < reports["none"]["activation_bytes_per_device"] / 2
