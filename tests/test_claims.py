@@ -81,3 +81,29 @@ def test_every_claim_in_the_repository_has_its_record_and_figure():
         name = os.path.splitext(os.path.basename(script))[0]
         assert os.path.exists(os.path.join(CLAIMS, "results", f"{name}.json")), name
         assert os.path.exists(os.path.join(CLAIMS, "results", f"{name}.png")), name
+
+
+def test_long_sequences_records_a_program_that_does_not_compile(monkeypatch):
+    """Claim 13 at --full on an accelerator: a dense program XLA refuses is recorded, not a crash."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("long_sequences", os.path.join(CLAIMS, "13_long_sequences.py"))
+    claim = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(claim)
+    tiny = dict(B=1, N=1, H=8, window=16, block=16, lengths=[32, 64, 128], rounds_cheap=1, rounds=1)
+    tiny["timed_up_to"] = dict(dense=64, blockwise=64, blockwise_window=128)
+    monkeypatch.setattr(claim, "sizes", lambda full: tiny)
+    real = claim.compiled
+
+    def compiled(name, T, s):
+        if name == "dense" and T == 128:
+            raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 64.0GiB.\nmore")
+        return real(name, T, s)
+
+    monkeypatch.setattr(claim, "compiled", compiled)
+    outcome = claim.run(full=True)
+    assert outcome.numbers["compile_failures"] == {
+        "dense": {"128": "RuntimeError: RESOURCE_EXHAUSTED: Out of memory while trying to allocate 64.0GiB."}
+    }
+    assert "dense did not compile at T=128 (RuntimeError: RESOURCE_EXHAUSTED" in outcome.result
+    assert "128" not in outcome.numbers["temp_mib"]["dense"] and "128" in outcome.numbers["temp_mib"]["blockwise"]
