@@ -18,7 +18,8 @@ The library's current step is `baseline`. Its earlier formulations (same maths),
   layernorm_autodiff   LayerNorm differentiated through mean / var / rsqrt, not ops.layer_norm's custom JVP
   before               both of the above: the step before those two changes
   layernorm_vjp        a custom VJP over the whole LayerNorm (scale and bias too), saving x_hat and 1/sigma
-Execution settings (ModelConfig): scan, remat_full, scan_remat_full, scan_remat_dots_no_batch.
+Execution settings (ModelConfig): scan, remat_full, scan_remat_full, scan_remat_dots_no_batch, scan_remat_dots,
+attention_jax_nn (jax.nn.dot_product_attention's XLA path instead of jaxformer's dense attention).
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ CONFIG_VARIANTS = {
     "remat_full": dict(remat="full"),
     "scan_remat_full": dict(scan_layers=True, remat="full"),
     "scan_remat_dots_no_batch": dict(scan_layers=True, remat="dots_no_batch"),
+    "scan_remat_dots": dict(scan_layers=True, remat="dots"),
+    "attention_jax_nn": dict(attention_impl="jax_nn"),
 }
 VARIANTS = (
     *CONFIG_VARIANTS,
