@@ -100,6 +100,7 @@ LENGTHS = [12, 8]  # real tokens of each example (the rest is padding)
 N, K, H = 8, 2, 16  # query heads, key/value heads (GQA: 4 query heads share each key/value head), head dim
 LONG_T = 1024  # length of the blockwise-vs-dense check
 BLOCK_SIZE = 128  # blockwise attention's tile
+SPLASH_T = 512  # length of the splash-vs-dense check (a multiple of 128)
 """,
     [
         md("""
@@ -212,6 +213,26 @@ print("max |blockwise - dense| (gradient):", float(jnp.abs(grad(blockwise) - gra
 dense_bytes = 2 * N * LONG_T * LONG_T * 4
 print(f"the dense path's float32 logits: {dense_bytes / 2**20:.1f} MiB; a blockwise tile: "
       f"{2 * N * BLOCK_SIZE * BLOCK_SIZE * 4 / 2**20:.2f} MiB")
+"""),
+        md("""
+## The Pallas splash kernel (TPU)
+
+`ops.splash_attention` is jax's own Pallas TPU kernel (the one MaxText trains with) behind the same BTNH signature:
+causal, sliding-window and packed (`segment_ids`) masks, GQA, lengths in multiples of 128. On a TPU runtime it
+compiles for the TPU; elsewhere `interpret=True` runs the very same kernel through the Pallas interpreter (slow,
+but exact), which is how it is checked here and in the tests. In a model, `attention_impl="auto"` picks it on TPU.
+"""),
+        code("""
+on_tpu = jax.default_backend() == "tpu"
+kq, kk, kv, ks = jax.random.split(jax.random.key(2), 4)
+qs = jax.random.normal(kq, (1, SPLASH_T, N, H))
+ks_, vs = jax.random.normal(kk, (1, SPLASH_T, K, H)), jax.random.normal(kv, (1, SPLASH_T, K, H))
+segments = jnp.cumsum(jax.random.bernoulli(ks, 0.02, (1, SPLASH_T)), axis=1).astype(jnp.int32)  # packed documents
+splash = ops.splash_attention(qs, ks_, vs, is_causal=True, segment_ids=segments, interpret=not on_tpu)
+dense = ops.dot_product_attention(qs, ks_, vs, is_causal=True, mask=ops.segment_mask(segments))
+how = "compiled for the TPU" if on_tpu else "in the Pallas interpreter"
+print(f"splash ({how}), {int(segments.max()) + 1} packed segments: max |splash - dense| =",
+      float(jnp.abs(splash - dense).max()))
 """),
     ],
 )

@@ -17,7 +17,7 @@ nbformat = pytest.importorskip("nbformat")
 
 # Tiny sizes for every knob the test overrides (the notebooks' defaults are sized for a Colab GPU / TPU).
 TINY = {
-    "01_attention_primitives": dict(LONG_T=64, BLOCK_SIZE=16),
+    "01_attention_primitives": dict(LONG_T=64, BLOCK_SIZE=16, SPLASH_T=128),
     "02_train_gpt_shakespeare": dict(
         NUM_STEPS=20,
         BATCH_SIZE=8,
