@@ -55,6 +55,29 @@ def recipe_config(path: str, *, wide: bool = False, smoke: bool = False):
     return config
 
 
+def recipe_step(config, vocab_size: int):
+    """(model config, train state, the jitted train step, a function drawing a random-token batch) for `config`."""
+    model_cfg = build_model_config(config, {"vocab_size": vocab_size, "max_len": config.data.seq_len})
+    model, schedule, optimizer = build(config, model_cfg)
+    graphs, state = create_train_state(model, optimizer)
+    B, T = config.batch_size, config.data.seq_len
+    rng = np.random.default_rng(0)
+
+    def batch():
+        tokens = rng.integers(0, vocab_size, size=(B, T + 1)).astype(np.int32)
+        return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+
+    return model_cfg, state, make_train_step(graphs, optimizer, schedule), batch
+
+
+def model_flops_per_step(params, model_cfg, tokens_per_step: int, seq_len: int) -> tuple[int, int]:
+    """(parameter count, model FLOPs per step = tokens * (6 N + 12 L T D)), N without the position table."""
+    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    position_table = model_cfg.max_len * model_cfg.d_model if model_cfg.positional == "learned" else 0
+    N, L, D = count - position_table, model_cfg.num_layers, model_cfg.d_model
+    return count, tokens_per_step * (6 * N + 12 * L * seq_len * D)
+
+
 def matmul_flops_per_s(n: int = 2048, rounds: int = 5) -> float:
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
@@ -92,17 +115,8 @@ def main():
         config.model.remat = args.remat
     scan_layers, remat = config.model.get("scan_layers", False), config.model.get("remat", "none")
 
-    model_cfg = build_model_config(config, {"vocab_size": args.vocab_size, "max_len": config.data.seq_len})
-    model, schedule, optimizer = build(config, model_cfg)
-    graphs, state = create_train_state(model, optimizer)
-    train_step = make_train_step(graphs, optimizer, schedule)
+    model_cfg, state, train_step, batch = recipe_step(config, args.vocab_size)
     B, T = config.batch_size, config.data.seq_len
-    rng = np.random.default_rng(0)
-
-    def batch():
-        tokens = rng.integers(0, args.vocab_size, size=(B, T + 1)).astype(np.int32)
-        return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
-
     start = time.perf_counter()
     compiled = train_step.lower(state, batch()).compile()
     compile_s = time.perf_counter() - start
@@ -130,10 +144,8 @@ def main():
             jax.block_until_ready(metrics)
         profile = trace_summary.summarize(args.profile, top=40)
         print(trace_summary.format_summary(profile, processes=2))
-    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-    position_table = model_cfg.max_len * model_cfg.d_model if model_cfg.positional == "learned" else 0
-    N, L, D = params - position_table, model_cfg.num_layers, model_cfg.d_model
-    flops_per_step = B * T * (6 * N + 12 * L * T * D)
+    params, flops_per_step = model_flops_per_step(state.params, model_cfg, B * T, T)
+    L, D = model_cfg.num_layers, model_cfg.d_model
     mfus = sorted(flops_per_step / step_s / peak for step_s, peak in rounds)
     step_s = statistics.median(step for step, _ in rounds)
     peak = statistics.median(p for _, p in rounds)

@@ -29,13 +29,8 @@ import jax
 import numpy as np
 from jax.extend import core as jex_core
 
-from jaxformer.training.loop import build
-from jaxformer.training.state import create_train_state
-from jaxformer.training.steps import make_train_step
-from jaxformer.training.tasks import build_model_config
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_train import matmul_flops_per_s, recipe_config  # experiments/ is not a package
+from bench_train import matmul_flops_per_s, model_flops_per_step, recipe_config, recipe_step  # not a package
 
 
 def collect_dots(jaxpr, multiplier: int = 1, counts=None) -> collections.Counter:
@@ -97,17 +92,8 @@ def main():
     if args.smoke:
         args.rounds = 1
 
-    model_cfg = build_model_config(config, {"vocab_size": args.vocab_size, "max_len": config.data.seq_len})
-    model, schedule, optimizer = build(config, model_cfg)
-    graphs, state = create_train_state(model, optimizer)
-    train_step = make_train_step(graphs, optimizer, schedule)
+    model_cfg, state, train_step, batch = recipe_step(config, args.vocab_size)
     B, T = config.batch_size, config.data.seq_len
-    rng = np.random.default_rng(0)
-
-    def batch():
-        tokens = rng.integers(0, args.vocab_size, size=(B, T + 1)).astype(np.int32)
-        return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
-
     dots = collect_dots(jax.make_jaxpr(train_step)(state, batch()).jaxpr)
     compiled = train_step.lower(state, batch()).compile()
     for _ in range(3):
@@ -127,10 +113,7 @@ def main():
             steps.append(time.perf_counter() - start)
         rounds.append((matmul_s, statistics.median(steps), matmul_flops_per_s(), per_dot))
 
-    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-    position_table = model_cfg.max_len * model_cfg.d_model if model_cfg.positional == "learned" else 0
-    N, L, D = params - position_table, model_cfg.num_layers, model_cfg.d_model
-    model_flops = B * T * (6 * N + 12 * L * T * D)
+    _, model_flops = model_flops_per_step(state.params, model_cfg, B * T, T)
     matmul_s = statistics.median(r[0] for r in rounds)
     step_s = statistics.median(r[1] for r in rounds)
     peak = statistics.median(r[2] for r in rounds)
