@@ -83,6 +83,7 @@ def test_every_claim_in_the_repository_has_its_record_and_figure():
         assert os.path.exists(os.path.join(CLAIMS, "results", f"{name}.png")), name
 
 
+@pytest.mark.slow  # ~8 s of compiles for a GPU-only failure path
 def test_long_sequences_records_a_program_that_does_not_compile(monkeypatch):
     """Claim 13 at --full on an accelerator: a dense program XLA refuses is recorded, not a crash."""
     import importlib.util
