@@ -10,7 +10,7 @@
 
     what the call has      xla   blockwise  jax_nn  cudnn  pallas
     is_causal / window     yes   yes        yes     yes    yes      (blockwise / pallas skip hidden blocks)
-    segment_ids (packing)  mask  yes        mask    mask   yes      ("mask": passed as ops.segment_mask)
+    segment_ids (packing)  mask  yes        mask    mask   yes      ("mask": as ops.segment_mask; "yes": no mask array)
     array mask (padding)   yes   error      yes     yes    error
     bias (ALiBi)           yes   error      yes     yes    error
     GQA / MQA              yes   yes        yes     yes    yes

@@ -15,8 +15,9 @@ L = m + log l, and recomputes each block's probabilities p = exp(s - L):
     dq_i = scale * sum_j ds k_j,   dk_j = scale * sum_i ds^T q_i.
 
 Masks are described structurally (causal, key lengths, a sliding window, segment ids) rather than as a `[T, S]`
-array, so that blocks that are entirely masked are skipped: causal attention does about half the work of the
-dense path.
+array. Causality, the window and the key lengths decide which key blocks a query block can see, and the others
+are skipped: causal attention does about half the work of the dense path. Segment ids are applied inside each
+block (they are data, not known when tracing).
 """
 
 from __future__ import annotations
@@ -273,7 +274,8 @@ def blockwise_attention(
     """Exact attention computed block by block, never materialising the `[T, S]` matrix (forward or backward).
 
     Equals `dot_product_attention(query, key, value, mask=..., scale=scale)` with the mask described by the
-    arguments below (to float32 rounding), in O((T + S) * H) memory. Fully masked blocks are skipped.
+    arguments below (to float32 rounding), in O((T + S) * H) memory. Blocks that causality, the window or the key
+    lengths mask fully are skipped.
 
     Args:
       query: `[B, T, N, H]`.
