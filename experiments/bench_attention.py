@@ -11,6 +11,12 @@ round; the table gives the median over rounds and each time divided by jax.nn's.
 
 Part 2 (blockwise, causal, B=1,N=8,H=64): forward+backward at T = 4096, 16384, 32768, each in a fresh
 subprocess so that its peak RSS (ru_maxrss) belongs to that length alone.
+
+`--part packed` (causal, B=1, T=8192, N=8, H=64, documents of random lengths averaging 512 tokens packed into one
+row): blockwise with the segment ids (non-decreasing: each query block visits only the key blocks of its own
+documents) against the same call with the ids negated (the same mask, but non-increasing ids, so nothing is
+skipped: the code path before segment skipping), blockwise causal without segments, and the dense path with
+`segment_mask`; forward+backward, interleaved in one process.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxformer import ops
 
@@ -205,11 +212,39 @@ def print_blockwise_table(block_rows):
         )
 
 
+def packed_comparison(T: int, mean_doc: int, block_size: int, rounds: int, B=1, N=8, H=64) -> list[dict]:
+    q, k, v, cot = make_inputs(B, T, N, H)
+    rng = np.random.default_rng(0)
+    starts = rng.random((B, T)) < 1.0 / mean_doc  # a new document starts here
+    ids = jnp.asarray(np.cumsum(starts, axis=1), jnp.int32)
+    blockwise = lambda segment_ids: (
+        lambda q, k, v: ops.blockwise_attention(q, k, v, is_causal=True, segment_ids=segment_ids, block_size=block_size)
+    )
+    impls = {
+        "blockwise, segment ids (blocks skipped)": blockwise(ids),
+        "blockwise, negated ids (same mask, nothing skipped)": blockwise(-ids),
+        "blockwise, causal only (no segments)": blockwise(None),
+        "dense + segment_mask": lambda q, k, v: ops.dot_product_attention(
+            q, k, v, is_causal=True, mask=ops.segment_mask(ids)
+        ),
+    }
+    times = interleaved_medians({n: jax.jit(forward_and_backward(f)) for n, f in impls.items()}, (q, k, v, cot), rounds)
+    base = times["blockwise, negated ids (same mask, nothing skipped)"]
+    rows = [
+        {"impl": n, "T": T, "documents": int(ids.max()) + 1, "fwd_bwd_ms": 1e3 * t, "ratio_vs_unskipped": t / base}
+        for n, t in times.items()
+    ]
+    print(f"\n| packed, T={T}, {rows[0]['documents']} documents | fwd+bwd ms | vs nothing skipped |\n|---|---:|---:|")
+    for row in rows:
+        print(f"| {row['impl']} | {row['fwd_bwd_ms']:.0f} | {row['ratio_vs_unskipped']:.2f} |")
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, to check that the script runs")
     parser.add_argument("--block-size", type=int, default=512)
-    parser.add_argument("--part", choices=["all", "dense", "blockwise", "block-size"], default="all")
+    parser.add_argument("--part", choices=["all", "dense", "blockwise", "block-size", "packed"], default="all")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--one-length", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=3, help=argparse.SUPPRESS)
@@ -224,6 +259,13 @@ def main():
             with open(args.json, "w") as f:
                 json.dump({"jax": jax.__version__, "block_size_sweep": rows}, f, indent=1)
         return
+    if args.part == "packed" or args.smoke:
+        rows = packed_comparison(128, 24, 16, 2, N=2, H=8) if args.smoke else packed_comparison(8192, 512, 512, 5)
+        if args.part == "packed":
+            if args.json:
+                with open(args.json, "w") as f:
+                    json.dump({"jax": jax.__version__, "packed": rows}, f, indent=1)
+            return
     if args.smoke:
         dense = dense_comparison([(2, 32, 2, 8), (1, 64, 2, 8)], 3, 3, block_size=16)
         block = blockwise_scaling([64, 128], block_size=32, repeats=1)

@@ -90,7 +90,8 @@ class GPT(nnx.Module):
             raise ValueError("decode=True takes neither segment_ids nor valid: the KV cache's index marks each length.")
         if decode and positions is None:
             positions = self.blocks.cache_index()[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]
-        # Segment ids go to attention as they are: blockwise / pallas then need no [B, T, T] mask array.
+        # Segment ids go to attention as they are: blockwise / pallas then need no [B, T, T] mask array (and
+        # blockwise skips the key blocks of other documents).
         mask = None if valid is None else ops.padding_mask(valid)
         x = self.embed(tokens, positions=positions, valid=valid)
         x = self.blocks(x, mask=mask, valid=valid, positions=positions, segment_ids=segment_ids, decode=decode)

@@ -158,7 +158,8 @@ class MultiHeadAttention(nnx.Module):
         their own position. positions: int `[T]` or `[B, T]` query (and, for self-attention, key) positions for
         RoPE / ALiBi; defaults to `arange(T)`, or to the cache index onwards with `decode=True`.
         segment_ids: int `[B, T]` for packed self-attention: tokens attend only within equal ids. The dense
-        kernels get it as `ops.segment_mask`; `blockwise` and `pallas` take it as an argument (no `[B, T, T]` mask).
+        kernels get it as `ops.segment_mask`; `blockwise` and `pallas` take it as an argument (no `[B, T, T]` mask;
+        blockwise also skips other documents' blocks when the ids are non-decreasing, as packing writes them).
         decode: use and extend the KV cache (self-attention only; call `init_cache` first). Attention is then
         causal over the cache by construction, and `mask` is ANDed with it.
         """

@@ -10,7 +10,8 @@
 
     what the call has      xla   blockwise  jax_nn  cudnn  pallas
     is_causal / window     yes   yes        yes     yes    yes      (blockwise / pallas skip hidden blocks)
-    segment_ids (packing)  mask  yes        mask    mask   yes      ("mask": as ops.segment_mask; "yes": no mask array)
+    segment_ids (packing)  mask  yes        mask    mask   yes      ("mask": as ops.segment_mask; "yes": no mask array,
+                                                                     and blockwise skips other documents' blocks)
     array mask (padding)   yes   error      yes     yes    error
     bias (ALiBi)           yes   error      yes     yes    error
     GQA / MQA              yes   yes        yes     yes    yes

@@ -16,8 +16,9 @@ L = m + log l, and recomputes each block's probabilities p = exp(s - L):
 
 Masks are described structurally (causal, key lengths, a sliding window, segment ids) rather than as a `[T, S]`
 array. Causality, the window and the key lengths decide which key blocks a query block can see, and the others
-are skipped: causal attention does about half the work of the dense path. Segment ids are applied inside each
-block (they are data, not known when tracing).
+are skipped: causal attention does about half the work of the dense path. Packed segment ids (non-decreasing
+along the sequence, as packing writes them) narrow that range further at run time: a query block only visits the
+key blocks that hold its own segments. Unsorted ids are applied inside each block, with nothing skipped.
 """
 
 from __future__ import annotations
@@ -69,6 +70,41 @@ def _query_block_range(plan: _Plan, kv_block_index, num_q_blocks: int):
     return lo, jnp.maximum(hi, lo)
 
 
+def _segment_block_ranges(plan: _Plan, q_ids, kv_ids):
+    """For segment ids `[B, T]` / `[B, S]` (before padding): ([nq, 2] the [lo, hi) key blocks each query block can
+    reach, [nk, 2] the query blocks each key block can reach), over the whole batch.
+
+    With ids non-decreasing along every sequence, the keys that share a segment with query block i lie between
+    the first key whose id is >= the block's first id and the last key whose id is <= its last id (binary
+    searches). If any example's ids go down somewhere, every range is the full one: nothing is skipped."""
+    T, S = q_ids.shape[1], kv_ids.shape[1]
+
+    def reach(ids_a, ids_b, block_a, block_b, len_a):
+        """For each block of sequence a, the [lo, hi) blocks of sequence b holding ids within its id span."""
+        starts = np.arange(0, len_a, block_a)
+        ends = np.minimum(starts + block_a, len_a) - 1
+        search = jax.vmap(jnp.searchsorted, in_axes=(0, 0, None))
+        first = search(ids_b, ids_a[:, starts], "left")  # [B, n]: first position of b with id >= the span's first
+        last = search(ids_b, ids_a[:, ends], "right")  # one past the last position of b with id <= its last
+        lo = jnp.min(first, axis=0) // block_b
+        hi = (jnp.max(last, axis=0) + block_b - 1) // block_b
+        return jnp.stack([lo, jnp.maximum(hi, lo)], axis=1).astype(jnp.int32)
+
+    ordered = jnp.all(jnp.diff(q_ids, axis=1) >= 0) & jnp.all(jnp.diff(kv_ids, axis=1) >= 0)
+    nq, nk = -(-T // plan.q_block), -(-S // plan.kv_block)
+    kv_of_q = jnp.where(ordered, reach(q_ids, kv_ids, plan.q_block, plan.kv_block, T), jnp.array([0, nk]))
+    q_of_kv = jnp.where(ordered, reach(kv_ids, q_ids, plan.kv_block, plan.q_block, S), jnp.array([0, nq]))
+    return kv_of_q.astype(jnp.int32), q_of_kv.astype(jnp.int32)
+
+
+def _narrow(lo, hi, ranges, index):
+    """[lo, hi) intersected with ranges[index] (no-op when there are no ranges)."""
+    if ranges is None:
+        return lo, hi
+    lo = jnp.maximum(lo, ranges[index, 0])
+    return lo, jnp.maximum(jnp.minimum(hi, ranges[index, 1]), lo)
+
+
 def _block_mask(plan: _Plan, q_start, kv_start, kv_lengths, q_segments, kv_segments):
     """Boolean mask of one (query block, key block) tile, broadcastable to [B, K, G, bq, bk]; None if all True."""
     t = q_start + jnp.arange(plan.q_block)[:, None]
@@ -109,7 +145,7 @@ def _tile_logits(plan: _Plan, q_tile, k_tile, mask):
     return logits if mask is None else jnp.where(mask, logits, _MASKED)
 
 
-def _forward(plan: _Plan, q, k, v, kv_lengths, q_segments, kv_segments):
+def _forward(plan: _Plan, q, k, v, kv_lengths, q_segments, kv_segments, kv_of_q=None):
     """q [B, K, G, Tp, H], k [B, K, Sp, H], v [B, K, Sp, Hv] -> (out f32 [B, K, G, Tp, Hv], lse [B, K, G, Tp])."""
     B, K, G, Tp, _ = q.shape
     Hv = v.shape[-1]
@@ -140,7 +176,7 @@ def _forward(plan: _Plan, q, k, v, kv_lengths, q_segments, kv_segments):
             jnp.zeros((B, K, G, plan.q_block), jnp.float32),
             jnp.zeros((B, K, G, plan.q_block, Hv), jnp.float32),
         )
-        lo, hi = _key_block_range(plan, i, kv_limit)
+        lo, hi = _narrow(*_key_block_range(plan, i, kv_limit), kv_of_q, i)
         row_max, row_sum, acc = jax.lax.fori_loop(lo, hi, visit_key_block, init)
         attended = row_sum > 0.0  # False only for rows that see no key at all: output 0, lse +inf.
         out = acc / jnp.where(attended, row_sum, 1.0)[..., None]
@@ -154,7 +190,7 @@ def _forward(plan: _Plan, q, k, v, kv_lengths, q_segments, kv_segments):
     return out, lse
 
 
-def _backward(plan: _Plan, q, k, v, kv_lengths, q_segments, kv_segments, out, lse, dout):
+def _backward(plan: _Plan, q, k, v, kv_lengths, q_segments, kv_segments, q_of_kv, out, lse, dout):
     B, K, _, Tp, H = q.shape
     Sp = k.shape[2]
     num_q_blocks = Tp // plan.q_block
@@ -193,7 +229,7 @@ def _backward(plan: _Plan, q, k, v, kv_lengths, q_segments, kv_segments, out, ls
             jnp.zeros((B, K, plan.kv_block, v.shape[-1]), jnp.float32),
             dq,
         )
-        lo, hi = _query_block_range(plan, j, num_q_blocks)
+        lo, hi = _narrow(*_query_block_range(plan, j, num_q_blocks), q_of_kv, j)
         hi = jnp.where(kv_start < kv_limit, hi, lo)  # key block beyond every example's length: nothing to do
         dk, dv, dq = jax.lax.fori_loop(lo, hi, visit_query_block, init)
         return dq, (dk, dv)
@@ -205,19 +241,19 @@ def _backward(plan: _Plan, q, k, v, kv_lengths, q_segments, kv_segments, out, ls
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attention(plan, q, k, v, kv_lengths, q_segments, kv_segments):
-    return _forward(plan, q, k, v, kv_lengths, q_segments, kv_segments)[0].astype(q.dtype)
+def _attention(plan, q, k, v, kv_lengths, q_segments, kv_segments, kv_of_q, q_of_kv):
+    return _forward(plan, q, k, v, kv_lengths, q_segments, kv_segments, kv_of_q)[0].astype(q.dtype)
 
 
-def _attention_fwd(plan, q, k, v, kv_lengths, q_segments, kv_segments):
-    out, lse = _forward(plan, q, k, v, kv_lengths, q_segments, kv_segments)
-    return out.astype(q.dtype), (q, k, v, kv_lengths, q_segments, kv_segments, out, lse)
+def _attention_fwd(plan, q, k, v, kv_lengths, q_segments, kv_segments, kv_of_q, q_of_kv):
+    out, lse = _forward(plan, q, k, v, kv_lengths, q_segments, kv_segments, kv_of_q)
+    return out.astype(q.dtype), (q, k, v, kv_lengths, q_segments, kv_segments, q_of_kv, out, lse)
 
 
 def _attention_bwd(plan, residuals, dout):
-    q, k, v, kv_lengths, q_segments, kv_segments, out, lse = residuals
-    dq, dk, dv = _backward(plan, q, k, v, kv_lengths, q_segments, kv_segments, out, lse, dout)
-    return dq, dk, dv, None, None, None
+    q, k, v, kv_lengths, q_segments, kv_segments, q_of_kv, out, lse = residuals
+    dq, dk, dv = _backward(plan, q, k, v, kv_lengths, q_segments, kv_segments, q_of_kv, out, lse, dout)
+    return dq, dk, dv, None, None, None, None, None
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
@@ -274,8 +310,8 @@ def blockwise_attention(
     """Exact attention computed block by block, never materialising the `[T, S]` matrix (forward or backward).
 
     Equals `dot_product_attention(query, key, value, mask=..., scale=scale)` with the mask described by the
-    arguments below (to float32 rounding), in O((T + S) * H) memory. Blocks that causality, the window or the key
-    lengths mask fully are skipped.
+    arguments below (to float32 rounding), in O((T + S) * H) memory. Blocks that causality, the window, the key
+    lengths or (non-decreasing) segment ids mask fully are skipped.
 
     Args:
       query: `[B, T, N, H]`.
@@ -324,9 +360,11 @@ def blockwise_attention(
     q = _pad_axis(query.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4), 3, plan.q_block)
     k = _pad_axis(key.transpose(0, 2, 1, 3), 2, plan.kv_block)
     v = _pad_axis(value.transpose(0, 2, 1, 3), 2, plan.kv_block)
+    kv_of_q = q_of_kv = None
     if q_segments is not None:
+        kv_of_q, q_of_kv = _segment_block_ranges(plan, q_segments, kv_segments)
         q_segments = _pad_axis(q_segments, 1, plan.q_block)
         kv_segments = _pad_axis(kv_segments, 1, plan.kv_block, value=-1)
-    out = _attention(plan, q, k, v, kv_lengths, q_segments, kv_segments)
+    out = _attention(plan, q, k, v, kv_lengths, q_segments, kv_segments, kv_of_q, q_of_kv)
     out = out[:, :, :, :T].transpose(0, 3, 1, 2, 4).reshape(B, T, N, Hv)
     return out.astype(query.dtype)

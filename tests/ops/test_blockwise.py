@@ -164,3 +164,44 @@ def test_single_segment_ids_need_self_attention():
     _, k, v = make_qkv(2, 8, 6, 2, 2, 4, 4)
     with pytest.raises(ValueError, match="T == S"):
         ops.blockwise_attention(q, k, v, segment_ids=np.zeros((2, 8), np.int32))
+
+
+def test_packed_segments_narrow_the_blocks_each_block_visits():
+    from jaxformer.ops.blockwise import _Plan, _segment_block_ranges
+
+    plan = _Plan(scale=1.0, q_block=4, kv_block=4, q_len=16, kv_len=16, left=None, right=0)
+    one = np.array([[0] * 4 + [1] * 4 + [2] * 8], np.int32)  # segments fill blocks 0, 1 and 2-3
+    kv_of_q, q_of_kv = (np.asarray(r) for r in _segment_block_ranges(plan, one, one))
+    assert kv_of_q.tolist() == [[0, 1], [1, 2], [2, 4], [2, 4]]
+    assert q_of_kv.tolist() == [[0, 1], [1, 2], [2, 4], [2, 4]]
+    straddling = np.array([[0] * 6 + [1] * 10], np.int32)  # block 1 holds the end of 0 and the start of 1
+    both = np.concatenate([one, straddling])
+    kv_of_q = np.asarray(_segment_block_ranges(plan, both, both)[0])
+    assert kv_of_q.tolist() == [[0, 2], [0, 4], [1, 4], [1, 4]]  # over the batch: the union of both examples
+    unsorted = np.array([[0] * 4 + [1] * 4 + [0] * 8], np.int32)  # a segment id comes back: nothing is skipped
+    kv_of_q, q_of_kv = (np.asarray(r) for r in _segment_block_ranges(plan, unsorted, unsorted))
+    assert kv_of_q.tolist() == [[0, 4]] * 4 and q_of_kv.tolist() == [[0, 4]] * 4
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_unsorted_and_sorted_segment_ids_both_equal_dense(is_causal):
+    B, T, N, H = 2, 37, 2, 8
+    q, k, v = make_qkv(B, T, T, N, N, H, H, seed=7)
+    cot = np.random.default_rng(3).normal(size=(B, T, N, H)).astype(np.float32)
+    rng = np.random.default_rng(4)
+    for ids in (packed_segments(B, T, 5), rng.integers(0, 3, size=(B, T)).astype(np.int32)):
+        mask = dense_mask(B, T, T, is_causal=is_causal, segment_ids=ids)
+        fn = lambda q, k, v, ids=ids: ops.blockwise_attention(
+            q, k, v, is_causal=is_causal, segment_ids=ids, block_size=8
+        )
+        got, got_grads = value_and_grads(fn, q, k, v, cot)
+        np.testing.assert_allclose(got, reference.attention(q, k, v, mask=mask), rtol=1e-5, atol=1e-5)
+        want_grads = value_and_grads(lambda q, k, v, m=mask: ops.dot_product_attention(q, k, v, mask=m), q, k, v, cot)[
+            1
+        ]
+        for g, w in zip(got_grads, want_grads, strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+    ids = packed_segments(B, T, 6)  # under vmap the block ranges are batched, so the loop bounds are too
+    fn = lambda q, k, v, ids: ops.blockwise_attention(q, k, v, is_causal=is_causal, segment_ids=ids, block_size=8)
+    stacked = jax.vmap(fn)(*(np.stack([x, x[::-1]]) for x in (q, k, v, ids)))
+    np.testing.assert_allclose(stacked[1], fn(q[::-1], k[::-1], v[::-1], ids[::-1]), rtol=1e-5, atol=1e-5)
