@@ -68,7 +68,10 @@ def _kernel(num_heads: int, q_len: int, kv_len: int, is_causal: bool, window, bl
         block_kv_dq=bkv,
     )
     mask = splash.MultiHeadMask([head_mask] * num_heads)
-    return splash.make_splash_mha(mask, block_sizes=blocks, head_shards=1, q_seq_shards=1, interpret=interpret)
+    # The kernel holds its mask tables as arrays; made eagerly, they stay valid when a later call (or a call
+    # outside jit) finds this cached kernel, instead of being tracers of the trace that first built it.
+    with jax.ensure_compile_time_eval():
+        return splash.make_splash_mha(mask, block_sizes=blocks, head_shards=1, q_seq_shards=1, interpret=interpret)
 
 
 def splash_attention(
