@@ -92,9 +92,9 @@ def _segment_block_ranges(plan: _Plan, q_ids, kv_ids):
 
     ordered = jnp.all(jnp.diff(q_ids, axis=1) >= 0) & jnp.all(jnp.diff(kv_ids, axis=1) >= 0)
     nq, nk = -(-T // plan.q_block), -(-S // plan.kv_block)
-    kv_of_q = jnp.where(ordered, reach(q_ids, kv_ids, plan.q_block, plan.kv_block, T), jnp.array([0, nk]))
-    q_of_kv = jnp.where(ordered, reach(kv_ids, q_ids, plan.kv_block, plan.q_block, S), jnp.array([0, nq]))
-    return kv_of_q.astype(jnp.int32), q_of_kv.astype(jnp.int32)
+    kv_of_q = jnp.where(ordered, reach(q_ids, kv_ids, plan.q_block, plan.kv_block, T), jnp.array([0, nk], jnp.int32))
+    q_of_kv = jnp.where(ordered, reach(kv_ids, q_ids, plan.kv_block, plan.q_block, S), jnp.array([0, nq], jnp.int32))
+    return kv_of_q, q_of_kv
 
 
 def _narrow(lo, hi, ranges, index):
