@@ -26,7 +26,7 @@ endif
 run: $(STAMP)
 	@CONFIG=$$($(PY) -c "import jax; print('shakespeare_char_cpu' if jax.default_backend() == 'cpu' else 'shakespeare_char')"); \
 	echo "make run: jax backend $$($(PY) -c 'import jax; print(jax.default_backend())'), training $$CONFIG into workdir/$$CONFIG"; \
-	$(VENV)/bin/jaxformer train --config experiments/configs/$$CONFIG.py --workdir workdir/$$CONFIG
+	$(VENV)/bin/jaxformer train --config $$CONFIG --workdir workdir/$$CONFIG
 
 demo: $(STAMP)
 	$(PY) experiments/demo_ops.py

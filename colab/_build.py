@@ -243,8 +243,8 @@ notebook(
     "02 · Train a character-level GPT on tiny Shakespeare",
     """
 The project's main job in a notebook: `jaxformer.training.loop.train_and_evaluate(config, workdir)` trains a GPT on
-tfds `tiny_shakespeare`, with nanoGPT's recipe for the hardware jax finds: `experiments/configs/shakespeare_char.py`
-(6 layers, d=384, context 256) on a GPU / TPU, `shakespeare_char_cpu.py` (4 layers, d=128, context 64) on a CPU.
+tfds `tiny_shakespeare`, with nanoGPT's recipe for the hardware jax finds: the `shakespeare_char` config
+(6 layers, d=384, context 256) on a GPU / TPU, `shakespeare_char_cpu` (4 layers, d=128, context 64) on a CPU.
 Then the loss curve from `metrics.jsonl`, the samples, and a prompt of our own.
 """,
     """
@@ -270,17 +270,16 @@ print("recipe:", RECIPE)
         md("""
 ## The config
 
-The recipes live in `experiments/configs/*.py` (each a `get_config()` returning an `ml_collections.ConfigDict`).
-They are not part of the installed package, which is why the first cell clones the repository rather than only
-`pip install`ing it: `load_config(path)` reads the file exactly as `jaxformer train --config path` does, so this
-notebook trains the very recipe that the README measures. (The alternative, rebuilding it here from
-`jaxformer.training.defaults.default_config()`, would copy twenty settings that could silently drift from the
-file.) The parameters cell then overrides a few keys, as `--config.KEY=VALUE` would.
+The recipes ship with the package, one module of `jaxformer.configs` each (a `get_config()` returning an
+`ml_collections.ConfigDict`; `jaxformer configs` lists them). `load_config(name)` loads one exactly as
+`jaxformer train --config NAME` does, so this notebook trains the very recipe that the README measures (rather
+than rebuilding it here from `default_config()`, twenty settings that could silently drift from the recipe).
+The parameters cell then overrides a few keys, as `--config.KEY=VALUE` would.
 """),
         code("""
-from jaxformer.training.defaults import load_config
+from jaxformer.configs import load_config
 
-config = load_config(ROOT / "experiments" / "configs" / f"{RECIPE}.py")
+config = load_config(RECIPE)
 config.num_steps = NUM_STEPS
 config.warmup_steps = min(config.warmup_steps, NUM_STEPS // 10)
 config.batch_size = BATCH_SIZE or config.batch_size
@@ -349,7 +348,7 @@ print(open(f"{WORKDIR}/samples.txt").read())
 import numpy as np
 
 from jaxformer.decoding import generate
-from jaxformer.training.loop import load_trained
+from jaxformer.training.tasks.lm import load_trained
 
 model, tokenizer, _ = load_trained(WORKDIR)
 prompt = jax.numpy.asarray([tokenizer.encode(PROMPT)], jax.numpy.int32)
@@ -365,7 +364,7 @@ notebook(
     "03_seq2seq_beam_search.ipynb",
     "03 · An encoder-decoder Transformer, greedy decoding and beam search",
     """
-`experiments/configs/seq2seq_toy.py`: the encoder-decoder `Transformer` (2 + 2 layers, d=64, post-norm,
+The `seq2seq_toy` config: the encoder-decoder `Transformer` (2 + 2 layers, d=64, post-norm,
 sinusoidal positions) learns to reverse strings of 1-8 digits, generated offline. We train it with
 `train_and_evaluate`, load it back from its checkpoint, and decode the validation set with
 `jaxformer.decoding.beam_search`, with one beam (greedy) and with several.
@@ -383,10 +382,10 @@ FRESH_RUN = True  # delete WORKDIR first; False resumes from its newest checkpoi
     [
         md("## Train"),
         code("""
-from jaxformer.training.defaults import load_config
+from jaxformer.configs import load_config
 from jaxformer.training.loop import train_and_evaluate
 
-config = load_config(ROOT / "experiments" / "configs" / "seq2seq_toy.py")
+config = load_config("seq2seq_toy")
 config.data.update(task=TASK, num_train=NUM_TRAIN, num_eval=NUM_EVAL)
 config.update(num_steps=NUM_STEPS, batch_size=BATCH_SIZE, warmup_steps=min(config.warmup_steps, NUM_STEPS // 10))
 if FRESH_RUN:
@@ -398,19 +397,21 @@ print(open(f"{WORKDIR}/samples.txt").read())
         md("""
 ## Load the trained model
 
-`jaxformer.training.loop.load_trained` does this for language models only; for another task the pieces are
-public: the task (`make_task`) gives the model config, `build` the model and optimizer, `create_train_state` a
-template for the checkpoint, and `merge` the model in eval mode.
+`jaxformer.training.tasks.lm.load_trained` does this for language models; for another task the pieces are
+public: the task (`make_task`) gives the model config and class, `build_optimizer` the optimizer,
+`create_train_state` a template for the checkpoint, and `merge` the model in eval mode.
 """),
         code("""
-from jaxformer.training import create_train_state, merge
+from flax import nnx
+
+from jaxformer.training import build_optimizer, create_train_state, merge
 from jaxformer.training.checkpoints import Checkpointer
-from jaxformer.training.loop import build
 from jaxformer.training.tasks import make_task
 
 task = make_task(config)  # the same generated data and model fields as the run
-model, _, optimizer = build(config, task.model_config(), task.model_class)
-graphs, template = create_train_state(model, optimizer)
+model_cfg = task.model_config()
+_, optimizer = build_optimizer(config, d_model=model_cfg.d_model)
+graphs, template = create_train_state(task.model_class(model_cfg, rngs=nnx.Rngs(config.seed)), optimizer)
 with Checkpointer(f"{WORKDIR}/checkpoints") as checkpoints:
     state, _, _ = checkpoints.restore(template)
 model = merge(graphs.eval, state)
@@ -665,11 +666,11 @@ initialises parameters and optimizer state straight into their shardings (no dev
         code("""
 from flax import nnx
 
-from jaxformer.training.defaults import load_config
-from jaxformer.training.loop import build_optimizer
+from jaxformer.configs import load_config
+from jaxformer.training import build_optimizer
 from jaxformer.training.tasks import make_task
 
-config = load_config(ROOT / "experiments" / "configs" / "shakespeare_char_cpu.py")
+config = load_config("shakespeare_char_cpu")
 # A Python loop of layers, so that each layer's weights are their own 2-D arrays below (the recipe scans its layers:
 # one [L, ...] array per weight, whose layer axis is never sharded).
 config.model.update(d_model=D_MODEL, num_layers=NUM_LAYERS, num_heads=NUM_HEADS, d_ff=4 * D_MODEL, scan_layers=False)
@@ -677,7 +678,7 @@ config.data.seq_len = SEQ_LEN
 config.update(batch_size=BATCH_SIZE, num_steps=STEPS + CONTINUE_STEPS, warmup_steps=0)
 task = make_task(config)  # tiny Shakespeare, the char tokenizer, the batcher
 model_cfg = task.model_config()
-schedule, optimizer = build_optimizer(config, model_cfg)
+schedule, optimizer = build_optimizer(config, d_model=model_cfg.d_model)
 make_model = lambda: task.model_class(model_cfg, rngs=nnx.Rngs(config.seed))
 states = {name: sharding.create_sharded_train_state(make_model, optimizer, mesh) for name, mesh in meshes.items()}
 
@@ -747,13 +748,13 @@ print(f"continued on {target} to step {int(restored.step)}: loss {float(metrics[
 From shapes alone (nothing is allocated), `memory_report(config, num_devices)` counts the parameters and
 optimizer state each device holds under the rules table, and estimates the activations. The command line is
 
-    jaxformer memory --config experiments/configs/shakespeare_char.py --devices 8 \\
+    jaxformer memory --config shakespeare_char --devices 8 \\
         --config.mesh.fsdp=-1 --config.mesh.data=1
 """),
         code("""
 from jaxformer.training.memory import format_report, memory_report
 
-big = load_config(ROOT / "experiments" / "configs" / "shakespeare_char.py")
+big = load_config("shakespeare_char")
 for mesh_sizes in ({"data": -1, "fsdp": 1, "tensor": 1}, {"data": 1, "fsdp": -1, "tensor": 1},
                    {"data": 2, "fsdp": 2, "tensor": 2}):
     big.mesh.update(mesh_sizes)

@@ -37,13 +37,14 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 import jaxformer.ops as ops
 import jaxformer.ops.activations as activations
-from jaxformer.training.loop import build
-from jaxformer.training.state import create_train_state
-from jaxformer.training.steps import make_train_step
+from jaxformer.models import GPT
+from jaxformer.training import build_optimizer, create_train_state, make_train_step
 from jaxformer.training.tasks import build_model_config
+from jaxformer.training.tasks.lm import lm_loss
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_train import recipe_config  # experiments/ is not a package
@@ -159,9 +160,9 @@ def compiled_step(config, variant: str, vocab: int, batch):
     config.model.update(CONFIG_VARIANTS.get(variant, {}))
     with patched(variant):
         model_cfg = build_model_config(config, {"vocab_size": vocab, "max_len": config.data.seq_len})
-        model, schedule, optimizer = build(config, model_cfg)
-        graphs, state = create_train_state(model, optimizer)
-        step = make_train_step(graphs, optimizer, schedule)
+        schedule, optimizer = build_optimizer(config, d_model=model_cfg.d_model)
+        graphs, state = create_train_state(GPT(model_cfg, rngs=nnx.Rngs(config.seed)), optimizer)
+        step = make_train_step(graphs, optimizer, schedule, lm_loss)
         start = time.perf_counter()
         compiled = step.lower(state, batch).compile()
         compile_s = time.perf_counter() - start
@@ -170,7 +171,7 @@ def compiled_step(config, variant: str, vocab: int, batch):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="experiments/configs/shakespeare_char_cpu.py")
+    parser.add_argument("--config", default="shakespeare_char_cpu", help="a recipe's name or a .py file")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--steps_per_round", type=int, default=10)

@@ -51,11 +51,10 @@ from flax import nnx
 from jaxformer import ops
 from jaxformer.decoding import generate
 from jaxformer.models import GPT, ModelConfig
+from jaxformer.training import build_optimizer, create_train_state, make_train_step
 from jaxformer.training.defaults import default_config
-from jaxformer.training.loop import build
-from jaxformer.training.state import create_train_state
-from jaxformer.training.steps import make_train_step
 from jaxformer.training.tasks import build_model_config
+from jaxformer.training.tasks.lm import lm_loss
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import trace_summary  # experiments/ is not a package
@@ -209,10 +208,9 @@ def bench_train_step(impl: str, args, peak_tflops: float | None) -> dict:
     config = train_config(impl, args.batch, args.seq, args.scan_layers, args.smoke, args.remat, args.vocab_multiple)
     B, T = config.batch_size, config.data.seq_len
     model_cfg = build_model_config(config, {"vocab_size": args.vocab, "max_len": T})
-    model, schedule, optimizer = build(config, model_cfg)
-    graphs, state = create_train_state(model, optimizer)
-    del model
-    train_step = make_train_step(graphs, optimizer, schedule)
+    schedule, optimizer = build_optimizer(config, d_model=model_cfg.d_model)
+    graphs, state = create_train_state(GPT(model_cfg, rngs=nnx.Rngs(config.seed)), optimizer)
+    train_step = make_train_step(graphs, optimizer, schedule, lm_loss)
     rng = np.random.default_rng(0)
     batches = []
     for _ in range(4):  # a few device-resident batches, cycled: no host work inside the timed steps

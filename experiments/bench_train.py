@@ -1,7 +1,7 @@
 """Training-step benchmark: median step time and "CPU MFU" of a config's jitted train step.
 
     python experiments/bench_train.py                                   # shakespeare_char_cpu, ~1 minute
-    python experiments/bench_train.py --config experiments/configs/shakespeare_char.py --steps 20
+    python experiments/bench_train.py --config shakespeare_char --steps 20   # a recipe name or a .py file
     python experiments/bench_train.py --smoke                           # tiny sizes, seconds
     python experiments/bench_train.py --wide                            # d_model 512, 8 layers, context 256
     python experiments/bench_train.py --no-scan_layers --remat none     # the plain loop of blocks
@@ -30,21 +30,22 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from jaxformer.training.defaults import load_config
-from jaxformer.training.loop import build
-from jaxformer.training.state import create_train_state
-from jaxformer.training.steps import make_train_step
+from jaxformer.configs import load_config
+from jaxformer.models import GPT
+from jaxformer.training import build_optimizer, create_train_state, make_train_step
 from jaxformer.training.tasks import build_model_config
+from jaxformer.training.tasks.lm import lm_loss
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import trace_summary  # experiments/ is not a package
 
 
-def recipe_config(path: str, *, wide: bool = False, smoke: bool = False):
-    """The config at `path`; `wide`: d_model 512, 8 layers, 8 heads, d_ff 2048, context 256 (issue 6 of 6's wider
-    recipe); `smoke`: one tiny layer, context 16, batch 2."""
-    config = load_config(path)
+def recipe_config(name: str, *, wide: bool = False, smoke: bool = False):
+    """The config `name` (a recipe's name or a .py file); `wide`: d_model 512, 8 layers, 8 heads, d_ff 2048,
+    context 256 (issue 6 of 6's wider recipe); `smoke`: one tiny layer, context 16, batch 2."""
+    config = load_config(name)
     if wide:
         config.name += "_wide"
         config.model.update(num_layers=8, d_model=512, d_ff=2048, num_heads=8)
@@ -58,8 +59,8 @@ def recipe_config(path: str, *, wide: bool = False, smoke: bool = False):
 def recipe_step(config, vocab_size: int):
     """(model config, train state, the jitted train step, a function drawing a random-token batch) for `config`."""
     model_cfg = build_model_config(config, {"vocab_size": vocab_size, "max_len": config.data.seq_len})
-    model, schedule, optimizer = build(config, model_cfg)
-    graphs, state = create_train_state(model, optimizer)
+    schedule, optimizer = build_optimizer(config, d_model=model_cfg.d_model)
+    graphs, state = create_train_state(GPT(model_cfg, rngs=nnx.Rngs(config.seed)), optimizer)
     B, T = config.batch_size, config.data.seq_len
     rng = np.random.default_rng(0)
 
@@ -67,7 +68,7 @@ def recipe_step(config, vocab_size: int):
         tokens = rng.integers(0, vocab_size, size=(B, T + 1)).astype(np.int32)
         return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
 
-    return model_cfg, state, make_train_step(graphs, optimizer, schedule), batch
+    return model_cfg, state, make_train_step(graphs, optimizer, schedule, lm_loss), batch
 
 
 def model_flops_per_step(params, model_cfg, tokens_per_step: int, seq_len: int) -> tuple[int, int]:
@@ -93,7 +94,7 @@ def matmul_flops_per_s(n: int = 2048, rounds: int = 5) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="experiments/configs/shakespeare_char_cpu.py")
+    parser.add_argument("--config", default="shakespeare_char_cpu", help="a recipe's name or a .py file")
     parser.add_argument("--steps", type=int, default=200, help="timed steps (after 5 warm-up steps), over all rounds")
     parser.add_argument("--rounds", type=int, default=10, help="alternating rounds of steps and matmul timing")
     parser.add_argument("--vocab_size", type=int, default=65, help="tiny Shakespeare has 65 characters")

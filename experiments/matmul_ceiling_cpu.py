@@ -80,7 +80,7 @@ def dot_flops(lhs_shape, rhs_shape, dims) -> int:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="experiments/configs/shakespeare_char_cpu.py")
+    parser.add_argument("--config", default="shakespeare_char_cpu", help="a recipe's name or a .py file")
     parser.add_argument("--wide", action="store_true", help="d_model 512, 8 layers, 8 heads, d_ff 2048, context 256")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, seconds")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of (all dots, steps, the 2048^3 matmul)")

@@ -1,16 +1,20 @@
 """The `jaxformer` command.
 
-    jaxformer train  --config experiments/configs/shakespeare_char_cpu.py --workdir DIR [--config.KEY=VALUE ...]
-    jaxformer sample --workdir DIR [--prompt TEXT] [--num_tokens N] [--temperature T] [--top_k K] [--seed S]
-    jaxformer memory --config FILE [--config.mesh.fsdp=8 ...] [--devices N]   (per-device bytes, nothing trained)
+    jaxformer train   --config CONFIG --workdir DIR [--config.KEY=VALUE ...]
+    jaxformer sample  --workdir DIR [--prompt TEXT] [--num_tokens N] [--temperature T] [--top_k K] [--seed S]
+    jaxformer memory  --config CONFIG [--config.mesh.fsdp=8 ...] [--devices N]  (per-device bytes, nothing trained)
+    jaxformer configs                                                           (the recipes, one line each)
 
-`python -m jaxformer.train ...` is the same as `jaxformer train ...`.
+CONFIG is a recipe's name (`jaxformer train --config shakespeare_char_cpu --workdir workdir/shakespeare_char_cpu`;
+`jaxformer configs` lists them) or the path of a .py file with a `get_config()`; either may end in `:arg`, passed to
+`get_config(arg)`. `python -m jaxformer.train ...` is the same as `jaxformer train ...`.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import NoReturn
 
 USAGE = __doc__
 
@@ -22,11 +26,52 @@ def _quiet() -> None:
     logging.set_verbosity(logging.WARNING)
 
 
-def _train(argv: list[str]) -> None:
-    from absl import app, flags
+CONFIG_HELP = "A recipe's name (`jaxformer configs` lists them) or a .py file with a get_config(); [:arg]."
+
+
+def _fail(program: str, message: object) -> NoReturn:
+    print(f"{program}: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _resolve_config(argv: list[str]) -> list[str]:
+    """`argv` with the value of `--config` (`--config NAME`, `--config=NAME`, one dash or two) resolved by
+    `jaxformer.configs.resolve`: a recipe's name becomes its file, so that ml_collections' config_flags loads it
+    and applies the `--config.KEY=VALUE` overrides as for any config file. Stops at `--`, as absl does."""
+    from jaxformer import configs
+
+    out = list(argv[:1])
+    args = iter(argv[1:])
+    for arg in args:
+        if arg == "--":
+            out += [arg, *args]
+            break
+        flag, eq, value = arg.partition("=")
+        if flag in ("--config", "-config"):
+            if not eq:
+                value = next(args, None)
+                if value is None:  # absl says that the flag needs a value
+                    out.append(arg)
+                    break
+            try:
+                arg = f"{flag}={configs.resolve(value)}"
+            except (ValueError, FileNotFoundError) as e:  # an unknown name or a missing file: say which, list names
+                _fail(argv[0], e)
+        out.append(arg)
+    return out
+
+
+def _define_config(argv: list[str]) -> None:
     from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config()).", lock_config=True)
+    config_flags.DEFINE_config_file("config", None, CONFIG_HELP, lock_config=True, sys_argv=argv)
+
+
+def _train(argv: list[str]) -> None:
+    from absl import app, flags
+
+    argv = _resolve_config(argv)
+    _define_config(argv)
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, plots and samples.")
     flags.mark_flags_as_required(["config", "workdir"])
 
@@ -59,8 +104,7 @@ def _sample(argv: list[str]) -> None:
     flags.mark_flags_as_required(["workdir"])
 
     def main(_):
-        from jaxformer.training.loop import load_trained
-        from jaxformer.training.tasks.lm import sample_text
+        from jaxformer.training.tasks.lm import load_trained, sample_text
 
         _quiet()
         f = flags.FLAGS
@@ -75,9 +119,9 @@ def _sample(argv: list[str]) -> None:
 
 def _memory(argv: list[str]) -> None:
     from absl import app, flags
-    from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", None, "Experiment config file (get_config()).", lock_config=True)
+    argv = _resolve_config(argv)
+    _define_config(argv)
     flags.DEFINE_integer("devices", 0, "Devices to size the run for (default: the devices jax sees).")
     flags.mark_flags_as_required(["config"])
 
@@ -90,9 +134,20 @@ def _memory(argv: list[str]) -> None:
     app.run(main, argv=argv)
 
 
+def _configs(argv: list[str]) -> None:
+    from jaxformer import configs
+
+    if len(argv) > 1:
+        _fail(argv[0], f"takes no arguments, got {' '.join(argv[1:])}")
+    described = configs.describe()
+    width = max(map(len, described))
+    for name, line in described.items():
+        print(f"{name:<{width}}  {line}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
-    commands = {"train": _train, "sample": _sample, "memory": _memory}
+    commands = {"train": _train, "sample": _sample, "memory": _memory, "configs": _configs}
     if len(argv) < 2 or argv[1] not in commands:
         print(USAGE, file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""`python -m jaxformer.train --config FILE --workdir DIR`: the same as `jaxformer train ...`."""
+"""`python -m jaxformer.train --config CONFIG --workdir DIR`: the same as `jaxformer train ...`."""
 
 import sys
 

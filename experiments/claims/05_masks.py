@@ -125,7 +125,7 @@ def bidirectional_twin(model: GPT) -> list[nn.EncoderBlock]:
         raise ValueError("the twin shares per-layer modules: build the GPT with scan_layers=False")
     twins = []
     for i, block in enumerate(model.blocks.layers):
-        twin = nn.EncoderBlock(model.config.block_config(), rngs=nnx.Rngs(100 + i))
+        twin = nn.EncoderBlock(model.config, rngs=nnx.Rngs(100 + i))
         twin.attention, twin.attention_residual = block.self_attention, block.self_residual
         twin.ffn, twin.ffn_residual = block.ffn, block.ffn_residual
         twins.append(twin)

@@ -106,7 +106,7 @@ def loss_by_position(model: GPT, tokens: np.ndarray, length: int, batch_size: in
     sums, counts = np.zeros(length), np.zeros(length)
     for batch in data.eval_batches(tokens, batch_size=batch_size, seq_len=length):
         per_token = np.asarray(nll(model, jnp.asarray(batch["inputs"]), jnp.asarray(batch["targets"])))
-        valid = batch["valid"]
+        valid = batch["weights"]
         sums += np.where(valid, per_token, 0.0).sum(axis=0)
         counts += valid.sum(axis=0)
     return float(sums.sum() / counts.sum()), sums / np.maximum(counts, 1)

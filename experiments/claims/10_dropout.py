@@ -92,10 +92,7 @@ def train_loss_without_dropout():
         row = original(self, eval_step, state, model)
         probe = self.train_tokens[: len(self.eval_tokens)]
         cfg = self.config
-        batches = (
-            {"inputs": b["inputs"], "targets": b["targets"], "weights": b["valid"]}
-            for b in data.eval_batches(probe, batch_size=cfg.batch_size, seq_len=cfg.data.seq_len)
-        )
+        batches = data.eval_batches(probe, batch_size=cfg.batch_size, seq_len=cfg.data.seq_len)
         row["train_eval_loss"] = evaluate_batches(eval_step, state, batches)["val_loss"]
         return row
 

@@ -99,7 +99,7 @@ def pure(module: nnx.Module, call):
 def projections(m: nn.MultiHeadAttention, x):
     """The attention sublayer without its core: the fused QKV projection and the output projection (applied to
     q, which has the core output's shape). k and v are returned so that none of the QKV matmul is dead code."""
-    q, k, v = m._project_qkv(x)
+    q, k, v = m.project_qkv(x)
     return jnp.einsum("BTNH,NHD->BTD", q, m.w_o[...].astype(m.dtype)), k, v
 
 

@@ -10,7 +10,7 @@ scans only the recurrent part h W_h over time with `jax.lax.scan`: the strongest
 whose T dependent steps cannot be parallelised. The hidden size is chosen so that the LSTM has about the GPT's
 parameter count.
 
-Both models are trained with the library's own jitted train step (`jaxformer.training.steps.make_train_step`:
+Both models are trained with the library's own jitted train step (`jaxformer.training.make_train_step`:
 forward, backward, global-norm clipping, AdamW), optimizer and schedule (the shakespeare_char_cpu recipe), on the
 same `LMBatcher` stream of batches, and evaluated with the library's eval step over the whole validation split in
 non-overlapping windows of the training context (`data.eval_batches`): each window starts from scratch for both
@@ -35,10 +35,11 @@ from jaxformer import data
 from jaxformer.models.config import ModelConfig
 from jaxformer.models.gpt import GPT
 from jaxformer.training.optimizers import make_optimizer
+from jaxformer.training.runner import make_eval_step, make_train_step
 from jaxformer.training.schedules import make_schedule
 from jaxformer.training.state import create_train_state
-from jaxformer.training.steps import make_eval_step, make_train_step
 from jaxformer.training.tasks.base import evaluate_batches
+from jaxformer.training.tasks.lm import lm_loss
 
 CLAIM = (
     "A Transformer processes all positions of a sequence in parallel, so its training step time grows far more "
@@ -132,7 +133,7 @@ class LSTMLayer(nnx.Module):
 
 class CharLSTM(nnx.Module):
     """`model(tokens [B, T]) -> logits [B, T, V]`: embedding -> LSTM layers -> linear head. Takes (and ignores)
-    the keyword arguments that the library's `lm_loss` passes to a GPT."""
+    the keyword arguments that `tasks.lm.lm_loss` passes to a GPT."""
 
     def __init__(self, vocab_size: int, hidden: int, num_layers: int, *, rngs: nnx.Rngs):
         self.embed = nnx.Embed(vocab_size, hidden, embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
@@ -187,7 +188,7 @@ def timing_experiment(s: dict, models: dict[str, nnx.Module], vocab: int) -> dic
     steps, states = {}, {}
     for name, model in models.items():
         graphs, states[name] = create_train_state(model, tx)
-        steps[name] = make_train_step(graphs, tx, schedule)
+        steps[name] = make_train_step(graphs, tx, schedule, lm_loss)
     rng = np.random.default_rng(0)
     B, lengths = s["time_batch"], s["lengths"]
     batches = {}
@@ -235,15 +236,12 @@ def timing_experiment(s: dict, models: dict[str, nnx.Module], vocab: int) -> dic
 def train(model: nnx.Module, s: dict, train_tokens: np.ndarray, val_tokens: np.ndarray) -> dict:
     tx, schedule = optimizer_for(s["steps"])
     graphs, state = create_train_state(model, tx)
-    train_step = make_train_step(graphs, tx, schedule)
-    eval_step = make_eval_step(graphs)
+    train_step = make_train_step(graphs, tx, schedule, lm_loss)
+    eval_step = make_eval_step(graphs, lm_loss)
     batcher = data.LMBatcher(train_tokens, batch_size=s["train_batch"], seq_len=s["context"], seed=1337)
 
     def val_loss() -> float:
-        batches = (
-            {"inputs": b["inputs"], "targets": b["targets"], "weights": b["valid"]}
-            for b in data.eval_batches(val_tokens, batch_size=s["eval_batch"], seq_len=s["context"])
-        )
+        batches = data.eval_batches(val_tokens, batch_size=s["eval_batch"], seq_len=s["context"])
         return evaluate_batches(eval_step, state, batches)["val_loss"]
 
     eval_steps, val, train_steps, train_loss = [], [], [], []

@@ -32,8 +32,7 @@ import jax
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
-ROOT = os.path.dirname(os.path.dirname(HERE))
-CPU_RECIPE = os.path.join(ROOT, "experiments", "configs", "shakespeare_char_cpu.py")
+CPU_RECIPE = "shakespeare_char_cpu"  # a recipe of jaxformer.configs
 
 
 @dataclasses.dataclass
@@ -94,7 +93,7 @@ def main(module: ModuleType) -> dict:
 def lm_config(steps: int, **overrides):
     """The `shakespeare_char_cpu` training config for `steps` steps (evaluated once, at the end), with dotted
     `overrides`: `lm_config(300, **{"model.num_heads": 1, "batch_size": 16})`."""
-    from jaxformer.training.defaults import load_config
+    from jaxformer.configs import load_config
 
     config = load_config(CPU_RECIPE)
     # The plain loop of layers: the experiments read per-layer internals (attention maps, per-layer gradients) and
@@ -116,7 +115,8 @@ def train_lm(config, *, keep_model: bool = False) -> dict:
     """Trains `config` with the library's loop in a temporary workdir. Returns {"final": the last metrics row
     (with val_loss), "history": every logged row}; with `keep_model`, also "model" (the trained model in eval
     mode, read back from the final checkpoint before the workdir goes) and "tokenizer"."""
-    from jaxformer.training.loop import load_trained, train_and_evaluate
+    from jaxformer.training.loop import train_and_evaluate
+    from jaxformer.training.tasks.lm import load_trained
 
     with tempfile.TemporaryDirectory() as workdir:
         final = train_and_evaluate(config, workdir)
@@ -143,7 +143,7 @@ def attention_maps(model, tokens) -> list:
     maps = []
     for block in model.blocks.layers:
         h = block.self_residual.norm(x)
-        q, k, _ = block.self_attention._project_qkv(h)
+        q, k, _ = block.self_attention.project_qkv(h)
         maps.append(np.asarray(ops.attention_weights(q, k, is_causal=True)))
         x = block(x)
     return maps

@@ -24,7 +24,8 @@ import warnings
 
 import numpy as np
 
-from jaxformer.data import _checks, sources
+from jaxformer import checks
+from jaxformer.data import sources
 
 DIGITS_SPLITS = ("train", "test")
 IMAGE_DATASETS = ("digits", "mnist")
@@ -58,7 +59,7 @@ class ImageDataset:
                 f"`labels` must be a [N] array with one label per image (N={images.shape[0]}); got shape "
                 f"{labels.shape}."
             )
-        _checks.positive_int("num_classes", self.num_classes)
+        checks.check_positive_int("num_classes", self.num_classes)
 
     def __len__(self) -> int:
         """N, the number of examples."""
@@ -105,7 +106,7 @@ def digits(split: str, *, test_fraction: float = 0.2, seed: int = 0) -> ImageDat
         raise ValueError(f"`test_fraction` must be a float strictly between 0 and 1; got {test_fraction!r}.")
     if not 0.0 < float(test_fraction) < 1.0:
         raise ValueError(f"`test_fraction` must be a float strictly between 0 and 1; got {test_fraction!r}.")
-    seed = _checks.nonnegative_int("seed", seed)
+    seed = checks.check_nonnegative_int("seed", seed)
     try:
         from sklearn.datasets import load_digits  # lazy: importing scikit-learn costs ~2 s
     except ImportError as err:

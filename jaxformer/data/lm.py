@@ -12,7 +12,7 @@ uninterrupted run would have seen.
 
 Evaluation: `eval_batches` tiles the split with non-overlapping windows, so every token after the first is
 predicted exactly once. The last window and the last batch are padded to full shape (one compiled eval step);
-`valid` marks the real targets, pass it as the loss mask.
+`weights` marks the real targets: pass it as the loss mask.
 
 Everything here is NumPy on the host; the training loop puts the batches on devices.
 """
@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from jaxformer.data import _checks
+from jaxformer import checks
 
 
 class LMBatcher:
@@ -41,11 +41,11 @@ class LMBatcher:
     """
 
     def __init__(self, tokens, *, batch_size: int, seq_len: int, seed: int, step: int = 0):
-        self.tokens = _checks.token_array("tokens", tokens)
-        self.batch_size = _checks.positive_int("batch_size", batch_size)
-        self.seq_len = _checks.positive_int("seq_len", seq_len)
-        self.seed = _checks.nonnegative_int("seed", seed)
-        self.step = _checks.nonnegative_int("step", step)
+        self.tokens = checks.check_token_array("tokens", tokens)
+        self.batch_size = checks.check_positive_int("batch_size", batch_size)
+        self.seq_len = checks.check_positive_int("seq_len", seq_len)
+        self.seed = checks.check_nonnegative_int("seed", seed)
+        self.step = checks.check_nonnegative_int("step", step)
         if self.tokens.size < self.seq_len + 1:
             raise ValueError(
                 f"`tokens` has {self.tokens.size} tokens but a window needs seq_len + 1 = {self.seq_len + 1}; "
@@ -55,7 +55,7 @@ class LMBatcher:
 
     def batch_at(self, step: int) -> dict[str, np.ndarray]:
         """The batch of step `step` (does not move the iterator): `inputs` and `targets`, int32 `[B, T]`."""
-        step = _checks.nonnegative_int("step", step)
+        step = checks.check_nonnegative_int("step", step)
         rng = np.random.default_rng((self.seed, step))
         starts = rng.integers(0, self.tokens.size - self.seq_len, size=self.batch_size)
         windows = self.tokens[starts[:, None] + self._window]  # [B, T + 1]
@@ -78,7 +78,7 @@ class LMBatcher:
 
         Raises ValueError if the state was saved with a different seed (the batches would silently differ).
         """
-        values = _checks.state_dict("LMBatcher", state, ("step", "seed"))
+        values = checks.check_state_dict("LMBatcher", state, ("step", "seed"))
         if values["seed"] != self.seed:
             raise ValueError(
                 f"LMBatcher.restore: the state was saved with seed={values['seed']} but this batcher has "
@@ -95,9 +95,9 @@ class LMBatcher:
 
 def num_eval_batches(num_tokens: int, *, batch_size: int, seq_len: int) -> int:
     """How many batches `eval_batches` yields for `num_tokens` tokens: ceil(ceil((N - 1) / T) / B)."""
-    num_tokens = _checks.nonnegative_int("num_tokens", num_tokens)
-    batch_size = _checks.positive_int("batch_size", batch_size)
-    seq_len = _checks.positive_int("seq_len", seq_len)
+    num_tokens = checks.check_nonnegative_int("num_tokens", num_tokens)
+    batch_size = checks.check_positive_int("batch_size", batch_size)
+    seq_len = checks.check_positive_int("seq_len", seq_len)
     windows = -(-max(num_tokens - 1, 0) // seq_len)
     return -(-windows // batch_size)
 
@@ -108,7 +108,7 @@ def eval_batches(tokens, *, batch_size: int, seq_len: int) -> Iterator[dict[str,
     Window w reads inputs `tokens[wT : wT + T]` and targets `tokens[wT + 1 : wT + T + 1]`; over all windows the
     targets are tokens 1 .. N - 1, each once (token 0 is never a target: nothing precedes it). The remainder is
     padded, not dropped: the last window's missing positions and the last batch's missing rows hold token 0
-    with `valid` False, so every batch has the full shape `[B, T]` and a loss masked by `valid` averages over
+    with `weights` False, so every batch has the full shape `[B, T]` and a loss masked by `weights` averages over
     exactly the N - 1 targets of the split.
 
     Args:
@@ -117,12 +117,12 @@ def eval_batches(tokens, *, batch_size: int, seq_len: int) -> Iterator[dict[str,
       seq_len: T.
 
     Returns:
-      an iterator of `{"inputs": int32 [B, T], "targets": int32 [B, T], "valid": bool [B, T]}`; it yields
+      an iterator of `{"inputs": int32 [B, T], "targets": int32 [B, T], "weights": bool [B, T]}`; it yields
       `num_eval_batches(N, batch_size=B, seq_len=T)` batches. Call again to iterate again.
     """
-    tokens = _checks.token_array("tokens", tokens)
-    batch_size = _checks.positive_int("batch_size", batch_size)
-    seq_len = _checks.positive_int("seq_len", seq_len)
+    tokens = checks.check_token_array("tokens", tokens)
+    batch_size = checks.check_positive_int("batch_size", batch_size)
+    seq_len = checks.check_positive_int("seq_len", seq_len)
     if tokens.size < 2:
         raise ValueError(f"`tokens` needs at least 2 tokens (one input, one target); got {tokens.size}.")
     num_batches = num_eval_batches(tokens.size, batch_size=batch_size, seq_len=seq_len)
@@ -139,5 +139,5 @@ def _eval_batches(tokens: np.ndarray, batch_size: int, seq_len: int, num_batches
         yield {
             "inputs": np.where(valid, tokens[np.minimum(pos, num_targets - 1)], 0).astype(np.int32),
             "targets": np.where(valid, tokens[np.minimum(pos + 1, num_targets)], 0).astype(np.int32),
-            "valid": valid,
+            "weights": valid,
         }

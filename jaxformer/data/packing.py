@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from jaxformer.data import _checks
+from jaxformer import checks
 
 
 def pack_sequences(
@@ -48,15 +48,15 @@ def pack_sequences(
     Returns:
       `{"tokens", "segment_ids", "positions"}`, each int32 `[R, T]`.
     """
-    seq_len = _checks.positive_int("seq_len", seq_len)
+    seq_len = checks.check_positive_int("seq_len", seq_len)
     if batch_size is not None:
-        batch_size = _checks.positive_int("batch_size", batch_size)
+        batch_size = checks.check_positive_int("batch_size", batch_size)
     if isinstance(sequences, np.ndarray) and sequences.ndim == 1 and sequences.dtype != object:
         raise ValueError("`sequences` must be a sequence of 1-D token arrays; got a single 1-D array. Wrap it: [x].")
 
     pieces = []
     for i, seq in enumerate(sequences):
-        arr = _checks.token_array(f"sequences[{i}]", seq)
+        arr = checks.check_token_array(f"sequences[{i}]", seq)
         if arr.size > seq_len and not split_long:
             raise ValueError(
                 f"`sequences[{i}]` has {arr.size} tokens, more than seq_len={seq_len}; raise seq_len, filter or "
@@ -113,10 +113,10 @@ class ShuffledBatches:
 
     def __init__(self, data, *, batch_size: int, seed: int, drop_remainder: bool = True, num_epochs: int | None = None):
         self.data, self.num_examples = _examples(data)
-        self.batch_size = _checks.positive_int("batch_size", batch_size)
-        self.seed = _checks.nonnegative_int("seed", seed)
+        self.batch_size = checks.check_positive_int("batch_size", batch_size)
+        self.seed = checks.check_nonnegative_int("seed", seed)
         self.drop_remainder = bool(drop_remainder)
-        self.num_epochs = None if num_epochs is None else _checks.positive_int("num_epochs", num_epochs)
+        self.num_epochs = None if num_epochs is None else checks.check_positive_int("num_epochs", num_epochs)
         if self.num_examples == 0:
             raise ValueError("ShuffledBatches needs at least one example; `data` has 0.")
         if self.drop_remainder and self.num_examples < self.batch_size:
@@ -135,7 +135,7 @@ class ShuffledBatches:
 
     def permutation(self, epoch: int) -> np.ndarray:
         """The order in which epoch `epoch` visits the examples: int64 `[N]`."""
-        epoch = _checks.nonnegative_int("epoch", epoch)
+        epoch = checks.check_nonnegative_int("epoch", epoch)
         return np.random.default_rng((self.seed, epoch)).permutation(self.num_examples)
 
     def __iter__(self) -> Iterator:
@@ -161,7 +161,7 @@ class ShuffledBatches:
 
     def restore(self, state) -> None:
         """Continues from a `state()`. Raises ValueError if it was saved with a different seed."""
-        values = _checks.state_dict("ShuffledBatches", state, ("epoch", "index", "seed"))
+        values = checks.check_state_dict("ShuffledBatches", state, ("epoch", "index", "seed"))
         if values["seed"] != self.seed:
             raise ValueError(
                 f"ShuffledBatches.restore: the state was saved with seed={values['seed']} but this iterator has "
@@ -184,7 +184,7 @@ class ShuffledBatches:
 def _examples(data) -> tuple[np.ndarray | Mapping[str, np.ndarray] | None, int]:
     """(data to index, N) for `ShuffledBatches`'s `data` argument."""
     if isinstance(data, (int, np.integer)) and not isinstance(data, bool):
-        return None, _checks.nonnegative_int("data", data)
+        return None, checks.check_nonnegative_int("data", data)
     if isinstance(data, Mapping):
         if not data:
             raise ValueError("`data` is an empty mapping; give it arrays with one row per example.")

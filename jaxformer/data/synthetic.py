@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from jaxformer.data import _checks
+from jaxformer import checks
 
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 DIGIT_OFFSET = 3  # digit d is token d + 3
@@ -81,12 +81,12 @@ def seq2seq_task(name: str, *, num_examples: int, min_len: int, max_len: int, se
         tgt_valid bool `[N, T]`   True on target + EOS (the positions of tgt_out the loss counts)
     """
     _check_task(name)
-    n = _checks.positive_int("num_examples", num_examples)
-    min_len = _checks.positive_int("min_len", min_len)
-    max_len = _checks.positive_int("max_len", max_len)
+    n = checks.check_positive_int("num_examples", num_examples)
+    min_len = checks.check_positive_int("min_len", min_len)
+    max_len = checks.check_positive_int("max_len", max_len)
     if min_len > max_len:
         raise ValueError(f"`min_len`={min_len} must be <= `max_len`={max_len}.")
-    seed = _checks.nonnegative_int("seed", seed)
+    seed = checks.check_nonnegative_int("seed", seed)
     rng = np.random.default_rng((seed, SEQ2SEQ_TASKS.index(name)))
 
     if name == "add":

@@ -10,8 +10,10 @@ from flax import nnx
 
 from jaxformer.decoding.cache import reorder_cache
 from jaxformer.decoding.generate import cache_length, check_prompt, prefill
+from jaxformer.models.transformer import Transformer
+from jaxformer.ops import MASKED_LOGIT
 
-_NEG = -1e30
+_NEG = MASKED_LOGIT  # the finite "minus infinity" of dead beams and empty finished slots (never overflows to NaN)
 
 
 def length_normalizer(length, alpha: float):
@@ -33,8 +35,8 @@ def beam_search(
     """The `beam_size` best continuations of each input under the model, best first.
 
     Args:
-      model: an encoder-decoder (with `encode` / `decode`, e.g. `Transformer`; `src` is the source and decoding
-        starts from `bos_id`) or a decoder-only model (`src` is the prompt, continued after its last token).
+      model: the encoder-decoder `Transformer` (`src` is the source; decoding starts from `bos_id`) or a
+        decoder-only model with a KV cache, e.g. `GPT` (`src` is the prompt, continued after its last token).
       src: int `[B, S]`.
       beam_size: W, number of hypotheses kept per input.
       max_len: number of tokens to generate (the eos included).
@@ -53,10 +55,10 @@ def beam_search(
         raise ValueError(f"`beam_size` must be a positive int; got {beam_size!r}.")
     if not isinstance(max_len, int) or max_len < 1:
         raise ValueError(f"`max_len` must be a positive int; got {max_len!r}.")
+    encoder_decoder = _is_encoder_decoder(model)
     vocab_size = model.config.vocab_size
     if beam_size > vocab_size:
         raise ValueError(f"`beam_size`={beam_size} exceeds vocab_size={vocab_size}.")
-    encoder_decoder = hasattr(model, "encode")
     if encoder_decoder and bos_id is None:
         raise ValueError("An encoder-decoder model starts decoding from `bos_id`: pass bos_id.")
     for name, token in (("eos_id", eos_id), ("bos_id", bos_id)):
@@ -83,18 +85,35 @@ def beam_search(
         alpha=float(length_penalty),
         eos_id=eos_id,
         bos_id=bos_id,
+        encoder_decoder=encoder_decoder,
+    )
+
+
+def _is_encoder_decoder(model: nnx.Module) -> bool:
+    """True for the encoder-decoder `Transformer`, False for a decoder-only model with a KV cache (`GPT`); a
+    TypeError for anything else (ViT, for one, has `encode` but nothing to decode)."""
+    if isinstance(model, Transformer):
+        return True
+    if callable(getattr(model, "init_cache", None)):
+        return False
+    raise TypeError(
+        f"beam_search needs an encoder-decoder `Transformer` or a decoder-only model with a KV cache (`init_cache`, "
+        f"e.g. `GPT`); got a {type(model).__name__}."
     )
 
 
 @functools.partial(
-    jax.jit, static_argnames=("graphdef", "beam_size", "max_len", "cache_len", "alpha", "eos_id", "bos_id")
+    jax.jit,
+    static_argnames=("graphdef", "beam_size", "max_len", "cache_len", "alpha", "eos_id", "bos_id", "encoder_decoder"),
 )
-def _beam_search(graphdef, state, src, src_valid, lengths, *, beam_size, max_len, cache_len, alpha, eos_id, bos_id):
+def _beam_search(
+    graphdef, state, src, src_valid, lengths, *, beam_size, max_len, cache_len, alpha, eos_id, bos_id, encoder_decoder
+):
     B, W = src.shape[0], beam_size
     model = nnx.merge(graphdef, state)
     model.eval()
     tile = jnp.repeat(jnp.arange(B), W)  # [B * W]: batch entry of each beam
-    if hasattr(model, "encode"):
+    if encoder_decoder:
         memory = model.encode(src, src_valid=src_valid)[tile]
         memory_valid = None if src_valid is None else src_valid[tile]
         model.init_cache(B * W, cache_len)

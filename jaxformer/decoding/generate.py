@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -105,10 +103,7 @@ def generate(
     )
 
 
-@functools.partial(
-    jax.jit, static_argnames=("graphdef", "max_new_tokens", "max_len", "temperature", "top_k", "top_p", "eos_id")
-)
-def _generate(graphdef, state, prompt, lengths, rng, *, max_new_tokens, max_len, temperature, top_k, top_p, eos_id):
+def _generate_fn(graphdef, state, prompt, lengths, rng, *, max_new_tokens, max_len, temperature, top_k, top_p, eos_id):
     B = prompt.shape[0]
     model = nnx.merge(graphdef, state)  # a copy: the caller's model keeps no cache and its train/eval mode
     model.eval()
@@ -137,3 +132,10 @@ def _generate(graphdef, state, prompt, lengths, rng, *, max_new_tokens, max_len,
     tokens = jnp.full((B, max_new_tokens), fill, jnp.int32)
     carry = (jnp.int32(0), tokens, logits, jnp.zeros((B,), bool), rng, caches)
     return jax.lax.while_loop(cond, body, carry)[1]
+
+
+# One compiled program per model graph, shapes and sampling settings (tests/decoding: a second call compiles nothing).
+_generate = jax.jit(
+    _generate_fn,
+    static_argnames=("graphdef", "max_new_tokens", "max_len", "temperature", "top_k", "top_p", "eos_id"),
+)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-_NEG = -1e30  # a finite "minus infinity": filtered tokens get probability 0 without producing NaN
+from jaxformer.ops import MASKED_LOGIT
+
+_NEG = MASKED_LOGIT  # the finite "minus infinity": filtered tokens get probability 0 without producing NaN
 
 
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None, vocab_size: int) -> None:
@@ -19,7 +21,7 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None, v
 
 
 def top_k_logits(logits: jax.Array, k: int) -> jax.Array:
-    """Keeps the k largest logits of each row `[..., V]` (ties at the k-th value are kept); the rest -> -1e30."""
+    """Keeps the k largest logits of each row `[..., V]` (ties at the k-th value are kept); the rest -> MASKED_LOGIT."""
     kth = jax.lax.top_k(logits, k)[0][..., -1:]
     return jnp.where(logits >= kth, logits, _NEG)
 

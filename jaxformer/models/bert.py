@@ -10,7 +10,7 @@ from flax import nnx
 
 from jaxformer import nn, ops
 from jaxformer.models.config import ModelConfig
-from jaxformer.models.embedding import InputEmbedding, check_tokens
+from jaxformer.models.embedding import InputEmbedding, check_tokens, check_valid
 from jaxformer.models.stack import BlockStack
 from jaxformer.nn.blocks import apply_norm, make_norm
 
@@ -67,7 +67,7 @@ class MLMHead(nnx.Module):
         self.cfg = cfg
         self.kernel, self.bias = _dense_params(cfg, rngs)
         self.act = ops.get_activation(_GATED_FALLBACK if cfg.activation == "swiglu" else cfg.activation)
-        self.norm = make_norm(cfg.block_config(), rngs=rngs)
+        self.norm = make_norm(cfg, rngs=rngs)
         if cfg.tie_embeddings:
             self.embed, self.decoder = embed, None
         else:
@@ -111,16 +111,15 @@ class BERT(nnx.Module):
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.config = config
-        block_cfg = config.block_config()
         self.embed = InputEmbedding(config, rngs=rngs)
         self.blocks = BlockStack(
-            lambda r: nn.EncoderBlock(block_cfg, rngs=r),
+            lambda r: nn.EncoderBlock(config, rngs=r),
             config.num_layers,
             scan=config.scan_layers,
             rngs=rngs,
             remat=config.remat,
         )
-        self.final_norm = make_norm(block_cfg, rngs=rngs) if config.norm_position == "pre" else None
+        self.final_norm = make_norm(config, rngs=rngs) if config.norm_position == "pre" else None
         self.pooler = Pooler(config, rngs=rngs)
         self.mlm_head = MLMHead(config, self.embed.tokens, rngs=rngs)
 
@@ -150,15 +149,9 @@ class BERT(nnx.Module):
                     f"`token_types` must have the shape of `tokens` {tuple(tokens.shape)}; "
                     f"got {tuple(token_types.shape)}."
                 )
-        mask = None
-        if valid is not None:
-            valid = jnp.asarray(valid)
-            if valid.dtype != jnp.bool_ or valid.shape != tokens.shape:
-                raise ValueError(
-                    f"`valid` must be bool [B, T] = {tuple(tokens.shape)} (False at padding); "
-                    f"got {valid.dtype} of shape {tuple(valid.shape)}."
-                )
-            mask = ops.padding_mask(valid)  # [B, 1, T, T]: padded query rows attend to nothing and output zeros
+        valid = check_valid("valid", valid, tokens.shape)
+        # [B, 1, T, T]: padded query rows attend to nothing and output zeros
+        mask = None if valid is None else ops.padding_mask(valid)
         x = self.embed(tokens, positions=positions, token_types=token_types, valid=valid)
         x = self.blocks(x, mask=mask, valid=valid, positions=positions)
         x = apply_norm(self.final_norm, x, valid)

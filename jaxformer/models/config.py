@@ -12,59 +12,37 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax.numpy as jnp
-
-from jaxformer import ops
-from jaxformer.nn.attention import IMPLEMENTATIONS
-from jaxformer.nn.blocks import NORM_POSITIONS, NORMS, BlockConfig
+from jaxformer.nn.blocks import BlockConfig
 from jaxformer.nn.remat import REMAT_POLICIES
 
-POSITIONAL = ("learned", "sinusoidal", "rope", "alibi", "none")
-ACTIVATIONS = (*ops.ACTIVATIONS, "swiglu")
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig(BlockConfig):
+    """Architecture of a GPT, BERT, encoder-decoder Transformer or ViT: the block fields of `BlockConfig`
+    (jaxformer/nn/blocks.py: `d_model` (D), `num_heads` (N), `d_ff` (F), `num_kv_heads` (K, default N),
+    `head_dim` (H, default D / N), norms, activation, dropout rates, `positional`, attention options, dtypes),
+    plus the model-level fields below. Keyword arguments only.
 
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Architecture of a GPT, BERT, encoder-decoder Transformer or ViT.
-
-    Core: `vocab_size` (V; 0 for ViT), `num_layers` (L; the encoder's in an encoder-decoder), `d_model` (D),
-    `num_heads` (N), `d_ff` (F), `max_len` (longest sequence; size of the learned position table).
-    Attention: `num_kv_heads` (K, default N), `head_dim` (H, default D / N), `qk_norm`, `sliding_window`,
-    `attention_impl` (auto | xla | blockwise | jax_nn | cudnn | pallas; nn/attention_dispatch.py), `rope_base`.
-    Residual blocks: `norm` (layernorm | rmsnorm | batchnorm), `norm_position` (pre: x + f(norm(x)); post:
-    norm(x + f(x)), the original paper and BERT), `norm_epsilon`, `activation` (relu | gelu | gelu_exact | silu |
-    swiglu ...), `use_bias`, `dropout_rate` (sublayer outputs and embeddings), `attention_dropout_rate`.
-    Embeddings: `positional` (learned | sinusoidal | rope | alibi | none), `tie_embeddings` (output logits use
-    the input embedding), `embed_scale` (multiply token embeddings by sqrt(D), as Vaswani et al.), `embed_norm`
-    (a norm after the embedding sum, as BERT), `type_vocab_size` (BERT segment embeddings; 0 = none).
+    Core: `vocab_size` (V; 0 for ViT), `num_layers` (L; the encoder's in an encoder-decoder), `max_len` (longest
+    sequence; size of the learned position table). `dropout_rate` also applies to the embeddings.
+    Embeddings: `tie_embeddings` (output logits use the input embedding), `embed_scale` (multiply token
+    embeddings by sqrt(D), as Vaswani et al.), `embed_norm` (a norm after the embedding sum, as BERT),
+    `type_vocab_size` (BERT segment embeddings; 0 = none), `init_std` (embeddings), and the position encoding
+    `positional` (a block field: learned | sinusoidal | rope | alibi | none).
     Encoder-decoder: `num_decoder_layers` (default `num_layers`). ViT: `image_size`, `patch_size`,
     `num_channels`, `num_classes`. Execution: `scan_layers` (one compiled block, scanned over L: compile time
     independent of depth), `vocab_multiple` (store the embedding / output tables with V rounded up to a multiple
     of this, e.g. 128, for fast matmuls as nanoGPT's 50304; the logits keep V columns), `remat` (none | full |
-    dots | dots_no_batch: what each block's backward pass recomputes instead of storing; nn/remat.py), `dtype`
-    (computation), `param_dtype` (storage), `init_std` (embeddings).
+    dots | dots_no_batch: what each block's backward pass recomputes instead of storing; nn/remat.py).
+
+    `replace(**changes)` re-derives `num_kv_heads` / `head_dim` that followed the old widths (see
+    `BlockConfig.replace`).
     """
 
     vocab_size: int
     num_layers: int
-    d_model: int
-    num_heads: int
-    d_ff: int
     max_len: int
-    num_kv_heads: int | None = None
-    head_dim: int | None = None
     num_decoder_layers: int | None = None
-    dropout_rate: float = 0.0
-    attention_dropout_rate: float = 0.0
-    positional: str = "learned"
-    rope_base: float = 10000.0
-    sliding_window: int | None = None
-    norm: str = "layernorm"
-    norm_position: str = "pre"
-    norm_epsilon: float = 1e-5
-    activation: str = "gelu"
-    use_bias: bool = True
-    qk_norm: bool = False
     tie_embeddings: bool = True
     embed_scale: bool = False
     embed_norm: bool = False
@@ -73,69 +51,27 @@ class ModelConfig:
     patch_size: int = 16
     num_channels: int = 3
     num_classes: int = 0
-    attention_impl: str = "xla"
     scan_layers: bool = False
     remat: str = "none"
     vocab_multiple: int = 1
     init_std: float = 0.02
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
 
     def __post_init__(self):
-        for name in ("num_layers", "d_model", "num_heads", "d_ff", "max_len"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"ModelConfig.{name} must be a positive int; got {value!r}.")
-        if not isinstance(self.vocab_multiple, int) or self.vocab_multiple < 1:
-            raise ValueError(f"ModelConfig.vocab_multiple must be a positive int; got {self.vocab_multiple!r}.")
+        super().__post_init__()
+        owner = type(self).__name__
+        self._check_positive_ints("num_layers", "max_len", "vocab_multiple")
         for name in ("vocab_size", "type_vocab_size", "num_classes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
-                raise ValueError(f"ModelConfig.{name} must be an int >= 0; got {value!r}.")
-        for name, value, allowed in (
-            ("positional", self.positional, POSITIONAL),
-            ("norm", self.norm, NORMS),
-            ("norm_position", self.norm_position, NORM_POSITIONS),
-            ("activation", self.activation, ACTIVATIONS),
-            ("attention_impl", self.attention_impl, IMPLEMENTATIONS),
-            ("remat", self.remat, REMAT_POLICIES),
-        ):
-            if value not in allowed:
-                raise ValueError(f"ModelConfig.{name}={value!r}; choose one of {allowed}.")
-        kv = self.kv_heads
-        if self.num_heads % kv:
-            raise ValueError(
-                f"ModelConfig.num_heads={self.num_heads} must be a multiple of num_kv_heads={kv} "
-                f"(each key/value head serves num_heads / num_kv_heads query heads); change one of them."
-            )
-        if self.head_dim is None and self.d_model % self.num_heads:
-            raise ValueError(
-                f"ModelConfig.d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
-                f"change one of them or set head_dim explicitly."
-            )
-        if self.positional == "rope" and self.head_size % 2:
-            raise ValueError(f"positional='rope' rotates pairs of features: head_dim={self.head_size} must be even.")
-        if self.positional == "sinusoidal" and self.d_model % 2:
-            raise ValueError(f"positional='sinusoidal' needs an even d_model; got {self.d_model}.")
-        if self.sliding_window is not None and (not isinstance(self.sliding_window, int) or self.sliding_window < 1):
-            raise ValueError(f"ModelConfig.sliding_window must be a positive int or None; got {self.sliding_window!r}.")
-        for name in ("dropout_rate", "attention_dropout_rate"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"ModelConfig.{name} must be in [0, 1); got {getattr(self, name)}.")
+                raise ValueError(f"{owner}.{name} must be an int >= 0; got {value!r}.")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"{owner}.remat={self.remat!r}; choose one of {REMAT_POLICIES}.")
         if self.num_decoder_layers is not None and self.num_decoder_layers < 1:
-            raise ValueError(f"ModelConfig.num_decoder_layers must be >= 1 or None; got {self.num_decoder_layers}.")
+            raise ValueError(f"{owner}.num_decoder_layers must be >= 1 or None; got {self.num_decoder_layers}.")
         if self.image_size % self.patch_size:
             raise ValueError(
-                f"ModelConfig.image_size={self.image_size} must be a multiple of patch_size={self.patch_size}."
+                f"{owner}.image_size={self.image_size} must be a multiple of patch_size={self.patch_size}."
             )
-        if self.attention_impl in ("blockwise", "pallas") and self.positional == "alibi":
-            raise ValueError(
-                f"attention_impl={self.attention_impl!r} takes no bias (ALiBi is one); use positional='rope' or "
-                "attention_impl='xla'."
-            )
-        # Accept dtype names ("bfloat16") and keep the field hashable.
-        object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
-        object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype))
 
     # -- derived sizes -----------------------------------------------------------------------------------------
 
@@ -147,44 +83,12 @@ class ModelConfig:
         return -(-self.vocab_size // m) * m
 
     @property
-    def kv_heads(self) -> int:
-        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
-
-    @property
-    def head_size(self) -> int:
-        return self.d_model // self.num_heads if self.head_dim is None else self.head_dim
-
-    @property
     def decoder_layers(self) -> int:
         return self.num_layers if self.num_decoder_layers is None else self.num_decoder_layers
 
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
-
-    def block_config(self) -> BlockConfig:
-        """The per-block slice of this config (jaxformer.nn blocks)."""
-        return BlockConfig(
-            dim=self.d_model,
-            num_heads=self.num_heads,
-            ffn_dim=self.d_ff,
-            num_kv_heads=self.num_kv_heads,
-            head_dim=self.head_dim,
-            norm=self.norm,
-            norm_position=self.norm_position,
-            activation=self.activation,
-            dropout_rate=self.dropout_rate,
-            attention_dropout_rate=self.attention_dropout_rate,
-            positional=self.positional if self.positional in ("rope", "alibi") else "none",
-            rope_base=self.rope_base,
-            sliding_window=self.sliding_window,
-            qk_norm=self.qk_norm,
-            use_bias=self.use_bias,
-            implementation=self.attention_impl,
-            norm_epsilon=self.norm_epsilon,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
 
     # -- named variants ----------------------------------------------------------------------------------------
 
@@ -197,9 +101,6 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"Unknown ModelConfig fields {sorted(unknown)} in overrides for {name!r}.")
         return cls(**{**VARIANTS[name], **overrides})
-
-    def replace(self, **changes) -> ModelConfig:
-        return dataclasses.replace(self, **changes)
 
 
 _GPT2 = dict(positional="learned", norm_position="pre", activation="gelu", tie_embeddings=True, dropout_rate=0.1)

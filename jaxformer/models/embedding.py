@@ -35,6 +35,20 @@ def check_tokens(name: str, tokens, vocab_size: int, max_len: int | None) -> jax
     return tokens
 
 
+def check_valid(name: str, valid, shape: tuple[int, ...]) -> jax.Array | None:
+    """`valid` (None, or the padding mask of token ids of `shape` `[B, T]`: bool, False at padding) as an array;
+    the message names the argument, the shape expected and what was received."""
+    if valid is None:
+        return None
+    valid = jnp.asarray(valid)
+    if valid.dtype != jnp.bool_ or valid.shape != tuple(shape):
+        raise ValueError(
+            f"`{name}` must be bool [B, T] = {tuple(shape)}, the shape of its tokens (False at padding); "
+            f"got {valid.dtype} of shape {tuple(valid.shape)}."
+        )
+    return valid
+
+
 class InputEmbedding(nnx.Module):
     """x = dropout(norm(E[tokens] * s + P[positions] + T[token_types])) -> `[B, T, D]`.
 
@@ -53,7 +67,7 @@ class InputEmbedding(nnx.Module):
             nn.LearnedPositions(cfg.max_len, cfg.d_model, **kwargs) if cfg.positional == "learned" else None
         )
         self.token_types = nn.Embed(cfg.type_vocab_size, cfg.d_model, **kwargs) if cfg.type_vocab_size else None
-        self.norm = make_norm(cfg.block_config(), rngs=rngs) if cfg.embed_norm else None
+        self.norm = make_norm(cfg, rngs=rngs) if cfg.embed_norm else None
         self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
 
     @property

@@ -54,16 +54,15 @@ class GPT(nnx.Module):
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.config = config
-        block_cfg = config.block_config()
         self.embed = InputEmbedding(config, rngs=rngs)
         self.blocks = BlockStack(
-            lambda r: nn.DecoderBlock(block_cfg, rngs=r),
+            lambda r: nn.DecoderBlock(config, rngs=r),
             config.num_layers,
             scan=config.scan_layers,
             rngs=rngs,
             remat=config.remat,
         )
-        self.final_norm = make_norm(block_cfg, rngs=rngs) if config.norm_position == "pre" else None
+        self.final_norm = make_norm(config, rngs=rngs) if config.norm_position == "pre" else None
         self.head = OutputHead(config, self.embed.tokens, rngs=rngs)
 
     def init_cache(self, batch_size: int, max_len: int | None = None, dtype=None) -> None:
@@ -85,7 +84,7 @@ class GPT(nnx.Module):
         segment_ids: int `[B, T]` for packed sequences: tokens attend only within their segment (pass the
         per-segment `positions` too). valid: bool `[B, T]`, False at padding (masked as keys; BatchNorm stats).
         """
-        B, T = jnp.shape(tokens)[:2] if jnp.ndim(tokens) == 2 else (None, None)
+        T = jnp.shape(tokens)[1] if jnp.ndim(tokens) == 2 else None
         if decode and (segment_ids is not None or valid is not None):
             raise ValueError("decode=True takes neither segment_ids nor valid: the KV cache's index marks each length.")
         if decode and positions is None:

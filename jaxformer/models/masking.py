@@ -8,19 +8,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxformer.models.embedding import check_tokens
+from jaxformer.checks import check_nonnegative_int, check_positive_int
+from jaxformer.models.embedding import check_tokens, check_valid
 
 # Of the chosen positions: P(mask_id) = 0.8, P(random id) = 0.1, P(unchanged) = 0.1 (Devlin et al. 2019, 3.1).
 _MASK_FRACTION, _RANDOM_FRACTION = 0.8, 0.1
 
 
-def _check_int(name: str, value, low: int, high: int | None, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"`{name}` must be an int ({what}); got {value!r}.")
-    if value < low or (high is not None and value >= high):
-        bounds = f"[{low}, {high})" if high is not None else f">= {low}"
-        raise ValueError(f"`{name}` must be {what}, in {bounds}; got {value}.")
-    return int(value)
+def _check_token_id(name: str, value, vocab_size: int, what: str) -> int:
+    """`value` must be an int in [0, vocab_size); `what` names the id in the message (e.g. "the [MASK] token id")."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and not 0 <= value < vocab_size:
+        raise ValueError(f"`{name}` must be {what}, in [0, {vocab_size}); got {value}.")
+    return check_nonnegative_int(name, value)  # rejects what is not an int
 
 
 def mask_for_mlm(
@@ -57,24 +56,18 @@ def mask_for_mlm(
       mask_rate: the fraction of eligible tokens to choose, in (0, 1).
 
     Returns:
-      (inputs, labels, targets): inputs int `[B, T]`, the corrupted tokens (tokens' dtype); labels = `tokens`,
-      what to predict; targets bool `[B, T]`, True exactly at the chosen positions (the loss mask).
+      (inputs, targets, weights): inputs int `[B, T]`, the corrupted tokens (tokens' dtype); targets = `tokens`,
+      what to predict; weights bool `[B, T]`, True exactly at the chosen positions (the loss mask).
     """
-    vocab_size = _check_int("vocab_size", vocab_size, 1, None, "the vocabulary size")
+    vocab_size = check_positive_int("vocab_size", vocab_size)
     tokens = check_tokens("tokens", tokens, vocab_size, None)
-    mask_id = _check_int("mask_id", mask_id, 0, vocab_size, "the [MASK] token id")
-    special_ids = tuple(_check_int("special_ids", s, 0, vocab_size, "token ids") for s in special_ids)
+    mask_id = _check_token_id("mask_id", mask_id, vocab_size, "the [MASK] token id")
+    special_ids = tuple(_check_token_id("special_ids", s, vocab_size, "token ids") for s in special_ids)
     if isinstance(mask_rate, bool) or not isinstance(mask_rate, (float, int)) or not 0.0 < mask_rate < 1.0:
         raise ValueError(f"`mask_rate` must be a float in (0, 1); got {mask_rate!r}.")
+    valid = check_valid("valid", valid, tokens.shape)
     if valid is None:
         valid = jnp.ones(tokens.shape, jnp.bool_)
-    else:
-        valid = jnp.asarray(valid)
-        if valid.dtype != jnp.bool_ or valid.shape != tokens.shape:
-            raise ValueError(
-                f"`valid` must be bool [B, T] = {tuple(tokens.shape)} (False at padding); "
-                f"got {valid.dtype} of shape {tuple(valid.shape)}."
-            )
 
     choose_rng, action_rng, random_rng = jax.random.split(rng, 3)
     eligible = valid
@@ -88,11 +81,11 @@ def mask_for_mlm(
     # rank[b, t] = place of position t when row b is sorted by decreasing score; the first k_b are chosen. As k_b
     # <= n_b and ineligible positions rank last, only eligible positions are chosen.
     rank = jnp.argsort(jnp.argsort(-scores, axis=-1), axis=-1)
-    targets = (rank < k[:, None]) & eligible
+    chosen = (rank < k[:, None]) & eligible
 
     u = jax.random.uniform(action_rng, tokens.shape)
-    to_mask = targets & (u < _MASK_FRACTION)
-    to_random = targets & (u >= _MASK_FRACTION) & (u < _MASK_FRACTION + _RANDOM_FRACTION)
+    to_mask = chosen & (u < _MASK_FRACTION)
+    to_random = chosen & (u >= _MASK_FRACTION) & (u < _MASK_FRACTION + _RANDOM_FRACTION)
     random_ids = jax.random.randint(random_rng, tokens.shape, 0, vocab_size, dtype=tokens.dtype)
     inputs = jnp.where(to_mask, jnp.asarray(mask_id, tokens.dtype), jnp.where(to_random, random_ids, tokens))
-    return inputs, tokens, targets
+    return inputs, tokens, chosen

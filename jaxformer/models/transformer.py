@@ -8,22 +8,10 @@ from flax import nnx
 
 from jaxformer import nn, ops
 from jaxformer.models.config import ModelConfig
-from jaxformer.models.embedding import InputEmbedding
+from jaxformer.models.embedding import InputEmbedding, check_valid
 from jaxformer.models.gpt import OutputHead
 from jaxformer.models.stack import BlockStack
 from jaxformer.nn.blocks import apply_norm, make_norm
-
-
-def _check_valid(name: str, valid, tokens) -> jax.Array | None:
-    if valid is None:
-        return None
-    valid = jnp.asarray(valid)
-    if valid.dtype != jnp.bool_ or valid.shape != jnp.shape(tokens):
-        raise ValueError(
-            f"`{name}` must be bool with the shape of its tokens {tuple(jnp.shape(tokens))}; "
-            f"got {valid.dtype} {tuple(valid.shape)}."
-        )
-    return valid
 
 
 class Transformer(nnx.Module):
@@ -41,25 +29,24 @@ class Transformer(nnx.Module):
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.config = config
-        block_cfg = config.block_config()
         pre_norm = config.norm_position == "pre"
         self.embed = InputEmbedding(config, rngs=rngs)
         self.encoder = BlockStack(
-            lambda r: nn.EncoderBlock(block_cfg, rngs=r),
+            lambda r: nn.EncoderBlock(config, rngs=r),
             config.num_layers,
             scan=config.scan_layers,
             rngs=rngs,
             remat=config.remat,
         )
-        self.encoder_norm = make_norm(block_cfg, rngs=rngs) if pre_norm else None
+        self.encoder_norm = make_norm(config, rngs=rngs) if pre_norm else None
         self.decoder = BlockStack(
-            lambda r: nn.DecoderBlock(block_cfg, cross_attention=True, rngs=r),
+            lambda r: nn.DecoderBlock(config, cross_attention=True, rngs=r),
             config.decoder_layers,
             scan=config.scan_layers,
             rngs=rngs,
             remat=config.remat,
         )
-        self.decoder_norm = make_norm(block_cfg, rngs=rngs) if pre_norm else None
+        self.decoder_norm = make_norm(config, rngs=rngs) if pre_norm else None
         self.head = OutputHead(config, self.embed.tokens, rngs=rngs)
 
     def init_cache(self, batch_size: int, max_len: int | None = None, dtype=None) -> None:
@@ -68,7 +55,7 @@ class Transformer(nnx.Module):
 
     def encode(self, src: jax.Array, *, src_valid: jax.Array | None = None) -> jax.Array:
         """src int `[B, S]`, src_valid bool `[B, S]` (False = padding) -> memory `[B, S, D]`."""
-        src_valid = _check_valid("src_valid", src_valid, src)
+        src_valid = check_valid("src_valid", src_valid, jnp.shape(src))
         mask = None if src_valid is None else ops.padding_mask(src_valid)
         x = self.embed(src, valid=src_valid)
         x = self.encoder(x, mask=mask, valid=src_valid)
@@ -88,7 +75,7 @@ class Transformer(nnx.Module):
 
         With `decode=True` the self-attention appends to its KV cache and positions continue from its index.
         """
-        tgt_valid = _check_valid("tgt_valid", tgt_valid, tgt)
+        tgt_valid = check_valid("tgt_valid", tgt_valid, jnp.shape(tgt))
         if memory.ndim != 3 or memory.shape[0] != jnp.shape(tgt)[0] or memory.shape[2] != self.config.d_model:
             raise ValueError(
                 f"`memory` must be [B={jnp.shape(tgt)[0]}, S, D={self.config.d_model}] from encode(); "

@@ -65,7 +65,6 @@ class ViT(nnx.Module):
                 f"Set max_len={num_tokens}."
             )
         self.config = config
-        block_cfg = cfg.block_config()
         self.patch_embed = PatchEmbedding(cfg, rngs=rngs)
         self.cls_token = nn.logical_param(rngs, nnx.initializers.zeros, (cfg.d_model,), ("embed",), cfg.param_dtype)
         # The sequence length is fixed by the image size, so the table holds num_patches + 1 rows, not max_len.
@@ -78,13 +77,13 @@ class ViT(nnx.Module):
         )
         self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
         self.blocks = BlockStack(
-            lambda r: nn.EncoderBlock(block_cfg, rngs=r),
+            lambda r: nn.EncoderBlock(cfg, rngs=r),
             cfg.num_layers,
             scan=cfg.scan_layers,
             rngs=rngs,
             remat=cfg.remat,
         )
-        self.final_norm = make_norm(block_cfg, rngs=rngs) if cfg.norm_position == "pre" else None
+        self.final_norm = make_norm(cfg, rngs=rngs) if cfg.norm_position == "pre" else None
         if cfg.num_classes:
             zeros = nnx.initializers.zeros
             self.head_kernel = nn.logical_param(

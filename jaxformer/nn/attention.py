@@ -10,7 +10,6 @@ from flax import nnx
 
 from jaxformer import ops
 from jaxformer.nn import attention_dispatch
-from jaxformer.nn.attention_dispatch import IMPLEMENTATIONS
 from jaxformer.nn.norms import RMSNorm
 from jaxformer.nn.params import logical_param
 
@@ -45,7 +44,7 @@ class MultiHeadAttention(nnx.Module):
 
     def __init__(
         self,
-        dim: int,
+        d_model: int,
         num_heads: int,
         *,
         num_kv_heads: int | None = None,
@@ -66,20 +65,21 @@ class MultiHeadAttention(nnx.Module):
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}.")
         if head_dim is None:
-            if dim % num_heads:
-                raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}; pass head_dim explicitly.")
-            head_dim = dim // num_heads
+            if d_model % num_heads:
+                raise ValueError(
+                    f"d_model={d_model} is not divisible by num_heads={num_heads}; pass head_dim explicitly."
+                )
+            head_dim = d_model // num_heads
         if positional not in POSITIONAL:
             raise ValueError(f"positional={positional!r}; choose one of {POSITIONAL}.")
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(f"implementation={implementation!r}; choose one of {IMPLEMENTATIONS}.")
+        attention_dispatch.check_implementation(implementation)
         if positional == "rope" and head_dim % 2:
             raise ValueError(f"positional='rope' needs an even head_dim; got {head_dim}.")
         if sliding_window is not None and (not isinstance(sliding_window, int) or sliding_window < 1):
             raise ValueError(f"sliding_window must be a positive int or None; got {sliding_window!r}.")
-        context_dim = dim if context_dim is None else context_dim
+        context_dim = d_model if context_dim is None else context_dim
         self.sliding_window = sliding_window
-        self.dim, self.num_heads, self.num_kv_heads, self.head_dim = dim, num_heads, num_kv_heads, head_dim
+        self.d_model, self.num_heads, self.num_kv_heads, self.head_dim = d_model, num_heads, num_kv_heads, head_dim
         self.positional, self.rope_base, self.implementation = positional, rope_base, implementation
         self.dropout_rate, self.dtype = dropout_rate, dtype
         self.deterministic = False  # set by model.eval() / model.train()
@@ -87,16 +87,16 @@ class MultiHeadAttention(nnx.Module):
         init = nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
         out_init = nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
         N, K, H = num_heads, num_kv_heads, head_dim
-        self.w_q = logical_param(rngs, init, (dim, N, H), ("embed", "heads", "head_dim"), param_dtype)
+        self.w_q = logical_param(rngs, init, (d_model, N, H), ("embed", "heads", "head_dim"), param_dtype)
         self.w_k = logical_param(rngs, init, (context_dim, K, H), ("embed", "kv_heads", "head_dim"), param_dtype)
         self.w_v = logical_param(rngs, init, (context_dim, K, H), ("embed", "kv_heads", "head_dim"), param_dtype)
-        self.w_o = logical_param(rngs, out_init, (N, H, dim), ("heads", "head_dim", "embed"), param_dtype)
+        self.w_o = logical_param(rngs, out_init, (N, H, d_model), ("heads", "head_dim", "embed"), param_dtype)
         zeros = nnx.initializers.zeros
         if use_bias:
             self.b_q = logical_param(rngs, zeros, (N, H), ("heads", "head_dim"), param_dtype)
             self.b_k = logical_param(rngs, zeros, (K, H), ("kv_heads", "head_dim"), param_dtype)
             self.b_v = logical_param(rngs, zeros, (K, H), ("kv_heads", "head_dim"), param_dtype)
-            self.b_o = logical_param(rngs, zeros, (dim,), ("embed",), param_dtype)
+            self.b_o = logical_param(rngs, zeros, (d_model,), ("embed",), param_dtype)
         else:
             self.b_q = self.b_k = self.b_v = self.b_o = None
         self.q_norm = RMSNorm(H, param_dtype=param_dtype, axis="head_dim", rngs=rngs) if qk_norm else None
@@ -127,9 +127,12 @@ class MultiHeadAttention(nnx.Module):
             out = out + b[...].astype(self.dtype)
         return out if norm is None else norm(out)
 
-    def _project_qkv(self, x):
-        """Self-attention's q, k, v from one matmul against [w_q | w_k | w_v] (concatenated along heads): one
-        larger dot instead of three small ones, forward and backward (the same parameters and results)."""
+    def project_qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Self-attention's projections of x `[B, T, D]`: q `[B, T, N, H]`, k and v `[B, T, K, H]`, in `dtype`,
+        with the biases and (for q and k) the qk-norm applied; no RoPE, which needs positions (`__call__`).
+
+        One matmul against [w_q | w_k | w_v] (concatenated along heads): one larger dot instead of three small
+        ones, forward and backward (the same parameters and results)."""
         N, K = self.num_heads, self.num_kv_heads
         w = jnp.concatenate([self.w_q[...], self.w_k[...], self.w_v[...]], axis=1).astype(self.dtype)
         qkv = jnp.einsum("BTD,DNH->BTNH", x.astype(self.dtype), w)
@@ -163,8 +166,8 @@ class MultiHeadAttention(nnx.Module):
         decode: use and extend the KV cache (self-attention only; call `init_cache` first). Attention is then
         causal over the cache by construction, and `mask` is ANDed with it.
         """
-        if x.ndim != 3 or x.shape[-1] != self.dim:
-            raise ValueError(f"`x` must be [B, T, D={self.dim}]; got shape {tuple(x.shape)}.")
+        if x.ndim != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"`x` must be [B, T, D={self.d_model}]; got shape {tuple(x.shape)}.")
         B, T, _ = x.shape
         cross = context is not None
         if cross and decode:
@@ -187,7 +190,7 @@ class MultiHeadAttention(nnx.Module):
             k = self._project(context, self.w_k, self.b_k, self.k_norm)
             v = self._project(context, self.w_v, self.b_v, None)
         else:
-            q, k, v = self._project_qkv(x)
+            q, k, v = self.project_qkv(x)
 
         offset = jnp.zeros((B,), jnp.int32)
         if decode:

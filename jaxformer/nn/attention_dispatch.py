@@ -41,6 +41,14 @@ PALLAS_TILE = 128  # ops.splash_attention needs both lengths to be multiples of 
 BLOCKWISE_MIN_LEN = 2048  # on CPU blockwise was 2.5x faster than dense at T=4096 and slower at T=256 (BENCHMARKS.md)
 
 
+def check_implementation(implementation: str, name: str = "implementation") -> str:
+    """`implementation` (named `name` in the message, e.g. "ModelConfig.attention_impl") must be one of
+    `IMPLEMENTATIONS`; returns it. The one check: configs and `MultiHeadAttention` call it, `choose` trusts it."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"{name}={implementation!r}; choose one of {IMPLEMENTATIONS}.")
+    return implementation
+
+
 def choose(
     implementation: str,
     *,
@@ -56,9 +64,9 @@ def choose(
     has_segments: bool = False,
     backend: str | None = None,
 ) -> str:
-    """The kernel that runs ("xla", "blockwise", "jax_nn", "cudnn" or "pallas") for a requested `implementation`."""
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"implementation={implementation!r}; choose one of {IMPLEMENTATIONS}.")
+    """The kernel that runs ("xla", "blockwise", "jax_nn", "cudnn" or "pallas") for a requested `implementation`
+    (one of `IMPLEMENTATIONS`, as `check_implementation` made sure when the layer was built)."""
+    assert implementation in IMPLEMENTATIONS, implementation
     if dropout or decode:
         return "xla"
     if implementation != "auto":

@@ -9,55 +9,137 @@ Dropout is applied to each sublayer's output before the residual sum, as in the 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Self
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxformer.nn.attention import IMPLEMENTATIONS, POSITIONAL, MultiHeadAttention
-from jaxformer.nn.feedforward import FeedForward
+from jaxformer.nn.attention import POSITIONAL as ATTENTION_POSITIONAL
+from jaxformer.nn.attention import MultiHeadAttention
+from jaxformer.nn.attention_dispatch import check_implementation
+from jaxformer.nn.feedforward import ACTIVATIONS, FeedForward
 from jaxformer.nn.norms import BatchNorm, LayerNorm, RMSNorm
 
 NORMS = ("layernorm", "rmsnorm", "batchnorm")
 NORM_POSITIONS = ("pre", "post")
+# Where position information enters: the model adds "learned" / "sinusoidal" positions to its embeddings; "rope"
+# and "alibi" act inside each block's self-attention; "none" adds nothing.
+POSITIONAL = ("learned", "sinusoidal", "rope", "alibi", "none")
+
+# Fields that default to None and are stored resolved: name -> what a config derives for it.
+_DERIVED = {"num_kv_heads": lambda cfg: cfg.num_heads, "head_dim": lambda cfg: cfg.d_model // cfg.num_heads}
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class BlockConfig:
-    """Everything a block needs; frozen and hashable (models build it from their ModelConfig)."""
+    """The architecture of a residual block (jaxformer.nn); frozen and hashable. `ModelConfig` extends it with
+    the model-level fields, so a model passes its config to its blocks as it is.
 
-    dim: int
+    Widths: `d_model` (D), `num_heads` (N), `d_ff` (F, the feed-forward's hidden width), `num_kv_heads` (K;
+    None = N), `head_dim` (H; None = D / N). K and H are stored resolved: after construction they are ints.
+    Attention: `qk_norm`, `sliding_window`, `attention_impl` (auto | xla | blockwise | jax_nn | cudnn | pallas;
+    nn/attention_dispatch.py), `rope_base`, `attention_dropout_rate` (on the attention weights).
+    Residual blocks: `norm` (layernorm | rmsnorm | batchnorm), `norm_position` (pre: x + f(norm(x)); post:
+    norm(x + f(x)), the original paper and BERT), `norm_epsilon`, `activation` (relu | gelu | gelu_exact | silu |
+    tanh | swiglu), `use_bias`, `dropout_rate` (each sublayer's output; a model's embeddings too),
+    `ffn_dropout_rate` (inside the feed-forward, after its activation).
+    `positional` (learned | sinusoidal | rope | alibi | none): rope and alibi act in the blocks' self-attention;
+    learned and sinusoidal positions are added by the model's embedding, so blocks see them as "none".
+    `dtype` (computation; a name such as "bfloat16" is accepted), `param_dtype` (storage).
+
+    Every field is checked here, once; a bad value raises a ValueError that names it and says what to choose.
+    """
+
+    d_model: int
     num_heads: int
-    ffn_dim: int
+    d_ff: int
     num_kv_heads: int | None = None
     head_dim: int | None = None
     norm: str = "layernorm"
     norm_position: str = "pre"
+    norm_epsilon: float = 1e-5
     activation: str = "gelu"
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
-    positional: str = "none"
+    ffn_dropout_rate: float = 0.0
+    positional: str = "learned"
     rope_base: float = 10000.0
     sliding_window: int | None = None
     qk_norm: bool = False
     use_bias: bool = True
-    implementation: str = "xla"
-    norm_epsilon: float = 1e-5
-    dtype: jnp.dtype = jnp.float32
-    param_dtype: jnp.dtype = jnp.float32
+    attention_impl: str = "xla"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     def __post_init__(self):
-        for name, value, allowed in (
-            ("norm", self.norm, NORMS),
-            ("norm_position", self.norm_position, NORM_POSITIONS),
-            ("positional", self.positional, POSITIONAL),
-            ("implementation", self.implementation, IMPLEMENTATIONS),
+        owner = type(self).__name__
+        self._check_positive_ints("d_model", "num_heads", "d_ff")
+        for name, allowed in (
+            ("positional", POSITIONAL),
+            ("norm", NORMS),
+            ("norm_position", NORM_POSITIONS),
+            ("activation", ACTIVATIONS),
         ):
+            value = getattr(self, name)
             if value not in allowed:
-                raise ValueError(f"BlockConfig.{name}={value!r}; choose one of {allowed}.")
-        for name in ("dropout_rate", "attention_dropout_rate"):
+                raise ValueError(f"{owner}.{name}={value!r}; choose one of {allowed}.")
+        check_implementation(self.attention_impl, f"{owner}.attention_impl")
+        if self.num_kv_heads is None:
+            object.__setattr__(self, "num_kv_heads", self.num_heads)
+        self._check_positive_ints("num_kv_heads")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"{owner}.num_heads={self.num_heads} must be a multiple of num_kv_heads={self.num_kv_heads} "
+                f"(each key/value head serves num_heads / num_kv_heads query heads); change one of them."
+            )
+        if self.head_dim is None:
+            if self.d_model % self.num_heads:
+                raise ValueError(
+                    f"{owner}.d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
+                    f"change one of them or set head_dim explicitly."
+                )
+            object.__setattr__(self, "head_dim", self.d_model // self.num_heads)
+        self._check_positive_ints("head_dim")
+        if self.positional == "rope" and self.head_dim % 2:
+            raise ValueError(f"positional='rope' rotates pairs of features: head_dim={self.head_dim} must be even.")
+        if self.positional == "sinusoidal" and self.d_model % 2:
+            raise ValueError(f"positional='sinusoidal' needs an even d_model; got {self.d_model}.")
+        if self.sliding_window is not None and (not isinstance(self.sliding_window, int) or self.sliding_window < 1):
+            raise ValueError(f"{owner}.sliding_window must be a positive int or None; got {self.sliding_window!r}.")
+        for name in ("dropout_rate", "attention_dropout_rate", "ffn_dropout_rate"):
             if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"BlockConfig.{name} must be in [0, 1); got {getattr(self, name)}.")
+                raise ValueError(f"{owner}.{name} must be in [0, 1); got {getattr(self, name)}.")
+        if self.attention_impl in ("blockwise", "pallas") and self.positional == "alibi":
+            raise ValueError(
+                f"attention_impl={self.attention_impl!r} takes no bias (ALiBi is one); use positional='rope' or "
+                "attention_impl='xla'."
+            )
+        # Accept dtype names ("bfloat16") and keep the field hashable.
+        object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
+        object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype))
+
+    def _check_positive_ints(self, *names: str) -> None:
+        """Each named field must be a positive int (for subclasses' fields too)."""
+        for name in names:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{type(self).__name__}.{name} must be a positive int; got {value!r}.")
+
+    def replace(self, **changes) -> Self:
+        """A copy with `changes` applied (as `dataclasses.replace`), whose derived sizes follow the new widths.
+
+        `num_kv_heads` (derived: num_heads) and `head_dim` (derived: d_model // num_heads) are stored resolved. The
+        rule: a derived field that `changes` does not name is derived again from the new config when its old
+        value equals what the old config derives (it was left to default, or set to that very value); any other
+        value is kept. So for gpt2-tiny (d_model 64, 4 heads) `replace(d_model=128).head_dim == 32`, while a
+        config built with head_dim=8 keeps 8. Name the field in `changes` to keep or set it explicitly.
+        (`dataclasses.replace` itself would copy the old, now stale, derived values.)
+        """
+        for name, derive in _DERIVED.items():
+            if name not in changes and getattr(self, name) == derive(self):
+                changes[name] = None
+        return dataclasses.replace(self, **changes)
 
 
 def apply_norm(norm: nnx.Module | None, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
@@ -69,22 +151,22 @@ def apply_norm(norm: nnx.Module | None, x: jax.Array, valid: jax.Array | None = 
 
 def make_norm(cfg: BlockConfig, *, rngs: nnx.Rngs) -> nnx.Module:
     kwargs = {"epsilon": cfg.norm_epsilon, "param_dtype": cfg.param_dtype, "rngs": rngs}
-    return {"layernorm": LayerNorm, "rmsnorm": RMSNorm, "batchnorm": BatchNorm}[cfg.norm](cfg.dim, **kwargs)
+    return {"layernorm": LayerNorm, "rmsnorm": RMSNorm, "batchnorm": BatchNorm}[cfg.norm](cfg.d_model, **kwargs)
 
 
 def make_attention(cfg: BlockConfig, *, cross: bool = False, context_dim: int | None = None, rngs: nnx.Rngs):
     return MultiHeadAttention(
-        cfg.dim,
+        cfg.d_model,
         cfg.num_heads,
         num_kv_heads=cfg.num_kv_heads,
         head_dim=cfg.head_dim,
         context_dim=context_dim,
         use_bias=cfg.use_bias,
         qk_norm=cfg.qk_norm,
-        positional="none" if cross else cfg.positional,
+        positional=cfg.positional if cfg.positional in ATTENTION_POSITIONAL and not cross else "none",
         rope_base=cfg.rope_base,
         sliding_window=None if cross else cfg.sliding_window,
-        implementation=cfg.implementation,
+        implementation=cfg.attention_impl,
         dropout_rate=cfg.attention_dropout_rate,
         dtype=cfg.dtype,
         param_dtype=cfg.param_dtype,
@@ -94,10 +176,11 @@ def make_attention(cfg: BlockConfig, *, cross: bool = False, context_dim: int | 
 
 def make_ffn(cfg: BlockConfig, *, rngs: nnx.Rngs) -> FeedForward:
     return FeedForward(
-        cfg.dim,
-        cfg.ffn_dim,
+        cfg.d_model,
+        cfg.d_ff,
         activation=cfg.activation,
         use_bias=cfg.use_bias,
+        dropout_rate=cfg.ffn_dropout_rate,
         dtype=cfg.dtype,
         param_dtype=cfg.param_dtype,
         rngs=rngs,

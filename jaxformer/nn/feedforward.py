@@ -9,11 +9,14 @@ from flax import nnx
 from jaxformer import ops
 from jaxformer.nn.params import logical_param
 
+ACTIVATIONS = (*ops.ACTIVATIONS, "swiglu")  # the element-wise ones of jaxformer.ops, and the gated SwiGLU
+
 
 class FeedForward(nnx.Module):
     """FFN(x) = act(x W_in + b_in) W_out + b_out (Vaswani et al.), or with `activation="swiglu"`
     FFN(x) = (silu(x W_gate) * (x W_up)) W_out (Shazeer, 2020; no biases, as in LLaMA).
 
+    D = `d_model` (the model width), F = `d_ff` (the hidden width).
     Weights: `w_in` / `w_gate` / `w_up` `[D, F]` on (`embed`, `mlp`), `w_out` `[F, D]` on (`mlp`, `embed`),
     initialised with variance 1/fan_in (LeCun normal). Dropout (rate `dropout_rate`) follows the activation;
     `model.eval()` turns it off.
@@ -21,8 +24,8 @@ class FeedForward(nnx.Module):
 
     def __init__(
         self,
-        dim: int,
-        hidden_dim: int,
+        d_model: int,
+        d_ff: int,
         *,
         activation: str = "gelu",
         use_bias: bool = True,
@@ -31,26 +34,26 @@ class FeedForward(nnx.Module):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        self.dim, self.hidden_dim, self.activation, self.dtype = dim, hidden_dim, activation, dtype
+        self.d_model, self.d_ff, self.activation, self.dtype = d_model, d_ff, activation, dtype
         init = nnx.initializers.lecun_normal()
         zeros = nnx.initializers.zeros
         self.gated = activation == "swiglu"
         self.act = None if self.gated else ops.get_activation(activation)  # validates the name
         if self.gated:
-            self.w_gate = logical_param(rngs, init, (dim, hidden_dim), ("embed", "mlp"), param_dtype)
-            self.w_up = logical_param(rngs, init, (dim, hidden_dim), ("embed", "mlp"), param_dtype)
+            self.w_gate = logical_param(rngs, init, (d_model, d_ff), ("embed", "mlp"), param_dtype)
+            self.w_up = logical_param(rngs, init, (d_model, d_ff), ("embed", "mlp"), param_dtype)
             self.b_in = self.b_out = None
         else:
-            self.w_in = logical_param(rngs, init, (dim, hidden_dim), ("embed", "mlp"), param_dtype)
-            self.b_in = logical_param(rngs, zeros, (hidden_dim,), ("mlp",), param_dtype) if use_bias else None
-        self.w_out = logical_param(rngs, init, (hidden_dim, dim), ("mlp", "embed"), param_dtype)
+            self.w_in = logical_param(rngs, init, (d_model, d_ff), ("embed", "mlp"), param_dtype)
+            self.b_in = logical_param(rngs, zeros, (d_ff,), ("mlp",), param_dtype) if use_bias else None
+        self.w_out = logical_param(rngs, init, (d_ff, d_model), ("mlp", "embed"), param_dtype)
         if not self.gated:
-            self.b_out = logical_param(rngs, zeros, (dim,), ("embed",), param_dtype) if use_bias else None
+            self.b_out = logical_param(rngs, zeros, (d_model,), ("embed",), param_dtype) if use_bias else None
         self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        if x.shape[-1] != self.dim:
-            raise ValueError(f"FeedForward expects inputs [..., D={self.dim}]; got shape {tuple(x.shape)}.")
+        if x.shape[-1] != self.d_model:
+            raise ValueError(f"FeedForward expects inputs [..., D={self.d_model}]; got shape {tuple(x.shape)}.")
         x = x.astype(self.dtype)
 
         def dense(y, w, b=None):

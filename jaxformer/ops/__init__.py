@@ -14,6 +14,7 @@ from jaxformer.ops.classic_attention import additive_attention, multiplicative_a
 from jaxformer.ops.heads import merge_heads, split_heads
 from jaxformer.ops.losses import cross_entropy
 from jaxformer.ops.masks import (
+    MASKED_LOGIT,
     block_sparse_mask,
     causal_mask,
     combine_masks,
@@ -29,6 +30,7 @@ from jaxformer.ops.splash import splash_attention
 
 __all__ = [
     "ACTIVATIONS",
+    "MASKED_LOGIT",
     "additive_attention",
     "alibi_bias",
     "alibi_slopes",

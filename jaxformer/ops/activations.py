@@ -8,7 +8,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxformer.ops import _checks
+from jaxformer import checks
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
@@ -51,11 +51,11 @@ def silu(x) -> jax.Array:
 
 def swiglu(gate, value) -> jax.Array:
     """Gated linear unit with a SiLU gate: `silu(gate) * value`, both `[..., F]` (the two FFN input projections)."""
-    gate, value = _checks.check_array("gate", gate), _checks.check_array("value", value)
+    gate, value = checks.check_array("gate", gate), checks.check_array("value", value)
     if gate.shape != value.shape:
         raise ValueError(
-            f"`gate` and `value` must have the same shape; got {_checks.shape_str(gate.shape)} and "
-            f"{_checks.shape_str(value.shape)}."
+            f"`gate` and `value` must have the same shape; got {checks.shape_str(gate.shape)} and "
+            f"{checks.shape_str(value.shape)}."
         )
     return jax.nn.silu(gate) * value
 

@@ -17,46 +17,9 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxformer.ops import _checks
-from jaxformer.ops.masks import causal_mask
-
-
-def _check_query_key(query, key) -> tuple[int, int, int, int, int, int]:
-    """Validates query/key and returns (B, T, S, N, K, H)."""
-    query = _checks.check_array("query", query)
-    key = _checks.check_array("key", key)
-    _checks.check_rank("query", query, 4, "[B, T, N, H]")
-    _checks.check_rank("key", key, 4, "[B, S, K, H]")
-    _checks.check_floating("query", query)
-    if key.dtype != query.dtype:
-        raise TypeError(f"`key` dtype {key.dtype} differs from `query` dtype {query.dtype}; cast them to one dtype.")
-    B, T, N, H = query.shape
-    if key.shape[0] != B or key.shape[3] != H:
-        raise ValueError(
-            f"`key` of shape {_checks.shape_str(key.shape)} must be [B={B}, S, K, H={H}] to match `query` "
-            f"of shape {_checks.shape_str(query.shape)} ([B, T, N, H])."
-        )
-    S, K = key.shape[1], key.shape[2]
-    if N % K:
-        raise ValueError(
-            f"The number of query heads N={N} (query shape {_checks.shape_str(query.shape)}) must be a multiple "
-            f"of the number of key/value heads K={K} (key shape {_checks.shape_str(key.shape)})."
-        )
-    return B, T, S, N, K, H
-
-
-def _check_value(value, query, key) -> None:
-    value = _checks.check_array("value", value)
-    _checks.check_rank("value", value, 4, "[B, S, K, Hv]")
-    if value.dtype != query.dtype:
-        raise TypeError(f"`value` dtype {value.dtype} differs from `query` dtype {query.dtype}.")
-    if value.shape[:3] != key.shape[:3]:
-        raise ValueError(
-            f"`value` of shape {_checks.shape_str(value.shape)} must share [B, S, K] = "
-            f"{_checks.shape_str(key.shape[:3])} with `key` (shape {_checks.shape_str(key.shape)})."
-        )
+from jaxformer import checks
+from jaxformer.ops.masks import MASKED_LOGIT, causal_mask
 
 
 def _grouped(x, B, N, K, T, S) -> jax.Array:
@@ -68,31 +31,30 @@ def _grouped(x, B, N, K, T, S) -> jax.Array:
     return x.reshape(b, K, N // K, t, s)
 
 
-# Masked logits get this finite value, as in jax.nn: next to any real logit its exp underflows to exactly 0, and
-# a row with no real logit becomes a harmless uniform row (not NaN) that `rows_with_keys` then zeroes. Keeping the
-# plain max/exp/sum/divide softmax lets XLA fuse it into one pass over the [T, S] logits.
-_MASKED_LOGIT = -0.7 * float(np.finfo(np.float32).max)
+# Masked logits get the finite MASKED_LOGIT: next to any real logit its exp underflows to exactly 0, and a row
+# with no real logit becomes a harmless uniform row (not NaN) that `rows_with_keys` then zeroes. Keeping the plain
+# max/exp/sum/divide softmax lets XLA fuse it into one pass over the [T, S] logits.
 
 
 def check_mask(mask, target: tuple[int, int, int, int]):
     """Validates an attention mask against [B, N, T, S] = `target`; returns it as a rank-4 array (or None)."""
     if mask is None:
         return None
-    mask = _checks.check_array("mask", mask)
-    _checks.check_bool("mask", mask, " Pass additive float terms as `bias`.")
-    _checks.check_broadcastable("mask", mask, target, "[B, N, T, S]")
+    mask = checks.check_array("mask", mask)
+    checks.check_bool("mask", mask, " Pass additive float terms as `bias`.")
+    checks.check_broadcastable("mask", mask, target, "[B, N, T, S]")
     return mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
 
 
 def masked_logits(logits, mask, *, clamp: bool = False) -> jax.Array:
-    """float32 logits with masked entries replaced by a large finite negative value.
+    """float32 logits with masked entries replaced by the finite `MASKED_LOGIT`.
 
     `clamp=True` also lifts -inf (e.g. from a bias) to that value, so that a row of -inf cannot make NaN.
     """
     logits = logits.astype(jnp.float32)
     if clamp:
-        logits = jnp.maximum(logits, _MASKED_LOGIT)
-    return logits if mask is None else jnp.where(mask, logits, _MASKED_LOGIT)
+        logits = jnp.maximum(logits, MASKED_LOGIT)
+    return logits if mask is None else jnp.where(mask, logits, MASKED_LOGIT)
 
 
 def rows_with_keys(mask) -> jax.Array | None:
@@ -106,13 +68,13 @@ def _grouped_logits(query, key, *, mask, bias, scale, is_causal):
     Validates every argument. The causal mask never empties a row (query t always sees key 0), so only a
     user-given mask is returned for `rows_with_keys`.
     """
-    B, T, S, N, K, H = _check_query_key(query, key)
+    B, T, S, N, K, H = checks.check_query_key(query, key)
     target, layout = (B, N, T, S), "[B, N, T, S]"
     mask = check_mask(mask, target)
     if bias is not None:
-        bias = _checks.check_array("bias", bias)
-        _checks.check_floating("bias", bias)
-        _checks.check_broadcastable("bias", bias, target, layout)
+        bias = checks.check_array("bias", bias)
+        checks.check_floating("bias", bias)
+        checks.check_broadcastable("bias", bias, target, layout)
     scale = 1.0 / math.sqrt(H) if scale is None else scale
     if mask is not None:
         mask = _grouped(mask, B, N, K, T, S)
@@ -179,7 +141,7 @@ def dot_product_attention(
       `[B, T, N, Hv]` in the query's dtype. Rows with nothing to attend to are zeros.
     """
     logits, mask = _grouped_logits(query, key, mask=mask, bias=bias, scale=scale, is_causal=is_causal)
-    _check_value(value, query, key)
+    checks.check_value(value, query, key)
     probs = jax.nn.softmax(logits, axis=-1)
     if not 0.0 <= dropout_rate < 1.0:
         raise ValueError(f"`dropout_rate` must be in [0, 1); got {dropout_rate}.")

@@ -31,11 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxformer.ops import _checks
-from jaxformer.ops.attention import _check_query_key, _check_value
-
-# Finite stand-in for -inf in the running max, so that exp(m - m') never sees inf - inf.
-_MASKED = -0.7 * float(np.finfo(np.float32).max)
+from jaxformer import checks
+from jaxformer.ops.masks import MASKED_LOGIT  # also the start of the running max: exp(m - m') never sees inf - inf
 
 
 class _Plan(NamedTuple):
@@ -142,7 +139,7 @@ def _kv_limit(plan: _Plan, kv_lengths):
 def _tile_logits(plan: _Plan, q_tile, k_tile, mask):
     logits = jnp.einsum("BKGqH,BKkH->BKGqk", q_tile, k_tile, preferred_element_type=jnp.float32)
     logits = logits * plan.scale
-    return logits if mask is None else jnp.where(mask, logits, _MASKED)
+    return logits if mask is None else jnp.where(mask, logits, MASKED_LOGIT)
 
 
 def _forward(plan: _Plan, q, k, v, kv_lengths, q_segments, kv_segments, kv_of_q=None):
@@ -172,7 +169,7 @@ def _forward(plan: _Plan, q, k, v, kv_lengths, q_segments, kv_segments, kv_of_q=
             return new_max, row_sum, correction[..., None] * acc + pv
 
         init = (
-            jnp.full((B, K, G, plan.q_block), _MASKED, jnp.float32),
+            jnp.full((B, K, G, plan.q_block), MASKED_LOGIT, jnp.float32),
             jnp.zeros((B, K, G, plan.q_block), jnp.float32),
             jnp.zeros((B, K, G, plan.q_block, Hv), jnp.float32),
         )
@@ -268,33 +265,6 @@ def _pad_axis(x, axis: int, multiple: int, value=0):
     return jnp.pad(x, widths, constant_values=value)
 
 
-def _check_segment_ids(segment_ids, B: int, T: int, S: int):
-    """Returns (q_segments [B, T], kv_segments [B, S]) or (None, None)."""
-    if segment_ids is None:
-        return None, None
-    if isinstance(segment_ids, (tuple, list)):
-        if len(segment_ids) != 2:
-            raise ValueError(
-                f"`segment_ids` must be an array [B, T] or a pair (q [B, T], kv [B, S]); got "
-                f"a sequence of length {len(segment_ids)}."
-            )
-        q_ids, kv_ids = segment_ids
-    else:
-        if T != S:
-            raise ValueError(
-                f"A single `segment_ids` array needs T == S (self-attention); got T={T}, S={S}. "
-                "Pass a pair (q_segment_ids, kv_segment_ids)."
-            )
-        q_ids = kv_ids = segment_ids
-    q_ids = _checks.check_array("segment_ids", q_ids)
-    kv_ids = _checks.check_array("segment_ids", kv_ids)
-    for name, x, want in (("segment_ids (query)", q_ids, (B, T)), ("segment_ids (key)", kv_ids, (B, S))):
-        _checks.check_integer(name, x)
-        if x.shape != want:
-            raise ValueError(f"`{name}` must have shape {_checks.shape_str(want)}; got {_checks.shape_str(x.shape)}.")
-    return q_ids.astype(jnp.int32), kv_ids.astype(jnp.int32)
-
-
 def blockwise_attention(
     query,
     key,
@@ -329,22 +299,22 @@ def blockwise_attention(
     Returns:
       `[B, T, N, Hv]` in the query's dtype; rows that see no key are zeros.
     """
-    B, T, S, N, K, H = _check_query_key(query, key)
-    _check_value(value, query, key)
-    block_size = _checks.check_positive_int("block_size", block_size)
+    B, T, S, N, K, H = checks.check_query_key(query, key)
+    checks.check_value(value, query, key)
+    block_size = checks.check_positive_int("block_size", block_size)
     if window is not None:
-        window = _checks.check_positive_int("window", window)
+        window = checks.check_positive_int("window", window)
     if kv_lengths is not None:
-        kv_lengths = _checks.check_array("kv_lengths", kv_lengths)
-        _checks.check_integer("kv_lengths", kv_lengths)
+        kv_lengths = checks.check_array("kv_lengths", kv_lengths)
+        checks.check_integer("kv_lengths", kv_lengths)
         if kv_lengths.shape != (B,):
-            raise ValueError(f"`kv_lengths` must have shape [B] = ({B},); got {_checks.shape_str(kv_lengths.shape)}.")
-        concrete = _checks.concrete_or_none(kv_lengths)
+            raise ValueError(f"`kv_lengths` must have shape [B] = ({B},); got {checks.shape_str(kv_lengths.shape)}.")
+        concrete = checks.concrete_or_none(kv_lengths)
         if concrete is not None and ((concrete < 0) | (concrete > S)).any():
             raise ValueError(f"`kv_lengths` must lie in [0, S={S}]; got {concrete.tolist()}.")
         # Traced lengths cannot be checked; clipping keeps the padded tail of the last block out of reach.
         kv_lengths = jnp.clip(kv_lengths.astype(jnp.int32), 0, S)
-    q_segments, kv_segments = _check_segment_ids(segment_ids, B, T, S)
+    q_segments, kv_segments = checks.check_segment_ids(segment_ids, B, T, S)
 
     plan = _Plan(
         scale=float(1.0 / math.sqrt(H) if scale is None else scale),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxformer.ops import _checks
+from jaxformer import checks
 from jaxformer.ops.attention import check_mask, masked_logits, rows_with_keys
 
 
@@ -25,28 +25,28 @@ def _check_inputs(query, key, value) -> tuple[int, int, int, int]:
         ("key", key, "[B, S, N, Hk]"),
         ("value", value, "[B, S, N, Hv]"),
     ):
-        x = _checks.check_array(name, x)
-        _checks.check_rank(name, x, 4, layout)
-        _checks.check_floating(name, x)
+        x = checks.check_array(name, x)
+        checks.check_rank(name, x, 4, layout)
+        checks.check_floating(name, x)
     B, T, N, _ = query.shape
     if key.shape[0] != B or key.shape[2] != N:
         raise ValueError(
-            f"`key` of shape {_checks.shape_str(key.shape)} must be [B={B}, S, N={N}, Hk] to match "
-            f"`query` of shape {_checks.shape_str(query.shape)}."
+            f"`key` of shape {checks.shape_str(key.shape)} must be [B={B}, S, N={N}, Hk] to match "
+            f"`query` of shape {checks.shape_str(query.shape)}."
         )
     if value.shape[:3] != key.shape[:3]:
         raise ValueError(
-            f"`value` of shape {_checks.shape_str(value.shape)} must share [B, S, N] = "
-            f"{_checks.shape_str(key.shape[:3])} with `key`."
+            f"`value` of shape {checks.shape_str(value.shape)} must share [B, S, N] = "
+            f"{checks.shape_str(key.shape[:3])} with `key`."
         )
     return B, T, key.shape[1], N
 
 
 def _check_weight(name: str, w, want: tuple[int, ...], layout: str) -> None:
-    w = _checks.check_array(name, w)
+    w = checks.check_array(name, w)
     if w.shape != want:
         raise ValueError(
-            f"`{name}` must have shape {layout} = {_checks.shape_str(want)}; got {_checks.shape_str(w.shape)}."
+            f"`{name}` must have shape {layout} = {checks.shape_str(want)}; got {checks.shape_str(w.shape)}."
         )
 
 
@@ -79,8 +79,8 @@ def additive_attention(query, key, value, w_query, w_key, v, *, mask=None) -> ja
       `[B, T, N, Hv]` in the query's dtype.
     """
     B, T, S, N = _check_inputs(query, key, value)
-    v = _checks.check_array("v", v)
-    _checks.check_rank("v", v, 2, "[N, A]")
+    v = checks.check_array("v", v)
+    checks.check_rank("v", v, 2, "[N, A]")
     A = v.shape[1]
     _check_weight("v", v, (N, A), "[N, A]")
     _check_weight("w_query", w_query, (N, query.shape[-1], A), "[N, Hq, A]")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxformer.ops import _checks
+from jaxformer import checks
 
 
 def cross_entropy(logits, labels, *, mask=None, label_smoothing: float = 0.0) -> tuple[jax.Array, jax.Array]:
@@ -25,22 +25,22 @@ def cross_entropy(logits, labels, *, mask=None, label_smoothing: float = 0.0) ->
     Returns:
       (mean loss, number of tokens counted) as float32 scalars; the mean is 0 when nothing is counted.
     """
-    logits, labels = _checks.check_array("logits", logits), _checks.check_array("labels", labels)
-    _checks.check_floating("logits", logits)
-    _checks.check_integer("labels", labels)
+    logits, labels = checks.check_array("logits", logits), checks.check_array("labels", labels)
+    checks.check_floating("logits", logits)
+    checks.check_integer("labels", labels)
     if labels.shape != logits.shape[:-1]:
         raise ValueError(
             f"`labels` must have the logits' shape without the vocabulary axis, "
-            f"{_checks.shape_str(logits.shape[:-1])}; got {_checks.shape_str(labels.shape)}."
+            f"{checks.shape_str(logits.shape[:-1])}; got {checks.shape_str(labels.shape)}."
         )
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"`label_smoothing` must be in [0, 1); got {label_smoothing}.")
     if mask is not None:
-        mask = _checks.check_array("mask", mask)
+        mask = checks.check_array("mask", mask)
         if mask.shape != labels.shape:
             raise ValueError(
-                f"`mask` must have the labels' shape {_checks.shape_str(labels.shape)}; "
-                f"got {_checks.shape_str(mask.shape)}."
+                f"`mask` must have the labels' shape {checks.shape_str(labels.shape)}; "
+                f"got {checks.shape_str(mask.shape)}."
             )
 
     weights = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)

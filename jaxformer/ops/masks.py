@@ -13,19 +13,35 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxformer.ops import _checks
+from jaxformer import checks
+
+# The one "minus infinity" of jaxformer: the logit a masked (or filtered-out) entry gets, in attention and in
+# decoding. Finite, so that a row whose every entry is masked never produces NaN (with -inf, subtracting the row
+# max gives -inf - -inf = NaN); its exp underflows to exactly 0 next to any real logit. 0.7 of the float32 max (as
+# in jax.nn) leaves headroom: adding a bias or a log-probability to it, or subtracting a row max from it, stays
+# finite instead of overflowing to -inf. It is also representable in bfloat16 (not in float16: compute in float32).
+MASKED_LOGIT = -0.7 * float(np.finfo(np.float32).max)
 
 
-def _query_key_positions(q_len: int, kv_len: int | None, offset) -> tuple[jax.Array, jax.Array]:
-    """Absolute positions, shaped to broadcast to `[B or 1, 1, T, S]`: q `[B or 1, 1, T, 1]`, k `[1, 1, 1, S]`."""
-    q_len = _checks.check_positive_int("q_len", q_len)
-    kv_len = q_len if kv_len is None else _checks.check_positive_int("kv_len", kv_len)
+def query_key_positions(q_len: int, kv_len: int | None, offset) -> tuple[jax.Array, jax.Array]:
+    """Absolute query and key positions, shaped to broadcast to `[B or 1, 1, T, S]`.
+
+    Shared by the position-based masks here and by `positions.alibi_bias`. Validates `q_len`, `kv_len` (defaults
+    to `q_len`) and `offset` (cached positions before the queries, as in `causal_mask`: an int, a scalar or `[B]`
+    integer array, >= 0 when known at trace time).
+
+    Returns:
+      int32 `(q_pos [B or 1, 1, T, 1], k_pos [1, 1, 1, S])`.
+    """
+    q_len = checks.check_positive_int("q_len", q_len)
+    kv_len = q_len if kv_len is None else checks.check_positive_int("kv_len", kv_len)
     offset = jnp.asarray(offset)
-    _checks.check_integer("offset", offset)
+    checks.check_integer("offset", offset)
     if offset.ndim > 1:
-        raise ValueError(f"`offset` must be a scalar or have shape [B]; got shape {_checks.shape_str(offset.shape)}.")
-    concrete = _checks.concrete_or_none(offset)
+        raise ValueError(f"`offset` must be a scalar or have shape [B]; got shape {checks.shape_str(offset.shape)}.")
+    concrete = checks.concrete_or_none(offset)
     if concrete is not None and (concrete < 0).any():
         raise ValueError(f"`offset` (number of cached positions) must be >= 0; got {concrete.tolist()}.")
     q_pos = jnp.arange(q_len, dtype=jnp.int32)[:, None] + offset.astype(jnp.int32).reshape(-1, 1, 1, 1)
@@ -46,7 +62,7 @@ def causal_mask(q_len: int, kv_len: int | None = None, *, offset=0) -> jax.Array
     Returns:
       bool `[1, 1, T, S]`, or `[B, 1, T, S]` when `offset` has shape `[B]`.
     """
-    q_pos, k_pos = _query_key_positions(q_len, kv_len, offset)
+    q_pos, k_pos = query_key_positions(q_len, kv_len, offset)
     return k_pos <= q_pos
 
 
@@ -61,8 +77,8 @@ def sliding_window_mask(
     Returns:
       bool `[1, 1, T, S]` (or `[B, 1, T, S]` for a `[B]` offset).
     """
-    window = _checks.check_positive_int("window", window)
-    q_pos, k_pos = _query_key_positions(q_len, kv_len, offset)
+    window = checks.check_positive_int("window", window)
+    q_pos, k_pos = query_key_positions(q_len, kv_len, offset)
     distance = q_pos - k_pos
     if causal:
         return (distance >= 0) & (distance < window)
@@ -77,7 +93,7 @@ def no_self_mask(q_len: int, kv_len: int | None = None) -> jax.Array:
     Returns:
       bool `[1, 1, T, S]`.
     """
-    q_pos, k_pos = _query_key_positions(q_len, kv_len, 0)
+    q_pos, k_pos = query_key_positions(q_len, kv_len, 0)
     return q_pos != k_pos
 
 
@@ -91,11 +107,11 @@ def lengths_to_valid(lengths, max_len: int) -> jax.Array:
     Returns:
       bool `[B, max_len]`.
     """
-    lengths = _checks.check_array("lengths", lengths)
-    _checks.check_integer("lengths", lengths)
-    _checks.check_rank("lengths", lengths, 1, "[B]")
-    max_len = _checks.check_positive_int("max_len", max_len)
-    concrete = _checks.concrete_or_none(lengths)
+    lengths = checks.check_array("lengths", lengths)
+    checks.check_integer("lengths", lengths)
+    checks.check_rank("lengths", lengths, 1, "[B]")
+    max_len = checks.check_positive_int("max_len", max_len)
+    concrete = checks.concrete_or_none(lengths)
     if concrete is not None and ((concrete < 0) | (concrete > max_len)).any():
         raise ValueError(f"`lengths` must lie in [0, max_len={max_len}]; got {concrete.tolist()}.")
     return jnp.arange(max_len)[None, :] < lengths[:, None]
@@ -113,15 +129,15 @@ def padding_mask(q_valid, kv_valid=None) -> jax.Array:
     Returns:
       bool `[B, 1, T, S]`.
     """
-    q_valid = _checks.check_array("q_valid", q_valid)
-    kv_valid = q_valid if kv_valid is None else _checks.check_array("kv_valid", kv_valid)
+    q_valid = checks.check_array("q_valid", q_valid)
+    kv_valid = q_valid if kv_valid is None else checks.check_array("kv_valid", kv_valid)
     for name, x in (("q_valid", q_valid), ("kv_valid", kv_valid)):
-        _checks.check_bool(name, x, " Use `lengths_to_valid(lengths, max_len)` to build it from lengths.")
-        _checks.check_rank(name, x, 2, "[B, T]" if name == "q_valid" else "[B, S]")
+        checks.check_bool(name, x, " Use `lengths_to_valid(lengths, max_len)` to build it from lengths.")
+        checks.check_rank(name, x, 2, "[B, T]" if name == "q_valid" else "[B, S]")
     if q_valid.shape[0] != kv_valid.shape[0]:
         raise ValueError(
             f"`q_valid` and `kv_valid` must have the same batch size; got shapes "
-            f"{_checks.shape_str(q_valid.shape)} and {_checks.shape_str(kv_valid.shape)}."
+            f"{checks.shape_str(q_valid.shape)} and {checks.shape_str(kv_valid.shape)}."
         )
     return q_valid[:, None, :, None] & kv_valid[:, None, None, :]
 
@@ -140,15 +156,15 @@ def segment_mask(q_segment_ids, kv_segment_ids=None) -> jax.Array:
     Returns:
       bool `[B, 1, T, S]`.
     """
-    q_ids = _checks.check_array("q_segment_ids", q_segment_ids)
-    kv_ids = q_ids if kv_segment_ids is None else _checks.check_array("kv_segment_ids", kv_segment_ids)
+    q_ids = checks.check_array("q_segment_ids", q_segment_ids)
+    kv_ids = q_ids if kv_segment_ids is None else checks.check_array("kv_segment_ids", kv_segment_ids)
     for name, x, layout in (("q_segment_ids", q_ids, "[B, T]"), ("kv_segment_ids", kv_ids, "[B, S]")):
-        _checks.check_integer(name, x)
-        _checks.check_rank(name, x, 2, layout)
+        checks.check_integer(name, x)
+        checks.check_rank(name, x, 2, layout)
     if q_ids.shape[0] != kv_ids.shape[0]:
         raise ValueError(
             f"`q_segment_ids` and `kv_segment_ids` must have the same batch size; got shapes "
-            f"{_checks.shape_str(q_ids.shape)} and {_checks.shape_str(kv_ids.shape)}."
+            f"{checks.shape_str(q_ids.shape)} and {checks.shape_str(kv_ids.shape)}."
         )
     return q_ids[:, None, :, None] == kv_ids[:, None, None, :]
 
@@ -176,12 +192,12 @@ def block_sparse_mask(
     Returns:
       bool `[1, 1, T, S]`. Combine with `causal_mask` for a causal block-sparse pattern.
     """
-    q_len = _checks.check_positive_int("q_len", q_len)
-    kv_len = _checks.check_positive_int("kv_len", kv_len)
-    block_size = _checks.check_positive_int("block_size", block_size)
-    window_blocks = _checks.check_nonnegative_int("window_blocks", window_blocks)
-    global_blocks = _checks.check_nonnegative_int("global_blocks", global_blocks)
-    random_blocks = _checks.check_nonnegative_int("random_blocks", random_blocks)
+    q_len = checks.check_positive_int("q_len", q_len)
+    kv_len = checks.check_positive_int("kv_len", kv_len)
+    block_size = checks.check_positive_int("block_size", block_size)
+    window_blocks = checks.check_nonnegative_int("window_blocks", window_blocks)
+    global_blocks = checks.check_nonnegative_int("global_blocks", global_blocks)
+    random_blocks = checks.check_nonnegative_int("random_blocks", random_blocks)
     num_q_blocks = -(-q_len // block_size)
     num_kv_blocks = -(-kv_len // block_size)
     if random_blocks > num_kv_blocks:
@@ -214,13 +230,13 @@ def combine_masks(*masks) -> jax.Array | None:
         return None
     arrays = []
     for i, m in present:
-        m = _checks.check_array(f"masks[{i}]", m)
-        _checks.check_bool(f"masks[{i}]", m)
+        m = checks.check_array(f"masks[{i}]", m)
+        checks.check_bool(f"masks[{i}]", m)
         arrays.append(m)
     try:
         jnp.broadcast_shapes(*(m.shape for m in arrays))
     except ValueError as e:
-        shapes = ", ".join(_checks.shape_str(m.shape) for m in arrays)
+        shapes = ", ".join(checks.shape_str(m.shape) for m in arrays)
         raise ValueError(f"combine_masks: mask shapes {shapes} do not broadcast together.") from e
     out = arrays[0]
     for m in arrays[1:]:

@@ -7,7 +7,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxformer.ops import _checks
+from jaxformer import checks
 
 
 def _standardize_primal(xf, epsilon: float, center: bool):
@@ -43,10 +43,10 @@ def _standardize_jvp(epsilon, center, primals, tangents):
 def _check_param(name: str, p, dim: int):
     if p is None:
         return None
-    p = _checks.check_array(name, p)
+    p = checks.check_array(name, p)
     if p.shape != (dim,):
         raise ValueError(
-            f"`{name}` must have shape [D] = ({dim},) to match the last axis of x; got {_checks.shape_str(p.shape)}."
+            f"`{name}` must have shape [D] = ({dim},) to match the last axis of x; got {checks.shape_str(p.shape)}."
         )
     return p.astype(jnp.float32)
 
@@ -63,8 +63,8 @@ def layer_norm(x, scale=None, bias=None, *, epsilon: float = 1e-5) -> jax.Array:
     Returns:
       `[..., D]` in x's dtype.
     """
-    x = _checks.check_array("x", x)
-    _checks.check_floating("x", x)
+    x = checks.check_array("x", x)
+    checks.check_floating("x", x)
     dim = x.shape[-1]
     scale, bias = _check_param("scale", scale, dim), _check_param("bias", bias, dim)
     y = _standardize(x.astype(jnp.float32), float(epsilon), True)
@@ -87,8 +87,8 @@ def rms_norm(x, scale=None, *, epsilon: float = 1e-6) -> jax.Array:
     Returns:
       `[..., D]` in x's dtype.
     """
-    x = _checks.check_array("x", x)
-    _checks.check_floating("x", x)
+    x = checks.check_array("x", x)
+    checks.check_floating("x", x)
     scale = _check_param("scale", scale, x.shape[-1])
     y = _standardize(x.astype(jnp.float32), float(epsilon), False)
     if scale is not None:

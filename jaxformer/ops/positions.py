@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxformer.ops import _checks
-from jaxformer.ops.masks import _query_key_positions
+from jaxformer import checks
+from jaxformer.ops.masks import query_key_positions
 
 
 def sinusoidal_positions(length: int, dim: int, *, base: float = 10000.0) -> jax.Array:
@@ -23,8 +23,8 @@ def sinusoidal_positions(length: int, dim: int, *, base: float = 10000.0) -> jax
     Returns:
       float32 `[length, dim]`.
     """
-    length = _checks.check_positive_int("length", length)
-    dim = _checks.check_positive_int("dim", dim)
+    length = checks.check_positive_int("length", length)
+    dim = checks.check_positive_int("dim", dim)
     if dim % 2:
         raise ValueError(f"`dim` must be even (sin/cos pairs); got {dim}.")
     inv_freq = base ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)  # [dim / 2]
@@ -53,17 +53,17 @@ def apply_rope(x, positions, *, base: float = 10000.0, interleaved: bool = True,
     Returns:
       `[B, T, N, H]` in x's dtype (the rotation is computed in float32).
     """
-    x = _checks.check_array("x", x)
-    _checks.check_rank("x", x, 4, "[B, T, N, H]")
+    x = checks.check_array("x", x)
+    checks.check_rank("x", x, 4, "[B, T, N, H]")
     B, T, _, H = x.shape
     if H % 2:
-        raise ValueError(f"apply_rope needs an even head dim H (x shape {_checks.shape_str(x.shape)}); got H={H}.")
-    positions = _checks.check_array("positions", positions)
-    _checks.check_integer("positions", positions)
+        raise ValueError(f"apply_rope needs an even head dim H (x shape {checks.shape_str(x.shape)}); got H={H}.")
+    positions = checks.check_array("positions", positions)
+    checks.check_integer("positions", positions)
     if positions.shape not in ((T,), (B, T)):
         raise ValueError(
             f"`positions` must have shape [T] = ({T},) or [B, T] = ({B}, {T}) to match x of shape "
-            f"{_checks.shape_str(x.shape)}; got {_checks.shape_str(positions.shape)}."
+            f"{checks.shape_str(x.shape)}; got {checks.shape_str(positions.shape)}."
         )
     if scale <= 0:
         raise ValueError(f"`scale` must be positive; got {scale}.")
@@ -88,7 +88,7 @@ def alibi_slopes(num_heads: int) -> np.ndarray:
     Returns:
       float32 NumPy `[num_heads]`.
     """
-    num_heads = _checks.check_positive_int("num_heads", num_heads)
+    num_heads = checks.check_positive_int("num_heads", num_heads)
 
     def power_of_two_slopes(n: int) -> list[float]:
         start = 2.0 ** (-8.0 / n)
@@ -111,7 +111,7 @@ def alibi_bias(num_heads: int, q_len: int, kv_len: int | None = None, *, offset=
       float32 `[1, N, T, S]` (add it through `bias=`).
     """
     slopes = jnp.asarray(alibi_slopes(num_heads))
-    q_pos, k_pos = _query_key_positions(q_len, kv_len, offset)
+    q_pos, k_pos = query_key_positions(q_len, kv_len, offset)
     if q_pos.shape[0] != 1:
         raise ValueError("`offset` must be a scalar for alibi_bias.")
     distance = jnp.abs(q_pos - k_pos).astype(jnp.float32)  # [1, 1, T, S]

@@ -21,8 +21,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxformer.ops import _checks
-from jaxformer.ops.attention import _check_query_key, _check_value
+from jaxformer import checks
 
 LANES = 128  # TPU vector lane width: the kernel's key blocks must be multiples of it
 
@@ -109,9 +108,9 @@ def splash_attention(
     Not supported (use `dot_product_attention` or `blockwise_attention`): array masks, an additive bias, key
     lengths, dropout on the weights, segment ids for cross-attention.
     """
-    B, T, S, N, K, H = _check_query_key(query, key)
-    _check_value(value, query, key)
-    block_size = _checks.check_positive_int("block_size", block_size)
+    B, T, S, N, K, H = checks.check_query_key(query, key)
+    checks.check_value(value, query, key)
+    block_size = checks.check_positive_int("block_size", block_size)
     if not interpret and jax.default_backend() != "tpu":
         raise ValueError(
             f"splash_attention compiles a Pallas TPU kernel, and the default backend is "
@@ -127,18 +126,10 @@ def splash_attention(
                 f"{length}. Pad the sequence, or use dot_product_attention."
             )
     if window is not None:
-        window = _checks.check_positive_int("window", window)
+        window = checks.check_positive_int("window", window)
         if T > S:
             raise ValueError(f"A `window` needs T <= S (otherwise late queries see no key); got T={T}, S={S}.")
-    ids = None
-    if segment_ids is not None:
-        if T != S:
-            raise ValueError(f"`segment_ids` is for self-attention (T == S); got T={T}, S={S}.")
-        ids = _checks.check_array("segment_ids", segment_ids)
-        _checks.check_integer("segment_ids", ids)
-        if ids.shape != (B, T):
-            raise ValueError(f"`segment_ids` must have shape [B={B}, T={T}]; got {_checks.shape_str(ids.shape)}.")
-        ids = ids.astype(jnp.int32)
+    ids, _ = checks.check_segment_ids(segment_ids, B, T, S, allow_pair=False)  # self-attention ids only
 
     kernel = _kernel(N, T, S, bool(is_causal), window, block_size, bool(interpret))
     scale = H**-0.5 if scale is None else scale

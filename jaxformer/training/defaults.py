@@ -1,6 +1,6 @@
-"""default_config(): every key `train_and_evaluate` reads, with defaults; experiment configs override them.
+"""default_config(): every key `train_and_evaluate` reads, with defaults; the recipes override them.
 
-    config = default_config()            # in an experiment's get_config()
+    config = default_config()            # in a recipe's get_config() (jaxformer/configs/*.py)
     config.task = "seq2seq"
     config.model.variant = "transformer-tiny"
 
@@ -10,9 +10,6 @@ overrides, e.g. `model.dtype = "bfloat16"` for bf16 compute with float32 paramet
 """
 
 from __future__ import annotations
-
-import importlib.util
-import os
 
 import ml_collections
 
@@ -60,7 +57,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.mesh.data = -1
     config.mesh.fsdp = 1
     config.mesh.tensor = 1
-    config.parallel = "jit"  # or "pmap" / "shard_map": per-device data parallelism (training/data_parallel.py)
+    config.parallel = "jit"  # or "pmap" / "shard_map": per-device data parallelism (training/runner.py)
     config.distributed = False  # multi-host: jax.distributed.initialize() first (training/multihost.py)
 
     config.log_every = 50
@@ -74,14 +71,3 @@ def default_config() -> ml_collections.ConfigDict:
     config.sample.temperature = 0.8
     config.sample.top_k = 200
     return config
-
-
-def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
-    """`get_config()` of the experiment config file at `path` (what `--config` loads on the command line)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Config file {path!r} does not exist; pass the path of an experiments/configs/*.py.")
-    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()

@@ -9,7 +9,6 @@ model's `tokenizer.json`) to the workdir.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -23,86 +22,17 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxformer import data
-from jaxformer.models import GPT, ModelConfig
-from jaxformer.training import data_parallel, multihost, plots, sharding
+from jaxformer.training import multihost, plots, sharding
 from jaxformer.training.checkpoints import Checkpointer
 from jaxformer.training.metrics import MetricsLog, perplexity
-from jaxformer.training.optimizers import make_optimizer
-from jaxformer.training.schedules import make_schedule
-from jaxformer.training.state import create_train_state, merge
-from jaxformer.training.steps import make_eval_step
-from jaxformer.training.tasks import build_model_config, make_task
-from jaxformer.training.tasks.lm import lm_model_fields
+from jaxformer.training.optimizers import build_optimizer
+from jaxformer.training.runner import StepRunner
+from jaxformer.training.state import merge
+from jaxformer.training.tasks import make_task
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss, the gradient norm or the parameters became NaN or Inf; the newest checkpoint predates it."""
-
-
-def build(config: ml_collections.ConfigDict, model_cfg: ModelConfig, model_class: type[nnx.Module] = GPT):
-    """(model, schedule, optimizer) that `config` describes, the model a `model_class` of `model_cfg` built on
-    the default device (the training loop builds it sharded instead, see `sharding.create_sharded_train_state`)."""
-    return model_class(model_cfg, rngs=nnx.Rngs(config.seed)), *build_optimizer(config, model_cfg)
-
-
-def build_optimizer(config: ml_collections.ConfigDict, model_cfg: ModelConfig):
-    """(schedule, optimizer) that `config` describes.
-
-    `schedule` maps the train step (one batch) to the learning rate it trains with. With gradient accumulation
-    (k = optimizer.grad_accum_steps) the optimizer updates every k batches and its schedule counts updates, so
-    num_steps and warmup_steps (in batches) are divided by k for it, and batch s trains with update s // k's rate.
-    """
-    k = config.optimizer.grad_accum_steps
-    for name in ("num_steps", "warmup_steps"):
-        if config[name] % k:
-            raise ValueError(
-                f"config.{name}={config[name]} must be a multiple of optimizer.grad_accum_steps={k} (the "
-                f"optimizer updates once every {k} batches)."
-            )
-    update_schedule = make_schedule(
-        config.schedule,
-        learning_rate=config.learning_rate,
-        num_steps=config.num_steps // k,
-        warmup_steps=config.warmup_steps // k,
-        end_learning_rate=config.end_learning_rate,
-        d_model=model_cfg.d_model,
-        **config.get("schedule_options", ml_collections.ConfigDict()).to_dict(),
-    )
-    opt = config.optimizer
-    optimizer = make_optimizer(
-        update_schedule,
-        name=opt.name,
-        b1=opt.b1,
-        b2=opt.b2,
-        weight_decay=opt.weight_decay,
-        decay_embeddings=opt.decay_embeddings,
-        clip_norm=opt.clip_norm or None,
-        grad_accum_steps=k,
-    )
-    schedule = update_schedule if k == 1 else (lambda step: update_schedule(step // k))
-    return schedule, optimizer
-
-
-def load_trained(workdir: str):
-    """(GPT in eval mode, tokenizer, config) from the newest checkpoint of a language-model run's workdir."""
-    path = os.path.join(workdir, "tokenizer.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} does not exist: {workdir} holds no trained language model (task 'lm').")
-    with open(path) as f:
-        tokenizer = data.tokenizer_from_dict(json.load(f))
-    with Checkpointer(os.path.join(workdir, "checkpoints")) as checkpoints:
-        step = checkpoints.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"No checkpoint in {checkpoints.directory}: train first.")
-        config = ml_collections.ConfigDict(checkpoints.restore_config(step))
-        if config.get("task", "lm") != "lm":
-            raise ValueError(f"{workdir} holds a {config.task!r} model; sampling text needs task 'lm'.")
-        model_cfg = build_model_config(config, lm_model_fields(config, tokenizer))
-        model, _, optimizer = build(config, model_cfg)
-        graphs, template = create_train_state(model, optimizer)
-        state, _, _ = checkpoints.restore(template, step)
-    return merge(graphs.eval, state), tokenizer, config
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -111,25 +41,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     mesh = sharding.mesh_from_config(config.get("mesh", {}))
     sharding.check_batch_size(config.batch_size, mesh)
-    parallel = config.get("parallel", "jit")
-    if parallel not in data_parallel.PARALLEL:
-        raise ValueError(f"config.parallel={parallel!r}; choose one of {data_parallel.PARALLEL}.")
     leader = multihost.is_leader()
     task = make_task(config)
     if leader:
         task.save_assets(workdir)
-    # pmap copies an ordinary one-device state to every device itself; the other modes lay it out on the mesh.
-    state_mesh = sharding.make_mesh(1, 1, 1, devices=list(mesh.devices.flat)[:1]) if parallel == "pmap" else mesh
     model_cfg = task.model_config()
-    schedule, optimizer = build_optimizer(config, model_cfg)
-    graphs, state, state_shardings = sharding.create_sharded_train_state(
-        lambda: task.model_class(model_cfg, rngs=nnx.Rngs(config.seed)), optimizer, state_mesh
+    schedule, optimizer = build_optimizer(config, d_model=model_cfg.d_model)
+    runner = StepRunner(
+        config.get("parallel", "jit"),
+        lambda: task.model_class(model_cfg, rngs=nnx.Rngs(config.seed)),
+        optimizer,
+        schedule,
+        task.loss,
+        mesh=mesh,
     )
-    runner = data_parallel.make_parallel_step(
-        parallel, graphs, optimizer, schedule, task.loss, mesh=mesh, state_shardings=state_shardings
-    )
-    sharded_eval_step = make_eval_step(graphs, task.loss, mesh=None if parallel == "pmap" else state_mesh)
-    eval_step = lambda state, batch: sharded_eval_step(state, sharding.shard_batch(batch, state_mesh))
+    graphs, state = runner.graphs, runner.initial_state
     batches = task.batches
 
     checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
@@ -168,7 +94,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     try:
         for step in range(start + 1, config.num_steps + 1):
             t0 = time.perf_counter()
-            state, metrics = runner.step(state, next(batches))
+            state, metrics = runner.train_step(state, next(batches))
             # Fetching waits for the step, so the wall time below is the step's.
             fetched = jax.device_get({k: metrics[k] for k in ("loss", "nll", "grad_norm")})
             loss, grad_norm = float(fetched["loss"]), float(fetched["grad_norm"])
@@ -197,7 +123,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 }
                 if step % config.eval_every == 0 or last:
                     host_state = runner.to_host(state)
-                    row.update(task.evaluate(eval_step, host_state, merge(graphs.eval, host_state)))
+                    row.update(task.evaluate(runner.eval_step, host_state, merge(graphs.eval, host_state)))
                 log.write(row)
                 progress.set_postfix(
                     loss=f"{row['train_loss']:.3f}",

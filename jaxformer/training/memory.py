@@ -33,6 +33,8 @@ import optax
 from flax import nnx
 
 from jaxformer.training import sharding
+from jaxformer.training.optimizers import build_optimizer
+from jaxformer.training.tasks import make_task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,16 +65,13 @@ def _is_spec(x) -> bool:
 def memory_report(config: ml_collections.ConfigDict, num_devices: int | None = None) -> dict:
     """Per-device bytes of parameters, optimizer state and (estimated) activations for `config` on
     `num_devices` devices (default: the devices jax sees), with `config.mesh` resolved against that count."""
-    from jaxformer.training.loop import build_optimizer
-    from jaxformer.training.tasks import make_task
-
     num_devices = num_devices or jax.device_count()
     shape = sharding.mesh_shape(dict(config.mesh.to_dict()), num_devices)
     mesh = MeshShape(dict(zip(sharding.MESH_AXES, shape, strict=True)))
     sharding.check_batch_size(config.batch_size, mesh)
     task = make_task(config)
     cfg = task.model_config()
-    _, optimizer = build_optimizer(config, cfg)
+    _, optimizer = build_optimizer(config, d_model=cfg.d_model)
     abstract = nnx.eval_shape(lambda: task.model_class(cfg, rngs=nnx.Rngs(0)))
     params = nnx.state(abstract, nnx.Param)
     param_specs = sharding.param_specs(params, mesh)
@@ -93,15 +92,14 @@ def memory_report(config: ml_collections.ConfigDict, num_devices: int | None = N
     )
     opt_total, opt_device = _sharded_bytes(opt_state, opt_specs, mesh)
 
-    T = cfg.max_len if config.get("task", "lm") in ("classification", "seq2seq") else config.data.seq_len
+    T, layers, V = task.activation_shape(cfg)
     b = config.batch_size // (mesh.shape["data"] * mesh.shape["fsdp"])
     t = mesh.shape["tensor"]
     width_bytes = np.dtype(cfg.dtype).itemsize / 2  # the formula counts 16-bit activations
-    layers = cfg.num_layers + (cfg.decoder_layers if config.get("task", "lm") == "seq2seq" else 0)
     unit = T * b * cfg.d_model * width_bytes
     a = cfg.num_heads * T / cfg.d_model
     kept, recomputed = _kept_per_layer(cfg.remat, a, t)
-    logits = 2 * b * T * cfg.vocab_size / t * 4 if config.get("task", "lm") != "classification" else 0
+    logits = 2 * b * T * V / t * 4
     activations = int((layers * kept + recomputed) * unit + logits)
     return {
         "devices": num_devices,

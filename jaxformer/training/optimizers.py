@@ -1,11 +1,13 @@
-"""Optimizers from optax: AdamW or Adafactor, global-norm clipping, gradient accumulation, a weight-decay mask."""
+"""Optimizers from optax: AdamW or Adafactor, global-norm clipping, gradient accumulation, a weight-decay mask;
+`build_optimizer` makes the (schedule, optimizer) pair a run's config describes."""
 
 from __future__ import annotations
 
 import jax
+import ml_collections
 import optax
 
-from jaxformer.training.schedules import Schedule
+from jaxformer.training.schedules import Schedule, make_schedule
 
 OPTIMIZERS = ("adamw", "adafactor")
 
@@ -68,3 +70,44 @@ def make_optimizer(
     chain = [optax.clip_by_global_norm(clip_norm)] if clip_norm is not None else []
     optimizer = optax.chain(*chain, core)
     return optax.MultiSteps(optimizer, grad_accum_steps) if grad_accum_steps > 1 else optimizer
+
+
+def build_optimizer(
+    config: ml_collections.ConfigDict, *, d_model: int
+) -> tuple[Schedule, optax.GradientTransformation]:
+    """(schedule, optimizer) that a run's `config` describes (`training/defaults.py`: `schedule`, `learning_rate`,
+    `warmup_steps`, `optimizer.*`, ...); `d_model` is the model width, which the inverse-sqrt schedule scales by.
+
+    `schedule` maps the train step (one batch) to the learning rate it trains with. With gradient accumulation
+    (k = optimizer.grad_accum_steps) the optimizer updates every k batches and its schedule counts updates, so
+    num_steps and warmup_steps (in batches) are divided by k for it, and batch s trains with update s // k's rate.
+    """
+    k = config.optimizer.grad_accum_steps
+    for name in ("num_steps", "warmup_steps"):
+        if config[name] % k:
+            raise ValueError(
+                f"config.{name}={config[name]} must be a multiple of optimizer.grad_accum_steps={k} (the "
+                f"optimizer updates once every {k} batches)."
+            )
+    update_schedule = make_schedule(
+        config.schedule,
+        learning_rate=config.learning_rate,
+        num_steps=config.num_steps // k,
+        warmup_steps=config.warmup_steps // k,
+        end_learning_rate=config.end_learning_rate,
+        d_model=d_model,
+        **config.get("schedule_options", ml_collections.ConfigDict()).to_dict(),
+    )
+    opt = config.optimizer
+    optimizer = make_optimizer(
+        update_schedule,
+        name=opt.name,
+        b1=opt.b1,
+        b2=opt.b2,
+        weight_decay=opt.weight_decay,
+        decay_embeddings=opt.decay_embeddings,
+        clip_norm=opt.clip_norm or None,
+        grad_accum_steps=k,
+    )
+    schedule = update_schedule if k == 1 else (lambda step: update_schedule(step // k))
+    return schedule, optimizer

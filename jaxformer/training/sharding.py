@@ -31,7 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxformer.nn.constraints import Resolver
 from jaxformer.nn.params import logical_axes
-from jaxformer.training.state import Graphs, TrainState
+from jaxformer.training.state import Graphs, TrainState, split_model
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the batch is split over both: FSDP is data parallelism with sharded state
@@ -221,19 +221,13 @@ def create_sharded_train_state(
     its constructor runs under `jax.jit` with those `out_shardings`, so each device only ever materialises its
     own shards. The optimizer state is initialised the same way, sharded like the parameters it tracks.
     """
-    abstract = nnx.eval_shape(make_model)
-    abstract.eval()
-    eval_graph = nnx.graphdef(abstract)
-    abstract.train()
-    train_graph, abstract_params, abstract_rest = nnx.split(abstract, nnx.Param, ...)
+    graphs, abstract_params, abstract_rest = split_model(nnx.eval_shape(make_model))
     param_shardings = named(mesh, param_specs(abstract_params, mesh))
     rest_shardings = named(mesh, param_specs(abstract_rest, mesh))
 
     @functools.partial(jax.jit, out_shardings=(param_shardings, rest_shardings))
     def init():
-        model = make_model()
-        model.train()
-        _, params, rest = nnx.split(model, nnx.Param, ...)
+        _, params, rest = split_model(make_model())
         return params, rest
 
     params, model_state = init()
@@ -250,4 +244,4 @@ def create_sharded_train_state(
     step = jax.device_put(np.zeros((), np.int32), replicated)
     state = TrainState(step=step, params=params, opt_state=opt_state, model_state=model_state)
     shardings = jax.tree.map(lambda x: x.sharding, state)
-    return Graphs(train=train_graph, eval=eval_graph), state, shardings
+    return graphs, state, shardings

@@ -32,16 +32,24 @@ class Graphs:
     eval: nnx.GraphDef = flax.struct.field(pytree_node=False)
 
 
-def create_train_state(model: nnx.Module, optimizer: optax.GradientTransformation) -> tuple[Graphs, TrainState]:
-    """Splits `model` once into its graph definitions and a TrainState at step 0 (the model is left in train mode)."""
+def split_model(model: nnx.Module) -> tuple[Graphs, nnx.State, nnx.State]:
+    """(graphs, params, rest): `model` split once into its train / eval graph definitions, its `nnx.Param` state
+    and every other variable. The model is left in train mode."""
     model.eval()
     eval_graph = nnx.graphdef(model)
     model.train()
-    train_graph, params, model_state = nnx.split(model, nnx.Param, ...)
+    train_graph, params, rest = nnx.split(model, nnx.Param, ...)
+    return Graphs(train=train_graph, eval=eval_graph), params, rest
+
+
+def create_train_state(model: nnx.Module, optimizer: optax.GradientTransformation) -> tuple[Graphs, TrainState]:
+    """Splits `model` once into its graph definitions and a TrainState at step 0 (the model is left in train mode).
+    On a device mesh use `sharding.create_sharded_train_state`, which builds the state straight into its shards."""
+    graphs, params, model_state = split_model(model)
     state = TrainState(
         step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), model_state=model_state
     )
-    return Graphs(train=train_graph, eval=eval_graph), state
+    return graphs, state
 
 
 def merge(graph: nnx.GraphDef, state: TrainState) -> nnx.Module:

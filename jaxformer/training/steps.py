@@ -1,73 +1,59 @@
-"""Pure, jitted train and eval steps: (TrainState, batch) -> (TrainState, metrics)."""
+"""The pure train and eval steps: (TrainState, batch) -> (TrainState, metrics). No mesh, no axis names, no jit.
+
+A step is a loss (a task's `loss(model, batch) -> (loss, metrics)`), an optax update and, for data parallelism
+written per device, a `CrossDevice` reduction that the caller supplies. Where and how a step runs (jit with
+shardings, pmap, shard_map) is `training/runner.py`'s job.
+"""
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxformer import ops
-from jaxformer.nn.constraints import activation_sharding
 from jaxformer.training.schedules import Schedule
-from jaxformer.training.sharding import activation_resolver
 from jaxformer.training.state import Graphs, TrainState
 
 LossFn = Callable[[nnx.Module, dict], tuple[jax.Array, dict]]
+"""`loss(model, batch) -> (scalar loss, metrics)`; the metrics hold at least `nll` (the unsmoothed loss),
+`accuracy` and `tokens` (targets counted), as `tasks.base.token_loss` returns them. Traced inside jit."""
 
 
-def classification_loss(
-    logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None, *, label_smoothing: float = 0.0
-) -> tuple[jax.Array, dict]:
-    """Softmax cross-entropy of `logits [..., V]` against `targets [...]`, with the metrics every task reports.
+class CrossDevice(Protocol):
+    """How the devices of a per-device step (pmap, shard_map) combine what each computed on its shard."""
 
-    weights: `[...]` (0 = ignore, e.g. padding); None counts every target. Returns (loss, metrics): `nll` (the
-    unsmoothed mean negative log-likelihood), `accuracy` (argmax == target) and `tokens` (the targets counted).
-    """
-    loss, tokens = ops.cross_entropy(logits, targets, mask=weights, label_smoothing=label_smoothing)
-    nll = loss if not label_smoothing else ops.cross_entropy(logits, targets, mask=weights)[0]
-    w = jnp.ones(targets.shape, jnp.float32) if weights is None else weights.astype(jnp.float32)
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-    accuracy = jnp.sum(correct * w) / jnp.maximum(tokens, 1.0)
-    return loss, {"nll": nll, "accuracy": accuracy, "tokens": tokens}
+    def mean(self, tree: Any) -> Any:
+        """The mean over devices of every floating leaf of `tree` (other leaves unchanged)."""
 
-
-def lm_loss(model: nnx.Module, batch: dict, *, label_smoothing: float = 0.0) -> tuple[jax.Array, dict]:
-    """Next-token cross-entropy of a decoder-only LM.
-
-    batch: `inputs`, `targets` int `[B, T]`; optional `weights` `[B, T]` (0 = ignore, e.g. padding),
-    `segment_ids` and `positions` `[B, T]` for packed rows. Returns (loss, metrics) as `classification_loss`.
-    """
-    logits = model(batch["inputs"], segment_ids=batch.get("segment_ids"), positions=batch.get("positions"))
-    return classification_loss(logits, batch["targets"], batch.get("weights"), label_smoothing=label_smoothing)
+    def sum(self, x: jax.Array) -> jax.Array:
+        """The sum over devices of `x`."""
 
 
 def train_step_fn(
     graphs: Graphs,
     optimizer: optax.GradientTransformation,
     schedule: Schedule,
-    loss_fn: LossFn = lm_loss,
+    loss_fn: LossFn,
     *,
-    axis_name: str | None = None,
+    cross_device: CrossDevice | None = None,
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """The pure (unjitted) training step: (state, batch) -> (new state, metrics).
+    """The training step: (state, batch) -> (new state, metrics), unjitted.
 
-    metrics: `loss`, `nll`, `perplexity` = exp(nll), `accuracy`, `tokens`, `grad_norm` (global, before
-    clipping), `learning_rate` (the schedule at this step).
+        (loss, metrics), g = value_and_grad(loss_fn)(params)
+        updates, opt_state = optimizer.update(g, opt_state, params);  params = params + updates
 
-    axis_name: for per-device code (`jax.pmap`, `jax.shard_map`) where each device sees its shard of the batch:
-    gradients, losses and floating model state (BatchNorm statistics) are averaged over that axis before the
-    update (`lax.pmean`), token counts summed, so every device applies the same update. With equal-sized shards
-    this is the global-batch step, except that dropout draws the same stream on every device.
+    metrics: the loss's (`nll`, `accuracy`, `tokens`) plus `loss`, `perplexity` = exp(nll), `grad_norm` (global,
+    before clipping) and `learning_rate` (the schedule at this step).
+
+    cross_device: for per-device code where each device sees its shard of the batch. Gradients, losses, metrics
+    and floating model state (BatchNorm statistics) are then averaged over the devices before the update and
+    token counts summed, so every device applies the same update: with equal shards, the global-batch step
+    (except that dropout draws the same stream on every device).
     """
-
-    def mean(tree):
-        if axis_name is None:
-            return tree
-        return jax.tree.map(lambda x: jax.lax.pmean(x, axis_name) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         def compute_loss(params, model_state):
@@ -79,8 +65,10 @@ def train_step_fn(
 
         grad_fn = jax.value_and_grad(compute_loss, has_aux=True)
         (loss, (metrics, model_state)), grads = grad_fn(state.params, state.model_state)
-        tokens = metrics["tokens"] if axis_name is None else jax.lax.psum(metrics["tokens"], axis_name)
-        grads, model_state, (loss, metrics) = mean(grads), mean(model_state), mean((loss, metrics))
+        tokens = metrics["tokens"]
+        if cross_device is not None:
+            tokens = cross_device.sum(tokens)
+            grads, model_state, loss, metrics = cross_device.mean((grads, model_state, loss, metrics))
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {
@@ -96,53 +84,13 @@ def train_step_fn(
     return train_step
 
 
-def make_train_step(
-    graphs: Graphs,
-    optimizer: optax.GradientTransformation,
-    schedule: Schedule,
-    loss_fn: LossFn = lm_loss,
-    *,
-    state_shardings=None,
-    batch_sharding=None,
-) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
-    """The jitted training step (`train_step_fn`). The incoming TrainState is donated: its buffers are reused.
-
-    With `state_shardings` (a TrainState of shardings, from `sharding.create_sharded_train_state`) and
-    `batch_sharding`, the step is compiled for them and returns the new state with the same shardings, so a
-    sharded run never re-lays out its state between steps; metrics come back replicated. The model's activation
-    hints (nn/constraints.py) are then on, pinning the residual stream to the batch sharding's mesh.
-    """
-    train_step = train_step_fn(graphs, optimizer, schedule, loss_fn)
-    if state_shardings is None:
-        return jax.jit(train_step, donate_argnums=0)
-    # The mesh of the hints: the batch's, or else the state's (every leaf of a sharded state shares one mesh).
-    mesh = (batch_sharding if batch_sharding is not None else jax.tree.leaves(state_shardings)[0]).mesh
-    return jax.jit(
-        with_activation_hints(train_step, mesh),
-        in_shardings=(state_shardings, batch_sharding),
-        out_shardings=(state_shardings, None),
-        donate_argnums=0,
-    )
-
-
-def make_eval_step(graphs: Graphs, loss_fn: LossFn = lm_loss, *, mesh=None) -> Callable[[TrainState, dict], dict]:
-    """The jitted evaluation step (dropout off, running BatchNorm statistics): metrics as in training. With a
-    `mesh`, the model's activation hints are on (as in `make_train_step` with shardings)."""
+def eval_step_fn(graphs: Graphs, loss_fn: LossFn) -> Callable[[TrainState, dict], dict]:
+    """The evaluation step (dropout off, running BatchNorm statistics): state, batch -> the loss's metrics plus
+    `loss` and `perplexity`, as in training. Unjitted."""
 
     def eval_step(state: TrainState, batch: dict) -> dict:
         model = nnx.merge(graphs.eval, state.params, state.model_state)
         loss, metrics = loss_fn(model, batch)
         return {**metrics, "loss": loss, "perplexity": jnp.exp(metrics["nll"])}
 
-    return jax.jit(eval_step if mesh is None else with_activation_hints(eval_step, mesh))
-
-
-def with_activation_hints(step: Callable, mesh) -> Callable:
-    """`step` traced with the model's activation sharding hints resolved on `mesh` by the rules table."""
-
-    @functools.wraps(step)
-    def hinted(*args):
-        with activation_sharding(activation_resolver(mesh)):
-            return step(*args)
-
-    return hinted
+    return eval_step

@@ -94,19 +94,19 @@ def test_eval_batches_cover_the_split_exactly_once(num_tokens, batch_size, seq_l
     batches = list(eval_batches(tokens, batch_size=batch_size, seq_len=seq_len))
     assert len(batches) == num_eval_batches(num_tokens, batch_size=batch_size, seq_len=seq_len)
     for b in batches:
-        assert set(b) == {"inputs", "targets", "valid"}
-        assert b["inputs"].shape == b["targets"].shape == b["valid"].shape == (batch_size, seq_len)
-        assert b["inputs"].dtype == b["targets"].dtype == np.int32 and b["valid"].dtype == bool
-        np.testing.assert_array_equal(b["inputs"][~b["valid"]], 0)
-        np.testing.assert_array_equal(b["targets"][~b["valid"]], 0)
-    inputs = np.concatenate([b["inputs"][b["valid"]] for b in batches])
-    targets = np.concatenate([b["targets"][b["valid"]] for b in batches])
+        assert set(b) == {"inputs", "targets", "weights"}
+        assert b["inputs"].shape == b["targets"].shape == b["weights"].shape == (batch_size, seq_len)
+        assert b["inputs"].dtype == b["targets"].dtype == np.int32 and b["weights"].dtype == bool
+        np.testing.assert_array_equal(b["inputs"][~b["weights"]], 0)
+        np.testing.assert_array_equal(b["targets"][~b["weights"]], 0)
+    inputs = np.concatenate([b["inputs"][b["weights"]] for b in batches])
+    targets = np.concatenate([b["targets"][b["weights"]] for b in batches])
     # Row-major order of valid positions walks the split: inputs are tokens 0..N-2, targets tokens 1..N-1.
     np.testing.assert_array_equal(inputs, tokens[:-1])
     np.testing.assert_array_equal(targets, tokens[1:])
     # Padding only at the end: every batch but the last is full, and windows do not overlap.
-    assert all(b["valid"].all() for b in batches[:-1])
-    assert batches[-1]["valid"][0, 0]
+    assert all(b["weights"].all() for b in batches[:-1])
+    assert batches[-1]["weights"][0, 0]
 
 
 def test_eval_batches_example_and_repeatability():
@@ -116,7 +116,7 @@ def test_eval_batches_example_and_repeatability():
     np.testing.assert_array_equal(batches[0]["inputs"], [[1, 2, 3, 4], [5, 6, 7, 8]])
     np.testing.assert_array_equal(batches[1]["inputs"], [[9, 10, 0, 0], [0, 0, 0, 0]])
     np.testing.assert_array_equal(batches[1]["targets"], [[10, 11, 0, 0], [0, 0, 0, 0]])
-    np.testing.assert_array_equal(batches[1]["valid"], [[True, True, False, False], [False] * 4])
+    np.testing.assert_array_equal(batches[1]["weights"], [[True, True, False, False], [False] * 4])
     again = list(eval_batches(tokens, batch_size=2, seq_len=4))
     for a, b in zip(batches, again, strict=True):
         assert_batches_equal(a, b)

@@ -98,3 +98,12 @@ def test_bad_arguments():
         beam_search(model, src, beam_size=2, max_len=4, bos_id=1, eos_id=999)
     with pytest.raises(ValueError, match="`src_valid` must have the shape of `src`"):
         beam_search(model, src, beam_size=2, max_len=4, bos_id=1, src_valid=np.ones((1, 4), bool))
+
+
+def test_a_model_that_cannot_decode_is_refused_by_type():
+    """ViT has an `encode` method too; what decides the kind of model is its class, not an attribute name."""
+    from jaxformer.models import ViT
+
+    vit = ViT(ModelConfig.variant("vit-tiny"), rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match=r"needs an encoder-decoder `Transformer` or a decoder-only model .* got a ViT"):
+        beam_search(vit, np.array([[5, 6, 7]], np.int32), beam_size=2, max_len=4, bos_id=1)

@@ -1,5 +1,8 @@
 """generate: greedy equals the argmax of full forwards, batches of different prompt lengths, eos, sampling."""
 
+import importlib
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +12,8 @@ from flax import nnx
 from jaxformer.decoding import generate
 from jaxformer.models import GPT, ModelConfig
 from tests.models.helpers import scanned_copy
+
+GENERATE = importlib.import_module("jaxformer.decoding.generate")  # the module (the package exports the function)
 
 CFG = ModelConfig(vocab_size=48, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, d_ff=64, max_len=24)
 PROMPT = np.array([[5, 7, 9, 0, 0, 0], [1, 2, 3, 4, 5, 6], [8, 0, 0, 0, 0, 0]], np.int32)
@@ -90,3 +95,24 @@ def test_bad_arguments():
         generate(model, PROMPT, 0, rng=key)
     with pytest.raises(ValueError, match="`top_k`"):
         generate(model, PROMPT, 2, rng=key, top_k=0)
+
+
+def test_generate_compiles_once_for_new_prompts_and_keys(monkeypatch):
+    chex.clear_trace_counter()
+    traces = []
+
+    def counted(*args, **kwargs):
+        traces.append(1)
+        return GENERATE._generate_fn(*args, **kwargs)
+
+    static = ("graphdef", "max_new_tokens", "max_len", "temperature", "top_k", "top_p", "eos_id")
+    monkeypatch.setattr(GENERATE, "_generate", jax.jit(chex.assert_max_traces(counted, n=1), static_argnames=static))
+    model = GPT(ModelConfig.variant("gpt2-tiny", num_layers=1, vocab_size=32), rngs=nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    for seed in range(3):
+        prompt = rng.integers(0, 32, size=(2, 5)).astype(np.int32)
+        GENERATE.generate(model, prompt, 4, rng=jax.random.key(seed), temperature=0.8, top_k=8)
+    assert len(traces) == 1
+    # The guard is live: a new prompt shape is a new trace, which it refuses.
+    with pytest.raises(AssertionError, match="traced > 1 times"):
+        GENERATE.generate(model, np.zeros((2, 6), np.int32), 4, rng=jax.random.key(0), temperature=0.8)

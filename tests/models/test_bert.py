@@ -294,5 +294,5 @@ def test_mask_for_mlm_errors():
         corrupt(tokens, valid=np.ones((1, 4), bool))
     with pytest.raises(ValueError, match=r"`special_ids` must be token ids, in \[0, 10\); got -1"):
         corrupt(tokens, special_ids=(-1,))
-    with pytest.raises(ValueError, match=r"`vocab_size` must be an int"):
+    with pytest.raises(ValueError, match=r"`vocab_size` must be a positive int"):
         mask_for_mlm(jax.random.key(0), tokens, vocab_size=10.0, mask_id=3)

@@ -88,7 +88,7 @@ def test_jit_matches_eager_and_gradients_are_finite():
 
 def test_bad_inputs():
     model = Transformer(tiny(), rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match="`src_valid` must be bool with the shape of its tokens"):
+    with pytest.raises(ValueError, match=r"`src_valid` must be bool \[B, T\] = \(2, 7\), the shape of its tokens"):
         model(SRC, TGT, src_valid=SRC_VALID[:, :3])
     with pytest.raises(ValueError, match=r"`memory` must be \[B=2, S, D=64\]"):
         model.decode(TGT, np.zeros((2, 7, 8), np.float32))

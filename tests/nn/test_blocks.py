@@ -13,7 +13,7 @@ CTX = np.random.default_rng(1).normal(size=(2, 5, 12)).astype(np.float32)
 
 
 def config(**overrides):
-    return nn.BlockConfig(**{"dim": 16, "num_heads": 4, "ffn_dim": 32, "num_kv_heads": 2, **overrides})
+    return nn.BlockConfig(**{"d_model": 16, "num_heads": 4, "d_ff": 32, "num_kv_heads": 2, **overrides})
 
 
 @pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])

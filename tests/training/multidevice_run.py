@@ -15,14 +15,14 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxformer.training import data_parallel, sharding
+from jaxformer.configs import load_config
+from jaxformer.training import sharding
 from jaxformer.training.checkpoints import Checkpointer
-from jaxformer.training.defaults import load_config
-from jaxformer.training.loop import build_optimizer
-from jaxformer.training.steps import make_train_step
+from jaxformer.training.optimizers import build_optimizer
+from jaxformer.training.runner import StepRunner, make_train_step
 from jaxformer.training.tasks import make_task
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "experiments", "configs", "shakespeare_char_cpu.py")
+CONFIG = "shakespeare_char_cpu"  # a recipe of jaxformer.configs
 SPOT_CHECK = {
     "w_qkv": ("blocks", "layers", 0, "self_attention", "w_q"),
     "w_o": ("blocks", "layers", 0, "self_attention", "w_o"),
@@ -52,30 +52,35 @@ def setup(corpus: str, mesh_arg: str, steps: int):
     task = make_task(config)
     model_cfg = task.model_config()
     devices = jax.devices()[: data * fsdp * tensor]
-    full_mesh = sharding.make_mesh(data, fsdp, tensor, devices=devices)
-    # pmap takes an ordinary state and copies it to each device itself: build it on one device.
-    mesh = sharding.make_mesh(1, 1, 1, devices=devices[:1]) if mode == "pmap" else full_mesh
-    schedule, optimizer = build_optimizer(config, model_cfg)
-    graphs, state, shardings = sharding.create_sharded_train_state(
-        lambda: task.model_class(model_cfg, rngs=nnx.Rngs(config.seed)), optimizer, mesh
-    )
+    mesh = sharding.make_mesh(data, fsdp, tensor, devices=devices)
+    schedule, optimizer = build_optimizer(config, d_model=model_cfg.d_model)
     parallel = mode if mode in ("pmap", "shard_map") else "jit"
-    runner = data_parallel.make_parallel_step(
-        parallel, graphs, optimizer, schedule, task.loss, mesh=full_mesh, state_shardings=shardings
-    )
-    step = runner.step
-    state = runner.to_devices(state)
+    make_model = lambda: task.model_class(model_cfg, rngs=nnx.Rngs(config.seed))
+    runner = StepRunner(parallel, make_model, optimizer, schedule, task.loss, mesh=mesh)
+    step = runner.train_step
+    state = runner.to_devices(runner.initial_state)
     if parallel == "jit":  # for inspecting the compiled program: the same step, lowered
         jitted = make_train_step(
-            graphs,
+            runner.graphs,
             optimizer,
             schedule,
             task.loss,
-            state_shardings=shardings,
+            state_shardings=runner.state_shardings,
             batch_sharding=sharding.batch_sharding(mesh),
         )
-        step.lower = lambda state, batch: jitted.lower(state, sharding.shard_batch(batch, mesh)).as_text()
+        step = _Lowerable(runner.train_step, lambda s, b: jitted.lower(s, sharding.shard_batch(b, mesh)).as_text())
+    # pmap's state lives on one device, not on the mesh.
     return task, state, step, (None if mode == "pmap" else mesh), len(devices)
+
+
+class _Lowerable:
+    """The runner's train step, plus `lower(state, batch)`: the HLO text of the same step."""
+
+    def __init__(self, step, lower):
+        self.step, self.lower = step, lower
+
+    def __call__(self, state, batch):
+        return self.step(state, batch)
 
 
 def residual_constraints(hlo: str, shape: str) -> list[str]:

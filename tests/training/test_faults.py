@@ -1,6 +1,5 @@
 """Faults: a non-finite loss stops the run with the last good checkpoint intact; Ctrl-C saves and exits."""
 
-import importlib.util
 import json
 import math
 import re
@@ -12,16 +11,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jaxformer.configs import load_config
 from jaxformer.training.checkpoints import Checkpointer
-from jaxformer.training.loop import NonFiniteLossError, load_trained, train_and_evaluate
+from jaxformer.training.loop import NonFiniteLossError, train_and_evaluate
+from jaxformer.training.tasks.lm import load_trained
 from tests.training.test_loop import CONFIG, tiny_args, train
 
 
 def tiny_config(corpus_path, **changes):
-    spec = importlib.util.spec_from_file_location("config", CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = load_config(CONFIG)
     config.data.source, config.data.path, config.data.seq_len, config.batch_size = "text_file", str(corpus_path), 16, 4
     config.model.update(num_layers=1, num_heads=2, d_model=32, d_ff=64)
     config.update(warmup_steps=0, log_every=1, eval_every=1000, checkpoint_every=1, num_steps=200, **changes)

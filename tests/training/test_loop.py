@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxformer.training.loop import load_trained
+from jaxformer.training.tasks.lm import load_trained
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "experiments" / "configs" / "shakespeare_char_cpu.py"
+CONFIG = "shakespeare_char_cpu"  # a recipe of jaxformer.configs
 TFDS_DIR = pathlib.Path(os.environ.get("TFDS_DATA_DIR", ROOT.parent / "shared" / "tensorflow_datasets"))
 
 

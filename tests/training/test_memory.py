@@ -1,14 +1,12 @@
 """`jaxformer memory`: per-device bytes from shapes alone, for device counts this machine does not have."""
 
-import pathlib
-
 import pytest
 
-from jaxformer.training.defaults import load_config
+from jaxformer.configs import load_config
 from jaxformer.training.memory import format_report, memory_report
 from jaxformer.training.tasks import make_task
 
-CONFIG = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "configs" / "shakespeare_char_cpu.py"
+CONFIG = "shakespeare_char_cpu"  # a recipe of jaxformer.configs
 
 
 def config_for(corpus, **mesh):

@@ -15,7 +15,7 @@ from jaxformer.training import multihost, sharding
 from jaxformer.training.metrics import MetricsLog
 
 HERE = Path(__file__).resolve().parent
-CONFIG = HERE.parents[1] / "experiments" / "configs" / "shakespeare_char_cpu.py"
+CONFIG = "shakespeare_char_cpu"  # a recipe of jaxformer.configs
 
 
 def train_args(workdir, corpus) -> list[str]:

@@ -50,12 +50,12 @@ def test_pmap_and_shard_map_data_parallelism_train_to_the_same_losses(runs, mode
 
 
 def test_shard_map_refuses_a_mesh_that_is_not_data_only():
-    from jaxformer.training.data_parallel import make_shard_map_train_step
+    from jaxformer.training.runner import make_shard_map_train_step
 
     with pytest.raises(
         ValueError, match=r"parallel='shard_map' is data parallelism only; the mesh also splits \{'fsdp': 2\}"
     ):
-        make_shard_map_train_step(None, None, None, mesh=fake_mesh(data=4, fsdp=2))
+        make_shard_map_train_step(None, None, None, None, mesh=fake_mesh(data=4, fsdp=2))
 
 
 def test_parameters_are_sharded_as_the_rules_say(runs):
@@ -136,10 +136,10 @@ def test_batch_not_divisible_by_the_data_axes_is_an_error():
 
 
 def test_the_loop_rejects_a_mesh_larger_than_the_machine_before_compiling(tmp_path, corpus):
-    from jaxformer.training.defaults import load_config
+    from jaxformer.configs import load_config
     from jaxformer.training.loop import train_and_evaluate
 
-    config = load_config(HERE.parents[1] / "experiments" / "configs" / "shakespeare_char_cpu.py")
+    config = load_config("shakespeare_char_cpu")
     config.data.update(source="text_file", path=str(corpus))
     config.mesh.data = 2  # this process sees one CPU device
     with pytest.raises(ValueError, match=r"config.mesh \{'data': 2, 'fsdp': 1, 'tensor': 1\} uses 2 devices but 1"):
@@ -188,7 +188,7 @@ def test_the_loop_trains_identically_with_jit_pmap_and_shard_map(tmp_path, corpu
     for parallel, mesh in meshes.items():
         workdir = tmp_path / parallel
         args = [
-            f"--config={HERE.parents[1] / 'experiments' / 'configs' / 'shakespeare_char_cpu.py'}",
+            "--config=shakespeare_char_cpu",
             f"--workdir={workdir}",
             "--config.data.source=text_file",
             f"--config.data.path={corpus}",

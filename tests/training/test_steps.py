@@ -7,6 +7,7 @@ from flax import nnx
 
 from jaxformer import training
 from jaxformer.models import GPT, ModelConfig
+from jaxformer.training.tasks.lm import lm_loss
 
 CFG = ModelConfig(vocab_size=32, num_layers=2, d_model=32, num_heads=4, d_ff=64, max_len=16, dropout_rate=0.1)
 TOKENS = np.random.default_rng(0).integers(0, 32, size=(4, 17)).astype(np.int32)
@@ -17,7 +18,12 @@ def setup(cfg=CFG, grad_accum_steps=1, learning_rate=1e-2):
     schedule = training.make_schedule("warmup_cosine", learning_rate=learning_rate, num_steps=10, warmup_steps=0)
     optimizer = training.make_optimizer(schedule, weight_decay=0.1, grad_accum_steps=grad_accum_steps)
     graphs, state = training.create_train_state(GPT(cfg, rngs=nnx.Rngs(0)), optimizer)
-    return graphs, state, training.make_train_step(graphs, optimizer, schedule), training.make_eval_step(graphs)
+    return (
+        graphs,
+        state,
+        training.make_train_step(graphs, optimizer, schedule, lm_loss),
+        training.make_eval_step(graphs, lm_loss),
+    )
 
 
 def test_one_step_golden_metrics():
@@ -96,7 +102,7 @@ def test_a_sharded_step_without_a_batch_sharding_takes_the_mesh_from_the_state()
     schedule = training.make_schedule("constant", learning_rate=1e-3, num_steps=2)
     optimizer = training.make_optimizer(schedule)
     graphs, state, shardings = sharding.create_sharded_train_state(lambda: GPT(cfg, rngs=nnx.Rngs(0)), optimizer, mesh)
-    step = training.make_train_step(graphs, optimizer, schedule, state_shardings=shardings)
+    step = training.make_train_step(graphs, optimizer, schedule, lm_loss, state_shardings=shardings)
     tokens = np.zeros((2, 9), np.int32)
     state, metrics = step(state, {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]})
     assert np.isfinite(float(metrics["loss"]))

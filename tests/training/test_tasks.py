@@ -8,21 +8,21 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from flax import nnx
 
 from jaxformer import data
-from jaxformer.training.defaults import load_config
+from jaxformer.configs import load_config
 from jaxformer.training.loop import train_and_evaluate
 from jaxformer.training.tasks import build_model_config, make_task
 from jaxformer.training.tasks.base import padded_batches
 from jaxformer.training.tasks.mlm import MLMBatches
 from jaxformer.training.tasks.seq2seq import exact_matches
 
-CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "configs"
 TINY_MODEL = dict(num_layers=1, num_heads=2, d_model=32, d_ff=64)
 
 
 def tiny(config_name: str, **overrides) -> ml_collections.ConfigDict:
-    config = load_config(CONFIGS / f"{config_name}.py")
+    config = load_config(config_name)
     config.model.update(TINY_MODEL)
     config.update(num_steps=6, eval_every=3, log_every=3, checkpoint_every=3, warmup_steps=2, batch_size=8)
     for key, value in overrides.items():
@@ -153,10 +153,10 @@ def test_mlm_batches_resume_exactly_and_corrupt_only_chosen_positions():
         for key in want:
             np.testing.assert_array_equal(want[key], got[key])
     for batch in first:
-        changed = batch["inputs"] != batch["labels"]
-        assert not np.any(changed & ~batch["targets"])  # only chosen positions are corrupted
-        np.testing.assert_array_equal(batch["targets"].sum(1), round(0.15 * 32))  # exactly k per row
-    assert not np.array_equal(first[0]["targets"], first[1]["targets"])  # a fresh corruption every step
+        changed = batch["inputs"] != batch["targets"]
+        assert not np.any(changed & ~batch["weights"])  # only chosen positions are corrupted
+        np.testing.assert_array_equal(batch["weights"].sum(1), round(0.15 * 32))  # exactly k per row
+    assert not np.array_equal(first[0]["weights"], first[1]["weights"])  # a fresh corruption every step
 
 
 def test_exact_match_counts_the_whole_target_and_its_eos():
@@ -179,24 +179,23 @@ def test_padded_batches_cover_every_example_once_in_full_batches():
 
 @pytest.mark.slow
 def test_seq2seq_toy_learns_reverse_to_99_percent_exact_match(tmp_path):
-    config = load_config(CONFIGS / "seq2seq_toy.py")
+    config = load_config("seq2seq_toy")
     final = train_and_evaluate(config, str(tmp_path))
     assert final["step"] == config.num_steps
     assert final["val_exact_match"] >= 0.99, final
 
 
 def test_bf16_compute_keeps_float32_parameters(corpus):
-    from jaxformer.training.loop import build
-    from jaxformer.training.state import create_train_state
-    from jaxformer.training.steps import make_train_step
+    from jaxformer.training import build_optimizer, create_train_state, make_train_step
 
     losses = {}
     for dtype in ("float32", "bfloat16"):
         config = text_config("shakespeare_char_cpu", corpus)
         config.model.dtype = dtype
         task = make_task(config)
-        model, schedule, optimizer = build(config, task.model_config(), task.model_class)
-        graphs, state = create_train_state(model, optimizer)
+        model_cfg = task.model_config()
+        schedule, optimizer = build_optimizer(config, d_model=model_cfg.d_model)
+        graphs, state = create_train_state(task.model_class(model_cfg, rngs=nnx.Rngs(config.seed)), optimizer)
         step = make_train_step(graphs, optimizer, schedule, task.loss)
         state, metrics = step(state, next(task.batches))
         assert {p.dtype for p in jax.tree.leaves(state.params)} == {np.dtype("float32")}
@@ -206,27 +205,27 @@ def test_bf16_compute_keeps_float32_parameters(corpus):
 
 
 def test_schedule_counts_optimizer_updates_under_gradient_accumulation():
-    from jaxformer.training.loop import build
+    from jaxformer.training import build_optimizer
     from jaxformer.training.schedules import make_schedule
 
     config = tiny("seq2seq_toy")
     config.update(num_steps=20, warmup_steps=4, learning_rate=1e-2, end_learning_rate=0.0)
     config.optimizer.grad_accum_steps = 2
     model_cfg = build_model_config(config, {"vocab_size": 13, "max_len": 9})
-    _, schedule, _ = build(config, model_cfg)
+    schedule, _ = build_optimizer(config, d_model=model_cfg.d_model)
     updates = make_schedule("warmup_cosine", learning_rate=1e-2, num_steps=10, warmup_steps=2)
     for step in range(20):
         np.testing.assert_allclose(schedule(step), updates(step // 2), rtol=1e-6)
     config.num_steps = 21
     with pytest.raises(ValueError, match=r"config.num_steps=21 must be a multiple of optimizer.grad_accum_steps=2"):
-        build(config, model_cfg)
+        build_optimizer(config, d_model=model_cfg.d_model)
 
 
 def test_schedule_options_reach_the_schedule():
-    from jaxformer.training.loop import build
+    from jaxformer.training import build_optimizer
 
     config = tiny("seq2seq_toy")
     config.update(schedule="step", num_steps=20, warmup_steps=0, learning_rate=1.0)
     config.schedule_options.update(boundaries=(5, 10), decay_factor=0.5)
-    _, schedule, _ = build(config, build_model_config(config, {"vocab_size": 13, "max_len": 9}))
+    schedule, _ = build_optimizer(config, d_model=build_model_config(config, {"vocab_size": 13, "max_len": 9}).d_model)
     np.testing.assert_allclose([schedule(4), schedule(5), schedule(12)], [1.0, 0.5, 0.25])

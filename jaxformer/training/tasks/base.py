@@ -2,6 +2,11 @@
 
 `train_and_evaluate` is one loop for every task; a Task supplies the parts that differ between a language model,
 a masked LM, an encoder-decoder and an image classifier. Tasks read the data when they are constructed.
+
+Batch keys: `inputs` and `targets` (token ids the model reads and must predict; seq2seq: `src`, `tgt_in`,
+`tgt_out`; images: `images`, `labels`), `weights` (optional, shaped like the targets: 0 / False = not counted,
+e.g. padding or the tokens an MLM does not predict), and `<input>_valid` for the padding mask of an input that
+the model itself reads (`inputs_valid`, `src_valid`, `tgt_valid`).
 """
 
 from __future__ import annotations
@@ -10,10 +15,12 @@ import abc
 from collections.abc import Callable, Iterator
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
 
+from jaxformer import ops
 from jaxformer.models import ModelConfig
 from jaxformer.training.metrics import perplexity
 from jaxformer.training.state import TrainState
@@ -45,6 +52,11 @@ class Task(abc.ABC):
     def loss(self, model: nnx.Module, batch: dict) -> tuple[jax.Array, dict]:
         """(scalar loss, metrics with `nll`, `accuracy`, `tokens`) of `model` on `batch`; traced inside jit."""
 
+    def activation_shape(self, model_cfg: ModelConfig) -> tuple[int, int, int]:
+        """(T, L, V) for `jaxformer memory`'s activation estimate: tokens per example through the model, layers
+        that keep activations for the backward pass, and logits per token (0: none worth counting)."""
+        return model_cfg.max_len, model_cfg.num_layers, model_cfg.vocab_size
+
     @abc.abstractmethod
     def evaluate(self, eval_step: Callable[[TrainState, dict], dict], state: TrainState, model: nnx.Module) -> dict:
         """Validation metrics, each key starting with `val_` (at least `val_loss`). `model` is the eval-mode model
@@ -57,6 +69,22 @@ class Task(abc.ABC):
     def save_assets(self, workdir: str) -> None:
         """Writes what is needed besides the checkpoint to use the model (e.g. `tokenizer.json`); default none."""
         return None
+
+
+def classification_loss(
+    logits: jax.Array, targets: jax.Array, weights: jax.Array | None = None, *, label_smoothing: float = 0.0
+) -> tuple[jax.Array, dict]:
+    """Softmax cross-entropy of `logits [..., V]` against int `targets [...]`, with the metrics every task reports.
+
+    weights: `[...]` (0 = ignore, e.g. padding); None counts every target. Returns (loss, metrics): `nll` (the
+    unsmoothed mean negative log-likelihood), `accuracy` (argmax == target) and `tokens` (the targets counted).
+    """
+    loss, tokens = ops.cross_entropy(logits, targets, mask=weights, label_smoothing=label_smoothing)
+    nll = loss if not label_smoothing else ops.cross_entropy(logits, targets, mask=weights)[0]
+    w = jnp.ones(targets.shape, jnp.float32) if weights is None else weights.astype(jnp.float32)
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    accuracy = jnp.sum(correct * w) / jnp.maximum(tokens, 1.0)
+    return loss, {"nll": nll, "accuracy": accuracy, "tokens": tokens}
 
 
 def build_model_config(config: ml_collections.ConfigDict, fields: dict) -> ModelConfig:

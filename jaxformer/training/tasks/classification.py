@@ -14,8 +14,7 @@ from flax import nnx
 
 from jaxformer import data
 from jaxformer.models import ViT
-from jaxformer.training.steps import classification_loss
-from jaxformer.training.tasks.base import Task, evaluate_batches, padded_batches
+from jaxformer.training.tasks.base import Task, classification_loss, evaluate_batches, padded_batches
 
 _predict = nnx.jit(lambda model, images: model(images).argmax(-1))
 
@@ -53,6 +52,10 @@ class ImageClassification(Task):
             "patch_size": self.patch_size,
             "max_len": grid * grid + 1,
         }
+
+    def activation_shape(self, model_cfg) -> tuple[int, int, int]:
+        """One class prediction per image: no per-token logits worth counting."""
+        return model_cfg.max_len, model_cfg.num_layers, 0
 
     def loss(self, model, batch):
         logits = model(batch["images"])

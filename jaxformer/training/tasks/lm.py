@@ -15,12 +15,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import nnx
 
 from jaxformer import data
 from jaxformer.decoding import generate
 from jaxformer.models import GPT
-from jaxformer.training.steps import lm_loss
-from jaxformer.training.tasks.base import Task, evaluate_batches
+from jaxformer.training.checkpoints import Checkpointer
+from jaxformer.training.optimizers import build_optimizer
+from jaxformer.training.state import create_train_state, merge
+from jaxformer.training.tasks.base import Task, build_model_config, classification_loss, evaluate_batches
 
 TOKENIZERS = ("char", "byte", "sentencepiece")
 
@@ -57,6 +60,16 @@ def load_corpus(cfg: ml_collections.ConfigDict) -> tuple[data.Tokenizer, np.ndar
     return tokenizer, tokenizer.encode(train_text), tokenizer.encode(load_text(cfg, cfg.eval_split))
 
 
+def lm_loss(model: GPT, batch: dict, *, label_smoothing: float = 0.0) -> tuple[jax.Array, dict]:
+    """Next-token cross-entropy of a decoder-only LM.
+
+    batch: `inputs`, `targets` int `[B, T]`; optional `weights` `[B, T]` (0 = ignore, e.g. padding),
+    `segment_ids` and `positions` `[B, T]` for packed rows. Returns (loss, metrics) as `classification_loss`.
+    """
+    logits = model(batch["inputs"], segment_ids=batch.get("segment_ids"), positions=batch.get("positions"))
+    return classification_loss(logits, batch["targets"], batch.get("weights"), label_smoothing=label_smoothing)
+
+
 def sample_text(model: GPT, tokenizer, prompt: str, num_tokens: int, *, seed: int, **sampling) -> str:
     """`num_tokens` sampled after `prompt`, in chunks whose prompt is the recent context (as nanoGPT crops to the
     block size), since learned positions stop at max_len."""
@@ -90,16 +103,16 @@ class LanguageModelling(Task):
     def model_fields(self) -> dict:
         return lm_model_fields(self.config, self.tokenizer)
 
+    def activation_shape(self, model_cfg) -> tuple[int, int, int]:
+        return self.config.data.seq_len, model_cfg.num_layers, model_cfg.vocab_size
+
     def loss(self, model, batch):
         return lm_loss(model, batch, label_smoothing=self.config.get("label_smoothing", 0.0))
 
     def evaluate(self, eval_step, state, model) -> dict:
         """`val_loss`: mean next-token loss over every target of the validation text (padding not counted)."""
         cfg = self.config
-        batches = (
-            {"inputs": b["inputs"], "targets": b["targets"], "weights": b["valid"]}
-            for b in data.eval_batches(self.eval_tokens, batch_size=cfg.batch_size, seq_len=cfg.data.seq_len)
-        )
+        batches = data.eval_batches(self.eval_tokens, batch_size=cfg.batch_size, seq_len=cfg.data.seq_len)
         return evaluate_batches(eval_step, state, batches, with_perplexity=True)
 
     def samples(self, model) -> str:
@@ -127,3 +140,25 @@ def save_tokenizer(tokenizer: data.Tokenizer, workdir: str) -> None:
 def lm_model_fields(config: ml_collections.ConfigDict, tokenizer: data.Tokenizer) -> dict:
     """The vocabulary comes from the tokenizer and the context from `config.data.seq_len`."""
     return {"vocab_size": tokenizer.vocab_size, "max_len": config.data.seq_len}
+
+
+def load_trained(workdir: str) -> tuple[GPT, data.Tokenizer, ml_collections.ConfigDict]:
+    """(GPT in eval mode, tokenizer, config) from the newest checkpoint of a language-model run's workdir (what
+    `jaxformer sample` reads): the tokenizer from `tokenizer.json`, no training data needed."""
+    path = os.path.join(workdir, "tokenizer.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: {workdir} holds no trained language model (task 'lm').")
+    with open(path) as f:
+        tokenizer = data.tokenizer_from_dict(json.load(f))
+    with Checkpointer(os.path.join(workdir, "checkpoints")) as checkpoints:
+        step = checkpoints.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"No checkpoint in {checkpoints.directory}: train first.")
+        config = ml_collections.ConfigDict(checkpoints.restore_config(step))
+        if config.get("task", "lm") != "lm":
+            raise ValueError(f"{workdir} holds a {config.task!r} model; sampling text needs task 'lm'.")
+        model_cfg = build_model_config(config, lm_model_fields(config, tokenizer))
+        _, optimizer = build_optimizer(config, d_model=model_cfg.d_model)
+        graphs, template = create_train_state(GPT(model_cfg, rngs=nnx.Rngs(config.seed)), optimizer)
+        state, _, _ = checkpoints.restore(template, step)
+    return merge(graphs.eval, state), tokenizer, config

@@ -5,6 +5,9 @@ is B random windows of `seq_len` tokens corrupted by `mask_for_mlm` (`config.dat
 chosen, 80% [MASK] / 10% random / 10% kept); [MASK] is one extra id after the tokenizer's vocabulary. The
 corruption of step s is drawn from (seed, s) like the windows, so a resumed run sees identical batches.
 Validation tiles the validation text once with a fixed corruption; the loss counts the chosen tokens only.
+
+Batches: `inputs` (corrupted ids), `targets` (the original ids), `weights` (bool: the chosen positions, the only
+ones the loss counts) and, in validation, `inputs_valid` (False at padding).
 """
 
 from __future__ import annotations
@@ -17,8 +20,7 @@ import numpy as np
 
 from jaxformer import data
 from jaxformer.models import BERT, mask_for_mlm
-from jaxformer.training.steps import classification_loss
-from jaxformer.training.tasks.base import Task, evaluate_batches
+from jaxformer.training.tasks.base import Task, classification_loss, evaluate_batches
 from jaxformer.training.tasks.lm import load_corpus, save_tokenizer
 
 _mask = jax.jit(mask_for_mlm, static_argnames=("vocab_size", "mask_id", "special_ids", "mask_rate"))
@@ -27,7 +29,7 @@ _mask = jax.jit(mask_for_mlm, static_argnames=("vocab_size", "mask_id", "special
 class MLMBatches:
     """Resumable, deterministic masked-LM batches: `LMBatcher` windows, corrupted with a key folded from the step.
 
-    Yields {"inputs": corrupted int32 `[B, T]`, "labels": the original tokens, "targets": bool `[B, T]` (the
+    Yields {"inputs": corrupted int32 `[B, T]`, "targets": the original tokens, "weights": bool `[B, T]` (the
     positions to predict)}. `state()` / `restore()` are the LMBatcher's.
     """
 
@@ -52,10 +54,10 @@ class MLMBatches:
 
 def corrupt(key: jax.Array, tokens: np.ndarray, *, mask_id: int, mask_rate: float, valid=None) -> dict:
     """The MLM batch of `tokens [B, T]`: ids in [0, mask_id), [MASK] = mask_id, random ids in [0, mask_id]."""
-    inputs, labels, targets = _mask(
+    inputs, labels, chosen = _mask(
         key, tokens, vocab_size=mask_id + 1, mask_id=mask_id, valid=valid, mask_rate=mask_rate
     )
-    return {"inputs": np.asarray(inputs), "labels": np.asarray(labels), "targets": np.asarray(targets)}
+    return {"inputs": np.asarray(inputs), "targets": np.asarray(labels), "weights": np.asarray(chosen)}
 
 
 class MaskedLanguageModelling(Task):
@@ -73,12 +75,15 @@ class MaskedLanguageModelling(Task):
     def model_fields(self) -> dict:
         return {"vocab_size": self.mask_id + 1, "max_len": self.config.data.seq_len}
 
+    def activation_shape(self, model_cfg) -> tuple[int, int, int]:
+        return self.config.data.seq_len, model_cfg.num_layers, model_cfg.vocab_size
+
     def loss(self, model, batch):
-        valid = batch.get("valid")
+        valid = batch.get("inputs_valid")
         hidden = model(batch["inputs"], valid=valid).hidden
         logits = model.mlm_logits(hidden, valid=valid)
         return classification_loss(
-            logits, batch["labels"], batch["targets"], label_smoothing=self.config.get("label_smoothing", 0.0)
+            logits, batch["targets"], batch["weights"], label_smoothing=self.config.get("label_smoothing", 0.0)
         )
 
     @functools.cached_property
@@ -88,15 +93,15 @@ class MaskedLanguageModelling(Task):
         windows = data.eval_batches(self.eval_tokens, batch_size=cfg.batch_size, seq_len=cfg.data.seq_len)
         key = jax.random.key(cfg.seed + 1)
         for i, window in enumerate(windows):
-            # The windows' inputs are tokens 0..T-1 of each slice; valid marks the real ones.
+            # The windows' inputs are tokens 0..T-1 of each slice; their weights mark the real ones.
             batch = corrupt(
                 jax.random.fold_in(key, i),
                 window["inputs"],
                 mask_id=self.mask_id,
                 mask_rate=cfg.data.mask_rate,
-                valid=window["valid"],
+                valid=window["weights"],
             )
-            batches.append({**batch, "valid": window["valid"]})
+            batches.append({**batch, "inputs_valid": window["weights"]})
         return batches
 
     def evaluate(self, eval_step, state, model) -> dict:
@@ -107,20 +112,20 @@ class MaskedLanguageModelling(Task):
         """A few validation windows: the corrupted input ([MASK] shown as "_") and the model's restoration."""
         batch = self.eval_set[0]
         rows = min(4, len(batch["inputs"]))
-        out = model(batch["inputs"][:rows], valid=batch["valid"][:rows]).hidden
+        out = model(batch["inputs"][:rows], valid=batch["inputs_valid"][:rows]).hidden
         predicted = np.asarray(model.mlm_logits(out).argmax(-1))
-        restored = np.where(batch["targets"][:rows], predicted, batch["labels"][:rows])
+        restored = np.where(batch["weights"][:rows], predicted, batch["targets"][:rows])
         shown = np.where(batch["inputs"][:rows] == self.mask_id, -1, batch["inputs"][:rows])
         lines = []
         for i in range(rows):
-            keep = batch["valid"][i]
-            chosen = int(batch["targets"][i].sum())
-            right = int((restored[i] == batch["labels"][i])[batch["targets"][i]].sum())
+            keep = batch["inputs_valid"][i]
+            chosen = int(batch["weights"][i].sum())
+            right = int((restored[i] == batch["targets"][i])[batch["weights"][i]].sum())
             lines += [
                 f"--- window {i}: {right}/{chosen} chosen tokens restored",
                 "input:    " + self._decode(shown[i][keep]),
                 "restored: " + self._decode(restored[i][keep]),
-                "original: " + self._decode(batch["labels"][i][keep]),
+                "original: " + self._decode(batch["targets"][i][keep]),
             ]
         return "\n".join(lines) + "\n"
 

@@ -16,8 +16,7 @@ import numpy as np
 from jaxformer import data
 from jaxformer.decoding import beam_search
 from jaxformer.models import Transformer
-from jaxformer.training.steps import classification_loss
-from jaxformer.training.tasks.base import Task, padded_batches, weighted_mean
+from jaxformer.training.tasks.base import Task, classification_loss, padded_batches, weighted_mean
 
 
 def greedy_decode(model: Transformer, src: np.ndarray, src_valid: np.ndarray, max_len: int) -> np.ndarray:
@@ -51,6 +50,10 @@ class SequenceToSequence(Task):
     def model_fields(self) -> dict:
         src_len, tgt_len = self.train_set["src"].shape[1], self.train_set["tgt_in"].shape[1]
         return {"vocab_size": data.seq2seq_vocab_size(self.config.data.task), "max_len": max(src_len, tgt_len)}
+
+    def activation_shape(self, model_cfg) -> tuple[int, int, int]:
+        """Both stacks keep activations; T is the longer of the source and the target."""
+        return model_cfg.max_len, model_cfg.num_layers + model_cfg.decoder_layers, model_cfg.vocab_size
 
     def loss(self, model, batch):
         logits = model(batch["src"], batch["tgt_in"], src_valid=batch["src_valid"], tgt_valid=batch["tgt_valid"])

@@ -1,19 +1,17 @@
 """Character-level GPT on tiny Shakespeare for an accelerator: nanoGPT's `train_shakespeare_char` recipe.
 
-    jaxformer train --config experiments/configs/shakespeare_char.py --workdir workdir/shakespeare_char
+    jaxformer train --config shakespeare_char --workdir workdir/shakespeare_char
 
 6 layers, 6 heads, d=384, context 256, batch 64, dropout 0.2, 5000 steps, lr 1e-3 (100 warmup steps, cosine to
 1e-4), AdamW b2=0.99, weight decay 0.1, clipping 1.0. nanoGPT reports validation loss 1.47 on one A100 in about
 3 minutes. Too slow for a 2-core CPU (use shakespeare_char_cpu there); not yet measured by this project.
 """
 
-import pathlib
-
-from jaxformer.training.defaults import load_config
+from jaxformer.configs import shakespeare_char_cpu
 
 
 def get_config():
-    config = load_config(pathlib.Path(__file__).with_name("shakespeare_char_cpu.py"))  # config files load by path
+    config = shakespeare_char_cpu.get_config()  # the CPU recipe, scaled up
     config.name = "shakespeare_char"
     config.data.seq_len = 256
     config.model.num_layers = 6

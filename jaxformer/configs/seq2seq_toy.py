@@ -1,7 +1,7 @@
 """Encoder-decoder Transformer on a synthetic digit task (reverse / sort / add), generated offline.
 
-    jaxformer train --config experiments/configs/seq2seq_toy.py --workdir workdir/seq2seq_toy
-    jaxformer train --config experiments/configs/seq2seq_toy.py --config.data.task=sort --workdir workdir/sort
+    jaxformer train --config seq2seq_toy --workdir workdir/seq2seq_toy
+    jaxformer train --config seq2seq_toy --config.data.task=sort --workdir workdir/sort
 
 transformer-tiny (2 + 2 layers, d=64, 4 heads, post-norm, sinusoidal positions), sequences of 1-8 digits,
 20,000 training examples, batch 64, AdamW lr 1e-3 (warmup 100, cosine to 1e-5), no dropout.

@@ -1,6 +1,6 @@
 """ViT on handwritten digits: tfds mnist when it is prepared, else scikit-learn's 8x8 digits (offline).
 
-    jaxformer train --config experiments/configs/vit_digits.py --workdir workdir/vit_digits
+    jaxformer train --config vit_digits --workdir workdir/vit_digits
 
 vit-tiny overridden to 4 layers, 4 heads, d=64 (pre-norm, learned positions, class token); each image is cut
 into a 4 x 4 grid of patches (2x2 pixels for digits, 7x7 for mnist), so 17 tokens. Batch 64, AdamW lr 1e-3

@@ -1,6 +1,6 @@
 """Character-level GPT on tiny Shakespeare, nanoGPT's CPU recipe ("baby GPT" on a laptop).
 
-    jaxformer train --config experiments/configs/shakespeare_char_cpu.py --workdir workdir/shakespeare_char_cpu
+    jaxformer train --config shakespeare_char_cpu --workdir workdir/shakespeare_char_cpu
 
 4 layers, 4 heads, d=128, context 64, batch 12, 2000 steps, AdamW (b2=0.99, weight decay 0.1 on all matrices
 and embeddings), lr 1e-3 with 100 warmup steps and cosine decay to 1e-4, gradient clipping 1.0, no dropout; the

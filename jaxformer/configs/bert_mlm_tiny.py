@@ -1,6 +1,6 @@
 """Character-level BERT (masked LM) on tiny Shakespeare.
 
-    jaxformer train --config experiments/configs/bert_mlm_tiny.py --workdir workdir/bert_mlm_tiny
+    jaxformer train --config bert_mlm_tiny --workdir workdir/bert_mlm_tiny
 
 bert-tiny overridden to 4 layers, 4 heads, d=128 (post-norm, learned positions, GELU, tied MLM decoder), context
 64 characters, 15% of them chosen per window (80% [MASK] / 10% random / 10% kept), batch 16, AdamW lr 1e-3

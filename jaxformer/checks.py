@@ -1,0 +1,224 @@
+"""Input validation shared by every layer of jaxformer: ops, nn, models, data and training.
+
+Conventions:
+  * Each error names the argument, shows the value (or the shape / dtype) received and says what was expected:
+    jaxformer never broadcasts silently or truncates.
+  * The array checks run at trace time on static shapes and dtypes, so they cost nothing inside `jax.jit`; a check
+    on values runs only when the value is known at trace time (see `concrete_or_none`).
+  * A check returns the validated value in the form the caller should use (a jax array, a Python int, ...).
+
+This module imports only jax and NumPy (nothing else of jaxformer), so every layer can use it, and
+`jaxformer.ops` stays importable on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# -- Arrays ---------------------------------------------------------------------------------------------------------
+
+
+def shape_str(shape: Sequence[int]) -> str:
+    """`(2, 3)`-style text for a shape, for error messages."""
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def check_array(name: str, x) -> jax.Array:
+    """Rejects None and non-array inputs with a message naming `name`; returns `x` as a jax array."""
+    if x is None:
+        raise TypeError(f"`{name}` must be an array, got None.")
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        x = jnp.asarray(x)
+    return x
+
+
+def check_rank(name: str, x, rank: int | Sequence[int], layout: str) -> None:
+    """Raises ValueError unless `x.ndim` is `rank` (or one of `rank`); `layout` names the dims, e.g. "[B, T, N, H]"."""
+    ranks = (rank,) if isinstance(rank, int) else tuple(rank)
+    if x.ndim not in ranks:
+        raise ValueError(
+            f"`{name}` must have rank {' or '.join(map(str, ranks))} with layout {layout}; "
+            f"got shape {shape_str(x.shape)} (rank {x.ndim})."
+        )
+
+
+def check_floating(name: str, x) -> None:
+    """Raises TypeError unless `x` has a floating dtype."""
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"`{name}` must have a floating dtype; got {x.dtype}.")
+
+
+def check_integer(name: str, x) -> None:
+    """Raises TypeError unless `x` has an integer dtype."""
+    if not jnp.issubdtype(x.dtype, jnp.integer):
+        raise TypeError(f"`{name}` must have an integer dtype; got {x.dtype}.")
+
+
+def check_bool(name: str, x, hint: str = "") -> None:
+    """Raises TypeError unless `x` is a boolean (mask) array; `hint` is appended to the message."""
+    if x.dtype != jnp.bool_:
+        raise TypeError(f"`{name}` must be a boolean array (True = may attend); got dtype {x.dtype}.{hint}")
+
+
+def check_broadcastable(name: str, x, target: Sequence[int], layout: str) -> None:
+    """Checks that `x` broadcasts to `target` *without* adding or stretching anything but size-1 dims.
+
+    `x` may have fewer dims than `target` (leading dims are then implied as 1), but every dim it has must be 1 or
+    equal to the target's: a [T, S] mask is fine for [B, N, T, S], an [S, T] one is not.
+    """
+    target = tuple(int(d) for d in target)
+    if x.ndim > len(target):
+        raise ValueError(
+            f"`{name}` has rank {x.ndim} (shape {shape_str(x.shape)}) but must broadcast to {layout} = "
+            f"{shape_str(target)}."
+        )
+    for got, want in zip(x.shape[::-1], target[::-1], strict=False):
+        if got not in (1, want):
+            raise ValueError(
+                f"`{name}` of shape {shape_str(x.shape)} does not broadcast to {layout} = {shape_str(target)}: "
+                f"each dim must be 1 or equal to the target's."
+            )
+
+
+def concrete_or_none(x):
+    """Returns `x` as a NumPy array when its value is known at trace time, else None (for value checks)."""
+    try:
+        return np.asarray(x)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+# -- Python scalars -------------------------------------------------------------------------------------------------
+
+
+def check_positive_int(name: str, value) -> int:
+    """A Python or NumPy int > 0 (not a bool), as a Python int."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive int; got {value!r}.")
+    return int(value)
+
+
+def check_nonnegative_int(name: str, value) -> int:
+    """A Python or NumPy int >= 0 (not a bool), as a Python int.
+
+    Also accepts a 0-d integer NumPy array (what a restored checkpoint may hold).
+    """
+    if isinstance(value, np.ndarray) and value.ndim == 0 and np.issubdtype(value.dtype, np.integer):
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"`{name}` must be a non-negative int; got {value!r}.")
+    return int(value)
+
+
+# -- Attention inputs -----------------------------------------------------------------------------------------------
+
+
+def check_query_key(query, key) -> tuple[int, int, int, int, int, int]:
+    """Validates an attention query `[B, T, N, H]` and key `[B, S, K, H]` (N a multiple of K, one floating dtype).
+
+    Returns (B, T, S, N, K, H).
+    """
+    query = check_array("query", query)
+    key = check_array("key", key)
+    check_rank("query", query, 4, "[B, T, N, H]")
+    check_rank("key", key, 4, "[B, S, K, H]")
+    check_floating("query", query)
+    if key.dtype != query.dtype:
+        raise TypeError(f"`key` dtype {key.dtype} differs from `query` dtype {query.dtype}; cast them to one dtype.")
+    B, T, N, H = query.shape
+    if key.shape[0] != B or key.shape[3] != H:
+        raise ValueError(
+            f"`key` of shape {shape_str(key.shape)} must be [B={B}, S, K, H={H}] to match `query` "
+            f"of shape {shape_str(query.shape)} ([B, T, N, H])."
+        )
+    S, K = key.shape[1], key.shape[2]
+    if N % K:
+        raise ValueError(
+            f"The number of query heads N={N} (query shape {shape_str(query.shape)}) must be a multiple "
+            f"of the number of key/value heads K={K} (key shape {shape_str(key.shape)})."
+        )
+    return B, T, S, N, K, H
+
+
+def check_value(value, query, key) -> None:
+    """Validates an attention value `[B, S, K, Hv]` against a query and key already passed to `check_query_key`."""
+    value = check_array("value", value)
+    check_rank("value", value, 4, "[B, S, K, Hv]")
+    if value.dtype != query.dtype:
+        raise TypeError(f"`value` dtype {value.dtype} differs from `query` dtype {query.dtype}.")
+    if value.shape[:3] != key.shape[:3]:
+        raise ValueError(
+            f"`value` of shape {shape_str(value.shape)} must share [B, S, K] = "
+            f"{shape_str(key.shape[:3])} with `key` (shape {shape_str(key.shape)})."
+        )
+
+
+def check_segment_ids(
+    segment_ids, B: int, T: int, S: int, *, allow_pair: bool = True
+) -> tuple[jax.Array, jax.Array] | tuple[None, None]:
+    """Validates the `segment_ids` argument of an attention kernel; returns (q_ids [B, T], kv_ids [B, S]) as int32.
+
+    `segment_ids` is None (returns (None, None)), one integer array [B, T] for self-attention (T == S), or, when
+    `allow_pair`, a pair (q_segment_ids [B, T], kv_segment_ids [B, S]) for cross-attention. A kernel that supports
+    only self-attention passes `allow_pair=False`.
+    """
+    if segment_ids is None:
+        return None, None
+    if isinstance(segment_ids, (tuple, list)):
+        if not allow_pair:
+            raise ValueError(
+                "`segment_ids` must be one array [B, T] (this kernel supports self-attention only); got a "
+                f"sequence of length {len(segment_ids)}."
+            )
+        if len(segment_ids) != 2:
+            raise ValueError(
+                f"`segment_ids` must be an array [B, T] or a pair (q [B, T], kv [B, S]); got "
+                f"a sequence of length {len(segment_ids)}."
+            )
+        q_ids = check_array("segment_ids", segment_ids[0])
+        kv_ids = check_array("segment_ids", segment_ids[1])
+    else:
+        if T != S:
+            hint = " Pass a pair (q_segment_ids, kv_segment_ids)." if allow_pair else ""
+            raise ValueError(f"A single `segment_ids` array is for self-attention (T == S); got T={T}, S={S}.{hint}")
+        q_ids = kv_ids = check_array("segment_ids", segment_ids)
+    for name, x, want, dims in (
+        ("segment_ids (query)", q_ids, (B, T), f"the query positions' shape [B={B}, T={T}]"),
+        ("segment_ids (key)", kv_ids, (B, S), f"the key positions' shape [B={B}, S={S}]"),
+    ):
+        check_integer(name, x)
+        if x.shape != want:
+            raise ValueError(f"`{name}` must have shape {shape_str(want)}, {dims}; got {shape_str(x.shape)}.")
+    return q_ids.astype(jnp.int32), kv_ids.astype(jnp.int32)
+
+
+# -- Host-side data (NumPy) -----------------------------------------------------------------------------------------
+
+
+def check_token_array(name: str, tokens) -> np.ndarray:
+    """A 1-D array of integer token ids in [0, 2**31), as int32 NumPy."""
+    arr = np.asarray(tokens)
+    if arr.ndim != 1:
+        raise ValueError(f"`{name}` must be a 1-D array of token ids; got shape {arr.shape}.")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"`{name}` must hold integer token ids; got dtype {arr.dtype}.")
+    if arr.size and (arr.min() < 0 or arr.max() > np.iinfo(np.int32).max):
+        raise ValueError(f"`{name}` must hold token ids in [0, 2**31); got values in [{arr.min()}, {arr.max()}].")
+    return arr.astype(np.int32, copy=False)
+
+
+def check_state_dict(owner: str, state, keys: tuple[str, ...]) -> dict[str, int]:
+    """Reads the non-negative ints `keys` from an iterator state saved by `owner.state()`."""
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{owner}.restore expects the dict returned by {owner}.state(); got {type(state).__name__}.")
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise ValueError(
+            f"{owner}.restore: the state lacks keys {missing}; expected the dict returned by {owner}.state() "
+            f"with keys {list(keys)}, got keys {sorted(state)}."
+        )
+    return {k: check_nonnegative_int(f"state[{k!r}]", state[k]) for k in keys}

@@ -1,0 +1,265 @@
+"""Running the pure steps (steps.py) on devices: jit with shardings, pmap or shard_map; train and eval alike.
+
+`StepRunner` is what the training loop uses: it builds the TrainState in its shardings, compiles the train and
+eval steps for `config.parallel`, places each host batch, and moves the state between the step's layout and the
+one checkpoints, evaluation and sampling use. The functions below it are its parts, usable on their own:
+
+    make_train_step / make_eval_step    jax.jit, optionally with state / batch shardings (parallel="jit": data,
+                                        FSDP and tensor parallelism, partitioned by XLA from sharding.py's rules)
+    make_pmap_train_step                the classic jax.pmap: state replicated with a leading device axis,
+                                        batch `[devices, B / devices, ...]`
+    make_shard_map_train_step           the per-device step under jax.shard_map on a data-only mesh
+
+pmap and shard_map run the same step body on each device's shard and average explicitly (`AxisReduce`): the form
+many existing scripts use, kept as a compatibility path. Their state is replicated, so they are data-parallel
+only, and every device draws the same dropout stream (with dropout on they differ slightly from the jit step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxformer.nn.constraints import activation_sharding
+from jaxformer.training import sharding, steps
+from jaxformer.training.schedules import Schedule
+from jaxformer.training.state import Graphs, TrainState
+
+PARALLEL = ("jit", "pmap", "shard_map")
+DATA_AXIS = "data"  # the axis per-device steps average over
+
+
+def check_parallel(parallel: str) -> str:
+    if parallel not in PARALLEL:
+        raise ValueError(f"config.parallel={parallel!r}; choose one of {PARALLEL}.")
+    return parallel
+
+
+# -- jit ---------------------------------------------------------------------------------------------------------
+
+
+def with_activation_hints(step: Callable, mesh: Mesh) -> Callable:
+    """`step` traced with the model's activation sharding hints (nn/constraints.py) resolved on `mesh`."""
+
+    @functools.wraps(step)
+    def hinted(*args):
+        with activation_sharding(sharding.activation_resolver(mesh)):
+            return step(*args)
+
+    return hinted
+
+
+def make_train_step(
+    graphs: Graphs,
+    optimizer: optax.GradientTransformation,
+    schedule: Schedule,
+    loss_fn: steps.LossFn,
+    *,
+    state_shardings=None,
+    batch_sharding=None,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """The jitted `steps.train_step_fn`. The incoming TrainState is donated: its buffers are reused.
+
+    With `state_shardings` (a TrainState of shardings, from `sharding.create_sharded_train_state`) and
+    `batch_sharding`, the step is compiled for them and returns the new state with the same shardings, so a
+    sharded run never re-lays out its state between steps; metrics come back replicated. The model's activation
+    hints are then on, pinning the residual stream to the batch sharding's mesh (else the state's).
+    """
+    train_step = steps.train_step_fn(graphs, optimizer, schedule, loss_fn)
+    if state_shardings is None:
+        return jax.jit(train_step, donate_argnums=0)
+    mesh = (batch_sharding if batch_sharding is not None else jax.tree.leaves(state_shardings)[0]).mesh
+    return jax.jit(
+        with_activation_hints(train_step, mesh),
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, None),
+        donate_argnums=0,
+    )
+
+
+def make_eval_step(graphs: Graphs, loss_fn: steps.LossFn, *, mesh: Mesh | None = None) -> Callable:
+    """The jitted `steps.eval_step_fn`; with a `mesh`, the model's activation hints are on (as in training)."""
+    eval_step = steps.eval_step_fn(graphs, loss_fn)
+    return jax.jit(eval_step if mesh is None else with_activation_hints(eval_step, mesh))
+
+
+# -- per device: pmap and shard_map --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class AxisReduce:
+    """`steps.CrossDevice` over a named device axis: `lax.pmean` of floating leaves, `lax.psum` of counts."""
+
+    axis_name: str = DATA_AXIS
+
+    def mean(self, tree):
+        floating = lambda x: jnp.issubdtype(x.dtype, jnp.floating)
+        return jax.tree.map(lambda x: jax.lax.pmean(x, self.axis_name) if floating(x) else x, tree)
+
+    def sum(self, x):
+        return jax.lax.psum(x, self.axis_name)
+
+
+def replicate(tree, devices: Sequence):
+    """A copy of every leaf per device, stacked on a new leading axis, copy i on device i (pmap's layout)."""
+    stacked = NamedSharding(Mesh(np.asarray(devices), (DATA_AXIS,)), PartitionSpec(DATA_AXIS))
+    return jax.tree.map(
+        lambda x: jax.device_put(jnp.broadcast_to(x[None], (len(devices), *jnp.shape(x))), stacked), tree
+    )
+
+
+def unreplicate(tree):
+    """Device 0's copy of a `replicate`d tree (they are equal: every device applied the same update)."""
+    return jax.tree.map(lambda x: x[0], tree)
+
+
+def split_batch(batch: dict, num_devices: int) -> dict:
+    """`[B, ...]` -> `[num_devices, B / num_devices, ...]` for every array of a host batch."""
+
+    def split(x):
+        x = np.asarray(x)
+        if x.shape[0] % num_devices:
+            raise ValueError(f"The batch ({x.shape[0]}) does not split over {num_devices} devices.")
+        return x.reshape(num_devices, x.shape[0] // num_devices, *x.shape[1:])
+
+    return jax.tree.map(split, batch)
+
+
+def make_pmap_train_step(
+    graphs: Graphs,
+    optimizer: optax.GradientTransformation,
+    schedule: Schedule,
+    loss_fn: steps.LossFn,
+    *,
+    devices: Sequence | None = None,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """`jax.pmap` of the per-device step over `devices` (default all): takes a `replicate`d state and a
+    `split_batch`; returns the replicated new state and per-device copies of the (averaged) metrics."""
+    step = steps.train_step_fn(graphs, optimizer, schedule, loss_fn, cross_device=AxisReduce())
+    return jax.pmap(step, axis_name=DATA_AXIS, devices=devices, donate_argnums=0)
+
+
+def make_shard_map_train_step(
+    graphs: Graphs,
+    optimizer: optax.GradientTransformation,
+    schedule: Schedule,
+    loss_fn: steps.LossFn,
+    *,
+    mesh: Mesh,
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """The per-device step under `jax.shard_map` on a data-only `mesh`, jitted: state replicated (`P()`), batch
+    split over `data` (as `sharding.shard_batch` lays it out), metrics returned replicated."""
+    others = {a: s for a, s in mesh.shape.items() if a != DATA_AXIS and s > 1}
+    if others:
+        raise ValueError(
+            f"parallel='shard_map' is data parallelism only; the mesh also splits {others}. Use parallel='jit' "
+            "for FSDP / tensor parallelism, or set config.mesh.fsdp = config.mesh.tensor = 1."
+        )
+    step = steps.train_step_fn(graphs, optimizer, schedule, loss_fn, cross_device=AxisReduce())
+    # check_vma=False: with it on, jax differentiates a replicated parameter against a per-device loss by summing
+    # the gradients over devices itself, and the explicit pmean in the step would then return 8x the mean.
+    mapped = jax.shard_map(
+        step,
+        mesh=mesh,
+        in_specs=(PartitionSpec(), PartitionSpec(DATA_AXIS)),
+        out_specs=(PartitionSpec(), PartitionSpec()),
+        check_vma=False,
+    )
+    return jax.jit(mapped, donate_argnums=0)
+
+
+# -- the loop's runner ---------------------------------------------------------------------------------------------
+
+
+class StepRunner:
+    """Runs a model's train and eval steps on `mesh` the way `parallel` ("jit", "pmap" or "shard_map") says.
+
+        runner = StepRunner(parallel, make_model, optimizer, schedule, loss_fn, mesh=mesh)
+        state = runner.to_devices(runner.initial_state)      # or a state restored onto runner.initial_state
+        state, metrics = runner.train_step(state, host_batch)
+        metrics = runner.eval_step(runner.to_host(state), host_batch)
+
+    Host layout (`initial_state`, `to_host`): what checkpoints, evaluation and sampling use; a TrainState laid out
+    on `mesh` by the rules table (pmap: on one device). Step layout (`to_devices`): what `train_step` takes and
+    returns (pmap: a copy per device). Host batches are global numpy batches; the runner places them.
+    """
+
+    def __init__(
+        self,
+        parallel: str,
+        make_model: Callable[[], nnx.Module],
+        optimizer: optax.GradientTransformation,
+        schedule: Schedule,
+        loss_fn: steps.LossFn,
+        *,
+        mesh: Mesh,
+    ):
+        self.parallel, self.mesh = check_parallel(parallel), mesh
+        # pmap copies an ordinary one-device state to every device itself; the other modes lay it out on the mesh.
+        devices = list(mesh.devices.flat)
+        self.state_mesh = sharding.make_mesh(1, 1, 1, devices=devices[:1]) if parallel == "pmap" else mesh
+        self.graphs, self.initial_state, self.state_shardings = sharding.create_sharded_train_state(
+            make_model, optimizer, self.state_mesh
+        )
+        if parallel == "jit":
+            step = make_train_step(
+                self.graphs,
+                optimizer,
+                schedule,
+                loss_fn,
+                state_shardings=self.state_shardings,
+                batch_sharding=sharding.batch_sharding(mesh),
+            )
+            self._train = self._on_mesh(step)
+        elif parallel == "shard_map":
+            self._train = self._on_mesh(make_shard_map_train_step(self.graphs, optimizer, schedule, loss_fn, mesh=mesh))
+        else:
+            pmapped = make_pmap_train_step(self.graphs, optimizer, schedule, loss_fn, devices=devices)
+
+            def step(state, batch):
+                state, metrics = pmapped(state, split_batch(batch, len(devices)))
+                return state, jax.tree.map(lambda x: x[0], metrics)  # equal on every device after the pmean
+
+            self._train = step
+        # pmap's state lives on one device between steps' layouts, so its eval step runs there without hints.
+        self._eval = make_eval_step(self.graphs, loss_fn, mesh=None if parallel == "pmap" else self.state_mesh)
+
+    def _on_mesh(self, step: Callable) -> Callable:
+        """`step` on a host batch laid out over the mesh, run with the mesh as jax's ambient mesh.
+
+        Only the step runs there: flax's `nnx.eval_shape` reads parameter metadata as mesh axes under an ambient
+        mesh, and jaxformer's metadata names logical axes, so building the state stays outside. pmap refuses any
+        other ambient mesh, so its step never runs under one."""
+
+        def run(state, batch):
+            with sharding.use_mesh(self.mesh):
+                return step(state, sharding.shard_batch(batch, self.mesh))
+
+        return run
+
+    def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        """One optimizer step on a global host batch; `state` in the step layout (`to_devices`), donated."""
+        return self._train(state, batch)
+
+    def eval_step(self, state: TrainState, batch: dict) -> dict:
+        """The eval metrics of a global host batch; `state` in the host layout (`to_host`)."""
+        return self._eval(state, sharding.shard_batch(batch, self.state_mesh))
+
+    def to_devices(self, state: TrainState) -> TrainState:
+        """The step's layout of a host-layout state (pmap: a copy on every device; otherwise unchanged)."""
+        return replicate(state, list(self.mesh.devices.flat)) if self.parallel == "pmap" else state
+
+    def to_host(self, state: TrainState) -> TrainState:
+        """The host layout of a step-layout state (pmap: device 0's copy, laid out as `initial_state`)."""
+        if self.parallel != "pmap":
+            return state
+        # `x[0]` alone may still span devices: put it where the one-device state was made.
+        return jax.device_put(unreplicate(state), self.state_shardings)
