@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -93,6 +94,7 @@ class MLMHead(nnx.Module):
         else:
             logits = jnp.einsum("...D,DV->...V", z.astype(cfg.dtype), self.decoder[...].astype(cfg.dtype))
         logits = logits[..., : cfg.vocab_size]  # the tables may be padded to vocab_multiple
+        chex.assert_shape(logits, (*hidden.shape[:-1], cfg.vocab_size))
         # Add the bias in float32: the softmax / loss wants float32 even when computing in bfloat16.
         return logits.astype(jnp.float32) + self.output_bias[...].astype(jnp.float32)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -36,6 +37,7 @@ class OutputHead(nnx.Module):
         else:
             logits = jnp.einsum("BTD,DV->BTV", x.astype(self.cfg.dtype), self.kernel[...].astype(self.cfg.dtype))
         logits = logits[..., : self.cfg.vocab_size]  # a no-op unless the tables are padded
+        chex.assert_shape(logits, (*x.shape[:-1], self.cfg.vocab_size))  # an invariant: V columns, whatever padding
         return logits.astype(jnp.float32)  # the softmax / loss wants float32 even when computing in bfloat16
 
 
@@ -94,4 +96,5 @@ class GPT(nnx.Module):
         mask = None if valid is None else ops.padding_mask(valid)
         x = self.embed(tokens, positions=positions, valid=valid)
         x = self.blocks(x, mask=mask, valid=valid, positions=positions, segment_ids=segment_ids, decode=decode)
+        chex.assert_shape(x, (*jnp.shape(tokens), self.config.d_model))  # the residual stream, [B, T, D]
         return self.head(apply_norm(self.final_norm, x, valid))

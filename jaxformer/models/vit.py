@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -134,4 +135,5 @@ class ViT(nnx.Module):
         if self.head_kernel is None:
             return z.astype(jnp.float32)
         logits = z.astype(cfg.dtype) @ self.head_kernel[...].astype(cfg.dtype) + self.head_bias[...].astype(cfg.dtype)
+        chex.assert_shape(logits, (images.shape[0], cfg.num_classes))
         return logits.astype(jnp.float32)
