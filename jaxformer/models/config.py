@@ -25,8 +25,9 @@ class ModelConfig(BlockConfig):
 
     Core: `vocab_size` (V; 0 for ViT), `num_layers` (L; the encoder's in an encoder-decoder), `max_len` (longest
     sequence; size of the learned position table). `dropout_rate` also applies to the embeddings.
-    Embeddings: `tie_embeddings` (output logits use the input embedding), `embed_scale` (multiply token
-    embeddings by sqrt(D), as Vaswani et al.), `embed_norm` (a norm after the embedding sum, as BERT),
+    Embeddings: `tie_embeddings` (output logits use the input embedding), `head_bias` (a bias on the logits),
+    `embed_scale` (multiply token embeddings by sqrt(D), as Vaswani et al.), `embed_norm` (a norm after the
+    embedding sum, as BERT),
     `type_vocab_size` (BERT segment embeddings; 0 = none), `init_std` (embeddings), and the position encoding
     `positional` (a block field: learned | sinusoidal | rope | alibi | none).
     Encoder-decoder: `num_decoder_layers` (default `num_layers`). ViT: `image_size`, `patch_size`,
@@ -44,6 +45,7 @@ class ModelConfig(BlockConfig):
     max_len: int
     num_decoder_layers: int | None = None
     tie_embeddings: bool = True
+    head_bias: bool = False
     embed_scale: bool = False
     embed_norm: bool = False
     type_vocab_size: int = 0

@@ -18,7 +18,8 @@ class OutputHead(nnx.Module):
     """Logits `[B, T, V]` in float32: `x E^T` with the input embedding E when tied, else `x W` (`W [D, V]`).
 
     E and W have `cfg.padded_vocab_size` rows / columns (V rounded up to `vocab_multiple`, so that the largest
-    matmul of a GPT has a friendly shape); the logits of the padding columns are sliced off."""
+    matmul of a GPT has a friendly shape); the logits of the padding columns are sliced off. With
+    `cfg.head_bias` a bias `b [V]` is added (as some checkpoints have)."""
 
     def __init__(self, cfg: ModelConfig, embed: nn.Embed, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -30,12 +31,20 @@ class OutputHead(nnx.Module):
             self.kernel = nn.logical_param(
                 rngs, init, (cfg.d_model, cfg.padded_vocab_size), ("embed", "vocab"), cfg.param_dtype
             )
+        zeros = nnx.initializers.zeros
+        self.bias = (
+            nn.logical_param(rngs, zeros, (cfg.padded_vocab_size,), ("vocab",), cfg.param_dtype)
+            if cfg.head_bias
+            else None
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.kernel is None:
             logits = self.embed.attend(x)
         else:
             logits = jnp.einsum("BTD,DV->BTV", x.astype(self.cfg.dtype), self.kernel[...].astype(self.cfg.dtype))
+        if self.bias is not None:
+            logits = logits + self.bias[...].astype(logits.dtype)
         logits = logits[..., : self.cfg.vocab_size]  # a no-op unless the tables are padded
         chex.assert_shape(logits, (*x.shape[:-1], self.cfg.vocab_size))  # an invariant: V columns, whatever padding
         return logits.astype(jnp.float32)  # the softmax / loss wants float32 even when computing in bfloat16

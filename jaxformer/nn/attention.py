@@ -25,8 +25,10 @@ class MultiHeadAttention(nnx.Module):
     Parameters (logical axes): `w_q [D, N, H]` (embed, heads, head_dim), `w_k`, `w_v [Dc, K, H]`
     (embed, kv_heads, head_dim), `w_o [N, H, D]` (heads, head_dim, embed); optional biases.
 
-    Options: `qk_norm` (RMSNorm over H on q and k, as in ViT-22B / Gemma), `positional="rope"` (rotary on q and k
-    at their absolute positions) or `"alibi"` (ALiBi bias), `sliding_window=W` (self-attention sees only the W
+    Options: `use_bias` (q, k, v biases; and the output's unless `out_bias` says otherwise), `qk_norm` (RMSNorm
+    over H on q and k, as in ViT-22B / Gemma / Qwen3, with `qk_norm_epsilon`), `positional="rope"` (rotary on q
+    and k at their absolute positions; `rope_interleaved=False` rotates halves, as Llama checkpoints expect;
+    `rope_scaling` an `ops.RopeScaling`) or `"alibi"` (ALiBi bias), `sliding_window=W` (self-attention sees only the W
     nearest positions: causal `p - W < s <= p`, or `|p - s| < W` without `is_causal`; Mistral / Longformer),
     `implementation="xla"` (jaxformer's dense path),
     `"blockwise"` (O(T) memory; masks given structurally), `"jax_nn"` (`jax.nn.dot_product_attention` with its
@@ -51,9 +53,13 @@ class MultiHeadAttention(nnx.Module):
         head_dim: int | None = None,
         context_dim: int | None = None,
         use_bias: bool = False,
+        out_bias: bool | None = None,
         qk_norm: bool = False,
+        qk_norm_epsilon: float = 1e-6,
         positional: str = "none",
         rope_base: float = 10000.0,
+        rope_interleaved: bool = True,
+        rope_scaling: ops.RopeScaling | None = None,
         sliding_window: int | None = None,
         implementation: str = "xla",
         dropout_rate: float = 0.0,
@@ -81,6 +87,7 @@ class MultiHeadAttention(nnx.Module):
         self.sliding_window = sliding_window
         self.d_model, self.num_heads, self.num_kv_heads, self.head_dim = d_model, num_heads, num_kv_heads, head_dim
         self.positional, self.rope_base, self.implementation = positional, rope_base, implementation
+        self.rope_interleaved, self.rope_scaling = rope_interleaved, rope_scaling
         self.dropout_rate, self.dtype = dropout_rate, dtype
         self.deterministic = False  # set by model.eval() / model.train()
 
@@ -96,11 +103,13 @@ class MultiHeadAttention(nnx.Module):
             self.b_q = logical_param(rngs, zeros, (N, H), ("heads", "head_dim"), param_dtype)
             self.b_k = logical_param(rngs, zeros, (K, H), ("kv_heads", "head_dim"), param_dtype)
             self.b_v = logical_param(rngs, zeros, (K, H), ("kv_heads", "head_dim"), param_dtype)
-            self.b_o = logical_param(rngs, zeros, (d_model,), ("embed",), param_dtype)
         else:
-            self.b_q = self.b_k = self.b_v = self.b_o = None
-        self.q_norm = RMSNorm(H, param_dtype=param_dtype, axis="head_dim", rngs=rngs) if qk_norm else None
-        self.k_norm = RMSNorm(H, param_dtype=param_dtype, axis="head_dim", rngs=rngs) if qk_norm else None
+            self.b_q = self.b_k = self.b_v = None
+        out_bias = use_bias if out_bias is None else out_bias
+        self.b_o = logical_param(rngs, zeros, (d_model,), ("embed",), param_dtype) if out_bias else None
+        norm = lambda: RMSNorm(H, epsilon=qk_norm_epsilon, param_dtype=param_dtype, axis="head_dim", rngs=rngs)
+        self.q_norm = norm() if qk_norm else None
+        self.k_norm = norm() if qk_norm else None
         self.dropout_rngs = rngs["dropout"].fork() if dropout_rate > 0 else None
         # Declared as data (not static) so that init_cache can put Cache variables here later.
         self.cached_key, self.cached_value, self.cache_index = nnx.data(None), nnx.data(None), nnx.data(None)
@@ -200,8 +209,8 @@ class MultiHeadAttention(nnx.Module):
         if positions is None:
             positions = offset[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]
         if self.positional == "rope":
-            q = ops.apply_rope(q, positions, base=self.rope_base)
-            k = ops.apply_rope(k, positions, base=self.rope_base)
+            rope = dict(base=self.rope_base, interleaved=self.rope_interleaved, scaling=self.rope_scaling)
+            q, k = ops.apply_rope(q, positions, **rope), ops.apply_rope(k, positions, **rope)
 
         if decode:
             k, v, mask = self._update_cache(k, v, mask, offset)

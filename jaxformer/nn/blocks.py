@@ -20,6 +20,7 @@ from jaxformer.nn.attention import MultiHeadAttention
 from jaxformer.nn.attention_dispatch import check_implementation
 from jaxformer.nn.feedforward import ACTIVATIONS, FeedForward
 from jaxformer.nn.norms import BatchNorm, LayerNorm, RMSNorm
+from jaxformer.ops import RopeScaling
 
 NORMS = ("layernorm", "rmsnorm", "batchnorm")
 NORM_POSITIONS = ("pre", "post")
@@ -28,7 +29,13 @@ NORM_POSITIONS = ("pre", "post")
 POSITIONAL = ("learned", "sinusoidal", "rope", "alibi", "none")
 
 # Fields that default to None and are stored resolved: name -> what a config derives for it.
-_DERIVED = {"num_kv_heads": lambda cfg: cfg.num_heads, "head_dim": lambda cfg: cfg.d_model // cfg.num_heads}
+_DERIVED = {
+    "num_kv_heads": lambda cfg: cfg.num_heads,
+    "head_dim": lambda cfg: cfg.d_model // cfg.num_heads,
+    "qkv_bias": lambda cfg: cfg.use_bias,
+    "out_bias": lambda cfg: cfg.use_bias,
+    "mlp_bias": lambda cfg: cfg.use_bias,
+}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -38,11 +45,13 @@ class BlockConfig:
 
     Widths: `d_model` (D), `num_heads` (N), `d_ff` (F, the feed-forward's hidden width), `num_kv_heads` (K;
     None = N), `head_dim` (H; None = D / N). K and H are stored resolved: after construction they are ints.
-    Attention: `qk_norm`, `sliding_window`, `attention_impl` (auto | xla | blockwise | jax_nn | cudnn | pallas;
-    nn/attention_dispatch.py), `rope_base`, `attention_dropout_rate` (on the attention weights).
+    Attention: `qk_norm` (with `qk_norm_epsilon`), `sliding_window`, `attention_impl` (auto | xla | blockwise |
+    jax_nn | cudnn | pallas; nn/attention_dispatch.py), `rope_base`, `rope_interleaved` (False: rotate halves, as
+    Llama-family checkpoints), `rope_scaling` (an `ops.RopeScaling`), `attention_dropout_rate` (on the weights).
     Residual blocks: `norm` (layernorm | rmsnorm | batchnorm), `norm_position` (pre: x + f(norm(x)); post:
     norm(x + f(x)), the original paper and BERT), `norm_epsilon`, `activation` (relu | gelu | gelu_exact | silu |
-    tanh | swiglu), `use_bias`, `dropout_rate` (each sublayer's output; a model's embeddings too),
+    tanh | swiglu), `use_bias` (the default of `qkv_bias`, `out_bias` (attention output) and `mlp_bias`, each
+    stored resolved; a gated FFN has no biases), `dropout_rate` (each sublayer's output; a model's embeddings too),
     `ffn_dropout_rate` (inside the feed-forward, after its activation).
     `positional` (learned | sinusoidal | rope | alibi | none): rope and alibi act in the blocks' self-attention;
     learned and sinusoidal positions are added by the model's embedding, so blocks see them as "none".
@@ -65,9 +74,15 @@ class BlockConfig:
     ffn_dropout_rate: float = 0.0
     positional: str = "learned"
     rope_base: float = 10000.0
+    rope_interleaved: bool = True
+    rope_scaling: RopeScaling | None = None
     sliding_window: int | None = None
     qk_norm: bool = False
+    qk_norm_epsilon: float = 1e-6
     use_bias: bool = True
+    qkv_bias: bool | None = None
+    out_bias: bool | None = None
+    mlp_bias: bool | None = None
     attention_impl: str = "xla"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -85,6 +100,16 @@ class BlockConfig:
             if value not in allowed:
                 raise ValueError(f"{owner}.{name}={value!r}; choose one of {allowed}.")
         check_implementation(self.attention_impl, f"{owner}.attention_impl")
+        for name in ("qkv_bias", "out_bias", "mlp_bias"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, self.use_bias)
+        for name in ("norm_epsilon", "qk_norm_epsilon"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{owner}.{name} must be > 0; got {getattr(self, name)!r}.")
+        if not self.rope_base > 0:
+            raise ValueError(f"{owner}.rope_base must be > 0; got {self.rope_base!r}.")
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
+            raise TypeError(f"{owner}.rope_scaling must be an ops.RopeScaling or None; got {self.rope_scaling!r}.")
         if self.num_kv_heads is None:
             object.__setattr__(self, "num_kv_heads", self.num_heads)
         self._check_positive_ints("num_kv_heads")
@@ -161,10 +186,14 @@ def make_attention(cfg: BlockConfig, *, cross: bool = False, context_dim: int | 
         num_kv_heads=cfg.num_kv_heads,
         head_dim=cfg.head_dim,
         context_dim=context_dim,
-        use_bias=cfg.use_bias,
+        use_bias=cfg.qkv_bias,
+        out_bias=cfg.out_bias,
         qk_norm=cfg.qk_norm,
+        qk_norm_epsilon=cfg.qk_norm_epsilon,
         positional=cfg.positional if cfg.positional in ATTENTION_POSITIONAL and not cross else "none",
         rope_base=cfg.rope_base,
+        rope_interleaved=cfg.rope_interleaved,
+        rope_scaling=cfg.rope_scaling,
         sliding_window=None if cross else cfg.sliding_window,
         implementation=cfg.attention_impl,
         dropout_rate=cfg.attention_dropout_rate,
@@ -179,7 +208,7 @@ def make_ffn(cfg: BlockConfig, *, rngs: nnx.Rngs) -> FeedForward:
         cfg.d_model,
         cfg.d_ff,
         activation=cfg.activation,
-        use_bias=cfg.use_bias,
+        use_bias=cfg.mlp_bias,
         dropout_rate=cfg.ffn_dropout_rate,
         dtype=cfg.dtype,
         param_dtype=cfg.param_dtype,

@@ -25,12 +25,20 @@ from jaxformer.ops.masks import (
     sliding_window_mask,
 )
 from jaxformer.ops.norms import layer_norm, rms_norm
-from jaxformer.ops.positions import alibi_bias, alibi_slopes, apply_rope, sinusoidal_positions
+from jaxformer.ops.positions import (
+    RopeScaling,
+    alibi_bias,
+    alibi_slopes,
+    apply_rope,
+    rope_frequencies,
+    sinusoidal_positions,
+)
 from jaxformer.ops.splash import splash_attention
 
 __all__ = [
     "ACTIVATIONS",
     "MASKED_LOGIT",
+    "RopeScaling",
     "additive_attention",
     "alibi_bias",
     "alibi_slopes",
@@ -52,6 +60,7 @@ __all__ = [
     "padding_mask",
     "relu",
     "rms_norm",
+    "rope_frequencies",
     "segment_mask",
     "silu",
     "sinusoidal_positions",

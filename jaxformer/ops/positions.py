@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -34,7 +35,67 @@ def sinusoidal_positions(length: int, dim: int, *, base: float = 10000.0) -> jax
     return jnp.asarray(pe, dtype=jnp.float32)
 
 
-def apply_rope(x, positions, *, base: float = 10000.0, interleaved: bool = True, scale: float = 1.0) -> jax.Array:
+ROPE_SCALINGS = ("linear", "llama3")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """A rescaling of RoPE's frequencies for contexts longer than the training one (frozen, hashable: a config field).
+
+    linear   theta_i / factor: position interpolation (Chen et al. 2023); the same as `apply_rope(scale=factor)`
+    llama3   Llama 3.1's: with wavelength w_i = 2 pi / theta_i and L = original_max_len, frequencies whose
+             w_i < L / high_freq_factor are kept, those with w_i > L / low_freq_factor divided by `factor`,
+             and those between interpolated: theta_i ((1 - a) / factor + a), a = (L / w_i - low) / (high - low)
+    """
+
+    kind: str
+    factor: float
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_len: int = 8192
+
+    def __post_init__(self):
+        if self.kind not in ROPE_SCALINGS:
+            raise ValueError(f"RopeScaling.kind={self.kind!r}; choose one of {ROPE_SCALINGS}.")
+        if not self.factor > 0:
+            raise ValueError(f"RopeScaling.factor must be > 0; got {self.factor!r}.")
+        if self.kind == "llama3":
+            if not 0 < self.low_freq_factor < self.high_freq_factor:
+                raise ValueError(
+                    f"RopeScaling: llama3 needs 0 < low_freq_factor < high_freq_factor; got "
+                    f"{self.low_freq_factor}, {self.high_freq_factor}."
+                )
+            checks.check_positive_int("RopeScaling.original_max_len", self.original_max_len)
+
+
+def rope_frequencies(head_dim: int, *, base: float = 10000.0, scaling: RopeScaling | None = None) -> np.ndarray:
+    """theta_i = base^(-2i / H) for the H / 2 feature pairs of a head, rescaled by `scaling`: float64 `[H / 2]`."""
+    head_dim = checks.check_positive_int("head_dim", head_dim)
+    if not base > 0:
+        raise ValueError(f"`base` must be > 0; got {base!r}.")
+    theta = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    if scaling is None:
+        return theta
+    if scaling.kind == "linear":
+        return theta / scaling.factor
+    wavelength = 2 * np.pi / theta
+    length, low, high = scaling.original_max_len, scaling.low_freq_factor, scaling.high_freq_factor
+    a = (length / wavelength - low) / (high - low)
+    between = theta * ((1 - a) / scaling.factor + a)
+    return np.where(
+        wavelength < length / high, theta, np.where(wavelength > length / low, theta / scaling.factor, between)
+    )
+
+
+def apply_rope(
+    x,
+    positions,
+    *,
+    base: float = 10000.0,
+    interleaved: bool = True,
+    scale: float = 1.0,
+    scaling: RopeScaling | None = None,
+) -> jax.Array:
     """Rotary position embedding (Su et al., RoFormer): rotates feature pairs of each head by position.
 
     Pair i of a head of size H turns by angle `theta_i(p) = (p / scale) * base^(-2i / H)`:
@@ -44,7 +105,8 @@ def apply_rope(x, positions, *, base: float = 10000.0, interleaved: bool = True,
     where the pairs are (x[2i], x[2i+1]) with `interleaved=True` (RoFormer, the paper) and (x[i], x[i + H/2])
     with `interleaved=False` (GPT-NeoX / LLaMA "rotate half"). Because rotations compose, the dot product of a
     rotated query at p and a rotated key at p' depends only on p - p'. `scale > 1` is linear position
-    interpolation (positions are divided by it) for running at longer contexts.
+    interpolation (positions are divided by it) for running at longer contexts; `scaling` rescales the
+    frequencies instead (`RopeScaling`, e.g. Llama 3.1's; `rope_frequencies` gives them).
 
     Args:
       x: `[B, T, N, H]` queries or keys, H even.
@@ -67,7 +129,7 @@ def apply_rope(x, positions, *, base: float = 10000.0, interleaved: bool = True,
         )
     if scale <= 0:
         raise ValueError(f"`scale` must be positive; got {scale}.")
-    inv_freq = jnp.asarray(base ** (-np.arange(0, H, 2, dtype=np.float64) / H), jnp.float32)  # [H / 2]
+    inv_freq = jnp.asarray(rope_frequencies(H, base=base, scaling=scaling), jnp.float32)  # [H / 2]
     angles = (positions.astype(jnp.float32) / scale)[..., None] * inv_freq  # [(B,) T, H / 2]
     angles = angles.reshape((-1, T, 1, H // 2))  # [B|1, T, 1, H / 2]
     cos, sin = jnp.cos(angles), jnp.sin(angles)

@@ -20,6 +20,7 @@ def test_a_model_config_is_a_block_config_that_adds_only_model_fields():
         "max_len",
         "num_decoder_layers",
         "tie_embeddings",
+        "head_bias",
         "embed_scale",
         "embed_norm",
         "type_vocab_size",
