@@ -8,6 +8,7 @@ Every iterator is deterministic given its seed and resumable from its `state()`,
 training loop stores in its checkpoint.
 """
 
+from jaxformer.data.hf_tokenizer import HFTokenizer
 from jaxformer.data.images import ImageDataset, digits, image_dataset, mnist
 from jaxformer.data.lm import LMBatcher, eval_batches, num_eval_batches
 from jaxformer.data.packing import ShuffledBatches, pack_sequences
@@ -44,6 +45,7 @@ __all__ = [
     "ByteTokenizer",
     "CharTokenizer",
     "DatasetNotPreparedError",
+    "HFTokenizer",
     "ImageDataset",
     "LMBatcher",
     "SentencePieceTokenizer",

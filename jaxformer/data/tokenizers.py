@@ -21,6 +21,8 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
+from jaxformer.data.hf_tokenizer import HFTokenizer
+
 
 @runtime_checkable
 class Tokenizer(Protocol):
@@ -474,6 +476,7 @@ class SentencePieceTokenizer:
 
 
 TOKENIZERS: dict[str, type] = {
+    HFTokenizer.type_name: HFTokenizer,
     CharTokenizer.type_name: CharTokenizer,
     ByteTokenizer.type_name: ByteTokenizer,
     SentencePieceTokenizer.type_name: SentencePieceTokenizer,
@@ -487,7 +490,7 @@ def _check_type(d, expected: str) -> None:
 
 
 def tokenizer_from_dict(d: dict[str, Any]) -> Tokenizer:
-    """Rebuilds a tokenizer from its `to_dict()`, dispatching on d["type"] ("char", "byte" or "sentencepiece")."""
+    """Rebuilds a tokenizer from its `to_dict()`, dispatching on d["type"] ("char", "byte", "sentencepiece" or "hf")."""
     if not isinstance(d, Mapping) or "type" not in d:
         raise ValueError(f"`d` must be a tokenizer's to_dict() with a 'type' key; got {d!r:.80}.")
     if d["type"] not in TOKENIZERS:

@@ -81,3 +81,15 @@ def test_each_check_names_the_class_that_was_built():
         ModelConfig.variant("gpt2-tiny", num_layers=0)
     with pytest.raises(ValueError, match=r"positional='rope' rotates pairs of features: head_dim=5 must be even"):
         nn.BlockConfig(d_model=20, num_heads=4, d_ff=40, positional="rope")
+
+
+def test_bias_switches_default_to_use_bias_and_shape_the_parameters():
+    cfg = ModelConfig.variant("gpt2-tiny", use_bias=False, qkv_bias=True)
+    assert (cfg.qkv_bias, cfg.out_bias, cfg.mlp_bias) == (True, False, False)
+    attention = GPT(cfg, rngs=nnx.Rngs(0)).blocks.layers[0].self_attention
+    assert attention.b_q is not None and attention.b_o is None
+    assert cfg.replace(use_bias=True).out_bias  # derived from use_bias again; qkv_bias was set explicitly
+    head = GPT(ModelConfig.variant("gpt2-tiny", head_bias=True, tie_embeddings=False), rngs=nnx.Rngs(0)).head
+    assert head.bias.get_value().shape == (256,)
+    with pytest.raises(ValueError, match=r"ModelConfig.qk_norm_epsilon must be > 0; got 0.0"):
+        ModelConfig.variant("gpt2-tiny", qk_norm_epsilon=0.0)

@@ -285,3 +285,38 @@ def test_alibi_bias_traced_offset_under_jit():
 def test_alibi_bias_per_example_offset_raises():
     with pytest.raises(ValueError, match="offset"):
         positions.alibi_bias(2, 2, 5, offset=np.array([0, 1], np.int32))
+
+
+def test_linear_rope_scaling_equals_dividing_positions():
+    x = np.random.default_rng(0).normal(size=(1, 6, 2, 8)).astype(np.float32)
+    pos = np.arange(6)
+    by_scale = positions.apply_rope(x, pos, scale=4.0)
+    by_scaling = positions.apply_rope(x, pos, scaling=positions.RopeScaling("linear", 4.0))
+    np.testing.assert_allclose(by_scaling, by_scale, rtol=1e-6, atol=1e-6)
+
+
+def test_llama3_rope_scaling_keeps_high_and_divides_low_frequencies():
+    """Llama 3.1: wavelengths below L / high_freq_factor kept, above L / low_freq_factor divided by the factor,
+    and in between interpolated (float64 reference written from the formula in the docstring)."""
+    H, base, s = (
+        16,
+        10000.0,
+        positions.RopeScaling("llama3", 8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_len=64),
+    )
+    theta = base ** (-np.arange(0, H, 2) / H)
+    wave = 2 * np.pi / theta
+    a = (64 / wave - 1.0) / (4.0 - 1.0)
+    want = np.where(wave < 16, theta, np.where(wave > 64, theta / 8.0, theta * ((1 - a) / 8.0 + a)))
+    got = positions.rope_frequencies(H, base=base, scaling=s)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert got[0] == theta[0] and got[-1] == theta[-1] / 8.0  # both regimes occur at this size
+    assert np.any((wave >= 16) & (wave <= 64))  # and the interpolated one
+
+
+def test_rope_scaling_refuses_bad_settings():
+    with pytest.raises(ValueError, match=r"RopeScaling.kind='yarn'; choose one of"):
+        positions.RopeScaling("yarn", 2.0)
+    with pytest.raises(ValueError, match=r"RopeScaling.factor must be > 0"):
+        positions.RopeScaling("linear", 0.0)
+    with pytest.raises(ValueError, match="needs 0 < low_freq_factor < high_freq_factor"):
+        positions.RopeScaling("llama3", 8.0, low_freq_factor=4.0, high_freq_factor=1.0)

@@ -1,0 +1,66 @@
+"""Hugging Face tokenizers (`tokenizer.json`: GPT-2's byte-level BPE, BERT's WordPiece, Llama's BPE / Unigram) in
+jaxformer's Tokenizer protocol, through the `tokenizers` library, so training and sampling use a pretrained
+model's own vocabulary like the char tokenizer."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar
+
+import numpy as np
+from tokenizers import Tokenizer as _Tokenizer
+
+FILE = "tokenizer.json"
+
+
+class HFTokenizer:
+    """A `tokenizers.Tokenizer` as a jaxformer tokenizer: `encode(text) -> int32 [len]` (no special tokens added:
+    jaxformer's text pipeline joins documents itself), `decode(ids)` (special tokens kept, so the round trip is
+    lossless), `vocab_size` (added tokens included), `to_dict()` (the whole tokenizer.json, for a checkpoint)."""
+
+    type_name: ClassVar[str] = "hf"
+
+    def __init__(self, tokenizer: _Tokenizer):
+        if not isinstance(tokenizer, _Tokenizer):
+            raise TypeError(f"`tokenizer` must be a tokenizers.Tokenizer; got {type(tokenizer).__name__}.")
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_directory(cls, directory: str | os.PathLike) -> HFTokenizer:
+        path = os.path.join(os.fspath(directory), FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{path} does not exist: jaxformer reads fast tokenizers (tokenizer.json); a checkpoint with only "
+                "a slow tokenizer (vocab.txt, *.model) needs converting with transformers first."
+            )
+        return cls(_Tokenizer.from_file(path))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> np.ndarray:
+        if not isinstance(text, str):
+            raise TypeError(f"`text` must be a str; got {type(text).__name__}.")
+        return np.asarray(self.tokenizer.encode(text, add_special_tokens=False).ids, np.int32)
+
+    def decode(self, ids) -> str:
+        arr = np.asarray(ids)
+        if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+            raise ValueError(f"`ids` must be a 1-D sequence of integer token ids; got {arr.dtype} {arr.shape}.")
+        if arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size):
+            raise ValueError(f"`ids` must lie in [0, vocab_size={self.vocab_size}); got [{arr.min()}, {arr.max()}].")
+        return self.tokenizer.decode(arr.tolist(), skip_special_tokens=False)
+
+    def save(self, directory: str | os.PathLike) -> None:
+        """Writes `tokenizer.json` into `directory`."""
+        self.tokenizer.save(os.path.join(os.fspath(directory), FILE))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type_name, "tokenizer_json": self.tokenizer.to_str()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> HFTokenizer:
+        if not isinstance(d, dict) or d.get("type") != cls.type_name or "tokenizer_json" not in d:
+            raise ValueError(f"Expected an HFTokenizer dict with type 'hf' and 'tokenizer_json'; got {d!r:.80}.")
+        return cls(_Tokenizer.from_str(d["tokenizer_json"]))

@@ -1,0 +1,119 @@
+"""Pretrained checkpoints in and out, in Hugging Face's layout (`config.json` + safetensors + `tokenizer.json`).
+
+    from jaxformer import pretrained
+
+    model = pretrained.from_pretrained("path/to/dir" or "hub-id", dtype=None, mesh=None)   # a GPT, with .config
+    tokenizer = pretrained.load_tokenizer("path/to/dir" or "hub-id")                     # data.Tokenizer protocol
+    pretrained.save_pretrained(model, "out/dir", tokenizer=tokenizer)                    # transformers loads it
+
+Supported (`config.json`'s architectures): GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM (sliding window),
+Qwen2ForCausalLM (q/k/v biases), Qwen3ForCausalLM (q/k norms). What each needs is a `ModelConfig` option
+(rotate-half RoPE, Llama-3 RoPE scaling, separate bias switches, norm epsilons), so the weights load as they
+are. A config key or tensor that jaxformer does not compute is refused with an error naming it (hf_config.py,
+weights.py); docs/pretrained.md has the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxformer import data
+from jaxformer.models import GPT, ModelConfig
+from jaxformer.pretrained import hf_config, io, weights
+from jaxformer.training import sharding
+
+__all__ = ["from_pretrained", "load_tokenizer", "save_pretrained"]
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def _checkpoint_dtype(hf: dict):
+    name = hf.get("dtype") or hf.get("torch_dtype") or "float32"
+    if name not in _DTYPES:
+        raise ValueError(f"config.json: dtype={name!r} is not supported; jaxformer loads {sorted(_DTYPES)}.")
+    return _DTYPES[name]
+
+
+def from_pretrained(path_or_id: str | os.PathLike, *, dtype=None, mesh: Mesh | None = None) -> GPT:
+    """The model a Hugging Face checkpoint describes, in eval mode, with its `ModelConfig` as `.config`.
+
+    path_or_id: a directory with `config.json` and `*.safetensors`, or a hub id (downloaded into the
+      huggingface_hub cache when online; offline the cache is used).
+    dtype: parameters and computation in this dtype (e.g. jnp.bfloat16); None keeps the checkpoint's own.
+    mesh: a device mesh (`training.sharding.make_mesh`); each parameter is placed split over it by the
+      logical-axis rules as it is read. None: the default device.
+    """
+    directory = io.resolve(path_or_id)
+    hf = io.read_config(directory)
+    family = hf_config.family_of(hf)
+    dtype = _checkpoint_dtype(hf) if dtype is None else jnp.dtype(dtype)
+    cfg = hf_config.to_model_config(hf, dtype=dtype, param_dtype=dtype)
+    make = lambda: GPT(cfg, rngs=nnx.Rngs(0))
+    graphdef, abstract_params, abstract_rest = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
+    # The RNG state of the dropout layers, materialised alone: XLA drops the parameters' initialisers.
+    rest = jax.jit(lambda: nnx.state(make(), nnx.Not(nnx.Param)))()
+    abstract = io.flat_params(abstract_params)
+    if mesh is None:
+        device = NamedSharding(Mesh(jax.devices()[:1], ("replica",)), PartitionSpec())
+        shardings = dict.fromkeys(abstract, device)
+    else:
+        specs = io.flat_params(sharding.param_specs(abstract_params, mesh))
+        shardings = {path: NamedSharding(mesh, spec) for path, spec in specs.items()}
+    reader = io.TensorReader(io.tensor_files(directory), family)
+    try:
+        values = io.load_params(reader, weights.rules(family, cfg), abstract, shardings)
+    finally:
+        reader.close()
+    is_abstract = lambda x: isinstance(x, jax.ShapeDtypeStruct)
+    params = jax.tree_util.tree_map_with_path(lambda p, _: values[io.path_str(p)], abstract_params, is_leaf=is_abstract)
+    model = nnx.merge(graphdef, params, rest)
+    model.eval()
+    return model
+
+
+def save_pretrained(
+    model: GPT, directory: str | os.PathLike, *, tokenizer=None, max_shard_bytes: int = 5 * 2**30
+) -> str:
+    """Writes `model` in Hugging Face's layout to `directory` (created): `config.json` and the weights as
+    safetensors (sharded past `max_shard_bytes`, with an index), plus `tokenizer.json` when `tokenizer` is a
+    `data.HFTokenizer`. `transformers`' AutoModelForCausalLM.from_pretrained loads it; so does `from_pretrained`,
+    bit-exactly. Returns the directory."""
+    if not isinstance(model, GPT):
+        raise TypeError(f"save_pretrained writes decoder-only models (GPT); got a {type(model).__name__}.")
+    cfg: ModelConfig = model.config
+    if cfg.scan_layers:
+        raise ValueError("save_pretrained needs a model with scan_layers=False (one parameter set per layer).")
+    hf = hf_config.from_model_config(cfg)
+    family = hf["model_type"]
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    params = io.flat_params(nnx.state(model, nnx.Param))
+    rules = weights.rules(family, cfg)
+    covered = {p for rule in rules for p in rule.params}
+    if covered != set(params):
+        raise ValueError(f"No checkpoint tensor for the parameters {sorted(set(params) - covered)[:8]}.")
+
+    def tensors():
+        for rule in rules:
+            values = rule.save(*(jnp.asarray(params[p]) for p in rule.params))
+            yield from zip(rule.tensors, values, strict=True)
+
+    io.save_tensors(tensors(), directory, max_shard_bytes=max_shard_bytes)
+    with open(os.path.join(directory, io.CONFIG), "w") as f:
+        json.dump(hf, f, indent=2)
+    if tokenizer is not None:
+        if not isinstance(tokenizer, data.HFTokenizer):
+            raise TypeError(f"`tokenizer` must be a data.HFTokenizer (tokenizer.json); got {type(tokenizer).__name__}.")
+        tokenizer.save(directory)
+    return directory
+
+
+def load_tokenizer(path_or_id: str | os.PathLike) -> data.HFTokenizer:
+    """The `tokenizer.json` of a checkpoint directory or hub id, as a jaxformer tokenizer (`data.HFTokenizer`)."""
+    return data.HFTokenizer.from_directory(io.resolve(path_or_id))

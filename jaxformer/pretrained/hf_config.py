@@ -1,0 +1,333 @@
+"""Hugging Face `config.json` <-> `ModelConfig`, for the architectures jaxformer reads and writes.
+
+Every key of a `config.json` is accounted for: it becomes a `ModelConfig` field, or it must hold the one value
+jaxformer computes the same way (e.g. `hidden_act: "silu"`), or it is listed in `IGNORED` (bookkeeping that does
+not change what the model computes: token ids, the dtype it was saved in, generation defaults). Any other key, or
+a value jaxformer cannot compute, is refused with an error that names it: nothing is guessed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jaxformer.models import ModelConfig
+from jaxformer.ops import RopeScaling
+
+# architectures[0] -> jaxformer family. Each family reads the config keys of its `model_type`.
+ARCHITECTURES = {
+    "GPT2LMHeadModel": "gpt2",
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+}
+FAMILY_ARCHITECTURE = {family: arch for arch, family in ARCHITECTURES.items()}
+LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3")
+
+# Keys that describe no computation of the model (ids of special tokens, generation and training defaults, how it
+# was saved). Values are not checked.
+IGNORED = {
+    "architectures",
+    "model_type",
+    "transformers_version",
+    "dtype",
+    "torch_dtype",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "sep_token_id",
+    "decoder_start_token_id",
+    "initializer_range",
+    "use_cache",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+    "task_specific_params",
+    "_name_or_path",
+    "id2label",
+    "label2id",
+    "bad_words_ids",
+    "max_length",
+    "min_length",
+    "num_beams",
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+    "repetition_penalty",
+    "length_penalty",
+    "no_repeat_ngram_size",
+    "tokenizer_class",
+    "prefix",
+    "pretraining_tp",  # how the original training split matmuls; the same maths
+    "reorder_and_upcast_attn",  # GPT-2: attention computed in float32, which jaxformer's softmax always is
+    # GPT-2's sequence-summary head (GPT2DoubleHeadsModel only; a GPT2LMHeadModel has no such weights)
+    "summary_activation",
+    "summary_first_dropout",
+    "summary_proj_to_labels",
+    "summary_type",
+    "summary_use_proj",
+}
+
+_GPT2_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu_fast": "gelu", "gelu": "gelu_exact"}
+
+
+class _Keys:
+    """A config dict whose keys must each be taken (`take`, `expect`) or ignored; `finish` refuses the rest."""
+
+    def __init__(self, hf: dict, family: str):
+        self.hf, self.family, self.seen = hf, family, set(IGNORED)
+
+    def take(self, key: str, default: Any = ...) -> Any:
+        self.seen.add(key)
+        if key in self.hf:
+            return self.hf[key]
+        if default is ...:
+            raise ValueError(f"config.json of a {self.family} model lacks {key!r}, which jaxformer needs.")
+        return default
+
+    def expect(self, key: str, *allowed: Any) -> None:
+        """The key may be absent or hold one of `allowed` (what jaxformer computes); anything else is refused."""
+        value = self.take(key, allowed[0])
+        if value not in allowed:
+            raise ValueError(
+                f"config.json: {key}={value!r} is not supported for {self.family} models (jaxformer computes "
+                f"{' or '.join(map(repr, allowed))}); the checkpoint would compute something else."
+            )
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.hf) - self.seen)
+        if unknown:
+            raise ValueError(
+                f"config.json of a {self.family} model has keys jaxformer does not support: {unknown}. They may "
+                "change what the model computes, so the checkpoint is refused rather than loaded approximately."
+            )
+
+
+def family_of(hf: dict) -> str:
+    """The jaxformer family (gpt2, llama, mistral, qwen2, qwen3) that `config.json` describes."""
+    architectures = hf.get("architectures") or []
+    known = [a for a in architectures if a in ARCHITECTURES]
+    if not known:
+        raise ValueError(
+            f"config.json: architectures={architectures!r} (model_type={hf.get('model_type')!r}) is not supported; "
+            f"jaxformer reads {sorted(ARCHITECTURES)}."
+        )
+    return ARCHITECTURES[known[0]]
+
+
+def to_model_config(hf: dict, **overrides) -> ModelConfig:
+    """The `ModelConfig` of a Hugging Face `config.json` dict (plus field `overrides`, e.g. dtype)."""
+    family = family_of(hf)
+    keys = _Keys(hf, family)
+    fields = _gpt2_fields(keys) if family == "gpt2" else _llama_fields(keys, family)
+    keys.finish()
+    return ModelConfig(**{**fields, **overrides})
+
+
+def _gpt2_fields(keys: _Keys) -> dict:
+    keys.expect("scale_attn_weights", True)
+    keys.expect("scale_attn_by_inverse_layer_idx", False)
+    keys.expect("add_cross_attention", False)
+    activation = keys.take("activation_function", "gelu_new")
+    if activation not in _GPT2_ACTIVATIONS:
+        raise ValueError(
+            f"config.json: activation_function={activation!r} is not supported; jaxformer computes "
+            f"{sorted(_GPT2_ACTIVATIONS)}."
+        )
+    resid, embd = keys.take("resid_pdrop", 0.1), keys.take("embd_pdrop", 0.1)
+    if resid != embd:
+        raise ValueError(
+            f"config.json: resid_pdrop={resid} != embd_pdrop={embd}; jaxformer's dropout_rate is one rate for the "
+            "sublayer outputs and the embeddings."
+        )
+    d_model = keys.take("n_embd")
+    return dict(
+        vocab_size=keys.take("vocab_size"),
+        num_layers=keys.take("n_layer"),
+        d_model=d_model,
+        num_heads=keys.take("n_head"),
+        d_ff=keys.take("n_inner", None) or 4 * d_model,
+        max_len=keys.take("n_positions"),
+        positional="learned",
+        norm="layernorm",
+        norm_position="pre",
+        norm_epsilon=keys.take("layer_norm_epsilon", 1e-5),
+        activation=_GPT2_ACTIVATIONS[activation],
+        use_bias=True,
+        tie_embeddings=keys.take("tie_word_embeddings", True),
+        dropout_rate=resid,
+        attention_dropout_rate=keys.take("attn_pdrop", 0.1),
+    )
+
+
+def _rope(keys: _Keys) -> tuple[float, RopeScaling | None]:
+    """(rope_base, rope_scaling) from `rope_parameters` (transformers >= 5) or `rope_theta` + `rope_scaling`."""
+    params = dict(keys.take("rope_parameters", None) or {})
+    legacy = keys.take("rope_scaling", None)
+    if legacy:
+        params = {**dict(legacy), **params}
+    base = params.pop("rope_theta", None) or keys.take("rope_theta", 10000.0)
+    kind = params.pop("rope_type", params.pop("type", "default"))
+    if kind == "default":
+        if params:
+            raise ValueError(f"config.json: rope parameters {sorted(params)} are not supported for rope_type default.")
+        return float(base), None
+    if kind not in ("linear", "llama3"):
+        raise ValueError(
+            f"config.json: rope_type={kind!r} is not supported; jaxformer computes default, linear, llama3."
+        )
+    names = {
+        "factor": "factor",
+        "low_freq_factor": "low_freq_factor",
+        "high_freq_factor": "high_freq_factor",
+        "original_max_position_embeddings": "original_max_len",
+    }
+    unknown = sorted(set(params) - set(names if kind == "llama3" else ["factor"]))
+    if unknown:
+        raise ValueError(f"config.json: rope parameters {unknown} are not supported for rope_type {kind!r}.")
+    return float(base), RopeScaling(kind, **{names[k]: v for k, v in params.items()})
+
+
+def _llama_fields(keys: _Keys, family: str) -> dict:
+    keys.expect("hidden_act", "silu")
+    keys.expect("mlp_bias", False)
+    d_model, num_heads = keys.take("hidden_size"), keys.take("num_attention_heads")
+    rope_base, rope_scaling = _rope(keys)
+    attention_bias = keys.take("attention_bias", False)
+    sliding_window = None
+    if family == "mistral":
+        sliding_window = keys.take("sliding_window", None)
+    if family in ("qwen2", "qwen3"):
+        keys.expect("use_sliding_window", False)
+        keys.take("sliding_window", None)  # read only when use_sliding_window is True
+        keys.take("max_window_layers", None)  # likewise
+        keys.expect("layer_types", None, ["full_attention"] * keys.take("num_hidden_layers"))
+    eps = keys.take("rms_norm_eps", 1e-6)
+    return dict(
+        vocab_size=keys.take("vocab_size"),
+        num_layers=keys.take("num_hidden_layers"),
+        d_model=d_model,
+        num_heads=num_heads,
+        num_kv_heads=keys.take("num_key_value_heads", None) or num_heads,
+        head_dim=keys.take("head_dim", None) or d_model // num_heads,
+        d_ff=keys.take("intermediate_size"),
+        max_len=keys.take("max_position_embeddings"),
+        positional="rope",
+        rope_base=rope_base,
+        rope_interleaved=False,  # Hugging Face's Llama family rotates halves
+        rope_scaling=rope_scaling,
+        sliding_window=sliding_window,
+        norm="rmsnorm",
+        norm_position="pre",
+        norm_epsilon=eps,
+        activation="swiglu",
+        use_bias=False,
+        qkv_bias=True if family == "qwen2" else attention_bias,
+        out_bias=attention_bias,
+        mlp_bias=False,
+        qk_norm=family == "qwen3",
+        qk_norm_epsilon=eps,
+        tie_embeddings=keys.take("tie_word_embeddings", family == "qwen2"),
+        dropout_rate=0.0,
+        attention_dropout_rate=keys.take("attention_dropout", 0.0),
+    )
+
+
+# -- ModelConfig -> config.json ----------------------------------------------------------------------------------
+
+
+def family_for(cfg: ModelConfig) -> str:
+    """The Hugging Face family whose computation `cfg` is, or a ValueError naming the field that fits none."""
+
+    def need(condition: bool, what: str) -> None:
+        if not condition:
+            raise ValueError(f"No Hugging Face architecture computes this ModelConfig: {what}.")
+
+    need(cfg.norm_position == "pre", f"norm_position={cfg.norm_position!r} (the decoders are pre-norm)")
+    need(not cfg.embed_scale and not cfg.embed_norm and cfg.type_vocab_size == 0, "embed_scale / embed_norm / types")
+    need(not cfg.head_bias, "head_bias=True")
+    need(cfg.vocab_multiple == 1, f"vocab_multiple={cfg.vocab_multiple} (save an unpadded vocabulary)")
+    if cfg.positional == "learned":
+        need(cfg.norm == "layernorm", f"norm={cfg.norm!r} with learned positions (GPT-2 has layernorm)")
+        need(cfg.activation in ("gelu", "gelu_exact"), f"activation={cfg.activation!r} (GPT-2: gelu)")
+        need(cfg.qkv_bias and cfg.out_bias and cfg.mlp_bias, "GPT-2 has every bias")
+        need(not cfg.qk_norm and cfg.sliding_window is None, "GPT-2 has no qk_norm or sliding window")
+        need(cfg.num_kv_heads == cfg.num_heads and cfg.head_dim * cfg.num_heads == cfg.d_model, "GPT-2 is MHA")
+        return "gpt2"
+    need(cfg.positional == "rope" and not cfg.rope_interleaved, "the Llama family has rotate-half RoPE")
+    need(cfg.norm == "rmsnorm" and cfg.activation == "swiglu", "the Llama family has rmsnorm and swiglu")
+    need(not cfg.mlp_bias, "mlp_bias=True")
+    if cfg.qk_norm:
+        need(cfg.qkv_bias == cfg.out_bias and cfg.sliding_window is None, "Qwen3: one attention bias, no window")
+        return "qwen3"
+    if cfg.qkv_bias and not cfg.out_bias:
+        need(cfg.sliding_window is None, "Qwen2 with a sliding window on every layer")
+        return "qwen2"
+    need(cfg.qkv_bias == cfg.out_bias, f"qkv_bias={cfg.qkv_bias}, out_bias={cfg.out_bias}")
+    return "mistral" if cfg.sliding_window is not None else "llama"
+
+
+def from_model_config(cfg: ModelConfig) -> dict:
+    """The `config.json` dict (transformers' keys) of `cfg`, for the family `family_for(cfg)` names."""
+    family = family_for(cfg)
+    dtype = str(cfg.param_dtype)
+    common = {"architectures": [FAMILY_ARCHITECTURE[family]], "model_type": family, "dtype": dtype}
+    if family == "gpt2":
+        activation = {"gelu": "gelu_new", "gelu_exact": "gelu"}[cfg.activation]
+        return {
+            **common,
+            "vocab_size": cfg.vocab_size,
+            "n_layer": cfg.num_layers,
+            "n_embd": cfg.d_model,
+            "n_head": cfg.num_heads,
+            "n_inner": cfg.d_ff,
+            "n_positions": cfg.max_len,
+            "layer_norm_epsilon": cfg.norm_epsilon,
+            "activation_function": activation,
+            "tie_word_embeddings": cfg.tie_embeddings,
+            "resid_pdrop": cfg.dropout_rate,
+            "embd_pdrop": cfg.dropout_rate,
+            "attn_pdrop": cfg.attention_dropout_rate,
+            "scale_attn_weights": True,
+            "scale_attn_by_inverse_layer_idx": False,
+            "add_cross_attention": False,
+        }
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_base}
+    if cfg.rope_scaling is not None:
+        s = cfg.rope_scaling
+        rope.update(rope_type=s.kind, factor=s.factor)
+        if s.kind == "llama3":
+            rope.update(
+                low_freq_factor=s.low_freq_factor,
+                high_freq_factor=s.high_freq_factor,
+                original_max_position_embeddings=s.original_max_len,
+            )
+    out = {
+        **common,
+        "vocab_size": cfg.vocab_size,
+        "num_hidden_layers": cfg.num_layers,
+        "hidden_size": cfg.d_model,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim,
+        "intermediate_size": cfg.d_ff,
+        "max_position_embeddings": cfg.max_len,
+        "hidden_act": "silu",
+        "rms_norm_eps": cfg.norm_epsilon,
+        "rope_parameters": rope,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "attention_dropout": cfg.attention_dropout_rate,
+    }
+    if family in ("llama", "qwen3"):
+        out.update(attention_bias=cfg.out_bias, mlp_bias=False)
+    if family == "mistral":
+        out["sliding_window"] = cfg.sliding_window
+    if family in ("qwen2", "qwen3"):
+        out["use_sliding_window"] = False
+    if family == "qwen3" and cfg.qk_norm_epsilon != cfg.norm_epsilon:
+        raise ValueError(
+            f"Qwen3 uses rms_norm_eps for q/k norms too: qk_norm_epsilon={cfg.qk_norm_epsilon} != "
+            f"norm_epsilon={cfg.norm_epsilon}."
+        )
+    return out

@@ -1,0 +1,142 @@
+"""Which Hugging Face tensor is which jaxformer parameter, both ways, for each supported family.
+
+A `Rule` ties a group of jaxformer parameters (paths in the model's `nnx.Param` state) to a group of checkpoint
+tensors, with the two conversions. Most are one to one; GPT-2's fused `c_attn` is one tensor for three of
+jaxformer's (w_q, w_k, w_v). Layouts:
+
+    torch Linear weight  [out, in]        jaxformer einsum weights  w_q [D, N, H], w_o [N, H, D], w_in [D, F]
+    GPT-2 Conv1D weight  [in, out]        (x @ W, so no transpose: only the head split)
+
+The rules cover every parameter of the model and every tensor of a checkpoint saved by transformers;
+`io.load_params` refuses a checkpoint with a tensor no rule reads, or a model parameter no rule writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax.numpy as jnp
+
+from jaxformer.models import ModelConfig
+
+# Non-parameter buffers that some GPT-2 checkpoints carry (the causal mask, a masking constant); never weights.
+GPT2_BUFFERS = ("attn.bias", "attn.masked_bias")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    params: tuple[str, ...]  # jaxformer paths, "blocks/layers/0/self_attention/w_q"
+    tensors: tuple[str, ...]  # checkpoint names, "transformer.h.0.attn.c_attn.weight"
+    load: Callable  # (*tensors) -> tuple of params
+    save: Callable  # (*params) -> tuple of tensors
+
+
+def _one(param: str, tensor: str, load=lambda t: t, save=lambda p: p) -> Rule:
+    return Rule((param,), (tensor,), lambda t: (load(t),), lambda p: (save(p),))
+
+
+def _linear_in(param: str, tensor: str, *heads: int) -> Rule:
+    """torch Linear [out = heads..., in = D] <-> jaxformer [D, heads...]."""
+    return _one(param, tensor, lambda t: t.T.reshape(t.shape[1], *heads), lambda p: p.reshape(p.shape[0], -1).T)
+
+
+def _linear_out(param: str, tensor: str, *heads: int) -> Rule:
+    """torch Linear [out = D, in = heads...] <-> jaxformer [heads..., D] (the attention output projection)."""
+    return _one(param, tensor, lambda t: t.T.reshape(*heads, t.shape[0]), lambda p: p.reshape(-1, p.shape[-1]).T)
+
+
+def _bias(param: str, tensor: str, *heads: int) -> Rule:
+    return _one(param, tensor, lambda t: t.reshape(*heads), lambda p: p.reshape(-1))
+
+
+def rules(family: str, cfg: ModelConfig) -> list[Rule]:
+    """Every rule of a `family` model with config `cfg` (the checkpoint names as transformers saves them)."""
+    return _gpt2_rules(cfg) if family == "gpt2" else _llama_rules(cfg)
+
+
+def _gpt2_rules(cfg: ModelConfig) -> list[Rule]:
+    N, H, D = cfg.num_heads, cfg.head_dim, cfg.d_model
+    out = [
+        _one("embed/tokens/embedding", "transformer.wte.weight"),
+        _one("embed/positions/embedding", "transformer.wpe.weight"),
+        _one("final_norm/scale", "transformer.ln_f.weight"),
+        _one("final_norm/bias", "transformer.ln_f.bias"),
+    ]
+    if not cfg.tie_embeddings:
+        out.append(_one("head/kernel", "lm_head.weight", lambda t: t.T, lambda p: p.T))
+
+    def split_qkv(w):  # [..., 3D] -> three [..., N, H]
+        return tuple(part.reshape(*part.shape[:-1], N, H) for part in jnp.split(w, 3, axis=-1))
+
+    def join_qkv(*ws):
+        return (jnp.concatenate([w.reshape(*w.shape[:-2], N * H) for w in ws], axis=-1),)
+
+    for i in range(cfg.num_layers):
+        h, layer = f"transformer.h.{i}", f"blocks/layers/{i}"
+        att = f"{layer}/self_attention"
+        out += [
+            _one(f"{layer}/self_residual/norm/scale", f"{h}.ln_1.weight"),
+            _one(f"{layer}/self_residual/norm/bias", f"{h}.ln_1.bias"),
+            Rule((f"{att}/w_q", f"{att}/w_k", f"{att}/w_v"), (f"{h}.attn.c_attn.weight",), split_qkv, join_qkv),
+            Rule((f"{att}/b_q", f"{att}/b_k", f"{att}/b_v"), (f"{h}.attn.c_attn.bias",), split_qkv, join_qkv),
+            _one(f"{att}/w_o", f"{h}.attn.c_proj.weight", lambda t: t.reshape(N, H, D), lambda p: p.reshape(N * H, D)),
+            _one(f"{att}/b_o", f"{h}.attn.c_proj.bias"),
+            _one(f"{layer}/ffn_residual/norm/scale", f"{h}.ln_2.weight"),
+            _one(f"{layer}/ffn_residual/norm/bias", f"{h}.ln_2.bias"),
+            _one(f"{layer}/ffn/w_in", f"{h}.mlp.c_fc.weight"),
+            _one(f"{layer}/ffn/b_in", f"{h}.mlp.c_fc.bias"),
+            _one(f"{layer}/ffn/w_out", f"{h}.mlp.c_proj.weight"),
+            _one(f"{layer}/ffn/b_out", f"{h}.mlp.c_proj.bias"),
+        ]
+    return out
+
+
+def _llama_rules(cfg: ModelConfig) -> list[Rule]:
+    N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    out = [
+        _one("embed/tokens/embedding", "model.embed_tokens.weight"),
+        _one("final_norm/scale", "model.norm.weight"),
+    ]
+    if not cfg.tie_embeddings:
+        out.append(_one("head/kernel", "lm_head.weight", lambda t: t.T, lambda p: p.T))
+    for i in range(cfg.num_layers):
+        m, layer = f"model.layers.{i}", f"blocks/layers/{i}"
+        att, a = f"{layer}/self_attention", f"{m}.self_attn"
+        out += [
+            _one(f"{layer}/self_residual/norm/scale", f"{m}.input_layernorm.weight"),
+            _linear_in(f"{att}/w_q", f"{a}.q_proj.weight", N, H),
+            _linear_in(f"{att}/w_k", f"{a}.k_proj.weight", K, H),
+            _linear_in(f"{att}/w_v", f"{a}.v_proj.weight", K, H),
+            _linear_out(f"{att}/w_o", f"{a}.o_proj.weight", N, H),
+            _one(f"{layer}/ffn_residual/norm/scale", f"{m}.post_attention_layernorm.weight"),
+            _linear_in(f"{layer}/ffn/w_gate", f"{m}.mlp.gate_proj.weight", cfg.d_ff),
+            _linear_in(f"{layer}/ffn/w_up", f"{m}.mlp.up_proj.weight", cfg.d_ff),
+            _linear_in(f"{layer}/ffn/w_out", f"{m}.mlp.down_proj.weight", cfg.d_model),
+        ]
+        if cfg.qkv_bias:
+            out += [
+                _bias(f"{att}/b_q", f"{a}.q_proj.bias", N, H),
+                _bias(f"{att}/b_k", f"{a}.k_proj.bias", K, H),
+                _bias(f"{att}/b_v", f"{a}.v_proj.bias", K, H),
+            ]
+        if cfg.out_bias:
+            out.append(_one(f"{att}/b_o", f"{a}.o_proj.bias"))
+        if cfg.qk_norm:
+            out += [
+                _one(f"{att}/q_norm/scale", f"{a}.q_norm.weight"),
+                _one(f"{att}/k_norm/scale", f"{a}.k_norm.weight"),
+            ]
+    return out
+
+
+def is_buffer(family: str, name: str) -> bool:
+    """Whether checkpoint tensor `name` is a known non-parameter buffer (never a weight) of `family`."""
+    return family == "gpt2" and name.endswith(GPT2_BUFFERS)
+
+
+def canonical(family: str, name: str) -> str:
+    """A checkpoint name as transformers saves it today (the original GPT-2 files have no `transformer.` prefix)."""
+    if family == "gpt2" and not name.startswith(("transformer.", "lm_head.")):
+        return "transformer." + name
+    return name

@@ -1,0 +1,251 @@
+"""Hugging Face checkpoints in and out, against fixtures that `transformers` made
+(experiments/make_pretrained_fixtures.py): logits, greedy generation, tokenizers, bit-exact save -> load, sharded
+loading, and every refusal.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from safetensors.flax import load_file, save_file
+
+from jaxformer import pretrained
+from jaxformer.decoding import generate
+
+FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "pretrained"
+DECODERS = ["gpt2", "llama", "mistral", "qwen2", "qwen3"]
+
+
+def reference(name: str) -> dict:
+    return dict(np.load(FIXTURES / name / "reference.npz"))
+
+
+def copy_fixture(name: str, tmp_path) -> pathlib.Path:
+    out = tmp_path / name
+    shutil.copytree(FIXTURES / name, out)
+    return out
+
+
+def params(model) -> list[np.ndarray]:
+    return [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
+
+
+@pytest.fixture(scope="module", params=DECODERS)
+def loaded(request):
+    return request.param, pretrained.from_pretrained(FIXTURES / request.param)
+
+
+def test_logits_equal_transformers(loaded):
+    name, model = loaded
+    ref = reference(name)
+    logits = model(jnp.asarray(ref["input_ids"]))
+    assert logits.shape == ref["logits"].shape
+    np.testing.assert_allclose(np.asarray(logits), ref["logits"], atol=1e-4, rtol=0)
+
+
+def test_greedy_generation_equals_transformers(loaded):
+    name, model = loaded
+    ref = reference(name)
+    tokens = generate(model, jnp.asarray(ref["input_ids"][:, :5]), 20, rng=jax.random.key(0), temperature=0.0)
+    np.testing.assert_array_equal(np.asarray(tokens), ref["greedy"])
+
+
+def test_the_config_reads_what_the_architecture_needs():
+    llama = pretrained.from_pretrained(FIXTURES / "llama").config
+    assert not llama.rope_interleaved and llama.rope_scaling.kind == "llama3" and llama.num_kv_heads == 2
+    assert pretrained.from_pretrained(FIXTURES / "mistral").config.sliding_window == 4
+    qwen2 = pretrained.from_pretrained(FIXTURES / "qwen2").config
+    assert qwen2.qkv_bias and not qwen2.out_bias and not qwen2.mlp_bias and qwen2.tie_embeddings
+    qwen3 = pretrained.from_pretrained(FIXTURES / "qwen3").config
+    assert qwen3.qk_norm and qwen3.head_dim * qwen3.num_heads != qwen3.d_model
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_save_then_load_is_bit_exact_and_rewrites_the_same_tensors(name, tmp_path):
+    model = pretrained.from_pretrained(FIXTURES / name)
+    out = pretrained.save_pretrained(model, tmp_path / "out")
+    again = pretrained.from_pretrained(out)
+    for a, b in zip(params(model), params(again), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert again.config == model.config
+    # The tensors written are the tensors transformers wrote, to the bit (names, shapes, values).
+    original = {}
+    for file in (FIXTURES / name).glob("*.safetensors"):
+        original.update(load_file(file))
+    written = load_file(pathlib.Path(out) / "model.safetensors")
+    assert sorted(written) == sorted(original)
+    for key, value in original.items():
+        np.testing.assert_array_equal(np.asarray(written[key]), np.asarray(value), err_msg=key)
+
+
+def test_save_shards_past_the_size_limit_and_loads_them(tmp_path):
+    model = pretrained.from_pretrained(FIXTURES / "gpt2")
+    out = pathlib.Path(pretrained.save_pretrained(model, tmp_path / "sharded", max_shard_bytes=20_000))
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
+    for a, b in zip(params(model), params(pretrained.from_pretrained(out)), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_dtype_bfloat16_is_kept_through_a_save(tmp_path):
+    model = pretrained.from_pretrained(FIXTURES / "llama", dtype=jnp.bfloat16)
+    assert {x.dtype for x in params(model)} == {jnp.dtype(jnp.bfloat16)}
+    out = pretrained.save_pretrained(model, tmp_path / "bf16")
+    assert json.loads((pathlib.Path(out) / "config.json").read_text())["dtype"] == "bfloat16"
+    again = pretrained.from_pretrained(out)  # no dtype: the checkpoint's own
+    assert again.config.param_dtype == jnp.bfloat16
+    for a, b in zip(params(model), params(again), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_tokenizer_encodes_as_transformers(name):
+    ref = reference(name)
+    tokenizer = pretrained.load_tokenizer(FIXTURES / name)
+    ids = tokenizer.encode(str(ref["text"]))
+    np.testing.assert_array_equal(ids, ref["text_ids_plain"])
+    assert ids.dtype == np.int32 and tokenizer.vocab_size >= int(ids.max()) + 1
+    if name == "gpt2":  # byte-level BPE is lossless
+        assert tokenizer.decode(ids) == str(ref["text"])
+    from jaxformer import data
+
+    again = data.tokenizer_from_dict(json.loads(json.dumps(tokenizer.to_dict())))  # as a workdir stores it
+    np.testing.assert_array_equal(again.encode(str(ref["text"])), ids)
+
+
+def test_a_loaded_model_loads_onto_a_mesh_of_eight_devices():
+    script = f"""
+import os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+import jax, numpy as np
+from jaxformer import pretrained
+from jaxformer.training import sharding
+ref = np.load("{FIXTURES}/llama/reference.npz")
+model = pretrained.from_pretrained("{FIXTURES}/llama", mesh=sharding.make_mesh(1, 8, 1))
+w = model.blocks.layers[0].ffn.w_gate.get_value()
+print(len(w.sharding.device_set), float(np.abs(np.asarray(model(ref["input_ids"])) - ref["logits"]).max()))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    devices, delta = out.stdout.split()
+    assert int(devices) == 8 and float(delta) < 1e-4
+
+
+# -- refusals -------------------------------------------------------------------------------------------------
+
+
+def edit_config(directory: pathlib.Path, **changes) -> None:
+    path = directory / "config.json"
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+
+
+def test_an_unknown_config_key_is_refused_by_name(tmp_path):
+    d = copy_fixture("gpt2", tmp_path)
+    edit_config(d, some_new_option=True)
+    with pytest.raises(ValueError, match=r"keys jaxformer does not support: \['some_new_option'\]"):
+        pretrained.from_pretrained(d)
+
+
+def test_an_unsupported_value_is_refused_by_name(tmp_path):
+    d = copy_fixture("llama", tmp_path)
+    edit_config(d, hidden_act="gelu")
+    with pytest.raises(ValueError, match=r"hidden_act='gelu' is not supported for llama models"):
+        pretrained.from_pretrained(d)
+    d = copy_fixture("gpt2", tmp_path / "b")
+    edit_config(d, scale_attn_by_inverse_layer_idx=True)
+    with pytest.raises(ValueError, match="scale_attn_by_inverse_layer_idx=True"):
+        pretrained.from_pretrained(d)
+
+
+def test_an_unsupported_architecture_or_dtype_is_refused(tmp_path):
+    d = copy_fixture("gpt2", tmp_path)
+    edit_config(d, architectures=["GPTNeoXForCausalLM"])
+    with pytest.raises(ValueError, match=r"architectures=\['GPTNeoXForCausalLM'\].*not supported"):
+        pretrained.from_pretrained(d)
+    edit_config(d, architectures=["GPT2LMHeadModel"], dtype="int8")
+    with pytest.raises(ValueError, match="dtype='int8' is not supported"):
+        pretrained.from_pretrained(d)
+
+
+def rewrite_tensors(directory: pathlib.Path, change) -> None:
+    path = directory / "model.safetensors"
+    tensors = {k: np.asarray(v) for k, v in load_file(path).items()}
+    change(tensors)
+    save_file({k: jnp.asarray(v) for k, v in tensors.items()}, path, metadata={"format": "pt"})
+
+
+def test_a_missing_tensor_is_named(tmp_path):
+    d = copy_fixture("gpt2", tmp_path)
+    rewrite_tensors(d, lambda t: t.pop("transformer.h.1.mlp.c_fc.bias"))
+    with pytest.raises(ValueError, match=r"lacks tensor 'transformer.h.1.mlp.c_fc.bias'"):
+        pretrained.from_pretrained(d)
+
+
+def test_an_extra_tensor_is_named(tmp_path):
+    d = copy_fixture("qwen2", tmp_path)
+    rewrite_tensors(d, lambda t: t.update({"model.layers.0.self_attn.o_proj.bias": np.zeros(24, np.float32)}))
+    with pytest.raises(ValueError, match=r"tensors no part of the model reads: \['model.layers.0.self_attn.o_proj"):
+        pretrained.from_pretrained(d)
+
+
+def test_a_wrong_shape_is_named(tmp_path):
+    d = copy_fixture("gpt2", tmp_path)
+    rewrite_tensors(d, lambda t: t.update({"transformer.ln_f.weight": np.ones(7, np.float32)}))
+    with pytest.raises(ValueError, match=r"\['transformer.ln_f.weight'\] give final_norm/scale shape \(7,\)"):
+        pretrained.from_pretrained(d)
+
+
+def test_old_gpt2_files_without_the_prefix_and_with_mask_buffers_load(tmp_path):
+    """The original GPT-2 release names tensors `h.0...` and stores the causal mask `h.{i}.attn.bias`."""
+    d = copy_fixture("gpt2", tmp_path)
+
+    def old_style(tensors):
+        for key in list(tensors):
+            tensors[key.removeprefix("transformer.")] = tensors.pop(key)
+        tensors["h.0.attn.bias"] = np.tril(np.ones((1, 1, 64, 64), np.float32))
+
+    rewrite_tensors(d, old_style)
+    ref = reference("gpt2")
+    logits = pretrained.from_pretrained(d)(jnp.asarray(ref["input_ids"]))
+    np.testing.assert_allclose(np.asarray(logits), ref["logits"], atol=1e-4, rtol=0)
+
+
+def test_a_hub_id_offline_and_not_cached_says_what_to_do(tmp_path):
+    script = "from jaxformer import pretrained; pretrained.from_pretrained('nobody/no-such-model')"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode != 0
+    assert "'nobody/no-such-model' is not a local directory" in out.stderr and "huggingface-cli download" in out.stderr
+
+
+def test_save_refuses_what_no_architecture_computes(tmp_path):
+    from jaxformer.models import GPT, ModelConfig
+
+    model = GPT(ModelConfig.variant("gpt2-tiny", norm_position="post"), rngs=nnx.Rngs(0))
+    with pytest.raises(
+        ValueError, match="No Hugging Face architecture computes this ModelConfig: norm_position='post'"
+    ):
+        pretrained.save_pretrained(model, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", DECODERS)
+def test_transformers_loads_what_jaxformer_saves(name, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    out = pretrained.save_pretrained(pretrained.from_pretrained(FIXTURES / name), tmp_path / name)
+    model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    ref = reference(name)
+    with torch.no_grad():
+        logits = model(torch.as_tensor(ref["input_ids"]).long()).logits.numpy()
+    np.testing.assert_allclose(logits, ref["logits"], atol=1e-4, rtol=0)
