@@ -66,10 +66,7 @@ def from_pretrained(path_or_id: str | os.PathLike, *, dtype=None, mesh: Mesh | N
         specs = io.flat_params(sharding.param_specs(abstract_params, mesh))
         shardings = {path: NamedSharding(mesh, spec) for path, spec in specs.items()}
     reader = io.TensorReader(io.tensor_files(directory), family)
-    try:
-        values = io.load_params(reader, weights.rules(family, cfg), abstract, shardings)
-    finally:
-        reader.close()
+    values = io.load_params(reader, weights.rules(family, cfg), abstract, shardings)
     is_abstract = lambda x: isinstance(x, jax.ShapeDtypeStruct)
     params = jax.tree_util.tree_map_with_path(lambda p, _: values[io.path_str(p)], abstract_params, is_leaf=is_abstract)
     model = nnx.merge(graphdef, params, rest)

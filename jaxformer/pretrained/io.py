@@ -74,30 +74,27 @@ def tensor_files(directory: str) -> dict[str, str]:
 
 
 class TensorReader:
-    """Reads named tensors one at a time (`get`), remembering which were read; opens each file once."""
+    """Reads named tensors one at a time (`get`), remembering which were read.
+
+    Each read opens the file, copies the one tensor out and closes it again: safetensors maps the file into
+    memory, and pages of a mapping that stays open count as the process's memory until it is closed, so a reader
+    that kept the files open would end up holding the whole checkpoint beside the model."""
 
     def __init__(self, files: dict[str, str], family: str):
         self.family = family
         self.files = {weights.canonical(family, name): (file, name) for name, file in files.items()}
-        self.handles: dict[str, object] = {}
         self.used: set[str] = set()
 
     def get(self, name: str) -> jax.Array:
         if name not in self.files:
             raise ValueError(f"The checkpoint lacks tensor {name!r}, which the model needs.")
         file, stored = self.files[name]
-        if file not in self.handles:
-            self.handles[file] = safe_open(file, framework="flax").__enter__()
         self.used.add(name)
-        return self.handles[file].get_tensor(stored)
+        with safe_open(file, framework="flax") as f:
+            return f.get_tensor(stored)
 
     def unused(self) -> list[str]:
         return sorted(n for n in set(self.files) - self.used if not weights.is_buffer(self.family, n))
-
-    def close(self) -> None:
-        for handle in self.handles.values():
-            handle.__exit__(None, None, None)
-        self.handles.clear()
 
 
 def path_str(path) -> str:
