@@ -1,7 +1,8 @@
 """The `jaxformer` command.
 
     jaxformer train   --config CONFIG --workdir DIR [--config.KEY=VALUE ...]
-    jaxformer sample  --workdir DIR [--prompt TEXT] [--num_tokens N] [--temperature T] [--top_k K] [--seed S]
+    jaxformer sample  --workdir DIR | --pretrained DIR_OR_HUB_ID
+                      [--prompt TEXT] [--num_tokens N] [--temperature T] [--top_k K] [--seed S]
     jaxformer memory  --config CONFIG [--config.mesh.fsdp=8 ...] [--devices N]  (per-device bytes, nothing trained)
     jaxformer configs                                                           (the recipes, one line each)
 
@@ -96,19 +97,29 @@ def _sample(argv: list[str]) -> None:
     from absl import app, flags
 
     flags.DEFINE_string("workdir", None, "A training run's workdir.")
+    flags.DEFINE_string("pretrained", None, "Instead of --workdir: a Hugging Face checkpoint directory or hub id.")
     flags.DEFINE_string("prompt", "\n", "Text to continue.")
     flags.DEFINE_integer("num_tokens", 500, "Tokens to generate.")
     flags.DEFINE_float("temperature", 0.8, "0 = greedy.")
     flags.DEFINE_integer("top_k", 200, "Keep the k most likely tokens (0 = all).")
     flags.DEFINE_integer("seed", 0, "Sampling seed.")
-    flags.mark_flags_as_required(["workdir"])
+    flags.register_multi_flags_validator(
+        ["workdir", "pretrained"],
+        lambda v: (v["workdir"] is None) != (v["pretrained"] is None),
+        message="pass exactly one of --workdir (a training run) and --pretrained (a checkpoint directory or hub id)",
+    )
 
     def main(_):
         from jaxformer.training.tasks.lm import load_trained, sample_text
 
         _quiet()
         f = flags.FLAGS
-        model, tokenizer, _ = load_trained(f.workdir)
+        if f.pretrained is not None:
+            from jaxformer import pretrained
+
+            model, tokenizer = pretrained.from_pretrained(f.pretrained), pretrained.load_tokenizer(f.pretrained)
+        else:
+            model, tokenizer, _ = load_trained(f.workdir)
         top_k = min(f.top_k, tokenizer.vocab_size) if f.top_k else None
         print(
             sample_text(model, tokenizer, f.prompt, f.num_tokens, seed=f.seed, temperature=f.temperature, top_k=top_k)

@@ -249,3 +249,20 @@ def test_transformers_loads_what_jaxformer_saves(name, tmp_path):
     with torch.no_grad():
         logits = model(torch.as_tensor(ref["input_ids"]).long()).logits.numpy()
     np.testing.assert_allclose(logits, ref["logits"], atol=1e-4, rtol=0)
+
+
+def test_jaxformer_sample_generates_from_a_pretrained_checkpoint():
+    """The command prints the prompt and the model's greedy continuation (greedy itself is checked against
+    transformers above; this checks the command's wiring: checkpoint, tokenizer, decoding)."""
+    prompt = str(reference("gpt2")["text"])
+    tokenizer = pretrained.load_tokenizer(FIXTURES / "gpt2")
+    model = pretrained.from_pretrained(FIXTURES / "gpt2")
+    want = generate(model, jnp.asarray([tokenizer.encode(prompt)]), 20, rng=jax.random.key(0), temperature=0.0)
+    command = [sys.executable, "-m", "jaxformer.cli", "sample", f"--pretrained={FIXTURES / 'gpt2'}"]
+    out = subprocess.run(
+        [*command, f"--prompt={prompt}", "--num_tokens=20", "--temperature=0"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.rstrip("\n") == prompt + tokenizer.decode(np.asarray(want[0]))
+    neither = subprocess.run([*command[:-1], "--prompt=x"], capture_output=True, text=True)
+    assert neither.returncode != 0 and "pass exactly one of --workdir" in neither.stderr
