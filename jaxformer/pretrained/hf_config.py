@@ -20,6 +20,7 @@ ARCHITECTURES = {
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
+    "ViTForImageClassification": "vit",
 }
 FAMILY_ARCHITECTURE = {family: arch for arch, family in ARCHITECTURES.items()}
 LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3")
@@ -120,7 +121,12 @@ def to_model_config(hf: dict, **overrides) -> ModelConfig:
     """The `ModelConfig` of a Hugging Face `config.json` dict (plus field `overrides`, e.g. dtype)."""
     family = family_of(hf)
     keys = _Keys(hf, family)
-    fields = _gpt2_fields(keys) if family == "gpt2" else _llama_fields(keys, family)
+    if family == "gpt2":
+        fields = _gpt2_fields(keys)
+    elif family == "vit":
+        fields = _vit_fields(keys)
+    else:
+        fields = _llama_fields(keys, family)
     keys.finish()
     return ModelConfig(**{**fields, **overrides})
 
@@ -158,6 +164,37 @@ def _gpt2_fields(keys: _Keys) -> dict:
         tie_embeddings=keys.take("tie_word_embeddings", True),
         dropout_rate=resid,
         attention_dropout_rate=keys.take("attn_pdrop", 0.1),
+    )
+
+
+def _vit_fields(keys: _Keys) -> dict:
+    keys.expect("hidden_act", "gelu")
+    # encoder_stride and the pooler's settings belong to heads a ViTForImageClassification does not have.
+    for unused in ("encoder_stride", "pooler_act", "pooler_output_size"):
+        keys.take(unused, None)
+    image, patch = keys.take("image_size"), keys.take("patch_size")
+    labels = keys.hf.get("id2label") or {}
+    dropout = keys.take("hidden_dropout_prob", 0.0)
+    return dict(
+        vocab_size=0,
+        num_layers=keys.take("num_hidden_layers"),
+        d_model=keys.take("hidden_size"),
+        num_heads=keys.take("num_attention_heads"),
+        d_ff=keys.take("intermediate_size"),
+        max_len=(image // patch) ** 2 + 1,
+        image_size=image,
+        patch_size=patch,
+        num_channels=keys.take("num_channels", 3),
+        num_classes=len(labels) or 2,  # transformers' default num_labels
+        positional="learned",
+        norm="layernorm",
+        norm_position="pre",
+        norm_epsilon=keys.take("layer_norm_eps", 1e-12),
+        activation="gelu_exact",
+        use_bias=True,
+        qkv_bias=keys.take("qkv_bias", True),
+        dropout_rate=dropout,
+        attention_dropout_rate=keys.take("attention_probs_dropout_prob", 0.0),
     )
 
 
@@ -237,12 +274,20 @@ def _llama_fields(keys: _Keys, family: str) -> dict:
 # -- ModelConfig -> config.json ----------------------------------------------------------------------------------
 
 
-def family_for(cfg: ModelConfig) -> str:
-    """The Hugging Face family whose computation `cfg` is, or a ValueError naming the field that fits none."""
+def family_for(cfg: ModelConfig, *, vision: bool = False) -> str:
+    """The Hugging Face family whose computation `cfg` is (`vision`: of a ViT), or a ValueError naming the field
+    that fits none."""
 
     def need(condition: bool, what: str) -> None:
         if not condition:
             raise ValueError(f"No Hugging Face architecture computes this ModelConfig: {what}.")
+
+    if vision:
+        need(cfg.num_classes > 0, "a ViT without a classifier (num_classes=0)")
+        need(cfg.positional == "learned" and cfg.norm == "layernorm", "ViT: learned positions, layernorm")
+        need(cfg.norm_position == "pre" and cfg.activation == "gelu_exact", "ViT: pre-norm, exact GELU")
+        need(cfg.out_bias and cfg.mlp_bias and not cfg.qk_norm, "ViT: output and MLP biases, no qk_norm")
+        return "vit"
 
     need(cfg.norm_position == "pre", f"norm_position={cfg.norm_position!r} (the decoders are pre-norm)")
     need(not cfg.embed_scale and not cfg.embed_norm and cfg.type_vocab_size == 0, "embed_scale / embed_norm / types")
@@ -268,11 +313,29 @@ def family_for(cfg: ModelConfig) -> str:
     return "mistral" if cfg.sliding_window is not None else "llama"
 
 
-def from_model_config(cfg: ModelConfig) -> dict:
+def from_model_config(cfg: ModelConfig, *, vision: bool = False) -> dict:
     """The `config.json` dict (transformers' keys) of `cfg`, for the family `family_for(cfg)` names."""
-    family = family_for(cfg)
+    family = family_for(cfg, vision=vision)
     dtype = str(cfg.param_dtype)
     common = {"architectures": [FAMILY_ARCHITECTURE[family]], "model_type": family, "dtype": dtype}
+    if family == "vit":
+        return {
+            **common,
+            "hidden_size": cfg.d_model,
+            "num_hidden_layers": cfg.num_layers,
+            "num_attention_heads": cfg.num_heads,
+            "intermediate_size": cfg.d_ff,
+            "hidden_act": "gelu",
+            "image_size": cfg.image_size,
+            "patch_size": cfg.patch_size,
+            "num_channels": cfg.num_channels,
+            "layer_norm_eps": cfg.norm_epsilon,
+            "qkv_bias": cfg.qkv_bias,
+            "hidden_dropout_prob": cfg.dropout_rate,
+            "attention_probs_dropout_prob": cfg.attention_dropout_rate,
+            "id2label": {str(i): f"LABEL_{i}" for i in range(cfg.num_classes)},
+            "label2id": {f"LABEL_{i}": i for i in range(cfg.num_classes)},
+        }
     if family == "gpt2":
         activation = {"gelu": "gelu_new", "gelu_exact": "gelu"}[cfg.activation]
         return {

@@ -52,7 +52,9 @@ def _bias(param: str, tensor: str, *heads: int) -> Rule:
 
 def rules(family: str, cfg: ModelConfig) -> list[Rule]:
     """Every rule of a `family` model with config `cfg` (the checkpoint names as transformers saves them)."""
-    return _gpt2_rules(cfg) if family == "gpt2" else _llama_rules(cfg)
+    if family == "gpt2":
+        return _gpt2_rules(cfg)
+    return _vit_rules(cfg) if family == "vit" else _llama_rules(cfg)
 
 
 def _gpt2_rules(cfg: ModelConfig) -> list[Rule]:
@@ -126,6 +128,52 @@ def _llama_rules(cfg: ModelConfig) -> list[Rule]:
             out += [
                 _one(f"{att}/q_norm/scale", f"{a}.q_norm.weight"),
                 _one(f"{att}/k_norm/scale", f"{a}.k_norm.weight"),
+            ]
+    return out
+
+
+def _vit_rules(cfg: ModelConfig) -> list[Rule]:
+    N, H, D, P, C = cfg.num_heads, cfg.head_dim, cfg.d_model, cfg.patch_size, cfg.num_channels
+    e = "vit.embeddings"
+    out = [
+        _one("cls_token", f"{e}.cls_token", lambda t: t.reshape(D), lambda p: p.reshape(1, 1, D)),
+        _one("positions/embedding", f"{e}.position_embeddings", lambda t: t[0], lambda p: p[None]),
+        # torch's conv weight [D, C, P, P] <-> the flattened HWIO kernel [P P C, D] of patchify's order
+        _one(
+            "patch_embed/kernel",
+            f"{e}.patch_embeddings.projection.weight",
+            lambda t: t.transpose(2, 3, 1, 0).reshape(P * P * C, D),
+            lambda p: p.reshape(P, P, C, D).transpose(3, 2, 0, 1),
+        ),
+        _one("patch_embed/bias", f"{e}.patch_embeddings.projection.bias"),
+        _one("final_norm/scale", "vit.layernorm.weight"),
+        _one("final_norm/bias", "vit.layernorm.bias"),
+        _one("head_kernel", "classifier.weight", lambda t: t.T, lambda p: p.T),
+        _one("head_bias", "classifier.bias"),
+    ]
+    for i in range(cfg.num_layers):
+        v, layer = f"vit.encoder.layer.{i}", f"blocks/layers/{i}"
+        att, a = f"{layer}/attention", f"{v}.attention"
+        out += [
+            _one(f"{layer}/attention_residual/norm/scale", f"{v}.layernorm_before.weight"),
+            _one(f"{layer}/attention_residual/norm/bias", f"{v}.layernorm_before.bias"),
+            _linear_in(f"{att}/w_q", f"{a}.attention.query.weight", N, H),
+            _linear_in(f"{att}/w_k", f"{a}.attention.key.weight", N, H),
+            _linear_in(f"{att}/w_v", f"{a}.attention.value.weight", N, H),
+            _linear_out(f"{att}/w_o", f"{a}.output.dense.weight", N, H),
+            _one(f"{att}/b_o", f"{a}.output.dense.bias"),
+            _one(f"{layer}/ffn_residual/norm/scale", f"{v}.layernorm_after.weight"),
+            _one(f"{layer}/ffn_residual/norm/bias", f"{v}.layernorm_after.bias"),
+            _linear_in(f"{layer}/ffn/w_in", f"{v}.intermediate.dense.weight", cfg.d_ff),
+            _one(f"{layer}/ffn/b_in", f"{v}.intermediate.dense.bias"),
+            _linear_in(f"{layer}/ffn/w_out", f"{v}.output.dense.weight", D),
+            _one(f"{layer}/ffn/b_out", f"{v}.output.dense.bias"),
+        ]
+        if cfg.qkv_bias:
+            out += [
+                _bias(f"{att}/b_q", f"{a}.attention.query.bias", N, H),
+                _bias(f"{att}/b_k", f"{a}.attention.key.bias", N, H),
+                _bias(f"{att}/b_v", f"{a}.attention.value.bias", N, H),
             ]
     return out
 

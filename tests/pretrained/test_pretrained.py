@@ -238,6 +238,36 @@ def test_save_refuses_what_no_architecture_computes(tmp_path):
         pretrained.save_pretrained(model, tmp_path)
 
 
+def images(ref) -> jax.Array:
+    return jnp.asarray(ref["pixel_values"]).transpose(0, 2, 3, 1)  # transformers' NCHW -> jaxformer's NHWC
+
+
+def test_vit_logits_equal_transformers_and_save_load_is_bit_exact(tmp_path):
+    ref = reference("vit")
+    model = pretrained.from_pretrained(FIXTURES / "vit")
+    np.testing.assert_allclose(np.asarray(model(images(ref))), ref["logits"], atol=1e-4, rtol=0)
+    again = pretrained.from_pretrained(pretrained.save_pretrained(model, tmp_path / "vit"))
+    for a, b in zip(params(model), params(again), strict=True):
+        np.testing.assert_array_equal(a, b)
+    original = load_file(FIXTURES / "vit" / "model.safetensors")
+    written = load_file(tmp_path / "vit" / "model.safetensors")
+    assert sorted(written) == sorted(original)
+    for key, value in original.items():
+        np.testing.assert_array_equal(np.asarray(written[key]), np.asarray(value), err_msg=key)
+
+
+@pytest.mark.slow
+def test_transformers_loads_the_vit_jaxformer_saves(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    out = pretrained.save_pretrained(pretrained.from_pretrained(FIXTURES / "vit"), tmp_path / "vit")
+    model = transformers.ViTForImageClassification.from_pretrained(out).eval()
+    ref = reference("vit")
+    with torch.no_grad():
+        logits = model(torch.as_tensor(ref["pixel_values"])).logits.numpy()
+    np.testing.assert_allclose(logits, ref["logits"], atol=1e-4, rtol=0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", DECODERS)
 def test_transformers_loads_what_jaxformer_saves(name, tmp_path):
