@@ -33,10 +33,11 @@ def _dense_params(cfg: ModelConfig, rngs: nnx.Rngs) -> tuple[nnx.Param, nnx.Para
 
 
 class BERTOutput(NamedTuple):
-    """hidden `[B, T, D]`: the final token states; pooled `[B, D]`: tanh(hidden[:, 0] W + b), the [CLS] summary."""
+    """hidden `[B, T, D]`: the final token states; pooled `[B, D]`: tanh(hidden[:, 0] W + b), the [CLS] summary
+    (None for a model built with `pooler=False`)."""
 
     hidden: jax.Array
-    pooled: jax.Array
+    pooled: jax.Array | None
 
 
 class Pooler(nnx.Module):
@@ -122,8 +123,8 @@ class BERT(nnx.Module):
             remat=config.remat,
         )
         self.final_norm = make_norm(config, rngs=rngs) if config.norm_position == "pre" else None
-        self.pooler = Pooler(config, rngs=rngs)
-        self.mlm_head = MLMHead(config, self.embed.tokens, rngs=rngs)
+        self.pooler = Pooler(config, rngs=rngs) if config.pooler else None
+        self.mlm_head = MLMHead(config, self.embed.tokens, rngs=rngs) if config.mlm_head else None
 
     def __call__(
         self,
@@ -157,11 +158,13 @@ class BERT(nnx.Module):
         x = self.embed(tokens, positions=positions, token_types=token_types, valid=valid)
         x = self.blocks(x, mask=mask, valid=valid, positions=positions)
         x = apply_norm(self.final_norm, x, valid)
-        return BERTOutput(hidden=x, pooled=self.pooler(x))
+        return BERTOutput(hidden=x, pooled=None if self.pooler is None else self.pooler(x))
 
     def mlm_logits(self, hidden: jax.Array, *, valid: jax.Array | None = None) -> jax.Array:
         """Masked-LM logits float32 `[..., V]` from final states `[..., D]` (`[B, T, D]`, or gathered `[M, D]`).
 
         valid: bool `hidden.shape[:-1]`, used only by a BatchNorm head (its statistics skip padding).
         """
+        if self.mlm_head is None:
+            raise ValueError("This BERT has no masked-LM head (ModelConfig.mlm_head=False).")
         return self.mlm_head(hidden, valid)

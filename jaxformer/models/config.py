@@ -28,7 +28,8 @@ class ModelConfig(BlockConfig):
     Embeddings: `tie_embeddings` (output logits use the input embedding), `head_bias` (a bias on the logits),
     `embed_scale` (multiply token embeddings by sqrt(D), as Vaswani et al.), `embed_norm` (a norm after the
     embedding sum, as BERT),
-    `type_vocab_size` (BERT segment embeddings; 0 = none), `init_std` (embeddings), and the position encoding
+    `type_vocab_size` (BERT segment embeddings; 0 = none), `pooler` / `mlm_head` (BERT's [CLS] pooler and
+    masked-LM head: a checkpoint may have either or both), `init_std` (embeddings), and the position encoding
     `positional` (a block field: learned | sinusoidal | rope | alibi | none).
     Encoder-decoder: `num_decoder_layers` (default `num_layers`). ViT: `image_size`, `patch_size`,
     `num_channels`, `num_classes`. Execution: `scan_layers` (one compiled block, scanned over L: compile time
@@ -49,6 +50,8 @@ class ModelConfig(BlockConfig):
     embed_scale: bool = False
     embed_norm: bool = False
     type_vocab_size: int = 0
+    pooler: bool = True
+    mlm_head: bool = True
     image_size: int = 224
     patch_size: int = 16
     num_channels: int = 3

@@ -2,12 +2,13 @@
 
     from jaxformer import pretrained
 
-    model = pretrained.from_pretrained("path/to/dir" or "hub-id", dtype=None, mesh=None)   # GPT / ViT, .config
+    model = pretrained.from_pretrained("path/to/dir" or "hub-id", dtype=None, mesh=None)   # GPT/BERT/ViT, .config
     tokenizer = pretrained.load_tokenizer("path/to/dir" or "hub-id")                     # data.Tokenizer protocol
     pretrained.save_pretrained(model, "out/dir", tokenizer=tokenizer)                    # transformers loads it
 
 Supported (`config.json`'s architectures): GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM (sliding window),
-Qwen2ForCausalLM (q/k/v biases), Qwen3ForCausalLM (q/k norms) as `GPT`; ViTForImageClassification as `ViT`.
+Qwen2ForCausalLM (q/k/v biases), Qwen3ForCausalLM (q/k norms) as `GPT`; BertForMaskedLM and BertModel as `BERT`;
+ViTForImageClassification as `ViT`.
 What each needs is a `ModelConfig` option (rotate-half RoPE, Llama-3 RoPE scaling, separate bias switches, norm
 epsilons), so the weights load as they are. A config key or tensor that jaxformer does not compute is refused
 with an error naming it (hf_config.py, weights.py); docs/pretrained.md has the table.
@@ -24,7 +25,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxformer import data
-from jaxformer.models import GPT, ModelConfig, ViT
+from jaxformer.models import BERT, GPT, ModelConfig, ViT
 from jaxformer.pretrained import hf_config, io, weights
 from jaxformer.training import sharding
 
@@ -40,7 +41,7 @@ def _checkpoint_dtype(hf: dict):
     return _DTYPES[name]
 
 
-def from_pretrained(path_or_id: str | os.PathLike, *, dtype=None, mesh: Mesh | None = None) -> GPT | ViT:
+def from_pretrained(path_or_id: str | os.PathLike, *, dtype=None, mesh: Mesh | None = None) -> GPT | BERT | ViT:
     """The model a Hugging Face checkpoint describes, in eval mode, with its `ModelConfig` as `.config`.
 
     path_or_id: a directory with `config.json` and `*.safetensors`, or a hub id (downloaded into the
@@ -54,7 +55,7 @@ def from_pretrained(path_or_id: str | os.PathLike, *, dtype=None, mesh: Mesh | N
     family = hf_config.family_of(hf)
     dtype = _checkpoint_dtype(hf) if dtype is None else jnp.dtype(dtype)
     cfg = hf_config.to_model_config(hf, dtype=dtype, param_dtype=dtype)
-    model_class = ViT if family == "vit" else GPT
+    model_class = {"vit": ViT, "bert": BERT}.get(family, GPT)
     make = lambda: model_class(cfg, rngs=nnx.Rngs(0))
     graphdef, abstract_params, abstract_rest = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
     # The RNG state of the dropout layers, materialised alone: XLA drops the parameters' initialisers.
@@ -76,18 +77,18 @@ def from_pretrained(path_or_id: str | os.PathLike, *, dtype=None, mesh: Mesh | N
 
 
 def save_pretrained(
-    model: GPT | ViT, directory: str | os.PathLike, *, tokenizer=None, max_shard_bytes: int = 5 * 2**30
+    model: GPT | BERT | ViT, directory: str | os.PathLike, *, tokenizer=None, max_shard_bytes: int = 5 * 2**30
 ) -> str:
     """Writes `model` in Hugging Face's layout to `directory` (created): `config.json` and the weights as
     safetensors (sharded past `max_shard_bytes`, with an index), plus `tokenizer.json` when `tokenizer` is a
     `data.HFTokenizer`. `transformers`' AutoModelForCausalLM.from_pretrained loads it; so does `from_pretrained`,
     bit-exactly. Returns the directory."""
-    if not isinstance(model, GPT | ViT):
-        raise TypeError(f"save_pretrained writes GPT and ViT models; got a {type(model).__name__}.")
+    if not isinstance(model, GPT | BERT | ViT):
+        raise TypeError(f"save_pretrained writes GPT, BERT and ViT models; got a {type(model).__name__}.")
     cfg: ModelConfig = model.config
     if cfg.scan_layers:
         raise ValueError("save_pretrained needs a model with scan_layers=False (one parameter set per layer).")
-    hf = hf_config.from_model_config(cfg, vision=isinstance(model, ViT))
+    hf = hf_config.from_model_config(cfg, vision=isinstance(model, ViT), encoder=isinstance(model, BERT))
     family = hf["model_type"]
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)

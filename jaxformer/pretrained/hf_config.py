@@ -21,8 +21,10 @@ ARCHITECTURES = {
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
     "ViTForImageClassification": "vit",
+    "BertForMaskedLM": "bert",
+    "BertModel": "bert",
 }
-FAMILY_ARCHITECTURE = {family: arch for arch, family in ARCHITECTURES.items()}
+FAMILY_ARCHITECTURE = {family: arch for arch, family in ARCHITECTURES.items()}  # BERT: set by the heads below
 LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3")
 
 # Keys that describe no computation of the model (ids of special tokens, generation and training defaults, how it
@@ -125,6 +127,8 @@ def to_model_config(hf: dict, **overrides) -> ModelConfig:
         fields = _gpt2_fields(keys)
     elif family == "vit":
         fields = _vit_fields(keys)
+    elif family == "bert":
+        fields = _bert_fields(keys, masked_lm="BertForMaskedLM" in (hf.get("architectures") or []))
     else:
         fields = _llama_fields(keys, family)
     keys.finish()
@@ -164,6 +168,36 @@ def _gpt2_fields(keys: _Keys) -> dict:
         tie_embeddings=keys.take("tie_word_embeddings", True),
         dropout_rate=resid,
         attention_dropout_rate=keys.take("attn_pdrop", 0.1),
+    )
+
+
+def _bert_fields(keys: _Keys, *, masked_lm: bool) -> dict:
+    keys.expect("hidden_act", "gelu")
+    keys.expect("position_embedding_type", "absolute")
+    keys.expect("is_decoder", False)
+    keys.expect("add_cross_attention", False)
+    keys.take("classifier_dropout", None)  # a sequence-classification head's; these files have none
+    dropout = keys.take("hidden_dropout_prob", 0.1)
+    return dict(
+        vocab_size=keys.take("vocab_size"),
+        num_layers=keys.take("num_hidden_layers"),
+        d_model=keys.take("hidden_size"),
+        num_heads=keys.take("num_attention_heads"),
+        d_ff=keys.take("intermediate_size"),
+        max_len=keys.take("max_position_embeddings"),
+        type_vocab_size=keys.take("type_vocab_size", 2),
+        positional="learned",
+        norm="layernorm",
+        norm_position="post",
+        norm_epsilon=keys.take("layer_norm_eps", 1e-12),
+        embed_norm=True,
+        activation="gelu_exact",
+        use_bias=True,
+        tie_embeddings=keys.take("tie_word_embeddings", True),
+        pooler=not masked_lm,  # BertModel has the pooler; BertForMaskedLM drops it
+        mlm_head=masked_lm,
+        dropout_rate=dropout,
+        attention_dropout_rate=keys.take("attention_probs_dropout_prob", 0.1),
     )
 
 
@@ -274,7 +308,7 @@ def _llama_fields(keys: _Keys, family: str) -> dict:
 # -- ModelConfig -> config.json ----------------------------------------------------------------------------------
 
 
-def family_for(cfg: ModelConfig, *, vision: bool = False) -> str:
+def family_for(cfg: ModelConfig, *, vision: bool = False, encoder: bool = False) -> str:
     """The Hugging Face family whose computation `cfg` is (`vision`: of a ViT), or a ValueError naming the field
     that fits none."""
 
@@ -282,6 +316,15 @@ def family_for(cfg: ModelConfig, *, vision: bool = False) -> str:
         if not condition:
             raise ValueError(f"No Hugging Face architecture computes this ModelConfig: {what}.")
 
+    if encoder:
+        need(cfg.positional == "learned" and cfg.norm == "layernorm", "BERT: learned positions, layernorm")
+        need(cfg.norm_position == "post" and cfg.embed_norm, "BERT: post-norm with a norm after the embeddings")
+        need(cfg.activation == "gelu_exact" and cfg.qkv_bias and cfg.out_bias and cfg.mlp_bias, "BERT: GELU, biases")
+        need(
+            cfg.pooler != cfg.mlm_head,
+            "BERT with both or neither of pooler and mlm_head (BertModel has the pooler, BertForMaskedLM the head)",
+        )
+        return "bert"
     if vision:
         need(cfg.num_classes > 0, "a ViT without a classifier (num_classes=0)")
         need(cfg.positional == "learned" and cfg.norm == "layernorm", "ViT: learned positions, layernorm")
@@ -313,11 +356,31 @@ def family_for(cfg: ModelConfig, *, vision: bool = False) -> str:
     return "mistral" if cfg.sliding_window is not None else "llama"
 
 
-def from_model_config(cfg: ModelConfig, *, vision: bool = False) -> dict:
+def from_model_config(cfg: ModelConfig, *, vision: bool = False, encoder: bool = False) -> dict:
     """The `config.json` dict (transformers' keys) of `cfg`, for the family `family_for(cfg)` names."""
-    family = family_for(cfg, vision=vision)
+    family = family_for(cfg, vision=vision, encoder=encoder)
     dtype = str(cfg.param_dtype)
-    common = {"architectures": [FAMILY_ARCHITECTURE[family]], "model_type": family, "dtype": dtype}
+    architecture = (
+        ("BertForMaskedLM" if cfg.mlm_head else "BertModel") if family == "bert" else FAMILY_ARCHITECTURE[family]
+    )
+    common = {"architectures": [architecture], "model_type": family, "dtype": dtype}
+    if family == "bert":
+        return {
+            **common,
+            "vocab_size": cfg.vocab_size,
+            "hidden_size": cfg.d_model,
+            "num_hidden_layers": cfg.num_layers,
+            "num_attention_heads": cfg.num_heads,
+            "intermediate_size": cfg.d_ff,
+            "hidden_act": "gelu",
+            "max_position_embeddings": cfg.max_len,
+            "type_vocab_size": cfg.type_vocab_size,
+            "layer_norm_eps": cfg.norm_epsilon,
+            "tie_word_embeddings": cfg.tie_embeddings,
+            "hidden_dropout_prob": cfg.dropout_rate,
+            "attention_probs_dropout_prob": cfg.attention_dropout_rate,
+            "position_embedding_type": "absolute",
+        }
     if family == "vit":
         return {
             **common,

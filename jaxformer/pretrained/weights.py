@@ -54,6 +54,8 @@ def rules(family: str, cfg: ModelConfig) -> list[Rule]:
     """Every rule of a `family` model with config `cfg` (the checkpoint names as transformers saves them)."""
     if family == "gpt2":
         return _gpt2_rules(cfg)
+    if family == "bert":
+        return _bert_rules(cfg)
     return _vit_rules(cfg) if family == "vit" else _llama_rules(cfg)
 
 
@@ -132,6 +134,56 @@ def _llama_rules(cfg: ModelConfig) -> list[Rule]:
     return out
 
 
+def _bert_rules(cfg: ModelConfig) -> list[Rule]:
+    N, H, D = cfg.num_heads, cfg.head_dim, cfg.d_model
+    e = "bert.embeddings"
+    out = [
+        _one("embed/tokens/embedding", f"{e}.word_embeddings.weight"),
+        _one("embed/positions/embedding", f"{e}.position_embeddings.weight"),
+        _one("embed/token_types/embedding", f"{e}.token_type_embeddings.weight"),
+        _one("embed/norm/scale", f"{e}.LayerNorm.weight"),
+        _one("embed/norm/bias", f"{e}.LayerNorm.bias"),
+    ]
+    if cfg.pooler:
+        out += [
+            _one("pooler/kernel", "bert.pooler.dense.weight", lambda t: t.T, lambda p: p.T),
+            _one("pooler/bias", "bert.pooler.dense.bias"),
+        ]
+    if cfg.mlm_head:
+        c = "cls.predictions"
+        out += [
+            _one("mlm_head/kernel", f"{c}.transform.dense.weight", lambda t: t.T, lambda p: p.T),
+            _one("mlm_head/bias", f"{c}.transform.dense.bias"),
+            _one("mlm_head/norm/scale", f"{c}.transform.LayerNorm.weight"),
+            _one("mlm_head/norm/bias", f"{c}.transform.LayerNorm.bias"),
+            _one("mlm_head/output_bias", f"{c}.bias"),
+        ]
+        if not cfg.tie_embeddings:
+            out.append(_one("mlm_head/decoder", f"{c}.decoder.weight", lambda t: t.T, lambda p: p.T))
+    for i in range(cfg.num_layers):
+        b, layer = f"bert.encoder.layer.{i}", f"blocks/layers/{i}"
+        att, a = f"{layer}/attention", f"{b}.attention"
+        out += [
+            _linear_in(f"{att}/w_q", f"{a}.self.query.weight", N, H),
+            _linear_in(f"{att}/w_k", f"{a}.self.key.weight", N, H),
+            _linear_in(f"{att}/w_v", f"{a}.self.value.weight", N, H),
+            _bias(f"{att}/b_q", f"{a}.self.query.bias", N, H),
+            _bias(f"{att}/b_k", f"{a}.self.key.bias", N, H),
+            _bias(f"{att}/b_v", f"{a}.self.value.bias", N, H),
+            _linear_out(f"{att}/w_o", f"{a}.output.dense.weight", N, H),
+            _one(f"{att}/b_o", f"{a}.output.dense.bias"),
+            _one(f"{layer}/attention_residual/norm/scale", f"{a}.output.LayerNorm.weight"),
+            _one(f"{layer}/attention_residual/norm/bias", f"{a}.output.LayerNorm.bias"),
+            _linear_in(f"{layer}/ffn/w_in", f"{b}.intermediate.dense.weight", cfg.d_ff),
+            _one(f"{layer}/ffn/b_in", f"{b}.intermediate.dense.bias"),
+            _linear_in(f"{layer}/ffn/w_out", f"{b}.output.dense.weight", D),
+            _one(f"{layer}/ffn/b_out", f"{b}.output.dense.bias"),
+            _one(f"{layer}/ffn_residual/norm/scale", f"{b}.output.LayerNorm.weight"),
+            _one(f"{layer}/ffn_residual/norm/bias", f"{b}.output.LayerNorm.bias"),
+        ]
+    return out
+
+
 def _vit_rules(cfg: ModelConfig) -> list[Rule]:
     N, H, D, P, C = cfg.num_heads, cfg.head_dim, cfg.d_model, cfg.patch_size, cfg.num_channels
     e = "vit.embeddings"
@@ -184,7 +236,10 @@ def is_buffer(family: str, name: str) -> bool:
 
 
 def canonical(family: str, name: str) -> str:
-    """A checkpoint name as transformers saves it today (the original GPT-2 files have no `transformer.` prefix)."""
+    """A checkpoint name as transformers saves it inside its task model (the original GPT-2 files have no
+    `transformer.` prefix, a BertModel's no `bert.`)."""
     if family == "gpt2" and not name.startswith(("transformer.", "lm_head.")):
         return "transformer." + name
+    if family == "bert" and not name.startswith(("bert.", "cls.")):  # a BertModel's own files have no prefix
+        return "bert." + name
     return name

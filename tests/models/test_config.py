@@ -23,6 +23,8 @@ def test_a_model_config_is_a_block_config_that_adds_only_model_fields():
         "head_bias",
         "embed_scale",
         "embed_norm",
+        "pooler",
+        "mlm_head",
         "type_vocab_size",
         "image_size",
         "patch_size",

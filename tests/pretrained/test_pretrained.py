@@ -106,7 +106,7 @@ def test_dtype_bfloat16_is_kept_through_a_save(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "llama"])
+@pytest.mark.parametrize("name", ["gpt2", "llama", "qwen2", "bert"])
 def test_tokenizer_encodes_as_transformers(name):
     ref = reference(name)
     tokenizer = pretrained.load_tokenizer(FIXTURES / name)
@@ -254,6 +254,69 @@ def test_vit_logits_equal_transformers_and_save_load_is_bit_exact(tmp_path):
     assert sorted(written) == sorted(original)
     for key, value in original.items():
         np.testing.assert_array_equal(np.asarray(written[key]), np.asarray(value), err_msg=key)
+
+
+def bert_outputs(model, ref):
+    valid = ref["attention_mask"].astype(bool)
+    out = model(jnp.asarray(ref["input_ids"]), valid=jnp.asarray(valid), token_types=jnp.asarray(ref["token_type_ids"]))
+    return out, valid
+
+
+def test_bert_masked_lm_equals_transformers_on_real_tokens_and_save_load_is_bit_exact(tmp_path):
+    """Padded query positions are not compared: transformers lets them attend to the real tokens, jaxformer gives
+    them nothing to attend to (their states are documented as meaningless)."""
+    ref = reference("bert")
+    model = pretrained.from_pretrained(FIXTURES / "bert")
+    assert model.config.mlm_head and not model.config.pooler  # BertForMaskedLM has no pooler
+    out, valid = bert_outputs(model, ref)
+    np.testing.assert_allclose(np.asarray(out.hidden)[valid], ref["hidden"][valid], atol=1e-4, rtol=0)
+    logits = np.asarray(model.mlm_logits(out.hidden))
+    np.testing.assert_allclose(logits[valid], ref["logits"][valid], atol=1e-4, rtol=0)
+    again = pretrained.from_pretrained(pretrained.save_pretrained(model, tmp_path / "bert"))
+    for a, b in zip(params(model), params(again), strict=True):
+        np.testing.assert_array_equal(a, b)
+    original = load_file(FIXTURES / "bert" / "model.safetensors")
+    written = load_file(tmp_path / "bert" / "model.safetensors")
+    assert sorted(written) == sorted(original)
+    for key, value in original.items():
+        np.testing.assert_array_equal(np.asarray(written[key]), np.asarray(value), err_msg=key)
+
+
+def test_a_bert_model_with_a_pooler_round_trips_as_bert_model(tmp_path):
+    from jaxformer.models import BERT, ModelConfig
+
+    cfg = ModelConfig.variant("bert-tiny", num_layers=1, mlm_head=False)
+    model = BERT(cfg, rngs=nnx.Rngs(0))
+    out = pathlib.Path(pretrained.save_pretrained(model, tmp_path / "base"))
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["BertModel"]
+    again = pretrained.from_pretrained(out)
+    assert again.config.pooler and not again.config.mlm_head
+    for a, b in zip(params(model), params(again), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="no masked-LM head"):
+        again.mlm_logits(jnp.zeros((1, 2, cfg.d_model)))
+
+
+@pytest.mark.slow
+def test_transformers_loads_the_bert_models_jaxformer_saves(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    ref = reference("bert")
+    out = pretrained.save_pretrained(pretrained.from_pretrained(FIXTURES / "bert"), tmp_path / "mlm")
+    model = transformers.BertForMaskedLM.from_pretrained(out).eval()
+    inputs = {k: torch.as_tensor(ref[k]).long() for k in ("input_ids", "attention_mask", "token_type_ids")}
+    with torch.no_grad():
+        logits = model(**inputs).logits.numpy()
+    np.testing.assert_allclose(logits, ref["logits"], atol=1e-4, rtol=0)
+    from jaxformer.models import BERT, ModelConfig
+
+    base = BERT(ModelConfig.variant("bert-tiny", num_layers=1, mlm_head=False), rngs=nnx.Rngs(0))
+    base.eval()  # bert-tiny trains with dropout 0.1
+    theirs = transformers.BertModel.from_pretrained(pretrained.save_pretrained(base, tmp_path / "base")).eval()
+    ids = np.arange(10, dtype=np.int64)[None]
+    with torch.no_grad():
+        want = theirs(torch.as_tensor(ids)).pooler_output.numpy()
+    np.testing.assert_allclose(np.asarray(base(jnp.asarray(ids)).pooled), want, atol=1e-4, rtol=0)
 
 
 @pytest.mark.slow
