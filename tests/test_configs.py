@@ -16,7 +16,14 @@ import setuptools
 from jaxformer import cli, configs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPES = ["bert_mlm_tiny", "seq2seq_toy", "shakespeare_char", "shakespeare_char_cpu", "vit_digits"]
+RECIPES = [
+    "bert_mlm_tiny",
+    "gpt2_finetune_shakespeare",
+    "seq2seq_toy",
+    "shakespeare_char",
+    "shakespeare_char_cpu",
+    "vit_digits",
+]
 
 
 def test_names_are_the_package_modules_sorted():

@@ -29,7 +29,7 @@ from jaxformer.models import BERT, GPT, ModelConfig, ViT
 from jaxformer.pretrained import hf_config, io, weights
 from jaxformer.training import sharding
 
-__all__ = ["from_pretrained", "load_tokenizer", "save_pretrained"]
+__all__ = ["from_pretrained", "load_params", "load_tokenizer", "model_class", "save_pretrained"]
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -52,14 +52,30 @@ def from_pretrained(path_or_id: str | os.PathLike, *, dtype=None, mesh: Mesh | N
     """
     directory = io.resolve(path_or_id)
     hf = io.read_config(directory)
-    family = hf_config.family_of(hf)
     dtype = _checkpoint_dtype(hf) if dtype is None else jnp.dtype(dtype)
     cfg = hf_config.to_model_config(hf, dtype=dtype, param_dtype=dtype)
-    model_class = {"vit": ViT, "bert": BERT}.get(family, GPT)
-    make = lambda: model_class(cfg, rngs=nnx.Rngs(0))
-    graphdef, abstract_params, abstract_rest = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
+    make = lambda: model_class(hf)(cfg, rngs=nnx.Rngs(0))
+    graphdef, _, _ = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
     # The RNG state of the dropout layers, materialised alone: XLA drops the parameters' initialisers.
     rest = jax.jit(lambda: nnx.state(make(), nnx.Not(nnx.Param)))()
+    model = nnx.merge(graphdef, load_params(directory, cfg, mesh=mesh), rest)
+    model.eval()
+    return model
+
+
+def model_class(hf: dict) -> type[GPT | BERT | ViT]:
+    """The jaxformer model class of a `config.json` dict."""
+    return {"vit": ViT, "bert": BERT}.get(hf_config.family_of(hf), GPT)
+
+
+def load_params(path_or_id: str | os.PathLike, cfg: ModelConfig, *, mesh: Mesh | None = None) -> nnx.State:
+    """The `nnx.Param` state of a checkpoint for the model `cfg` describes (which must be the checkpoint's
+    architecture, e.g. `hf_config.to_model_config` of its config.json with other dtypes or dropout rates), each
+    parameter in `cfg.param_dtype`, placed on the default device or split over `mesh` by the rules table."""
+    directory = io.resolve(path_or_id)
+    hf = io.read_config(directory)
+    family = hf_config.family_of(hf)
+    abstract_params = nnx.state(nnx.eval_shape(lambda: model_class(hf)(cfg, rngs=nnx.Rngs(0))), nnx.Param)
     abstract = io.flat_params(abstract_params)
     if mesh is None:
         device = NamedSharding(Mesh(jax.devices()[:1], ("replica",)), PartitionSpec())
@@ -70,10 +86,7 @@ def from_pretrained(path_or_id: str | os.PathLike, *, dtype=None, mesh: Mesh | N
     reader = io.TensorReader(io.tensor_files(directory), family)
     values = io.load_params(reader, weights.rules(family, cfg), abstract, shardings)
     is_abstract = lambda x: isinstance(x, jax.ShapeDtypeStruct)
-    params = jax.tree_util.tree_map_with_path(lambda p, _: values[io.path_str(p)], abstract_params, is_leaf=is_abstract)
-    model = nnx.merge(graphdef, params, rest)
-    model.eval()
-    return model
+    return jax.tree_util.tree_map_with_path(lambda p, _: values[io.path_str(p)], abstract_params, is_leaf=is_abstract)
 
 
 def save_pretrained(

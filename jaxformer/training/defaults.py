@@ -19,6 +19,9 @@ def default_config() -> ml_collections.ConfigDict:
     config.name = "run"
     config.task = "lm"  # lm | mlm | seq2seq | classification (jaxformer.training.tasks)
     config.seed = 0
+    # A Hugging Face checkpoint (directory or hub id) to start from: its weights, and its architecture as the
+    # model fields (config.model may then set only execution fields: dtype, remat, attention_impl, dropout rates).
+    config.init_from = ""
 
     config.data = ml_collections.ConfigDict()  # keys depend on the task: see jaxformer/training/tasks/<task>.py
     config.model = ml_collections.ConfigDict()

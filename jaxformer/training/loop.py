@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from jaxformer import pretrained
 from jaxformer.training import multihost, plots, sharding
 from jaxformer.training.checkpoints import Checkpointer
 from jaxformer.training.metrics import MetricsLog, perplexity
@@ -60,6 +61,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
     start = checkpoints.latest_step()
+    if start is None and config.get("init_from"):  # a fresh run from pretrained weights (a resume has its own)
+        params = pretrained.load_params(config.init_from, model_cfg, mesh=runner.state_mesh)
+        state = state.replace(params=jax.device_put(params, runner.state_shardings.params))
+        if leader:
+            print(f"Initialised the parameters from {config.init_from}.")
     if start is not None:
         state, data_state, _ = checkpoints.restore(state, start)
         batches.restore(data_state)

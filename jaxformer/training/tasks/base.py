@@ -22,6 +22,7 @@ from flax import nnx
 
 from jaxformer import ops
 from jaxformer.models import ModelConfig
+from jaxformer.pretrained import hf_config, io
 from jaxformer.training.metrics import perplexity
 from jaxformer.training.state import TrainState
 
@@ -46,6 +47,8 @@ class Task(abc.ABC):
         """ModelConfig fields that the data fixes (vocab_size, max_len, image_size, ...), over the config's."""
 
     def model_config(self) -> ModelConfig:
+        if self.config.get("init_from"):
+            return pretrained_model_config(self.config, self.model_fields())
         return build_model_config(self.config, self.model_fields())
 
     @abc.abstractmethod
@@ -98,6 +101,44 @@ def build_model_config(config: ml_collections.ConfigDict, fields: dict) -> Model
             raise ValueError(
                 f"config.model.{name}={getattr(cfg, name)} is smaller than the data needs ({fields[name]}); "
                 f"remove the override or raise it."
+            )
+    return cfg
+
+
+# What a run may change about a pretrained architecture: how it computes and trains, not what it computes.
+EXECUTION_FIELDS = (
+    "dtype",
+    "scan_layers",
+    "remat",
+    "attention_impl",
+    "dropout_rate",
+    "attention_dropout_rate",
+    "ffn_dropout_rate",
+)
+
+
+def pretrained_model_config(config: ml_collections.ConfigDict, fields: dict) -> ModelConfig:
+    """The architecture of the checkpoint `config.init_from` (its config.json), with the execution fields of
+    `config.model` (float32 parameters for training). Any other `config.model` field that differs from the
+    checkpoint's is an error naming both values; so is data that does not fit it (vocabulary, context)."""
+    cfg = hf_config.to_model_config(io.read_config(io.resolve(config.init_from)))
+    overrides = dict(config.model.to_dict())
+    overrides.pop("variant", None)
+    changes = {k: v for k, v in overrides.items() if k in EXECUTION_FIELDS}
+    cfg = cfg.replace(**changes)
+    for name, value in overrides.items():
+        if name not in EXECUTION_FIELDS and getattr(cfg, name) != getattr(cfg.replace(**{name: value}), name):
+            raise ValueError(
+                f"config.model.{name}={value!r} contradicts the checkpoint {config.init_from!r}, whose {name} is "
+                f"{getattr(cfg, name)!r}; remove the override (with init_from the architecture is the checkpoint's)."
+            )
+    if cfg.scan_layers:
+        raise ValueError("config.init_from needs config.model.scan_layers=False (checkpoints store each layer).")
+    for name in ("vocab_size", "max_len"):
+        if name in fields and getattr(cfg, name) < fields[name]:
+            raise ValueError(
+                f"The data needs {name} >= {fields[name]}, but the checkpoint {config.init_from!r} has "
+                f"{getattr(cfg, name)}; use its tokenizer (config.data.tokenizer='hf:...') and a shorter seq_len."
             )
     return cfg
 

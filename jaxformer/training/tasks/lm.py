@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxformer import data
+from jaxformer import data, pretrained
 from jaxformer.decoding import generate
 from jaxformer.models import GPT
 from jaxformer.training.checkpoints import Checkpointer
@@ -25,7 +25,7 @@ from jaxformer.training.optimizers import build_optimizer
 from jaxformer.training.state import create_train_state, merge
 from jaxformer.training.tasks.base import Task, build_model_config, classification_loss, evaluate_batches
 
-TOKENIZERS = ("char", "byte", "sentencepiece")
+TOKENIZERS = ("char", "byte", "sentencepiece", "hf:DIR_OR_HUB_ID")
 
 
 def load_text(cfg: ml_collections.ConfigDict, split: str) -> str:
@@ -46,6 +46,8 @@ def make_tokenizer(cfg: ml_collections.ConfigDict, train_text: str) -> data.Toke
         return data.CharTokenizer.from_text(train_text)
     if name == "byte":
         return data.ByteTokenizer()
+    if name.startswith("hf:"):  # a pretrained model's tokenizer.json
+        return pretrained.load_tokenizer(name.removeprefix("hf:"))
     if name == "sentencepiece":
         return data.SentencePieceTokenizer.train(
             train_text, vocab_size=cfg.vocab_size, model_type=cfg.get("sentencepiece_type", "unigram")

@@ -1,0 +1,49 @@
+"""Fine-tuning from a Hugging Face checkpoint: `config.init_from` starts `train_and_evaluate` from its weights, with
+its architecture and (`data.tokenizer = "hf:..."`) its tokenizer; contradicting overrides are refused."""
+
+import json
+import pathlib
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxformer import pretrained
+from jaxformer.configs import load_config
+from jaxformer.training.loop import train_and_evaluate
+from jaxformer.training.tasks import make_task
+from jaxformer.training.tasks.lm import lm_loss
+
+GPT2 = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "pretrained" / "gpt2"
+
+
+def finetune_config(corpus, **model):
+    config = load_config("gpt2_finetune_shakespeare")
+    config.init_from = str(GPT2)
+    config.data.update(source="text_file", path=str(corpus), tokenizer=f"hf:{GPT2}", seq_len=16)
+    config.model.update(dtype="float32", **model)
+    config.update(num_steps=4, log_every=1, eval_every=4, checkpoint_every=4, warmup_steps=0, batch_size=4)
+    config.sample.num_tokens = 4
+    return config
+
+
+def test_the_first_step_trains_the_pretrained_weights(tmp_path, corpus):
+    # No dropout, so that step 1's training loss is the pretrained model's loss on the first batch.
+    config = finetune_config(corpus, dropout_rate=0.0, attention_dropout_rate=0.0)
+    train_and_evaluate(config, str(tmp_path))
+    first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 1
+    task = make_task(config)  # the same seed: the same first batch
+    batch = {k: jnp.asarray(v) for k, v in next(task.batches).items()}
+    want, _ = lm_loss(pretrained.from_pretrained(GPT2), batch)
+    np.testing.assert_allclose(first["train_loss"], float(want), rtol=1e-5)
+    assert task.model_config().num_layers == 2 and task.tokenizer.vocab_size == 300  # the checkpoint's
+
+
+def test_an_override_that_contradicts_the_checkpoint_is_refused(tmp_path, corpus):
+    config = finetune_config(corpus)
+    config.model.num_layers = 3
+    with pytest.raises(
+        ValueError, match=r"config.model.num_layers=3 contradicts the checkpoint .* whose num_layers is 2"
+    ):
+        make_task(config).model_config()
