@@ -359,3 +359,33 @@ def test_jaxformer_sample_generates_from_a_pretrained_checkpoint():
     assert out.stdout.rstrip("\n") == prompt + tokenizer.decode(np.asarray(want[0]))
     neither = subprocess.run([*command[:-1], "--prompt=x"], capture_output=True, text=True)
     assert neither.returncode != 0 and "pass exactly one of --workdir" in neither.stderr
+
+
+def test_a_hub_id_downloads_into_the_cache_then_loads_offline(tmp_path):
+    """Against a stand-in for the hub on 127.0.0.1 (tests/pretrained/hub_server.py): the first load downloads the
+    checkpoint into huggingface_hub's cache, a second one with HF_HUB_OFFLINE=1 reads it from there."""
+    from tests.pretrained.hub_server import HubServer
+
+    script = f"""
+import numpy as np
+from jaxformer import pretrained
+ref = np.load("{FIXTURES}/llama/reference.npz")
+model = pretrained.from_pretrained("someone/tiny-llama")
+tokens = pretrained.load_tokenizer("someone/tiny-llama").encode(str(ref["text"]))
+delta = float(np.abs(np.asarray(model(ref["input_ids"])) - ref["logits"]).max())
+print(delta, list(tokens) == list(ref["text_ids_plain"]))
+"""
+    with HubServer({"someone/tiny-llama": str(FIXTURES / "llama")}) as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path), "HF_HUB_DISABLE_XET": "1"}
+        online = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+        assert online.returncode == 0, online.stderr[-3000:]
+        delta, same_ids = online.stdout.split()
+        assert float(delta) < 1e-4 and same_ids == "True"
+        downloaded = {path for method, path in hub.requests if method == "GET" and "/resolve/" in path}
+        assert any(p.endswith(".safetensors") for p in downloaded) and not any("reference" in p for p in downloaded)
+        hub.requests.clear()
+        offline = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, env={**env, "HF_HUB_OFFLINE": "1"}
+        )
+        assert offline.returncode == 0, offline.stderr[-3000:]
+        assert offline.stdout.split() == online.stdout.split() and hub.requests == []
