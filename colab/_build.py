@@ -763,3 +763,89 @@ for mesh_sizes in ({"data": -1, "fsdp": 1, "tensor": 1}, {"data": 1, "fsdp": -1,
     ],
     data=True,
 )
+
+# ---------------------------------------------------------------------------------------------------------------
+notebook(
+    "07_pretrained_gpt2.ipynb",
+    "07 · GPT-2 from the hub: generate, fine-tune on tiny Shakespeare, generate again",
+    """
+`jaxformer.pretrained` loads a Hugging Face checkpoint (config.json + safetensors) into jaxformer's own `GPT`,
+with its tokenizer.json as a jaxformer tokenizer. Here GPT-2 small writes a few lines, is fine-tuned on tiny
+Shakespeare with the `gpt2_finetune_shakespeare` recipe (`config.init_from`: the checkpoint's architecture and
+weights), writes again, and is saved back in Hugging Face's layout, which `transformers` loads as it is.
+""",
+    """
+CHECKPOINT = "openai-community/gpt2"  # a hub id (downloaded once into the huggingface_hub cache) or a directory
+FINETUNE_STEPS = 300  # the recipe runs 1000
+BATCH_SIZE, SEQ_LEN = 8, 256
+DTYPE = "bfloat16"  # computation; the parameters train in float32
+PROMPT = "ROMEO:"
+NUM_TOKENS = 100
+WORKDIR = "workdir/07_gpt2_shakespeare"
+""",
+    [
+        md("## Load the checkpoint and its tokenizer"),
+        code("""
+import jax
+from flax import nnx
+
+from jaxformer import pretrained
+
+model = pretrained.from_pretrained(CHECKPOINT)
+tokenizer = pretrained.load_tokenizer(CHECKPOINT)
+cfg = model.config
+print(f"{cfg.num_layers} layers, d_model {cfg.d_model}, {cfg.num_heads} heads, vocabulary {cfg.vocab_size}, "
+      f"context {cfg.max_len}; {sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))):,} parameters")
+"""),
+        md("## Generate before fine-tuning (KV cache, top-k sampling)"),
+        code("""
+from jaxformer.training.tasks.lm import sample_text
+
+print(sample_text(model, tokenizer, PROMPT, NUM_TOKENS, seed=0, temperature=0.8, top_k=50))
+"""),
+        md("""
+## Fine-tune
+
+The recipe sets `config.init_from` (the architecture and the starting weights are the checkpoint's: a
+`config.model` field that contradicts it is an error) and `config.data.tokenizer = "hf:..."` (GPT-2's BPE).
+"""),
+        code("""
+from jaxformer.configs import load_config
+from jaxformer.training.loop import train_and_evaluate
+
+config = load_config("gpt2_finetune_shakespeare")
+config.init_from = CHECKPOINT
+config.data.tokenizer = f"hf:{CHECKPOINT}"
+config.model.dtype = DTYPE
+config.data.seq_len = SEQ_LEN
+config.update(num_steps=FINETUNE_STEPS, batch_size=BATCH_SIZE, warmup_steps=min(100, FINETUNE_STEPS // 10))
+config.update(log_every=max(1, FINETUNE_STEPS // 10), eval_every=FINETUNE_STEPS, checkpoint_every=FINETUNE_STEPS)
+config.sample.num_tokens = NUM_TOKENS
+shutil.rmtree(WORKDIR, ignore_errors=True)
+final = train_and_evaluate(config, WORKDIR)
+print({key: round(value, 4) for key, value in final.items() if isinstance(value, float)})
+"""),
+        md("## Generate again, from the fine-tuned checkpoint"),
+        code("""
+from jaxformer.training.tasks.lm import load_trained
+
+tuned, tuned_tokenizer, _ = load_trained(WORKDIR)
+print(sample_text(tuned, tuned_tokenizer, PROMPT, NUM_TOKENS, seed=0, temperature=0.8, top_k=50))
+"""),
+        md("""
+## Save in Hugging Face's layout
+
+`save_pretrained` writes config.json, the weights as safetensors and tokenizer.json;
+`transformers.AutoModelForCausalLM.from_pretrained(directory)` loads them, and so does `from_pretrained`, bit-exactly.
+"""),
+        code("""
+out = pretrained.save_pretrained(tuned, f"{WORKDIR}/hf", tokenizer=tokenizer)
+print(sorted(os.listdir(out)))
+again = pretrained.from_pretrained(out)
+pairs = zip(jax.tree.leaves(nnx.state(tuned, nnx.Param)), jax.tree.leaves(nnx.state(again, nnx.Param)), strict=True)
+same = all(bool((a == b).all()) for a, b in pairs)
+print("reloaded bit-exactly:", same)
+"""),
+    ],
+    data=True,
+)

@@ -33,6 +33,15 @@ TINY = {
     "06_sharding_and_checkpoints": dict(
         D_MODEL=32, NUM_LAYERS=1, NUM_HEADS=4, BATCH_SIZE=8, SEQ_LEN=16, STEPS=3, CONTINUE_STEPS=2
     ),
+    # The committed GPT-2-shaped fixture (made by transformers) instead of the hub's GPT-2.
+    "07_pretrained_gpt2": dict(
+        CHECKPOINT=os.path.join(ROOT, "tests", "fixtures", "pretrained", "gpt2"),
+        FINETUNE_STEPS=4,
+        BATCH_SIZE=4,
+        SEQ_LEN=16,
+        DTYPE="float32",
+        NUM_TOKENS=8,
+    ),
 }
 # Wall time of each notebook's run with TINY, kernel start included, measured one at a time with
 # `pytest -p no:xdist` on the busy 2-core dev machine (load average ~11): 01 52 s (27 s at load 7), 02 76 s,
@@ -47,6 +56,7 @@ SLOW = {
     "04_claims_tour",
     "05_scaling_laws",
     "06_sharding_and_checkpoints",
+    "07_pretrained_gpt2",
 }
 
 

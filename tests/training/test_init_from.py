@@ -12,7 +12,7 @@ from jaxformer import pretrained
 from jaxformer.configs import load_config
 from jaxformer.training.loop import train_and_evaluate
 from jaxformer.training.tasks import make_task
-from jaxformer.training.tasks.lm import lm_loss
+from jaxformer.training.tasks.lm import lm_loss, load_trained
 
 GPT2 = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "pretrained" / "gpt2"
 
@@ -38,6 +38,10 @@ def test_the_first_step_trains_the_pretrained_weights(tmp_path, corpus):
     want, _ = lm_loss(pretrained.from_pretrained(GPT2), batch)
     np.testing.assert_allclose(first["train_loss"], float(want), rtol=1e-5)
     assert task.model_config().num_layers == 2 and task.tokenizer.vocab_size == 300  # the checkpoint's
+    # `jaxformer sample` rebuilds the same architecture from the run's saved config (a regression: it used to
+    # build config.model's variant instead, and orbax refused the checkpoint).
+    model, tokenizer, _ = load_trained(str(tmp_path))
+    assert model.config == task.model_config() and tokenizer.vocab_size == 300
 
 
 def test_an_override_that_contradicts_the_checkpoint_is_refused(tmp_path, corpus):

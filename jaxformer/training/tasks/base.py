@@ -47,9 +47,7 @@ class Task(abc.ABC):
         """ModelConfig fields that the data fixes (vocab_size, max_len, image_size, ...), over the config's."""
 
     def model_config(self) -> ModelConfig:
-        if self.config.get("init_from"):
-            return pretrained_model_config(self.config, self.model_fields())
-        return build_model_config(self.config, self.model_fields())
+        return run_model_config(self.config, self.model_fields())
 
     @abc.abstractmethod
     def loss(self, model: nnx.Module, batch: dict) -> tuple[jax.Array, dict]:
@@ -88,6 +86,14 @@ def classification_loss(
     correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
     accuracy = jnp.sum(correct * w) / jnp.maximum(tokens, 1.0)
     return loss, {"nll": nll, "accuracy": accuracy, "tokens": tokens}
+
+
+def run_model_config(config: ml_collections.ConfigDict, fields: dict) -> ModelConfig:
+    """The architecture a run trains: the checkpoint's with `config.init_from`, else `config.model` over the
+    data's `fields`. Training and every later reader of the run (sampling) ask this one function."""
+    if config.get("init_from"):
+        return pretrained_model_config(config, fields)
+    return build_model_config(config, fields)
 
 
 def build_model_config(config: ml_collections.ConfigDict, fields: dict) -> ModelConfig:

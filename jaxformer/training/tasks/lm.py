@@ -23,7 +23,7 @@ from jaxformer.models import GPT
 from jaxformer.training.checkpoints import Checkpointer
 from jaxformer.training.optimizers import build_optimizer
 from jaxformer.training.state import create_train_state, merge
-from jaxformer.training.tasks.base import Task, build_model_config, classification_loss, evaluate_batches
+from jaxformer.training.tasks.base import Task, classification_loss, evaluate_batches, run_model_config
 
 TOKENIZERS = ("char", "byte", "sentencepiece", "hf:DIR_OR_HUB_ID")
 
@@ -159,7 +159,7 @@ def load_trained(workdir: str) -> tuple[GPT, data.Tokenizer, ml_collections.Conf
         config = ml_collections.ConfigDict(checkpoints.restore_config(step))
         if config.get("task", "lm") != "lm":
             raise ValueError(f"{workdir} holds a {config.task!r} model; sampling text needs task 'lm'.")
-        model_cfg = build_model_config(config, lm_model_fields(config, tokenizer))
+        model_cfg = run_model_config(config, lm_model_fields(config, tokenizer))
         _, optimizer = build_optimizer(config, d_model=model_cfg.d_model)
         graphs, template = create_train_state(GPT(model_cfg, rngs=nnx.Rngs(config.seed)), optimizer)
         state, _, _ = checkpoints.restore(template, step)
