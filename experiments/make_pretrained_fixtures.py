@@ -27,6 +27,9 @@ name          class (``architectures[0]``)       what it exercises
 ``bert``      ``BertForMaskedLM``                exact gelu, post-LN, token types, padded ``attention_mask``;
                                                  uncased WordPiece tokenizer, vocab 96
 ``vit``       ``ViTForImageClassification``      32x32x3 images, patch 8 (16 patches + CLS), 10 labels
+``vit_model`` ``ViTModel``                       the same shapes, no classifier, with its [CLS] pooler: its
+                                                reference has ``hidden`` (last_hidden_state), ``pooled``
+                                                (pooler_output) and ``logits`` = ``pooled`` (for the checks)
 ============  =================================  ===========================================================
 
 llama, mistral and qwen3 share one tokenizer: a sentencepiece-style BPE (Metaspace "▁" pre-tokenizer and decoder,
@@ -108,6 +111,7 @@ from transformers import (
     Qwen3ForCausalLM,
     ViTConfig,
     ViTForImageClassification,
+    ViTModel,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -435,7 +439,7 @@ def build(name: str, vocab: int) -> torch.nn.Module:
             pad_token_id=0,
         )
         return BertForMaskedLM(cfg)
-    if name == "vit":
+    if name in ("vit", "vit_model"):
         cfg = ViTConfig(
             image_size=32,
             patch_size=8,
@@ -447,7 +451,7 @@ def build(name: str, vocab: int) -> torch.nn.Module:
             hidden_act="gelu",
             num_labels=10,
         )
-        return ViTForImageClassification(cfg)
+        return ViTForImageClassification(cfg) if name == "vit" else ViTModel(cfg, add_pooling_layer=True)
     raise ValueError(name)
 
 
@@ -469,7 +473,8 @@ def logits_of(model: torch.nn.Module, ids: np.ndarray) -> np.ndarray:
 def forward_logits(model: torch.nn.Module, ref: dict[str, np.ndarray]) -> np.ndarray:
     """The logits for the inputs stored in ``ref`` (pixel_values, or input_ids + optional mask / token types)."""
     if "pixel_values" in ref:
-        return model(pixel_values=torch.from_numpy(ref["pixel_values"])).logits.numpy()
+        out = model(pixel_values=torch.from_numpy(ref["pixel_values"]))
+        return (out.pooler_output if isinstance(model, ViTModel) else out.logits).numpy()
     extra = {k: torch.from_numpy(ref[k]).long() for k in ("attention_mask", "token_type_ids") if k in ref}
     return model(torch.from_numpy(ref["input_ids"]).long(), **extra).logits.numpy()
 
@@ -478,6 +483,13 @@ def forward_logits(model: torch.nn.Module, ref: dict[str, np.ndarray]) -> np.nda
 def reference(name: str, model: torch.nn.Module, vocab: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     ref: dict[str, np.ndarray] = {}
+    if name == "vit_model":
+        pixels = rng.standard_normal((BATCH, 3, 32, 32)).astype(np.float32)
+        out = model(pixel_values=torch.from_numpy(pixels))
+        ref["pixel_values"] = pixels
+        ref["hidden"] = out.last_hidden_state.numpy()
+        ref["pooled"] = ref["logits"] = out.pooler_output.numpy()
+        return ref
     if name == "vit":
         pixels = rng.standard_normal((BATCH, 3, 32, 32)).astype(np.float32)
         ref["pixel_values"] = pixels
@@ -576,7 +588,7 @@ def main() -> None:
     }
     tok_kind = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen2": "qwen", "qwen3": "llama", "bert": "bert"}
 
-    names = ["gpt2", "llama", "mistral", "qwen2", "qwen3", "bert", "vit"]
+    names = ["gpt2", "llama", "mistral", "qwen2", "qwen3", "bert", "vit", "vit_model"]
     for i, name in enumerate(names):
         seed = 1000 + i
         torch.manual_seed(seed)
@@ -617,7 +629,9 @@ def main() -> None:
 
         for key, val in ref.items():
             assert val.dtype.kind == "U" or np.isfinite(val).all(), (name, key)
-        assert 0.5 < ref["logits"].std() < 5 and np.abs(ref["logits"]).max() < 30, f"{name}: logits badly scaled"
+        assert (0.2 if name == "vit_model" else 0.5) < ref["logits"].std() < 5 and np.abs(ref["logits"]).max() < 30, (
+            f"{name}: logits badly scaled"
+        )
         np.savez(d / "reference.npz", **ref)
 
         lg = ref["logits"]
@@ -644,13 +658,13 @@ def main() -> None:
 README = """\
 # Tiny pretrained-checkpoint fixtures
 
-Random-init (not trained) Hugging Face checkpoints of seven architectures (gpt2, llama, mistral, qwen2,
-qwen3, bert, vit; d_model 24, 2 layers, 4 heads), each saved with `save_pretrained` (safetensors; llama is
+Random-init (not trained) Hugging Face checkpoints of eight architectures (gpt2, llama, mistral, qwen2,
+qwen3, bert, vit, vit_model; d_model 24, 2 layers, 4 heads), each saved with `save_pretrained` (safetensors; llama is
 sharded with a `model.safetensors.index.json`) together with its tokenizer (`tokenizer.json` +
 `tokenizer_config.json`, trained on a short Shakespeare passage; none for vit) and `reference.npz` holding
 inputs and the outputs transformers computes:
 `input_ids` / `pixel_values`, `logits`, `hidden`, `greedy` (decoder LMs), `attention_mask` / `token_type_ids`
-(bert), `hidden_states_last` (vit), `text`, `text_ids`, `text_ids_plain`.
+(bert), `hidden_states_last` (vit), `pooled` (vit_model), `text`, `text_ids`, `text_ids_plain`.
 
 Made by `experiments/make_pretrained_fixtures.py` (its docstring describes every array) with
 transformers {tv} and torch {tt} on CPU in float32. Regenerate with

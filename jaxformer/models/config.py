@@ -27,10 +27,10 @@ class ModelConfig(BlockConfig):
     sequence; size of the learned position table). `dropout_rate` also applies to the embeddings.
     Embeddings: `tie_embeddings` (output logits use the input embedding), `head_bias` (a bias on the logits),
     `embed_scale` (multiply token embeddings by sqrt(D), as Vaswani et al.), `embed_norm` (a norm after the
-    embedding sum, as BERT),
-    `type_vocab_size` (BERT segment embeddings; 0 = none), `pooler` / `mlm_head` (BERT's [CLS] pooler and
-    masked-LM head: a checkpoint may have either or both), `init_std` (embeddings), and the position encoding
-    `positional` (a block field: learned | sinusoidal | rope | alibi | none).
+    embedding sum, as BERT), `type_vocab_size` (BERT segment embeddings; 0 = none), `pooler` / `mlm_head`
+    (BERT's [CLS] pooler and masked-LM head: a checkpoint may have either or both; a ViT without classes has the
+    pooler too), `init_std` (embeddings), and the position encoding `positional` (a block field: learned |
+    sinusoidal | rope | alibi | none).
     Encoder-decoder: `num_decoder_layers` (default `num_layers`). ViT: `image_size`, `patch_size`,
     `num_channels`, `num_classes`. Execution: `scan_layers` (one compiled block, scanned over L: compile time
     independent of depth), `vocab_multiple` (store the embedding / output tables with V rounded up to a multiple

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxformer import nn, ops
+from jaxformer.models.bert import Pooler
 from jaxformer.models.config import ModelConfig
 from jaxformer.models.stack import BlockStack
 from jaxformer.nn.blocks import make_norm
@@ -49,7 +50,8 @@ class ViT(nnx.Module):
         x = [cls; PatchEmbedding(images)] + P        [B, 1 + num_patches, D]   (P: positions, learned)
         x = EncoderBlock(x) (L times);  z = FinalNorm(x)[:, 0];  logits = z W_h + b_h
 
-    With `num_classes=0` there is no head and the call returns the class token's representation z `[B, D]`.
+    With `num_classes=0` there is no head and the call returns the class token's representation z `[B, D]`;
+    such a ViT has a pooler, tanh(z W_p + b_p) (`pool`), unless `pooler=False` (as Hugging Face's ViTModel).
     `vit-b16` is ViT-B/16 with an ImageNet-1k head (86,567,656 parameters, as timm's `vit_base_patch16_224`).
     The class token and the head start at zero, as in the paper's code; positions ~ N(0, init_std^2).
     `positional="sinusoidal"` adds fixed sinusoids instead of the learned table, "rope" / "alibi" act inside
@@ -93,6 +95,8 @@ class ViT(nnx.Module):
             self.head_bias = nn.logical_param(rngs, zeros, (cfg.num_classes,), (None,), cfg.param_dtype)
         else:
             self.head_kernel = self.head_bias = None
+        # Without a head a ViT may keep a [CLS] pooler (a ViTModel checkpoint has one): `pool(encode(images))`.
+        self.pooler = Pooler(cfg, rngs=rngs) if cfg.pooler and not cfg.num_classes else None
 
     def check_images(self, images) -> jax.Array:
         """`images` must be float `[B, image_size, image_size, num_channels]` (NHWC)."""
@@ -137,3 +141,9 @@ class ViT(nnx.Module):
         logits = z.astype(cfg.dtype) @ self.head_kernel[...].astype(cfg.dtype) + self.head_bias[...].astype(cfg.dtype)
         chex.assert_shape(logits, (images.shape[0], cfg.num_classes))
         return logits.astype(jnp.float32)
+
+    def pool(self, hidden: jax.Array) -> jax.Array:
+        """The pooler's `[B, D]` from final states `[B, T, D]` (`encode`'s): tanh(h_0 W + b) of the class token."""
+        if self.pooler is None:
+            raise ValueError("This ViT has no pooler (a classifier head, or ModelConfig.pooler=False).")
+        return self.pooler(hidden)

@@ -8,7 +8,7 @@
 
 Supported (`config.json`'s architectures): GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM (sliding window),
 Qwen2ForCausalLM (q/k/v biases), Qwen3ForCausalLM (q/k norms) as `GPT`; BertForMaskedLM and BertModel as `BERT`;
-ViTForImageClassification as `ViT`.
+ViTForImageClassification and ViTModel as `ViT`.
 What each needs is a `ModelConfig` option (rotate-half RoPE, Llama-3 RoPE scaling, separate bias switches, norm
 epsilons), so the weights load as they are. A config key or tensor that jaxformer does not compute is refused
 with an error naming it (hf_config.py, weights.py); docs/pretrained.md has the table.

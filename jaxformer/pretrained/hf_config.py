@@ -21,6 +21,7 @@ ARCHITECTURES = {
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
     "ViTForImageClassification": "vit",
+    "ViTModel": "vit",
     "BertForMaskedLM": "bert",
     "BertModel": "bert",
 }
@@ -126,7 +127,7 @@ def to_model_config(hf: dict, **overrides) -> ModelConfig:
     if family == "gpt2":
         fields = _gpt2_fields(keys)
     elif family == "vit":
-        fields = _vit_fields(keys)
+        fields = _vit_fields(keys, classifier="ViTForImageClassification" in (hf.get("architectures") or []))
     elif family == "bert":
         fields = _bert_fields(keys, masked_lm="BertForMaskedLM" in (hf.get("architectures") or []))
     else:
@@ -201,25 +202,31 @@ def _bert_fields(keys: _Keys, *, masked_lm: bool) -> dict:
     )
 
 
-def _vit_fields(keys: _Keys) -> dict:
+def _vit_fields(keys: _Keys, *, classifier: bool) -> dict:
     keys.expect("hidden_act", "gelu")
-    # encoder_stride and the pooler's settings belong to heads a ViTForImageClassification does not have.
-    for unused in ("encoder_stride", "pooler_act", "pooler_output_size"):
-        keys.take(unused, None)
+    keys.take("encoder_stride", None)  # masked image modelling's decoder, which neither model has
+    d_model = keys.take("hidden_size")
+    if classifier:  # the pooler settings describe a head that a ViTForImageClassification does not have
+        keys.take("pooler_act", None)
+        keys.take("pooler_output_size", None)
+    else:  # ViTModel: its pooler is tanh(dense(h_0)) at the model's width
+        keys.expect("pooler_act", "tanh")
+        keys.expect("pooler_output_size", None, d_model)
     image, patch = keys.take("image_size"), keys.take("patch_size")
-    labels = keys.hf.get("id2label") or {}
+    labels = (keys.hf.get("id2label") or {"0": "LABEL_0", "1": "LABEL_1"}) if classifier else {}
     dropout = keys.take("hidden_dropout_prob", 0.0)
     return dict(
         vocab_size=0,
         num_layers=keys.take("num_hidden_layers"),
-        d_model=keys.take("hidden_size"),
+        d_model=d_model,
         num_heads=keys.take("num_attention_heads"),
         d_ff=keys.take("intermediate_size"),
         max_len=(image // patch) ** 2 + 1,
         image_size=image,
         patch_size=patch,
         num_channels=keys.take("num_channels", 3),
-        num_classes=len(labels) or 2,  # transformers' default num_labels
+        num_classes=len(labels),  # transformers' default num_labels is 2
+        pooler=not classifier,
         positional="learned",
         norm="layernorm",
         norm_position="pre",
@@ -326,7 +333,7 @@ def family_for(cfg: ModelConfig, *, vision: bool = False, encoder: bool = False)
         )
         return "bert"
     if vision:
-        need(cfg.num_classes > 0, "a ViT without a classifier (num_classes=0)")
+        need(cfg.num_classes > 0 or cfg.pooler, "a ViT with neither a classifier nor a pooler")
         need(cfg.positional == "learned" and cfg.norm == "layernorm", "ViT: learned positions, layernorm")
         need(cfg.norm_position == "pre" and cfg.activation == "gelu_exact", "ViT: pre-norm, exact GELU")
         need(cfg.out_bias and cfg.mlp_bias and not cfg.qk_norm, "ViT: output and MLP biases, no qk_norm")
@@ -360,9 +367,11 @@ def from_model_config(cfg: ModelConfig, *, vision: bool = False, encoder: bool =
     """The `config.json` dict (transformers' keys) of `cfg`, for the family `family_for(cfg)` names."""
     family = family_for(cfg, vision=vision, encoder=encoder)
     dtype = str(cfg.param_dtype)
-    architecture = (
-        ("BertForMaskedLM" if cfg.mlm_head else "BertModel") if family == "bert" else FAMILY_ARCHITECTURE[family]
-    )
+    architecture = FAMILY_ARCHITECTURE[family]
+    if family == "bert":
+        architecture = "BertForMaskedLM" if cfg.mlm_head else "BertModel"
+    if family == "vit":
+        architecture = "ViTForImageClassification" if cfg.num_classes else "ViTModel"
     common = {"architectures": [architecture], "model_type": family, "dtype": dtype}
     if family == "bert":
         return {
@@ -396,8 +405,14 @@ def from_model_config(cfg: ModelConfig, *, vision: bool = False, encoder: bool =
             "qkv_bias": cfg.qkv_bias,
             "hidden_dropout_prob": cfg.dropout_rate,
             "attention_probs_dropout_prob": cfg.attention_dropout_rate,
-            "id2label": {str(i): f"LABEL_{i}" for i in range(cfg.num_classes)},
-            "label2id": {f"LABEL_{i}": i for i in range(cfg.num_classes)},
+            **(
+                {
+                    "id2label": {str(i): f"LABEL_{i}" for i in range(cfg.num_classes)},
+                    "label2id": {f"LABEL_{i}": i for i in range(cfg.num_classes)},
+                }
+                if cfg.num_classes
+                else {"pooler_act": "tanh", "pooler_output_size": cfg.d_model}
+            ),
         }
     if family == "gpt2":
         activation = {"gelu": "gelu_new", "gelu_exact": "gelu"}[cfg.activation]

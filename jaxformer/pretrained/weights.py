@@ -200,9 +200,17 @@ def _vit_rules(cfg: ModelConfig) -> list[Rule]:
         _one("patch_embed/bias", f"{e}.patch_embeddings.projection.bias"),
         _one("final_norm/scale", "vit.layernorm.weight"),
         _one("final_norm/bias", "vit.layernorm.bias"),
-        _one("head_kernel", "classifier.weight", lambda t: t.T, lambda p: p.T),
-        _one("head_bias", "classifier.bias"),
     ]
+    if cfg.num_classes:
+        out += [
+            _one("head_kernel", "classifier.weight", lambda t: t.T, lambda p: p.T),
+            _one("head_bias", "classifier.bias"),
+        ]
+    elif cfg.pooler:
+        out += [
+            _one("pooler/kernel", "vit.pooler.dense.weight", lambda t: t.T, lambda p: p.T),
+            _one("pooler/bias", "vit.pooler.dense.bias"),
+        ]
     for i in range(cfg.num_layers):
         v, layer = f"vit.encoder.layer.{i}", f"blocks/layers/{i}"
         att, a = f"{layer}/attention", f"{v}.attention"
@@ -237,9 +245,11 @@ def is_buffer(family: str, name: str) -> bool:
 
 def canonical(family: str, name: str) -> str:
     """A checkpoint name as transformers saves it inside its task model (the original GPT-2 files have no
-    `transformer.` prefix, a BertModel's no `bert.`)."""
+    `transformer.` prefix, a BertModel's no `bert.`, a ViTModel's no `vit.`)."""
     if family == "gpt2" and not name.startswith(("transformer.", "lm_head.")):
         return "transformer." + name
     if family == "bert" and not name.startswith(("bert.", "cls.")):  # a BertModel's own files have no prefix
         return "bert." + name
+    if family == "vit" and not name.startswith(("vit.", "classifier.")):  # nor a ViTModel's
+        return "vit." + name
     return name

@@ -319,6 +319,37 @@ def test_transformers_loads_the_bert_models_jaxformer_saves(tmp_path):
     np.testing.assert_allclose(np.asarray(base(jnp.asarray(ids)).pooled), want, atol=1e-4, rtol=0)
 
 
+def test_vit_model_hidden_states_and_pooler_equal_transformers_and_save_load_is_bit_exact(tmp_path):
+    ref = reference("vit_model")
+    model = pretrained.from_pretrained(FIXTURES / "vit_model")
+    assert model.config.num_classes == 0 and model.config.pooler
+    hidden = model.encode(images(ref))
+    np.testing.assert_allclose(np.asarray(hidden), ref["hidden"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(np.asarray(model.pool(hidden)), ref["pooled"], atol=1e-4, rtol=0)
+    out = pathlib.Path(pretrained.save_pretrained(model, tmp_path / "vit_model"))
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["ViTModel"]
+    for a, b in zip(params(model), params(pretrained.from_pretrained(out)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    original = load_file(FIXTURES / "vit_model" / "model.safetensors")
+    written = load_file(out / "model.safetensors")
+    assert sorted(written) == sorted(f"vit.{k}" for k in original)  # saved inside the task model's namespace
+    for key, value in original.items():
+        np.testing.assert_array_equal(np.asarray(written[f"vit.{key}"]), np.asarray(value), err_msg=key)
+
+
+@pytest.mark.slow
+def test_transformers_loads_the_vit_model_jaxformer_saves(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    out = pretrained.save_pretrained(pretrained.from_pretrained(FIXTURES / "vit_model"), tmp_path / "vit_model")
+    model = transformers.ViTModel.from_pretrained(out).eval()
+    ref = reference("vit_model")
+    with torch.no_grad():
+        theirs = model(torch.as_tensor(ref["pixel_values"]))
+    np.testing.assert_allclose(theirs.last_hidden_state.numpy(), ref["hidden"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(theirs.pooler_output.numpy(), ref["pooled"], atol=1e-4, rtol=0)
+
+
 @pytest.mark.slow
 def test_transformers_loads_the_vit_jaxformer_saves(tmp_path):
     transformers = pytest.importorskip("transformers")
