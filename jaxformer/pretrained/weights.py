@@ -50,6 +50,38 @@ def _bias(param: str, tensor: str, *heads: int) -> Rule:
     return _one(param, tensor, lambda t: t.reshape(*heads), lambda p: p.reshape(-1))
 
 
+def _attention(att: str, linears: tuple[str, str, str, str], cfg: ModelConfig, *, qkv_bias: bool, out_bias: bool):
+    """The rules of an attention layer whose q, k, v, o projections are torch Linears named `linears`."""
+    N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    q, k, v, o = linears
+    out = [
+        _linear_in(f"{att}/w_q", f"{q}.weight", N, H),
+        _linear_in(f"{att}/w_k", f"{k}.weight", K, H),
+        _linear_in(f"{att}/w_v", f"{v}.weight", K, H),
+        _linear_out(f"{att}/w_o", f"{o}.weight", N, H),
+    ]
+    if qkv_bias:
+        out += [_bias(f"{att}/b_q", f"{q}.bias", N, H), _bias(f"{att}/b_k", f"{k}.bias", K, H)]
+        out.append(_bias(f"{att}/b_v", f"{v}.bias", K, H))
+    if out_bias:
+        out.append(_one(f"{att}/b_o", f"{o}.bias"))
+    return out
+
+
+def _dense_ffn(ffn: str, fc_in: str, fc_out: str, cfg: ModelConfig) -> list[Rule]:
+    """The rules of an ungated feed-forward made of two torch Linears with biases."""
+    return [
+        _linear_in(f"{ffn}/w_in", f"{fc_in}.weight", cfg.d_ff),
+        _one(f"{ffn}/b_in", f"{fc_in}.bias"),
+        _linear_in(f"{ffn}/w_out", f"{fc_out}.weight", cfg.d_model),
+        _one(f"{ffn}/b_out", f"{fc_out}.bias"),
+    ]
+
+
+def _layer_norm(norm: str, tensor: str) -> list[Rule]:
+    return [_one(f"{norm}/scale", f"{tensor}.weight"), _one(f"{norm}/bias", f"{tensor}.bias")]
+
+
 def rules(family: str, cfg: ModelConfig) -> list[Rule]:
     """Every rule of a `family` model with config `cfg` (the checkpoint names as transformers saves them)."""
     if family == "gpt2":
@@ -97,7 +129,6 @@ def _gpt2_rules(cfg: ModelConfig) -> list[Rule]:
 
 
 def _llama_rules(cfg: ModelConfig) -> list[Rule]:
-    N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     out = [
         _one("embed/tokens/embedding", "model.embed_tokens.weight"),
         _one("final_norm/scale", "model.norm.weight"),
@@ -107,25 +138,15 @@ def _llama_rules(cfg: ModelConfig) -> list[Rule]:
     for i in range(cfg.num_layers):
         m, layer = f"model.layers.{i}", f"blocks/layers/{i}"
         att, a = f"{layer}/self_attention", f"{m}.self_attn"
+        linears = (f"{a}.q_proj", f"{a}.k_proj", f"{a}.v_proj", f"{a}.o_proj")
+        out += _attention(att, linears, cfg, qkv_bias=cfg.qkv_bias, out_bias=cfg.out_bias)
         out += [
             _one(f"{layer}/self_residual/norm/scale", f"{m}.input_layernorm.weight"),
-            _linear_in(f"{att}/w_q", f"{a}.q_proj.weight", N, H),
-            _linear_in(f"{att}/w_k", f"{a}.k_proj.weight", K, H),
-            _linear_in(f"{att}/w_v", f"{a}.v_proj.weight", K, H),
-            _linear_out(f"{att}/w_o", f"{a}.o_proj.weight", N, H),
             _one(f"{layer}/ffn_residual/norm/scale", f"{m}.post_attention_layernorm.weight"),
             _linear_in(f"{layer}/ffn/w_gate", f"{m}.mlp.gate_proj.weight", cfg.d_ff),
             _linear_in(f"{layer}/ffn/w_up", f"{m}.mlp.up_proj.weight", cfg.d_ff),
             _linear_in(f"{layer}/ffn/w_out", f"{m}.mlp.down_proj.weight", cfg.d_model),
         ]
-        if cfg.qkv_bias:
-            out += [
-                _bias(f"{att}/b_q", f"{a}.q_proj.bias", N, H),
-                _bias(f"{att}/b_k", f"{a}.k_proj.bias", K, H),
-                _bias(f"{att}/b_v", f"{a}.v_proj.bias", K, H),
-            ]
-        if cfg.out_bias:
-            out.append(_one(f"{att}/b_o", f"{a}.o_proj.bias"))
         if cfg.qk_norm:
             out += [
                 _one(f"{att}/q_norm/scale", f"{a}.q_norm.weight"),
@@ -135,7 +156,6 @@ def _llama_rules(cfg: ModelConfig) -> list[Rule]:
 
 
 def _bert_rules(cfg: ModelConfig) -> list[Rule]:
-    N, H, D = cfg.num_heads, cfg.head_dim, cfg.d_model
     e = "bert.embeddings"
     out = [
         _one("embed/tokens/embedding", f"{e}.word_embeddings.weight"),
@@ -163,29 +183,16 @@ def _bert_rules(cfg: ModelConfig) -> list[Rule]:
     for i in range(cfg.num_layers):
         b, layer = f"bert.encoder.layer.{i}", f"blocks/layers/{i}"
         att, a = f"{layer}/attention", f"{b}.attention"
-        out += [
-            _linear_in(f"{att}/w_q", f"{a}.self.query.weight", N, H),
-            _linear_in(f"{att}/w_k", f"{a}.self.key.weight", N, H),
-            _linear_in(f"{att}/w_v", f"{a}.self.value.weight", N, H),
-            _bias(f"{att}/b_q", f"{a}.self.query.bias", N, H),
-            _bias(f"{att}/b_k", f"{a}.self.key.bias", N, H),
-            _bias(f"{att}/b_v", f"{a}.self.value.bias", N, H),
-            _linear_out(f"{att}/w_o", f"{a}.output.dense.weight", N, H),
-            _one(f"{att}/b_o", f"{a}.output.dense.bias"),
-            _one(f"{layer}/attention_residual/norm/scale", f"{a}.output.LayerNorm.weight"),
-            _one(f"{layer}/attention_residual/norm/bias", f"{a}.output.LayerNorm.bias"),
-            _linear_in(f"{layer}/ffn/w_in", f"{b}.intermediate.dense.weight", cfg.d_ff),
-            _one(f"{layer}/ffn/b_in", f"{b}.intermediate.dense.bias"),
-            _linear_in(f"{layer}/ffn/w_out", f"{b}.output.dense.weight", D),
-            _one(f"{layer}/ffn/b_out", f"{b}.output.dense.bias"),
-            _one(f"{layer}/ffn_residual/norm/scale", f"{b}.output.LayerNorm.weight"),
-            _one(f"{layer}/ffn_residual/norm/bias", f"{b}.output.LayerNorm.bias"),
-        ]
+        linears = (f"{a}.self.query", f"{a}.self.key", f"{a}.self.value", f"{a}.output.dense")
+        out += _attention(att, linears, cfg, qkv_bias=True, out_bias=True)
+        out += _dense_ffn(f"{layer}/ffn", f"{b}.intermediate.dense", f"{b}.output.dense", cfg)
+        out += _layer_norm(f"{layer}/attention_residual/norm", f"{a}.output.LayerNorm")
+        out += _layer_norm(f"{layer}/ffn_residual/norm", f"{b}.output.LayerNorm")
     return out
 
 
 def _vit_rules(cfg: ModelConfig) -> list[Rule]:
-    N, H, D, P, C = cfg.num_heads, cfg.head_dim, cfg.d_model, cfg.patch_size, cfg.num_channels
+    D, P, C = cfg.d_model, cfg.patch_size, cfg.num_channels
     e = "vit.embeddings"
     out = [
         _one("cls_token", f"{e}.cls_token", lambda t: t.reshape(D), lambda p: p.reshape(1, 1, D)),
@@ -214,27 +221,11 @@ def _vit_rules(cfg: ModelConfig) -> list[Rule]:
     for i in range(cfg.num_layers):
         v, layer = f"vit.encoder.layer.{i}", f"blocks/layers/{i}"
         att, a = f"{layer}/attention", f"{v}.attention"
-        out += [
-            _one(f"{layer}/attention_residual/norm/scale", f"{v}.layernorm_before.weight"),
-            _one(f"{layer}/attention_residual/norm/bias", f"{v}.layernorm_before.bias"),
-            _linear_in(f"{att}/w_q", f"{a}.attention.query.weight", N, H),
-            _linear_in(f"{att}/w_k", f"{a}.attention.key.weight", N, H),
-            _linear_in(f"{att}/w_v", f"{a}.attention.value.weight", N, H),
-            _linear_out(f"{att}/w_o", f"{a}.output.dense.weight", N, H),
-            _one(f"{att}/b_o", f"{a}.output.dense.bias"),
-            _one(f"{layer}/ffn_residual/norm/scale", f"{v}.layernorm_after.weight"),
-            _one(f"{layer}/ffn_residual/norm/bias", f"{v}.layernorm_after.bias"),
-            _linear_in(f"{layer}/ffn/w_in", f"{v}.intermediate.dense.weight", cfg.d_ff),
-            _one(f"{layer}/ffn/b_in", f"{v}.intermediate.dense.bias"),
-            _linear_in(f"{layer}/ffn/w_out", f"{v}.output.dense.weight", D),
-            _one(f"{layer}/ffn/b_out", f"{v}.output.dense.bias"),
-        ]
-        if cfg.qkv_bias:
-            out += [
-                _bias(f"{att}/b_q", f"{a}.attention.query.bias", N, H),
-                _bias(f"{att}/b_k", f"{a}.attention.key.bias", N, H),
-                _bias(f"{att}/b_v", f"{a}.attention.value.bias", N, H),
-            ]
+        linears = (f"{a}.attention.query", f"{a}.attention.key", f"{a}.attention.value", f"{a}.output.dense")
+        out += _attention(att, linears, cfg, qkv_bias=cfg.qkv_bias, out_bias=True)
+        out += _dense_ffn(f"{layer}/ffn", f"{v}.intermediate.dense", f"{v}.output.dense", cfg)
+        out += _layer_norm(f"{layer}/attention_residual/norm", f"{v}.layernorm_before")
+        out += _layer_norm(f"{layer}/ffn_residual/norm", f"{v}.layernorm_after")
     return out
 
 

@@ -38,6 +38,22 @@ def params(model) -> list[np.ndarray]:
     return [np.asarray(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
 
 
+def assert_round_trip(model, name: str, tmp_path, *, prefix: str = "") -> pathlib.Path:
+    """save_pretrained then from_pretrained is bit-exact, and the tensors written are transformers' own, to the bit
+    (`prefix`: a base model's names as saved inside its task model's namespace)."""
+    out = pathlib.Path(pretrained.save_pretrained(model, tmp_path / name))
+    for a, b in zip(params(model), params(pretrained.from_pretrained(out)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    original = {}
+    for file in (FIXTURES / name).glob("*.safetensors"):
+        original.update(load_file(file))
+    written = load_file(out / "model.safetensors")
+    assert sorted(written) == sorted(prefix + k for k in original)
+    for key, value in original.items():
+        np.testing.assert_array_equal(np.asarray(written[prefix + key]), np.asarray(value), err_msg=key)
+    return out
+
+
 @pytest.fixture(scope="module", params=DECODERS)
 def loaded(request):
     return request.param, pretrained.from_pretrained(FIXTURES / request.param)
@@ -71,19 +87,8 @@ def test_the_config_reads_what_the_architecture_needs():
 @pytest.mark.parametrize("name", DECODERS)
 def test_save_then_load_is_bit_exact_and_rewrites_the_same_tensors(name, tmp_path):
     model = pretrained.from_pretrained(FIXTURES / name)
-    out = pretrained.save_pretrained(model, tmp_path / "out")
-    again = pretrained.from_pretrained(out)
-    for a, b in zip(params(model), params(again), strict=True):
-        np.testing.assert_array_equal(a, b)
-    assert again.config == model.config
-    # The tensors written are the tensors transformers wrote, to the bit (names, shapes, values).
-    original = {}
-    for file in (FIXTURES / name).glob("*.safetensors"):
-        original.update(load_file(file))
-    written = load_file(pathlib.Path(out) / "model.safetensors")
-    assert sorted(written) == sorted(original)
-    for key, value in original.items():
-        np.testing.assert_array_equal(np.asarray(written[key]), np.asarray(value), err_msg=key)
+    out = assert_round_trip(model, name, tmp_path)
+    assert pretrained.from_pretrained(out).config == model.config
 
 
 def test_save_shards_past_the_size_limit_and_loads_them(tmp_path):
@@ -246,14 +251,7 @@ def test_vit_logits_equal_transformers_and_save_load_is_bit_exact(tmp_path):
     ref = reference("vit")
     model = pretrained.from_pretrained(FIXTURES / "vit")
     np.testing.assert_allclose(np.asarray(model(images(ref))), ref["logits"], atol=1e-4, rtol=0)
-    again = pretrained.from_pretrained(pretrained.save_pretrained(model, tmp_path / "vit"))
-    for a, b in zip(params(model), params(again), strict=True):
-        np.testing.assert_array_equal(a, b)
-    original = load_file(FIXTURES / "vit" / "model.safetensors")
-    written = load_file(tmp_path / "vit" / "model.safetensors")
-    assert sorted(written) == sorted(original)
-    for key, value in original.items():
-        np.testing.assert_array_equal(np.asarray(written[key]), np.asarray(value), err_msg=key)
+    assert_round_trip(model, "vit", tmp_path)
 
 
 def bert_outputs(model, ref):
@@ -272,14 +270,7 @@ def test_bert_masked_lm_equals_transformers_on_real_tokens_and_save_load_is_bit_
     np.testing.assert_allclose(np.asarray(out.hidden)[valid], ref["hidden"][valid], atol=1e-4, rtol=0)
     logits = np.asarray(model.mlm_logits(out.hidden))
     np.testing.assert_allclose(logits[valid], ref["logits"][valid], atol=1e-4, rtol=0)
-    again = pretrained.from_pretrained(pretrained.save_pretrained(model, tmp_path / "bert"))
-    for a, b in zip(params(model), params(again), strict=True):
-        np.testing.assert_array_equal(a, b)
-    original = load_file(FIXTURES / "bert" / "model.safetensors")
-    written = load_file(tmp_path / "bert" / "model.safetensors")
-    assert sorted(written) == sorted(original)
-    for key, value in original.items():
-        np.testing.assert_array_equal(np.asarray(written[key]), np.asarray(value), err_msg=key)
+    assert_round_trip(model, "bert", tmp_path)
 
 
 def test_a_bert_model_with_a_pooler_round_trips_as_bert_model(tmp_path):
@@ -326,15 +317,8 @@ def test_vit_model_hidden_states_and_pooler_equal_transformers_and_save_load_is_
     hidden = model.encode(images(ref))
     np.testing.assert_allclose(np.asarray(hidden), ref["hidden"], atol=1e-4, rtol=0)
     np.testing.assert_allclose(np.asarray(model.pool(hidden)), ref["pooled"], atol=1e-4, rtol=0)
-    out = pathlib.Path(pretrained.save_pretrained(model, tmp_path / "vit_model"))
+    out = assert_round_trip(model, "vit_model", tmp_path, prefix="vit.")  # saved in the task model's namespace
     assert json.loads((out / "config.json").read_text())["architectures"] == ["ViTModel"]
-    for a, b in zip(params(model), params(pretrained.from_pretrained(out)), strict=True):
-        np.testing.assert_array_equal(a, b)
-    original = load_file(FIXTURES / "vit_model" / "model.safetensors")
-    written = load_file(out / "model.safetensors")
-    assert sorted(written) == sorted(f"vit.{k}" for k in original)  # saved inside the task model's namespace
-    for key, value in original.items():
-        np.testing.assert_array_equal(np.asarray(written[f"vit.{key}"]), np.asarray(value), err_msg=key)
 
 
 @pytest.mark.slow

@@ -102,13 +102,17 @@ def build_model_config(config: ml_collections.ConfigDict, fields: dict) -> Model
     overrides = dict(config.model.to_dict())
     variant = overrides.pop("variant")
     cfg = ModelConfig.variant(variant, **{**fields, **overrides})
+    check_data_fits(cfg, fields, where="config.model.", advice="remove the override or raise it")
+    return cfg
+
+
+def check_data_fits(cfg: ModelConfig, fields: dict, *, where: str, advice: str) -> None:
+    """The model must hold the data: vocab_size and max_len at least what the data's `fields` need."""
     for name in ("vocab_size", "max_len"):
         if name in fields and getattr(cfg, name) < fields[name]:
             raise ValueError(
-                f"config.model.{name}={getattr(cfg, name)} is smaller than the data needs ({fields[name]}); "
-                f"remove the override or raise it."
+                f"{where}{name}={getattr(cfg, name)} is smaller than the data needs ({fields[name]}); {advice}."
             )
-    return cfg
 
 
 # What a run may change about a pretrained architecture: how it computes and trains, not what it computes.
@@ -140,12 +144,8 @@ def pretrained_model_config(config: ml_collections.ConfigDict, fields: dict) -> 
             )
     if cfg.scan_layers:
         raise ValueError("config.init_from needs config.model.scan_layers=False (checkpoints store each layer).")
-    for name in ("vocab_size", "max_len"):
-        if name in fields and getattr(cfg, name) < fields[name]:
-            raise ValueError(
-                f"The data needs {name} >= {fields[name]}, but the checkpoint {config.init_from!r} has "
-                f"{getattr(cfg, name)}; use its tokenizer (config.data.tokenizer='hf:...') and a shorter seq_len."
-            )
+    advice = "use its tokenizer (config.data.tokenizer='hf:...') and a seq_len that fits"
+    check_data_fits(cfg, fields, where=f"the checkpoint {config.init_from!r}: ", advice=advice)
     return cfg
 
 
