@@ -129,6 +129,8 @@ def apply_rope(
         )
     if scale <= 0:
         raise ValueError(f"`scale` must be positive; got {scale}.")
+    if scaling is not None and not isinstance(scaling, RopeScaling):
+        raise TypeError(f"`scaling` must be an ops.RopeScaling or None; got {type(scaling).__name__}.")
     inv_freq = jnp.asarray(rope_frequencies(H, base=base, scaling=scaling), jnp.float32)  # [H / 2]
     angles = (positions.astype(jnp.float32) / scale)[..., None] * inv_freq  # [(B,) T, H / 2]
     angles = angles.reshape((-1, T, 1, H // 2))  # [B|1, T, 1, H / 2]

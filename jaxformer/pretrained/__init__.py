@@ -41,6 +41,11 @@ def _checkpoint_dtype(hf: dict):
     return _DTYPES[name]
 
 
+def _check_mesh(mesh) -> None:
+    if mesh is not None and not isinstance(mesh, Mesh):
+        raise TypeError(f"`mesh` must be a jax.sharding.Mesh (training.sharding.make_mesh) or None; got {mesh!r:.80}.")
+
+
 def from_pretrained(path_or_id: str | os.PathLike, *, dtype=None, mesh: Mesh | None = None) -> GPT | BERT | ViT:
     """The model a Hugging Face checkpoint describes, in eval mode, with its `ModelConfig` as `.config`.
 
@@ -50,6 +55,9 @@ def from_pretrained(path_or_id: str | os.PathLike, *, dtype=None, mesh: Mesh | N
     mesh: a device mesh (`training.sharding.make_mesh`); each parameter is placed split over it by the
       logical-axis rules as it is read. None: the default device.
     """
+    _check_mesh(mesh)
+    if dtype is not None and not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
+        raise TypeError(f"`dtype` must be a floating dtype (e.g. jnp.bfloat16) or None; got {jnp.dtype(dtype)}.")
     directory = io.resolve(path_or_id)
     hf = io.read_config(directory)
     dtype = _checkpoint_dtype(hf) if dtype is None else jnp.dtype(dtype)
@@ -72,6 +80,9 @@ def load_params(path_or_id: str | os.PathLike, cfg: ModelConfig, *, mesh: Mesh |
     """The `nnx.Param` state of a checkpoint for the model `cfg` describes (which must be the checkpoint's
     architecture, e.g. `hf_config.to_model_config` of its config.json with other dtypes or dropout rates), each
     parameter in `cfg.param_dtype`, placed on the default device or split over `mesh` by the rules table."""
+    if not isinstance(cfg, ModelConfig):
+        raise TypeError(f"`cfg` must be a ModelConfig; got {type(cfg).__name__}.")
+    _check_mesh(mesh)
     directory = io.resolve(path_or_id)
     hf = io.read_config(directory)
     family = hf_config.family_of(hf)
@@ -84,7 +95,7 @@ def load_params(path_or_id: str | os.PathLike, cfg: ModelConfig, *, mesh: Mesh |
         specs = io.flat_params(sharding.param_specs(abstract_params, mesh))
         shardings = {path: NamedSharding(mesh, spec) for path, spec in specs.items()}
     reader = io.TensorReader(io.tensor_files(directory), family)
-    values = io.load_params(reader, weights.rules(family, cfg), abstract, shardings)
+    values = io.read_params(reader, weights.rules(family, cfg), abstract, shardings)
     is_abstract = lambda x: isinstance(x, jax.ShapeDtypeStruct)
     return jax.tree_util.tree_map_with_path(lambda p, _: values[io.path_str(p)], abstract_params, is_leaf=is_abstract)
 
@@ -96,6 +107,8 @@ def save_pretrained(
     safetensors (sharded past `max_shard_bytes`, with an index), plus `tokenizer.json` when `tokenizer` is a
     `data.HFTokenizer`. `transformers`' AutoModelForCausalLM.from_pretrained loads it; so does `from_pretrained`,
     bit-exactly. Returns the directory."""
+    if isinstance(max_shard_bytes, bool) or not isinstance(max_shard_bytes, int) or max_shard_bytes < 1:
+        raise ValueError(f"`max_shard_bytes` must be a positive int; got {max_shard_bytes!r}.")
     if not isinstance(model, GPT | BERT | ViT):
         raise TypeError(f"save_pretrained writes GPT, BERT and ViT models; got a {type(model).__name__}.")
     cfg: ModelConfig = model.config

@@ -108,7 +108,7 @@ def flat_params(state: nnx.State) -> dict[str, object]:
     return {path_str(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(state)}
 
 
-def load_params(reader: TensorReader, rules: list[weights.Rule], abstract: dict, shardings: dict) -> dict:
+def read_params(reader: TensorReader, rules: list[weights.Rule], abstract: dict, shardings: dict) -> dict:
     """{path: array} for every parameter of `abstract` ({path: ShapeDtypeStruct}), each read, converted, checked
     against its shape, cast to its dtype and placed with `shardings[path]`."""
     values: dict[str, jax.Array] = {}

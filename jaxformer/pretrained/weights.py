@@ -8,7 +8,7 @@ jaxformer's (w_q, w_k, w_v). Layouts:
     GPT-2 Conv1D weight  [in, out]        (x @ W, so no transpose: only the head split)
 
 The rules cover every parameter of the model and every tensor of a checkpoint saved by transformers;
-`io.load_params` refuses a checkpoint with a tensor no rule reads, or a model parameter no rule writes.
+`io.read_params` refuses a checkpoint with a tensor no rule reads, or a model parameter no rule writes.
 """
 
 from __future__ import annotations

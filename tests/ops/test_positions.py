@@ -320,3 +320,8 @@ def test_rope_scaling_refuses_bad_settings():
         positions.RopeScaling("linear", 0.0)
     with pytest.raises(ValueError, match="needs 0 < low_freq_factor < high_freq_factor"):
         positions.RopeScaling("llama3", 8.0, low_freq_factor=4.0, high_freq_factor=1.0)
+
+
+def test_apply_rope_refuses_a_scaling_that_is_not_a_rope_scaling():
+    with pytest.raises(TypeError, match=r"`scaling` must be an ops.RopeScaling or None; got dict"):
+        positions.apply_rope(np.zeros((1, 2, 1, 4), np.float32), np.arange(2), scaling={"kind": "linear"})

@@ -404,3 +404,15 @@ print(delta, list(tokens) == list(ref["text_ids_plain"]))
         )
         assert offline.returncode == 0, offline.stderr[-3000:]
         assert offline.stdout.split() == online.stdout.split() and hub.requests == []
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(TypeError, match=r"`dtype` must be a floating dtype .* got int32"):
+        pretrained.from_pretrained(FIXTURES / "gpt2", dtype=jnp.int32)
+    with pytest.raises(TypeError, match=r"`mesh` must be a jax\.sharding\.Mesh"):
+        pretrained.from_pretrained(FIXTURES / "gpt2", mesh="fsdp")
+    with pytest.raises(TypeError, match="`cfg` must be a ModelConfig; got dict"):
+        pretrained.load_params(FIXTURES / "gpt2", {})
+    model = pretrained.from_pretrained(FIXTURES / "gpt2")
+    with pytest.raises(ValueError, match="`max_shard_bytes` must be a positive int; got 0"):
+        pretrained.save_pretrained(model, "unused", max_shard_bytes=0)
