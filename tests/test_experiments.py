@@ -83,3 +83,12 @@ def test_matmul_ceiling_smoke(tmp_path):
     run_script("experiments/matmul_ceiling_cpu.py", "--smoke", "--json", str(tmp_path / "c.json"))
     result = json.loads((tmp_path / "c.json").read_text())
     assert result["dots_per_step"] == sum(row["count"] for row in result["dots"]) and result["ceiling_mfu"] > 0
+
+
+@pytest.mark.slow
+def test_pretrained_max_delta_lists_every_fixture_within_tolerance():
+    rows = [line.split() for line in run_script("experiments/pretrained_max_delta.py").splitlines()]
+    assert {row[0] for row in rows} == {
+        p.name for p in (ROOT / "tests" / "fixtures" / "pretrained").iterdir() if p.is_dir()
+    }
+    assert all(float(row[-1]) < 1e-4 for row in rows)
