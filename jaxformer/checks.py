@@ -222,3 +222,19 @@ def check_state_dict(owner: str, state, keys: tuple[str, ...]) -> dict[str, int]
             f"with keys {list(keys)}, got keys {sorted(state)}."
         )
     return {k: check_nonnegative_int(f"state[{k!r}]", state[k]) for k in keys}
+
+
+def check_token_ids(ids, vocab_size: int) -> np.ndarray:
+    """Checks that `ids` is a 1-D array of ints in [0, vocab_size)."""
+    arr = np.asarray(ids)
+    if arr.ndim != 1:
+        raise ValueError(f"`ids` must be a 1-D sequence of token ids; got shape {arr.shape}.")
+    if arr.size == 0:
+        return arr.astype(np.int64)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"`ids` must hold integer token ids; got dtype {arr.dtype}.")
+    bad = (arr < 0) | (arr >= vocab_size)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"`ids` must lie in [0, vocab_size={vocab_size}); got {arr[i]} at position {i}.")
+    return arr.astype(np.int64)

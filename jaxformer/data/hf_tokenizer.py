@@ -10,6 +10,8 @@ from typing import Any, ClassVar
 import numpy as np
 from tokenizers import Tokenizer as _Tokenizer
 
+from jaxformer import checks
+
 FILE = "tokenizer.json"
 
 
@@ -45,12 +47,8 @@ class HFTokenizer:
         return np.asarray(self.tokenizer.encode(text, add_special_tokens=False).ids, np.int32)
 
     def decode(self, ids) -> str:
-        arr = np.asarray(ids)
-        if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-            raise ValueError(f"`ids` must be a 1-D sequence of integer token ids; got {arr.dtype} {arr.shape}.")
-        if arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size):
-            raise ValueError(f"`ids` must lie in [0, vocab_size={self.vocab_size}); got [{arr.min()}, {arr.max()}].")
-        return self.tokenizer.decode(arr.tolist(), skip_special_tokens=False)
+        ids = checks.check_token_ids(ids, self.vocab_size)
+        return self.tokenizer.decode(ids.tolist(), skip_special_tokens=False)
 
     def save(self, directory: str | os.PathLike) -> None:
         """Writes `tokenizer.json` into `directory`."""

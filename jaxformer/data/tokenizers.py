@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
+from jaxformer import checks
 from jaxformer.data.hf_tokenizer import HFTokenizer
 
 
@@ -40,22 +41,6 @@ class Tokenizer(Protocol):
     def to_dict(self) -> dict[str, Any]:
         """JSON-able description with a "type" key; `tokenizer_from_dict` rebuilds the tokenizer from it."""
         ...
-
-
-def _ids_array(ids, vocab_size: int) -> np.ndarray:
-    """Checks that `ids` is a 1-D array of ints in [0, vocab_size)."""
-    arr = np.asarray(ids)
-    if arr.ndim != 1:
-        raise ValueError(f"`ids` must be a 1-D sequence of token ids; got shape {arr.shape}.")
-    if arr.size == 0:
-        return arr.astype(np.int64)
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"`ids` must hold integer token ids; got dtype {arr.dtype}.")
-    bad = (arr < 0) | (arr >= vocab_size)
-    if bad.any():
-        i = int(np.argmax(bad))
-        raise ValueError(f"`ids` must lie in [0, vocab_size={vocab_size}); got {arr[i]} at position {i}.")
-    return arr.astype(np.int64)
 
 
 def _code_points(text: str) -> np.ndarray:
@@ -126,7 +111,7 @@ class CharTokenizer:
 
     def decode(self, ids) -> str:
         """The text of 1-D token ids (any integer array or list)."""
-        ids = _ids_array(ids, self.vocab_size)
+        ids = checks.check_token_ids(ids, self.vocab_size)
         return self._codes[ids].astype("<u4").tobytes().decode("utf-32-le")
 
     def to_dict(self) -> dict[str, Any]:
@@ -180,7 +165,7 @@ class ByteTokenizer:
         return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32)
 
     def decode(self, ids) -> str:
-        ids = _ids_array(ids, self.vocab_size)
+        ids = checks.check_token_ids(ids, self.vocab_size)
         return ids.astype(np.uint8).tobytes().decode("utf-8", errors=self.errors)
 
     def to_dict(self) -> dict[str, Any]:
@@ -406,7 +391,7 @@ class SentencePieceTokenizer:
 
     def id_to_piece(self, i: int) -> str:
         """The piece of id `i` ("\u2581" stands for a space)."""
-        return self._sp.id_to_piece(int(_ids_array([i], self.vocab_size)[0]))
+        return self._sp.id_to_piece(int(checks.check_token_ids([i], self.vocab_size)[0]))
 
     def encode(self, text: str) -> np.ndarray:
         """int32 `[number of pieces]`, the whole text in one call. Raises ValueError naming the first character
@@ -434,7 +419,7 @@ class SentencePieceTokenizer:
 
     def decode(self, ids) -> str:
         """The text of 1-D token ids (any integer array or list) in [0, vocab_size)."""
-        ids = _ids_array(ids, self.vocab_size)
+        ids = checks.check_token_ids(ids, self.vocab_size)
         return self._sp.decode(ids.tolist())
 
     def to_dict(self) -> dict[str, Any]:
