@@ -676,7 +676,7 @@ config = load_config("shakespeare_char_cpu")
 config.model.update(d_model=D_MODEL, num_layers=NUM_LAYERS, num_heads=NUM_HEADS, d_ff=4 * D_MODEL, scan_layers=False)
 config.data.seq_len = SEQ_LEN
 config.update(batch_size=BATCH_SIZE, num_steps=STEPS + CONTINUE_STEPS, warmup_steps=0)
-task = make_task(config)  # tiny Shakespeare, the char tokenizer, the batcher
+task = make_task(config)  # tiny Shakespeare and the char tokenizer; task.train_data() is its grain input
 model_cfg = task.model_config()
 schedule, optimizer = build_optimizer(config, d_model=model_cfg.d_model)
 make_model = lambda: task.model_class(model_cfg, rngs=nnx.Rngs(config.seed))
@@ -703,6 +703,7 @@ for name, (_, state, _) in states.items():
 with `shard_batch` and the step runs with the mesh as jax's ambient mesh (`use_mesh`), as the training loop does.
 """),
         code("""
+from jaxformer import data
 from jaxformer.training import make_train_step
 
 names = list(meshes)
@@ -713,10 +714,11 @@ steps = {
     for name, (graphs, _, shardings) in states.items()
 }
 state = states[source][1]
+batches = data.pipeline.iterator(task.train_data())  # grain: deterministic in (seed, step), checkpointable
 losses = []
 for _ in range(STEPS):
     with sharding.use_mesh(meshes[source]):
-        state, metrics = steps[source](state, sharding.shard_batch(next(task.batches), meshes[source]))
+        state, metrics = steps[source](state, sharding.shard_batch(next(batches), meshes[source]))
     losses.append(float(metrics["loss"]))
 print(f"trained on {source}: loss {losses[0]:.3f} -> {losses[-1]:.3f}")
 """),
@@ -727,19 +729,20 @@ from jaxformer.training.checkpoints import Checkpointer
 
 shutil.rmtree(WORKDIR, ignore_errors=True)
 with Checkpointer(f"{WORKDIR}/checkpoints") as checkpoints:
-    checkpoints.save(STEPS, state, data_state=task.batches.state(), config=config.to_dict())
+    checkpoints.save(STEPS, state, data_iterator=batches, config=config.to_dict())
     print("saved step", checkpoints.latest_step(), "in", checkpoints.directory)
-    # the template (a state built on the target mesh) gives shapes, dtypes and the shardings to restore into
-    restored, data_state, _ = checkpoints.restore(states[target][1], STEPS)
+    # the template (a state built on the target mesh) gives shapes, dtypes and the shardings to restore into;
+    # a fresh input iterator is moved to the saved position
+    batches = data.pipeline.iterator(task.train_data())
+    restored, _ = checkpoints.restore(states[target][1], STEPS, data_iterator=batches)
 
 pairs = zip(jax.tree.leaves(state.params), jax.tree.leaves(restored.params), strict=True)
 same = all(np.array_equal(a, b) for a, b in pairs)
 w_in = restored.params["blocks"]["layers"][0]["ffn"]["w_in"].get_value()
 print(f"restored on {target}: identical parameters: {same}; ffn w_in now {w_in.sharding.spec}")
-task.batches.restore(data_state)
 for _ in range(CONTINUE_STEPS):
     with sharding.use_mesh(meshes[target]):
-        restored, metrics = steps[target](restored, sharding.shard_batch(next(task.batches), meshes[target]))
+        restored, metrics = steps[target](restored, sharding.shard_batch(next(batches), meshes[target]))
 print(f"continued on {target} to step {int(restored.step)}: loss {float(metrics['loss']):.3f}")
 """),
         md("""

@@ -13,7 +13,7 @@ This module imports only jax and NumPy (nothing else of jaxformer), so every lay
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -209,19 +209,6 @@ def check_token_array(name: str, tokens) -> np.ndarray:
     if arr.size and (arr.min() < 0 or arr.max() > np.iinfo(np.int32).max):
         raise ValueError(f"`{name}` must hold token ids in [0, 2**31); got values in [{arr.min()}, {arr.max()}].")
     return arr.astype(np.int32, copy=False)
-
-
-def check_state_dict(owner: str, state, keys: tuple[str, ...]) -> dict[str, int]:
-    """Reads the non-negative ints `keys` from an iterator state saved by `owner.state()`."""
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{owner}.restore expects the dict returned by {owner}.state(); got {type(state).__name__}.")
-    missing = [k for k in keys if k not in state]
-    if missing:
-        raise ValueError(
-            f"{owner}.restore: the state lacks keys {missing}; expected the dict returned by {owner}.state() "
-            f"with keys {list(keys)}, got keys {sorted(state)}."
-        )
-    return {k: check_nonnegative_int(f"state[{k!r}]", state[k]) for k in keys}
 
 
 def check_token_ids(ids, vocab_size: int) -> np.ndarray:

@@ -5,10 +5,15 @@
                       [--prompt TEXT] [--num_tokens N] [--temperature T] [--top_k K] [--seed S]
     jaxformer memory  --config CONFIG [--config.mesh.fsdp=8 ...] [--devices N]  (per-device bytes, nothing trained)
     jaxformer configs                                                           (the recipes, one line each)
+    jaxformer prepare --source tfds:NAME[:SPLIT] | text:GLOB --tokenizer char|byte|sentencepiece|hf:DIR_OR_ID
+                      --out DIR [--validation_fraction F] [--vocab_size V] [--workers N] [--shard_mb M]
+                      [--chunk_tokens C] [--tokenizer_sample_mb S] [--feature NAME] [--data_dir DIR]
+                      (tokenize a corpus once into ArrayRecord shards; rerun the same command to resume)
 
 CONFIG is a recipe's name (`jaxformer train --config shakespeare_char_cpu --workdir workdir/shakespeare_char_cpu`;
 `jaxformer configs` lists them) or the path of a .py file with a `get_config()`; either may end in `:arg`, passed to
-`get_config(arg)`. `python -m jaxformer.train ...` is the same as `jaxformer train ...`.
+`get_config(arg)`. `python -m jaxformer.train ...` is the same as `jaxformer train ...`. `jaxformer prepare --help`
+lists its flags; docs/data.md describes what it writes.
 """
 
 from __future__ import annotations
@@ -156,9 +161,73 @@ def _configs(argv: list[str]) -> None:
         print(f"{name:<{width}}  {line}")
 
 
+def _prepare(argv: list[str]) -> None:
+    """Flags in a FlagValues of their own (not absl's global FLAGS, not app.run): a bad flag is a one-line error with
+    exit code 2, and `main` can run `prepare` more than once in a process (as the tests do)."""
+    from absl import flags
+
+    from jaxformer.data import prepared
+
+    fv = flags.FlagValues()
+    for define, name, default, help_ in (
+        (flags.DEFINE_string, "source", None, "tfds:NAME (every split), tfds:NAME:SPLIT (as train) or text:GLOB."),
+        (flags.DEFINE_string, "tokenizer", None, "char, byte, sentencepiece or hf:DIR_OR_ID."),
+        (flags.DEFINE_string, "out", None, "The directory to write; rerun the same command to resume."),
+        (flags.DEFINE_float, "validation_fraction", 0.0, "Share of the train text cut off as validation; 0 = none."),
+        (flags.DEFINE_integer, "vocab_size", None, "The sentencepiece vocabulary (sentencepiece only)."),
+        (flags.DEFINE_integer, "workers", None, "Tokenizing processes (default: the CPU count)."),
+        (flags.DEFINE_float, "shard_mb", prepared.DEFAULT_SHARD_MB, "MB of text per shard, about."),
+        (flags.DEFINE_integer, "chunk_tokens", prepared.DEFAULT_CHUNK_TOKENS, "Tokens per ArrayRecord record."),
+        (flags.DEFINE_float, "tokenizer_sample_mb", prepared.DEFAULT_TOKENIZER_SAMPLE_MB,
+         "MB of train text that sentencepiece is trained on."),
+        (flags.DEFINE_string, "feature", "text", "The text feature of a TFDS record."),
+        (flags.DEFINE_string, "data_dir", None, "The TFDS data directory (default: $TFDS_DATA_DIR)."),
+    ):  # fmt: skip
+        define(name, default, help_, flag_values=fv)
+    if any(a in ("--help", "-help", "-h", "--helpshort") for a in argv[1:]):
+        print(f"{argv[0]}: tokenize a corpus into ArrayRecord shards (docs/data.md).")
+        print(fv.get_help(include_special_flags=False))
+        return
+    try:
+        rest = fv(argv)
+        missing = [f"--{name}" for name in ("source", "tokenizer", "out") if fv[name].value is None]
+        if missing:
+            raise flags.Error(f"missing {', '.join(missing)} (see --help)")
+        if len(rest) > 1:
+            raise flags.Error(f"unexpected arguments {' '.join(rest[1:])}")
+    except flags.Error as e:
+        _fail(argv[0], e)
+    try:
+        corpus = prepared.prepare(
+            fv.source,
+            fv.tokenizer,
+            fv.out,
+            validation_fraction=fv.validation_fraction,
+            vocab_size=fv.vocab_size,
+            workers=fv.workers,
+            shard_mb=fv.shard_mb,
+            chunk_tokens=fv.chunk_tokens,
+            tokenizer_sample_mb=fv.tokenizer_sample_mb,
+            feature=fv.feature,
+            data_dir=fv.data_dir,
+        )
+    except (ValueError, FileNotFoundError) as e:  # a bad argument, a refused rerun, a dataset not prepared
+        _fail(argv[0], e)
+    except KeyboardInterrupt:
+        print("\nInterrupted: the finished shards are kept; run the same command again to finish.", file=sys.stderr)
+        sys.exit(130)
+    count = lambda n, what: f"{n:,} {what}{'' if n == 1 else 's'}"
+    splits = ", ".join(
+        f"{name} {count(split['tokens'], 'token')} ({count(len(split['shards']), 'shard')}, "
+        f"{count(split['documents'], 'document')})"
+        for name, split in corpus.metadata["splits"].items()
+    )
+    print(f"Prepared {corpus.directory}: {splits}; vocabulary {corpus.vocab_size:,} ({corpus.metadata['dtype']}).")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
-    commands = {"train": _train, "sample": _sample, "memory": _memory, "configs": _configs}
+    commands = {"train": _train, "sample": _sample, "memory": _memory, "configs": _configs, "prepare": _prepare}
     if len(argv) < 2 or argv[1] not in commands:
         print(USAGE, file=sys.stderr)
         return 2

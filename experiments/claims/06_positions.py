@@ -104,7 +104,7 @@ def loss_by_position(model: GPT, tokens: np.ndarray, length: int, batch_size: in
         return -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
 
     sums, counts = np.zeros(length), np.zeros(length)
-    for batch in data.eval_batches(tokens, batch_size=batch_size, seq_len=length):
+    for batch in data.pipeline.eval_windows(data.ArrayTokens(tokens), batch_size=batch_size, seq_len=length):
         per_token = np.asarray(nll(model, jnp.asarray(batch["inputs"]), jnp.asarray(batch["targets"])))
         valid = batch["weights"]
         sums += np.where(valid, per_token, 0.0).sum(axis=0)

@@ -106,7 +106,7 @@ def nll_sum(graphdef, state, inputs, targets, valid):
 def val_loss(graphdef, state, eval_tokens: np.ndarray, batch_size: int, seq_len: int) -> float:
     """Mean next-token loss over the whole validation text, as the loop's evaluation batches it."""
     total = count = 0.0
-    for b in data.eval_batches(eval_tokens, batch_size=batch_size, seq_len=seq_len):
+    for b in data.pipeline.eval_windows(data.ArrayTokens(eval_tokens), batch_size=batch_size, seq_len=seq_len):
         s, n = nll_sum(graphdef, state, b["inputs"], b["targets"], b["weights"])
         total, count = total + float(s), count + float(n)
     return total / count

@@ -90,9 +90,9 @@ def train_loss_without_dropout():
 
     def evaluate(self, eval_step, state, model) -> dict:
         row = original(self, eval_step, state, model)
-        probe = self.train_tokens[: len(self.eval_tokens)]
+        probe = data.ArrayTokens(self.train_tokens.windows([0], len(self.eval_tokens))[0])
         cfg = self.config
-        batches = data.eval_batches(probe, batch_size=cfg.batch_size, seq_len=cfg.data.seq_len)
+        batches = data.pipeline.eval_windows(probe, batch_size=cfg.batch_size, seq_len=cfg.data.seq_len)
         row["train_eval_loss"] = evaluate_batches(eval_step, state, batches)["val_loss"]
         return row
 

@@ -12,9 +12,10 @@ parameter count.
 
 Both models are trained with the library's own jitted train step (`jaxformer.training.make_train_step`:
 forward, backward, global-norm clipping, AdamW), optimizer and schedule (the shakespeare_char_cpu recipe), on the
-same `LMBatcher` stream of batches, and evaluated with the library's eval step over the whole validation split in
-non-overlapping windows of the training context (`data.eval_batches`): each window starts from scratch for both
-models (zero LSTM state, empty attention context), so both see at most `context` characters.
+same stream of batches (`data.pipeline.random_windows`), and evaluated with the library's eval step over the whole
+validation split in non-overlapping windows of the training context (`data.pipeline.eval_windows`): each window
+starts from scratch for both models (zero LSTM state, empty attention context), so both see at most `context`
+characters.
 """
 
 from __future__ import annotations
@@ -238,10 +239,15 @@ def train(model: nnx.Module, s: dict, train_tokens: np.ndarray, val_tokens: np.n
     graphs, state = create_train_state(model, tx)
     train_step = make_train_step(graphs, tx, schedule, lm_loss)
     eval_step = make_eval_step(graphs, lm_loss)
-    batcher = data.LMBatcher(train_tokens, batch_size=s["train_batch"], seq_len=s["context"], seed=1337)
+    train_data = data.pipeline.random_windows(
+        data.ArrayTokens(train_tokens), batch_size=s["train_batch"], seq_len=s["context"], seed=1337
+    )
+    batcher = data.pipeline.iterator(train_data)
 
     def val_loss() -> float:
-        batches = data.eval_batches(val_tokens, batch_size=s["eval_batch"], seq_len=s["context"])
+        batches = data.pipeline.eval_windows(
+            data.ArrayTokens(val_tokens), batch_size=s["eval_batch"], seq_len=s["context"]
+        )
         return evaluate_batches(eval_step, state, batches)["val_loss"]
 
     eval_steps, val, train_steps, train_loss = [], [], [], []

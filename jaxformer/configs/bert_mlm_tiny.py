@@ -10,7 +10,7 @@ Expected on the 2-core CPU dev machine: about 5 minutes (5:08 measured), val_los
 the masked characters at step 2000.
 """
 
-from jaxformer.training.defaults import default_config
+from jaxformer.training.defaults import default_config, text_data
 
 
 def get_config():
@@ -19,17 +19,7 @@ def get_config():
     config.task = "mlm"
     config.seed = 0
 
-    config.data.source = "tfds"  # or "text_file" with data.path
-    config.data.name = "tiny_shakespeare"
-    config.data.data_dir = ""  # "" = $TFDS_DATA_DIR
-    config.data.path = ""
-    config.data.eval_fraction = 0.1
-    config.data.train_split = "train"
-    config.data.eval_split = "validation"
-    config.data.tokenizer = "char"
-    config.data.vocab_size = 0  # sentencepiece only
-    config.data.sentencepiece_type = "unigram"  # or "bpe"
-    config.data.seq_len = 64
+    config.data = text_data()  # tiny Shakespeare from tfds, characters, context 64
     config.data.mask_rate = 0.15
 
     config.model.variant = "bert-tiny"

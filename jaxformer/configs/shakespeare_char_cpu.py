@@ -12,7 +12,7 @@ step 2000 (the target is <= 1.89; nanoGPT reports 1.88 for this recipe). See REA
 
 import ml_collections
 
-from jaxformer.training.defaults import default_config
+from jaxformer.training.defaults import default_config, text_data
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -20,17 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.name = "shakespeare_char_cpu"
     config.seed = 1337
 
-    config.data.source = "tfds"  # or "text_file" with data.path
-    config.data.name = "tiny_shakespeare"
-    config.data.data_dir = ""  # "" = $TFDS_DATA_DIR, else tfds's default
-    config.data.path = ""
-    config.data.eval_fraction = 0.1  # text_file only: the tail used for validation
-    config.data.train_split = "train"
-    config.data.eval_split = "validation"
-    config.data.tokenizer = "char"  # or "byte", "sentencepiece" (with data.vocab_size)
-    config.data.vocab_size = 0  # sentencepiece only
-    config.data.sentencepiece_type = "unigram"  # or "bpe"
-    config.data.seq_len = 64
+    config.data = text_data()  # tiny Shakespeare from tfds, characters, context 64
 
     config.model.variant = "gpt2-tiny"
     config.model.num_layers = 4

@@ -1,17 +1,22 @@
-"""jaxformer.data: sources, tokenizers, batching, packing and synthetic tasks (NumPy on the host, no TensorFlow).
+"""jaxformer.data: sources, tokenizers, token stores, the grain input pipeline, packing and synthetic tasks.
 
     text = data.tfds_text("tiny_shakespeare", "train")     # prepared tfds dataset in $TFDS_DATA_DIR
     tok = data.CharTokenizer.from_text(text)
-    batches = data.LMBatcher(tok.encode(text), batch_size=64, seq_len=256, seed=0)
+    train = data.pipeline.random_windows(data.ArrayTokens(tok.encode(text)), batch_size=64, seq_len=256, seed=0)
+    batches = data.pipeline.iterator(train)                # grain: next(batches), batches.get_state()
 
-Every iterator is deterministic given its seed and resumable from its `state()`, a small dict of ints that the
-training loop stores in its checkpoint.
+    corpus = data.open_prepared("prepared/")               # written by `jaxformer prepare`, read a window at a time
+    train = data.pipeline.random_windows(corpus.split("train"), batch_size=64, seq_len=256, seed=0)
+
+Every training dataset is deterministic in (seed, step) and its iterator resumes from `get_state()`, which the
+training loop stores in its orbax checkpoint. NumPy on the host; no TensorFlow.
 """
 
+from jaxformer.data import pipeline
 from jaxformer.data.hf_tokenizer import HFTokenizer
 from jaxformer.data.images import ImageDataset, digits, image_dataset, mnist
-from jaxformer.data.lm import LMBatcher, eval_batches, num_eval_batches
-from jaxformer.data.packing import ShuffledBatches, pack_sequences
+from jaxformer.data.packing import pack_sequences
+from jaxformer.data.prepared import PreparedCorpus, ShardedTokens, open_prepared, prepare
 from jaxformer.data.sources import DatasetNotPreparedError, default_data_dir, text_file, tfds_source, tfds_text
 from jaxformer.data.synthetic import (
     BOS_ID,
@@ -26,6 +31,7 @@ from jaxformer.data.synthetic import (
     seq2seq_task,
     seq2seq_vocab_size,
 )
+from jaxformer.data.token_store import ArrayTokens, TokenStore
 from jaxformer.data.tokenizers import (
     ByteTokenizer,
     CharTokenizer,
@@ -42,22 +48,25 @@ __all__ = [
     "PLUS_ID",
     "SEQ2SEQ_TASKS",
     "SEQ2SEQ_VOCAB",
+    "ArrayTokens",
     "ByteTokenizer",
     "CharTokenizer",
     "DatasetNotPreparedError",
     "HFTokenizer",
     "ImageDataset",
-    "LMBatcher",
+    "PreparedCorpus",
     "SentencePieceTokenizer",
-    "ShuffledBatches",
+    "ShardedTokens",
+    "TokenStore",
     "Tokenizer",
     "default_data_dir",
     "digits",
-    "eval_batches",
     "image_dataset",
     "mnist",
-    "num_eval_batches",
+    "open_prepared",
     "pack_sequences",
+    "pipeline",
+    "prepare",
     "seq2seq_decode",
     "seq2seq_encode",
     "seq2seq_task",

@@ -2,7 +2,7 @@
 
     ds = image_dataset("mnist", "train", fallback="digits")   # mnist if prepared in $TFDS_DATA_DIR, else digits
     ds.images, ds.labels                                       # float32 [N, H, W, C] in [0, 1], int32 [N]
-    batches = ShuffledBatches(ds.as_dict(), batch_size=128, seed=0)
+    batches = pipeline.shuffled_examples(ds.as_dict(), batch_size=128, seed=0)   # grain MapDataset of batches
 
 Two datasets, both 10 classes of handwritten digits, grayscale (C = 1):
 
@@ -71,7 +71,7 @@ class ImageDataset:
         return tuple(self.images.shape[1:])
 
     def as_dict(self) -> dict[str, np.ndarray]:
-        """`{"images": [N, H, W, C], "labels": [N]}`: the `data` of `ShuffledBatches`, which yields such dicts."""
+        """`{"images": [N, H, W, C], "labels": [N]}`: the `arrays` of `data.pipeline.shuffled_examples`."""
         return {"images": self.images, "labels": self.labels}
 
 

@@ -4,17 +4,22 @@
     text = text_file("input.txt")
 
 TFDS datasets are read with `tfds.data_source`'s machinery: array_record files opened for random access, so
-no TensorFlow is needed. Nothing is ever downloaded here: a dataset that is not prepared in the data directory
-raises `DatasetNotPreparedError`, which says where it looked and how to prepare it. (`tfds.data_source`
-would try to download and build it, which fails on a machine without internet after a long wait, or silently
-fills the disk on one with it.) `tensorflow_datasets` is imported on first use, so `import jaxformer.data`
-stays fast.
+no TensorFlow is needed. A dataset that is not prepared in the data directory is fetched and prepared there only
+if jaxformer knows how (`jaxformer.data.download.DATASETS`: tiny_shakespeare), so that `make run` works on a fresh
+machine: its raw file is downloaded (from `$JAXFORMER_MIRROR` if set), its sha256 checked, and the same files
+tfds writes are written. Pass `download=False` or set `JAXFORMER_NO_DOWNLOAD=1` to never download. Any other
+dataset that is not prepared, or a failed download, raises `DatasetNotPreparedError`, which says where it looked
+and how to prepare it. (`tfds.data_source` would try to download and build any dataset, which needs TensorFlow,
+fails on a machine without internet after a long wait, or silently fills the disk on one with it.)
+`tensorflow_datasets` is imported on first use, so `import jaxformer.data` stays fast.
 """
 
 from __future__ import annotations
 
 import os
 from typing import Any
+
+from jaxformer.data import download as download_lib
 
 _TEXT_FEATURE = "text"
 _RANDOM_ACCESS_FORMATS = ("array_record", "parquet")
@@ -48,22 +53,29 @@ def _how_to_prepare(name: str, data_dir: str) -> str:
     )
 
 
-def tfds_source(name: str, split: str, *, data_dir: str | os.PathLike | None = None) -> Any:
+def tfds_source(
+    name: str, split: str, *, data_dir: str | os.PathLike | None = None, download: bool | None = None
+) -> Any:
     """The random-access data source of a prepared TFDS dataset split (what `tfds.data_source` returns).
 
-    Never downloads or prepares anything.
+    If the dataset is not prepared in `data_dir` and jaxformer knows how to fetch it (tiny_shakespeare; see
+    `jaxformer.data.download`), it is downloaded (from `$JAXFORMER_MIRROR` if set) and prepared there first, once.
+    Any other dataset is never downloaded or prepared.
 
     Args:
       name: TFDS name, optionally with config and version: "tiny_shakespeare", "wmt14_translate/de-en:1.0.0".
       split: a split name ("train", "validation", ...) or a TFDS split expression ("train[:10%]").
       data_dir: directory holding `<name>/<version>/`; defaults to `default_data_dir()` ($TFDS_DATA_DIR).
+      download: whether a missing dataset jaxformer knows may be downloaded; None (default): yes, unless the
+        environment variable JAXFORMER_NO_DOWNLOAD is set (to anything but "", "0", "false", "no").
 
     Returns:
       a sequence-like source: `len(source)` records, `source[i]` a dict of features (text as bytes).
 
     Raises:
-      DatasetNotPreparedError (a FileNotFoundError): the dataset is not prepared in `data_dir`, or was prepared
-        in a format without random access (tfrecord).
+      DatasetNotPreparedError (a FileNotFoundError): the dataset is not prepared in `data_dir` (and could not,
+        or may not, be downloaded), or was prepared in a format without random access (tfrecord).
+      download.ChecksumError: the downloaded file is not the expected one (nothing is kept).
       ValueError: `split` names no split of the dataset.
     """
     import tensorflow_datasets as tfds  # lazy: importing tfds costs ~1 s
@@ -83,10 +95,31 @@ def tfds_source(name: str, split: str, *, data_dir: str | os.PathLike | None = N
             f"{_how_to_prepare(name, data_dir)}"
         ) from None
     if not builder.is_prepared():
-        raise DatasetNotPreparedError(
-            f"TFDS dataset {name!r} is not prepared in {data_dir} (looked for {builder.data_path}/dataset_info.json). "
-            f"Nothing is downloaded automatically. {_how_to_prepare(name, data_dir)}"
+        missing = (
+            f"TFDS dataset {name!r} is not prepared in {data_dir} (looked for {builder.data_path}/dataset_info.json)."
         )
+        remote = download_lib.registered(name)
+        if remote is None:
+            raise DatasetNotPreparedError(
+                f"{missing} jaxformer downloads only {sorted(download_lib.DATASETS)}; nothing is downloaded for "
+                f"{name!r}. {_how_to_prepare(name, data_dir)}"
+            )
+        if download is False or (download is None and download_lib.downloads_disabled()):
+            raise DatasetNotPreparedError(
+                f"{missing} Downloading is turned off (download=False or {download_lib.NO_DOWNLOAD_ENV}=1). "
+                f"{_how_to_prepare(name, data_dir)}"
+            )
+        try:
+            download_lib.prepare(name, data_dir)
+        except download_lib.ChecksumError:
+            raise
+        except download_lib.DownloadError as err:
+            mirror_help = download_lib.mirror_help(remote, download_lib.source_url(remote))
+            raise DatasetNotPreparedError(
+                f"{missing} jaxformer tried to fetch it: {err}. {mirror_help} "
+                f"Or set {download_lib.NO_DOWNLOAD_ENV}=1 and prepare it yourself. {_how_to_prepare(name, data_dir)}"
+            ) from err
+        builder = tfds.builder(name, data_dir=data_dir)
     file_format = getattr(builder.info.file_format, "value", str(builder.info.file_format))
     if file_format not in _RANDOM_ACCESS_FORMATS:
         raise DatasetNotPreparedError(
@@ -106,6 +139,7 @@ def tfds_text(
     data_dir: str | os.PathLike | None = None,
     feature: str = _TEXT_FEATURE,
     separator: str = "",
+    download: bool | None = None,
 ) -> str:
     """All the text of a TFDS split: the `feature` of every record, decoded as UTF-8 and joined by `separator`.
 
@@ -113,14 +147,14 @@ def tfds_text(
     validation and test: 55,770 each).
 
     Args:
-      name, split, data_dir: as for `tfds_source`.
+      name, split, data_dir, download: as for `tfds_source` (tiny_shakespeare is downloaded on first use).
       feature: the text feature of each record.
       separator: put between consecutive records (e.g. "\\n\\n" between documents).
 
     Returns:
       the text, a str.
     """
-    source = tfds_source(name, split, data_dir=data_dir)
+    source = tfds_source(name, split, data_dir=data_dir, download=download)
     pieces = []
     for i in range(len(source)):
         record = source[i]

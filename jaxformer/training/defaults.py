@@ -63,6 +63,12 @@ def default_config() -> ml_collections.ConfigDict:
     config.parallel = "jit"  # or "pmap" / "shard_map": per-device data parallelism (training/runner.py)
     config.distributed = False  # multi-host: jax.distributed.initialize() first (training/multihost.py)
 
+    # The input pipeline (data/pipeline.py, grain): threads reading batches ahead, and worker processes.
+    config.grain = ml_collections.ConfigDict()
+    config.grain.num_threads = 2
+    config.grain.prefetch_buffer_size = 4
+    config.grain.num_workers = 0  # > 0: grain worker processes (helps when building a batch is costly)
+
     config.log_every = 50
     config.eval_every = 250
     config.checkpoint_every = 500
@@ -74,3 +80,22 @@ def default_config() -> ml_collections.ConfigDict:
     config.sample.temperature = 0.8
     config.sample.top_k = 200
     return config
+
+
+def text_data() -> ml_collections.ConfigDict:
+    """`config.data` of the text tasks (lm, mlm): where the text comes from, its tokenizer, how batches are cut."""
+    data = ml_collections.ConfigDict()
+    data.prepared = ""  # a directory written by `jaxformer prepare` (tokens and tokenizer); else the source below
+    data.source = "tfds"  # or "text_file" with data.path
+    data.name = "tiny_shakespeare"
+    data.data_dir = ""  # "" = $TFDS_DATA_DIR, else tfds's default
+    data.path = ""
+    data.eval_fraction = 0.1  # text_file only: the tail used for validation
+    data.train_split = "train"
+    data.eval_split = "validation"
+    data.tokenizer = "char"  # or "byte", "sentencepiece" (with data.vocab_size), "hf:DIR_OR_HUB_ID"
+    data.vocab_size = 0  # sentencepiece only
+    data.sentencepiece_type = "unigram"  # or "bpe"
+    data.seq_len = 64
+    data.sampling = "random_windows"  # or "packed_documents" (data/pipeline.py; lm only)
+    return data

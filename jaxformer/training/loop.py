@@ -1,8 +1,8 @@
 """train_and_evaluate(config, workdir): the main job, one loop for every task (`jaxformer.training.tasks`).
 
-Resumes from the newest complete checkpoint in `workdir/checkpoints` (model, optimizer, RNG counters and the data
-position), so a run that is killed and restarted continues with exactly the batches and random numbers of an
-uninterrupted one. Writes `metrics.jsonl` (one JSON object per log line), TensorBoard event files under
+Resumes from the newest complete checkpoint in `workdir/checkpoints` (model, optimizer, RNG counters and the grain
+input iterator's position), so a run that is killed and restarted continues with exactly the batches and random
+numbers of an uninterrupted one. Writes `metrics.jsonl` (one JSON object per log line), TensorBoard event files under
 `tensorboard/`, `loss.png`, `samples.txt` (what the trained model produces) and the task's assets (a language
 model's `tokenizer.json`) to the workdir.
 """
@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxformer import pretrained
+from jaxformer import data, pretrained
 from jaxformer.training import multihost, plots, sharding
 from jaxformer.training.checkpoints import Checkpointer
 from jaxformer.training.metrics import MetricsLog, perplexity
@@ -57,7 +57,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         mesh=mesh,
     )
     graphs, state = runner.graphs, runner.initial_state
-    batches = task.batches
+    # Each process reads only its rows of every global batch (the pipeline is deterministic in (seed, step)).
+    rows = sharding.process_rows(mesh, config.batch_size)
+    train_data = task.train_data(rows)
+    if jax.process_count() > 1:
+        print(
+            f"Process {jax.process_index()} of {jax.process_count()} reads rows {rows.start}:{rows.stop} of every "
+            f"batch of {config.batch_size}."
+        )
+    batches = data.pipeline.iterator(train_data, **(config.grain.to_dict() if "grain" in config else {}))
 
     checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
     start = checkpoints.latest_step()
@@ -67,8 +75,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if leader:
             print(f"Initialised the parameters from {config.init_from}.")
     if start is not None:
-        state, data_state, _ = checkpoints.restore(state, start)
-        batches.restore(data_state)
+        state, _ = checkpoints.restore(state, start, data_iterator=batches)
         if leader:
             print(f"Resumed from the checkpoint at step {start} in {checkpoints.directory}.")
     start = int(state.step)
@@ -88,7 +95,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if not all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(host_state.params)):
             raise stop("Parameters are not finite", step)
         if step not in checkpoints.all_steps():
-            checkpoints.save(step, host_state, data_state=batches.state(), config=config.to_dict())
+            checkpoints.save(step, host_state, data_iterator=batches, config=config.to_dict())
 
     tokens_per_step = task.tokens_per_batch
     step_times: list[float] = []
@@ -145,6 +152,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 raise KeyboardInterrupt
     finally:
         interrupted.restore()
+        batches.close()  # grain's reading threads (and worker processes)
         progress.close()
         checkpoints.close()
         log.close()

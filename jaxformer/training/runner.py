@@ -189,7 +189,8 @@ class StepRunner:
 
     Host layout (`initial_state`, `to_host`): what checkpoints, evaluation and sampling use; a TrainState laid out
     on `mesh` by the rules table (pmap: on one device). Step layout (`to_devices`): what `train_step` takes and
-    returns (pmap: a copy per device). Host batches are global numpy batches; the runner places them.
+    returns (pmap: a copy per device). Train batches hold this process's rows of the global batch (what the input
+    pipeline reads, `sharding.process_rows`); eval batches are global. The runner places both.
     """
 
     def __init__(
@@ -241,12 +242,13 @@ class StepRunner:
 
         def run(state, batch):
             with sharding.use_mesh(self.mesh):
-                return step(state, sharding.shard_batch(batch, self.mesh))
+                return step(state, sharding.shard_process_batch(batch, self.mesh))
 
         return run
 
     def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-        """One optimizer step on a global host batch; `state` in the step layout (`to_devices`), donated."""
+        """One optimizer step on this process's rows of a global batch (with one process: the whole batch);
+        `state` in the step layout (`to_devices`), donated."""
         return self._train(state, batch)
 
     def eval_step(self, state: TrainState, batch: dict) -> dict:

@@ -198,18 +198,23 @@ def process_rows(mesh: Mesh, batch_size: int) -> slice:
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
     """Puts a global host batch (a dict of arrays with a leading batch axis) on the mesh, split over `BATCH_AXES`.
 
-    Every process passes the same global batch; each contributes only the rows its devices hold
-    (`process_rows`), and `jax.make_array_from_process_local_data` assembles the global array. With one process
-    this is a plain `device_put` of the whole batch.
+    Every process passes the same global batch and contributes only the rows its devices hold (`process_rows`);
+    with one process this is a plain `device_put` of the whole batch. Training input, which reads only this
+    process's rows in the first place, goes through `shard_process_batch`.
     """
-    sharding = batch_sharding(mesh)
 
-    def place(x):
+    def rows(x):
         x = np.asarray(x)
-        rows = process_rows(mesh, x.shape[0])
-        return jax.make_array_from_process_local_data(sharding, x[rows], x.shape)
+        return x[process_rows(mesh, x.shape[0])]
 
-    return jax.tree.map(place, batch)
+    return shard_process_batch(jax.tree.map(rows, batch), mesh)
+
+
+def shard_process_batch(batch: dict, mesh: Mesh) -> dict:
+    """Assembles the global batch from each process's rows (`process_rows`) with
+    `jax.make_array_from_process_local_data`; the global batch has process_count times this process's rows."""
+    sharding = batch_sharding(mesh)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
 
 
 def create_sharded_train_state(

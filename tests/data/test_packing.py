@@ -1,14 +1,12 @@
-"""Tests for jaxformer.data.packing: packed rows against a plain-Python first-fit reference, packing invariants,
-and the shuffled-epoch iterator (permutations, determinism, exact resumption)."""
-
-import json
+"""Tests for jaxformer.data.packing: packed rows against a plain-Python first-fit reference and the packing
+invariants."""
 
 import hypothesis
 import hypothesis.strategies as st
 import numpy as np
 import pytest
 
-from jaxformer.data import ShuffledBatches, pack_sequences, seq2seq_task
+from jaxformer.data import pack_sequences
 
 
 def reference_first_fit(sequences, seq_len):
@@ -93,74 +91,3 @@ def test_pack_errors():
         pack_sequences([[[1, 2]]], seq_len=8)
     with pytest.raises(ValueError, match="`seq_len` must be a positive int"):
         pack_sequences([[1]], seq_len=0)
-
-
-# -- ShuffledBatches ------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("drop_remainder", [True, False])
-def test_each_epoch_is_a_permutation(drop_remainder):
-    it = ShuffledBatches(10, batch_size=3, seed=0, drop_remainder=drop_remainder, num_epochs=3)
-    assert it.steps_per_epoch == (3 if drop_remainder else 4)
-    batches = list(it)
-    assert len(batches) == 3 * it.steps_per_epoch
-    epochs = [np.concatenate(batches[e * it.steps_per_epoch : (e + 1) * it.steps_per_epoch]) for e in range(3)]
-    for e, seen in enumerate(epochs):
-        np.testing.assert_array_equal(seen, it.permutation(e)[: seen.size])
-        assert np.unique(seen).size == seen.size == (9 if drop_remainder else 10)
-    assert not np.array_equal(epochs[0], epochs[1])  # a fresh shuffle each epoch
-    if drop_remainder:
-        assert all(b.shape == (3,) for b in batches)
-    else:
-        assert [b.size for b in batches[:4]] == [3, 3, 3, 1]
-
-
-def test_same_seed_same_order_different_seed_different():
-    a = [next(ShuffledBatches(100, batch_size=10, seed=s)) for s in (0, 0, 1)]
-    np.testing.assert_array_equal(a[0], a[1])
-    assert not np.array_equal(a[0], a[2])
-
-
-def test_resume_across_an_epoch_boundary():
-    run = ShuffledBatches(7, batch_size=2, seed=5)  # 3 batches per epoch, 1 example dropped each epoch
-    for _ in range(5):
-        next(run)
-    state = json.loads(json.dumps(run.state()))
-    assert state == {"epoch": 1, "index": 4, "seed": 5}
-    resumed = ShuffledBatches(7, batch_size=2, seed=5)
-    resumed.restore(state)
-    for _ in range(7):
-        np.testing.assert_array_equal(next(resumed), next(run))
-    assert resumed.state() == run.state()
-
-
-def test_indexes_arrays_and_mappings():
-    data = seq2seq_task("reverse", num_examples=12, min_len=1, max_len=4, seed=0)
-    it = ShuffledBatches(data, batch_size=4, seed=2)
-    idx = ShuffledBatches(12, batch_size=4, seed=2)
-    for _ in range(4):
-        batch, i = next(it), next(idx)
-        assert batch.keys() == data.keys()
-        for k in data:
-            np.testing.assert_array_equal(batch[k], data[k][i])
-    x = np.arange(24).reshape(12, 2)
-    np.testing.assert_array_equal(
-        next(ShuffledBatches(x, batch_size=4, seed=2)), x[next(ShuffledBatches(12, batch_size=4, seed=2))]
-    )
-
-
-def test_shuffled_batches_errors():
-    with pytest.raises(ValueError, match="3 examples, fewer than batch_size=4"):
-        ShuffledBatches(3, batch_size=4, seed=0)
-    assert next(ShuffledBatches(3, batch_size=4, seed=0, drop_remainder=False)).size == 3
-    with pytest.raises(ValueError, match="at least one example"):
-        ShuffledBatches(0, batch_size=1, seed=0)
-    with pytest.raises(ValueError, match="same number of rows"):
-        ShuffledBatches({"a": np.zeros(3), "b": np.zeros(4)}, batch_size=1, seed=0)
-    it = ShuffledBatches(10, batch_size=2, seed=0)
-    with pytest.raises(ValueError, match="saved with seed=1 but this iterator has seed=0"):
-        it.restore({"epoch": 0, "index": 0, "seed": 1})
-    with pytest.raises(ValueError, match=r"lacks keys \['index'\]"):
-        it.restore({"epoch": 0, "seed": 0})
-    with pytest.raises(ValueError, match="index=11 exceeds the 10 examples"):
-        it.restore({"epoch": 0, "index": 11, "seed": 0})

@@ -54,8 +54,9 @@ def test_unknown_split_and_feature():
 
 
 def test_missing_dataset_error_says_where_and_how(tmp_path):
+    # download=False: tiny_shakespeare would otherwise be fetched (tests/data/test_download.py).
     with pytest.raises(data.DatasetNotPreparedError) as info:
-        data.tfds_text("tiny_shakespeare", "train", data_dir=tmp_path)
+        data.tfds_text("tiny_shakespeare", "train", data_dir=tmp_path, download=False)
     message = str(info.value)
     assert isinstance(info.value, FileNotFoundError)
     assert "'tiny_shakespeare' is not prepared" in message
@@ -68,6 +69,7 @@ def test_missing_dataset_error_says_where_and_how(tmp_path):
 def test_missing_dataset_from_env(tmp_path, monkeypatch):
     _import_tfds_before_setting_env()
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("JAXFORMER_NO_DOWNLOAD", "1")
     with pytest.raises(data.DatasetNotPreparedError, match=re.escape(str(tmp_path))):
         data.tfds_source("tiny_shakespeare", "train")
 

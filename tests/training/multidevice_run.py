@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from jaxformer.configs import load_config
+from jaxformer.data import pipeline
 from jaxformer.training import sharding
 from jaxformer.training.checkpoints import Checkpointer
 from jaxformer.training.optimizers import build_optimizer
@@ -38,8 +39,8 @@ def spec_list(array) -> list:
 
 
 def setup(corpus: str, mesh_arg: str, steps: int):
-    """(task, state, step function, mesh, devices) for a tiny GPT on the mesh "data,fsdp,tensor" (optionally
-    followed by ":pmap" or ":shard_map" for those data-parallel modes, or ":nodropout")."""
+    """(task, train batches, state, step function, mesh, devices) for a tiny GPT on the mesh "data,fsdp,tensor"
+    (optionally followed by ":pmap" or ":shard_map" for those data-parallel modes, or ":nodropout")."""
     mesh_arg, _, mode = mesh_arg.partition(":")
     data, fsdp, tensor = (int(x) for x in mesh_arg.split(","))
     config = load_config(CONFIG)
@@ -70,7 +71,8 @@ def setup(corpus: str, mesh_arg: str, steps: int):
         )
         step = _Lowerable(runner.train_step, lambda s, b: jitted.lower(s, sharding.shard_batch(b, mesh)).as_text())
     # pmap's state lives on one device, not on the mesh.
-    return task, state, step, (None if mode == "pmap" else mesh), len(devices)
+    batches = pipeline.iterator(task.train_data())
+    return task, batches, state, step, (None if mode == "pmap" else mesh), len(devices)
 
 
 class _Lowerable:
@@ -89,18 +91,18 @@ def residual_constraints(hlo: str, shape: str) -> list[str]:
     return sorted(set(found))
 
 
-def train(task, state, step, mesh, steps: int):
+def train(batches, state, step, steps: int):
     losses, grad_norms = [], []
     for _ in range(steps):
-        state, metrics = step(state, next(task.batches))
+        state, metrics = step(state, next(batches))
         losses.append(float(metrics["loss"]))
         grad_norms.append(float(metrics["grad_norm"]))
     return state, losses, grad_norms
 
 
 def run(corpus: str, mesh_arg: str, steps: int) -> dict:
-    task, state, step, mesh, num_devices = setup(corpus, mesh_arg, steps)
-    state, losses, grad_norms = train(task, state, step, mesh, steps)
+    _, batches, state, step, mesh, num_devices = setup(corpus, mesh_arg, steps)
+    state, losses, grad_norms = train(batches, state, step, steps)
     if mesh is None:  # pmap
         return {"losses": losses, "grad_norms": grad_norms, "devices": num_devices}
     specs = {}
@@ -112,7 +114,7 @@ def run(corpus: str, mesh_arg: str, steps: int) -> dict:
     mu = jax.tree.leaves(state.opt_state)
     # The residual stream [batch 8, length 16, embed 32] is pinned at every block boundary (nn/constraints.py).
     lower = getattr(step, "lower", None)  # jit modes only
-    constraints = residual_constraints(lower(state, next(task.batches)), "8x16x32") if lower else None
+    constraints = residual_constraints(lower(state, next(batches)), "8x16x32") if lower else None
     return {
         "residual_constraints": constraints,
         "losses": losses,
@@ -126,18 +128,17 @@ def run(corpus: str, mesh_arg: str, steps: int) -> dict:
 def cross_mesh(corpus: str, directory: str, source: str, targets: list[str]) -> dict:
     """Trains 5 steps on `source`, checkpoints, restores onto each target mesh and trains 5 more there; the
     source run also goes on for 5 steps. Returns whether each restore gave identical parameters, and the losses."""
-    task, state, step, mesh, _ = setup(corpus, source, 10)
-    state, _, _ = train(task, state, step, mesh, 5)
+    _, batches, state, step, mesh, _ = setup(corpus, source, 10)
+    state, _, _ = train(batches, state, step, 5)
     with Checkpointer(directory) as checkpoints:
-        checkpoints.save(5, state, data_state=task.batches.state(), config={})
+        checkpoints.save(5, state, data_iterator=batches, config={})
     saved = [np.asarray(x) for x in jax.tree.leaves(state.params)]
-    _, continued, _ = train(task, state, step, mesh, 5)
+    _, continued, _ = train(batches, state, step, 5)
     result = {source: continued}
     for target in targets:
-        task, template, step, mesh, _ = setup(corpus, target, 10)
+        _, batches, template, step, mesh, _ = setup(corpus, target, 10)
         with Checkpointer(directory) as checkpoints:
-            restored, data_state, _ = checkpoints.restore(template, 5)
-        task.batches.restore(data_state)
+            restored, _ = checkpoints.restore(template, 5, data_iterator=batches)
         same = all(
             np.array_equal(a, np.asarray(b)) for a, b in zip(saved, jax.tree.leaves(restored.params), strict=True)
         )
@@ -145,7 +146,7 @@ def cross_mesh(corpus: str, directory: str, source: str, targets: list[str]) -> 
             x.sharding.spec == y.sharding.spec
             for x, y in zip(jax.tree.leaves(restored), jax.tree.leaves(template), strict=True)
         }
-        _, losses, _ = train(task, restored, step, mesh, 5)
+        _, losses, _ = train(batches, restored, step, 5)
         result[target] = {"identical_params": same, "target_shardings": layouts == {True}, "losses": losses}
     return result
 

@@ -34,7 +34,7 @@ def test_the_first_step_trains_the_pretrained_weights(tmp_path, corpus):
     first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert first["step"] == 1
     task = make_task(config)  # the same seed: the same first batch
-    batch = {k: jnp.asarray(v) for k, v in next(task.batches).items()}
+    batch = {k: jnp.asarray(v) for k, v in task.train_data()[0].items()}
     want, _ = lm_loss(pretrained.from_pretrained(GPT2), batch)
     np.testing.assert_allclose(first["train_loss"], float(want), rtol=1e-5)
     assert task.model_config().num_layers == 2 and task.tokenizer.vocab_size == 300  # the checkpoint's

@@ -95,6 +95,9 @@ def test_two_processes_train_like_one_process_with_the_same_mesh(tmp_path, corpu
     assert sorted(p.name for p in (multi / "checkpoints").iterdir() if p.name.isdigit()) == ["3", "6"]
     assert (multi / "samples.txt").read_text() == (single / "samples.txt").read_text()
     assert "Resumed" not in outputs[0][0] + outputs[1][0]
+    # Each process read only its own half of every global batch (and together they fed what one process did).
+    assert "Process 0 of 2 reads rows 0:4 of every batch of 8." in outputs[0][0]
+    assert "Process 1 of 2 reads rows 4:8 of every batch of 8." in outputs[1][0]
 
 
 def test_one_process_feeds_every_row_of_the_batch():

@@ -12,10 +12,9 @@ from flax import nnx
 
 from jaxformer import data
 from jaxformer.configs import load_config
+from jaxformer.data import pipeline
 from jaxformer.training.loop import train_and_evaluate
 from jaxformer.training.tasks import build_model_config, make_task
-from jaxformer.training.tasks.base import padded_batches
-from jaxformer.training.tasks.mlm import MLMBatches
 from jaxformer.training.tasks.seq2seq import exact_matches
 
 TINY_MODEL = dict(num_layers=1, num_heads=2, d_model=32, d_ff=64)
@@ -114,8 +113,26 @@ def test_lm_task_tokenizes_with_sentencepiece(corpus):
     assert isinstance(task.tokenizer, data.SentencePieceTokenizer)
     assert task.model_config().vocab_size == 40
     text = pathlib.Path(corpus).read_text()
-    assert task.tokenizer.decode(task.train_tokens) == text[: int(len(text) * (1 - config.data.eval_fraction))]
+    assert task.tokenizer.decode(task.train_tokens.tokens) == text[: int(len(text) * (1 - config.data.eval_fraction))]
     assert len(task.train_tokens) < 0.8 * len(text)  # subwords, not characters
+
+
+def test_lm_trains_on_a_prepared_corpus_with_packed_documents(tmp_path, corpus):
+    """`jaxformer prepare` once, then `--config.data.prepared=DIR`: the tokenizer, vocabulary and splits come from
+    the prepared directory, and packed-document batches carry segment ids into the model."""
+    prepared = tmp_path / "prepared"
+    data.prepare(f"text:{corpus}", "char", str(prepared), validation_fraction=0.1, workers=1, progress=False)
+    config = tiny("shakespeare_char_cpu", prepared=str(prepared), seq_len=16, sampling="packed_documents")
+    task = make_task(config)
+    assert task.tokenizer == data.open_prepared(str(prepared)).tokenizer
+    assert task.model_config().vocab_size == task.tokenizer.vocab_size
+    batch = task.train_data()[0]
+    assert set(batch) == {"inputs", "targets", "weights", "segment_ids", "positions"}
+    final = train_and_evaluate(config, str(tmp_path / "run"))
+    check_run(tmp_path / "run", final, ("val_perplexity",))
+    config.data.eval_split = "test"
+    with pytest.raises(ValueError, match=r"'test'.*has \['train', 'validation'\]"):
+        make_task(config)
 
 
 def test_unknown_task_is_named():
@@ -135,28 +152,29 @@ def test_model_override_may_not_shrink_what_the_data_needs():
         build_model_config(config, {"vocab_size": 13, "max_len": 9})
 
 
-def test_mlm_batches_resume_exactly_and_corrupt_only_chosen_positions():
-    tokens = np.random.default_rng(0).integers(0, 20, size=2000).astype(np.int32)
-
-    def batches():
-        windows = data.LMBatcher(tokens, batch_size=4, seq_len=32, seed=3)
-        return MLMBatches(windows, mask_id=20, mask_rate=0.15, seed=3)
-
-    straight = batches()
+def test_mlm_batches_resume_exactly_and_corrupt_only_chosen_positions(corpus):
+    config = text_config("bert_mlm_tiny", corpus)
+    config.update(batch_size=4, seed=3)
+    task = make_task(config)
+    straight = pipeline.iterator(task.train_data())
     first = [next(straight) for _ in range(5)]
-    resumed = batches()
+    resumed = pipeline.iterator(task.train_data())
     next(resumed)
-    state = resumed.state()
-    again = batches()
-    again.restore(state)
+    again = pipeline.iterator(task.train_data())
+    again.set_state(resumed.get_state())
     for want, got in zip(first[1:], [next(again) for _ in range(4)], strict=True):
         for key in want:
             np.testing.assert_array_equal(want[key], got[key])
+    seq_len = config.data.seq_len
     for batch in first:
         changed = batch["inputs"] != batch["targets"]
         assert not np.any(changed & ~batch["weights"])  # only chosen positions are corrupted
-        np.testing.assert_array_equal(batch["weights"].sum(1), round(0.15 * 32))  # exactly k per row
+        np.testing.assert_array_equal(batch["weights"].sum(1), round(0.15 * seq_len))  # exactly k per row
     assert not np.array_equal(first[0]["weights"], first[1]["weights"])  # a fresh corruption every step
+    # Each process corrupts only its rows, exactly as one process corrupts them.
+    half = task.train_data(slice(2, 4))[3]
+    for key in first[3]:
+        np.testing.assert_array_equal(half[key], first[3][key][2:])
 
 
 def test_exact_match_counts_the_whole_target_and_its_eos():
@@ -165,16 +183,6 @@ def test_exact_match_counts_the_whole_target_and_its_eos():
     valid = tgt_out != 0
     predicted = np.array([[5, 6, eos, eos], [5, 6, 7, eos], [5, 7, eos, 0], [7, eos, 0, 0]])
     np.testing.assert_array_equal(exact_matches(predicted, tgt_out, valid), [True, False, False, True])
-
-
-def test_padded_batches_cover_every_example_once_in_full_batches():
-    arrays = {"x": np.arange(10), "y": np.arange(10) * 2}
-    seen = []
-    for batch, valid in padded_batches(arrays, 4):
-        assert batch["x"].shape == (4,) and valid.shape == (4,)
-        np.testing.assert_array_equal(batch["y"], batch["x"] * 2)
-        seen += batch["x"][valid].tolist()
-    assert seen == list(range(10))
 
 
 @pytest.mark.slow
@@ -197,7 +205,7 @@ def test_bf16_compute_keeps_float32_parameters(corpus):
         schedule, optimizer = build_optimizer(config, d_model=model_cfg.d_model)
         graphs, state = create_train_state(task.model_class(model_cfg, rngs=nnx.Rngs(config.seed)), optimizer)
         step = make_train_step(graphs, optimizer, schedule, task.loss)
-        state, metrics = step(state, next(task.batches))
+        state, metrics = step(state, task.train_data()[0])
         assert {p.dtype for p in jax.tree.leaves(state.params)} == {np.dtype("float32")}
         losses[dtype] = float(metrics["loss"])
     assert np.isfinite(losses["bfloat16"])

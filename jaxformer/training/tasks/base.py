@@ -12,12 +12,12 @@ the model itself reads (`inputs_valid`, `src_valid`, `tgt_valid`).
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
+import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from flax import nnx
 
 from jaxformer import ops
@@ -30,13 +30,11 @@ from jaxformer.training.state import TrainState
 class Task(abc.ABC):
     """One kind of training problem. Subclasses set `model_class` and implement the abstract methods.
 
-    Attributes set by subclasses: `batches` (train batches: an iterator of dicts of arrays with `state()` /
-    `restore(state)`, deterministic given the config's seed) and `tokens_per_batch` (model input tokens per
-    training batch, for the tokens/s metric).
+    Attributes set by subclasses: `tokens_per_batch` (model input tokens per training batch, for the tokens/s
+    metric).
     """
 
     model_class: type[nnx.Module]
-    batches: Iterator[dict]
     tokens_per_batch: int
 
     def __init__(self, config: ml_collections.ConfigDict):
@@ -45,6 +43,12 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def model_fields(self) -> dict:
         """ModelConfig fields that the data fixes (vocab_size, max_len, image_size, ...), over the config's."""
+
+    @abc.abstractmethod
+    def train_data(self, rows: slice | None = None) -> grain.MapDataset:
+        """The training batches (`data.pipeline`): element s is the batch of step s, deterministic given the
+        config's seed, holding rows `rows` of the global batch of `config.batch_size` (this process's share;
+        default every row)."""
 
     def model_config(self) -> ModelConfig:
         return run_model_config(self.config, self.model_fields())
@@ -167,14 +171,3 @@ def weighted_mean(rows: list[tuple[dict, float]], key: str) -> float:
     total = sum(float(m[key]) * w for m, w in rows)
     count = sum(w for _, w in rows)
     return total / max(count, 1.0)
-
-
-def padded_batches(arrays: dict[str, np.ndarray], batch_size: int) -> Iterator[tuple[dict, np.ndarray]]:
-    """Every example of `arrays` (N rows each) once, in order, in batches of exactly `batch_size` (one compile):
-    yields (batch, example_valid bool `[B]`); the last batch is filled with copies of row 0, marked invalid."""
-    n = len(next(iter(arrays.values())))
-    for start in range(0, n, batch_size):
-        idx = np.arange(start, start + batch_size)
-        valid = idx < n
-        idx = np.where(valid, idx, 0)
-        yield {k: v[idx] for k, v in arrays.items()}, valid

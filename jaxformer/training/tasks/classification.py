@@ -14,7 +14,7 @@ from flax import nnx
 
 from jaxformer import data
 from jaxformer.models import ViT
-from jaxformer.training.tasks.base import Task, classification_loss, evaluate_batches, padded_batches
+from jaxformer.training.tasks.base import Task, classification_loss, evaluate_batches
 
 _predict = nnx.jit(lambda model, images: model(images).argmax(-1))
 
@@ -35,12 +35,13 @@ class ImageClassification(Task):
                 f"config.data.patch_grid={grid} does not divide the image size {size} of {self.train_set.name!r}."
             )
         self.patch_size = size // grid
-        self.batches = data.ShuffledBatches(
-            {"images": self.train_set.images, "labels": self.train_set.labels},
-            batch_size=config.batch_size,
-            seed=config.seed,
-        )
         self.tokens_per_batch = config.batch_size * (grid * grid + 1)
+
+    def train_data(self, rows: slice | None = None):
+        arrays = {"images": self.train_set.images, "labels": self.train_set.labels}
+        return data.pipeline.shuffled_examples(
+            arrays, batch_size=self.config.batch_size, seed=self.config.seed, rows=rows
+        )
 
     def model_fields(self) -> dict:
         images = self.train_set.images
@@ -66,7 +67,8 @@ class ImageClassification(Task):
     def evaluate(self, eval_step, state, model) -> dict:
         """`val_loss` and `val_accuracy` over every image of the evaluation split."""
         arrays = {"images": self.eval_set.images, "labels": self.eval_set.labels}
-        batches = ({**batch, "weights": valid} for batch, valid in padded_batches(arrays, self.config.batch_size))
+        batches = data.pipeline.padded_examples(arrays, batch_size=self.config.batch_size)
+        batches = ({**batch, "weights": valid} for batch, valid in batches)
         return evaluate_batches(eval_step, state, batches)
 
     def samples(self, model) -> str:
@@ -74,7 +76,7 @@ class ImageClassification(Task):
         k = self.eval_set.num_classes
         confusion = np.zeros((k, k), np.int64)
         arrays = {"images": self.eval_set.images, "labels": self.eval_set.labels}
-        for batch, valid in padded_batches(arrays, self.config.batch_size):
+        for batch, valid in data.pipeline.padded_examples(arrays, batch_size=self.config.batch_size):
             predicted = np.asarray(_predict(model, batch["images"]))
             np.add.at(confusion, (batch["labels"][valid], predicted[valid]), 1)
         accuracy = np.trace(confusion) / confusion.sum()

@@ -1,9 +1,12 @@
 """Language modelling (`config.task = "lm"`): a decoder-only GPT predicts the next token of a text corpus.
 
-Data: `config.data.source` "tfds" (a text dataset such as tiny_shakespeare) or "text_file" (its last
-`eval_fraction` is the validation text); `config.data.tokenizer` "char", "byte" or "sentencepiece" (trained on the
-training text, `config.data.vocab_size` pieces). Training batches are random windows of `seq_len + 1` tokens;
-validation covers every token of the validation text once.
+Data (`defaults.text_data`): `config.data.prepared`, a corpus tokenized once by `jaxformer prepare` (ArrayRecord
+shards read a window at a time: it never has to fit in memory); or, for small corpora, `config.data.source` "tfds"
+(a text dataset such as tiny_shakespeare) or "text_file" (its last `eval_fraction` is the validation text),
+tokenized in memory by `config.data.tokenizer` "char", "byte", "sentencepiece" (trained on the training text,
+`config.data.vocab_size` pieces) or "hf:DIR_OR_HUB_ID". Either way the batches come from `data.pipeline` (grain):
+training `config.data.sampling` "random_windows" of `seq_len + 1` tokens or "packed_documents" rows with segment
+ids; validation covers every token of the validation split once.
 """
 
 from __future__ import annotations
@@ -55,11 +58,34 @@ def make_tokenizer(cfg: ml_collections.ConfigDict, train_text: str) -> data.Toke
     raise ValueError(f"config.data.tokenizer={name!r}; choose one of {TOKENIZERS}.")
 
 
-def load_corpus(cfg: ml_collections.ConfigDict) -> tuple[data.Tokenizer, np.ndarray, np.ndarray]:
-    """(tokenizer fitted to the training text, train tokens, eval tokens) of `config.data`."""
+def load_corpus(cfg: ml_collections.ConfigDict) -> tuple[data.Tokenizer, data.TokenStore, data.TokenStore]:
+    """(tokenizer, train tokens, eval tokens) of `config.data`: a prepared corpus's, or the source's text
+    tokenized in memory by a tokenizer fitted to the training text."""
+    if cfg.get("prepared"):
+        corpus = data.open_prepared(cfg.prepared)
+        for split in (cfg.train_split, cfg.eval_split):
+            if split not in corpus.split_names:
+                raise ValueError(
+                    f"config.data.train_split / eval_split name {split!r}, which the prepared corpus {cfg.prepared} "
+                    f"does not have; it has {list(corpus.split_names)}."
+                )
+        return corpus.tokenizer, corpus.split(cfg.train_split), corpus.split(cfg.eval_split)
     train_text = load_text(cfg, cfg.train_split)
     tokenizer = make_tokenizer(cfg, train_text)
-    return tokenizer, tokenizer.encode(train_text), tokenizer.encode(load_text(cfg, cfg.eval_split))
+    encode = lambda text: data.ArrayTokens(tokenizer.encode(text))
+    return tokenizer, encode(train_text), encode(load_text(cfg, cfg.eval_split))
+
+
+SAMPLINGS = ("random_windows", "packed_documents")
+
+
+def lm_train_data(config: ml_collections.ConfigDict, store: data.TokenStore, rows: slice | None):
+    """The training batches of `config.data.sampling` over `store` (`data.pipeline`)."""
+    sampling = config.data.get("sampling", "random_windows")
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"config.data.sampling={sampling!r}; choose one of {SAMPLINGS}.")
+    make = data.pipeline.random_windows if sampling == "random_windows" else data.pipeline.packed_documents
+    return make(store, batch_size=config.batch_size, seq_len=config.data.seq_len, seed=config.seed, rows=rows)
 
 
 def lm_loss(model: GPT, batch: dict, *, label_smoothing: float = 0.0) -> tuple[jax.Array, dict]:
@@ -97,10 +123,10 @@ class LanguageModelling(Task):
         super().__init__(config)
         cfg = config.data
         self.tokenizer, self.train_tokens, self.eval_tokens = load_corpus(cfg)
-        self.batches = data.LMBatcher(
-            self.train_tokens, batch_size=config.batch_size, seq_len=cfg.seq_len, seed=config.seed
-        )
         self.tokens_per_batch = config.batch_size * cfg.seq_len
+
+    def train_data(self, rows: slice | None = None):
+        return lm_train_data(self.config, self.train_tokens, rows)
 
     def model_fields(self) -> dict:
         return lm_model_fields(self.config, self.tokenizer)
@@ -114,7 +140,7 @@ class LanguageModelling(Task):
     def evaluate(self, eval_step, state, model) -> dict:
         """`val_loss`: mean next-token loss over every target of the validation text (padding not counted)."""
         cfg = self.config
-        batches = data.eval_batches(self.eval_tokens, batch_size=cfg.batch_size, seq_len=cfg.data.seq_len)
+        batches = data.pipeline.eval_windows(self.eval_tokens, batch_size=cfg.batch_size, seq_len=cfg.data.seq_len)
         return evaluate_batches(eval_step, state, batches, with_perplexity=True)
 
     def samples(self, model) -> str:
@@ -162,5 +188,5 @@ def load_trained(workdir: str) -> tuple[GPT, data.Tokenizer, ml_collections.Conf
         model_cfg = run_model_config(config, lm_model_fields(config, tokenizer))
         _, optimizer = build_optimizer(config, d_model=model_cfg.d_model)
         graphs, template = create_train_state(GPT(model_cfg, rngs=nnx.Rngs(config.seed)), optimizer)
-        state, _, _ = checkpoints.restore(template, step)
+        state, _ = checkpoints.restore(template, step)
     return merge(graphs.eval, state), tokenizer, config

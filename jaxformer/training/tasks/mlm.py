@@ -1,9 +1,9 @@
 """Masked language modelling (`config.task = "mlm"`): BERT learns to restore corrupted tokens of a text corpus.
 
-Data as for "lm" (a tfds text dataset or a text file, char / byte / sentencepiece tokens). Each training batch
-is B random windows of `seq_len` tokens corrupted by `mask_for_mlm` (`config.data.mask_rate` of the tokens
-chosen, 80% [MASK] / 10% random / 10% kept); [MASK] is one extra id after the tokenizer's vocabulary. The
-corruption of step s is drawn from (seed, s) like the windows, so a resumed run sees identical batches.
+Data as for "lm" (a prepared corpus, a tfds text dataset or a text file). Each training batch is B random windows
+of `seq_len` tokens corrupted by `mask_for_mlm` (`config.data.mask_rate` of the tokens chosen, 80% [MASK] / 10%
+random / 10% kept); [MASK] is one extra id after the tokenizer's vocabulary. Row r of step s is corrupted with a
+key drawn from (seed, s, r), as the windows are from (seed, s), so a resumed run sees identical batches.
 Validation tiles the validation text once with a fixed corruption; the loss counts the chosen tokens only.
 
 Batches: `inputs` (corrupted ids), `targets` (the original ids), `weights` (bool: the chosen positions, the only
@@ -12,6 +12,7 @@ ones the loss counts) and, in validation, `inputs_valid` (False at padding).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -21,35 +22,38 @@ import numpy as np
 from jaxformer import data
 from jaxformer.models import BERT, mask_for_mlm
 from jaxformer.training.tasks.base import Task, classification_loss, evaluate_batches
-from jaxformer.training.tasks.lm import load_corpus, save_tokenizer
+from jaxformer.training.tasks.lm import lm_train_data, load_corpus, save_tokenizer
 
 _mask = jax.jit(mask_for_mlm, static_argnames=("vocab_size", "mask_id", "special_ids", "mask_rate"))
 
 
-class MLMBatches:
-    """Resumable, deterministic masked-LM batches: `LMBatcher` windows, corrupted with a key folded from the step.
+@functools.partial(jax.jit, static_argnames=("mask_id", "mask_rate"))
+def _corrupt_rows(keys: jax.Array, tokens: jax.Array, *, mask_id: int, mask_rate: float):
+    """`mask_for_mlm` of each row of `tokens [b, T]` with its own key of `keys [b]`."""
 
-    Yields {"inputs": corrupted int32 `[B, T]`, "targets": the original tokens, "weights": bool `[B, T]` (the
-    positions to predict)}. `state()` / `restore()` are the LMBatcher's.
-    """
+    def one(key, row):
+        out = mask_for_mlm(key, row[None], vocab_size=mask_id + 1, mask_id=mask_id, mask_rate=mask_rate)
+        return jax.tree.map(lambda x: x[0], out)
 
-    def __init__(self, windows: data.LMBatcher, *, mask_id: int, mask_rate: float, seed: int):
-        self.windows, self.mask_id, self.mask_rate = windows, mask_id, mask_rate
-        self.key = jax.random.key(seed)
+    return jax.vmap(one)(keys, tokens)
 
-    def __iter__(self):
-        return self
 
-    def __next__(self) -> dict[str, np.ndarray]:
-        step = self.windows.step
-        tokens = next(self.windows)["inputs"]
-        return corrupt(jax.random.fold_in(self.key, step), tokens, mask_id=self.mask_id, mask_rate=self.mask_rate)
+@dataclasses.dataclass(frozen=True)
+class _Corrupt:
+    """Row r of step s's windows corrupted with a key folded from (seed, s, r): the same corruption however many
+    processes share the batch, and a resumed run sees identical batches."""
 
-    def state(self) -> dict[str, int]:
-        return self.windows.state()
+    mask_id: int
+    mask_rate: float
+    seed: int
+    rows: slice
 
-    def restore(self, state) -> None:
-        self.windows.restore(state)
+    def __call__(self, step: int, windows: dict) -> dict[str, np.ndarray]:
+        step_key = jax.random.fold_in(jax.random.key(self.seed), step)
+        keys = jax.vmap(lambda r: jax.random.fold_in(step_key, r))(np.arange(self.rows.start, self.rows.stop))
+        out = _corrupt_rows(keys, windows["inputs"], mask_id=self.mask_id, mask_rate=self.mask_rate)
+        inputs, labels, chosen = (np.asarray(x) for x in out)
+        return {"inputs": inputs, "targets": labels, "weights": chosen}
 
 
 def corrupt(key: jax.Array, tokens: np.ndarray, *, mask_id: int, mask_rate: float, valid=None) -> dict:
@@ -66,11 +70,18 @@ class MaskedLanguageModelling(Task):
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
         cfg = config.data
-        self.tokenizer, train_tokens, self.eval_tokens = load_corpus(cfg)
+        if cfg.get("sampling", "random_windows") != "random_windows":
+            raise ValueError(f"config.data.sampling={cfg.sampling!r}: the mlm task reads 'random_windows' only.")
+        self.tokenizer, self.train_tokens, self.eval_tokens = load_corpus(cfg)
         self.mask_id = self.tokenizer.vocab_size  # one id after the tokenizer's
-        windows = data.LMBatcher(train_tokens, batch_size=config.batch_size, seq_len=cfg.seq_len, seed=config.seed)
-        self.batches = MLMBatches(windows, mask_id=self.mask_id, mask_rate=cfg.mask_rate, seed=config.seed)
         self.tokens_per_batch = config.batch_size * cfg.seq_len
+
+    def train_data(self, rows: slice | None = None):
+        """Random windows (their `inputs`: T tokens each), corrupted by `mask_for_mlm`."""
+        cfg = self.config
+        rows = data.pipeline.check_rows(rows, cfg.batch_size)
+        windows = lm_train_data(cfg, self.train_tokens, rows)
+        return windows.map_with_index(_Corrupt(self.mask_id, cfg.data.mask_rate, cfg.seed, rows))
 
     def model_fields(self) -> dict:
         return {"vocab_size": self.mask_id + 1, "max_len": self.config.data.seq_len}
@@ -90,7 +101,7 @@ class MaskedLanguageModelling(Task):
     def eval_set(self) -> list[dict]:
         """The validation text in padded windows, each corrupted once with a fixed key (the same at every eval)."""
         cfg, batches = self.config, []
-        windows = data.eval_batches(self.eval_tokens, batch_size=cfg.batch_size, seq_len=cfg.data.seq_len)
+        windows = data.pipeline.eval_windows(self.eval_tokens, batch_size=cfg.batch_size, seq_len=cfg.data.seq_len)
         key = jax.random.key(cfg.seed + 1)
         for i, window in enumerate(windows):
             # The windows' inputs are tokens 0..T-1 of each slice; their weights mark the real ones.

@@ -2,7 +2,8 @@
 
 Data (`jaxformer.data.seq2seq_task`, generated offline from the seed): `config.data.task` "reverse", "sort" or
 "add"; `min_len`..`max_len` digits per sequence (per operand for add); `num_train` training examples (seed
-`config.seed`) shuffled epoch after epoch, `num_eval` validation examples (seed `config.seed + 1`).
+`config.seed`) shuffled epoch after epoch (`data.pipeline.shuffled_examples`), `num_eval` validation examples
+(seed `config.seed + 1`).
 Training is teacher-forced; validation also decodes greedily and reports `val_exact_match`, the share of
 examples whose whole output (EOS included) equals the target.
 """
@@ -16,7 +17,7 @@ import numpy as np
 from jaxformer import data
 from jaxformer.decoding import beam_search
 from jaxformer.models import Transformer
-from jaxformer.training.tasks.base import Task, classification_loss, padded_batches, weighted_mean
+from jaxformer.training.tasks.base import Task, classification_loss, weighted_mean
 
 
 def greedy_decode(model: Transformer, src: np.ndarray, src_valid: np.ndarray, max_len: int) -> np.ndarray:
@@ -43,9 +44,13 @@ class SequenceToSequence(Task):
         )
         self.train_set = make(cfg.num_train, config.seed)
         self.eval_set = make(cfg.num_eval, config.seed + 1)
-        self.batches = data.ShuffledBatches(self.train_set, batch_size=config.batch_size, seed=config.seed)
         src_len, tgt_len = self.train_set["src"].shape[1], self.train_set["tgt_in"].shape[1]
         self.tokens_per_batch = config.batch_size * (src_len + tgt_len)
+
+    def train_data(self, rows: slice | None = None):
+        return data.pipeline.shuffled_examples(
+            self.train_set, batch_size=self.config.batch_size, seed=self.config.seed, rows=rows
+        )
 
     def model_fields(self) -> dict:
         src_len, tgt_len = self.train_set["src"].shape[1], self.train_set["tgt_in"].shape[1]
@@ -65,7 +70,7 @@ class SequenceToSequence(Task):
     def evaluate(self, eval_step, state, model) -> dict:
         """`val_loss` / `val_accuracy` (teacher-forced, per target token) and `val_exact_match` (greedy decoding)."""
         rows, matches = [], []
-        for batch, example_valid in padded_batches(self.eval_set, self.config.batch_size):
+        for batch, example_valid in data.pipeline.padded_examples(self.eval_set, batch_size=self.config.batch_size):
             batch["weights"] = batch["tgt_valid"] & example_valid[:, None]
             metrics = jax.device_get(eval_step(state, batch))
             rows.append((metrics, float(metrics["tokens"])))

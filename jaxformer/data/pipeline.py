@@ -1,0 +1,327 @@
+"""Every batch jaxformer trains or evaluates on is an element of a `grain.MapDataset` (Grain, as in MaxText).
+
+Training datasets are indexed by step: element s is the batch of step s (0-based), a pure function of (seed, s),
+and holds only the rows of the global batch that this process feeds (`rows`, from `sharding.process_rows`), so
+each process of a multi-host run reads only its own rows and the processes together see exactly the batch one
+process would. `iterator` turns a dataset into grain's checkpointable iterator, read ahead by threads (and worker
+processes where they help); its `get_state()` goes into the orbax checkpoint, so a resumed run continues with
+exactly the batches of an uninterrupted one.
+
+    store = ArrayTokens(tokens)                                                  # or open_prepared(dir).split(...)
+    train = random_windows(store, batch_size=64, seq_len=256, seed=0)            # MapDataset of batches
+    batches = iterator(train)                                                    # grain DatasetIterator
+    batch = next(batches)            # {"inputs": int32 [B, T], "targets": int32 [B, T]}
+    state = batches.get_state()      # saved by grain's orbax handler (training/checkpoints.py)
+
+Training sources:
+  random_windows     B windows of T + 1 tokens at uniform random starts (nanoGPT): inputs / targets.
+  packed_documents   the split cut into rows of T + 1 tokens, globally shuffled each epoch; documents meeting in a
+                     row are kept apart by `segment_ids` / `positions`, and `weights` drops the targets that
+                     cross into the next document.
+  shuffled_examples  in-memory arrays with one row per example (toy seq2seq, digits), shuffled each epoch.
+Evaluation sources (finite, in order, padded to full batches so one eval step compiles):
+  eval_windows       every token of a split predicted once.
+  padded_examples    every example once, with a bool `[B]` of the real ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Mapping
+
+import grain
+import numpy as np
+
+from jaxformer import checks
+from jaxformer.data.token_store import TokenStore
+
+
+def random_windows(
+    store: TokenStore,
+    *,
+    batch_size: int,
+    seq_len: int,
+    seed: int,
+    rows: slice | None = None,
+    num_batches: int | None = None,
+) -> grain.MapDataset:
+    """Batches of random language-model windows: element s is `{"inputs", "targets"}`, int32 `[b, T]`.
+
+    The B window starts of step s are drawn uniformly from [0, N - T) by a NumPy generator seeded with (seed, s);
+    window b reads tokens `[start_b, start_b + T]`, inputs are its first T tokens and targets its last T. The
+    process reads only windows `rows` (b = rows.stop - rows.start of them).
+
+    Args:
+      store: the split's tokens, N >= T + 1.
+      batch_size: B, windows in the global batch.
+      seq_len: T.
+      seed: non-negative int.
+      rows: this process's rows of the global batch (default all).
+      num_batches: length of the dataset (default: unbounded, `sys.maxsize`).
+    """
+    _check_store(store)
+    batch_size, seq_len, seed, rows, length = _check_common(batch_size, seq_len, seed, rows, num_batches)
+    if len(store) < seq_len + 1:
+        raise ValueError(
+            f"{store!r} has {len(store)} tokens but a window needs seq_len + 1 = {seq_len + 1}; use a smaller "
+            f"seq_len or more data."
+        )
+    return grain.MapDataset.range(length).map(_RandomWindows(store, batch_size, seq_len, seed, rows))
+
+
+def packed_documents(
+    store: TokenStore,
+    *,
+    batch_size: int,
+    seq_len: int,
+    seed: int,
+    rows: slice | None = None,
+    num_batches: int | None = None,
+) -> grain.MapDataset:
+    """Batches of packed rows: element s is `{"inputs", "targets", "weights", "segment_ids", "positions"}` `[b, T]`.
+
+    Row r of the split reads tokens `[rT, rT + T]` (R = (N - 1) // T rows, each target predicted once per
+    epoch); the rows are globally shuffled (grain's `shuffle`, reseeded every epoch) and step s takes rows
+    sB .. sB + B - 1 of that order. In a row, `segment_ids` number the documents 1, 2, ... (`ops.segment_mask`
+    keeps them apart), `positions` restart at 0 where a document starts (or the row does), and `weights` is
+    False where the target is the first token of the next document (nothing in the row predicts it).
+    """
+    _check_store(store)
+    batch_size, seq_len, seed, rows, length = _check_common(batch_size, seq_len, seed, rows, num_batches)
+    num_rows = (len(store) - 1) // seq_len
+    if num_rows < 1:
+        raise ValueError(
+            f"{store!r} has {len(store)} tokens, too few for one row of seq_len + 1 = {seq_len + 1}; use a smaller "
+            f"seq_len or more data."
+        )
+    order = grain.MapDataset.range(num_rows).shuffle(_shuffle_seed(seed)).repeat()
+    return grain.MapDataset.range(length).map(_PackedRows(store, order, batch_size, seq_len, rows))
+
+
+def shuffled_examples(
+    arrays: Mapping[str, np.ndarray],
+    *,
+    batch_size: int,
+    seed: int,
+    rows: slice | None = None,
+    num_batches: int | None = None,
+) -> grain.MapDataset:
+    """Batches of in-memory examples: element s is `{name: array[idx]}` for the examples idx of step s.
+
+    The N examples (rows of every array) are globally shuffled (grain's `shuffle`, reseeded every epoch) and
+    repeated; step s takes examples sB .. sB + B - 1 of that stream, so a batch may straddle two epochs and no
+    example is ever skipped.
+    """
+    arrays = _check_arrays(arrays)
+    n = len(next(iter(arrays.values())))
+    batch_size, _, seed, rows, length = _check_common(batch_size, 1, seed, rows, num_batches)
+    order = grain.MapDataset.range(n).shuffle(_shuffle_seed(seed)).repeat()
+    return grain.MapDataset.range(length).map(_ShuffledRows(arrays, order, batch_size, rows))
+
+
+def eval_windows(store: TokenStore, *, batch_size: int, seq_len: int) -> grain.MapDataset:
+    """Batches of non-overlapping windows that predict every token of the split after the first exactly once.
+
+    Window w reads inputs `tokens[wT : wT + T]` and targets `tokens[wT + 1 : wT + T + 1]`; the remainder is
+    padded, not dropped: missing positions and rows hold token 0 with `weights` False, so every batch has the
+    full shape `[B, T]` and a loss masked by `weights` averages over exactly the N - 1 targets.
+
+    Returns:
+      a MapDataset of `num_eval_batches(N, ...)` elements `{"inputs", "targets": int32 [B, T], "weights": bool}`.
+    """
+    _check_store(store)
+    batch_size = checks.check_positive_int("batch_size", batch_size)
+    seq_len = checks.check_positive_int("seq_len", seq_len)
+    if len(store) < 2:
+        raise ValueError(f"{store!r} needs at least 2 tokens (one input, one target); got {len(store)}.")
+    num_batches = num_eval_batches(len(store), batch_size=batch_size, seq_len=seq_len)
+    return grain.MapDataset.range(num_batches).map(_EvalWindows(store, batch_size, seq_len))
+
+
+def num_eval_batches(num_tokens: int, *, batch_size: int, seq_len: int) -> int:
+    """How many batches `eval_windows` has for `num_tokens` tokens: ceil(ceil((N - 1) / T) / B)."""
+    num_tokens = checks.check_nonnegative_int("num_tokens", num_tokens)
+    batch_size = checks.check_positive_int("batch_size", batch_size)
+    seq_len = checks.check_positive_int("seq_len", seq_len)
+    windows = -(-max(num_tokens - 1, 0) // seq_len)
+    return -(-windows // batch_size)
+
+
+def padded_examples(arrays: Mapping[str, np.ndarray], *, batch_size: int) -> grain.MapDataset:
+    """Every example once, in order, in batches of exactly `batch_size` (one compiled eval step): elements are
+    (batch, example_valid bool `[B]`); the last batch is filled with copies of example 0, marked invalid."""
+    arrays = _check_arrays(arrays)
+    batch_size = checks.check_positive_int("batch_size", batch_size)
+    n = len(next(iter(arrays.values())))
+    return grain.MapDataset.range(-(-n // batch_size)).map(_PaddedRows(arrays, batch_size))
+
+
+def iterator(
+    dataset: grain.MapDataset, *, num_threads: int = 2, prefetch_buffer_size: int = 4, num_workers: int = 0
+) -> grain.DatasetIterator:
+    """Grain's checkpointable iterator over `dataset`: `num_threads` threads read `prefetch_buffer_size` batches
+    ahead; `num_workers` > 0 adds worker processes (worth it when building a batch costs more Python than a
+    step, e.g. heavy tokenization; the datasets here are cheap). `get_state()` / `set_state()` resume exactly,
+    whatever the threads and workers read ahead."""
+    num_threads = checks.check_nonnegative_int("num_threads", num_threads)
+    prefetch_buffer_size = checks.check_nonnegative_int("prefetch_buffer_size", prefetch_buffer_size)
+    num_workers = checks.check_nonnegative_int("num_workers", num_workers)
+    ds = dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size))
+    if num_workers:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside `app.run` nobody parsed them
+            flags.FLAGS.mark_as_parsed()
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    return iter(ds)
+
+
+def _check_common(batch_size, seq_len, seed, rows, num_batches):
+    batch_size = checks.check_positive_int("batch_size", batch_size)
+    seq_len = checks.check_positive_int("seq_len", seq_len)
+    seed = checks.check_nonnegative_int("seed", seed)
+    if seed >= 2**32:  # grain's shuffle takes 32-bit seeds
+        raise ValueError(f"`seed` must be below 2**32; got {seed}.")
+    rows = check_rows(rows, batch_size)
+    length = sys.maxsize if num_batches is None else checks.check_positive_int("num_batches", num_batches)
+    return batch_size, seq_len, seed, rows, length
+
+
+def _check_store(store) -> None:
+    if not isinstance(store, TokenStore):
+        raise TypeError(
+            f"`store` must be a data.TokenStore (data.ArrayTokens(tokens), or open_prepared(dir).split(name)); got "
+            f"{type(store).__name__}."
+        )
+
+
+def _shuffle_seed(seed: int) -> int:
+    """The seed handed to grain's shuffle, which reseeds epoch e with (its seed + e): hashing the user's seed
+    first keeps seed s + 1 from replaying seed s's orders one epoch later."""
+    return int(np.random.SeedSequence(seed).generate_state(1)[0])
+
+
+def check_rows(rows: slice | None, batch_size: int) -> slice:
+    """`rows` as a non-empty `slice(start, stop)` inside [0, batch_size) (None: every row)."""
+    if rows is None:
+        return slice(0, batch_size)
+    if not isinstance(rows, slice):
+        raise TypeError(f"`rows` must be a slice of the batch rows (sharding.process_rows); got {rows!r}.")
+    start, stop, step = rows.indices(batch_size)
+    if step != 1 or start >= stop or (rows.start, rows.stop) != (start, stop):
+        raise ValueError(f"`rows` must be a non-empty slice(start, stop) within [0, {batch_size}); got {rows}.")
+    return slice(start, stop)
+
+
+def _check_arrays(arrays) -> dict[str, np.ndarray]:
+    if not isinstance(arrays, Mapping) or not arrays:
+        raise ValueError(f"`arrays` must be a non-empty mapping of names to arrays; got {type(arrays).__name__}.")
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    sizes = {k: (v.shape[0] if v.ndim else None) for k, v in arrays.items()}
+    if len(set(sizes.values())) != 1 or None in sizes.values() or 0 in sizes.values():
+        raise ValueError(f"Every array in `arrays` must have the same number N > 0 of rows; got {sizes}.")
+    return arrays
+
+
+# The per-step functions are picklable objects (not closures) so that grain's worker processes can run them.
+
+
+@dataclasses.dataclass(frozen=True)
+class _RandomWindows:
+    store: TokenStore
+    batch_size: int
+    seq_len: int
+    seed: int
+    rows: slice
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng((self.seed, step))
+        starts = rng.integers(0, len(self.store) - self.seq_len, size=self.batch_size)[self.rows]
+        windows = self.store.windows(starts, self.seq_len + 1)
+        return {"inputs": windows[:, :-1], "targets": windows[:, 1:]}
+
+
+def _positions_in_order(order: grain.MapDataset, batch_size: int, rows: slice, step: int) -> np.ndarray:
+    """The entries of the shuffled, repeated `order` that rows `rows` of the batch of `step` take: int64 `[b]`."""
+    first = step * batch_size
+    return np.fromiter((order[first + r] for r in range(rows.start, rows.stop)), np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class _PackedRows:
+    store: TokenStore
+    order: grain.MapDataset
+    batch_size: int
+    seq_len: int
+    rows: slice
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        t = self.seq_len
+        starts = _positions_in_order(self.order, self.batch_size, self.rows, step) * t
+        windows = self.store.windows(starts, t + 1)  # [b, T + 1]
+        doc_starts = self.store.document_starts()
+        pos = starts[:, None] + np.arange(t + 1)
+        doc = np.searchsorted(doc_starts, pos, side="right") - 1  # the document of every token
+        segment_ids = doc[:, :t] - doc[:, :1] + 1
+        positions = pos[:, :t] - np.maximum(doc_starts[doc[:, :t]], starts[:, None])
+        return {
+            "inputs": windows[:, :-1],
+            "targets": windows[:, 1:],
+            "weights": doc[:, 1:] == doc[:, :t],
+            "segment_ids": segment_ids.astype(np.int32),
+            "positions": positions.astype(np.int32),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class _ShuffledRows:
+    arrays: dict
+    order: grain.MapDataset
+    batch_size: int
+    rows: slice
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        idx = _positions_in_order(self.order, self.batch_size, self.rows, step)
+        return {k: v[idx] for k, v in self.arrays.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class _EvalWindows:
+    store: TokenStore
+    batch_size: int
+    seq_len: int
+
+    def __call__(self, index: int) -> dict[str, np.ndarray]:
+        num_targets = len(self.store) - 1
+        # Flat target positions of the batch map to token positions; padding beyond N - 1 reads token 0.
+        first = index * self.batch_size * self.seq_len
+        starts = first + self.seq_len * np.arange(self.batch_size)
+        pos = starts[:, None] + np.arange(self.seq_len)  # the input token of each target (target = pos + 1)
+        valid = pos < num_targets
+        # Read the real part of every row from the store: rows wholly in the padding read nothing.
+        lengths = np.clip(num_targets + 1 - starts, 0, self.seq_len + 1)
+        tokens = np.zeros((self.batch_size, self.seq_len + 1), np.int32)
+        full = lengths == self.seq_len + 1
+        if full.any():
+            tokens[full] = self.store.windows(starts[full], self.seq_len + 1)
+        for b in np.flatnonzero(~full & (lengths > 1)):  # the one partly filled row
+            tokens[b, : lengths[b]] = self.store.windows(starts[b : b + 1], int(lengths[b]))[0]
+        return {
+            "inputs": np.where(valid, tokens[:, :-1], 0).astype(np.int32),
+            "targets": np.where(valid, tokens[:, 1:], 0).astype(np.int32),
+            "weights": valid,
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class _PaddedRows:
+    arrays: dict
+    batch_size: int
+
+    def __call__(self, index: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        n = len(next(iter(self.arrays.values())))
+        idx = index * self.batch_size + np.arange(self.batch_size)
+        valid = idx < n
+        idx = np.where(valid, idx, 0)
+        return {k: v[idx] for k, v in self.arrays.items()}, valid
