@@ -13,7 +13,8 @@ children (sampled every 0.1 s with psutil):
      the prepared train split through `data.pipeline.iterator` at the CPU recipe's batch (12 x 64) and at the GPU
      recipe's (`shakespeare_char`: 64 x 256), against what the train step consumes: the CPU step measured in (2),
      and the GPU recipe's step at 100% and at 41% MFU of the H100 peak measured in BENCHMARKS.md (659 TFLOP/s;
-     41% is what jaxformer's GPT-2 step reached there), tokens/s = MFU * peak / (6 N + 12 L T D).
+     41% is what jaxformer's GPT-2 step reached there), tokens/s = MFU * peak / (6 N + 12 L T D); with no grain
+     worker process and with `--pipeline_workers` of them.
 
 The corpus: `--gb` GB of text in files of `--file_mb` MB, made of tiny Shakespeare's lines in a fresh random
 order per file (`--seed_text`, default ../shared/data/tinyshakespeare.txt), so the character vocabulary is the
@@ -102,12 +103,14 @@ def run_measured(args: list[str], *, env: dict | None = None) -> dict:
     }
 
 
-def pipeline_rate(store, batch_size: int, seq_len: int, seconds: float = 5.0) -> float:
-    """Batches per second of `random_windows` over `store`, read through grain's iterator (2 threads)."""
+def pipeline_rate(store, batch_size: int, seq_len: int, *, num_workers: int = 0, seconds: float = 5.0) -> float:
+    """Batches per second of `random_windows` over `store`, read through grain's iterator (the loop's defaults: 2
+    threads, 4 batches ahead; plus `num_workers` grain worker processes)."""
     from jaxformer.data import pipeline
 
-    batches = pipeline.iterator(pipeline.random_windows(store, batch_size=batch_size, seq_len=seq_len, seed=0))
-    for _ in range(20):  # warm: threads started, files opened
+    dataset = pipeline.random_windows(store, batch_size=batch_size, seq_len=seq_len, seed=0)
+    batches = pipeline.iterator(dataset, num_workers=num_workers)
+    for _ in range(50):  # warm: threads (and workers) started, files opened
         next(batches)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
@@ -149,6 +152,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--workers", type=int, default=0, help="prepare's --workers (0: its default)")
     parser.add_argument("--validation_fraction", type=float, default=0.001)
+    parser.add_argument("--pipeline_workers", type=int, nargs="+", default=[0, 2], help="grain worker processes")
     parser.add_argument("--keep", action="store_true", help="keep the corpus and prepared shards afterwards")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
@@ -228,36 +232,38 @@ def main() -> None:
 
     cpu = load_config("shakespeare_char_cpu")
     gpu = gpu_recipe_need()
-    cpu_rate = pipeline_rate(store, cpu.batch_size, cpu.data.seq_len)
-    gpu_rate = pipeline_rate(store, gpu["batch_size"], gpu["seq_len"])
     cpu_tokens = cpu.batch_size * cpu.data.seq_len
     gpu_tokens = gpu["batch_size"] * gpu["seq_len"]
-    result["pipeline"] = {
-        "cpu_recipe": {
-            "batch": [cpu.batch_size, cpu.data.seq_len],
-            "batches_per_s": cpu_rate,
-            "tokens_per_s": cpu_rate * cpu_tokens,
-            "train_step_batches_per_s": 1e3 / step_ms,
-            "ratio_to_train_step": cpu_rate * step_ms / 1e3,
-        },
-        "gpu_recipe": {
-            "batch": [gpu["batch_size"], gpu["seq_len"]],
-            "batches_per_s": gpu_rate,
-            "tokens_per_s": gpu_rate * gpu_tokens,
-            **gpu,
-            "ratio_to_100pct_mfu": gpu_rate * gpu_tokens / gpu["tokens_per_s_at_100pct_mfu"],
-            "ratio_to_41pct_mfu": gpu_rate * gpu_tokens / gpu["tokens_per_s_at_41pct_mfu"],
-        },
-    }
-    for name, r in result["pipeline"].items():
-        rate = f"{r['batches_per_s']:.0f} batches/s, {r['tokens_per_s']:,.0f} tok/s"
-        print(f"pipeline ({name}, batch {r['batch']}): {rate}")
-    p = result["pipeline"]
-    print(
-        f"  CPU recipe: {p['cpu_recipe']['ratio_to_train_step']:.0f}x the train step's batches/s; GPU recipe: "
-        f"{p['gpu_recipe']['ratio_to_100pct_mfu']:.1f}x its need at 100% MFU, "
-        f"{p['gpu_recipe']['ratio_to_41pct_mfu']:.1f}x at 41%"
-    )
+    result["pipeline"] = {}
+    for workers in args.pipeline_workers:
+        cpu_rate = pipeline_rate(store, cpu.batch_size, cpu.data.seq_len, num_workers=workers)
+        gpu_rate = pipeline_rate(store, gpu["batch_size"], gpu["seq_len"], num_workers=workers)
+        result["pipeline"][f"workers_{workers}"] = {
+            "cpu_recipe": {
+                "batch": [cpu.batch_size, cpu.data.seq_len],
+                "batches_per_s": cpu_rate,
+                "tokens_per_s": cpu_rate * cpu_tokens,
+                "train_step_batches_per_s": 1e3 / step_ms,
+                "ratio_to_train_step": cpu_rate * step_ms / 1e3,
+            },
+            "gpu_recipe": {
+                "batch": [gpu["batch_size"], gpu["seq_len"]],
+                "batches_per_s": gpu_rate,
+                "tokens_per_s": gpu_rate * gpu_tokens,
+                **gpu,
+                "ratio_to_100pct_mfu": gpu_rate * gpu_tokens / gpu["tokens_per_s_at_100pct_mfu"],
+                "ratio_to_41pct_mfu": gpu_rate * gpu_tokens / gpu["tokens_per_s_at_41pct_mfu"],
+            },
+        }
+        p = result["pipeline"][f"workers_{workers}"]
+        for name, r in p.items():
+            rate = f"{r['batches_per_s']:.0f} batches/s, {r['tokens_per_s']:,.0f} tok/s"
+            print(f"pipeline, {workers} grain workers ({name}, batch {r['batch']}): {rate}")
+        print(
+            f"  CPU recipe: {p['cpu_recipe']['ratio_to_train_step']:.0f}x the train step's batches/s; GPU recipe: "
+            f"{p['gpu_recipe']['ratio_to_100pct_mfu']:.1f}x its need at 100% MFU, "
+            f"{p['gpu_recipe']['ratio_to_41pct_mfu']:.1f}x at 41%"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -24,6 +24,12 @@ from typing import NoReturn
 
 USAGE = __doc__
 
+# Exit codes of `jaxformer train` (docs/training.md, "Faults and recovery"): 0 finished; 1 an unexpected error (its
+# traceback is the last thing printed); 2 a bad command line or flag value; 3 the loss or the parameters became
+# non-finite (the newest checkpoint predates it: change the config before rerunning); 130 Ctrl-C and 143 SIGTERM,
+# each after saving the step it stopped at (run the same command to resume).
+EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_TERMINATED = 2, 3, 130, 143
+
 
 def _quiet() -> None:
     """absl logs at INFO under app.run; orbax then narrates every checkpoint operation. Keep warnings only."""
@@ -37,7 +43,7 @@ CONFIG_HELP = "A recipe's name (`jaxformer configs` lists them) or a .py file wi
 
 def _fail(program: str, message: object) -> NoReturn:
     print(f"{program}: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(EXIT_USAGE)
 
 
 def _resolve_config(argv: list[str]) -> list[str]:
@@ -82,14 +88,19 @@ def _train(argv: list[str]) -> None:
     flags.mark_flags_as_required(["config", "workdir"])
 
     def main(_):
-        from jaxformer.training.loop import train_and_evaluate
+        from jaxformer.training.loop import NonFiniteLossError, Terminated, train_and_evaluate
 
         _quiet()
         config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
         try:
             row = train_and_evaluate(config, workdir)
         except KeyboardInterrupt:
-            sys.exit(130)  # the loop saved a checkpoint and said so
+            sys.exit(EXIT_INTERRUPTED)  # the loop saved a checkpoint and said so
+        except Terminated:
+            sys.exit(EXIT_TERMINATED)  # likewise
+        except NonFiniteLossError as e:
+            print(f"\njaxformer train: {e}", file=sys.stderr)
+            sys.exit(EXIT_DIVERGED)
         print(f"\nFinished {config.name}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step"))
         print(
             f"Results in {os.path.abspath(workdir)}: metrics.jsonl, tensorboard/, loss.png, samples.txt, checkpoints/"

@@ -92,3 +92,23 @@ def test_pretrained_max_delta_lists_every_fixture_within_tolerance():
         p.name for p in (ROOT / "tests" / "fixtures" / "pretrained").iterdir() if p.is_dir()
     }
     assert all(float(row[-1]) < 1e-4 for row in rows)
+
+
+@pytest.mark.slow
+def test_bench_data_smoke(tmp_path):
+    seed = tmp_path / "seed.txt"
+    seed.write_text("".join(f"line {i} of a tiny generated corpus\n" for i in range(2000)))
+    out = run_script(
+        "experiments/bench_data.py",
+        f"--dir={tmp_path / 'bench'}",
+        f"--seed_text={seed}",
+        "--gb=0.002",
+        "--file_mb=0.5",
+        "--steps=4",
+        "--pipeline_workers=0",
+        f"--json={tmp_path / 'result.json'}",
+    )
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["corpus"]["bytes"] >= 2e6 and result["prepare"]["peak_rss_bytes"] > 0
+    assert result["train"]["steps"] == 4 and result["pipeline"]["workers_0"]["gpu_recipe"]["batches_per_s"] > 0
+    assert "prepare:" in out and "pipeline, 0 grain workers" in out

@@ -1,14 +1,29 @@
-"""Orbax checkpoints of a training run: TrainState + input-iterator state + config, the last N kept, resumable.
+"""Orbax checkpoints of a training run: TrainState + input-iterator state + config, the last N kept, verified.
 
-Layout: `<directory>/<step>/{state, data, config}`; `data` is written by grain's orbax handler, one
-`process_<i>-of-<n>.json` per process (each process's position in its own rows of the input). Orbax writes each
-checkpoint into a temporary directory and renames it only once every item is complete, so a crash mid-save leaves
-either the previous checkpoints alone or a temporary directory that `latest_step` / `restore` never pick up.
+Layout: `<directory>/<step>/{state, data, config, checksums.json}`; `data` is written by grain's orbax handler,
+one `process_<i>-of-<n>.json` per process (each process's position in its own rows of the input).
+
+Orbax is the storage; this module is the policy around it:
+  - Atomic saves. Orbax writes each checkpoint into a temporary directory and renames it only once every item is
+    complete, so a crash mid-save leaves the previous checkpoints alone and a temporary directory that is never
+    picked up.
+  - Integrity. After orbax has finished, `checksums.json` records the size and sha256 of every file of the step
+    (written atomically, last: a checkpoint without it is unfinished). Every restore verifies it first, so a
+    truncated file, garbage metadata, bytes flipped in place or a missing item is found before any value reaches
+    training.
+  - Fallback. `latest_intact_step` walks from the newest checkpoint down: a damaged one is reported (step, file,
+    what is wrong) and moved aside to `<directory>.damaged/` (never deleted), and the newest intact one is used.
 """
 
 from __future__ import annotations
 
+import datetime
+import hashlib
+import json
 import os
+import shutil
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import grain
@@ -16,6 +31,13 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxformer.training.state import TrainState
+
+CHECKSUMS_FILE = "checksums.json"
+CHECKSUMS_FORMAT = "jaxformer.checkpoint-checksums/1"
+
+
+class DamagedCheckpointError(ValueError):
+    """A checkpoint's files do not match the checksums recorded when it was saved (or it has none)."""
 
 
 class Checkpointer:
@@ -26,14 +48,22 @@ class Checkpointer:
     """
 
     def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3):
-        if not isinstance(max_to_keep, int) or max_to_keep < 1:
+        if isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1:
             raise ValueError(f"`max_to_keep` must be a positive int; got {max_to_keep!r}.")
         self.directory = os.path.abspath(os.fspath(directory))
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
+    @property
+    def damaged_directory(self) -> str:
+        """Where damaged checkpoints are moved: `<directory>.damaged/`."""
+        return self.directory + ".damaged"
+
+    def step_directory(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
     def latest_step(self) -> int | None:
-        """The newest complete checkpoint's step, or None."""
+        """The newest complete checkpoint's step, or None (not verified: see `latest_intact_step`)."""
         self.manager.reload()
         return self.manager.latest_step()
 
@@ -42,7 +72,8 @@ class Checkpointer:
         return list(self.manager.all_steps())
 
     def save(self, step: int, state: TrainState, *, data_iterator: grain.DatasetIterator, config: dict) -> None:
-        """Writes checkpoint `step` (replacing nothing: a step that exists already is an error)."""
+        """Writes checkpoint `step` and then its checksums (replacing nothing: a step that exists already is an
+        error)."""
         if step in self.all_steps():
             raise ValueError(f"A checkpoint for step {step} already exists in {self.directory}.")
         args = ocp.args.Composite(
@@ -52,16 +83,62 @@ class Checkpointer:
         )
         self.manager.save(step, args=args, force=True)
         self.manager.wait_until_finished()
+        _sync("jaxformer: checkpoint written")  # every process's files are in place
+        if jax.process_index() == 0:
+            write_checksums(self.step_directory(step), step)
+        _sync("jaxformer: checksums written")
+
+    def verify(self, step: int) -> None:
+        """Raises DamagedCheckpointError naming the file and what is wrong unless checkpoint `step` is intact."""
+        verify_checksums(self.step_directory(step))
+
+    def latest_intact_step(self, *, log: Callable[[str], None] | None = None) -> int | None:
+        """The newest checkpoint that passes `verify`, or None. Damaged newer ones are reported through `log`
+        (default: stderr) and moved to `damaged_directory` (by process 0; never deleted)."""
+        log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                self.verify(step)
+                return step
+            except DamagedCheckpointError as problem:
+                moved = self._move_aside(step)
+                log(f"Checkpoint {step} is damaged: {problem} Moved it to {moved}; trying the next older one.")
+        return None
+
+    def _move_aside(self, step: int) -> str:
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+        target = os.path.join(self.damaged_directory, f"{step}.{stamp}")
+        _sync("jaxformer: before moving a damaged checkpoint")  # every process has verified it
+        if jax.process_index() == 0:
+            os.makedirs(self.damaged_directory, exist_ok=True)
+            shutil.move(self.step_directory(step), target)
+        _sync("jaxformer: damaged checkpoint moved")
+        self.manager.reload()
+        return target
+
+    def _intact(self, step: int | None) -> int:
+        """`step` after verifying it, or (None) the newest intact step; FileNotFoundError if there is none."""
+        if step is None:
+            step = self.latest_intact_step()
+            if step is None:
+                raise FileNotFoundError(
+                    f"No intact checkpoint in {self.directory} (damaged ones, if any, were moved to "
+                    f"{self.damaged_directory})."
+                )
+            return step
+        if step not in self.all_steps():
+            raise FileNotFoundError(f"No complete checkpoint for step {step} in {self.directory}.")
+        self.verify(step)
+        return step
 
     def restore(
         self, template: TrainState, step: int | None = None, *, data_iterator: grain.DatasetIterator | None = None
     ) -> tuple[TrainState, dict]:
-        """(state, config) of checkpoint `step` (default: the latest), and `data_iterator` (if given) moved to the
-        saved position. `template` is a TrainState of the same structure (e.g. a freshly created one) that
+        """(state, config) of checkpoint `step` (default: the newest intact one), and `data_iterator` (if given)
+        moved to the saved position. The checkpoint is verified first (DamagedCheckpointError if `step` was given
+        and is damaged). `template` is a TrainState of the same structure (e.g. a freshly created one) that
         supplies shapes, dtypes and shardings."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"No complete checkpoint in {self.directory}.")
+        step = self._intact(step)
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
         items = {"state": ocp.args.StandardRestore(abstract), "config": ocp.args.JsonRestore()}
         if data_iterator is not None:
@@ -70,10 +147,8 @@ class Checkpointer:
         return restored.state, restored.config
 
     def restore_config(self, step: int | None = None) -> dict:
-        """Only the config stored with checkpoint `step` (default: the latest), e.g. to rebuild the model."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"No complete checkpoint in {self.directory}.")
+        """Only the config stored with checkpoint `step` (default: the newest intact one), verified first."""
+        step = self._intact(step)
         return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
 
     def close(self) -> None:
@@ -84,3 +159,72 @@ class Checkpointer:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _sync(name: str) -> None:
+    """A barrier across the processes of a multi-host run (nothing with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def _files(directory: str) -> list[str]:
+    """Every file under `directory` but the checksums file, as sorted relative paths."""
+    found = []
+    for root, _, names in os.walk(directory):
+        for name in names:
+            rel = os.path.relpath(os.path.join(root, name), directory)
+            if rel != CHECKSUMS_FILE:
+                found.append(rel)
+    return sorted(found)
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def write_checksums(directory: str, step: int) -> None:
+    """`directory/checksums.json`: the size and sha256 of every file under `directory`, written atomically."""
+    files = {rel: {"bytes": os.path.getsize(os.path.join(directory, rel))} for rel in _files(directory)}
+    for rel, entry in files.items():
+        entry["sha256"] = _sha256(os.path.join(directory, rel))
+    path = os.path.join(directory, CHECKSUMS_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump({"format": CHECKSUMS_FORMAT, "step": step, "files": files}, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+
+
+def verify_checksums(directory: str) -> None:
+    """Raises DamagedCheckpointError unless every file recorded in `directory/checksums.json` is present with its
+    recorded size and sha256 (sizes first: a truncated file is found without hashing)."""
+    path = os.path.join(directory, CHECKSUMS_FILE)
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+        files = manifest["files"]
+        if manifest.get("format") != CHECKSUMS_FORMAT or not isinstance(files, dict) or not files:
+            raise ValueError("not a checksums file of this format")
+    except FileNotFoundError:
+        raise DamagedCheckpointError(
+            f"{path} is missing: the save did not finish (or the checkpoint predates checksums)."
+        ) from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise DamagedCheckpointError(f"{path} is unreadable ({e}).") from None
+    for rel, entry in files.items():
+        full = os.path.join(directory, rel)
+        if not os.path.isfile(full):
+            raise DamagedCheckpointError(f"{full} is missing.")
+        size = os.path.getsize(full)
+        if size != entry["bytes"]:
+            raise DamagedCheckpointError(f"{full} has {size} bytes; {entry['bytes']} were saved (truncated?).")
+    for rel, entry in files.items():
+        full = os.path.join(directory, rel)
+        digest = _sha256(full)
+        if digest != entry["sha256"]:
+            raise DamagedCheckpointError(
+                f"{full} has sha256 {digest}; {entry['sha256']} was saved (its bytes changed after the save)."
+            )

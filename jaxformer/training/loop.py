@@ -1,10 +1,11 @@
 """train_and_evaluate(config, workdir): the main job, one loop for every task (`jaxformer.training.tasks`).
 
-Resumes from the newest complete checkpoint in `workdir/checkpoints` (model, optimizer, RNG counters and the grain
-input iterator's position), so a run that is killed and restarted continues with exactly the batches and random
-numbers of an uninterrupted one. Writes `metrics.jsonl` (one JSON object per log line), TensorBoard event files under
-`tensorboard/`, `loss.png`, `samples.txt` (what the trained model produces) and the task's assets (a language
-model's `tokenizer.json`) to the workdir.
+Resumes from the newest intact checkpoint in `workdir/checkpoints` (model, optimizer, RNG counters and the grain
+input iterator's position; checksums verified, damaged ones moved aside), so a run that is killed and restarted
+continues with exactly the batches and random numbers of an uninterrupted one. Ctrl-C and SIGTERM save the step
+they stop at; docs/training.md, "Faults and recovery", lists every fault and exit code. Writes `metrics.jsonl` (one
+JSON object per log line), TensorBoard event files under `tensorboard/`, `loss.png`, `samples.txt` (what the
+trained model produces) and the task's assets (a language model's `tokenizer.json`) to the workdir.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 import os
 import signal
 import statistics
+import sys
 import threading
 import time
 
@@ -37,9 +39,29 @@ class NonFiniteLossError(RuntimeError):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains `config` into `workdir` (resuming if it holds a checkpoint); returns the final metrics row."""
+    """Trains `config` into `workdir` (resuming from its newest intact checkpoint); returns the final metrics row.
+
+    Raises NonFiniteLossError when the run diverges, KeyboardInterrupt after Ctrl-C and Terminated after SIGTERM
+    (both once the step they stopped at is saved), and ValueError for a config that is invalid or that changes the
+    architecture of the run being resumed.
+    """
     multihost.initialize(config)  # before anything touches a device
+    check_loop_config(config)
     os.makedirs(workdir, exist_ok=True)
+    with Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints) as checkpoints:
+        start = checkpoints.latest_intact_step(log=_say if multihost.is_leader() else lambda _: None)
+        if start is None and os.path.isdir(checkpoints.damaged_directory) and os.listdir(checkpoints.damaged_directory):
+            raise FileNotFoundError(
+                f"No intact checkpoint in {checkpoints.directory}: the damaged ones are in "
+                f"{checkpoints.damaged_directory}. Nothing was overwritten. To start this run over, move "
+                f"{workdir} away (or delete {checkpoints.damaged_directory}) and run again."
+            )
+        if start is not None:
+            check_resume_config(checkpoints.restore_config(start), config, step=start)
+        return _train(config, workdir, checkpoints, start)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, checkpoints: Checkpointer, start: int | None) -> dict:
     mesh = sharding.mesh_from_config(config.get("mesh", {}))
     sharding.check_batch_size(config.batch_size, mesh)
     leader = multihost.is_leader()
@@ -66,27 +88,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f"batch of {config.batch_size}."
         )
     batches = data.pipeline.iterator(train_data, **(config.grain.to_dict() if "grain" in config else {}))
-
-    checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)
-    start = checkpoints.latest_step()
-    if start is None and config.get("init_from"):  # a fresh run from pretrained weights (a resume has its own)
-        params = pretrained.load_params(config.init_from, model_cfg, mesh=runner.state_mesh)
-        state = state.replace(params=jax.device_put(params, runner.state_shardings.params))
-        if leader:
-            print(f"Initialised the parameters from {config.init_from}.")
-    if start is not None:
-        state, _ = checkpoints.restore(state, start, data_iterator=batches)
-        if leader:
-            print(f"Resumed from the checkpoint at step {start} in {checkpoints.directory}.")
+    try:
+        if start is None and config.get("init_from"):  # a fresh run from pretrained weights (a resume has its own)
+            params = pretrained.load_params(config.init_from, model_cfg, mesh=runner.state_mesh)
+            state = state.replace(params=jax.device_put(params, runner.state_shardings.params))
+            if leader:
+                print(f"Initialised the parameters from {config.init_from}.")
+        if start is not None:
+            state, _ = checkpoints.restore(state, start, data_iterator=batches)
+            if leader:
+                print(f"Resumed from the checkpoint at step {start} in {checkpoints.directory}.")
+    except BaseException:
+        batches.close()
+        raise
     start = int(state.step)
     state = runner.to_devices(state)
     log = MetricsLog(workdir, resume_step=start, writes=leader)
 
     def stop(what: str, step: int) -> NonFiniteLossError:
+        newest = checkpoints.latest_step()
+        saved = (
+            f"Nothing was saved after step {newest}, the newest checkpoint in {checkpoints.directory}"
+            if newest is not None
+            else f"No checkpoint was saved yet (the first is due at step {config.checkpoint_every})"
+        )
         return NonFiniteLossError(
-            f"{what} at step {step}. Nothing was saved after step {checkpoints.latest_step()}, the newest "
-            f"checkpoint in {checkpoints.directory}; lower learning_rate, raise warmup_steps or set "
-            "optimizer.clip_norm, then run again to resume."
+            f"{what} at step {step}. {saved}; lower learning_rate, raise warmup_steps or set optimizer.clip_norm, "
+            "then run again (it resumes from the newest checkpoint)."
         )
 
     def save(step: int) -> None:
@@ -146,15 +174,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 step_times, train_losses, train_nlls = [], [], []
             if step % config.checkpoint_every == 0 or last:
                 save(step)
-            if interrupted.is_set:  # Ctrl-C is acted on between steps, where `state` is complete
+            if interrupted.signal is not None:  # acted on between steps, where `state` is complete
                 save(step)
-                print(f"\nInterrupted: saved step {step} in {checkpoints.directory}; run the same command to resume.")
-                raise KeyboardInterrupt
+                progress.close()  # before the message, which must be the last thing printed
+                what = "Interrupted" if interrupted.signal == signal.SIGINT else "Terminated (SIGTERM)"
+                print(
+                    f"\n{what}: saved step {step} in {checkpoints.directory}; run the same command to resume.",
+                    flush=True,
+                )
+                raise KeyboardInterrupt if interrupted.signal == signal.SIGINT else Terminated(step)
     finally:
         interrupted.restore()
         batches.close()  # grain's reading threads (and worker processes)
         progress.close()
-        checkpoints.close()
         log.close()
 
     samples = task.samples(merge(graphs.eval, runner.to_host(state)))  # every process: it may run sharded code
@@ -165,26 +197,96 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return row
 
 
+class Terminated(Exception):
+    """SIGTERM (what schedulers and preemptible VMs send) stopped the run; the step it stopped at is saved."""
+
+    exit_code = 143  # 128 + SIGTERM, what the shell reports for a process SIGTERM killed
+
+    def __init__(self, step: int):
+        super().__init__(f"terminated by SIGTERM after saving step {step}")
+        self.step = step
+
+
 class _InterruptFlag:
-    """Turns the first Ctrl-C (SIGINT) into a flag the loop checks between steps; a second one interrupts at once.
+    """Turns the first Ctrl-C (SIGINT) or SIGTERM into a flag the loop checks between steps; a second Ctrl-C
+    interrupts at once.
 
     An interrupt raised inside a jitted step could leave `state` pointing at donated buffers, so the loop only
     stops where it can save a consistent checkpoint.
     """
 
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
     def __init__(self):
-        self.is_set = False
-        self.previous = None
+        self.signal: int | None = None
+        self.previous: dict[int, object] = {}
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
     def _handle(self, signum, frame):
-        self.is_set = True
+        self.signal = self.signal or signum
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def restore(self) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# What a resumed run may change in config.model: how the step computes, not the state it restores (scan_layers
+# stacks the layers' parameters, so it may not). The schedule, the step count and the logging may change too.
+_RESUMABLE_MODEL_FIELDS = (
+    "dtype",
+    "remat",
+    "attention_impl",
+    "dropout_rate",
+    "attention_dropout_rate",
+    "ffn_dropout_rate",
+)
+_ARCHITECTURE_KEYS = ("task", "init_from", "optimizer.name", "data.tokenizer", "data.vocab_size", "data.seq_len")
+
+
+def check_resume_config(saved: dict, config: ml_collections.ConfigDict, *, step: int) -> None:
+    """Refuses (ValueError naming each field, saved and requested) a config that changes the architecture of the
+    run saved at `step`; prints the other fields that changed (e.g. num_steps), which a resume may change."""
+    before, now = _flatten(saved), _flatten(config.to_dict())
+    changed = {k: (before.get(k), now.get(k)) for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)}
+
+    def structural(key: str) -> bool:
+        if key.startswith("model."):
+            return key.removeprefix("model.") not in _RESUMABLE_MODEL_FIELDS
+        return key in _ARCHITECTURE_KEYS
+
+    refused = {k: v for k, v in changed.items() if structural(k)}
+    if refused:
+        lines = "; ".join(f"{k}: saved {a!r}, requested {b!r}" for k, (a, b) in refused.items())
+        raise ValueError(
+            f"The checkpoint at step {step} was trained with another architecture, so it cannot be resumed with "
+            f"this config: {lines}. Pass the saved values, or train into a new workdir."
+        )
+    if changed and multihost.is_leader():
+        _say("Resuming with changed settings: " + "; ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def check_loop_config(config: ml_collections.ConfigDict) -> None:
+    """The loop's own settings: positive step counts and intervals (ValueError naming the field)."""
+    for name in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+        value = config.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"config.{name} must be a positive int; got {value!r}.")
 
 
 def _progress(start: int, total: int, *, enabled: bool = True):

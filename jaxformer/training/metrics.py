@@ -2,8 +2,8 @@
 
 Each row is one log line of the loop: `step`, `train_loss`, `learning_rate`, `step_ms`, `tokens_per_s`, ... and
 on evaluation steps the task's `val_*` metrics. A resumed run first forgets the rows after its checkpoint's step
-(it logs them again, identically): `metrics.jsonl` is rewritten without them and TensorBoard is told to purge
-them, so neither holds two values for a step.
+(it logs them again, identically): `metrics.jsonl` is rewritten without them (and without a partial last line
+left by a kill) and TensorBoard is told to purge them, so neither holds two values for a step.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 
 
 def perplexity(nll: float) -> float:
@@ -21,6 +22,25 @@ def perplexity(nll: float) -> float:
 def _json_value(value):
     """Non-finite floats become null: `metrics.jsonl` stays strict JSON."""
     return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def read_rows(path: str) -> list[dict]:
+    """The complete rows of a metrics.jsonl. A line that is not a JSON object with a `step` (what a kill in the
+    middle of a write leaves as the last line) is dropped, with a warning naming it."""
+    rows = []
+    with open(path, errors="replace") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                    raise ValueError("not a row with a step")
+            except ValueError:
+                print(f"{path}: dropped line {number}, not a complete row: {line.strip()[:80]!r}", file=sys.stderr)
+                continue
+            rows.append(row)
+    return rows
 
 
 class MetricsLog:
@@ -38,8 +58,7 @@ class MetricsLog:
         if not writes:
             return
         if os.path.exists(self.path):
-            with open(self.path) as f:
-                self.history = [row for line in f if line.strip() and (row := json.loads(line))["step"] <= resume_step]
+            self.history = [row for row in read_rows(self.path) if row["step"] <= resume_step]
         with open(self.path, "w") as f:
             f.writelines(json.dumps(row) + "\n" for row in self.history)
         board = os.path.join(workdir, "tensorboard")

@@ -79,5 +79,5 @@ def test_keeps_the_last_n_and_ignores_incomplete_ones(tmp_path):
 
 def test_restore_without_checkpoints_says_so(tmp_path):
     state, _ = fresh()
-    with Checkpointer(tmp_path / "empty") as ckpt, pytest.raises(FileNotFoundError, match="No complete checkpoint"):
+    with Checkpointer(tmp_path / "empty") as ckpt, pytest.raises(FileNotFoundError, match="No intact checkpoint"):
         ckpt.restore(state)

@@ -179,9 +179,9 @@ def load_trained(workdir: str) -> tuple[GPT, data.Tokenizer, ml_collections.Conf
     with open(path) as f:
         tokenizer = data.tokenizer_from_dict(json.load(f))
     with Checkpointer(os.path.join(workdir, "checkpoints")) as checkpoints:
-        step = checkpoints.latest_step()
+        step = checkpoints.latest_intact_step()  # damaged newer ones are reported and moved aside
         if step is None:
-            raise FileNotFoundError(f"No checkpoint in {checkpoints.directory}: train first.")
+            raise FileNotFoundError(f"No intact checkpoint in {checkpoints.directory}: train first.")
         config = ml_collections.ConfigDict(checkpoints.restore_config(step))
         if config.get("task", "lm") != "lm":
             raise ValueError(f"{workdir} holds a {config.task!r} model; sampling text needs task 'lm'.")
