@@ -6,6 +6,9 @@ Conventions:
   * The array checks run at trace time on static shapes and dtypes, so they cost nothing inside `jax.jit`; a check
     on values runs only when the value is known at trace time (see `concrete_or_none`).
   * A check returns the validated value in the form the caller should use (a jax array, a Python int, ...).
+  * ValueError for a value out of its range (including an int check given a float, as `check_positive_int` always
+    did); TypeError for the wrong kind of object: a string where a number is expected, an int where a PRNG key is,
+    an integer array where a floating one is.
 
 This module imports only jax and NumPy (nothing else of jaxformer), so every layer can use it, and
 `jaxformer.ops` stays importable on its own.
@@ -28,12 +31,39 @@ def shape_str(shape: Sequence[int]) -> str:
 
 
 def check_array(name: str, x) -> jax.Array:
-    """Rejects None and non-array inputs with a message naming `name`; returns `x` as a jax array."""
+    """Rejects None and non-numeric inputs with a message naming `name`; returns `x` as an array.
+
+    Arrays (jax, NumPy, tracers) come back as they are; anything else array-like (a Python list, a scalar) is
+    converted with `jnp.asarray`. Strings, objects and other things that are no numeric array raise a TypeError.
+    """
     if x is None:
         raise TypeError(f"`{name}` must be an array, got None.")
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        x = jnp.asarray(x)
+        if isinstance(x, (str, bytes, dict, set)):
+            raise TypeError(f"`{name}` must be a numeric array; got a {type(x).__name__}: {_short(x)}.")
+        try:
+            x = jnp.asarray(x)
+        except (TypeError, ValueError) as err:
+            raise TypeError(
+                f"`{name}` must be a numeric array (or a nested list of numbers); got a {type(x).__name__}: "
+                f"{_short(x)} ({err})."
+            ) from err
+    if isinstance(x.dtype, np.dtype) and x.dtype.kind in "USOVM" and not jnp.issubdtype(x.dtype, jnp.number):
+        raise TypeError(f"`{name}` must be a numeric array; got dtype {x.dtype}.")
     return x
+
+
+def _short(x, limit: int = 60) -> str:
+    text = repr(x)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_min_rank(name: str, x, rank: int, layout: str) -> None:
+    """Raises ValueError unless `x.ndim >= rank`; `layout` names the dims, e.g. "[..., D]"."""
+    if x.ndim < rank:
+        raise ValueError(
+            f"`{name}` must have rank >= {rank} with layout {layout}; got shape {shape_str(x.shape)} (rank {x.ndim})."
+        )
 
 
 def check_rank(name: str, x, rank: int | Sequence[int], layout: str) -> None:
@@ -58,10 +88,10 @@ def check_integer(name: str, x) -> None:
         raise TypeError(f"`{name}` must have an integer dtype; got {x.dtype}.")
 
 
-def check_bool(name: str, x, hint: str = "") -> None:
-    """Raises TypeError unless `x` is a boolean (mask) array; `hint` is appended to the message."""
+def check_bool(name: str, x, hint: str = "", meaning: str = "True = may attend") -> None:
+    """Raises TypeError unless `x` is a boolean (mask) array; `meaning` says what True means, `hint` is appended."""
     if x.dtype != jnp.bool_:
-        raise TypeError(f"`{name}` must be a boolean array (True = may attend); got dtype {x.dtype}.{hint}")
+        raise TypeError(f"`{name}` must be a boolean array ({meaning}); got dtype {x.dtype}.{hint}")
 
 
 def check_broadcastable(name: str, x, target: Sequence[int], layout: str) -> None:
@@ -92,6 +122,64 @@ def concrete_or_none(x):
         return None
 
 
+def check_index_range(name: str, x, low: int, high: int, what: str = "") -> None:
+    """When `x` (an integer array) is concrete, raises ValueError unless every entry lies in [low, high);
+    the message shows the first offending entry and its position. Traced values are not checked."""
+    values = concrete_or_none(x)
+    if values is None or values.size == 0:
+        return
+    bad = (values < low) | (values >= high)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        position = f" at position {where}" if where else ""
+        raise ValueError(
+            f"`{name}` must lie in [{low}, {high}){what}; got {values[bad].flat[0]}{position} "
+            f"(values in [{values.min()}, {values.max()}])."
+        )
+
+
+def check_prng_key(name: str, key) -> jax.Array:
+    """A `jax.random` key: a typed key array (`jax.random.key(seed)`) or a raw uint32 one (`jax.random.PRNGKey`).
+
+    Raises TypeError (naming `name`) for None, a Python int, a float array, ...; works on traced keys too (only the
+    dtype and shape are looked at). Returns the key.
+    """
+    if key is None or isinstance(key, (bool, int, float, np.integer, np.floating, str)):
+        raise TypeError(
+            f"`{name}` must be a jax.random key (e.g. jax.random.key(0)); got {_short(key)} "
+            f"({type(key).__name__}). Make one from a seed with jax.random.key(seed)."
+        )
+    dtype = getattr(key, "dtype", None)
+    if dtype is None or not hasattr(key, "shape"):
+        raise TypeError(f"`{name}` must be a jax.random key (e.g. jax.random.key(0)); got a {type(key).__name__}.")
+    if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        return key
+    if dtype == np.uint32 and key.ndim >= 1:
+        return key  # a raw (legacy) key, e.g. jax.random.PRNGKey(0): uint32 [2]
+    raise TypeError(
+        f"`{name}` must be a jax.random key (jax.random.key(seed), or a uint32 jax.random.PRNGKey); got an array "
+        f"of dtype {dtype} and shape {shape_str(key.shape)}."
+    )
+
+
+def check_flag(name: str, value) -> bool:
+    """A Python or NumPy bool (not an int, a string or an array), as a Python bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be True or False; got {_short(value)} ({type(value).__name__}).")
+    return bool(value)
+
+
+def check_float_dtype(name: str, dtype) -> np.dtype:
+    """A floating dtype (or its name, e.g. "bfloat16"), as a `jnp.dtype`: what computation or parameters use."""
+    try:
+        resolved = jnp.dtype(dtype)
+    except TypeError as err:
+        raise TypeError(f"`{name}` must be a floating dtype such as jnp.float32 or 'bfloat16'; got {dtype!r}.") from err
+    if not jnp.issubdtype(resolved, jnp.floating):
+        raise TypeError(f"`{name}` must be a floating dtype such as jnp.float32 or 'bfloat16'; got {resolved}.")
+    return resolved
+
+
 # -- Python scalars -------------------------------------------------------------------------------------------------
 
 
@@ -100,6 +188,71 @@ def check_positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"`{name}` must be a positive int; got {value!r}.")
     return int(value)
+
+
+def _real(name: str, value) -> float | None:
+    """`value` as a Python float; None when it is a traced (jit) scalar. TypeError for what is no real number."""
+    if isinstance(value, (bool, np.bool_)) or value is None or isinstance(value, (str, bytes)):
+        raise TypeError(f"`{name}` must be a real number; got {_short(value)} ({type(value).__name__}).")
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return float(value)
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        if value.shape != () or not (
+            jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)
+        ):
+            raise TypeError(
+                f"`{name}` must be a real number; got an array of dtype {value.dtype} and shape "
+                f"{shape_str(value.shape)}."
+            )
+        concrete = concrete_or_none(value)
+        return None if concrete is None else float(concrete)
+    raise TypeError(f"`{name}` must be a real number; got {_short(value)} ({type(value).__name__}).")
+
+
+def check_real(
+    name: str,
+    value,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    what: str = "",
+) -> float:
+    """A finite real number (Python / NumPy scalar, or a 0-d array), as a Python float, within the bounds given.
+
+    TypeError for what is no number (a string, None, a bool, a non-scalar array); ValueError for NaN, +-inf or a
+    value outside [low, high] (`low_open` / `high_open`: the bound itself is excluded). A traced scalar (under jit)
+    cannot be checked and is returned as it is.
+    """
+    real = _real(name, value)
+    if real is None:
+        return value
+    if low is not None and high is not None:
+        bounds = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    elif low is not None:
+        bounds = f" {'>' if low_open else '>='} {low:g}"
+    elif high is not None:
+        bounds = f" {'<' if high_open else '<='} {high:g}"
+    else:
+        bounds = ""
+    if (
+        not np.isfinite(real)
+        or (low is not None and (real < low or (low_open and real == low)))
+        or (high is not None and (real > high or (high_open and real == high)))
+    ):
+        raise ValueError(f"`{name}` must be a finite number{bounds}{what}; got {value!r}.")
+    return real
+
+
+def check_positive_real(name: str, value, what: str = "") -> float:
+    """A finite real number > 0 (an epsilon, a scale, a base), as a Python float; see `check_real`."""
+    return check_real(name, value, low=0.0, low_open=True, what=what)
+
+
+def check_rate(name: str, value) -> float:
+    """A probability of dropping (dropout, label smoothing): a number in [0, 1), as a Python float."""
+    return check_real(name, value, low=0.0, high=1.0, high_open=True)
 
 
 def check_nonnegative_int(name: str, value) -> int:
@@ -136,6 +289,16 @@ def check_query_key(query, key) -> tuple[int, int, int, int, int, int]:
             f"of shape {shape_str(query.shape)} ([B, T, N, H])."
         )
     S, K = key.shape[1], key.shape[2]
+    for what, size, x, layout in (
+        ("N", N, query, "query [B, T, N, H]"),
+        ("K", K, key, "key [B, S, K, H]"),
+        ("H", H, query, "query [B, T, N, H]"),
+    ):
+        if size < 1:
+            raise ValueError(
+                f"Attention needs at least one head and one feature per head: {what}=0 in {layout} of shape "
+                f"{shape_str(x.shape)}."
+            )
     if N % K:
         raise ValueError(
             f"The number of query heads N={N} (query shape {shape_str(query.shape)}) must be a multiple "
@@ -209,6 +372,15 @@ def check_token_array(name: str, tokens) -> np.ndarray:
     if arr.size and (arr.min() < 0 or arr.max() > np.iinfo(np.int32).max):
         raise ValueError(f"`{name}` must hold token ids in [0, 2**31); got values in [{arr.min()}, {arr.max()}].")
     return arr.astype(np.int32, copy=False)
+
+
+def check_token_id(name: str, value, vocab_size: int, what: str = "a token id") -> int:
+    """One token id (an eos / bos / pad / [MASK] id): a Python or NumPy int in [0, vocab_size), as a Python int."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"`{name}` must be {what}, an int in [0, vocab_size={vocab_size}); got {_short(value)}.")
+    if not 0 <= value < vocab_size:
+        raise ValueError(f"`{name}` must be {what}, in [0, vocab_size={vocab_size}); got {value}.")
+    return int(value)
 
 
 def check_token_ids(ids, vocab_size: int) -> np.ndarray:

@@ -6,8 +6,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from jaxformer import checks
 from jaxformer.decoding.cache import reorder_cache
 from jaxformer.decoding.generate import cache_length, check_prompt, prefill
 from jaxformer.models.transformer import Transformer
@@ -17,7 +19,9 @@ _NEG = MASKED_LOGIT  # the finite "minus infinity" of dead beams and empty finis
 
 
 def length_normalizer(length, alpha: float):
-    """GNMT length penalty lp(n) = ((5 + n) / 6)^alpha (Wu et al. 2016); scores are log p / lp(n)."""
+    """GNMT length penalty lp(n) = ((5 + n) / 6)^alpha (Wu et al. 2016); scores are log p / lp(n).
+    alpha: a finite number (may be traced)."""
+    alpha = checks.check_real("alpha", alpha)
     return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
 
 
@@ -37,41 +41,56 @@ def beam_search(
     Args:
       model: the encoder-decoder `Transformer` (`src` is the source; decoding starts from `bos_id`) or a
         decoder-only model with a KV cache, e.g. `GPT` (`src` is the prompt, continued after its last token).
-      src: int `[B, S]`.
-      beam_size: W, number of hypotheses kept per input.
-      max_len: number of tokens to generate (the eos included).
-      length_penalty: alpha of the GNMT penalty; finished hypotheses are ranked by log p / ((5 + n) / 6)^alpha.
-        0 ranks by total log-probability; larger values favour longer outputs.
-      eos_id: ends a hypothesis (None: every hypothesis runs to max_len).
-      bos_id: first decoder input of an encoder-decoder model (required there).
+      src: int `[B, S]` (B, S >= 1), ids in [0, V).
+      beam_size: W, number of hypotheses kept per input, an int in [1, V].
+      max_len: number of tokens to generate (the eos included), an int >= 1. With learned or sinusoidal
+        positions it must fit the model's `max_len` (with the prompt, for a decoder-only model).
+      length_penalty: alpha of the GNMT penalty (a finite number); finished hypotheses are ranked by
+        log p / ((5 + n) / 6)^alpha. 0 ranks by total log-probability; larger values favour longer outputs.
+      eos_id: a token id in [0, V) that ends a hypothesis (None: every hypothesis runs to max_len).
+      bos_id: a token id in [0, V), the first decoder input of an encoder-decoder model (required there).
       src_valid: bool `[B, S]`, False at padding: the source's padding (encoder-decoder), or the right padding
-        of prompts of different lengths (decoder-only).
+        of prompts of different lengths (decoder-only: True on a non-empty prefix of each row).
 
     Returns:
       `(sequences int32 [B, W, max_len], scores float32 [B, W])`: generated tokens (eos_id, or 0, after a
       hypothesis ends) and their length-normalised log-probabilities.
     """
-    if not isinstance(beam_size, int) or beam_size < 1:
-        raise ValueError(f"`beam_size` must be a positive int; got {beam_size!r}.")
-    if not isinstance(max_len, int) or max_len < 1:
-        raise ValueError(f"`max_len` must be a positive int; got {max_len!r}.")
+    beam_size = checks.check_positive_int("beam_size", beam_size)
+    max_len = checks.check_positive_int("max_len", max_len)
+    length_penalty = checks.check_real("length_penalty", length_penalty)
     encoder_decoder = _is_encoder_decoder(model)
-    vocab_size = model.config.vocab_size
+    config = model.config
+    vocab_size = config.vocab_size
     if beam_size > vocab_size:
         raise ValueError(f"`beam_size`={beam_size} exceeds vocab_size={vocab_size}.")
     if encoder_decoder and bos_id is None:
         raise ValueError("An encoder-decoder model starts decoding from `bos_id`: pass bos_id.")
-    for name, token in (("eos_id", eos_id), ("bos_id", bos_id)):
-        if token is not None and not 0 <= token < vocab_size:
-            raise ValueError(f"`{name}`={token} is not a token id in [0, vocab_size={vocab_size}).")
+    if eos_id is not None:
+        eos_id = checks.check_token_id("eos_id", eos_id, vocab_size, "the end-of-sequence token id")
+    if bos_id is not None:
+        bos_id = checks.check_token_id("bos_id", bos_id, vocab_size, "the first decoder input")
+    src = checks.check_array("src", src)
     lengths = None
     if src_valid is not None:
-        src_valid = jnp.asarray(src_valid, bool)
-        if src_valid.shape != jnp.shape(src):
-            raise ValueError(f"`src_valid` must have the shape of `src` {jnp.shape(src)}; got {src_valid.shape}.")
+        src_valid = checks.check_array("src_valid", src_valid)
+        checks.check_bool("src_valid", src_valid, meaning="True = a real token, False = padding")
+        if src_valid.shape != src.shape:
+            raise ValueError(f"`src_valid` must have the shape of `src` {src.shape}; got {src_valid.shape}.")
         lengths = src_valid.sum(-1).astype(jnp.int32)
-    src, lengths = check_prompt(src, None if encoder_decoder else lengths, vocab_size)
-    cache_len = max_len if encoder_decoder else cache_length(model, src.shape[1], max_len)
+        if not encoder_decoder:
+            _check_right_padding(src_valid)
+    src, lengths = check_prompt(src, None if encoder_decoder else lengths, vocab_size, name="src")
+    if encoder_decoder:
+        # The decoder reads bos and then each of the max_len tokens chosen (the last one's logits go unused).
+        if config.positional in ("learned", "sinusoidal") and max_len > config.max_len:
+            raise ValueError(
+                f"`max_len`={max_len} exceeds the model's max_len={config.max_len} (positional="
+                f"{config.positional!r}): the decoder has no position for the later tokens; lower max_len."
+            )
+        cache_len = max_len + 1
+    else:
+        cache_len = cache_length(model, src.shape[1], max_len)
     graphdef, state = nnx.split(model)
     return _beam_search(
         graphdef,
@@ -87,6 +106,23 @@ def beam_search(
         bos_id=bos_id,
         encoder_decoder=encoder_decoder,
     )
+
+
+def _check_right_padding(src_valid) -> None:
+    """A decoder-only model continues each prompt after its last real token: `src_valid` must be True on a
+    non-empty prefix of each row (right padding), checked when it is known."""
+    valid = checks.concrete_or_none(src_valid)
+    if valid is None:
+        return
+    lengths = valid.sum(-1)
+    prefix = np.arange(valid.shape[-1])[None, :] < lengths[:, None]
+    bad = (lengths < 1) | (valid != prefix).any(-1)
+    if bad.any():
+        b = int(np.argmax(bad))
+        raise ValueError(
+            f"`src_valid` must mark each prompt as a non-empty prefix (right padding: True then False); row {b} is "
+            f"{valid[b].astype(int).tolist()}."
+        )
 
 
 def _is_encoder_decoder(model: nnx.Module) -> bool:

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxformer import checks
 from jaxformer.nn.attention import MultiHeadAttention
 
 
@@ -20,19 +21,38 @@ def _caches(model: nnx.Module):
 
 
 def set_cache_index(model: nnx.Module, index: jax.Array) -> None:
-    """Sets every cache's index to `index [B]`: the next decoded token of sequence b is written at `index[b]`.
+    """Sets every cache's index to `index [B]` (or a scalar for all): the next decoded token of sequence b is
+    written at `index[b]`, an int in [0, max_len] (checked when known).
 
     After prefilling right-padded prompts, setting the index to the prompt lengths makes each sequence continue
     from its own last real token: its padding slots are overwritten and, being at or after the index, never seen.
     """
-    for attention in _caches(model):
+    index = checks.check_array("index", index)
+    checks.check_integer("index", index)
+    caches = list(_caches(model))  # none for a model without attention (or before init_cache): nothing to set
+    for attention in caches[:1]:
+        batch, max_len = attention.cache_index.shape[-1], attention.cached_key.shape[-3]
+        if index.shape not in ((), (batch,)):
+            raise ValueError(
+                f"`index` must be a scalar or [B={batch}] (one per cached sequence); got shape {index.shape}."
+            )
+        checks.check_index_range("index", index, 0, max_len + 1, f" (the cache holds max_len={max_len} tokens)")
+    for attention in caches:
         attention.cache_index[...] = jnp.broadcast_to(index, attention.cache_index.shape).astype(jnp.int32)
 
 
 def reorder_cache(model: nnx.Module, batch_indices: jax.Array) -> None:
     """Replaces the cache of batch entry b by that of entry `batch_indices[b]` (which may repeat entries and change
-    the batch size): how beam search follows the beams it keeps, and how it tiles one prefill over the beams."""
-    for attention in _caches(model):
+    the batch size): how beam search follows the beams it keeps, and how it tiles one prefill over the beams.
+    `batch_indices`: int `[B']`, each in [0, B) (checked when known)."""
+    batch_indices = checks.check_array("batch_indices", batch_indices)
+    checks.check_integer("batch_indices", batch_indices)
+    checks.check_rank("batch_indices", batch_indices, 1, "[B']")
+    caches = list(_caches(model))
+    for attention in caches[:1]:
+        batch = attention.cache_index.shape[-1]
+        checks.check_index_range("batch_indices", batch_indices, 0, batch, " (the cached sequences)")
+    for attention in caches:
         for cache, base_rank in ((attention.cached_key, 4), (attention.cached_value, 4), (attention.cache_index, 1)):
             axis = cache[...].ndim - base_rank
             cache.set_value(jnp.take(cache[...], batch_indices, axis=axis))

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxformer import nn, ops
+from jaxformer import checks, nn, ops
 from jaxformer.models.config import ModelConfig
 from jaxformer.models.embedding import InputEmbedding, check_tokens, check_valid
 from jaxformer.models.stack import BlockStack
@@ -51,6 +51,14 @@ class Pooler(nnx.Module):
         self.kernel, self.bias = _dense_params(cfg, rngs)
 
     def __call__(self, hidden: jax.Array) -> jax.Array:
+        hidden = checks.check_array("hidden", hidden)
+        checks.check_floating("hidden", hidden)
+        D = self.kernel.shape[0]
+        if hidden.ndim != 3 or hidden.shape[1] < 1 or hidden.shape[2] != D:
+            raise ValueError(
+                f"`hidden` must be final states [B, T, D={D}] with T >= 1 (the pooler reads token 0); got shape "
+                f"{tuple(hidden.shape)}."
+            )
         h0 = hidden[:, 0].astype(self.dtype)
         return jnp.tanh(h0 @ self.kernel[...].astype(self.dtype) + self.bias[...].astype(self.dtype))
 
@@ -84,8 +92,11 @@ class MLMHead(nnx.Module):
 
     def __call__(self, hidden: jax.Array, valid: jax.Array | None = None) -> jax.Array:
         cfg = self.cfg
+        hidden = checks.check_array("hidden", hidden)
+        checks.check_floating("hidden", hidden)
         if hidden.ndim < 2 or hidden.shape[-1] != cfg.d_model:
             raise ValueError(f"`hidden` must be [..., D={cfg.d_model}]; got shape {tuple(hidden.shape)}.")
+        valid = check_valid("valid", valid, hidden.shape[:-1])
         h = hidden.astype(cfg.dtype)
         z = h @ self.kernel[...].astype(cfg.dtype) + self.bias[...].astype(cfg.dtype)
         z = self.act(z)
@@ -153,6 +164,11 @@ class BERT(nnx.Module):
                     f"got {tuple(token_types.shape)}."
                 )
         valid = check_valid("valid", valid, tokens.shape)
+        if self.pooler is not None and tokens.shape[1] == 0:
+            raise ValueError(
+                "`tokens` must hold at least one token ([CLS], which the pooler reads); got shape "
+                f"{tuple(tokens.shape)}. Build the model with pooler=False to encode empty sequences."
+            )
         # [B, 1, T, T]: padded query rows attend to nothing and output zeros
         mask = None if valid is None else ops.padding_mask(valid)
         x = self.embed(tokens, positions=positions, token_types=token_types, valid=valid)

@@ -12,6 +12,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
+
+from jaxformer import checks
 from jaxformer.nn.blocks import BlockConfig
 from jaxformer.nn.remat import REMAT_POLICIES
 
@@ -64,15 +67,23 @@ class ModelConfig(BlockConfig):
     def __post_init__(self):
         super().__post_init__()
         owner = type(self).__name__
-        self._check_positive_ints("num_layers", "max_len", "vocab_multiple")
+        self._check_positive_ints("num_layers", "max_len", "vocab_multiple", "image_size", "patch_size", "num_channels")
         for name in ("vocab_size", "type_vocab_size", "num_classes"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 0:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise ValueError(f"{owner}.{name} must be an int >= 0; got {value!r}.")
-        if self.remat not in REMAT_POLICIES:
+            object.__setattr__(self, name, int(value))
+        if not isinstance(self.remat, str) or self.remat not in REMAT_POLICIES:
             raise ValueError(f"{owner}.remat={self.remat!r}; choose one of {REMAT_POLICIES}.")
-        if self.num_decoder_layers is not None and self.num_decoder_layers < 1:
-            raise ValueError(f"{owner}.num_decoder_layers must be >= 1 or None; got {self.num_decoder_layers}.")
+        if self.num_decoder_layers is not None:
+            value = self.num_decoder_layers
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{owner}.num_decoder_layers must be an int >= 1 or None; got {value!r}.")
+            object.__setattr__(self, "num_decoder_layers", int(value))
+        self._check_flags(
+            "tie_embeddings", "head_bias", "embed_scale", "embed_norm", "pooler", "mlm_head", "scan_layers"
+        )
+        checks.check_real(f"{owner}.init_std", self.init_std, low=0.0)
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"{owner}.image_size={self.image_size} must be a multiple of patch_size={self.patch_size}."
@@ -100,7 +111,7 @@ class ModelConfig(BlockConfig):
     @classmethod
     def variant(cls, name: str, **overrides) -> ModelConfig:
         """The named architecture (see `VARIANTS`), with any field overridden."""
-        if name not in VARIANTS:
+        if not isinstance(name, str) or name not in VARIANTS:
             raise ValueError(f"Unknown ModelConfig variant {name!r}; choose one of {sorted(VARIANTS)}.")
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:

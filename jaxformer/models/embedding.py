@@ -9,14 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxformer import nn, ops
+from jaxformer import checks, nn, ops
 from jaxformer.models.config import ModelConfig
 from jaxformer.nn.blocks import apply_norm, make_norm
 
 
 def check_tokens(name: str, tokens, vocab_size: int, max_len: int | None) -> jax.Array:
     """`tokens` must be int `[B, T]`, with T <= max_len (if given) and ids in [0, vocab_size) when known."""
-    tokens = jnp.asarray(tokens)
+    tokens = jnp.asarray(checks.check_array(name, tokens))
     if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
         raise ValueError(f"`{name}` must be integer token ids [B, T]; got {tokens.dtype} of shape {tokens.shape}.")
     if max_len is not None and tokens.shape[1] > max_len:
@@ -35,12 +35,31 @@ def check_tokens(name: str, tokens, vocab_size: int, max_len: int | None) -> jax
     return tokens
 
 
+def check_positions(positions, shape: tuple[int, int], max_len: int | None) -> jax.Array | None:
+    """`positions` (None, or int `[T]` / `[B, T]` for tokens of `shape` `[B, T]`); with an absolute position
+    table of `max_len` rows, each must lie in [0, max_len) (checked when known: under jit an out-of-range position
+    reads NaN)."""
+    if positions is None:
+        return None
+    positions = checks.check_array("positions", positions)
+    checks.check_integer("positions", positions)
+    B, T = shape
+    if positions.shape not in ((T,), (B, T)):
+        raise ValueError(
+            f"`positions` must be [T] = ({T},) or [B, T] = ({B}, {T}), like the tokens; got shape "
+            f"{tuple(positions.shape)}."
+        )
+    if max_len is not None:
+        checks.check_index_range("positions", positions, 0, max_len, f" (the model's max_len={max_len} positions)")
+    return positions
+
+
 def check_valid(name: str, valid, shape: tuple[int, ...]) -> jax.Array | None:
     """`valid` (None, or the padding mask of token ids of `shape` `[B, T]`: bool, False at padding) as an array;
     the message names the argument, the shape expected and what was received."""
     if valid is None:
         return None
-    valid = jnp.asarray(valid)
+    valid = jnp.asarray(checks.check_array(name, valid))
     if valid.dtype != jnp.bool_ or valid.shape != tuple(shape):
         raise ValueError(
             f"`{name}` must be bool [B, T] = {tuple(shape)}, the shape of its tokens (False at padding); "
@@ -84,7 +103,9 @@ class InputEmbedding(nnx.Module):
     ) -> jax.Array:
         """tokens int `[B, T]`; positions int `[T]` or `[B, T]` (default `arange(T)`); token_types `[B, T]`."""
         cfg = self.cfg
-        tokens = check_tokens("tokens", tokens, cfg.vocab_size, cfg.max_len if self.has_absolute_positions else None)
+        max_len = cfg.max_len if self.has_absolute_positions else None
+        tokens = check_tokens("tokens", tokens, cfg.vocab_size, max_len)
+        positions = check_positions(positions, tokens.shape, max_len)
         T = tokens.shape[1]
         x = self.tokens(tokens)
         if cfg.embed_scale:

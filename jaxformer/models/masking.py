@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxformer.checks import check_nonnegative_int, check_positive_int
+from jaxformer.checks import check_positive_int, check_prng_key, check_token_id
 from jaxformer.models.embedding import check_tokens, check_valid
 
 # Of the chosen positions: P(mask_id) = 0.8, P(random id) = 0.1, P(unchanged) = 0.1 (Devlin et al. 2019, 3.1).
 _MASK_FRACTION, _RANDOM_FRACTION = 0.8, 0.1
-
-
-def _check_token_id(name: str, value, vocab_size: int, what: str) -> int:
-    """`value` must be an int in [0, vocab_size); `what` names the id in the message (e.g. "the [MASK] token id")."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and not 0 <= value < vocab_size:
-        raise ValueError(f"`{name}` must be {what}, in [0, {vocab_size}); got {value}.")
-    return check_nonnegative_int(name, value)  # rejects what is not an int
 
 
 def mask_for_mlm(
@@ -59,10 +51,13 @@ def mask_for_mlm(
       (inputs, targets, weights): inputs int `[B, T]`, the corrupted tokens (tokens' dtype); targets = `tokens`,
       what to predict; weights bool `[B, T]`, True exactly at the chosen positions (the loss mask).
     """
+    rng = check_prng_key("rng", rng)
     vocab_size = check_positive_int("vocab_size", vocab_size)
     tokens = check_tokens("tokens", tokens, vocab_size, None)
-    mask_id = _check_token_id("mask_id", mask_id, vocab_size, "the [MASK] token id")
-    special_ids = tuple(_check_token_id("special_ids", s, vocab_size, "token ids") for s in special_ids)
+    mask_id = check_token_id("mask_id", mask_id, vocab_size, "the [MASK] token id")
+    if isinstance(special_ids, (str, bytes)) or not isinstance(special_ids, Iterable):
+        raise TypeError(f"`special_ids` must be a sequence of token ids (e.g. (cls_id, sep_id)); got {special_ids!r}.")
+    special_ids = tuple(check_token_id("special_ids", s, vocab_size, "token ids") for s in special_ids)
     if isinstance(mask_rate, bool) or not isinstance(mask_rate, (float, int)) or not 0.0 < mask_rate < 1.0:
         raise ValueError(f"`mask_rate` must be a float in (0, 1); got {mask_rate!r}.")
     valid = check_valid("valid", valid, tokens.shape)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import jax
 from flax import nnx
 
+from jaxformer.nn.attention import check_cache_room
 from jaxformer.nn.constraints import RESIDUAL_AXES, constrain
 from jaxformer.nn.remat import remat
 
@@ -94,10 +95,14 @@ class BlockStack(nnx.Module):
 
         init(self.layers)
 
-    def cache_index(self) -> jax.Array:
-        """The number of tokens cached so far, `[B]` (the same in every layer)."""
+    def cache_index(self, num_tokens: int | None = None) -> jax.Array:
+        """The number of tokens cached so far, `[B]` (the same in every layer). With `num_tokens`, also checks
+        that so many more fit the cache (a ValueError naming the overflow, when the index is known)."""
         attention = self.layers.self_attention if self.scan else self.layers[0].self_attention
         if attention.cache_index is None:
             raise ValueError("decode=True needs a KV cache: call init_cache(batch_size, max_len) first.")
         index = attention.cache_index[...]
-        return index[0] if self.scan else index
+        index = index[0] if self.scan else index
+        if num_tokens is not None:
+            check_cache_room(index, num_tokens, attention.cached_key.shape[-3])
+        return index

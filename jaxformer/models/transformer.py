@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxformer import nn, ops
+from jaxformer import checks, nn, ops
 from jaxformer.models.config import ModelConfig
-from jaxformer.models.embedding import InputEmbedding, check_valid
+from jaxformer.models.embedding import InputEmbedding, check_tokens, check_valid
 from jaxformer.models.gpt import OutputHead
 from jaxformer.models.stack import BlockStack
 from jaxformer.nn.blocks import apply_norm, make_norm
@@ -55,7 +55,11 @@ class Transformer(nnx.Module):
 
     def encode(self, src: jax.Array, *, src_valid: jax.Array | None = None) -> jax.Array:
         """src int `[B, S]`, src_valid bool `[B, S]` (False = padding) -> memory `[B, S, D]`."""
-        src_valid = check_valid("src_valid", src_valid, jnp.shape(src))
+        cfg = self.config
+        src = check_tokens(
+            "src", src, cfg.vocab_size, cfg.max_len if cfg.positional in ("learned", "sinusoidal") else None
+        )
+        src_valid = check_valid("src_valid", src_valid, src.shape)
         mask = None if src_valid is None else ops.padding_mask(src_valid)
         x = self.embed(src, valid=src_valid)
         x = self.encoder(x, mask=mask, valid=src_valid)
@@ -75,19 +79,26 @@ class Transformer(nnx.Module):
 
         With `decode=True` the self-attention appends to its KV cache and positions continue from its index.
         """
-        tgt_valid = check_valid("tgt_valid", tgt_valid, jnp.shape(tgt))
-        if memory.ndim != 3 or memory.shape[0] != jnp.shape(tgt)[0] or memory.shape[2] != self.config.d_model:
+        cfg = self.config
+        tgt = check_tokens(
+            "tgt", tgt, cfg.vocab_size, cfg.max_len if cfg.positional in ("learned", "sinusoidal") else None
+        )
+        tgt_valid = check_valid("tgt_valid", tgt_valid, tgt.shape)
+        memory = checks.check_array("memory", memory)
+        checks.check_floating("memory", memory)
+        if memory.ndim != 3 or memory.shape[0] != tgt.shape[0] or memory.shape[2] != cfg.d_model:
             raise ValueError(
-                f"`memory` must be [B={jnp.shape(tgt)[0]}, S, D={self.config.d_model}] from encode(); "
-                f"got {tuple(memory.shape)}."
+                f"`memory` must be [B={tgt.shape[0]}, S, D={cfg.d_model}] from encode(); got {tuple(memory.shape)}."
             )
-        if src_valid is not None and src_valid.shape != memory.shape[:2]:
-            raise ValueError(f"`src_valid` must have shape {tuple(memory.shape[:2])}; got {tuple(src_valid.shape)}.")
+        src_valid = check_valid("src_valid", src_valid, memory.shape[:2])
+        decode = checks.check_flag("decode", decode)
         if decode and tgt_valid is not None:
             raise ValueError("decode=True takes no tgt_valid: the KV cache's index marks each target's length.")
-        T = jnp.shape(tgt)[1]
-        if decode and positions is None:
-            positions = self.decoder.cache_index()[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]
+        T = tgt.shape[1]
+        if decode:
+            index = self.decoder.cache_index(T)  # raises if the T tokens would not fit the cache
+            if positions is None:
+                positions = index[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]
         self_mask = None if tgt_valid is None else ops.padding_mask(tgt_valid)
         cross_mask = None if src_valid is None else src_valid[:, None, None, :]
         x = self.embed(tgt, positions=positions, valid=tgt_valid)

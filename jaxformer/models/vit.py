@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxformer import nn, ops
+from jaxformer import checks, nn, ops
 from jaxformer.models.bert import Pooler
 from jaxformer.models.config import ModelConfig
 from jaxformer.models.stack import BlockStack
@@ -101,7 +101,7 @@ class ViT(nnx.Module):
     def check_images(self, images) -> jax.Array:
         """`images` must be float `[B, image_size, image_size, num_channels]` (NHWC)."""
         cfg = self.config
-        images = jnp.asarray(images)
+        images = jnp.asarray(checks.check_array("images", images))
         want = f"[B, H={cfg.image_size}, W={cfg.image_size}, C={cfg.num_channels}]"
         if images.ndim != 4:
             raise ValueError(f"`images` must be {want} (NHWC); got shape {tuple(images.shape)}.")
@@ -135,6 +135,7 @@ class ViT(nnx.Module):
     def __call__(self, images: jax.Array) -> jax.Array:
         """images float `[B, H, W, C]` -> logits float32 `[B, num_classes]` (or `[B, D]` when num_classes = 0)."""
         cfg = self.config
+        images = self.check_images(images)
         z = self.encode(images)[:, 0]
         if self.head_kernel is None:
             return z.astype(jnp.float32)

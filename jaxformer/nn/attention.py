@@ -6,14 +6,29 @@ import warnings
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from jaxformer import ops
+from jaxformer import checks, ops
 from jaxformer.nn import attention_dispatch
 from jaxformer.nn.norms import RMSNorm
 from jaxformer.nn.params import logical_param
 
 POSITIONAL = ("none", "rope", "alibi")
+
+
+def check_cache_room(index, num_tokens: int, max_len: int) -> None:
+    """Raises a ValueError when writing `num_tokens` at the cache index `[B]` would pass `max_len` (checked only
+    when the index is known, outside jit)."""
+    if num_tokens > max_len:
+        raise ValueError(f"{num_tokens} new tokens do not fit a KV cache of max_len={max_len}.")
+    index = checks.concrete_or_none(index)
+    if index is not None and (index + num_tokens > max_len).any():
+        b = int(np.argmax(index + num_tokens > max_len))
+        raise ValueError(
+            f"KV cache overflow: sequence {b} has {int(index[b])} cached tokens and this call adds T={num_tokens}, "
+            f"past the cache's max_len={max_len}. Call init_cache with a larger max_len (or set_cache_index back)."
+        )
 
 
 class MultiHeadAttention(nnx.Module):
@@ -33,7 +48,7 @@ class MultiHeadAttention(nnx.Module):
     `implementation="xla"` (jaxformer's dense path),
     `"blockwise"` (O(T) memory; masks given structurally), `"jax_nn"` (`jax.nn.dot_product_attention` with its
     default backend), `"cudnn"` (the same call with `implementation="cudnn"`: cuDNN flash attention on NVIDIA
-    GPUs, bf16/fp16 only; jax raises on other backends), `"pallas"` (jax's Pallas TPU splash kernel through
+    GPUs, bf16/fp16 only; a ValueError elsewhere), `"pallas"` (jax's Pallas TPU splash kernel through
     `ops.splash_attention`; T and S multiples of 128; off TPU it runs in the Pallas interpreter) or `"auto"`
     (the best of these that supports the call on this backend); the table of what each supports is in
     nn/attention_dispatch.py.
@@ -41,7 +56,11 @@ class MultiHeadAttention(nnx.Module):
     KV cache: `init_cache(batch_size, max_len)` allocates `[B, max_len, K, H]` key and value buffers and a
     per-example index. Each call with `decode=True` appends its T tokens at the index and attends causally over
     everything cached so far, so a prompt can be prefilled in one call and then extended one or more tokens at
-    a time.
+    a time. The cache never wraps or clamps: a call that would write past `max_len` raises (NaN under jit; see
+    `init_cache`).
+
+    Empty sequences are allowed with every implementation: T = 0 gives `[B, 0, D]`, cross-attention over S = 0
+    keys attends to nothing (zeros before the output projection).
     """
 
     def __init__(
@@ -67,7 +86,9 @@ class MultiHeadAttention(nnx.Module):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        d_model = checks.check_positive_int("d_model", d_model)
+        num_heads = checks.check_positive_int("num_heads", num_heads)
+        num_kv_heads = num_heads if num_kv_heads is None else checks.check_positive_int("num_kv_heads", num_kv_heads)
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}.")
         if head_dim is None:
@@ -76,15 +97,27 @@ class MultiHeadAttention(nnx.Module):
                     f"d_model={d_model} is not divisible by num_heads={num_heads}; pass head_dim explicitly."
                 )
             head_dim = d_model // num_heads
-        if positional not in POSITIONAL:
+        head_dim = checks.check_positive_int("head_dim", head_dim)
+        context_dim = d_model if context_dim is None else checks.check_positive_int("context_dim", context_dim)
+        if not isinstance(positional, str) or positional not in POSITIONAL:
             raise ValueError(f"positional={positional!r}; choose one of {POSITIONAL}.")
         attention_dispatch.check_implementation(implementation)
         if positional == "rope" and head_dim % 2:
             raise ValueError(f"positional='rope' needs an even head_dim; got {head_dim}.")
-        if sliding_window is not None and (not isinstance(sliding_window, int) or sliding_window < 1):
-            raise ValueError(f"sliding_window must be a positive int or None; got {sliding_window!r}.")
-        context_dim = d_model if context_dim is None else context_dim
-        self.sliding_window = sliding_window
+        if sliding_window is not None:
+            sliding_window = checks.check_positive_int("sliding_window", sliding_window)
+        rope_base = checks.check_positive_real("rope_base", rope_base)
+        qk_norm_epsilon = checks.check_positive_real("qk_norm_epsilon", qk_norm_epsilon)
+        dropout_rate = checks.check_rate("dropout_rate", dropout_rate)
+        if rope_scaling is not None and not isinstance(rope_scaling, ops.RopeScaling):
+            raise TypeError(f"`rope_scaling` must be an ops.RopeScaling or None; got {rope_scaling!r}.")
+        dtype = checks.check_float_dtype("dtype", dtype)
+        param_dtype = checks.check_float_dtype("param_dtype", param_dtype)
+        for name, flag in (("use_bias", use_bias), ("qk_norm", qk_norm), ("rope_interleaved", rope_interleaved)):
+            checks.check_flag(name, flag)
+        if out_bias is not None:
+            checks.check_flag("out_bias", out_bias)
+        self.sliding_window, self.context_dim = sliding_window, context_dim
         self.d_model, self.num_heads, self.num_kv_heads, self.head_dim = d_model, num_heads, num_kv_heads, head_dim
         self.positional, self.rope_base, self.implementation = positional, rope_base, implementation
         self.rope_interleaved, self.rope_scaling = rope_interleaved, rope_scaling
@@ -119,11 +152,16 @@ class MultiHeadAttention(nnx.Module):
     def init_cache(self, batch_size: int, max_len: int, dtype=None) -> None:
         """Allocates an empty KV cache for `batch_size` sequences of up to `max_len` tokens.
 
-        A call that would write past `max_len` raises when its token count alone is too large; the running index
-        is a traced value, so keeping `index + T <= max_len` across calls is the decoding loop's job.
+        The cache never wraps or clamps: a `decode=True` call whose T tokens would be written past `max_len`
+        (cache index + T > max_len) raises a ValueError when the index is known (outside jit). Under `jax.jit` the
+        index is traced and cannot raise: such a call then writes nothing for the overflowing sequences and
+        returns NaN for them, so an overflow is always visible. (`decoding.generate` and `beam_search` size the
+        cache so that it cannot overflow.)
         """
+        batch_size = checks.check_positive_int("batch_size", batch_size)
+        max_len = checks.check_positive_int("max_len", max_len)
         shape = (batch_size, max_len, self.num_kv_heads, self.head_dim)
-        dtype = self.dtype if dtype is None else dtype
+        dtype = self.dtype if dtype is None else checks.check_float_dtype("dtype", dtype)
         self.cached_key = nnx.Cache(jnp.zeros(shape, dtype))
         self.cached_value = nnx.Cache(jnp.zeros(shape, dtype))
         self.cache_index = nnx.Cache(jnp.zeros((batch_size,), jnp.int32))
@@ -175,10 +213,32 @@ class MultiHeadAttention(nnx.Module):
         decode: use and extend the KV cache (self-attention only; call `init_cache` first). Attention is then
         causal over the cache by construction, and `mask` is ANDed with it.
         """
+        x = checks.check_array("x", x)
+        checks.check_floating("x", x)
         if x.ndim != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"`x` must be [B, T, D={self.d_model}]; got shape {tuple(x.shape)}.")
         B, T, _ = x.shape
+        is_causal = checks.check_flag("is_causal", is_causal)
+        decode = checks.check_flag("decode", decode)
         cross = context is not None
+        if cross:
+            context = checks.check_array("context", context)
+            checks.check_floating("context", context)
+            if context.ndim != 3 or context.shape[0] != B or context.shape[2] != self.context_dim:
+                raise ValueError(
+                    f"`context` must be [B={B}, S, Dc={self.context_dim}] (the batch of `x`, the layer's "
+                    f"context_dim); got shape {tuple(context.shape)}."
+                )
+        if positions is not None:
+            positions = checks.check_array("positions", positions)
+            checks.check_integer("positions", positions)
+            if positions.shape not in ((T,), (B, T)):
+                raise ValueError(
+                    f"`positions` must be [T] = ({T},) or [B, T] = ({B}, {T}); got shape {tuple(positions.shape)}."
+                )
+        if segment_ids is not None:
+            segment_ids = checks.check_array("segment_ids", segment_ids)
+            checks.check_integer("segment_ids", segment_ids)
         if cross and decode:
             raise ValueError("decode=True caches self-attention keys; for cross-attention compute the context once.")
         if cross and self.sliding_window is not None:
@@ -206,14 +266,20 @@ class MultiHeadAttention(nnx.Module):
             if self.cache_index is None:
                 raise ValueError("decode=True needs a KV cache: call init_cache(batch_size, max_len) first.")
             offset = self.cache_index[...]
+            if offset.shape != (B,):
+                raise ValueError(
+                    f"`x` has batch size {B} but the KV cache was made for {offset.shape[0]} sequences; call "
+                    f"init_cache({B}, max_len)."
+                )
         if positions is None:
             positions = offset[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]
         if self.positional == "rope":
             rope = dict(base=self.rope_base, interleaved=self.rope_interleaved, scaling=self.rope_scaling)
             q, k = ops.apply_rope(q, positions, **rope), ops.apply_rope(k, positions, **rope)
 
+        overflow = None
         if decode:
-            k, v, mask = self._update_cache(k, v, mask, offset)
+            k, v, mask, overflow = self._update_cache(k, v, mask, offset)
             is_causal = False  # the cache mask is causal already
         bias = None
         if self.positional == "alibi":
@@ -225,23 +291,37 @@ class MultiHeadAttention(nnx.Module):
             bias = -jnp.asarray(ops.alibi_slopes(self.num_heads))[None, :, None, None] * distance
         out = self._attend(q, k, v, mask=mask, bias=bias, segment_ids=segment_ids, is_causal=is_causal, decode=decode)
         out = jnp.einsum("BTNH,NHD->BTD", out, self.w_o[...].astype(self.dtype))
-        return out if self.b_o is None else out + self.b_o[...].astype(self.dtype)
+        out = out if self.b_o is None else out + self.b_o[...].astype(self.dtype)
+        if overflow is not None:  # (traced) writes past the cache: NaN, never a clamped or wrapped result
+            out = jnp.where(overflow[:, None, None], jnp.asarray(jnp.nan, out.dtype), out)
+        return out
 
     def _update_cache(self, k, v, mask, offset):
+        """Writes k, v `[B, T, K, H]` at each sequence's index; returns the cache, the mask over it and the
+        sequences `[B]` whose write would pass `max_len` (these are not written: dynamic_update_slice would clamp
+        the start and overwrite earlier slots)."""
         B, T = k.shape[:2]
         max_len = self.cached_key.shape[1]
-        if T > max_len:
-            raise ValueError(f"{T} new tokens do not fit a KV cache of max_len={max_len}.")
-        write = jax.vmap(lambda buf, new, i: jax.lax.dynamic_update_slice_in_dim(buf, new, i, axis=0))
-        self.cached_key[...] = write(self.cached_key[...], k.astype(self.cached_key.dtype), offset)
-        self.cached_value[...] = write(self.cached_value[...], v.astype(self.cached_value.dtype), offset)
+        check_cache_room(offset, T, max_len)
+        overflow = offset + T > max_len
+
+        def write_one(buf, new, i, skip):
+            # dynamic_update_slice would clamp the start to max_len - T; an overflowing sequence writes back the
+            # slots that are there instead (a select of T rows: the update stays in place, no copy of the cache).
+            start = jnp.clip(i, 0, max_len - T)
+            old = jax.lax.dynamic_slice_in_dim(buf, start, T, axis=0)
+            return jax.lax.dynamic_update_slice_in_dim(buf, jnp.where(skip, old, new), start, axis=0)
+
+        write = jax.vmap(write_one)
+        self.cached_key[...] = write(self.cached_key[...], k.astype(self.cached_key.dtype), offset, overflow)
+        self.cached_value[...] = write(self.cached_value[...], v.astype(self.cached_value.dtype), offset, overflow)
         self.cache_index[...] = offset + T
         # [B, 1, T, max_len]; being causal it also hides the slots not written yet.
         if self.sliding_window is None:
             cache_mask = ops.causal_mask(T, max_len, offset=offset)
         else:
             cache_mask = ops.sliding_window_mask(T, max_len, window=self.sliding_window, offset=offset)
-        return self.cached_key[...], self.cached_value[...], ops.combine_masks(mask, cache_mask)
+        return self.cached_key[...], self.cached_value[...], ops.combine_masks(mask, cache_mask), overflow
 
     def _attend(self, q, k, v, *, mask, bias, segment_ids, is_causal, decode):
         use_dropout = self.dropout_rate > 0 and not self.deterministic
@@ -276,6 +356,13 @@ class MultiHeadAttention(nnx.Module):
                 is_causal=is_causal,
                 dropout_rate=self.dropout_rate if use_dropout else 0.0,
                 dropout_rng=rng,
+            )
+        if implementation == "cudnn" and (
+            jax.default_backend() != "gpu" or q.dtype not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+        ):
+            raise ValueError(
+                f"implementation='cudnn' runs cuDNN flash attention on an NVIDIA GPU in bfloat16 / float16; this call "
+                f"is {q.dtype} on {jax.default_backend()!r}. Use implementation='auto' (or 'xla')."
             )
         if implementation in ("jax_nn", "cudnn"):  # note: rows with nothing to attend to average all values
             if mask is not None:

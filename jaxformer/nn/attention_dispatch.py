@@ -5,6 +5,7 @@
     blockwise       ops.blockwise_attention: O(T) memory, skips hidden blocks (jaxformer's own custom VJP)
     jax_nn          jax.nn.dot_product_attention with its default backend
     cudnn           jax.nn.dot_product_attention(implementation="cudnn"): flash attention, NVIDIA GPU, bf16/fp16
+                    (a ValueError elsewhere, before anything compiles)
     pallas          ops.splash_attention: jax's Pallas TPU splash kernel; T, S multiples of 128; off TPU it runs
                     in the Pallas interpreter (slow, with a warning)
 

@@ -13,8 +13,10 @@ from typing import Any, Self
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from jaxformer import checks
 from jaxformer.nn.attention import POSITIONAL as ATTENTION_POSITIONAL
 from jaxformer.nn.attention import MultiHeadAttention
 from jaxformer.nn.attention_dispatch import check_implementation
@@ -97,17 +99,17 @@ class BlockConfig:
             ("activation", ACTIVATIONS),
         ):
             value = getattr(self, name)
-            if value not in allowed:
+            if not isinstance(value, str) or value not in allowed:
                 raise ValueError(f"{owner}.{name}={value!r}; choose one of {allowed}.")
+        if not isinstance(self.attention_impl, str):
+            raise ValueError(f"{owner}.attention_impl={self.attention_impl!r} must be a string.")
         check_implementation(self.attention_impl, f"{owner}.attention_impl")
         for name in ("qkv_bias", "out_bias", "mlp_bias"):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, self.use_bias)
-        for name in ("norm_epsilon", "qk_norm_epsilon"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{owner}.{name} must be > 0; got {getattr(self, name)!r}.")
-        if not self.rope_base > 0:
-            raise ValueError(f"{owner}.rope_base must be > 0; got {self.rope_base!r}.")
+        self._check_flags("rope_interleaved", "qk_norm", "use_bias", "qkv_bias", "out_bias", "mlp_bias")
+        for name in ("norm_epsilon", "qk_norm_epsilon", "rope_base"):
+            checks.check_positive_real(f"{owner}.{name}", getattr(self, name))
         if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
             raise TypeError(f"{owner}.rope_scaling must be an ops.RopeScaling or None; got {self.rope_scaling!r}.")
         if self.num_kv_heads is None:
@@ -130,26 +132,32 @@ class BlockConfig:
             raise ValueError(f"positional='rope' rotates pairs of features: head_dim={self.head_dim} must be even.")
         if self.positional == "sinusoidal" and self.d_model % 2:
             raise ValueError(f"positional='sinusoidal' needs an even d_model; got {self.d_model}.")
-        if self.sliding_window is not None and (not isinstance(self.sliding_window, int) or self.sliding_window < 1):
-            raise ValueError(f"{owner}.sliding_window must be a positive int or None; got {self.sliding_window!r}.")
+        if self.sliding_window is not None:
+            self._check_positive_ints("sliding_window")
         for name in ("dropout_rate", "attention_dropout_rate", "ffn_dropout_rate"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{owner}.{name} must be in [0, 1); got {getattr(self, name)}.")
+            checks.check_rate(f"{owner}.{name}", getattr(self, name))
         if self.attention_impl in ("blockwise", "pallas") and self.positional == "alibi":
             raise ValueError(
                 f"attention_impl={self.attention_impl!r} takes no bias (ALiBi is one); use positional='rope' or "
                 "attention_impl='xla'."
             )
-        # Accept dtype names ("bfloat16") and keep the field hashable.
-        object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
-        object.__setattr__(self, "param_dtype", jnp.dtype(self.param_dtype))
+        # Accept dtype names ("bfloat16") and keep the field hashable; computation and storage are floating.
+        for name in ("dtype", "param_dtype"):
+            object.__setattr__(self, name, checks.check_float_dtype(f"{owner}.{name}", getattr(self, name)))
 
     def _check_positive_ints(self, *names: str) -> None:
-        """Each named field must be a positive int (for subclasses' fields too)."""
+        """Each named field must be a positive int, not a bool (for subclasses' fields too); a NumPy int is
+        stored as a Python int."""
         for name in names:
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{type(self).__name__}.{name} must be a positive int; got {value!r}.")
+            object.__setattr__(self, name, int(value))
+
+    def _check_flags(self, *names: str) -> None:
+        """Each named field must be True or False (a NumPy bool is stored as a Python bool)."""
+        for name in names:
+            object.__setattr__(self, name, checks.check_flag(f"{type(self).__name__}.{name}", getattr(self, name)))
 
     def replace(self, **changes) -> Self:
         """A copy with `changes` applied (as `dataclasses.replace`), whose derived sizes follow the new widths.

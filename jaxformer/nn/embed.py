@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxformer import checks
 from jaxformer.nn.params import logical_param
 
 
@@ -26,17 +27,30 @@ class Embed(nnx.Module):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
+        vocab_size, dim = checks.check_positive_int("vocab_size", vocab_size), checks.check_positive_int("dim", dim)
+        init_std = checks.check_real("init_std", init_std, low=0.0)
+        dtype, param_dtype = (
+            checks.check_float_dtype("dtype", dtype),
+            checks.check_float_dtype("param_dtype", param_dtype),
+        )
         self.vocab_size, self.dim, self.dtype = vocab_size, dim, dtype
         init = nnx.initializers.normal(stddev=init_std)
         self.embedding = logical_param(rngs, init, (vocab_size, dim), ("vocab", "embed"), param_dtype)
 
     def __call__(self, ids: jax.Array) -> jax.Array:
+        """ids int `[...]` in [0, V) -> `[..., D]`. An id out of range raises when the ids are known (outside
+        jit); under jit it reads a row of NaN (never a clamped, valid-looking row)."""
+        ids = checks.check_array("ids", ids)
         if not jnp.issubdtype(ids.dtype, jnp.integer):
             raise TypeError(f"Embed expects integer token ids; got dtype {ids.dtype}.")
-        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+        checks.check_index_range("ids", ids, 0, self.vocab_size, " (the rows of the embedding table)")
+        table = self.embedding[...]
+        return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan).astype(self.dtype)
 
     def attend(self, x: jax.Array) -> jax.Array:
-        if x.shape[-1] != self.dim:
+        x = checks.check_array("x", x)
+        checks.check_floating("x", x)
+        if x.ndim < 1 or x.shape[-1] != self.dim:
             raise ValueError(f"Embed.attend expects [..., D={self.dim}]; got shape {tuple(x.shape)}.")
         return jnp.einsum("...D,VD->...V", x.astype(self.dtype), self.embedding[...].astype(self.dtype))
 
@@ -54,12 +68,22 @@ class LearnedPositions(nnx.Module):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
+        max_len, dim = checks.check_positive_int("max_len", max_len), checks.check_positive_int("dim", dim)
+        init_std = checks.check_real("init_std", init_std, low=0.0)
+        dtype, param_dtype = (
+            checks.check_float_dtype("dtype", dtype),
+            checks.check_float_dtype("param_dtype", param_dtype),
+        )
         self.max_len, self.dtype = max_len, dtype
         init = nnx.initializers.normal(stddev=init_std)
         self.embedding = logical_param(rngs, init, (max_len, dim), (None, "embed"), param_dtype)
 
     def __call__(self, positions: jax.Array) -> jax.Array:
-        if positions.shape[-1] > self.max_len:
+        """positions int `[T]` or `[B, T]`, each in [0, max_len) (checked when known; NaN rows under jit)."""
+        positions = checks.check_array("positions", positions)
+        checks.check_integer("positions", positions)
+        if positions.ndim and positions.shape[-1] > self.max_len:
             raise ValueError(f"{positions.shape[-1]} positions exceed max_len={self.max_len} of LearnedPositions.")
+        checks.check_index_range("positions", positions, 0, self.max_len, " (the rows of the position table)")
         # An out-of-range (traced) position reads NaN rather than being silently clipped to the last row.
         return jnp.take(self.embedding[...], positions, axis=0, mode="fill", fill_value=jnp.nan).astype(self.dtype)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxformer import ops
+from jaxformer import checks, ops
 from jaxformer.nn.params import logical_param
 
 ACTIVATIONS = (*ops.ACTIVATIONS, "swiglu")  # the element-wise ones of jaxformer.ops, and the gated SwiGLU
@@ -34,6 +34,13 @@ class FeedForward(nnx.Module):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
+        d_model, d_ff = checks.check_positive_int("d_model", d_model), checks.check_positive_int("d_ff", d_ff)
+        dropout_rate = checks.check_rate("dropout_rate", dropout_rate)
+        checks.check_flag("use_bias", use_bias)
+        dtype, param_dtype = (
+            checks.check_float_dtype("dtype", dtype),
+            checks.check_float_dtype("param_dtype", param_dtype),
+        )
         self.d_model, self.d_ff, self.activation, self.dtype = d_model, d_ff, activation, dtype
         init = nnx.initializers.lecun_normal()
         zeros = nnx.initializers.zeros
@@ -52,7 +59,9 @@ class FeedForward(nnx.Module):
         self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        if x.shape[-1] != self.d_model:
+        x = checks.check_array("x", x)
+        checks.check_floating("x", x)
+        if x.ndim < 1 or x.shape[-1] != self.d_model:
             raise ValueError(f"FeedForward expects inputs [..., D={self.d_model}]; got shape {tuple(x.shape)}.")
         x = x.astype(self.dtype)
 

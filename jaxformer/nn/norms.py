@@ -6,13 +6,21 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxformer import ops
+from jaxformer import checks, ops
 from jaxformer.nn.params import logical_param
 
 
-def _check_width(name: str, x, dim: int) -> None:
-    if x.shape[-1] != dim:
+def _check_input(name: str, x, dim: int) -> jax.Array:
+    """x must be a floating array [..., D=dim]; returned as an array."""
+    x = checks.check_array("x", x)
+    checks.check_floating("x", x)
+    if x.ndim < 1 or x.shape[-1] != dim:
         raise ValueError(f"{name} expects inputs [..., D={dim}]; got shape {tuple(x.shape)}.")
+    return x
+
+
+def _check_args(dim: int, epsilon: float) -> tuple[int, float]:
+    return checks.check_positive_int("dim", dim), checks.check_positive_real("epsilon", epsilon)
 
 
 class LayerNorm(nnx.Module):
@@ -21,12 +29,14 @@ class LayerNorm(nnx.Module):
     def __init__(
         self, dim: int, *, epsilon: float = 1e-5, use_bias: bool = True, param_dtype=jnp.float32, rngs: nnx.Rngs
     ):
+        dim, epsilon = _check_args(dim, epsilon)
+        param_dtype = checks.check_float_dtype("param_dtype", param_dtype)
         self.dim, self.epsilon = dim, epsilon
         self.scale = logical_param(rngs, nnx.initializers.ones, (dim,), ("embed",), param_dtype)
         self.bias = logical_param(rngs, nnx.initializers.zeros, (dim,), ("embed",), param_dtype) if use_bias else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        _check_width("LayerNorm", x, self.dim)
+        x = _check_input("LayerNorm", x, self.dim)
         bias = None if self.bias is None else self.bias[...]
         return ops.layer_norm(x, self.scale[...], bias, epsilon=self.epsilon)
 
@@ -37,11 +47,13 @@ class RMSNorm(nnx.Module):
     def __init__(
         self, dim: int, *, epsilon: float = 1e-6, param_dtype=jnp.float32, axis: str = "embed", rngs: nnx.Rngs
     ):
+        dim, epsilon = _check_args(dim, epsilon)
+        param_dtype = checks.check_float_dtype("param_dtype", param_dtype)
         self.dim, self.epsilon = dim, epsilon
         self.scale = logical_param(rngs, nnx.initializers.ones, (dim,), (axis,), param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        _check_width("RMSNorm", x, self.dim)
+        x = _check_input("RMSNorm", x, self.dim)
         return ops.rms_norm(x, self.scale[...], epsilon=self.epsilon)
 
 
@@ -64,15 +76,18 @@ class BatchNorm(nnx.Module):
         use_running_average: bool = False,
         rngs: nnx.Rngs,
     ):
+        dim, epsilon = _check_args(dim, epsilon)
+        momentum = checks.check_real("momentum", momentum, low=0.0, high=1.0)
+        param_dtype = checks.check_float_dtype("param_dtype", param_dtype)
         self.dim, self.momentum, self.epsilon = dim, momentum, epsilon
-        self.use_running_average = use_running_average
+        self.use_running_average = checks.check_flag("use_running_average", use_running_average)
         self.scale = logical_param(rngs, nnx.initializers.ones, (dim,), ("embed",), param_dtype)
         self.bias = logical_param(rngs, nnx.initializers.zeros, (dim,), ("embed",), param_dtype)
         self.mean = nnx.BatchStat(jnp.zeros((dim,), jnp.float32))
         self.var = nnx.BatchStat(jnp.ones((dim,), jnp.float32))
 
     def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
-        _check_width("BatchNorm", x, self.dim)
+        x = _check_input("BatchNorm", x, self.dim)
         xf = x.astype(jnp.float32)
         if self.use_running_average:
             mean, var = self.mean[...], self.var[...]
@@ -80,6 +95,8 @@ class BatchNorm(nnx.Module):
             if valid is None:
                 weights = jnp.ones((*x.shape[:-1], 1), jnp.float32)
             else:
+                valid = checks.check_array("valid", valid)
+                checks.check_bool("valid", valid, meaning="True = a real token, False = padding")
                 if valid.shape != x.shape[:-1]:
                     raise ValueError(f"`valid` must have shape {tuple(x.shape[:-1])}; got {tuple(valid.shape)}.")
                 weights = valid.astype(jnp.float32)[..., None]

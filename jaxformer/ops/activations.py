@@ -33,25 +33,34 @@ def _gelu_tanh_jvp(primals, tangents):
     return y, slope * dx
 
 
+def _floating(name: str, x) -> jax.Array:
+    x = checks.check_array(name, x)
+    checks.check_floating(name, x)
+    return x
+
+
 def relu(x) -> jax.Array:
-    """max(x, 0)."""
-    return jax.nn.relu(x)
+    """max(x, 0) (integer inputs stay integers)."""
+    return jax.nn.relu(checks.check_array("x", x))
 
 
 def gelu(x, *, approximate: bool = True) -> jax.Array:
     """GELU(x) = x * Phi(x). `approximate=True` is the tanh form used by GPT-2,
-    0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); `approximate=False` is the exact erf form (BERT)."""
-    return _gelu_tanh(x) if approximate else jax.nn.gelu(x, approximate=False)
+    0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); `approximate=False` is the exact erf form (BERT).
+    x: floating."""
+    x = _floating("x", x)
+    return _gelu_tanh(x) if checks.check_flag("approximate", approximate) else jax.nn.gelu(x, approximate=False)
 
 
 def silu(x) -> jax.Array:
-    """x * sigmoid(x) (also called swish)."""
-    return jax.nn.silu(x)
+    """x * sigmoid(x) (also called swish); x floating."""
+    return jax.nn.silu(_floating("x", x))
 
 
 def swiglu(gate, value) -> jax.Array:
-    """Gated linear unit with a SiLU gate: `silu(gate) * value`, both `[..., F]` (the two FFN input projections)."""
-    gate, value = checks.check_array("gate", gate), checks.check_array("value", value)
+    """Gated linear unit with a SiLU gate: `silu(gate) * value`, both floating `[..., F]` (the two FFN input
+    projections)."""
+    gate, value = _floating("gate", gate), _floating("value", value)
     if gate.shape != value.shape:
         raise ValueError(
             f"`gate` and `value` must have the same shape; got {checks.shape_str(gate.shape)} and "
@@ -72,7 +81,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
     """The element-wise activation called `name` (one of ACTIVATIONS)."""
-    if name not in ACTIVATIONS:
+    if not isinstance(name, str) or name not in ACTIVATIONS:
         raise ValueError(
             f"Unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)} (or 'swiglu' in a feed-forward layer)."
         )

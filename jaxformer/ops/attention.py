@@ -8,7 +8,8 @@ multi-query attention (MQA). This is the grouping of `jax.nn.dot_product_attenti
 
 Numerics: the logits and the softmax are float32 whatever the input dtype; the output has the query's dtype. A
 query row whose mask is all False attends to nothing: its output and every gradient through it are exactly zero
-(not NaN, not a uniform average over masked keys).
+(not NaN, not a uniform average over masked keys). Empty sequences are allowed: T = 0 gives an empty `[B, 0, N, Hv]`
+output, S = 0 (no key at all) an output of zeros, as in every other attention kernel of jaxformer.
 """
 
 from __future__ import annotations
@@ -62,6 +63,13 @@ def rows_with_keys(mask) -> jax.Array | None:
     return None if mask is None else jnp.any(mask, axis=-1, keepdims=True)
 
 
+def check_scale(scale, head_dim: int):
+    """The logit scale: `1 / sqrt(H)` when None, else a finite number > 0 (checked when it is concrete)."""
+    if scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    return checks.check_positive_real("scale", scale)
+
+
 def _grouped_logits(query, key, *, mask, bias, scale, is_causal):
     """Masked float32 logits [B, K, G, T, S], and the user mask grouped [B|1, K|1, G|1, T, S] (or None).
 
@@ -69,13 +77,14 @@ def _grouped_logits(query, key, *, mask, bias, scale, is_causal):
     user-given mask is returned for `rows_with_keys`.
     """
     B, T, S, N, K, H = checks.check_query_key(query, key)
+    is_causal = checks.check_flag("is_causal", is_causal)
     target, layout = (B, N, T, S), "[B, N, T, S]"
     mask = check_mask(mask, target)
     if bias is not None:
         bias = checks.check_array("bias", bias)
         checks.check_floating("bias", bias)
         checks.check_broadcastable("bias", bias, target, layout)
-    scale = 1.0 / math.sqrt(H) if scale is None else scale
+    scale = check_scale(scale, H)
     if mask is not None:
         mask = _grouped(mask, B, N, K, T, S)
     full_mask = mask
@@ -102,12 +111,13 @@ def attention_weights(query, key, *, mask=None, bias=None, scale=None, is_causal
       key: `[B, S, K, H]`, N a multiple of K.
       mask: bool, broadcastable to `[B, N, T, S]`; True = may attend.
       bias: float, broadcastable to `[B, N, T, S]`; added to the scaled logits before the softmax.
-      scale: multiplies q . k; defaults to `1 / sqrt(H)`.
+      scale: multiplies q . k, a number > 0; defaults to `1 / sqrt(H)`.
       is_causal: also apply `causal_mask(T, S)` (query t sees keys s <= t).
 
     Returns:
       float32 `[B, N, T, S]`; each row sums to 1, or is all zeros where the mask leaves nothing to attend to.
     """
+    query, key = checks.check_array("query", query), checks.check_array("key", key)
     logits, mask = _grouped_logits(query, key, mask=mask, bias=bias, scale=scale, is_causal=is_causal)
     probs = jax.nn.softmax(logits, axis=-1)
     if mask is not None:
@@ -131,7 +141,7 @@ def dot_product_attention(
       value: `[B, S, K, Hv]`; Hv may differ from H.
       mask: bool, broadcastable to `[B, N, T, S]` (True = may attend); e.g. from `jaxformer.ops.masks`.
       bias: float, broadcastable to `[B, N, T, S]`, added before the softmax (e.g. `alibi_bias`).
-      scale: logit scale; defaults to `1 / sqrt(H)`.
+      scale: logit scale, a number > 0; defaults to `1 / sqrt(H)`.
       is_causal: AND the mask with `causal_mask(T, S)`: query t sees keys s <= t (top-left aligned, as in
         `jax.nn.dot_product_attention`). For queries that follow a cache use `mask=causal_mask(T, S, offset=...)`.
       dropout_rate: probability of dropping an attention weight (inverted dropout, rescaled by 1 / (1 - rate)).
@@ -140,14 +150,16 @@ def dot_product_attention(
     Returns:
       `[B, T, N, Hv]` in the query's dtype. Rows with nothing to attend to are zeros.
     """
+    query, key = checks.check_array("query", query), checks.check_array("key", key)
+    value = checks.check_array("value", value)
     logits, mask = _grouped_logits(query, key, mask=mask, bias=bias, scale=scale, is_causal=is_causal)
     checks.check_value(value, query, key)
     probs = jax.nn.softmax(logits, axis=-1)
-    if not 0.0 <= dropout_rate < 1.0:
-        raise ValueError(f"`dropout_rate` must be in [0, 1); got {dropout_rate}.")
+    dropout_rate = checks.check_rate("dropout_rate", dropout_rate)
     if dropout_rate > 0.0:
         if dropout_rng is None:
             raise ValueError("`dropout_rng` (a jax.random key) is required when `dropout_rate` > 0.")
+        checks.check_prng_key("dropout_rng", dropout_rng)
         keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
         probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
     # value as [B, K, S, Hv] makes the probabilities the left operand, contracted over their last (contiguous)

@@ -24,7 +24,6 @@ key blocks that hold its own segments. Unsorted ids are applied inside each bloc
 from __future__ import annotations
 
 import functools
-import math
 from typing import NamedTuple
 
 import jax
@@ -32,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxformer import checks
+from jaxformer.ops.attention import check_scale
 from jaxformer.ops.masks import MASKED_LOGIT  # also the start of the running max: exp(m - m') never sees inf - inf
 
 
@@ -293,15 +293,20 @@ def blockwise_attention(
         keys with `t - window < s <= t` when causal, `|t - s| < window` otherwise.
       segment_ids: int `[B, T]` for self-attention (T == S), or a pair `(q_ids [B, T], kv_ids [B, S])`; tokens
         attend only within equal ids (as `segment_mask`).
-      scale: logit scale; defaults to `1 / sqrt(H)`.
+      scale: logit scale, a number > 0; defaults to `1 / sqrt(H)`.
       block_size: queries and keys per block (lengths need not be multiples of it; the tail is padded).
 
     Returns:
-      `[B, T, N, Hv]` in the query's dtype; rows that see no key are zeros.
+      `[B, T, N, Hv]` in the query's dtype; rows that see no key are zeros (all of them when S = 0; T = 0 gives an
+      empty output).
     """
+    query, key = checks.check_array("query", query), checks.check_array("key", key)
+    value = checks.check_array("value", value)
     B, T, S, N, K, H = checks.check_query_key(query, key)
     checks.check_value(value, query, key)
+    is_causal = checks.check_flag("is_causal", is_causal)
     block_size = checks.check_positive_int("block_size", block_size)
+    scale = float(check_scale(scale, H))
     if window is not None:
         window = checks.check_positive_int("window", window)
     if kv_lengths is not None:
@@ -315,9 +320,12 @@ def blockwise_attention(
         # Traced lengths cannot be checked; clipping keeps the padded tail of the last block out of reach.
         kv_lengths = jnp.clip(kv_lengths.astype(jnp.int32), 0, S)
     q_segments, kv_segments = checks.check_segment_ids(segment_ids, B, T, S)
+    G, Hv = N // K, value.shape[-1]
+    if T == 0 or S == 0:  # no query, or no key to attend to: what the dense path gives (no block to visit)
+        return jnp.zeros((B, T, N, Hv), query.dtype)
 
     plan = _Plan(
-        scale=float(1.0 / math.sqrt(H) if scale is None else scale),
+        scale=scale,
         q_block=min(block_size, T),
         kv_block=min(block_size, S),
         q_len=T,
@@ -325,7 +333,6 @@ def blockwise_attention(
         left=None if window is None else window - 1,
         right=0 if is_causal else (None if window is None else window - 1),
     )
-    G, Hv = N // K, value.shape[-1]
     # BTNH -> [B, K, G, T, H] / [B, K, S, H]: heads lead so that each tile is a batched matmul.
     q = _pad_axis(query.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4), 3, plan.q_block)
     k = _pad_axis(key.transpose(0, 2, 1, 3), 2, plan.kv_block)

@@ -18,8 +18,9 @@ from jaxformer import checks
 from jaxformer.ops.attention import check_mask, masked_logits, rows_with_keys
 
 
-def _check_inputs(query, key, value) -> tuple[int, int, int, int]:
-    """Validates BTNH query/key/value with K == N; returns (B, T, S, N)."""
+def _check_inputs(query, key, value) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Validates BTNH query/key/value with K == N; returns them as arrays."""
+    arrays = []
     for name, x, layout in (
         ("query", query, "[B, T, N, Hq]"),
         ("key", key, "[B, S, N, Hk]"),
@@ -28,6 +29,8 @@ def _check_inputs(query, key, value) -> tuple[int, int, int, int]:
         x = checks.check_array(name, x)
         checks.check_rank(name, x, 4, layout)
         checks.check_floating(name, x)
+        arrays.append(x)
+    query, key, value = arrays
     B, T, N, _ = query.shape
     if key.shape[0] != B or key.shape[2] != N:
         raise ValueError(
@@ -39,15 +42,18 @@ def _check_inputs(query, key, value) -> tuple[int, int, int, int]:
             f"`value` of shape {checks.shape_str(value.shape)} must share [B, S, N] = "
             f"{checks.shape_str(key.shape[:3])} with `key`."
         )
-    return B, T, key.shape[1], N
+    return query, key, value
 
 
-def _check_weight(name: str, w, want: tuple[int, ...], layout: str) -> None:
+def _check_weight(name: str, w, want: tuple[int, ...] | None, layout: str) -> jax.Array:
+    """A floating weight of shape `want` (None: only the rank of `layout`); returned as an array."""
     w = checks.check_array(name, w)
-    if w.shape != want:
+    checks.check_floating(name, w)
+    if want is not None and w.shape != want:
         raise ValueError(
             f"`{name}` must have shape {layout} = {checks.shape_str(want)}; got {checks.shape_str(w.shape)}."
         )
+    return w
 
 
 def _attend(scores_BNTS, value, mask, dtype) -> jax.Array:
@@ -78,13 +84,14 @@ def additive_attention(query, key, value, w_query, w_key, v, *, mask=None) -> ja
     Returns:
       `[B, T, N, Hv]` in the query's dtype.
     """
-    B, T, S, N = _check_inputs(query, key, value)
-    v = checks.check_array("v", v)
+    query, key, value = _check_inputs(query, key, value)
+    (B, T, N, _), S = query.shape, key.shape[1]
+    v = _check_weight("v", v, None, "[N, A]")
     checks.check_rank("v", v, 2, "[N, A]")
     A = v.shape[1]
     _check_weight("v", v, (N, A), "[N, A]")
-    _check_weight("w_query", w_query, (N, query.shape[-1], A), "[N, Hq, A]")
-    _check_weight("w_key", w_key, (N, key.shape[-1], A), "[N, Hk, A]")
+    w_query = _check_weight("w_query", w_query, (N, query.shape[-1], A), "[N, Hq, A]")
+    w_key = _check_weight("w_key", w_key, (N, key.shape[-1], A), "[N, Hk, A]")
     mask = check_mask(mask, (B, N, T, S))
     q_proj = jnp.einsum("BTNH,NHA->BNTA", query, w_query, preferred_element_type=jnp.float32)
     k_proj = jnp.einsum("BSNH,NHA->BNSA", key, w_key, preferred_element_type=jnp.float32)
@@ -106,8 +113,9 @@ def multiplicative_attention(query, key, value, w, *, mask=None) -> jax.Array:
     Returns:
       `[B, T, N, Hv]` in the query's dtype.
     """
-    B, T, S, N = _check_inputs(query, key, value)
-    _check_weight("w", w, (N, query.shape[-1], key.shape[-1]), "[N, Hq, Hk]")
+    query, key, value = _check_inputs(query, key, value)
+    (B, T, N, _), S = query.shape, key.shape[1]
+    w = _check_weight("w", w, (N, query.shape[-1], key.shape[-1]), "[N, Hq, Hk]")
     mask = check_mask(mask, (B, N, T, S))
     q_w = jnp.einsum("BTNH,NHJ->BTNJ", query, w, preferred_element_type=jnp.float32)
     scores = jnp.einsum("BTNJ,BSNJ->BNTS", q_w, key.astype(jnp.float32))

@@ -29,15 +29,16 @@ def query_key_positions(q_len: int, kv_len: int | None, offset) -> tuple[jax.Arr
     """Absolute query and key positions, shaped to broadcast to `[B or 1, 1, T, S]`.
 
     Shared by the position-based masks here and by `positions.alibi_bias`. Validates `q_len`, `kv_len` (defaults
-    to `q_len`) and `offset` (cached positions before the queries, as in `causal_mask`: an int, a scalar or `[B]`
-    integer array, >= 0 when known at trace time).
+    to `q_len`; either may be 0: an empty sequence gives an empty mask, as attention allows) and `offset` (cached
+    positions before the queries, as in `causal_mask`: an int, a scalar or `[B]` integer array, >= 0 when known at
+    trace time).
 
     Returns:
       int32 `(q_pos [B or 1, 1, T, 1], k_pos [1, 1, 1, S])`.
     """
-    q_len = checks.check_positive_int("q_len", q_len)
-    kv_len = q_len if kv_len is None else checks.check_positive_int("kv_len", kv_len)
-    offset = jnp.asarray(offset)
+    q_len = checks.check_nonnegative_int("q_len", q_len)
+    kv_len = q_len if kv_len is None else checks.check_nonnegative_int("kv_len", kv_len)
+    offset = checks.check_array("offset", offset)
     checks.check_integer("offset", offset)
     if offset.ndim > 1:
         raise ValueError(f"`offset` must be a scalar or have shape [B]; got shape {checks.shape_str(offset.shape)}.")
@@ -102,7 +103,7 @@ def lengths_to_valid(lengths, max_len: int) -> jax.Array:
 
     Args:
       lengths: int `[B]`, each in `[0, max_len]`.
-      max_len: the padded length T.
+      max_len: the padded length T (>= 0).
 
     Returns:
       bool `[B, max_len]`.
@@ -110,7 +111,7 @@ def lengths_to_valid(lengths, max_len: int) -> jax.Array:
     lengths = checks.check_array("lengths", lengths)
     checks.check_integer("lengths", lengths)
     checks.check_rank("lengths", lengths, 1, "[B]")
-    max_len = checks.check_positive_int("max_len", max_len)
+    max_len = checks.check_nonnegative_int("max_len", max_len)
     concrete = checks.concrete_or_none(lengths)
     if concrete is not None and ((concrete < 0) | (concrete > max_len)).any():
         raise ValueError(f"`lengths` must lie in [0, max_len={max_len}]; got {concrete.tolist()}.")
@@ -202,8 +203,10 @@ def block_sparse_mask(
     num_kv_blocks = -(-kv_len // block_size)
     if random_blocks > num_kv_blocks:
         raise ValueError(f"`random_blocks`={random_blocks} exceeds the number of key blocks ({num_kv_blocks}).")
-    if random_blocks > 0 and rng is None:
-        raise ValueError("`rng` (a jax.random key) is required when `random_blocks` > 0.")
+    if random_blocks > 0:
+        if rng is None:
+            raise ValueError("`rng` (a jax.random key) is required when `random_blocks` > 0.")
+        checks.check_prng_key("rng", rng)
 
     qb = jnp.arange(num_q_blocks)[:, None]
     kb = jnp.arange(num_kv_blocks)[None, :]

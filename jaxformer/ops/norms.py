@@ -40,6 +40,13 @@ def _standardize_jvp(epsilon, center, primals, tangents):
     return x_hat, rstd * (dx - x_hat * jnp.mean(x_hat * dx, axis=-1, keepdims=True))
 
 
+def _check_x(x):
+    x = checks.check_array("x", x)
+    checks.check_floating("x", x)
+    checks.check_min_rank("x", x, 1, "[..., D]")
+    return x
+
+
 def _check_param(name: str, p, dim: int):
     if p is None:
         return None
@@ -59,15 +66,16 @@ def layer_norm(x, scale=None, bias=None, *, epsilon: float = 1e-5) -> jax.Array:
     Args:
       x: `[..., D]`.
       scale, bias: `[D]` or None (None = 1 and 0).
+      epsilon: a number > 0, added to the variance (a constant row would divide by zero without it).
 
     Returns:
       `[..., D]` in x's dtype.
     """
-    x = checks.check_array("x", x)
-    checks.check_floating("x", x)
+    x = _check_x(x)
+    epsilon = checks.check_positive_real("epsilon", epsilon)
     dim = x.shape[-1]
     scale, bias = _check_param("scale", scale, dim), _check_param("bias", bias, dim)
-    y = _standardize(x.astype(jnp.float32), float(epsilon), True)
+    y = _standardize(x.astype(jnp.float32), epsilon, True)
     if scale is not None:
         y = y * scale
     if bias is not None:
@@ -83,14 +91,15 @@ def rms_norm(x, scale=None, *, epsilon: float = 1e-6) -> jax.Array:
     Args:
       x: `[..., D]`.
       scale: `[D]` or None.
+      epsilon: a number > 0, added to the mean square.
 
     Returns:
       `[..., D]` in x's dtype.
     """
-    x = checks.check_array("x", x)
-    checks.check_floating("x", x)
+    x = _check_x(x)
+    epsilon = checks.check_positive_real("epsilon", epsilon)
     scale = _check_param("scale", scale, x.shape[-1])
-    y = _standardize(x.astype(jnp.float32), float(epsilon), False)
+    y = _standardize(x.astype(jnp.float32), epsilon, False)
     if scale is not None:
         y = y * scale
     return y.astype(x.dtype)

@@ -28,6 +28,7 @@ def sinusoidal_positions(length: int, dim: int, *, base: float = 10000.0) -> jax
     dim = checks.check_positive_int("dim", dim)
     if dim % 2:
         raise ValueError(f"`dim` must be even (sin/cos pairs); got {dim}.")
+    base = checks.check_positive_real("base", base)
     inv_freq = base ** (-np.arange(0, dim, 2, dtype=np.float64) / dim)  # [dim / 2]
     angles = np.arange(length, dtype=np.float64)[:, None] * inv_freq[None, :]  # [length, dim / 2]
     # Computed in float64 on the host: float32 angles lose digits for long lengths.
@@ -55,11 +56,12 @@ class RopeScaling:
     original_max_len: int = 8192
 
     def __post_init__(self):
-        if self.kind not in ROPE_SCALINGS:
+        if not isinstance(self.kind, str) or self.kind not in ROPE_SCALINGS:
             raise ValueError(f"RopeScaling.kind={self.kind!r}; choose one of {ROPE_SCALINGS}.")
-        if not self.factor > 0:
-            raise ValueError(f"RopeScaling.factor must be > 0; got {self.factor!r}.")
+        checks.check_positive_real("RopeScaling.factor", self.factor)
         if self.kind == "llama3":
+            checks.check_positive_real("RopeScaling.low_freq_factor", self.low_freq_factor)
+            checks.check_positive_real("RopeScaling.high_freq_factor", self.high_freq_factor)
             if not 0 < self.low_freq_factor < self.high_freq_factor:
                 raise ValueError(
                     f"RopeScaling: llama3 needs 0 < low_freq_factor < high_freq_factor; got "
@@ -69,10 +71,14 @@ class RopeScaling:
 
 
 def rope_frequencies(head_dim: int, *, base: float = 10000.0, scaling: RopeScaling | None = None) -> np.ndarray:
-    """theta_i = base^(-2i / H) for the H / 2 feature pairs of a head, rescaled by `scaling`: float64 `[H / 2]`."""
+    """theta_i = base^(-2i / H) for the H / 2 feature pairs of a head (H even, base > 0), rescaled by `scaling`:
+    float64 `[H / 2]`."""
     head_dim = checks.check_positive_int("head_dim", head_dim)
-    if not base > 0:
-        raise ValueError(f"`base` must be > 0; got {base!r}.")
+    if head_dim % 2:
+        raise ValueError(f"`head_dim` must be even (RoPE rotates pairs of features); got {head_dim}.")
+    base = checks.check_positive_real("base", base)
+    if scaling is not None and not isinstance(scaling, RopeScaling):
+        raise TypeError(f"`scaling` must be an ops.RopeScaling or None; got {type(scaling).__name__}.")
     theta = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
     if scaling is None:
         return theta
@@ -109,14 +115,16 @@ def apply_rope(
     frequencies instead (`RopeScaling`, e.g. Llama 3.1's; `rope_frequencies` gives them).
 
     Args:
-      x: `[B, T, N, H]` queries or keys, H even.
+      x: floating `[B, T, N, H]` queries or keys, H even.
       positions: integer `[T]` or `[B, T]`.
+      base: a number > 0; scale: a number > 0.
 
     Returns:
       `[B, T, N, H]` in x's dtype (the rotation is computed in float32).
     """
     x = checks.check_array("x", x)
     checks.check_rank("x", x, 4, "[B, T, N, H]")
+    checks.check_floating("x", x)
     B, T, _, H = x.shape
     if H % 2:
         raise ValueError(f"apply_rope needs an even head dim H (x shape {checks.shape_str(x.shape)}); got H={H}.")
@@ -127,13 +135,10 @@ def apply_rope(
             f"`positions` must have shape [T] = ({T},) or [B, T] = ({B}, {T}) to match x of shape "
             f"{checks.shape_str(x.shape)}; got {checks.shape_str(positions.shape)}."
         )
-    if scale <= 0:
-        raise ValueError(f"`scale` must be positive; got {scale}.")
-    if scaling is not None and not isinstance(scaling, RopeScaling):
-        raise TypeError(f"`scaling` must be an ops.RopeScaling or None; got {type(scaling).__name__}.")
+    scale = checks.check_positive_real("scale", scale)
     inv_freq = jnp.asarray(rope_frequencies(H, base=base, scaling=scaling), jnp.float32)  # [H / 2]
     angles = (positions.astype(jnp.float32) / scale)[..., None] * inv_freq  # [(B,) T, H / 2]
-    angles = angles.reshape((-1, T, 1, H // 2))  # [B|1, T, 1, H / 2]
+    angles = angles.reshape((B if positions.ndim == 2 else 1, T, 1, H // 2))  # [B|1, T, 1, H / 2]
     cos, sin = jnp.cos(angles), jnp.sin(angles)
     xf = x.astype(jnp.float32)
     if interleaved:

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxformer import checks
+from jaxformer.ops.attention import check_scale
 
 LANES = 128  # TPU vector lane width: the kernel's key blocks must be multiples of it
 
@@ -96,21 +97,25 @@ def splash_attention(
         with `t - window < s <= t` when causal, `|t - s| < window` otherwise. Needs T <= S.
       segment_ids: int `[B, T]` for self-attention (T == S): tokens attend only within equal ids (as
         `segment_mask`; give padding its own id). Every query sees at least itself, so no row is empty.
-      scale: logit scale; defaults to `1 / sqrt(H)`.
+      scale: logit scale, a number > 0; defaults to `1 / sqrt(H)`.
       block_size: most queries / keys per tile, a multiple of 128; each tile is the largest multiple of 128 up
         to it that divides T (or S). T and S must be multiples of 128: pad, or use `dot_product_attention`.
       interpret: run the kernel through the Pallas interpreter, on any backend (slow: for tests). Without it the
         kernel compiles for TPU only.
 
     Returns:
-      `[B, T, N, Hv]` in the query's dtype.
+      `[B, T, N, Hv]` in the query's dtype (T = 0: empty; S = 0: zeros, as the dense path).
 
     Not supported (use `dot_product_attention` or `blockwise_attention`): array masks, an additive bias, key
     lengths, dropout on the weights, segment ids for cross-attention.
     """
+    query, key = checks.check_array("query", query), checks.check_array("key", key)
+    value = checks.check_array("value", value)
     B, T, S, N, K, H = checks.check_query_key(query, key)
     checks.check_value(value, query, key)
+    is_causal = checks.check_flag("is_causal", is_causal)
     block_size = checks.check_positive_int("block_size", block_size)
+    scale = check_scale(scale, H)
     if not interpret and jax.default_backend() != "tpu":
         raise ValueError(
             f"splash_attention compiles a Pallas TPU kernel, and the default backend is "
@@ -130,9 +135,10 @@ def splash_attention(
         if T > S:
             raise ValueError(f"A `window` needs T <= S (otherwise late queries see no key); got T={T}, S={S}.")
     ids, _ = checks.check_segment_ids(segment_ids, B, T, S, allow_pair=False)  # self-attention ids only
+    if T == 0 or S == 0:  # no tile to run: the dense path's empty output (T = 0) or zeros (no key, S = 0)
+        return jnp.zeros((B, T, N, value.shape[-1]), query.dtype)
 
-    kernel = _kernel(N, T, S, bool(is_causal), window, block_size, bool(interpret))
-    scale = H**-0.5 if scale is None else scale
+    kernel = _kernel(N, T, S, is_causal, window, block_size, checks.check_flag("interpret", interpret))
     # [B, T, N, H] -> [B, N, T, H]: the kernel is written per example, heads first.
     q_BNTH = jnp.swapaxes(query * jnp.asarray(scale, query.dtype), 1, 2)
     k_BKSH, v_BKSH = jnp.swapaxes(key, 1, 2), jnp.swapaxes(value, 1, 2)

@@ -94,7 +94,9 @@ def test_bad_arguments():
         beam_search(model, src, beam_size=2, max_len=4)
     with pytest.raises(ValueError, match="`beam_size` must be a positive int"):
         beam_search(model, src, beam_size=0, max_len=4, bos_id=1)
-    with pytest.raises(ValueError, match=r"`eos_id`=999 is not a token id in \[0, vocab_size=256\)"):
+    with pytest.raises(
+        ValueError, match=r"`eos_id` must be the end-of-sequence token id, in \[0, vocab_size=256\); got 999"
+    ):
         beam_search(model, src, beam_size=2, max_len=4, bos_id=1, eos_id=999)
     with pytest.raises(ValueError, match="`src_valid` must have the shape of `src`"):
         beam_search(model, src, beam_size=2, max_len=4, bos_id=1, src_valid=np.ones((1, 4), bool))
@@ -107,3 +109,25 @@ def test_a_model_that_cannot_decode_is_refused_by_type():
     vit = ViT(ModelConfig.variant("vit-tiny"), rngs=nnx.Rngs(0))
     with pytest.raises(TypeError, match=r"needs an encoder-decoder `Transformer` or a decoder-only model .* got a ViT"):
         beam_search(vit, np.array([[5, 6, 7]], np.int32), beam_size=2, max_len=4, bos_id=1)
+
+
+def test_more_bad_arguments():
+    seq2seq = Transformer(ModelConfig.variant("transformer-tiny", num_layers=1, max_len=8), rngs=nnx.Rngs(0))
+    src = np.array([[5, 6, 7]], np.int32)
+    for bos in (256, 1.5):
+        with pytest.raises(ValueError, match=r"`bos_id` must be the first decoder input"):
+            beam_search(seq2seq, src, beam_size=2, max_len=4, bos_id=bos)
+    with pytest.raises(ValueError, match=r"`beam_size` must be a positive int; got True"):
+        beam_search(seq2seq, src, beam_size=True, max_len=4, bos_id=1)
+    with pytest.raises(ValueError, match=r"`length_penalty` must be a finite number; got nan"):
+        beam_search(seq2seq, src, beam_size=2, max_len=4, bos_id=1, length_penalty=float("nan"))
+    with pytest.raises(TypeError, match=r"`src_valid` must be a boolean array"):
+        beam_search(seq2seq, src, beam_size=2, max_len=4, bos_id=1, src_valid=np.ones((1, 3), np.int32))
+    with pytest.raises(ValueError, match=r"`max_len`=9 exceeds the model's max_len=8 \(positional='sinusoidal'\)"):
+        beam_search(seq2seq, src, beam_size=2, max_len=9, bos_id=1)
+    with pytest.raises(ValueError, match=r"`src` must be integer token ids \[B, P\] with B >= 1 and P >= 1"):
+        beam_search(seq2seq, np.zeros((1, 0), np.int32), beam_size=2, max_len=4, bos_id=1)
+    gpt = GPT(ModelConfig.variant("gpt2-tiny", num_layers=1, vocab_size=32), rngs=nnx.Rngs(0))
+    for valid in ([[False, True, True]], [[False, False, False]], [[True, False, True]]):
+        with pytest.raises(ValueError, match=r"`src_valid` must mark each prompt as a non-empty prefix"):
+            beam_search(gpt, src, beam_size=2, max_len=2, src_valid=np.array(valid))

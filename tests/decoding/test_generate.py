@@ -91,7 +91,7 @@ def test_bad_arguments():
         generate(model, PROMPT, 2, rng=key, prompt_lengths=np.array([0, 6, 1]))
     with pytest.raises(ValueError, match=r"`prompt` ids must lie in \[0, vocab_size=48\)"):
         generate(model, PROMPT + 48, 2, rng=key)
-    with pytest.raises(ValueError, match="`max_new_tokens` must be >= 1"):
+    with pytest.raises(ValueError, match="`max_new_tokens` must be a positive int; got 0"):
         generate(model, PROMPT, 0, rng=key)
     with pytest.raises(ValueError, match="`top_k`"):
         generate(model, PROMPT, 2, rng=key, top_k=0)
@@ -116,3 +116,62 @@ def test_generate_compiles_once_for_new_prompts_and_keys(monkeypatch):
     # The guard is live: a new prompt shape is a new trace, which it refuses.
     with pytest.raises(AssertionError, match="traced > 1 times"):
         GENERATE.generate(model, np.zeros((2, 6), np.int32), 4, rng=jax.random.key(0), temperature=0.8)
+
+
+def test_more_bad_arguments_name_what_is_wrong():
+    model = GPT(CFG, rngs=nnx.Rngs(0))
+    key = jax.random.key(0)
+    for rng, match in ((None, r"got None"), (0, r"got 0 \(int\)"), (np.zeros(2, np.float32), r"dtype float32")):
+        with pytest.raises(TypeError, match=rf"`rng` must be a jax.random key.*{match}"):
+            generate(model, PROMPT, 2, rng=rng)
+    greedy = generate(model, PROMPT, 2, rng=None, temperature=0.0)  # greedy draws nothing: no key needed
+    np.testing.assert_array_equal(greedy, generate(model, PROMPT, 2, rng=key, temperature=0.0))
+    for eos in (48, -1, 1.5):
+        with pytest.raises(ValueError, match=r"`eos_id` must be the end-of-sequence token id"):
+            generate(model, PROMPT, 2, rng=key, eos_id=eos)
+    with pytest.raises(ValueError, match=r"`max_new_tokens` must be a positive int; got 2.7"):
+        generate(model, PROMPT, 2.7, rng=key)
+    with pytest.raises(ValueError, match=r"`temperature` must be a finite number >= 0 \(0 = greedy\); got inf"):
+        generate(model, PROMPT, 2, rng=key, temperature=float("inf"))
+    with pytest.raises(TypeError, match=r"`temperature` must be a real number"):
+        generate(model, PROMPT, 2, rng=key, temperature="0.7")
+    with pytest.raises(ValueError, match=r"`top_k` must be an int in \[1, vocab_size=48\] or None; got True"):
+        generate(model, PROMPT, 2, rng=key, top_k=True)
+    with pytest.raises(ValueError, match=r"`prompt` must be integer token ids \[B, P\] with B >= 1 and P >= 1"):
+        generate(model, np.zeros((0, 3), np.int32), 2, rng=key)
+
+
+def test_models_that_do_not_continue_prompts_are_refused_by_type():
+    from jaxformer.models import BERT, Transformer
+
+    bert = BERT(ModelConfig.variant("bert-tiny", num_layers=1), rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match=r"generate needs a decoder-only model .* got a BERT"):
+        generate(bert, PROMPT, 2, rng=jax.random.key(0))
+    seq2seq = Transformer(ModelConfig.variant("transformer-tiny", num_layers=1), rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match=r"encoder-decoder Transformer decodes from a source with decoding.beam_search"):
+        generate(seq2seq, PROMPT, 2, rng=jax.random.key(0))
+
+
+def test_cache_surgery_checks_indices():
+    from jaxformer.decoding import reorder_cache, set_cache_index
+
+    model = GPT(CFG, rngs=nnx.Rngs(0))
+    set_cache_index(model, np.array([1, 2]))  # no cache yet: nothing to set
+    model.init_cache(2, 8)
+    set_cache_index(model, [3, 8])  # a list is an array; 8 = max_len: full
+    for bad in ([9, 0], [-1, 0]):
+        with pytest.raises(ValueError, match=r"`index` must lie in \[0, 9\) \(the cache holds max_len=8 tokens\)"):
+            set_cache_index(model, np.array(bad))
+    with pytest.raises(ValueError, match=r"`index` must be a scalar or \[B=2\]"):
+        set_cache_index(model, np.array([1, 1, 1]))
+    with pytest.raises(TypeError, match=r"`index` must have an integer dtype"):
+        set_cache_index(model, np.array([1.0, 1.0]))
+    with pytest.raises(ValueError, match=r"KV cache overflow: sequence 1 has 8 cached tokens"):
+        model(np.array([[1], [2]]), decode=True)
+    for bad in ([0, 2], [0, -1]):
+        with pytest.raises(ValueError, match=r"`batch_indices` must lie in \[0, 2\)"):
+            reorder_cache(model, np.array(bad))
+    with pytest.raises(TypeError, match=r"`batch_indices` must have an integer dtype"):
+        reorder_cache(model, np.array([0.0, 1.0]))
+    reorder_cache(model, [1, 0, 0])
+    assert model.blocks.cache_index().tolist() == [8, 3, 3]

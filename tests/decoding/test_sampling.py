@@ -52,5 +52,31 @@ def test_bad_settings():
         check_sampling(-1.0, None, None, 5)
     with pytest.raises(ValueError, match=r"`top_k` must be an int in \[1, vocab_size=5\]"):
         check_sampling(1.0, 6, None, 5)
-    with pytest.raises(ValueError, match=r"`top_p` must be in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"`top_p` must be a finite number in \(0, 1\]"):
         check_sampling(1.0, None, 0.0, 5)
+
+
+def test_sampling_functions_check_their_arguments():
+    key = jax.random.key(0)
+    for rng in (0, None):
+        with pytest.raises(TypeError, match=r"`rng` must be a jax.random key"):
+            decoding.sample_logits(rng, LOGITS)
+    with pytest.raises(ValueError, match=r"`temperature` must be a finite number >= 0"):
+        decoding.sample_logits(key, LOGITS, temperature=-1.0)
+    with pytest.raises(ValueError, match=r"`top_k` must be an int in \[1, vocab_size=5\]"):
+        decoding.sample_logits(key, LOGITS, top_k=6)
+    with pytest.raises(ValueError, match=r"`top_p` must be a finite number in \(0, 1\]; got 2.0"):
+        decoding.sample_logits(key, LOGITS, top_p=2.0)
+    with pytest.raises(TypeError, match=r"`logits` must have a floating dtype"):
+        decoding.sample_logits(key, np.ones((2, 5), np.int32))
+    with pytest.raises(ValueError, match=r"`logits` must have at least one token \(V >= 1\)"):
+        decoding.sample_logits(key, np.zeros((2, 0), np.float32))
+    for k in (0, 6, 2.5):
+        with pytest.raises(ValueError, match=r"`top_k` must be an int in \[1, vocab_size=5\]"):
+            decoding.top_k_logits(LOGITS, k)
+    for p in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"`top_p` must be a finite number in \(0, 1\]"):
+            decoding.top_p_logits(LOGITS, p)
+    np.testing.assert_array_equal(decoding.top_k_logits(LOGITS.tolist(), 2), decoding.top_k_logits(LOGITS, 2))
+    with pytest.raises(TypeError, match=r"`alpha` must be a real number"):
+        decoding.length_normalizer(3, "x")

@@ -198,7 +198,7 @@ def test_bad_inputs_raise_clear_errors():
         model(np.zeros((1, 130), np.int32))
     with pytest.raises(ValueError, match=r"integer token ids \[B, T\]"):
         model(np.zeros((17,), np.int32))
-    with pytest.raises(ValueError, match=r"`valid` must be bool \[B, T\] = \(2, 17\).*int32 of shape \(2, 17\)"):
+    with pytest.raises(ValueError, match=r"`valid` must be bool \[B, T\] = \(2, 17\).*int(32|64) of shape \(2, 17\)"):
         model(TOKENS, valid=VALID.astype(np.int64))
     with pytest.raises(ValueError, match=r"`valid` must be bool.*shape \(2, 16\)"):
         model(TOKENS, valid=VALID[:, :16])
@@ -282,7 +282,7 @@ def test_mask_for_mlm_errors():
         corrupt(tokens, mask_rate=0.0)
     with pytest.raises(ValueError, match=r"`mask_rate` must be a float in \(0, 1\); got 1.0"):
         corrupt(tokens, mask_rate=1.0)
-    with pytest.raises(ValueError, match=r"`mask_id` must be the \[MASK\] token id, in \[0, 10\); got 10"):
+    with pytest.raises(ValueError, match=r"`mask_id` must be the \[MASK\] token id, in \[0, vocab_size=10\); got 10"):
         mask_for_mlm(jax.random.key(0), tokens, vocab_size=10, mask_id=10)
     with pytest.raises(ValueError, match=r"integer token ids \[B, T\]"):
         corrupt(tokens[0])
@@ -292,7 +292,31 @@ def test_mask_for_mlm_errors():
         corrupt(tokens + 5)
     with pytest.raises(ValueError, match=r"`valid` must be bool \[B, T\] = \(1, 3\)"):
         corrupt(tokens, valid=np.ones((1, 4), bool))
-    with pytest.raises(ValueError, match=r"`special_ids` must be token ids, in \[0, 10\); got -1"):
+    with pytest.raises(ValueError, match=r"`special_ids` must be token ids, in \[0, vocab_size=10\); got -1"):
         corrupt(tokens, special_ids=(-1,))
     with pytest.raises(ValueError, match=r"`vocab_size` must be a positive int"):
         mask_for_mlm(jax.random.key(0), tokens, vocab_size=10.0, mask_id=3)
+
+
+def test_empty_sequences_and_mlm_head_inputs():
+    model = BERT(tiny(), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"`tokens` must hold at least one token \(\[CLS\], which the pooler reads\)"):
+        model(np.zeros((2, 0), np.int32))
+    hidden = BERT(tiny(pooler=False), rngs=nnx.Rngs(0))(np.zeros((2, 0), np.int32)).hidden
+    assert hidden.shape == (2, 0, 64)
+    with pytest.raises(TypeError, match=r"`hidden` must have a floating dtype"):
+        model.mlm_logits(np.ones((2, 3, 64), np.int32))
+    with pytest.raises(ValueError, match=r"`valid` must be bool \[B, T\] = \(2, 3\)"):
+        model.mlm_logits(np.ones((2, 3, 64), np.float32), valid=np.ones((2, 3), np.int32))
+    with pytest.raises(ValueError, match=r"`token_types` ids must lie in \[0, vocab_size=2\)"):
+        model(TOKENS, token_types=np.full(TOKENS.shape, 2))
+
+
+def test_mask_for_mlm_refuses_what_is_not_a_key_or_a_sequence():
+    tokens = np.array([[5, 6, 7]])
+    for rng in (0, None):
+        with pytest.raises(TypeError, match=r"`rng` must be a jax.random key"):
+            mask_for_mlm(rng, tokens, vocab_size=10, mask_id=3)
+    with pytest.raises(TypeError, match=r"`special_ids` must be a sequence of token ids"):
+        mask_for_mlm(jax.random.key(0), tokens, vocab_size=10, mask_id=3, special_ids=5)
+    mask_for_mlm(jax.random.PRNGKey(0), tokens, vocab_size=10, mask_id=3)  # a raw uint32 key is a key

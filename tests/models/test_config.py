@@ -68,7 +68,9 @@ def test_ffn_dropout_rate_reaches_the_feed_forward():
     assert GPT(ModelConfig.variant("gpt2-tiny"), rngs=nnx.Rngs(0)).blocks.layers[0].ffn.dropout.rate == 0.0
     model = GPT(ModelConfig.variant("gpt2-tiny", ffn_dropout_rate=0.25), rngs=nnx.Rngs(0))
     assert model.blocks.layers[0].ffn.dropout.rate == 0.25
-    with pytest.raises(ValueError, match=r"ModelConfig\.ffn_dropout_rate must be in \[0, 1\); got 1.0"):
+    with pytest.raises(
+        ValueError, match=r"`ModelConfig\.ffn_dropout_rate` must be a finite number in \[0, 1\); got 1.0"
+    ):
         ModelConfig.variant("gpt2-tiny", ffn_dropout_rate=1.0)
 
 
@@ -93,5 +95,33 @@ def test_bias_switches_default_to_use_bias_and_shape_the_parameters():
     assert cfg.replace(use_bias=True).out_bias  # derived from use_bias again; qkv_bias was set explicitly
     head = GPT(ModelConfig.variant("gpt2-tiny", head_bias=True, tie_embeddings=False), rngs=nnx.Rngs(0)).head
     assert head.bias.get_value().shape == (256,)
-    with pytest.raises(ValueError, match=r"ModelConfig.qk_norm_epsilon must be > 0; got 0.0"):
+    with pytest.raises(ValueError, match=r"`ModelConfig.qk_norm_epsilon` must be a finite number > 0; got 0.0"):
         ModelConfig.variant("gpt2-tiny", qk_norm_epsilon=0.0)
+
+
+@pytest.mark.parametrize(
+    "field, value, error, match",
+    [
+        ("patch_size", 0, ValueError, r"ModelConfig.patch_size must be a positive int; got 0"),
+        ("image_size", 0, ValueError, r"ModelConfig.image_size must be a positive int; got 0"),
+        ("num_channels", 0, ValueError, r"ModelConfig.num_channels must be a positive int; got 0"),
+        ("num_decoder_layers", 1.5, ValueError, r"ModelConfig.num_decoder_layers must be an int >= 1 or None"),
+        ("num_decoder_layers", "x", ValueError, r"ModelConfig.num_decoder_layers must be an int >= 1 or None"),
+        ("vocab_size", True, ValueError, r"ModelConfig.vocab_size must be an int >= 0; got True"),
+        ("init_std", -0.02, ValueError, r"`ModelConfig.init_std` must be a finite number >= 0"),
+        ("init_std", float("nan"), ValueError, r"`ModelConfig.init_std` must be a finite number >= 0"),
+        ("init_std", "x", TypeError, r"`ModelConfig.init_std` must be a real number"),
+        ("scan_layers", "no", TypeError, r"`ModelConfig.scan_layers` must be True or False"),
+        ("tie_embeddings", 0, TypeError, r"`ModelConfig.tie_embeddings` must be True or False"),
+        ("remat", ["full"], ValueError, r"ModelConfig.remat=\['full'\]; choose one of"),
+        ("dtype", "int8", TypeError, r"`ModelConfig.dtype` must be a floating dtype"),
+    ],
+)
+def test_model_fields_refuse_bad_values(field, value, error, match):
+    with pytest.raises(error, match=match):
+        ModelConfig.variant("gpt2-tiny", **{field: value})
+
+
+def test_variant_name_must_be_a_string():
+    with pytest.raises(ValueError, match=r"Unknown ModelConfig variant \['gpt2-tiny'\]"):
+        ModelConfig.variant(["gpt2-tiny"])

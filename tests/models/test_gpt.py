@@ -128,3 +128,30 @@ def test_bad_configs_and_inputs_raise_clear_errors():
     model.init_cache(2, 4)
     with pytest.raises(ValueError, match="5 new tokens do not fit a KV cache of max_len=4"):
         model(TOKENS[:, :5], decode=True)
+
+
+def test_positions_valid_and_cache_overflow_errors():
+    model = GPT(tiny(), rngs=nnx.Rngs(0))
+    tokens = TOKENS[:, :3]
+    for bad in (16, -1):
+        with pytest.raises(ValueError, match=rf"`positions` must lie in \[0, 16\) .*got {bad}"):
+            model(tokens, positions=np.array([[0, 1, bad], [0, 1, 2]]))
+    with pytest.raises(TypeError, match=r"`positions` must have an integer dtype"):
+        model(tokens, positions=np.arange(3, dtype=np.float32))
+    with pytest.raises(ValueError, match=r"`positions` must be \[T\] = \(3,\) or \[B, T\] = \(2, 3\)"):
+        model(tokens, positions=np.arange(4))
+    with pytest.raises(ValueError, match=r"`valid` must be bool \[B, T\] = \(2, 3\).*int32"):
+        model(tokens, valid=np.ones((2, 3), np.int32))
+    with pytest.raises(TypeError, match=r"`tokens` must be a numeric array; got a str"):
+        model("abc")
+    model.init_cache(2, 4)
+    model(tokens, decode=True)
+    with pytest.raises(ValueError, match=r"KV cache overflow: sequence 0 has 3 cached tokens and this call adds T=2"):
+        model(tokens[:, :2], decode=True)
+
+
+@pytest.mark.parametrize("positional", ["learned", "rope", "alibi"])
+def test_empty_sequences_give_empty_logits(positional):
+    model = GPT(tiny(positional=positional), rngs=nnx.Rngs(0))
+    assert model(np.zeros((2, 0), np.int32)).shape == (2, 0, 64)
+    assert model(np.zeros((0, 3), np.int32)).shape == (0, 3, 64)

@@ -157,3 +157,14 @@ def test_bad_images_and_configs_raise_clear_errors():
         ViT(tiny(max_len=16), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"max_len >= num_patches \+ 1 = 65"):
         ViT(tiny(patch_size=4), rngs=nnx.Rngs(0))
+
+
+def test_lists_are_images_and_the_pooler_checks_its_input():
+    model = ViT(tiny(), rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(model(IMAGES[:1].tolist()), model(IMAGES[:1]), rtol=1e-5, atol=1e-6)
+    headless = ViT(tiny(num_classes=0), rngs=nnx.Rngs(0))
+    hidden = headless.encode(IMAGES[:1])
+    with pytest.raises(ValueError, match=r"`hidden` must be final states \[B, T, D=64\] with T >= 1"):
+        headless.pool(hidden[..., :8])
+    with pytest.raises(TypeError, match=r"`hidden` must have a floating dtype"):
+        headless.pool(np.ones(hidden.shape, np.int32))

@@ -70,8 +70,41 @@ def test_config_and_call_errors():
         config(norm="groupnorm")
     with pytest.raises(ValueError, match=r"BlockConfig\.norm_position='sandwich'"):
         config(norm_position="sandwich")
-    with pytest.raises(ValueError, match="dropout_rate must be in"):
+    with pytest.raises(ValueError, match=r"`BlockConfig.dropout_rate` must be a finite number in \[0, 1\); got 1.0"):
         config(dropout_rate=1.0)
     block = nn.DecoderBlock(config(), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="exactly when the block was built with cross_attention"):
         block(X, CTX)
+
+
+@pytest.mark.parametrize(
+    "field, value, error, match",
+    [
+        ("d_model", True, ValueError, r"BlockConfig.d_model must be a positive int; got True"),
+        ("d_ff", 0, ValueError, r"BlockConfig.d_ff must be a positive int; got 0"),
+        ("num_kv_heads", -1, ValueError, r"BlockConfig.num_kv_heads must be a positive int; got -1"),
+        ("head_dim", 0, ValueError, r"BlockConfig.head_dim must be a positive int; got 0"),
+        ("sliding_window", True, ValueError, r"BlockConfig.sliding_window must be a positive int; got True"),
+        ("sliding_window", 2.0, ValueError, r"BlockConfig.sliding_window must be a positive int; got 2.0"),
+        ("rope_base", float("inf"), ValueError, r"`BlockConfig.rope_base` must be a finite number > 0; got inf"),
+        ("rope_base", "1e4", TypeError, r"`BlockConfig.rope_base` must be a real number; got '1e4'"),
+        ("norm_epsilon", -1e-5, ValueError, r"`BlockConfig.norm_epsilon` must be a finite number > 0"),
+        ("norm_epsilon", "x", TypeError, r"`BlockConfig.norm_epsilon` must be a real number"),
+        ("dropout_rate", float("nan"), ValueError, r"`BlockConfig.dropout_rate` must be a finite number in \[0, 1\)"),
+        ("attention_dropout_rate", "0.1", TypeError, r"`BlockConfig.attention_dropout_rate` must be a real number"),
+        ("dtype", "int32", TypeError, r"`BlockConfig.dtype` must be a floating dtype .*got int32"),
+        ("param_dtype", "foo", TypeError, r"`BlockConfig.param_dtype` must be a floating dtype .*got 'foo'"),
+        ("use_bias", "yes", TypeError, r"`BlockConfig.use_bias` must be True or False"),
+        ("qk_norm", 1, TypeError, r"`BlockConfig.qk_norm` must be True or False"),
+        ("norm", ["layernorm"], ValueError, r"BlockConfig.norm=\['layernorm'\]; choose one of"),
+        ("attention_impl", None, ValueError, r"BlockConfig.attention_impl=None must be a string"),
+    ],
+)
+def test_config_refuses_bad_field_values(field, value, error, match):
+    with pytest.raises(error, match=match):
+        config(**{field: value})
+
+
+def test_config_stores_numpy_scalars_as_python_ones():
+    cfg = config(d_model=np.int64(16), use_bias=np.bool_(False))
+    assert type(cfg.d_model) is int and type(cfg.use_bias) is bool and hash(cfg) == hash(config(use_bias=False))

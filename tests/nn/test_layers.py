@@ -167,3 +167,56 @@ def test_logical_param_rejects_bad_axes():
         nn.logical_param(nnx.Rngs(0), nnx.initializers.zeros, (2, 3), ("embed",), jnp.float32)
     with pytest.raises(ValueError, match="Unknown logical axis names \\['hidden'\\]"):
         nn.logical_param(nnx.Rngs(0), nnx.initializers.zeros, (2, 3), ("embed", "hidden"), jnp.float32)
+
+
+@pytest.mark.parametrize(
+    "build, error, match",
+    [
+        (lambda r: nn.FeedForward(0, 8, rngs=r), ValueError, r"`d_model` must be a positive int; got 0"),
+        (lambda r: nn.FeedForward(8, -1, rngs=r), ValueError, r"`d_ff` must be a positive int; got -1"),
+        (lambda r: nn.FeedForward(8, 8, dropout_rate=1.5, rngs=r), ValueError, r"`dropout_rate` must be a finite"),
+        (lambda r: nn.LayerNorm(0, rngs=r), ValueError, r"`dim` must be a positive int; got 0"),
+        (lambda r: nn.LayerNorm(8, epsilon=0.0, rngs=r), ValueError, r"`epsilon` must be a finite number > 0"),
+        (lambda r: nn.RMSNorm(-1, rngs=r), ValueError, r"`dim` must be a positive int; got -1"),
+        (lambda r: nn.RMSNorm(8, epsilon=-1e-6, rngs=r), ValueError, r"`epsilon` must be a finite number > 0"),
+        (
+            lambda r: nn.BatchNorm(8, momentum=1.5, rngs=r),
+            ValueError,
+            r"`momentum` must be a finite number in \[0, 1\]",
+        ),
+        (lambda r: nn.BatchNorm(8, epsilon=0.0, rngs=r), ValueError, r"`epsilon` must be a finite number > 0"),
+        (lambda r: nn.Embed(0, 8, rngs=r), ValueError, r"`vocab_size` must be a positive int; got 0"),
+        (lambda r: nn.Embed(4, 0, rngs=r), ValueError, r"`dim` must be a positive int; got 0"),
+        (lambda r: nn.Embed(4, 8, init_std=-1.0, rngs=r), ValueError, r"`init_std` must be a finite number >= 0"),
+        (lambda r: nn.Embed(4, 8, dtype=jnp.int32, rngs=r), TypeError, r"`dtype` must be a floating dtype"),
+        (lambda r: nn.LearnedPositions(0, 8, rngs=r), ValueError, r"`max_len` must be a positive int; got 0"),
+    ],
+)
+def test_constructors_refuse_bad_values(build, error, match):
+    with pytest.raises(error, match=match):
+        build(nnx.Rngs(0))
+
+
+def test_calls_check_dtypes_ranges_and_accept_lists():
+    rngs = nnx.Rngs(0)
+    x = np.ones((2, 3, 8), np.float32)
+    for layer in (nn.FeedForward(8, 16, rngs=rngs), nn.LayerNorm(8, rngs=rngs), nn.BatchNorm(8, rngs=rngs)):
+        np.testing.assert_allclose(layer(x.tolist()), layer(x), rtol=1e-6)
+        with pytest.raises(TypeError, match=r"`x` must have a floating dtype; got int32"):
+            layer(x.astype(np.int32))
+    with pytest.raises(TypeError, match=r"`valid` must be a boolean array \(True = a real token"):
+        nn.BatchNorm(8, rngs=rngs)(x, np.ones((2, 3), np.int32))
+    emb = nn.Embed(4, 8, rngs=rngs)
+    np.testing.assert_array_equal(emb([[0, 3]]), emb(np.array([[0, 3]])))
+    for bad in (4, -1):
+        with pytest.raises(ValueError, match=rf"`ids` must lie in \[0, 4\) .*got {bad} at position \(0, 1\)"):
+            emb(np.array([[0, bad]]))
+    assert np.isnan(np.asarray(jax.jit(emb)(np.array([[0, 4]])))[0, 1]).all()  # traced: NaN, never clamped
+    with pytest.raises(TypeError, match=r"`x` must have a floating dtype"):
+        emb.attend(np.ones((1, 8), np.int32))
+    pos = nn.LearnedPositions(4, 8, rngs=rngs)
+    with pytest.raises(TypeError, match=r"`positions` must have an integer dtype"):
+        pos(np.arange(3, dtype=np.float32))
+    for bad in (7, -1):
+        with pytest.raises(ValueError, match=rf"`positions` must lie in \[0, 4\) .*got {bad}"):
+            pos(np.array([0, bad]))

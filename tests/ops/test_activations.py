@@ -108,3 +108,22 @@ def test_activations_keep_bf16():
     for name, out in outputs.items():
         assert out.dtype == jnp.bfloat16, name
     assert activations.swiglu(x, x).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("fn", [activations.gelu, activations.silu, lambda x: activations.swiglu(x, x)])
+def test_float_only_activations_refuse_integers(fn):
+    with pytest.raises(TypeError, match=r"`(x|gate)` must have a floating dtype; got int32"):
+        fn(np.arange(3, dtype=np.int32))
+
+
+def test_lists_are_accepted_and_relu_keeps_integers():
+    np.testing.assert_allclose(activations.gelu([1.0, -2.0]), activations.gelu(np.array([1.0, -2.0], np.float32)))
+    np.testing.assert_array_equal(activations.relu([-1, 2]), [0, 2])
+    with pytest.raises(TypeError, match=r"`x` must be a numeric array"):
+        activations.silu("a")
+
+
+@pytest.mark.parametrize("name", [["relu"], None, 3])
+def test_get_activation_non_string_raises(name):
+    with pytest.raises(ValueError, match=r"Unknown activation"):
+        activations.get_activation(name)

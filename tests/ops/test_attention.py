@@ -295,3 +295,76 @@ def test_hypothesis_shapes_and_masks(B, T, S, K, G, H, mask_seed, mask_shape, is
     if is_causal:
         full_mask = full_mask & reference.causal(T, S)
     np.testing.assert_allclose(got, reference.attention(q, k, v, mask=full_mask), rtol=1e-5, atol=1e-5)
+
+
+class TestMoreBadInput:
+    """Wrong values and wrong kinds of objects: a jaxformer error naming the argument, never one from inside jax."""
+
+    q, k, v = make_qkv(1, 3, 4, 2, 1, 4, 4)
+
+    @pytest.mark.parametrize("scale", [0.0, -1.0, float("nan"), float("inf")])
+    @pytest.mark.parametrize("fn", ["dot_product_attention", "attention_weights"])
+    def test_scale_must_be_a_finite_positive_number(self, scale, fn):
+        args = (self.q, self.k, self.v) if fn == "dot_product_attention" else (self.q, self.k)
+        with pytest.raises(ValueError, match=r"`scale` must be a finite number > 0; got"):
+            getattr(ops, fn)(*args, scale=scale)
+        with pytest.raises(TypeError, match=r"`scale` must be a real number; got 'a'"):
+            getattr(ops, fn)(*args, scale="a")
+
+    @pytest.mark.parametrize(
+        "rng, match",
+        [(0, r"`dropout_rng` must be a jax.random key .*got 0 \(int\)"), (np.zeros(2, np.float32), "dtype float32")],
+    )
+    def test_dropout_rng_must_be_a_key(self, rng, match):
+        with pytest.raises(TypeError, match=match):
+            ops.dot_product_attention(self.q, self.k, self.v, dropout_rate=0.5, dropout_rng=rng)
+        # a raw uint32 key (jax.random.PRNGKey) is a key
+        ops.dot_product_attention(self.q, self.k, self.v, dropout_rate=0.5, dropout_rng=jax.random.PRNGKey(0))
+
+    def test_dropout_rate_and_is_causal_kinds(self):
+        with pytest.raises(TypeError, match=r"`dropout_rate` must be a real number; got 'x'"):
+            ops.dot_product_attention(self.q, self.k, self.v, dropout_rate="x", dropout_rng=jax.random.key(0))
+        with pytest.raises(TypeError, match=r"`is_causal` must be True or False; got 'yes'"):
+            ops.dot_product_attention(self.q, self.k, self.v, is_causal="yes")
+
+    @pytest.mark.parametrize("bad", ["abc", {"a": 1}, [["x"]]])
+    def test_non_numeric_inputs_are_a_type_error_naming_them(self, bad):
+        with pytest.raises(TypeError, match=r"`query` must be a numeric array"):
+            ops.dot_product_attention(bad, self.k, self.v)
+
+    def test_python_lists_are_accepted_as_arrays(self):
+        want = ops.dot_product_attention(self.q, self.k, self.v)
+        got = ops.dot_product_attention(self.q.tolist(), self.k.tolist(), self.v.tolist())
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+        np.testing.assert_allclose(
+            ops.attention_weights(self.q.tolist(), self.k.tolist()), ops.attention_weights(self.q, self.k), rtol=1e-6
+        )
+
+    @pytest.mark.parametrize("dim", ["N", "K", "H"])
+    def test_zero_heads_or_head_dim_is_a_value_error(self, dim):
+        shapes = {
+            "N": ((1, 3, 0, 4), (1, 4, 1, 4)),
+            "K": ((1, 3, 2, 4), (1, 4, 0, 4)),
+            "H": ((1, 3, 2, 0), (1, 4, 1, 0)),
+        }
+        q_shape, k_shape = shapes[dim]
+        with pytest.raises(ValueError, match=f"{dim}=0"):
+            ops.attention_weights(np.zeros(q_shape, np.float32), np.zeros(k_shape, np.float32))
+
+
+@pytest.mark.parametrize("T, S", [(0, 4), (3, 0), (0, 0)])
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("use_jit", [False, True], ids=["eager", "jit"])
+def test_empty_sequences_give_an_empty_output_or_zeros(T, S, is_causal, use_jit):
+    """T = 0: an empty [B, 0, N, Hv] output; S = 0 (no key): zeros, as for a fully masked row; never NaN, also in
+    the gradients."""
+    q, k, v = make_qkv(2, T, S, 4, 2, 8, 5)
+    fn = functools.partial(ops.dot_product_attention, is_causal=is_causal)
+    fn = jax.jit(fn) if use_jit else fn
+    out = fn(q, k, v, mask=np.ones((T, S), bool))
+    assert out.shape == (2, T, 4, 5)
+    np.testing.assert_array_equal(out, np.zeros((2, T, 4, 5)))
+    grads = jax.grad(lambda q, k, v: fn(q, k, v).sum(), argnums=(0, 1, 2))(q, k, v)
+    assert all(np.isfinite(np.asarray(g)).all() for g in grads)
+    probs = ops.attention_weights(q, k, is_causal=is_causal)
+    assert probs.shape == (2, 4, T, S) and not np.isnan(np.asarray(probs)).any()

@@ -205,3 +205,27 @@ def test_unsorted_and_sorted_segment_ids_both_equal_dense(is_causal):
     fn = lambda q, k, v, ids: ops.blockwise_attention(q, k, v, is_causal=is_causal, segment_ids=ids, block_size=8)
     stacked = jax.vmap(fn)(*(np.stack([x, x[::-1]]) for x in (q, k, v, ids)))
     np.testing.assert_allclose(stacked[1], fn(q[::-1], k[::-1], v[::-1], ids[::-1]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("T, S", [(0, 5), (4, 0), (0, 0)])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_empty_sequences_equal_the_dense_path(T, S, is_causal):
+    """As the dense path: T = 0 gives an empty output, S = 0 zeros (no key to attend to), with finite gradients."""
+    q, k, v = make_qkv(2, T, S, 4, 2, 8, 5)
+    fn = jax.jit(lambda q, k, v: ops.blockwise_attention(q, k, v, is_causal=is_causal, block_size=2))
+    got = fn(q, k, v)
+    np.testing.assert_array_equal(got, ops.dot_product_attention(q, k, v, is_causal=is_causal))
+    assert got.shape == (2, T, 4, 5)
+    grads = jax.grad(lambda *a: fn(*a).sum(), argnums=(0, 1, 2))(q, k, v)
+    assert all(np.isfinite(np.asarray(g)).all() and g.shape == x.shape for g, x in zip(grads, (q, k, v), strict=True))
+
+
+def test_lists_are_accepted_and_bad_scalars_named():
+    q, k, v = make_qkv(1, 3, 3, 2, 1, 4, 4)
+    np.testing.assert_allclose(
+        ops.blockwise_attention(q.tolist(), k.tolist(), v.tolist()), ops.blockwise_attention(q, k, v), rtol=1e-6
+    )
+    with pytest.raises(ValueError, match=r"`scale` must be a finite number > 0; got nan"):
+        ops.blockwise_attention(q, k, v, scale=float("nan"))
+    with pytest.raises(TypeError, match=r"`is_causal` must be True or False"):
+        ops.blockwise_attention(q, k, v, is_causal=1)

@@ -248,3 +248,34 @@ def test_mask_checks():
         classic_attention.multiplicative_attention(query, key, value, w, mask=np.ones((T, S), np.float32))
     with pytest.raises(ValueError, match="`mask`"):
         classic_attention.additive_attention(query, key, value, w_query, w_key, v, mask=np.ones((S, T), bool))
+
+
+@pytest.mark.parametrize("t, s", [(0, S), (T, 0)])
+def test_empty_sequences_give_an_empty_output_or_zeros(t, s):
+    """As the dense path: T = 0 gives an empty output, S = 0 (no key) zeros; never NaN."""
+    query, key, value, w_query, w_key, v, w = make_inputs(shape=(B, t, s, N, Hq, Hk, Hv, A))
+    for out in (
+        classic_attention.additive_attention(query, key, value, w_query, w_key, v),
+        classic_attention.multiplicative_attention(query, key, value, w),
+    ):
+        assert out.shape == (B, t, N, Hv)
+        np.testing.assert_array_equal(out, np.zeros((B, t, N, Hv)))
+
+
+def test_lists_are_accepted_and_integer_weights_refused():
+    query, key, value, w_query, w_key, v, w = make_inputs()
+    as_lists = [x.tolist() for x in (query, key, value, w_query, w_key, v)]
+    np.testing.assert_allclose(
+        classic_attention.additive_attention(*as_lists),
+        classic_attention.additive_attention(query, key, value, w_query, w_key, v),
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        classic_attention.multiplicative_attention(query.tolist(), key.tolist(), value.tolist(), w.tolist()),
+        classic_attention.multiplicative_attention(query, key, value, w),
+        rtol=1e-6,
+    )
+    with pytest.raises(TypeError, match="`w` must have a floating dtype; got int32"):
+        classic_attention.multiplicative_attention(query, key, value, w.astype(np.int32))
+    with pytest.raises(TypeError, match="`w_key` must have a floating dtype"):
+        classic_attention.additive_attention(query, key, value, w_query, w_key.astype(np.int32), v)

@@ -170,3 +170,47 @@ def test_wrong_mask_shape_raises():
     logits, labels, _ = make_inputs()
     with pytest.raises(ValueError, match="`mask`"):
         losses.cross_entropy(logits, labels, mask=np.ones((B, T, 1), bool))
+
+
+@pytest.mark.parametrize("bad_label", [V, V + 3, -1, -100])
+def test_counted_labels_out_of_range_raise_and_name_the_mask(bad_label):
+    logits, labels, _ = make_inputs()
+    labels = labels.copy()
+    labels[1, 2] = bad_label
+    with pytest.raises(ValueError, match=rf"`labels` must lie in \[0, {V}\) where the mask counts .*{bad_label} at"):
+        losses.cross_entropy(logits, labels)
+    mask = np.ones((B, T), bool)
+    with pytest.raises(ValueError, match="`labels` must lie in"):
+        losses.cross_entropy(logits, labels, mask=mask)
+    mask[1, 2] = False  # the documented way to ignore a position
+    mean, count = losses.cross_entropy(logits, labels, mask=mask)
+    assert np.isfinite(mean) and count == B * T - 1
+
+
+def test_counted_labels_out_of_range_under_jit_give_nan():
+    """Traced labels cannot be checked: the loss is NaN (never a silently clamped class)."""
+    logits, labels, _ = make_inputs()
+    labels = labels.copy()
+    labels[0, 0] = V
+    mean, _ = jax.jit(losses.cross_entropy)(logits, labels)
+    assert np.isnan(mean)
+
+
+def test_degenerate_logits_and_weights_raise():
+    logits, labels, _ = make_inputs()
+    with pytest.raises(ValueError, match=r"`logits` must have at least one class \(V >= 1\)"):
+        losses.cross_entropy(np.zeros((B, T, 0), np.float32), labels)
+    with pytest.raises(ValueError, match=r"`logits` must have rank >= 1"):
+        losses.cross_entropy(np.float32(1.0), np.int32(0))
+    with pytest.raises(ValueError, match=r"`mask` weights must be >= 0; got -1.0"):
+        losses.cross_entropy(logits, labels, mask=-np.ones((B, T), np.float32))
+    with pytest.raises(TypeError, match=r"`label_smoothing` must be a real number"):
+        losses.cross_entropy(logits, labels, label_smoothing="0.1")
+    with pytest.raises(TypeError, match=r"`mask` must be a numeric array"):
+        losses.cross_entropy(logits, labels, mask=np.full((B, T), "a"))
+
+
+def test_lists_are_accepted():
+    logits, labels, mask = make_inputs()
+    got = losses.cross_entropy(logits.tolist(), labels.tolist(), mask=mask.tolist())
+    np.testing.assert_allclose(got, losses.cross_entropy(logits, labels, mask=mask), rtol=1e-6)

@@ -117,11 +117,23 @@ def test_causal_mask_offset_of_rank_two_raises():
 
 
 @pytest.mark.parametrize(
-    ("q_len", "kv_len", "name"), [(0, 3, "q_len"), (3, 0, "kv_len"), (2.0, 3, "q_len"), (3, -1, "kv_len")]
+    ("q_len", "kv_len", "name"), [(-1, 3, "q_len"), (3, -2, "kv_len"), (2.0, 3, "q_len"), (3, -1, "kv_len")]
 )
 def test_causal_mask_bad_lengths_raise(q_len, kv_len, name):
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(ValueError, match=f"`{name}` must be a non-negative int"):
         masks.causal_mask(q_len, kv_len)
+
+
+@pytest.mark.parametrize(("q_len", "kv_len"), [(0, 3), (3, 0), (0, 0)])
+def test_position_masks_of_empty_sequences_are_empty(q_len, kv_len):
+    """An empty query or key sequence gives an empty mask of the right shape (attention accepts T = 0, S = 0)."""
+    for mask in (
+        masks.causal_mask(q_len, kv_len),
+        masks.sliding_window_mask(q_len, kv_len, window=2),
+        masks.no_self_mask(q_len, kv_len),
+    ):
+        assert mask.shape == (1, 1, q_len, kv_len) and mask.dtype == jnp.bool_
+    assert masks.lengths_to_valid(np.zeros(2, np.int32), 0).shape == (2, 0)
 
 
 @hypothesis.given(q_len=st.integers(1, 8), kv_len=st.integers(1, 8), offset=st.integers(0, 8))
@@ -219,9 +231,15 @@ def test_lengths_to_valid_wrong_rank_raises():
         masks.lengths_to_valid(np.array([[1, 2]], np.int32), 5)
 
 
-def test_lengths_to_valid_bad_max_len_raises():
-    with pytest.raises(ValueError, match="max_len"):
-        masks.lengths_to_valid(np.array([0], np.int32), 0)
+@pytest.mark.parametrize("max_len", [-1, 2.0])
+def test_lengths_to_valid_bad_max_len_raises(max_len):
+    with pytest.raises(ValueError, match="`max_len` must be a non-negative int"):
+        masks.lengths_to_valid(np.array([0], np.int32), max_len)
+
+
+def test_block_sparse_mask_refuses_an_int_for_rng():
+    with pytest.raises(TypeError, match=r"`rng` must be a jax.random key .*got 0 \(int\)"):
+        masks.block_sparse_mask(8, 8, block_size=2, window_blocks=0, global_blocks=0, random_blocks=1, rng=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

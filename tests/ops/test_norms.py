@@ -176,3 +176,21 @@ def test_forward_mode_and_second_derivatives_work(norm):
     np.testing.assert_allclose(tangent, expected, rtol=1e-4, atol=1e-5)
     hvp = jax.grad(lambda x: jnp.vdot(jax.grad(lambda y: jnp.sum(fn(y) ** 3))(x), v))(x)
     assert np.all(np.isfinite(hvp)) and np.any(hvp != 0)
+
+
+@pytest.mark.parametrize("norm", [norms.layer_norm, norms.rms_norm])
+@pytest.mark.parametrize("epsilon", [0.0, -1e-5, float("nan"), float("inf")])
+def test_epsilon_must_be_a_finite_positive_number(norm, epsilon):
+    """epsilon = 0 would divide a constant row by zero (NaN); a negative one takes the root of a negative."""
+    with pytest.raises(ValueError, match=r"`epsilon` must be a finite number > 0"):
+        norm(np.ones((2, 8), np.float32), epsilon=epsilon)
+    with pytest.raises(TypeError, match=r"`epsilon` must be a real number; got '1e-5'"):
+        norm(np.ones((2, 8), np.float32), epsilon="1e-5")
+
+
+@pytest.mark.parametrize("norm", [norms.layer_norm, norms.rms_norm])
+def test_scalar_x_raises_and_lists_are_accepted(norm):
+    with pytest.raises(ValueError, match=r"`x` must have rank >= 1 with layout \[..., D\]"):
+        norm(np.float32(1.0))
+    x = normal(0, (2, 8))
+    np.testing.assert_allclose(norm(x.tolist()), norm(x), rtol=1e-6)

@@ -316,12 +316,55 @@ def test_llama3_rope_scaling_keeps_high_and_divides_low_frequencies():
 def test_rope_scaling_refuses_bad_settings():
     with pytest.raises(ValueError, match=r"RopeScaling.kind='yarn'; choose one of"):
         positions.RopeScaling("yarn", 2.0)
-    with pytest.raises(ValueError, match=r"RopeScaling.factor must be > 0"):
-        positions.RopeScaling("linear", 0.0)
+    for factor in (0.0, -2.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"`RopeScaling.factor` must be a finite number > 0"):
+            positions.RopeScaling("linear", factor)
+    with pytest.raises(TypeError, match=r"`RopeScaling.factor` must be a real number; got '2'"):
+        positions.RopeScaling("linear", "2")
     with pytest.raises(ValueError, match="needs 0 < low_freq_factor < high_freq_factor"):
         positions.RopeScaling("llama3", 8.0, low_freq_factor=4.0, high_freq_factor=1.0)
+    with pytest.raises(TypeError, match=r"`RopeScaling.low_freq_factor` must be a real number"):
+        positions.RopeScaling("llama3", 8.0, low_freq_factor="1")
 
 
 def test_apply_rope_refuses_a_scaling_that_is_not_a_rope_scaling():
     with pytest.raises(TypeError, match=r"`scaling` must be an ops.RopeScaling or None; got dict"):
         positions.apply_rope(np.zeros((1, 2, 1, 4), np.float32), np.arange(2), scaling={"kind": "linear"})
+
+
+@pytest.mark.parametrize("base", [0.0, -1.0, float("nan")])
+def test_bases_must_be_positive(base):
+    """A base <= 0 gives inf / NaN frequencies: refused by every function that takes one."""
+    with pytest.raises(ValueError, match=r"`base` must be a finite number > 0"):
+        positions.sinusoidal_positions(4, 8, base=base)
+    with pytest.raises(ValueError, match=r"`base` must be a finite number > 0"):
+        positions.rope_frequencies(8, base=base)
+    with pytest.raises(ValueError, match=r"`base` must be a finite number > 0"):
+        positions.apply_rope(np.zeros((1, 2, 1, 4), np.float32), np.arange(2), base=base)
+    with pytest.raises(TypeError, match=r"`base` must be a real number"):
+        positions.rope_frequencies(8, base="1e4")
+
+
+def test_rope_frequencies_refuse_an_odd_head_dim_and_a_bad_scaling():
+    with pytest.raises(ValueError, match=r"`head_dim` must be even"):
+        positions.rope_frequencies(7)
+    with pytest.raises(TypeError, match=r"`scaling` must be an ops.RopeScaling or None; got str"):
+        positions.rope_frequencies(8, scaling="linear")
+
+
+def test_apply_rope_refuses_integer_x_and_a_bad_scale():
+    """An integer x would be rotated in float32 and cast back to integers: silently wrong, so refused."""
+    x = np.ones((1, 3, 2, 4), np.int32)
+    with pytest.raises(TypeError, match=r"`x` must have a floating dtype; got int32"):
+        positions.apply_rope(x, np.arange(3))
+    for scale in (0.0, float("nan")):
+        with pytest.raises(ValueError, match=r"`scale` must be a finite number > 0"):
+            positions.apply_rope(x.astype(np.float32), np.arange(3), scale=scale)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_apply_rope_of_an_empty_sequence_is_empty(batched):
+    x = np.zeros((2, 0, 3, 4), np.float32)
+    pos = np.zeros((2, 0) if batched else (0,), np.int32)
+    assert positions.apply_rope(x, pos).shape == (2, 0, 3, 4)
+    assert jax.jit(positions.apply_rope)(x, pos).shape == (2, 0, 3, 4)

@@ -91,3 +91,19 @@ def test_unsupported_calls_say_what_to_change(shapes, kwargs, match):
     kwargs = {"interpret": True, **kwargs}
     with pytest.raises((ValueError, TypeError), match=match):
         ops.splash_attention(q, k, v, **kwargs)
+
+
+@pytest.mark.parametrize("T, S", [(0, 128), (128, 0)])
+def test_empty_sequences_equal_the_dense_path(T, S):
+    q, k, v = make_qkv(1, T, S, 2, 1, 8, 8)
+    got = ops.splash_attention(q, k, v, interpret=True)
+    assert got.shape == (1, T, 2, 8)
+    np.testing.assert_array_equal(got, ops.dot_product_attention(q, k, v))
+
+
+def test_bad_scale_and_lists():
+    q, k, v = make_qkv(1, 128, 128, 2, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"`scale` must be a finite number > 0; got -1"):
+        ops.splash_attention(q, k, v, scale=-1.0, interpret=True)
+    with pytest.raises(TypeError, match=r"`interpret` must be True or False"):
+        ops.splash_attention(q, k, v, interpret="yes")
