@@ -9,7 +9,7 @@ from flax import nnx
 
 from jaxformer import nn, ops
 from jaxformer.models.config import ModelConfig
-from jaxformer.models.embedding import InputEmbedding
+from jaxformer.models.embedding import InputEmbedding, check_tokens, check_valid
 from jaxformer.models.stack import BlockStack
 from jaxformer.nn.blocks import apply_norm, make_norm
 
@@ -89,21 +89,42 @@ class GPT(nnx.Module):
         valid: jax.Array | None = None,
         decode: bool = False,
     ) -> jax.Array:
-        """tokens int `[B, T]` -> logits float32 `[B, T, V]`.
+        """tokens int `[B, T]` -> logits float32 `[B, T, V]`: `head(hidden_states(...))`.
 
         positions: int `[B, T]` (default `arange(T)`, or onwards from the cache index with `decode=True`).
         segment_ids: int `[B, T]` for packed sequences: tokens attend only within their segment (pass the
         per-segment `positions` too). valid: bool `[B, T]`, False at padding (masked as keys; BatchNorm stats).
         """
-        T = jnp.shape(tokens)[1] if jnp.ndim(tokens) == 2 else None
+        return self.head(
+            self.hidden_states(tokens, positions=positions, segment_ids=segment_ids, valid=valid, decode=decode)
+        )
+
+    def hidden_states(
+        self,
+        tokens: jax.Array,
+        *,
+        positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+        valid: jax.Array | None = None,
+        decode: bool = False,
+    ) -> jax.Array:
+        """The final-normed residual stream `[B, T, D]` that the head maps to logits (arguments as `__call__`):
+        for reading a few positions' logits (`head(h[rows, cols][:, None])`) without computing all T x V."""
+        cfg = self.config
+        max_len = cfg.max_len if cfg.positional in ("learned", "sinusoidal") else None
+        tokens = check_tokens("tokens", tokens, cfg.vocab_size, max_len)
+        T = tokens.shape[1]
+        valid = check_valid("valid", valid, tokens.shape)
         if decode and (segment_ids is not None or valid is not None):
             raise ValueError("decode=True takes neither segment_ids nor valid: the KV cache's index marks each length.")
-        if decode and positions is None:
-            positions = self.blocks.cache_index()[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]
+        if decode:
+            index = self.blocks.cache_index(T)  # raises if the T tokens would not fit the cache
+            if positions is None:
+                positions = index[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]
         # Segment ids go to attention as they are: blockwise / pallas then need no [B, T, T] mask array (and
         # blockwise skips the key blocks of other documents).
         mask = None if valid is None else ops.padding_mask(valid)
         x = self.embed(tokens, positions=positions, valid=valid)
         x = self.blocks(x, mask=mask, valid=valid, positions=positions, segment_ids=segment_ids, decode=decode)
         chex.assert_shape(x, (*jnp.shape(tokens), self.config.d_model))  # the residual stream, [B, T, D]
-        return self.head(apply_norm(self.final_norm, x, valid))
+        return apply_norm(self.final_norm, x, valid)
