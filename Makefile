@@ -24,9 +24,9 @@ endif
 
 # The main job: a character-level GPT on tiny Shakespeare (the accelerator recipe when jax sees a GPU / TPU).
 run: $(STAMP)
-	@CONFIG=$$($(PY) -c "import jax; print('shakespeare_char_cpu' if jax.default_backend() == 'cpu' else 'shakespeare_char')"); \
-	echo "make run: jax backend $$($(PY) -c 'import jax; print(jax.default_backend())'), training $$CONFIG into workdir/$$CONFIG"; \
-	$(VENV)/bin/jaxformer train --config $$CONFIG --workdir workdir/$$CONFIG
+	@set -- $$($(PY) -c "import jax; b = jax.default_backend(); print(b, 'shakespeare_char_cpu' if b == 'cpu' else 'shakespeare_char')"); \
+	echo "make run: jax backend $$1, training $$2 into workdir/$$2"; \
+	$(VENV)/bin/jaxformer train --config $$2 --workdir workdir/$$2
 
 demo: $(STAMP)
 	$(PY) experiments/demo_ops.py

@@ -47,6 +47,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """
     multihost.initialize(config)  # before anything touches a device
     check_loop_config(config)
+    mesh = sharding.mesh_from_config(config.get("mesh", {}))  # a bad mesh fails here, before anything is written
+    sharding.check_batch_size(config.batch_size, mesh)
     os.makedirs(workdir, exist_ok=True)
     with Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints) as checkpoints:
         start = checkpoints.latest_intact_step(log=_say if multihost.is_leader() else lambda _: None)
@@ -58,12 +60,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             )
         if start is not None:
             check_resume_config(checkpoints.restore_config(start), config, step=start)
-        return _train(config, workdir, checkpoints, start)
+        return _train(config, workdir, mesh, checkpoints, start)
 
 
-def _train(config: ml_collections.ConfigDict, workdir: str, checkpoints: Checkpointer, start: int | None) -> dict:
-    mesh = sharding.mesh_from_config(config.get("mesh", {}))
-    sharding.check_batch_size(config.batch_size, mesh)
+def _train(config, workdir: str, mesh, checkpoints: Checkpointer, start: int | None) -> dict:
     leader = multihost.is_leader()
     task = make_task(config)
     if leader:

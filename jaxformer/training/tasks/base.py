@@ -156,10 +156,9 @@ def pretrained_model_config(config: ml_collections.ConfigDict, fields: dict) -> 
 def evaluate_batches(eval_step, state: TrainState, batches, *, with_perplexity: bool = False) -> dict:
     """`val_loss` (mean unsmoothed NLL) and `val_accuracy` over every counted target of `batches`, each batch
     weighted by its `tokens`; plus `val_perplexity` = exp(val_loss) for token-level tasks."""
-    rows = []
-    for batch in batches:
-        metrics = jax.device_get(eval_step(state, batch))
-        rows.append((metrics, float(metrics["tokens"])))
+    # Dispatch every batch first and fetch once: a fetch per batch would wait for each step before the next.
+    outputs = [eval_step(state, batch) for batch in batches]
+    rows = [(metrics, float(metrics["tokens"])) for metrics in jax.device_get(outputs)]
     result = {"val_loss": weighted_mean(rows, "nll"), "val_accuracy": weighted_mean(rows, "accuracy")}
     if with_perplexity:
         result["val_perplexity"] = perplexity(result["val_loss"])
