@@ -49,7 +49,7 @@ def top_k_logits(logits: jax.Array, k: int) -> jax.Array:
     if k is None:
         raise ValueError(f"`top_k` must be an int in [1, vocab_size={logits.shape[-1]}]; got None.")
     # The k-th largest value as the min of the top k: slicing `top_k(...)[0][..., -1:]` instead makes XLA:CPU sort
-    # the whole row (62.7 ms against 0.5 ms for [8, 50257] logits, experiments/bench_decode_hf.py).
+    # the whole row (tens of ms a decoding step at [8, 50257]; BENCHMARKS.md, "Decoding against transformers").
     kth = jnp.min(jax.lax.top_k(logits, k)[0], axis=-1, keepdims=True)
     return jnp.where(logits >= kth, logits, _NEG)
 

@@ -32,6 +32,7 @@ from jaxformer.training.optimizers import build_optimizer
 from jaxformer.training.runner import StepRunner
 from jaxformer.training.state import merge
 from jaxformer.training.tasks import make_task
+from jaxformer.training.tasks.base import EXECUTION_FIELDS
 
 
 class NonFiniteLossError(RuntimeError):
@@ -238,14 +239,7 @@ def _say(message: str) -> None:
 
 # What a resumed run may change in config.model: how the step computes, not the state it restores (scan_layers
 # stacks the layers' parameters, so it may not). The schedule, the step count and the logging may change too.
-_RESUMABLE_MODEL_FIELDS = (
-    "dtype",
-    "remat",
-    "attention_impl",
-    "dropout_rate",
-    "attention_dropout_rate",
-    "ffn_dropout_rate",
-)
+_RESUMABLE_MODEL_FIELDS = tuple(f for f in EXECUTION_FIELDS if f != "scan_layers")
 _ARCHITECTURE_KEYS = ("task", "init_from", "optimizer.name", "data.tokenizer", "data.vocab_size", "data.seq_len")
 
 

@@ -27,15 +27,18 @@ from jaxformer.training.tasks.lm import lm_train_data, load_corpus, save_tokeniz
 _mask = jax.jit(mask_for_mlm, static_argnames=("vocab_size", "mask_id", "special_ids", "mask_rate"))
 
 
-@functools.partial(jax.jit, static_argnames=("mask_id", "mask_rate"))
-def _corrupt_rows(keys: jax.Array, tokens: jax.Array, *, mask_id: int, mask_rate: float):
-    """`mask_for_mlm` of each row of `tokens [b, T]` with its own key of `keys [b]`."""
+@functools.partial(jax.jit, static_argnames=("seed", "mask_id", "mask_rate"))
+def _corrupt_rows(step: jax.Array, rows: jax.Array, tokens: jax.Array, *, seed: int, mask_id: int, mask_rate: float):
+    """`mask_for_mlm` of each row r of `tokens [b, T]` (global rows `rows [b]` of step `step`) with the key
+    fold_in(fold_in(key(seed), step), r): one compiled program for every step."""
+    step_key = jax.random.fold_in(jax.random.key(seed), step)
 
-    def one(key, row):
-        out = mask_for_mlm(key, row[None], vocab_size=mask_id + 1, mask_id=mask_id, mask_rate=mask_rate)
+    def one(row, row_tokens):
+        key = jax.random.fold_in(step_key, row)
+        out = mask_for_mlm(key, row_tokens[None], vocab_size=mask_id + 1, mask_id=mask_id, mask_rate=mask_rate)
         return jax.tree.map(lambda x: x[0], out)
 
-    return jax.vmap(one)(keys, tokens)
+    return jax.vmap(one)(rows, tokens)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,9 +52,10 @@ class _Corrupt:
     rows: slice
 
     def __call__(self, step: int, windows: dict) -> dict[str, np.ndarray]:
-        step_key = jax.random.fold_in(jax.random.key(self.seed), step)
-        keys = jax.vmap(lambda r: jax.random.fold_in(step_key, r))(np.arange(self.rows.start, self.rows.stop))
-        out = _corrupt_rows(keys, windows["inputs"], mask_id=self.mask_id, mask_rate=self.mask_rate)
+        rows = np.arange(self.rows.start, self.rows.stop)
+        out = _corrupt_rows(
+            np.int32(step), rows, windows["inputs"], seed=self.seed, mask_id=self.mask_id, mask_rate=self.mask_rate
+        )
         inputs, labels, chosen = (np.asarray(x) for x in out)
         return {"inputs": inputs, "targets": labels, "weights": chosen}
 
