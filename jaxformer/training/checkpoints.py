@@ -40,6 +40,14 @@ class DamagedCheckpointError(ValueError):
     """A checkpoint's files do not match the checksums recorded when it was saved (or it has none)."""
 
 
+class UnfinishedCheckpointError(DamagedCheckpointError):
+    """A checkpoint without checksums: its save was cut short (a kill between orbax's rename and the checksums),
+    so it never was a checkpoint; unlike damage, it loses nothing that had been saved."""
+
+
+UNFINISHED_SUFFIX = ".unfinished"
+
+
 class Checkpointer:
     """Saves and restores `(TrainState, input iterator, config)` under `directory`, keeping the newest `max_to_keep`.
 
@@ -101,13 +109,21 @@ class Checkpointer:
                 self.verify(step)
                 return step
             except DamagedCheckpointError as problem:
-                moved = self._move_aside(step)
+                moved = self._move_aside(step, unfinished=isinstance(problem, UnfinishedCheckpointError))
                 log(f"Checkpoint {step} is damaged: {problem} Moved it to {moved}; trying the next older one.")
         return None
 
-    def _move_aside(self, step: int) -> str:
+    def has_damaged(self) -> bool:
+        """Whether a checkpoint that had been completely saved was found damaged and moved aside (unfinished
+        saves, also kept there, do not count: nothing saved was lost with them)."""
+        if not os.path.isdir(self.damaged_directory):
+            return False
+        return any(not name.endswith(UNFINISHED_SUFFIX) for name in os.listdir(self.damaged_directory))
+
+    def _move_aside(self, step: int, *, unfinished: bool = False) -> str:
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-        target = os.path.join(self.damaged_directory, f"{step}.{stamp}")
+        name = f"{step}.{stamp}{UNFINISHED_SUFFIX if unfinished else ''}"
+        target = os.path.join(self.damaged_directory, name)
         _sync("jaxformer: before moving a damaged checkpoint")  # every process has verified it
         if jax.process_index() == 0:
             os.makedirs(self.damaged_directory, exist_ok=True)
@@ -209,7 +225,7 @@ def verify_checksums(directory: str) -> None:
         if manifest.get("format") != CHECKSUMS_FORMAT or not isinstance(files, dict) or not files:
             raise ValueError("not a checksums file of this format")
     except FileNotFoundError:
-        raise DamagedCheckpointError(
+        raise UnfinishedCheckpointError(
             f"{path} is missing: the save did not finish (or the checkpoint predates checksums)."
         ) from None
     except (ValueError, KeyError, TypeError) as e:

@@ -53,7 +53,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     with Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints) as checkpoints:
         start = checkpoints.latest_intact_step(log=_say if multihost.is_leader() else lambda _: None)
-        if start is None and os.path.isdir(checkpoints.damaged_directory) and os.listdir(checkpoints.damaged_directory):
+        if start is None and checkpoints.has_damaged():  # an unfinished first save alone is a fresh start
             raise FileNotFoundError(
                 f"No intact checkpoint in {checkpoints.directory}: the damaged ones are in "
                 f"{checkpoints.damaged_directory}. Nothing was overwritten. To start this run over, move "

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from jaxformer.configs import load_config
-from jaxformer.training.checkpoints import Checkpointer
+from jaxformer.training.checkpoints import CHECKSUMS_FILE, Checkpointer
 from jaxformer.training.loop import NonFiniteLossError, train_and_evaluate
 from jaxformer.training.tasks.lm import load_trained
 from tests.training.test_loop import CONFIG, tiny_args, train
@@ -46,7 +46,7 @@ def test_ctrl_c_saves_the_current_step_and_the_run_resumes(tmp_path, corpus):
     args = tiny_args(tmp_path, corpus, 100000, 50)
     child = train(args)
     deadline = time.time() + 300
-    while not (tmp_path / "checkpoints" / "50").exists():
+    while not (tmp_path / "checkpoints" / "50" / CHECKSUMS_FILE).exists():  # the save is complete
         assert child.poll() is None and time.time() < deadline
         time.sleep(0.05)
     time.sleep(1.0)  # well past step 50

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jaxformer.training.checkpoints import CHECKSUMS_FILE
 from jaxformer.training.tasks.lm import load_trained
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -79,7 +80,7 @@ def test_sigkill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(tmp_
 
     child = train(tiny_args(killed, corpus, 600, 200))
     deadline = time.time() + 300
-    while not (killed / "checkpoints" / "200").exists():
+    while not (killed / "checkpoints" / "200" / CHECKSUMS_FILE).exists():  # the save is complete
         assert child.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
         time.sleep(0.02)
     child.send_signal(signal.SIGKILL)

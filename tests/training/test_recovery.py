@@ -195,7 +195,7 @@ def test_sigterm_saves_the_step_and_exits_143_then_resumes(tmp_path, corpus):
     args = tiny_args(tmp_path, corpus, 100000, 50)
     child = train(args)
     deadline = time.time() + 300
-    while not (tmp_path / "checkpoints" / "50").exists():
+    while not (tmp_path / "checkpoints" / "50" / CHECKSUMS_FILE).exists():  # the save is complete
         assert child.poll() is None and time.time() < deadline
         time.sleep(0.05)
     child.send_signal(signal.SIGTERM)
@@ -227,3 +227,16 @@ def test_sigkill_at_random_moments_of_saves_loses_nothing(tmp_path, corpus):
         child.wait()
     assert train(tiny_args(workdir, corpus, 60, 1)).wait(timeout=600) == 0
     assert rows_without_timing(workdir) == rows_without_timing(straight)
+
+
+def test_an_unfinished_first_save_alone_starts_the_run_over(tmp_path, corpus, uninterrupted):
+    """A kill between orbax's rename and the checksums of the first save lost nothing that had been saved: the
+    next run starts from scratch (keeping the unfinished directory aside) instead of refusing to start."""
+    reference, at_8 = uninterrupted
+    workdir = tmp_path / "run"
+    shutil.copytree(at_8, workdir)
+    shutil.rmtree(workdir / "checkpoints" / "4")
+    unfinished_save(workdir, 8)
+    train_and_evaluate(tiny_config(corpus), str(workdir))
+    assert rows_without_timing(workdir) == rows_without_timing(reference)
+    assert [p.name.endswith(".unfinished") for p in (workdir / "checkpoints.damaged").iterdir()] == [True]
