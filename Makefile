@@ -1,7 +1,14 @@
 # Two commands do all set-up on a fresh machine: `make run` and `make test`.
 # Each (re)creates .venv when pyproject.toml changed since the last install, and skips pip otherwise.
 
-PYTHON ?= python3
+# jaxformer needs Python >= 3.12: jax >= 0.12 (jax 0.10.2, the last for 3.11, miscompiles on x86 CPUs; see
+# docs/architecture.md, "Known compiler issues"). PYTHON=/path/to/python overrides the search below: python3.12,
+# python3.13, python3.14, python3, then the 3.12+ versions pyenv has installed (a pyenv shim of a version that
+# is not selected fails, and is skipped).
+FIND_PYTHON = for p in python3.12 python3.13 python3.14 python3 \
+  $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.1[2-9]*/bin/python3; do \
+  "$$p" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1 && { command -v "$$p"; exit 0; }; done
+PYTHON ?= $(shell $(FIND_PYTHON))
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
@@ -11,7 +18,9 @@ STAMP  := $(VENV)/.installed
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -n "$(PYTHON)" || { echo "jaxformer needs Python >= 3.12 (for jax >= 0.12): install one (e.g. 'pyenv install 3.12') or pass PYTHON=/path/to/python3.12" >&2; exit 1; }
+	@# A .venv of an older Python (jaxformer ran on 3.11 before) is made anew.
+	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1 || { rm -rf $(VENV) && echo "creating $(VENV) with $(PYTHON)" && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,experiments]'
 	touch $(STAMP)

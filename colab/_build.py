@@ -413,7 +413,7 @@ model_cfg = task.model_config()
 _, optimizer = build_optimizer(config, d_model=model_cfg.d_model)
 graphs, template = create_train_state(task.model_class(model_cfg, rngs=nnx.Rngs(config.seed)), optimizer)
 with Checkpointer(f"{WORKDIR}/checkpoints") as checkpoints:
-    state, _, _ = checkpoints.restore(template)
+    state, _ = checkpoints.restore(template)
 model = merge(graphs.eval, state)
 print(type(model).__name__, model.config.num_layers, "+", model.config.decoder_layers, "layers, step", int(state.step))
 """),
@@ -461,13 +461,13 @@ notebook(
     "04 · A tour of the claims lab",
     """
 `experiments/claims/NN_*.py` each test one classic explanation of the Transformer (why scale by sqrt(d_k), what
-masks guarantee, ...): `run(full)` does the experiment and returns an `Outcome` (result text, verdict, numbers),
+masks guarantee, ...): `run(size)` does the experiment and returns an `Outcome` (result text, verdict, numbers),
 `plot(numbers, path)` draws its figure. `make claims` runs them all and writes `experiments/REPORT.md`; here we
 import a few and run them in the notebook, next to the record stored in `experiments/claims/results/`.
 """,
     """
 CLAIMS = ["01_scaling", "05_masks"]  # file names in experiments/claims/ (the default sizes take about a minute)
-FULL = False  # True: the accelerator-sized setting of each experiment
+SIZE = "default"  # "tiny": seconds, a smoke test; "full": the accelerator-sized setting of each experiment
 OUT = "claims_results"  # where the figures go
 """,
     [
@@ -496,7 +496,7 @@ for name in CLAIMS:
     spec.loader.exec_module(module)
     display(Markdown(f"## {name}\\n\\n**Claim.** {module.CLAIM}\\n\\n**Setup.** {module.SETUP}"))
     start = time.perf_counter()
-    outcome = module.run(full=FULL)
+    outcome = module.run(SIZE)
     seconds = time.perf_counter() - start
     figure = os.path.join(OUT, f"{name}.png")
     module.plot(outcome.numbers, figure)

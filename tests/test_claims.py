@@ -1,6 +1,7 @@
 """The claims lab's machinery (experiments/claims/lab.py, report.py) and every claim experiment's default run."""
 
 import glob
+import importlib.util
 import json
 import os
 import subprocess
@@ -21,7 +22,7 @@ def fake_claim(tmp_path, supported):
     module = types.ModuleType("fake")
     module.__file__ = str(tmp_path / "99_fake.py")
     module.CLAIM, module.SETUP = "Two is more than one.", "Compare 2 with 1."
-    module.run = lambda full: lab.Outcome(f"2 > 1 is {2 > 1} (full={full}).", supported, {"values": [1, 2]})
+    module.run = lambda size: lab.Outcome(f"2 > 1 is {2 > 1} ({size=}).", supported, {"values": [1, 2]})
 
     def plot(numbers, path):
         import matplotlib.pyplot as plt
@@ -41,7 +42,7 @@ def test_main_writes_a_record_and_a_figure(tmp_path, monkeypatch, supported, ver
     record = lab.main(fake_claim(tmp_path, supported))
     saved = json.loads((tmp_path / "99_fake.json").read_text())
     assert saved == record and saved["verdict"].startswith(verdict) and saved["size"] == "default"
-    assert saved["result"] == "2 > 1 is True (full=False)." and (tmp_path / "99_fake.png").stat().st_size > 0
+    assert saved["result"] == "2 > 1 is True (size='default')." and (tmp_path / "99_fake.png").stat().st_size > 0
 
 
 def test_the_report_lays_out_every_record_from_its_files(tmp_path, monkeypatch):
@@ -62,10 +63,34 @@ def test_the_report_lays_out_every_record_from_its_files(tmp_path, monkeypatch):
 
 
 SCRIPTS = sorted(glob.glob(os.path.join(CLAIMS, "[0-9][0-9]_*.py")))
+NAMES = [os.path.splitext(os.path.basename(s))[0] for s in SCRIPTS]
+SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "tensorflow_datasets")  # as the Makefile's TFDS_DATA_DIR
+
+
+def load_claim(name: str) -> types.ModuleType:
+    """experiments/claims/<name>.py as a module (its name starts with a digit: imported by path)."""
+    spec = importlib.util.spec_from_file_location(f"claim_{name}", os.path.join(CLAIMS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_claim_runs_end_to_end_at_the_tiny_size(tmp_path, monkeypatch, name):
+    """Every line of every claim, in seconds: a refactor of the library cannot break one unseen (claim 15 once
+    crashed for months with only a slow test to notice). In this process, sharing its imports and compiles."""
+    if os.path.isdir(SHARED_DATA) and not os.environ.get("TFDS_DATA_DIR"):
+        monkeypatch.setenv("TFDS_DATA_DIR", SHARED_DATA)
+    record = lab.record(load_claim(name), "tiny", str(tmp_path))
+    assert record["size"] == "tiny" and record["claim"] and record["result"]
+    assert json.loads((tmp_path / f"{name}.json").read_text()) == json.loads(json.dumps(record))  # tuples: lists
+    assert (tmp_path / f"{name}.png").stat().st_size > 0
+    if name == "05_masks":  # exactness holds at any size: masked differences are exactly 0 under jit too
+        assert record["verdict"] == "supported", record["result"]
 
 
 @pytest.mark.slow  # each claim's default size takes up to a few minutes
-@pytest.mark.parametrize("script", SCRIPTS, ids=[os.path.basename(s) for s in SCRIPTS])
+@pytest.mark.parametrize("script", SCRIPTS, ids=NAMES)
 def test_every_claim_runs_at_its_default_size(tmp_path, script):
     out = subprocess.run(
         [sys.executable, script, "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900
@@ -74,6 +99,7 @@ def test_every_claim_runs_at_its_default_size(tmp_path, script):
     name = os.path.splitext(os.path.basename(script))[0]
     record = json.loads((tmp_path / f"{name}.json").read_text())
     assert record["claim"] and record["result"] and (tmp_path / f"{name}.png").exists()
+    assert record["size"] == "default"
 
 
 def test_every_claim_in_the_repository_has_its_record_and_figure():
@@ -86,14 +112,10 @@ def test_every_claim_in_the_repository_has_its_record_and_figure():
 @pytest.mark.slow  # ~8 s of compiles for a GPU-only failure path
 def test_long_sequences_records_a_program_that_does_not_compile(monkeypatch):
     """Claim 13 at --full on an accelerator: a dense program XLA refuses is recorded, not a crash."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("long_sequences", os.path.join(CLAIMS, "13_long_sequences.py"))
-    claim = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(claim)
+    claim = load_claim("13_long_sequences")
     tiny = dict(B=1, N=1, H=8, window=16, block=16, lengths=[32, 64, 128], rounds_cheap=1, rounds=1)
     tiny["timed_up_to"] = dict(dense=64, blockwise=64, blockwise_window=128)
-    monkeypatch.setattr(claim, "sizes", lambda full: tiny)
+    monkeypatch.setattr(claim, "sizes", lambda size: tiny)
     real = claim.compiled
 
     def compiled(name, T, s):
@@ -102,7 +124,7 @@ def test_long_sequences_records_a_program_that_does_not_compile(monkeypatch):
         return real(name, T, s)
 
     monkeypatch.setattr(claim, "compiled", compiled)
-    outcome = claim.run(full=True)
+    outcome = claim.run("full")
     assert outcome.numbers["compile_failures"] == {
         "dense": {"128": "RuntimeError: RESOURCE_EXHAUSTED: Out of memory while trying to allocate 64.0GiB."}
     }

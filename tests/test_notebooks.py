@@ -28,7 +28,7 @@ TINY = {
         SAMPLE_TOKENS=40,
     ),
     "03_seq2seq_beam_search": dict(NUM_STEPS=30, BATCH_SIZE=16, NUM_TRAIN=256, NUM_EVAL=32, NUM_SHOWN=2),
-    "04_claims_tour": dict(CLAIMS=["01_scaling"]),
+    "04_claims_tour": dict(CLAIMS=["01_scaling", "05_masks"], SIZE="tiny"),
     "05_scaling_laws": dict(SIZES=[(1, 16), (1, 32), (2, 32)], STEPS=30, BATCH_SIZE=8, SEQ_LEN=32),
     "06_sharding_and_checkpoints": dict(
         D_MODEL=32, NUM_LAYERS=1, NUM_HEADS=4, BATCH_SIZE=8, SEQ_LEN=16, STEPS=3, CONTINUE_STEPS=2

@@ -2,6 +2,7 @@
 
 python experiments/claims/01_scaling.py            # default size: a 2-core CPU, seconds
 python experiments/claims/01_scaling.py --full     # larger d_k and more samples
+python experiments/claims/01_scaling.py --size tiny  # three d_k, two batches: every line in seconds
 """
 
 from __future__ import annotations
@@ -38,6 +39,16 @@ SETUP = (
 )
 
 B, T, S, N = 4, 64, 64, 4
+
+
+def sizes(size: str) -> dict:
+    """The d_k swept (the widest sets the compiled width) and the random batches per d_k."""
+    return lab.pick(
+        size,
+        tiny=dict(dims=[8, 32, 128], batches=2),
+        default=dict(dims=[8, 16, 32, 64, 128, 256, 512, 1024], batches=8),
+        full=dict(dims=[8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096], batches=16),
+    )
 
 
 def _metrics(query, key, cotangent, scale):
@@ -79,9 +90,9 @@ def _measure(rng, d, *, width):
     }
 
 
-def run(full: bool) -> lab.Outcome:
-    dims = [8, 16, 32, 64, 128, 256, 512, 1024] + ([2048, 4096] if full else [])
-    batches = 16 if full else 8
+def run(size: str) -> lab.Outcome:
+    s = sizes(size)
+    dims, batches = s["dims"], s["batches"]
     kinds = ["scaled", "unscaled"]
     metrics = ["logit_std", "max_prob", "entropy", "grad_logits", "grad_logits_median", "grad_q"]
     numbers = {"d_k": dims, **{kind: {m: [] for m in metrics} for kind in kinds}}

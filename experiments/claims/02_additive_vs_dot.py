@@ -3,6 +3,7 @@ learns as well; unscaled, it falls behind additive attention at large d_k.
 
     python experiments/claims/02_additive_vs_dot.py            # default size: a 2-core CPU, minutes
     python experiments/claims/02_additive_vs_dot.py --full     # more d_k, seeds and steps; a bigger speed test
+    python experiments/claims/02_additive_vs_dot.py --size tiny  # two d_k, 10 steps: every line in seconds
 
 (a) Quality: one attention layer on associative recall. A context holds S (key, value) pairs with distinct key
 tokens; a query is one of those key tokens, and the target is the value token paired with it. Token embeddings are
@@ -65,10 +66,16 @@ DEGRADE_MIN = 0.05  # unscaled dot "degrades": accuracy this far below both othe
 SLOW_MIN = 5.0  # additive "much slower": at least this ratio at every timed d_k
 
 
-def sizes(full: bool) -> dict:
-    if full:
-        return dict(dims=[8, 32, 128, 512, 1024], seeds=4, steps=600, speed_len=256, speed_dims=[32, 128, 512, 1024])
-    return dict(dims=[8, 32, 128, 512], seeds=2, steps=300, speed_len=128, speed_dims=[32, 128, 512])
+def sizes(size: str) -> dict:
+    """(a) the d_k trained, seeds and steps per run; (b) the timed T = S, d_k and interleaved rounds."""
+    return lab.pick(
+        size,
+        tiny=dict(dims=[8, 32], seeds=2, steps=10, speed_len=16, speed_dims=[16], rounds=2),
+        default=dict(dims=[8, 32, 128, 512], seeds=2, steps=300, speed_len=128, speed_dims=[32, 128, 512], rounds=5),
+        full=dict(
+            dims=[8, 32, 128, 512, 1024], seeds=4, steps=600, speed_len=256, speed_dims=[32, 128, 512, 1024], rounds=10
+        ),
+    )
 
 
 # -- (a) quality ---------------------------------------------------------------------------------------------------
@@ -180,8 +187,8 @@ def make_step(mechanism: str):
     return jax.jit(jax.grad(loss))
 
 
-def speed_experiment(s: dict, rounds: int) -> dict:
-    B, L = 8, s["speed_len"]
+def speed_experiment(s: dict) -> dict:
+    B, L, rounds = 8, s["speed_len"], s["rounds"]
     steps = {m: make_step(m) for m in ("additive", "dot")}
     rng = np.random.default_rng(1)
     inputs = {}
@@ -219,10 +226,10 @@ def speed_experiment(s: dict, rounds: int) -> dict:
 # -- claim -----------------------------------------------------------------------------------------------------------
 
 
-def run(full: bool) -> lab.Outcome:
-    s = sizes(full)
+def run(size: str) -> lab.Outcome:
+    s = sizes(size)
     quality = quality_experiment(s)
-    speed = speed_experiment(s, rounds=10 if full else 5)
+    speed = speed_experiment(s)
     dims = s["dims"]
     add, sca, uns = (quality[m]["accuracy"] for m in MECHANISMS)
     gaps = [a - b for a, b in zip(add, sca, strict=True)]  # additive minus scaled, per d_k

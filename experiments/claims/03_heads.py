@@ -1,6 +1,6 @@
 """Claim 03: several attention heads beat one head of the same total width, because heads attend differently.
 
-TFDS_DATA_DIR=... python experiments/claims/03_heads.py [--full]
+TFDS_DATA_DIR=... python experiments/claims/03_heads.py [--full | --size tiny]
 """
 
 from __future__ import annotations
@@ -31,9 +31,36 @@ SETUP = (
     "same for the untrained initialisation as a reference."
 )
 
-DEFAULT = dict(layers=2, d_model=128, heads=(1, 2, 4, 8), steps=800, seeds={1: (0, 1), 4: (0, 1)}, default_seeds=(0,))
-FULL = dict(layers=4, d_model=256, heads=(1, 2, 4, 8, 16), steps=3000, seeds={}, default_seeds=(0, 1, 2))
 DIVERSITY_WINDOWS = 8
+
+
+def sizes(size: str) -> dict:
+    """The models (layers, width, head counts), steps, and seeds: `seeds` per head count, else `default_seeds`;
+    `data` overrides the recipe's context and batch (tiny: lab.TINY_LM's). Head counts 1 and 4 are needed."""
+    return lab.pick(
+        size,
+        tiny=dict(
+            layers=1,
+            d_model=32,
+            heads=(1, 4),
+            steps=10,
+            seeds={4: (0, 1)},
+            default_seeds=(0,),
+            data={k: lab.TINY_LM[k] for k in ("data.seq_len", "batch_size")},
+        ),
+        default=dict(
+            layers=2,
+            d_model=128,
+            heads=(1, 2, 4, 8),
+            steps=800,
+            seeds={1: (0, 1), 4: (0, 1)},
+            default_seeds=(0,),
+            data={},
+        ),
+        full=dict(
+            layers=4, d_model=256, heads=(1, 2, 4, 8, 16), steps=3000, seeds={}, default_seeds=(0, 1, 2), data={}
+        ),
+    )
 
 
 def param_count(model) -> int:
@@ -69,20 +96,18 @@ def diversity(maps: list[np.ndarray]) -> dict:
 
 
 def validation_windows(config, count: int) -> tuple[np.ndarray, object]:
-    from jaxformer.training.tasks.lm import load_corpus
-
-    tokenizer, _, eval_tokens = load_corpus(config.data)
+    tokenizer, _, eval_tokens = lab.load_tokens(config)
     T = config.data.seq_len
     rng = np.random.default_rng(123)
     starts = rng.choice(len(eval_tokens) - T, size=count, replace=False)
     return np.stack([eval_tokens[s : s + T] for s in starts]).astype(np.int32), tokenizer
 
 
-def run(full: bool) -> lab.Outcome:
-    size = FULL if full else DEFAULT
+def run(size: str) -> lab.Outcome:
+    size = sizes(size)
     d = size["d_model"]
-    overrides = {"model.num_layers": size["layers"], "model.d_model": d, "model.d_ff": 4 * d}
-    windows, tokenizer = validation_windows(lab.lm_config(size["steps"]), DIVERSITY_WINDOWS)
+    overrides = {"model.num_layers": size["layers"], "model.d_model": d, "model.d_ff": 4 * d, **size["data"]}
+    windows, tokenizer = validation_windows(lab.lm_config(size["steps"], **overrides), DIVERSITY_WINDOWS)
     runs: dict[str, dict] = {}
     params: dict[str, int] = {}
     for heads in size["heads"]:

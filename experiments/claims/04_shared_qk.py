@@ -1,6 +1,6 @@
 """Claim 04: shared query/key projections make self-attention look at itself; the no-self mask undoes that.
 
-python experiments/claims/04_shared_qk.py [--full]
+python experiments/claims/04_shared_qk.py [--full | --size tiny]
 """
 
 from __future__ import annotations
@@ -40,6 +40,16 @@ SETUP = (
 T, D_MODEL, D_K = 32, 64, 16
 SETTINGS = ("separate", "shared", "shared + no-self")
 LABELS = {"separate": "separate W_Q, W_K", "shared": "shared W_Q = W_K", "shared + no-self": "shared + no-self mask"}
+
+
+def sizes(size: str) -> dict:
+    """Random draws per input kind; Adam steps and seeds of the training check."""
+    return lab.pick(
+        size,
+        tiny=dict(draws=8, steps=10, seeds=2),
+        default=dict(draws=512, steps=400, seeds=2),
+        full=dict(draws=4096, steps=2000, seeds=4),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -198,8 +208,8 @@ def train_previous_token(seeds: int, steps: int, vocab: int = 16, batch: int = 6
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def run(full: bool) -> lab.Outcome:
-    draws, steps, seeds = (4096, 2000, 4) if full else (512, 400, 2)
+def run(size: str) -> lab.Outcome:
+    draws, steps, seeds = (sizes(size)[k] for k in ("draws", "steps", "seeds"))
     rng = np.random.default_rng(0)
     gaussian, example = measure(gaussian_inputs(rng, draws), *projections(rng, draws))
     text_x, source = text_inputs(rng, draws)

@@ -1,7 +1,7 @@
 """Claim 05: masks are exact. Padding masks make real tokens blind to padding; the causal mask makes one parallel
 (teacher-forced) forward pass compute what step-by-step KV-cache decoding computes.
 
-    python experiments/claims/05_masks.py [--full]
+    python experiments/claims/05_masks.py [--full | --size tiny]
 
 Everything runs the library's own models (BERT, GPT) at random initialisation, in float32, in eval mode. The
 counterfactual "GPT without the causal mask" is the same GPT with the very same parameter objects (shared, not
@@ -49,10 +49,14 @@ MASKED_MAX = 1e-4  # a masked difference counts as "zero" (float32 round-off) be
 UNMASKED_MIN = 1e-2  # an unmasked difference counts as "real" above this
 
 
-def sizes(full: bool) -> dict:
-    if full:
-        return dict(layers=8, d_model=256, heads=8, bert_batch=8, bert_len=96, extra_pad=32, gpt_batch=8, gpt_len=64)
-    return dict(layers=2, d_model=64, heads=4, bert_batch=4, bert_len=24, extra_pad=8, gpt_batch=2, gpt_len=16)
+def sizes(size: str) -> dict:
+    """The models (both BERT and GPT), BERT's padded batch (lengths 5..bert_len) and GPT's batch."""
+    return lab.pick(
+        size,
+        tiny=dict(layers=1, d_model=32, heads=2, bert_batch=2, bert_len=8, extra_pad=4, gpt_batch=2, gpt_len=6),
+        default=dict(layers=2, d_model=64, heads=4, bert_batch=4, bert_len=24, extra_pad=8, gpt_batch=2, gpt_len=16),
+        full=dict(layers=8, d_model=256, heads=8, bert_batch=8, bert_len=96, extra_pad=32, gpt_batch=8, gpt_len=64),
+    )
 
 
 def tiny(name: str, s: dict) -> ModelConfig:
@@ -209,8 +213,8 @@ def causal_experiment(s: dict, rng: np.random.Generator) -> dict:
     )
 
 
-def run(full: bool) -> lab.Outcome:
-    s = sizes(full)
+def run(size: str) -> lab.Outcome:
+    s = sizes(size)
     rng = np.random.default_rng(0)
     a = padding_experiment(s, rng)
     b = causal_experiment(s, rng)

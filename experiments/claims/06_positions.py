@@ -59,10 +59,14 @@ REAL_MIN = 1e-2  # ... and as a real difference above this
 FACTORS = (1, 2, 4)
 
 
-def sizes(full: bool) -> dict:
-    if full:
-        return dict(layers=6, d_model=256, heads=8, batch=32, steps=3000, context=64)
-    return dict(layers=2, d_model=128, heads=4, batch=12, steps=600, context=64)
+def sizes(size: str) -> dict:
+    """Part (b)'s model and training at each size (tiny: lab.TINY_LM's model, d_ff 4x d_model as here)."""
+    return lab.pick(
+        size,
+        tiny=dict(layers=1, d_model=32, heads=2, batch=8, steps=5, context=32),
+        default=dict(layers=2, d_model=128, heads=4, batch=12, steps=600, context=64),
+        full=dict(layers=6, d_model=256, heads=8, batch=32, steps=3000, context=64),
+    )
 
 
 # -- (a) permutation equivariance --------------------------------------------------------------------------------
@@ -113,8 +117,6 @@ def loss_by_position(model: GPT, tokens: np.ndarray, length: int, batch_size: in
 
 
 def extrapolation_experiment(s: dict) -> dict:
-    from jaxformer.training.tasks.lm import load_corpus
-
     T = s["context"]
     overrides = {
         "model.num_layers": s["layers"],
@@ -126,7 +128,7 @@ def extrapolation_experiment(s: dict) -> dict:
         "batch_size": s["batch"],
     }
     base = lab.lm_config(s["steps"], **overrides)
-    _, _, eval_tokens = load_corpus(base.data)
+    _, _, eval_tokens = lab.load_tokens(base)
     out = {"context": T, "lengths": [f * T for f in FACTORS], "models": {}}
     for name in TRAINED:
         positional = "sinusoidal" if name == SCALED else name
@@ -150,8 +152,8 @@ def extrapolation_experiment(s: dict) -> dict:
     return out
 
 
-def run(full: bool) -> lab.Outcome:
-    s = sizes(full)
+def run(size: str) -> lab.Outcome:
+    s = sizes(size)
     a = permutation_experiment(np.random.default_rng(0))
     b = extrapolation_experiment(s)
     result, supported, verdicts = summarize(a, b)

@@ -64,10 +64,16 @@ SAME_MAX = 1e-4  # a difference counts as "none" (float32 round-off) below this
 REAL_MIN = 1e-2  # a difference counts as "real" above this
 
 
-def sizes(full: bool) -> dict:
-    if full:
-        return dict(layers=4, batch_sizes=[4, 32, 128], steps_at_4=8000, mates=12, cut=32)
-    return dict(layers=2, batch_sizes=[4, 32], steps_at_4=600, mates=7, cut=32)
+def sizes(size: str) -> dict:
+    """(a)'s and (b)'s settings at each size; `model`: overrides of the recipe's model and context besides the
+    layers (tiny: lab.TINY_LM's, whose layers and batch size this claim sets itself)."""
+    tiny_model = {k: v for k, v in lab.TINY_LM.items() if k not in ("model.num_layers", "batch_size")}
+    return lab.pick(
+        size,
+        tiny=dict(layers=1, batch_sizes=[4, 8], steps_at_4=8, mates=3, cut=16, model=tiny_model),
+        default=dict(layers=2, batch_sizes=[4, 32], steps_at_4=600, mates=7, cut=32, model={}),
+        full=dict(layers=4, batch_sizes=[4, 32, 128], steps_at_4=8000, mates=12, cut=32, model={}),
+    )
 
 
 def max_abs(a, b) -> float:
@@ -130,16 +136,15 @@ def batch_dependence(graphdef, state, eval_tokens: np.ndarray, seq_len: int, mat
 
 
 def train_all(s: dict) -> tuple[dict, dict]:
-    from jaxformer.training.tasks.lm import load_corpus
-
     runs, dependence = {}, {}
     eval_tokens = None
     for norm in NORMS:
         for bs in s["batch_sizes"]:
             steps = s["steps_at_4"] * 4 // bs
-            config = lab.lm_config(steps, **{"model.num_layers": s["layers"], "model.norm": norm, "batch_size": bs})
+            overrides = {"model.num_layers": s["layers"], "model.norm": norm, "batch_size": bs}
+            config = lab.lm_config(steps, **s["model"], **overrides)
             if eval_tokens is None:
-                eval_tokens = load_corpus(config.data)[2]
+                eval_tokens = lab.load_tokens(config)[2]
             out = lab.train_lm(config, keep_model=True)
             final, history, model = out["final"], out["history"], out["model"]
             train_def, eval_def, state = split_modes(model)
@@ -245,8 +250,8 @@ def padding_experiment(rng: np.random.Generator) -> dict:
 # -- verdict ---------------------------------------------------------------------------------------------------------
 
 
-def run(full: bool) -> lab.Outcome:
-    s = sizes(full)
+def run(size: str) -> lab.Outcome:
+    s = sizes(size)
     runs, dep = train_all(s)
     pad = padding_experiment(np.random.default_rng(0))
     return summarise(dict(runs=runs, dependence=dep, padding=pad, sizes=s))

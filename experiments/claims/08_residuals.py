@@ -47,16 +47,20 @@ SPREAD_NO_RES = 100.0  # "orders of magnitude": late / early block gradient norm
 SPREAD_RES = 10.0  # "within ~10x": max / min block gradient norm at L_max with residuals
 
 
-def sizes(full: bool) -> dict:
-    if full:
-        return dict(depths=[2, 8, 16, 32], d_model=128, heads=4, steps=2000, batch=16)
-    return dict(depths=[2, 8, 16], d_model=64, heads=4, steps=300, batch=16)
+def sizes(size: str) -> dict:
+    """The depths, width and training at each size (`warmup`: steps of linear warmup before the cosine)."""
+    return lab.pick(
+        size,
+        tiny=dict(depths=[1, 2], d_model=32, heads=2, steps=10, batch=8, warmup=2),
+        default=dict(depths=[2, 8, 16], d_model=64, heads=4, steps=300, batch=16, warmup=20),
+        full=dict(depths=[2, 8, 16, 32], d_model=128, heads=4, steps=2000, batch=16, warmup=20),
+    )
 
 
 CONTEXT = 64
 EVAL_WINDOWS = 64
 GRAD_WINDOWS = 32
-LR, WARMUP, WEIGHT_DECAY, CLIP = 1e-3, 20, 0.01, 1.0
+LR, WEIGHT_DECAY, CLIP = 1e-3, 0.01, 1.0
 
 
 # -- the model -------------------------------------------------------------------------------------------------------
@@ -122,10 +126,8 @@ def block_grad_norms(model: CharLM, x: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def corpus():
-    from jaxformer.training.tasks.lm import load_corpus
-
-    tokenizer, train, val = load_corpus(lab.lm_config(1).data)
-    return tokenizer.vocab_size, np.asarray(train, np.int32), np.asarray(val, np.int32)
+    tokenizer, train, val = lab.load_tokens(lab.lm_config(1))
+    return tokenizer.vocab_size, train, val
 
 
 def windows(tokens: np.ndarray, starts: np.ndarray) -> tuple[jax.Array, jax.Array]:
@@ -142,7 +144,7 @@ def unigram_entropy(tokens: np.ndarray, vocab: int) -> float:
 
 def train_one(depth: int, residual: bool, s: dict, data: dict) -> dict:
     model = CharLM(data["vocab"], s["d_model"], s["heads"], depth, residual, rngs=nnx.Rngs(0))
-    schedule = optax.warmup_cosine_decay_schedule(0.0, LR, WARMUP, s["steps"], end_value=0.1 * LR)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, LR, s["warmup"], s["steps"], end_value=0.1 * LR)
     tx = optax.chain(optax.clip_by_global_norm(CLIP), optax.adamw(schedule, weight_decay=WEIGHT_DECAY))
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     start = time.perf_counter()
@@ -183,8 +185,8 @@ def spread(g: list[float]) -> dict:
     )
 
 
-def run(full: bool) -> lab.Outcome:
-    s = sizes(full)
+def run(size: str) -> lab.Outcome:
+    s = sizes(size)
     vocab, train, val = corpus()
     rng = np.random.default_rng(0)
     high = len(train) - CONTEXT - 1

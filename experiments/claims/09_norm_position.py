@@ -40,7 +40,35 @@ SETUP = (
 NORMS = ("pre", "post")
 PEAK_LR = 1e-3
 ZOO = ("warmup_cosine", "warmup_linear", "inverse_sqrt", "warmup_stable_decay")
-EARLY = (50, 150)  # early training loss: mean over steps EARLY[0] + 1 .. EARLY[1]
+
+
+def sizes(size: str) -> dict:
+    """The settings of (a) and (b) at each size: the model (overrides of the recipe's; tiny: lab.TINY_LM), steps and
+    warmup steps, (a)'s logging interval; `early`: the early training loss is the mean over steps early[0] + 1 ..
+    early[1]."""
+    return lab.pick(
+        size,
+        tiny=dict(
+            a=dict(model=lab.TINY_LM, steps=12, warmup=4, log_every=2),
+            b=dict(model=lab.TINY_LM, steps=10, warmup=2),
+            early=(2, 8),
+        ),
+        default=dict(
+            a=dict(model={"model.num_layers": 6}, steps=400, warmup=100, log_every=10),
+            b=dict(model={"model.num_layers": 4}, steps=300, warmup=30),
+            early=(50, 150),
+        ),
+        full=dict(
+            a=dict(
+                model={"model.num_layers": 12, "model.d_model": 256, "model.num_heads": 8, "model.d_ff": 1024},
+                steps=2000,
+                warmup=200,
+                log_every=10,
+            ),
+            b=dict(model={"model.num_layers": 6}, steps=1500, warmup=150),
+            early=(50, 150),
+        ),
+    )
 
 
 def train_keeping_history(config) -> dict:
@@ -63,9 +91,10 @@ def train_keeping_history(config) -> dict:
     return {"final": final, "history": history, "diverged_at": diverged_at}
 
 
-def summarise(out: dict) -> dict:
+def summarise(out: dict, window: tuple[int, int]) -> dict:
+    """The numbers of one run; `early_train_loss`: the mean logged train loss over steps window[0] + 1 .. window[1]."""
     history = out["history"]
-    early = [r["train_loss"] for r in history if EARLY[0] < r["step"] <= EARLY[1] and "train_loss" in r]
+    early = [r["train_loss"] for r in history if window[0] < r["step"] <= window[1] and "train_loss" in r]
     grads = [r["grad_norm"] for r in history if "grad_norm" in r and math.isfinite(r["grad_norm"])]
     val = out["final"]["val_loss"] if out["final"] and "val_loss" in out["final"] else None
     return {
@@ -89,16 +118,12 @@ def describe(run: dict) -> str:
     )
 
 
-def run(full: bool) -> lab.Outcome:
-    if full:
-        model = {"model.num_layers": 12, "model.d_model": 256, "model.num_heads": 8, "model.d_ff": 1024}
-        steps_a, warm_a = 2000, 200
-        zoo_model, steps_b, warm_b = {"model.num_layers": 6}, 1500, 150
-    else:
-        model = {"model.num_layers": 6}
-        steps_a, warm_a = 400, 100
-        zoo_model, steps_b, warm_b = {"model.num_layers": 4}, 300, 30
-    d_model = model.get("model.d_model", 128)
+def run(size: str) -> lab.Outcome:
+    s = sizes(size)
+    a, b, early = s["a"], s["b"], s["early"]
+    model, steps_a, warm_a = a["model"], a["steps"], a["warmup"]
+    zoo_model, steps_b, warm_b = b["model"], b["steps"], b["warmup"]
+    d_model = zoo_model.get("model.d_model", 128)  # the zoo model's width, which inverse_sqrt divides by
 
     grid = {}
     for norm in NORMS:
@@ -112,10 +137,10 @@ def run(full: bool) -> lab.Outcome:
                     "learning_rate": PEAK_LR,
                     "schedule": "warmup_cosine",
                     "optimizer.clip_norm": 0.0,
-                    "log_every": 10,
+                    "log_every": a["log_every"],
                 },
             )
-            grid[f"{norm}/warmup={warmup}"] = summarise(train_keeping_history(config))
+            grid[f"{norm}/warmup={warmup}"] = summarise(train_keeping_history(config), early)
             print(f"{norm}-norm, warmup {warmup}: {describe(grid[f'{norm}/warmup={warmup}'])}", file=sys.stderr)
 
     zoo = {}
@@ -127,7 +152,7 @@ def run(full: bool) -> lab.Outcome:
             **{"model.norm_position": "pre", "warmup_steps": warm_b, "learning_rate": lr, "schedule": schedule},
         )
         out = train_keeping_history(config)
-        zoo[schedule] = summarise(out)
+        zoo[schedule] = summarise(out, early)
         zoo[schedule]["factor"] = lr
         print(f"schedule {schedule}: {describe(zoo[schedule])}", file=sys.stderr)
 
@@ -173,7 +198,7 @@ def run(full: bool) -> lab.Outcome:
         "steps_b": steps_b,
         "warmup_b": warm_b,
         "model_b": zoo_model,
-        "early_window": list(EARLY),
+        "early_window": list(early),
         "grid": grid,
         "gap_post": gap_post if math.isfinite(gap_post) else None,
         "gap_pre": gap_pre if math.isfinite(gap_pre) else None,

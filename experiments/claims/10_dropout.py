@@ -49,9 +49,30 @@ SETUP = (
 RISE_MIN = 0.05  # dropout 0's val loss must end this far above its minimum to count as "turns up"
 
 
-def sizes(full: bool) -> dict:
-    if full:
-        return dict(
+def sizes(size: str) -> dict:
+    """The slice, the training and the dropout rates at each size; `overrides`: of the recipe's model, context and
+    batch (tiny: lab.TINY_LM)."""
+    return lab.pick(
+        size,
+        tiny=dict(
+            chars=9_500,
+            eval_fraction=2_500 / 9_500,
+            learning_rate=2e-3,
+            steps=12,
+            evals=4,
+            rates=(0.0, 0.1),
+            overrides=lab.TINY_LM,
+        ),
+        default=dict(
+            chars=9_500,
+            eval_fraction=2_500 / 9_500,
+            learning_rate=2e-3,
+            steps=500,
+            evals=20,
+            rates=(0.0, 0.1, 0.3),
+            overrides={},
+        ),
+        full=dict(
             chars=250_000,
             eval_fraction=0.2,
             learning_rate=1e-3,
@@ -66,15 +87,7 @@ def sizes(full: bool) -> dict:
                 "data.seq_len": 256,
                 "batch_size": 32,
             },
-        )
-    return dict(
-        chars=9_500,
-        eval_fraction=2_500 / 9_500,
-        learning_rate=2e-3,
-        steps=500,
-        evals=20,
-        rates=(0.0, 0.1, 0.3),
-        overrides={},
+        ),
     )
 
 
@@ -142,8 +155,8 @@ def summarize(rate: float, history: list[dict]) -> dict:
     )
 
 
-def run(full: bool) -> lab.Outcome:
-    s = sizes(full)
+def run(size: str) -> lab.Outcome:
+    s = sizes(size)
     runs = []
     with tempfile.TemporaryDirectory() as tmp, train_loss_without_dropout():
         path = os.path.join(tmp, "shakespeare_slice.txt")

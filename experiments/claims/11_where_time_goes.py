@@ -62,16 +62,18 @@ SETUP = (
 )
 
 FACTOR = 3.0  # the measured crossover counts as "matching" the FLOP prediction within this factor
-TARGET_S = 0.03  # one timing = enough back-to-back calls to last about this long
-BUDGET_PER_LENGTH_S = 15.0  # rounds per length: as many as fit this budget, between MIN and MAX
-MIN_ROUNDS, MAX_ROUNDS = 3, 15
 PIECES = ("core", "proj", "mha", "ffn")  # timed in both modes; "core_mm" forward only
 
 
-def sizes(full: bool) -> dict:
-    if full:
-        return dict(d_model=768, heads=12, batch=1, t_min=128, t_max=8192)
-    return dict(d_model=256, heads=4, batch=1, t_min=64, t_max=4096)
+def sizes(size: str) -> dict:
+    """The layer, the lengths t_min * 2^k up to t_max, and the timing: one timing = enough back-to-back calls to
+    last about `target_s`; per length, as many rounds as fit `budget_s`, within `rounds` (min, max)."""
+    return lab.pick(
+        size,
+        tiny=dict(d_model=32, heads=2, batch=1, t_min=512, t_max=1024, target_s=0.002, budget_s=0.1, rounds=(2, 3)),
+        default=dict(d_model=256, heads=4, batch=1, t_min=64, t_max=4096, target_s=0.03, budget_s=15.0, rounds=(3, 15)),
+        full=dict(d_model=768, heads=12, batch=1, t_min=128, t_max=8192, target_s=0.03, budget_s=15.0, rounds=(3, 15)),
+    )
 
 
 def lengths(t_min: int, t_max: int) -> list[int]:
@@ -171,9 +173,10 @@ def measure_length(T: int, s: dict, rng: random.Random) -> dict:
         fns[key] = (compiled, args)
         first = time_calls(compiled, args, 1)
         once = first if first > 1.0 else time_calls(compiled, args, 1)  # a call that slow needs no second warm-up
-        calls[key] = max(1, min(200, round(TARGET_S / once)))
+        calls[key] = max(1, min(200, round(s["target_s"] / once)))
         per_round += calls[key] * once
-    rounds = max(MIN_ROUNDS, min(MAX_ROUNDS, int(BUDGET_PER_LENGTH_S / per_round)))
+    min_rounds, max_rounds = s["rounds"]
+    rounds = max(min_rounds, min(max_rounds, int(s["budget_s"] / per_round)))
     times = {key: [] for key in fns}
     order = list(fns)
     for _ in range(rounds):
@@ -233,8 +236,8 @@ def nearest(Ts, T):
     return int(np.argmin(np.abs(np.log(np.asarray(Ts, float) / T))))
 
 
-def run(full: bool) -> lab.Outcome:
-    s = sizes(full)
+def run(size: str) -> lab.Outcome:
+    s = sizes(size)
     D, N = s["d_model"], s["heads"]
     F = 4 * D
     Ts = lengths(s["t_min"], s["t_max"])

@@ -67,9 +67,36 @@ SETUP = (
 QUALITY_MARGIN = 0.05  # GPT's val loss may exceed the LSTM's by at most this
 
 
-def sizes(full: bool) -> dict:
-    if full:
-        return dict(
+def sizes(size: str) -> dict:
+    return lab.pick(
+        size,
+        tiny=dict(
+            gpt=dict(num_layers=1, d_model=32, num_heads=2, d_ff=64),
+            lstm_layers=1,
+            time_batch=2,
+            lengths=(16, 32),
+            rounds=2,  # both orders of the models
+            min_measure_s=0.01,
+            context=32,
+            train_batch=8,
+            steps=20,  # a training loss is logged every 10 steps
+            eval_every=10,
+            eval_batch=256,  # the whole validation split in fewer calls
+        ),
+        default=dict(
+            gpt=dict(num_layers=4, d_model=128, num_heads=4, d_ff=512),
+            lstm_layers=2,
+            time_batch=8,
+            lengths=(32, 64, 128, 256, 512),
+            rounds=3,
+            min_measure_s=0.6,
+            context=64,
+            train_batch=12,
+            steps=500,
+            eval_every=125,
+            eval_batch=64,
+        ),
+        full=dict(
             gpt=dict(num_layers=6, d_model=384, num_heads=6, d_ff=1536),
             lstm_layers=2,
             time_batch=32,
@@ -81,19 +108,7 @@ def sizes(full: bool) -> dict:
             steps=5000,
             eval_every=500,
             eval_batch=64,
-        )
-    return dict(
-        gpt=dict(num_layers=4, d_model=128, num_heads=4, d_ff=512),
-        lstm_layers=2,
-        time_batch=8,
-        lengths=(32, 64, 128, 256, 512),
-        rounds=3,
-        min_measure_s=0.6,
-        context=64,
-        train_batch=12,
-        steps=500,
-        eval_every=125,
-        eval_batch=64,
+        ),
     )
 
 
@@ -273,8 +288,8 @@ def train(model: nnx.Module, s: dict, train_tokens: np.ndarray, val_tokens: np.n
     )
 
 
-def run(full: bool) -> lab.Outcome:
-    s = sizes(full)
+def run(size: str) -> lab.Outcome:
+    s = sizes(size)
     text = data.tfds_text("tiny_shakespeare", "train")
     tokenizer = data.CharTokenizer.from_text(text)
     train_tokens = tokenizer.encode(text)

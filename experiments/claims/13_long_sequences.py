@@ -74,9 +74,33 @@ STYLE = {
 }
 
 
-def sizes(full: bool) -> dict:
-    if full:
-        return dict(
+def sizes(size: str) -> dict:
+    """timed_up_to: the longest length timed per kernel ("dense" stands for the three dense-kernel variants)."""
+    return lab.pick(
+        size,
+        tiny=dict(
+            B=1,
+            N=1,
+            H=8,
+            window=16,
+            block=16,
+            lengths=[32, 64, 128],
+            timed_up_to=dict(dense=64, blockwise=64, blockwise_window=128),
+            rounds_cheap=2,
+            rounds=1,
+        ),
+        default=dict(
+            B=1,
+            N=4,
+            H=64,
+            window=256,
+            block=256,
+            lengths=[512, 1024, 2048, 4096, 8192, 16384, 32768],
+            timed_up_to=dict(dense=4096, blockwise=8192, blockwise_window=32768),
+            rounds_cheap=7,
+            rounds=3,
+        ),
+        full=dict(
             B=1,
             N=4,
             H=64,
@@ -86,17 +110,7 @@ def sizes(full: bool) -> dict:
             timed_up_to=dict(dense=16384, blockwise=32768, blockwise_window=65536),
             rounds_cheap=7,
             rounds=5,
-        )
-    return dict(
-        B=1,
-        N=4,
-        H=64,
-        window=256,
-        block=256,
-        lengths=[512, 1024, 2048, 4096, 8192, 16384, 32768],
-        timed_up_to=dict(dense=4096, blockwise=8192, blockwise_window=32768),  # dense = the three dense kernels
-        rounds_cheap=7,
-        rounds=3,
+        ),
     )
 
 
@@ -228,8 +242,8 @@ def slope(xs, ys) -> float:
     return float(np.polyfit(np.log(xs[-3:]), np.log(ys[-3:]), 1)[0])
 
 
-def run(full: bool) -> lab.Outcome:
-    s = sizes(full)
+def run(size: str) -> lab.Outcome:
+    s = sizes(size)
     times = {name: {} for name in VARIANTS}
     memory = {name: {} for name in VARIANTS}
     up_to = {name: s["timed_up_to"]["dense" if VARIANTS[name][1] else name] for name in VARIANTS}

@@ -54,12 +54,21 @@ PLATEAU_MAX = 0.03  # the largest model may sit at most this far above the hold-
 BOOTSTRAP = 1000
 
 
-def sizes(full: bool) -> dict:
-    if full:
-        shapes = [(1, 32), (2, 64), (3, 96), (4, 128), (4, 192), (6, 256), (6, 320), (6, 384)]
-        return dict(shapes=shapes, steps=3000, batch=16, seeds=(0, 1))
-    shapes = [(1, 16), (1, 32), (2, 48), (2, 64), (3, 96), (4, 128)]
-    return dict(shapes=shapes, steps=600, batch=12, seeds=(0,))
+def sizes(size: str) -> dict:
+    """shapes: (layers, d_model) per model, smallest first. Tiny: four shapes, the fewest that the hold-out fit
+    (three parameters from the others) and the bootstrap (four distinct sizes per sample) work with, and a batch
+    of 32 because the loop evaluates the whole validation split at the training batch size (fewer calls)."""
+    return lab.pick(
+        size,
+        tiny=dict(shapes=[(1, 8), (1, 16), (2, 16), (2, 32)], steps=10, batch=32, seeds=(0,)),
+        default=dict(shapes=[(1, 16), (1, 32), (2, 48), (2, 64), (3, 96), (4, 128)], steps=600, batch=12, seeds=(0,)),
+        full=dict(
+            shapes=[(1, 32), (2, 64), (3, 96), (4, 128), (4, 192), (6, 256), (6, 320), (6, 384)],
+            steps=3000,
+            batch=16,
+            seeds=(0, 1),
+        ),
+    )
 
 
 def overrides(layers: int, d: int, batch: int) -> dict:
@@ -142,10 +151,10 @@ def tail_slope(history: list[dict], fraction: float = 0.25) -> float:
     return float(100 * np.polyfit(steps, losses, 1)[0])
 
 
-def run(full: bool) -> lab.Outcome:
+def run(size: str) -> lab.Outcome:
     from jaxformer.training.tasks.lm import lm_model_fields, load_corpus
 
-    s = sizes(full)
+    s = sizes(size)
     probe = lab.lm_config(s["steps"], **overrides(*s["shapes"][0], s["batch"]))
     tokenizer, train_tokens, val_tokens = load_corpus(probe.data)
     fields = lm_model_fields(probe, tokenizer)

@@ -35,13 +35,21 @@ SETUP = (
     "sharp-pattern rule (the first four) with a score above every untrained head's value of that metric."
 )
 
-DEFAULT = dict(steps=1500, passages=32)
-FULL = dict(steps=2000, passages=64)
 MIN_QUERY = 8  # queries t >= 8 so that offsets 0..8 all exist and the trivial first rows do not dominate
 MAX_OFFSET = 8
 WINDOW = 32  # the figure shows the last 32 query / key positions of one passage
 DELIMITERS = set(" \n" + string.punctuation)
 SHARP = ("previous token", "offset", "current token", "delimiter", "word start")
+
+
+def sizes(size: str) -> dict:
+    """Training steps, passages analysed, and overrides of the recipe (tiny: lab.TINY_LM, 1 layer x 2 heads)."""
+    return lab.pick(
+        size,
+        tiny=dict(steps=10, passages=4, overrides=lab.TINY_LM),
+        default=dict(steps=1500, passages=32, overrides={}),
+        full=dict(steps=2000, passages=64, overrides={}),
+    )
 
 
 def head_metrics(maps: np.ndarray, delim: np.ndarray) -> list[list[dict]]:
@@ -113,9 +121,7 @@ def metric_of(lab_name: str) -> str:
 
 
 def passages(config, count: int) -> tuple[np.ndarray, object]:
-    from jaxformer.training.tasks.lm import load_corpus
-
-    tokenizer, _, eval_tokens = load_corpus(config.data)
+    tokenizer, _, eval_tokens = lab.load_tokens(config)
     T = config.data.seq_len
     rng = np.random.default_rng(123)
     starts = rng.choice(len(eval_tokens) - T, size=count, replace=False)
@@ -140,15 +146,15 @@ def counts(metrics: list[list[dict]]) -> dict:
     return out
 
 
-def run(full: bool) -> lab.Outcome:
-    size = FULL if full else DEFAULT
-    config = lab.lm_config(size["steps"])
-    tokens, tokenizer = passages(config, size["passages"])
+def run(size: str) -> lab.Outcome:
+    s = sizes(size)
+    config = lab.lm_config(s["steps"], **s["overrides"])
+    tokens, tokenizer = passages(config, s["passages"])
     texts = [tokenizer.decode(row) for row in tokens]
     delim = np.array([[c in DELIMITERS for c in text] for text in texts])
     assert delim.shape == tokens.shape, "char tokenizer: one character per token"
 
-    print(f"training shakespeare_char_cpu for {size['steps']} steps", flush=True)
+    print(f"training shakespeare_char_cpu for {s['steps']} steps", flush=True)
     out = lab.train_lm(config, keep_model=True)
     model = out["model"]
     init_model = type(model)(model.config, rngs=nnx.Rngs(config.seed))
@@ -189,8 +195,8 @@ def run(full: bool) -> lab.Outcome:
         f"L{layer}H{n} {m['label']} {m['score']:.2f}" for layer, row in enumerate(trained) for n, m in enumerate(row)
     )
     result = (
-        f"After {size['steps']} steps (val loss {out['final']['val_loss']:.3f}), the {L * N} heads on "
-        f"{size['passages']} validation passages: {table}. Counts: "
+        f"After {s['steps']} steps (val loss {out['final']['val_loss']:.3f}), the {L * N} heads on "
+        f"{s['passages']} validation passages: {table}. Counts: "
         + ", ".join(f"{k} {v}" for k, v in sorted(count_trained.items(), key=lambda kv: -kv[1]))
         + ". The untrained model: "
         + ", ".join(f"{k} {v}" for k, v in sorted(count_init.items(), key=lambda kv: -kv[1]))
@@ -204,8 +210,8 @@ def run(full: bool) -> lab.Outcome:
         + "."
     )
     numbers = {
-        "steps": size["steps"],
-        "passages": size["passages"],
+        "steps": s["steps"],
+        "passages": s["passages"],
         "val_loss": float(out["final"]["val_loss"]),
         "layers": L,
         "heads": N,
