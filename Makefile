@@ -42,7 +42,7 @@ demo: $(STAMP)
 
 # Default (fast) suite, in parallel. Heavier tests are marked `slow`.
 test: $(STAMP)
-	$(PY) -m pytest -n auto -q
+	$(PY) -m pytest -n auto -q --durations=15
 
 test-all: $(STAMP)
 	$(PY) -m pytest -n auto -q -m "slow or not slow"

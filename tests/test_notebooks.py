@@ -43,21 +43,11 @@ TINY = {
         NUM_TOKENS=8,
     ),
 }
-# Wall time of each notebook's run with TINY, kernel start included, measured one at a time with
-# `pytest -p no:xdist` on the busy 2-core dev machine (load average ~11): 01 52 s (27 s at load 7), 02 76 s,
-# 03 125 s, 04 121 s, 05 104 s, 06 62 s. Compilation, not computation, is nearly all of it: every training notebook
-# compiles a train step, an eval step and decoding (03: beam search twice; 04: claim 01's eight d_k; 05: three
-# models; 06: three meshes), so tinier sizes would not help. Together far over the ~90 s a default run may spend,
-# these are `slow` (`make test-all`); 01 (ops only) stays in the default suite and exercises the set-up cell and
-# the harness.
-SLOW = {
-    "02_train_gpt_shakespeare",
-    "03_seq2seq_beam_search",
-    "04_claims_tour",
-    "05_scaling_laws",
-    "06_sharding_and_checkpoints",
-    "07_pretrained_gpt2",
-}
+# Wall time of each notebook's run with TINY, kernel start included, one at a time (`pytest -p no:xdist`, jax
+# 0.12.1, the 2-core dev machine with one other job running, session 9): 01 14 s, 02 20 s, 03 29 s, 04 19 s,
+# 05 25 s, 06 15 s, 07 23 s; 146 s in all. Compilation, not computation, is nearly all of it. Every notebook runs in
+# the default suite, so that no refactor breaks one unseen (03 once failed for weeks with only a slow test to
+# notice).
 
 
 def name_of(path: str) -> str:
@@ -103,11 +93,7 @@ def test_notebook_is_stored_clean(path):
                 assert length <= 4, f"{node.name} ({length} lines): notebooks call jaxformer, they define no library"
 
 
-@pytest.mark.parametrize(
-    "path",
-    [pytest.param(p, marks=[pytest.mark.slow] if name_of(p) in SLOW else []) for p in NOTEBOOKS],
-    ids=name_of,
-)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=name_of)
 def test_notebook_runs_with_tiny_parameters(path, tmp_path, monkeypatch):
     nbclient = pytest.importorskip("nbclient")
     nb = nbformat.read(path, as_version=4)

@@ -25,11 +25,14 @@ def render(records: list[dict], figures_from: str, full: list[dict] = (), full_f
         "the recorded run on the machine its section names; a run that shared its CPU with other jobs took longer.",
         f"The {len(records)} records below took {sum(r['seconds'] for r in records) / 60:.0f} minutes in all.",
         "",
-        "| # | experiment | verdict | time | size |",
-        "|---|---|---|---:|---|",
+        "| # | experiment | verdict | time | size | ran on (CPU, vector extensions, cores, jax) |",
+        "|---|---|---|---:|---|---|",
     ]
     for i, r in enumerate(records, 1):
-        lines.append(f"| {i} | [{r['name']}](#{r['name']}) | {r['verdict']} | {r['seconds']:.0f} s | {r['size']} |")
+        lines.append(
+            f"| {i} | [{r['name']}](#{r['name']}) | {r['verdict']} | {r['seconds']:.0f} s | {r['size']} | "
+            f"{r['machine']} |"
+        )
     for r in records:
         figure = os.path.join(figures_from, r["figure"])
         lines += [
