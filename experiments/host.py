@@ -17,20 +17,17 @@ VECTOR_FLAGS = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "BF16", "am
 
 def cpu_info() -> dict[str, str | list[str]]:
     """{"model": the CPU's model name, "flags": its vector flags of VECTOR_FLAGS} (Linux; elsewhere the platform)."""
-    model, flags = platform.processor() or platform.machine(), []
+    fields = {}  # the first CPU's "model name" and "flags" lines
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    present = set(value.split())
-                    flags = [flag for flag in VECTOR_FLAGS if flag in present]
-                    break
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return {"model": model, "flags": flags}
+    present = set(fields.get("flags", "").split())
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    return {"model": model, "flags": [flag for flag in VECTOR_FLAGS if flag in present]}
 
 
 def vector_extensions(flags: list[str]) -> str:

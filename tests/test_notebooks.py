@@ -46,7 +46,7 @@ TINY = {
 # Wall time of each notebook's run with TINY, kernel start included, one at a time (`pytest -p no:xdist`, jax
 # 0.12.1, the 2-core dev machine with one other job running, session 9): 01 14 s, 02 20 s, 03 29 s, 04 19 s,
 # 05 25 s, 06 15 s, 07 23 s; 146 s in all. Compilation, not computation, is nearly all of it. Every notebook runs in
-# the default suite, so that no refactor breaks one unseen (03 once failed for weeks with only a slow test to
+# the default suite, so that no refactor breaks one unseen (03 once failed unseen, with only a slow test to
 # notice).
 
 

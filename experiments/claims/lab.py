@@ -14,8 +14,9 @@ seconds, size, machine) and `<out>/<name>.png`. `report.py` turns those files in
 the report is typed by hand.
 
 The sizes: "default" is the recorded run (a 2-core CPU, minutes); "full" is for an accelerator; "tiny" exercises
-every line of the experiment in seconds (tests/test_claims.py runs it in the default suite, so no refactor breaks
-a claim unseen). A tiny run's verdict is not evidence: its models are too small and too briefly trained.
+every line of the experiment in seconds to a minute, mostly compiles (tests/test_claims.py runs it in the default
+suite, so no refactor breaks a claim unseen). A tiny run's verdict is not evidence: its models are too small and
+too briefly trained.
 
 Experiments that train a language model use `lm_config` + `train_lm`: the library's own training loop
 (`jaxformer.training.train_and_evaluate`) on tiny Shakespeare from tfds, in a temporary workdir.
@@ -85,6 +86,8 @@ def main(module: ModuleType) -> dict:
 
 def record(module: ModuleType, size: str, out: str) -> dict:
     """Runs `module`'s claim at `size`, writes `<out>/<name>.json` and `<out>/<name>.png`; returns the record."""
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {SIZES}; got {size!r}.")
     import matplotlib
 
     matplotlib.use("Agg")  # a script writes files only; imported in a notebook, plots stay inline
