@@ -47,9 +47,11 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -n auto -q -m "slow or not slow"
 
+# ruff, then the import contracts in pyproject.toml (import-linter): imports point one way, no cycles.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
@@ -63,4 +65,4 @@ claims: $(STAMP)
 	$(PY) experiments/claims/run_all.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .import_linter_cache

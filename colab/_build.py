@@ -295,10 +295,10 @@ print(f"steps {config.num_steps}, batch {config.batch_size}, context {config.dat
 
 `config.mesh` names the sizes of the `data`, `fsdp` and `tensor` axes (`-1` takes the devices left):
 by default every device does data parallelism. `train_and_evaluate` builds the same mesh with
-`jaxformer.training.sharding.mesh_from_config`; notebook 06 shows the other layouts.
+`jaxformer.sharding.mesh_from_config`; notebook 06 shows the other layouts.
 """),
         code("""
-from jaxformer.training import sharding
+from jaxformer import sharding
 
 mesh = sharding.mesh_from_config(config.mesh)
 print("config.mesh:", config.mesh.to_dict(), "->", dict(mesh.shape), f"over {jax.device_count()} device(s)")
@@ -348,7 +348,7 @@ print(open(f"{WORKDIR}/samples.txt").read())
 import numpy as np
 
 from jaxformer.decoding import generate
-from jaxformer.training.tasks.lm import load_trained
+from jaxformer.training.trained import load_trained
 
 model, tokenizer, _ = load_trained(WORKDIR)
 prompt = jax.numpy.asarray([tokenizer.encode(PROMPT)], jax.numpy.int32)
@@ -397,21 +397,17 @@ print(open(f"{WORKDIR}/samples.txt").read())
         md("""
 ## Load the trained model
 
-`jaxformer.training.tasks.lm.load_trained` does this for language models; for another task the pieces are
-public: the task (`make_task`) gives the model config and class, `build_optimizer` the optimizer,
+`jaxformer.training.trained.load_trained` does this for language models; for another task the pieces are
+public: `build_run(config)` gives the task, the model (`run.make_model()`) and the optimizer,
 `create_train_state` a template for the checkpoint, and `merge` the model in eval mode.
 """),
         code("""
-from flax import nnx
-
-from jaxformer.training import build_optimizer, create_train_state, merge
+from jaxformer.training import build_run, create_train_state, merge
 from jaxformer.training.checkpoints import Checkpointer
-from jaxformer.training.tasks import make_task
 
-task = make_task(config)  # the same generated data and model fields as the run
-model_cfg = task.model_config()
-_, optimizer = build_optimizer(config, d_model=model_cfg.d_model)
-graphs, template = create_train_state(task.model_class(model_cfg, rngs=nnx.Rngs(config.seed)), optimizer)
+run = build_run(config)  # the same generated data, model fields and optimizer as the run
+task = run.task
+graphs, template = create_train_state(run.make_model(), run.optimizer)
 with Checkpointer(f"{WORKDIR}/checkpoints") as checkpoints:
     state, _ = checkpoints.restore(template)
 model = merge(graphs.eval, state)
@@ -588,7 +584,7 @@ notebook(
     "06_sharding_and_checkpoints.ipynb",
     "06 · Meshes, parameter shardings and checkpoints that move between meshes",
     """
-`jaxformer.training.sharding` lays a run out on a `data` x `fsdp` x `tensor` device mesh: one table maps each
+`jaxformer.sharding` lays a run out on a `data` x `fsdp` x `tensor` device mesh: one table maps each
 parameter's logical axes (`embed`, `heads`, `mlp`, `vocab`, ...) to mesh axes. We build three meshes, look at
 where the parameters go, train a few steps on one mesh, save an orbax checkpoint with
 `jaxformer.training.checkpoints.Checkpointer`, restore it onto a different mesh, and size runs with
@@ -636,7 +632,7 @@ every device; `-1` takes the devices left.
         code("""
 import math
 
-from jaxformer.training import sharding
+from jaxformer import sharding
 
 n = jax.device_count()
 shapes = {"data": (n, 1, 1), "fsdp": (1, n, 1), f"2x2x{n // 4}": (2, 2, n // 4)}
@@ -660,15 +656,12 @@ for logical, mesh_axes in sharding.LOGICAL_AXIS_RULES:
         md("""
 ## A sharded train state on each mesh
 
-`create_sharded_train_state(make_model, optimizer, mesh)` builds the model abstractly, reads the logical axes and
+`runner.init_state(make_model, optimizer, mesh)` builds the model abstractly, reads the logical axes and
 initialises parameters and optimizer state straight into their shardings (no device ever holds a full copy).
 """),
         code("""
-from flax import nnx
-
 from jaxformer.configs import load_config
-from jaxformer.training import build_optimizer
-from jaxformer.training.tasks import make_task
+from jaxformer.training import build_run, runner
 
 config = load_config("shakespeare_char_cpu")
 # A Python loop of layers, so that each layer's weights are their own 2-D arrays below (the recipe scans its layers:
@@ -676,11 +669,9 @@ config = load_config("shakespeare_char_cpu")
 config.model.update(d_model=D_MODEL, num_layers=NUM_LAYERS, num_heads=NUM_HEADS, d_ff=4 * D_MODEL, scan_layers=False)
 config.data.seq_len = SEQ_LEN
 config.update(batch_size=BATCH_SIZE, num_steps=STEPS + CONTINUE_STEPS, warmup_steps=0)
-task = make_task(config)  # tiny Shakespeare and the char tokenizer; task.train_data() is its grain input
-model_cfg = task.model_config()
-schedule, optimizer = build_optimizer(config, d_model=model_cfg.d_model)
-make_model = lambda: task.model_class(model_cfg, rngs=nnx.Rngs(config.seed))
-states = {name: sharding.create_sharded_train_state(make_model, optimizer, mesh) for name, mesh in meshes.items()}
+run = build_run(config)  # tiny Shakespeare and the char tokenizer; run.task.train_data() is its grain input
+task = run.task
+states = {name: runner.init_state(run.make_model, run.optimizer, mesh) for name, mesh in meshes.items()}
 
 first = next(iter(states.values()))[1]
 print(f"{'parameter':44s}{'shape':14s}" + "".join(f"{name:22s}" for name in meshes))
@@ -709,7 +700,7 @@ from jaxformer.training import make_train_step
 names = list(meshes)
 source, target = names[1 % len(names)], names[-1]  # fsdp -> 2x2x2 on 8 devices
 steps = {
-    name: make_train_step(graphs, optimizer, schedule, task.loss, state_shardings=shardings,
+    name: make_train_step(graphs, run.optimizer, run.schedule, task.loss, state_shardings=shardings,
                           batch_sharding=sharding.batch_sharding(meshes[name]))
     for name, (graphs, _, shardings) in states.items()
 }
@@ -830,7 +821,7 @@ print({key: round(value, 4) for key, value in final.items() if isinstance(value,
 """),
         md("## Generate again, from the fine-tuned checkpoint"),
         code("""
-from jaxformer.training.tasks.lm import load_trained
+from jaxformer.training.trained import load_trained
 
 tuned, tuned_tokenizer, _ = load_trained(WORKDIR)
 print(sample_text(tuned, tuned_tokenizer, PROMPT, NUM_TOKENS, seed=0, temperature=0.8, top_k=50))

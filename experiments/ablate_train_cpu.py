@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -37,16 +36,14 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 import jaxformer.ops as ops
 import jaxformer.ops.activations as activations
-from jaxformer.models import GPT
-from jaxformer.training import build_optimizer, create_train_state, make_train_step
-from jaxformer.training.tasks import build_model_config
+from jaxformer.training import build_run, create_train_state, make_train_step
 from jaxformer.training.tasks.lm import lm_loss
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import host
 from bench_train import recipe_config  # experiments/ is not a package
 
 
@@ -159,9 +156,9 @@ def compiled_step(config, variant: str, vocab: int, batch):
     config = config.copy_and_resolve_references()
     config.model.update(CONFIG_VARIANTS.get(variant, {}))
     with patched(variant):
-        model_cfg = build_model_config(config, {"vocab_size": vocab, "max_len": config.data.seq_len})
-        schedule, optimizer = build_optimizer(config, d_model=model_cfg.d_model)
-        graphs, state = create_train_state(GPT(model_cfg, rngs=nnx.Rngs(config.seed)), optimizer)
+        run = build_run(config, data_fields={"vocab_size": vocab, "max_len": config.data.seq_len})
+        schedule, optimizer = run.schedule, run.optimizer
+        graphs, state = create_train_state(run.make_model(), optimizer)
         step = make_train_step(graphs, optimizer, schedule, lm_loss)
         start = time.perf_counter()
         compiled = step.lower(state, batch).compile()
@@ -218,10 +215,10 @@ def main():
         "batch": B,
         "seq": T,
         "jax": jax.__version__,
-        "machine": platform.processor() or platform.machine(),
+        "machine": host.describe(),
         "variants": {},
     }
-    print(f"\n{config.name}, {B}x{T}, jax {jax.__version__}: median of {args.rounds} x {args.steps_per_round} steps")
+    print(f"\n{config.name}, {B}x{T}, {result['machine']}: median of {args.rounds} x {args.steps_per_round} steps")
     print("| variant | step ms | vs baseline | compile s |")
     print("|---|---:|---:|---:|")
     for v in variants:

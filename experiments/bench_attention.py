@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
 import resource
 import statistics
@@ -31,6 +30,7 @@ import subprocess
 import sys
 import time
 
+import host
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -184,7 +184,7 @@ def block_size_sweep(T: int, block_sizes, repeats: int, B=1, N=8, H=64) -> list[
 
 
 def print_tables(dense_rows, block_rows):
-    print(f"\njax {jax.__version__}, {platform.machine()}, {jax.devices()[0].device_kind}, float32, causal\n")
+    print(f"\n{host.describe()}, {jax.devices()[0].device_kind}, float32, causal\n")
     if dense_rows:
         print_dense_table(dense_rows)
     if block_rows:
@@ -257,14 +257,14 @@ def main():
         rows = block_size_sweep(4096, [128, 256, 512, 1024], repeats=5)
         if args.json:
             with open(args.json, "w") as f:
-                json.dump({"jax": jax.__version__, "block_size_sweep": rows}, f, indent=1)
+                json.dump({"jax": jax.__version__, "host": host.describe(), "block_size_sweep": rows}, f, indent=1)
         return
     if args.part == "packed" or args.smoke:
         rows = packed_comparison(128, 24, 16, 2, N=2, H=8) if args.smoke else packed_comparison(8192, 512, 512, 5)
         if args.part == "packed":
             if args.json:
                 with open(args.json, "w") as f:
-                    json.dump({"jax": jax.__version__, "packed": rows}, f, indent=1)
+                    json.dump({"jax": jax.__version__, "host": host.describe(), "packed": rows}, f, indent=1)
             return
     if args.smoke:
         dense = dense_comparison([(2, 32, 2, 8), (1, 64, 2, 8)], 3, 3, block_size=16)
@@ -278,7 +278,8 @@ def main():
     print_tables(dense, block)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"jax": jax.__version__, "dense": dense, "blockwise": block}, f, indent=1)
+            record = {"jax": jax.__version__, "host": host.describe(), "dense": dense, "blockwise": block}
+            json.dump(record, f, indent=1)
 
 
 if __name__ == "__main__":

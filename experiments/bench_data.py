@@ -124,10 +124,10 @@ def pipeline_rate(store, batch_size: int, seq_len: int, *, num_workers: int = 0,
 def gpu_recipe_need() -> dict:
     """Tokens/s the GPU recipe's train step would consume on the H100 of BENCHMARKS.md, at 100% and 41% MFU."""
     from jaxformer.configs import load_config
-    from jaxformer.training.tasks import build_model_config
+    from jaxformer.training import build_run
 
     config = load_config("shakespeare_char")
-    cfg = build_model_config(config, {"vocab_size": 65, "max_len": config.data.seq_len})
+    cfg = build_run(config, data_fields={"vocab_size": 65, "max_len": config.data.seq_len}).model_config
     d, layers, t, v = cfg.d_model, cfg.num_layers, config.data.seq_len, cfg.vocab_size
     per_layer = 4 * d * d + 2 * d * cfg.d_ff  # attention and FFN matrices (biases and norms are negligible)
     n = layers * per_layer + v * d  # non-embedding-position parameters, tied output head
@@ -167,9 +167,11 @@ def main() -> None:
     result: dict = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
     }
+    import host
     import jax
 
-    result["machine"]["jax"] = jax.__version__
+    result["machine"].update(jax=jax.__version__, host=host.describe())
+    print(result["machine"]["host"])
 
     corpus = make_corpus(corpus_dir, args.gb, args.file_mb, args.seed_text)
     result["corpus"] = corpus

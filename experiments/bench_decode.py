@@ -20,10 +20,10 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import platform
 import statistics
 import time
 
+import host
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -125,11 +125,12 @@ def main():
         rows = run([1, 2], new_tokens=8, prompt_len=4, rounds=1)
     else:
         rows = run([1, 8], new_tokens=512, prompt_len=16, rounds=5)
-    print(f"\n{platform.processor() or platform.machine()}, jax {jax.__version__}, backend {jax.default_backend()}\n")
+    print(f"\n{host.describe()}, backend {jax.default_backend()}\n")
     print(table(rows))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"jax": jax.__version__, "backend": jax.default_backend(), "rows": rows}, f, indent=1)
+            record = {"jax": jax.__version__, "host": host.describe(), "backend": jax.default_backend(), "rows": rows}
+            json.dump(record, f, indent=1)
 
 
 if __name__ == "__main__":

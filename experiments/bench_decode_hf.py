@@ -41,13 +41,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
+import host
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -327,8 +327,8 @@ def main():
     rows = run(models, modes, batches, prompt_len, new, rounds, args.smoke, sampling)
     load_after = os.getloadavg()
     machine = (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} "
-        f"(backend {jax.default_backend()}), torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"{host.describe()} (backend {jax.default_backend()}), torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), "
         f"transformers {transformers.__version__}; 1-minute load average {load_before[0]:.2f} before, "
         f"{load_after[0]:.2f} after"
     )

@@ -16,7 +16,7 @@ killed part-way still leaves the parts it finished):
    The JSON also holds the mean time of 20 calls queued back to back (`*_queued_ms`: no per-call dispatch).
    Correctness: rel_err = ||out - ref|| / ||ref|| against the same call in float32 (the bf16 inputs upcast, XLA,
    matmul precision "highest"); for the backward the largest of the three rel_errs of dq, dk, dv.
-3. train: the real `jaxformer.training` train step (AdamW, clipping, schedule, as `build` / `create_train_state` /
+3. train: the real `jaxformer.training` train step (AdamW, clipping, schedule, as `build_run` / `create_train_state` /
    `make_train_step` make it) of `gpt2-small` with bf16 compute, float32 parameters, dropout 0, on random tokens
    (vocab 50257), batch 16 x 1024, for attention_impl "xla" and "cudnn" (`--train_impls`). Compile time = lower +
    compile (AOT) of the step; then 3 warm-up steps and the median of 20 steps (each waited on via its metrics).
@@ -51,13 +51,13 @@ from flax import nnx
 from jaxformer import ops
 from jaxformer.decoding import generate
 from jaxformer.models import GPT, ModelConfig
-from jaxformer.training import build_optimizer, create_train_state, make_train_step
+from jaxformer.training import build_run, create_train_state, make_train_step
 from jaxformer.training.defaults import default_config
-from jaxformer.training.tasks import build_model_config
 from jaxformer.training.tasks.lm import lm_loss
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import trace_summary  # experiments/ is not a package
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # experiments/ is not a package
+import host
+import trace_summary
 
 PARTS = ("peak", "attention", "train", "decode")
 
@@ -207,9 +207,9 @@ def compiled_memory(compiled) -> dict | None:
 def bench_train_step(impl: str, args, peak_tflops: float | None) -> dict:
     config = train_config(impl, args.batch, args.seq, args.scan_layers, args.smoke, args.remat, args.vocab_multiple)
     B, T = config.batch_size, config.data.seq_len
-    model_cfg = build_model_config(config, {"vocab_size": args.vocab, "max_len": T})
-    schedule, optimizer = build_optimizer(config, d_model=model_cfg.d_model)
-    graphs, state = create_train_state(GPT(model_cfg, rngs=nnx.Rngs(config.seed)), optimizer)
+    run = build_run(config, data_fields={"vocab_size": args.vocab, "max_len": T})
+    model_cfg, schedule, optimizer = run.model_config, run.schedule, run.optimizer
+    graphs, state = create_train_state(run.make_model(), optimizer)
     train_step = make_train_step(graphs, optimizer, schedule, lm_loss)
     rng = np.random.default_rng(0)
     batches = []
@@ -450,6 +450,7 @@ def main():
             "optax": optax.__version__,
             "python": platform.python_version(),
             "machine": platform.machine(),
+            "host": host.describe(),
             "smoke": args.smoke,
             "argv": sys.argv[1:],
         },

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -30,16 +29,14 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from jaxformer.configs import load_config
-from jaxformer.models import GPT
-from jaxformer.training import build_optimizer, create_train_state, make_train_step
-from jaxformer.training.tasks import build_model_config
+from jaxformer.training import build_run, create_train_state, make_train_step
 from jaxformer.training.tasks.lm import lm_loss
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import trace_summary  # experiments/ is not a package
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # experiments/ is not a package
+import host
+import trace_summary
 
 
 def recipe_config(name: str, *, wide: bool = False, smoke: bool = False):
@@ -58,9 +55,9 @@ def recipe_config(name: str, *, wide: bool = False, smoke: bool = False):
 
 def recipe_step(config, vocab_size: int):
     """(model config, train state, the jitted train step, a function drawing a random-token batch) for `config`."""
-    model_cfg = build_model_config(config, {"vocab_size": vocab_size, "max_len": config.data.seq_len})
-    schedule, optimizer = build_optimizer(config, d_model=model_cfg.d_model)
-    graphs, state = create_train_state(GPT(model_cfg, rngs=nnx.Rngs(config.seed)), optimizer)
+    run = build_run(config, data_fields={"vocab_size": vocab_size, "max_len": config.data.seq_len})
+    model_cfg, schedule, optimizer = run.model_config, run.schedule, run.optimizer
+    graphs, state = create_train_state(run.make_model(), optimizer)
     B, T = config.batch_size, config.data.seq_len
     rng = np.random.default_rng(0)
 
@@ -171,7 +168,7 @@ def main():
         "mfu_max": mfus[-1],
         "jax": jax.__version__,
         "backend": jax.default_backend(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": host.describe(),
         "profile": profile,
     }
     print(json.dumps({k: v for k, v in result.items() if k != "profile"}, indent=1))

@@ -30,6 +30,7 @@ import numpy as np
 from jax.extend import core as jex_core
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import host
 from bench_train import matmul_flops_per_s, model_flops_per_step, recipe_config, recipe_step  # not a package
 
 
@@ -148,6 +149,7 @@ def main():
         "mfu": model_flops / step_s / peak,
         "dots": dot_rows,
         "jax": jax.__version__,
+        "host": host.describe(),
     }
     for row in dot_rows:
         print(

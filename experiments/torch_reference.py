@@ -231,7 +231,7 @@ def recipe_meta(config, model_cfg, tokenizer) -> dict:
         "end_learning_rate": config.end_learning_rate,
         "b1": opt.b1,
         "b2": opt.b2,
-        "eps": 1e-8,  # optimizers.make_optimizer's default, which build_optimizer keeps
+        "eps": 1e-8,  # optimizers.make_optimizer's default, which optimizers.from_config keeps
         "weight_decay": opt.weight_decay,
         "clip_norm": opt.clip_norm or None,
         "log_every": config.log_every,
@@ -249,27 +249,15 @@ def export_recipe(path: str, config) -> dict:
     what the torch side needs to `path` (.npz); also checks the NumPy batch code against jaxformer's pipeline."""
     import jax
     import jax.numpy as jnp
-    from flax import nnx
 
-    from jaxformer.training import sharding
-    from jaxformer.training.optimizers import build_optimizer
-    from jaxformer.training.runner import StepRunner
-    from jaxformer.training.state import merge
-    from jaxformer.training.tasks import make_task
+    from jaxformer import sharding
+    from jaxformer.training import StepRunner, build_run, merge
 
-    task = make_task(config)
-    model_cfg = task.model_config()
+    run = build_run(config)
+    config, task, model_cfg, schedule = run.config, run.task, run.model_config, run.schedule  # config completed
     check_supported(config, model_cfg)
-    schedule, optimizer = build_optimizer(config, d_model=model_cfg.d_model)
-    mesh = sharding.mesh_from_config(config.get("mesh", {}))
-    runner = StepRunner(
-        config.get("parallel", "jit"),
-        lambda: task.model_class(model_cfg, rngs=nnx.Rngs(config.seed)),
-        optimizer,
-        schedule,
-        task.loss,
-        mesh=mesh,
-    )
+    mesh = sharding.mesh_from_config(config.mesh)
+    runner = StepRunner(config.parallel, run.make_model, run.optimizer, schedule, task.loss, mesh=mesh)
     state = runner.initial_state
     meta = recipe_meta(config, model_cfg, task.tokenizer)
     meta["decayed"] = decayed_names(state.params, model_cfg, config.optimizer.decay_embeddings)

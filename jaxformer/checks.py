@@ -6,9 +6,11 @@ Conventions:
   * The array checks run at trace time on static shapes and dtypes, so they cost nothing inside `jax.jit`; a check
     on values runs only when the value is known at trace time (see `concrete_or_none`).
   * A check returns the validated value in the form the caller should use (a jax array, a Python int, ...).
-  * ValueError for a value out of its range (including an int check given a float, as `check_positive_int` always
-    did); TypeError for the wrong kind of object: a string where a number is expected, an int where a PRNG key is,
-    an integer array where a floating one is.
+  * ValueError for a value out of its range, including a number that is no valid int for an int check (2.5 or
+    True where a count is expected, as `check_positive_int` always did) and a name that is none of the choices;
+    TypeError for the wrong kind of object: a string or None where a number is expected, anything but a string
+    where a name is (`check_choice`), an int where a PRNG key is, an integer array where a floating one is (and
+    the reverse), a non-boolean array where a mask is.
 
 This module imports only jax and NumPy (nothing else of jaxformer), so every layer can use it, and
 `jaxformer.ops` stays importable on its own.
@@ -183,11 +185,66 @@ def check_float_dtype(name: str, dtype) -> np.dtype:
 # -- Python scalars -------------------------------------------------------------------------------------------------
 
 
-def check_positive_int(name: str, value) -> int:
-    """A Python or NumPy int > 0 (not a bool), as a Python int."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive int; got {value!r}.")
+def _is_number(value) -> bool:
+    """A Python or NumPy scalar number (bools included: `True` is a number that is no valid count)."""
+    return isinstance(value, (bool, int, float, np.bool_, np.integer, np.floating))
+
+
+def check_int(name: str, value, *, low: int | None = None, high: int | None = None, expected: str = "") -> int:
+    """A Python or NumPy int (not a bool) in [low, high] (None: unbounded on that side), as a Python int.
+
+    ValueError for a number that is no such int (a float, a bool, one out of range); TypeError for what is no
+    number at all (a string, None, an array). `expected` words the requirement in the message (default: "an int",
+    with the bounds); both errors read "`name` must be <expected>; got <value>.".
+    """
+    if not expected:
+        if low is not None and high is not None:
+            expected = f"an int in [{low}, {high}]"
+        elif low is not None:
+            expected = f"an int >= {low}"
+        elif high is not None:
+            expected = f"an int <= {high}"
+        else:
+            expected = "an int"
+    message = f"`{name}` must be {expected}; got {value!r}."
+    if not _is_number(value):
+        raise TypeError(message)
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, (int, np.integer))
+        or (low is not None and value < low)
+        or (high is not None and value > high)
+    ):
+        raise ValueError(message)
     return int(value)
+
+
+def check_positive_int(name: str, value, what: str = "") -> int:
+    """A Python or NumPy int > 0 (not a bool), as a Python int; `what` is appended to the requirement (e.g.
+    " or None"). ValueError for any other number (0, -1, 2.5, True), TypeError for what is no number."""
+    return check_int(name, value, low=1, expected=f"a positive int{what}")
+
+
+def check_positive_int_or_minus_one(name: str, value, meaning: str) -> int:
+    """A Python or NumPy int > 0, or -1 where -1 has a `meaning` (e.g. "the rest" for a mesh axis size), as a
+    Python int; ValueError for any other number, TypeError for what is no number."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value == -1:
+        return -1
+    return check_int(name, value, low=1, expected=f"a positive int or -1 ({meaning})")
+
+
+def check_choice(name: str, value, choices: Sequence[str]) -> str:
+    """One of the names `choices` (an option such as "rope" or "layernorm"), as given.
+
+    TypeError for what is no string, ValueError for a string that is none of them; both messages read
+    "name=<value>; choose one of <choices>." (`name` is written as given, e.g. "BlockConfig.norm").
+    """
+    message = f"{name}={value!r}; choose one of {choices}."
+    if not isinstance(value, str):
+        raise TypeError(message)
+    if value not in choices:
+        raise ValueError(message)
+    return value
 
 
 def _real(name: str, value) -> float | None:
@@ -256,15 +313,14 @@ def check_rate(name: str, value) -> float:
 
 
 def check_nonnegative_int(name: str, value) -> int:
-    """A Python or NumPy int >= 0 (not a bool), as a Python int.
+    """A Python or NumPy int >= 0 (not a bool), as a Python int; ValueError for any other number, TypeError for
+    what is no number.
 
     Also accepts a 0-d integer NumPy array (what a restored checkpoint may hold).
     """
     if isinstance(value, np.ndarray) and value.ndim == 0 and np.issubdtype(value.dtype, np.integer):
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ValueError(f"`{name}` must be a non-negative int; got {value!r}.")
-    return int(value)
+    return check_int(name, value, low=0, expected="a non-negative int")
 
 
 # -- Attention inputs -----------------------------------------------------------------------------------------------
@@ -321,16 +377,20 @@ def check_value(value, query, key) -> None:
 
 
 def check_segment_ids(
-    segment_ids, B: int, T: int, S: int, *, allow_pair: bool = True
+    segment_ids, B: int | None = None, T: int | None = None, S: int | None = None, *, allow_pair: bool = True
 ) -> tuple[jax.Array, jax.Array] | tuple[None, None]:
-    """Validates the `segment_ids` argument of an attention kernel; returns (q_ids [B, T], kv_ids [B, S]) as int32.
+    """The one check of packed-sequence segment ids (tokens attend only within equal ids): `ops.segment_mask`, the
+    blockwise and splash kernels and `nn.MultiHeadAttention` all call it. Returns (q_ids [B, T], kv_ids [B, S]),
+    the integer arrays as given (the same array twice for self-attention), or (None, None) for None.
 
-    `segment_ids` is None (returns (None, None)), one integer array [B, T] for self-attention (T == S), or, when
-    `allow_pair`, a pair (q_segment_ids [B, T], kv_segment_ids [B, S]) for cross-attention. A kernel that supports
-    only self-attention passes `allow_pair=False`.
+    `segment_ids` is None, one integer array [B, T] for self-attention (the keys are the queries, T == S), or,
+    when `allow_pair`, a pair (q_segment_ids [B, T], kv_segment_ids [B, S]) (a tuple or list) for
+    cross-attention; a kernel that supports only self-attention passes `allow_pair=False`. B, T and S are the
+    sizes the ids must have; left None, any sizes do (rank 2, and a pair's two batch sizes must agree).
     """
     if segment_ids is None:
         return None, None
+    sized = B is not None
     if isinstance(segment_ids, (tuple, list)):
         if not allow_pair:
             raise ValueError(
@@ -342,56 +402,73 @@ def check_segment_ids(
                 f"`segment_ids` must be an array [B, T] or a pair (q [B, T], kv [B, S]); got "
                 f"a sequence of length {len(segment_ids)}."
             )
-        q_ids = check_array("segment_ids", segment_ids[0])
-        kv_ids = check_array("segment_ids", segment_ids[1])
+        given = (("q_segment_ids", segment_ids[0], "T", T), ("kv_segment_ids", segment_ids[1], "S", S))
     else:
-        if T != S:
+        if sized and T != S:
             hint = " Pass a pair (q_segment_ids, kv_segment_ids)." if allow_pair else ""
             raise ValueError(f"A single `segment_ids` array is for self-attention (T == S); got T={T}, S={S}.{hint}")
-        q_ids = kv_ids = check_array("segment_ids", segment_ids)
-    for name, x, want, dims in (
-        ("segment_ids (query)", q_ids, (B, T), f"the query positions' shape [B={B}, T={T}]"),
-        ("segment_ids (key)", kv_ids, (B, S), f"the key positions' shape [B={B}, S={S}]"),
-    ):
+        given = (("segment_ids", segment_ids, "T", T),)
+    ids = []
+    for name, x, length_name, length in given:
+        x = check_array(name, x)
         check_integer(name, x)
-        if x.shape != want:
-            raise ValueError(f"`{name}` must have shape {shape_str(want)}, {dims}; got {shape_str(x.shape)}.")
-    return q_ids.astype(jnp.int32), kv_ids.astype(jnp.int32)
+        if not sized:
+            check_rank(name, x, 2, f"[B, {length_name}]")
+        elif x.shape != (B, length):
+            raise ValueError(f"`{name}` must be [B={B}, {length_name}={length}]; got shape {shape_str(x.shape)}.")
+        ids.append(x)
+    q_ids, kv_ids = ids[0], ids[-1]
+    if q_ids.shape[0] != kv_ids.shape[0]:
+        raise ValueError(
+            f"`q_segment_ids` and `kv_segment_ids` must have the same batch size; got shapes "
+            f"{shape_str(q_ids.shape)} and {shape_str(kv_ids.shape)}."
+        )
+    return q_ids, kv_ids
 
 
 # -- Host-side data (NumPy) -----------------------------------------------------------------------------------------
 
 
-def check_token_array(name: str, tokens) -> np.ndarray:
-    """A 1-D array of integer token ids in [0, 2**31), as int32 NumPy."""
-    arr = np.asarray(tokens)
+def check_int_vector(name: str, values, what: str = "token ids") -> np.ndarray:
+    """A 1-D NumPy array of integers (`what` says what they are: "token ids", "document starts", ...), as given.
+
+    ValueError for another rank; TypeError for a non-integer dtype (a float array where ids are expected) and for
+    what is no array at all (None, a string). An empty array may have any dtype (`np.asarray([])` is float64).
+    """
+    if values is None or isinstance(values, (str, bytes, dict, set)):
+        raise TypeError(f"`{name}` must be a 1-D array of {what}; got {_short(values)} ({type(values).__name__}).")
+    arr = np.asarray(values)
     if arr.ndim != 1:
-        raise ValueError(f"`{name}` must be a 1-D array of token ids; got shape {arr.shape}.")
+        raise ValueError(f"`{name}` must be a 1-D array of {what}; got shape {shape_str(arr.shape)}.")
     if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"`{name}` must hold integer token ids; got dtype {arr.dtype}.")
+        raise TypeError(f"`{name}` must hold integer {what}; got dtype {arr.dtype}.")
+    return arr
+
+
+def check_token_array(name: str, tokens) -> np.ndarray:
+    """A 1-D array of integer token ids in [0, 2**31), as int32 NumPy (see `check_int_vector` for the errors)."""
+    arr = check_int_vector(name, tokens)
     if arr.size and (arr.min() < 0 or arr.max() > np.iinfo(np.int32).max):
         raise ValueError(f"`{name}` must hold token ids in [0, 2**31); got values in [{arr.min()}, {arr.max()}].")
     return arr.astype(np.int32, copy=False)
 
 
 def check_token_id(name: str, value, vocab_size: int, what: str = "a token id") -> int:
-    """One token id (an eos / bos / pad / [MASK] id): a Python or NumPy int in [0, vocab_size), as a Python int."""
+    """One token id (an eos / bos / pad / [MASK] id): a Python or NumPy int in [0, vocab_size), as a Python int;
+    ValueError for any other number, TypeError for what is no number."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"`{name}` must be {what}, an int in [0, vocab_size={vocab_size}); got {_short(value)}.")
+        message = f"`{name}` must be {what}, an int in [0, vocab_size={vocab_size}); got {_short(value)}."
+        raise (ValueError if _is_number(value) else TypeError)(message)
     if not 0 <= value < vocab_size:
         raise ValueError(f"`{name}` must be {what}, in [0, vocab_size={vocab_size}); got {value}.")
     return int(value)
 
 
 def check_token_ids(ids, vocab_size: int) -> np.ndarray:
-    """Checks that `ids` is a 1-D array of ints in [0, vocab_size)."""
-    arr = np.asarray(ids)
-    if arr.ndim != 1:
-        raise ValueError(f"`ids` must be a 1-D sequence of token ids; got shape {arr.shape}.")
+    """`ids`, a 1-D array of ints in [0, vocab_size), as int64 NumPy (see `check_int_vector` for the errors)."""
+    arr = check_int_vector("ids", ids)
     if arr.size == 0:
         return arr.astype(np.int64)
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"`ids` must hold integer token ids; got dtype {arr.dtype}.")
     bad = (arr < 0) | (arr >= vocab_size)
     if bad.any():
         i = int(np.argmax(bad))

@@ -126,7 +126,8 @@ def _sample(argv: list[str]) -> None:
     )
 
     def main(_):
-        from jaxformer.training.tasks.lm import load_trained, sample_text
+        from jaxformer.training.tasks.lm import sample_text
+        from jaxformer.training.trained import load_trained
 
         _quiet()
         f = flags.FLAGS
@@ -177,21 +178,23 @@ def _prepare(argv: list[str]) -> None:
     exit code 2, and `main` can run `prepare` more than once in a process (as the tests do)."""
     from absl import flags
 
-    from jaxformer.data import prepared
+    from jaxformer.data import prepared, writer
 
     fv = flags.FlagValues()
     for define, name, default, help_ in (
         (flags.DEFINE_string, "source", None, "tfds:NAME (every split), tfds:NAME:SPLIT (as train) or text:GLOB."),
         (flags.DEFINE_string, "tokenizer", None, "char, byte, sentencepiece or hf:DIR_OR_ID."),
         (flags.DEFINE_string, "out", None, "The directory to write; rerun the same command to resume."),
-        (flags.DEFINE_float, "validation_fraction", 0.0, "Share of the train text cut off as validation; 0 = none."),
+        (flags.DEFINE_float, "validation_fraction", None,
+         f"Share of the train text cut off as validation; 0 = none. Default: {prepared.DEFAULT_VALIDATION_FRACTION}, "
+         "or none for tfds:NAME (the dataset's own splits)."),
         (flags.DEFINE_integer, "vocab_size", None, "The sentencepiece vocabulary (sentencepiece only)."),
         (flags.DEFINE_integer, "workers", None, "Tokenizing processes (default: the CPU count)."),
         (flags.DEFINE_float, "shard_mb", prepared.DEFAULT_SHARD_MB, "MB of text per shard, about."),
         (flags.DEFINE_integer, "chunk_tokens", prepared.DEFAULT_CHUNK_TOKENS, "Tokens per ArrayRecord record."),
         (flags.DEFINE_float, "tokenizer_sample_mb", prepared.DEFAULT_TOKENIZER_SAMPLE_MB,
          "MB of train text that sentencepiece is trained on."),
-        (flags.DEFINE_string, "feature", "text", "The text feature of a TFDS record."),
+        (flags.DEFINE_string, "feature", prepared.DEFAULT_FEATURE, "The text feature of a TFDS record."),
         (flags.DEFINE_string, "data_dir", None, "The TFDS data directory (default: $TFDS_DATA_DIR)."),
     ):  # fmt: skip
         define(name, default, help_, flag_values=fv)
@@ -209,7 +212,7 @@ def _prepare(argv: list[str]) -> None:
     except flags.Error as e:
         _fail(argv[0], e)
     try:
-        corpus = prepared.prepare(
+        corpus = writer.prepare(
             fv.source,
             fv.tokenizer,
             fv.out,

@@ -143,15 +143,14 @@ def test_torch_reference_smoke_matches_jaxformer_at_init(tmp_path):
 
 
 @pytest.mark.slow
-def test_bench_vs_pytorch_smoke_losses_track(tmp_path):
+def test_bench_step_vs_pytorch_smoke_losses_track(tmp_path):
     pytest.importorskip("torch")
     out_json = tmp_path / "bench.json"
-    run_script(
-        "experiments/bench_vs_pytorch.py",
+    out = run_script(
+        "experiments/bench_step_vs_pytorch.py",
         "--smoke",
         "--no_compile",
         f"--text={_small_text(tmp_path)}",
-        f"--profile={tmp_path / 'trace'}",
         f"--json={out_json}",
     )
     result = json.loads(out_json.read_text())
@@ -160,8 +159,41 @@ def test_bench_vs_pytorch_smoke_losses_track(tmp_path):
     assert result["ratios"]["jaxformer loop step / torch eager"]["pooled"] > 0
     # Same initial parameters, same batches, same optimizer: the losses agree step by step.
     assert result["losses"]["jaxformer vs torch eager"]["max_abs_diff_all"] < 1e-3
+    # The record and the table name the CPU and its vector extensions (ratios against PyTorch differ with them).
+    machine = result["machine"]
+    assert machine["vector_extensions"] in machine["host"] and machine["host"] in out
+
+
+@pytest.mark.slow
+def test_profile_loop_step_smoke_splits_each_step(tmp_path):
+    out_json = tmp_path / "profile.json"
+    out = run_script(
+        "experiments/profile_loop_step.py",
+        "--smoke",
+        f"--text={_small_text(tmp_path)}",
+        f"--profile={tmp_path / 'trace'}",
+        f"--json={out_json}",
+    )
+    result = json.loads(out_json.read_text())
     profile = result["profile"]["per_step_ms"]
     assert profile["wall"] > 0 and profile["device_span"] > 0 and result["profile"]["ops_matched_to_hlo"] > 0
+    assert result["machine"]["host"] in out and "Where a jaxformer loop step's time goes" in out
+
+
+@pytest.mark.slow
+def test_hlo_text_finds_the_dots_inside_fusions():
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import hlo_text
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.ones((16, 8))
+    text = jax.jit(lambda x, w: jnp.tanh(x @ w).sum()).lower(x, jnp.ones((8, 4))).compile().as_text()
+    instructions = hlo_text.hlo_instructions(text)
+    dots = hlo_text.dots_of(instructions)
+    assert [d["signature"] for d in dots] == ["dot(f32, f32) -> f32"]
+    kinds = hlo_text.op_kinds(instructions)
+    assert kinds[dots[0]["run_by"]] == "matmul" and "other" in kinds.values()
 
 
 @pytest.mark.slow

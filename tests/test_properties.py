@@ -287,20 +287,21 @@ def test_norms(shape, which, epsilon, with_scale, constant, mutation, seed):
     B=st.sampled_from([1, 2]),
     T=st.sampled_from([1, 3]),
     V=st.sampled_from([1, 2, 5]),
-    mask_kind=st.sampled_from(["none", "bool", "weights"]),
+    weighting=st.sampled_from(["none", "bool", "float"]),
     label_smoothing=st.sampled_from([0.0, 0.2]),
     use_jit=st.booleans(),
     mutation=mutations("V 0", "smoothing 1", "float labels", "negative weights", "label shape"),
     seed=st.integers(0, 2**16),
 )
-def test_cross_entropy(B, T, V, mask_kind, label_smoothing, use_jit, mutation, seed):
+def test_cross_entropy(B, T, V, weighting, label_smoothing, use_jit, mutation, seed):
     rng = np.random.default_rng(seed)
     logits = normal(seed, (B, T, V))
     labels = rng.integers(-1, V + 1, size=(B, T)).astype(np.int32)  # sometimes out of range
-    mask = {"none": None, "bool": rng.random((B, T)) < 0.6, "weights": rng.random((B, T)).astype(np.float32)}[mask_kind]
-    counted = np.ones((B, T), bool) if mask is None else mask != 0
+    weights = {"none": None, "bool": rng.random((B, T)) < 0.6, "float": rng.random((B, T)).astype(np.float32)}
+    weights = weights[weighting]
+    counted = np.ones((B, T), bool) if weights is None else weights != 0
     out_of_range = ((labels < 0) | (labels >= V)) & counted
-    kwargs = dict(mask=mask, label_smoothing=label_smoothing)
+    kwargs = dict(weights=weights, label_smoothing=label_smoothing)
     if mutation == "V 0":
         logits = np.zeros((B, T, 0), np.float32)
     elif mutation == "smoothing 1":
@@ -308,7 +309,7 @@ def test_cross_entropy(B, T, V, mask_kind, label_smoothing, use_jit, mutation, s
     elif mutation == "float labels":
         labels = labels.astype(np.float32)
     elif mutation == "negative weights":
-        kwargs["mask"] = -np.ones((B, T), np.float32)
+        kwargs["weights"] = -np.ones((B, T), np.float32)
     elif mutation == "label shape":
         labels = labels[:, :-1] if T > 1 else labels[:, None]
     elif out_of_range.any():
@@ -319,12 +320,12 @@ def test_cross_entropy(B, T, V, mask_kind, label_smoothing, use_jit, mutation, s
     mean, count = got
     assert_finite(mean, count)
     safe = np.where(counted, labels, 0)
-    want_mean, want_count, _ = np_cross_entropy(logits, safe, mask, label_smoothing)
+    want_mean, want_count, _ = np_cross_entropy(logits, safe, weights, label_smoothing)
     np.testing.assert_allclose(mean, want_mean, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(count, want_count, rtol=1e-6)
     if use_jit:  # label_smoothing is a Python float (static), the rest is traced
         jitted = jax.jit(functools.partial(ops.cross_entropy, label_smoothing=label_smoothing))
-        np.testing.assert_allclose(jitted(logits, labels, mask=mask), got, rtol=1e-6)
+        np.testing.assert_allclose(jitted(logits, labels, weights=weights), got, rtol=1e-6)
 
 
 @hypothesis.settings(max_examples=20)

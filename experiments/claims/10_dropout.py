@@ -3,7 +3,7 @@
     TFDS_DATA_DIR=... python experiments/claims/10_dropout.py [--full]
 
 The library's own training loop on a small slice of tiny Shakespeare, written to a temporary text file and read
-with `data.source = "text_file"`: its last `eval_fraction` is the validation text (unseen, contiguous Shakespeare
+with `data.source = "text_file"`: its last `validation_fraction` is the validation text (unseen, contiguous Shakespeare
 that follows the training text). The same GPT is trained with several `model.dropout_rate`s (embeddings and
 sublayer outputs; attention dropout stays off), everything else (seed, data order, schedule) identical.
 
@@ -33,7 +33,7 @@ SETUP = (
     "Character-level GPT (the shakespeare_char_cpu model: 4 layers, 4 heads, d=128, context 64, batch 12) set up "
     "to memorise: AdamW at a constant lr 2e-3 after a 50-step warmup (schedule='constant'), weight decay 0. "
     "Trained on only the first 9,500 characters of tiny Shakespeare's train split, written to a temporary text "
-    "file (data.source='text_file', eval_fraction=2500/9500): the first 7,000 characters train, the following "
+    "file (data.source='text_file', validation_fraction=2500/9500): the first 7,000 characters train, the following "
     "2,500 are the validation text (the slice is chosen so that every validation character is in the training "
     "vocabulary). 500 steps (~55 epochs of the training text), evaluated every 25 steps, once per "
     "model.dropout_rate in {0.0, 0.1, 0.3} (embeddings and sublayer outputs; attention dropout off), same seed. "
@@ -56,7 +56,7 @@ def sizes(size: str) -> dict:
         size,
         tiny=dict(
             chars=9_500,
-            eval_fraction=2_500 / 9_500,
+            validation_fraction=2_500 / 9_500,
             learning_rate=2e-3,
             steps=12,
             evals=4,
@@ -65,7 +65,7 @@ def sizes(size: str) -> dict:
         ),
         default=dict(
             chars=9_500,
-            eval_fraction=2_500 / 9_500,
+            validation_fraction=2_500 / 9_500,
             learning_rate=2e-3,
             steps=500,
             evals=20,
@@ -74,7 +74,7 @@ def sizes(size: str) -> dict:
         ),
         full=dict(
             chars=250_000,
-            eval_fraction=0.2,
+            validation_fraction=0.2,
             learning_rate=1e-3,
             steps=5000,
             evals=25,
@@ -116,13 +116,13 @@ def train_loss_without_dropout():
         LanguageModelling.evaluate = original
 
 
-def write_slice(path: str, chars: int, eval_fraction: float) -> dict:
+def write_slice(path: str, chars: int, validation_fraction: float) -> dict:
     """Writes the first `chars` characters of tiny Shakespeare's train split to `path`; checks that the char
     tokenizer (fitted to the training part) covers the validation tail."""
     from jaxformer import data
 
     text = data.tfds_text("tiny_shakespeare", "train", data_dir=None)[:chars]
-    cut = int(len(text) * (1.0 - eval_fraction))
+    cut = int(len(text) * (1.0 - validation_fraction))
     unknown = sorted(set(text[cut:]) - set(text[:cut]))
     if unknown:
         raise ValueError(f"validation tail has characters absent from the training part: {unknown}")
@@ -160,14 +160,14 @@ def run(size: str) -> lab.Outcome:
     runs = []
     with tempfile.TemporaryDirectory() as tmp, train_loss_without_dropout():
         path = os.path.join(tmp, "shakespeare_slice.txt")
-        corpus = write_slice(path, s["chars"], s["eval_fraction"])
+        corpus = write_slice(path, s["chars"], s["validation_fraction"])
         for rate in s["rates"]:
             config = lab.lm_config(
                 s["steps"],
                 **{
                     "data.source": "text_file",
                     "data.path": path,
-                    "data.eval_fraction": s["eval_fraction"],
+                    "data.validation_fraction": s["validation_fraction"],
                     "model.dropout_rate": rate,
                     "model.attention_dropout_rate": 0.0,
                     "schedule": "constant",  # no decay: the model keeps fitting the training text to the end

@@ -86,11 +86,9 @@ def count_params(config, fields: dict) -> dict:
     """Parameters of the GPT the loop builds from `config` (shapes only, nothing allocated)."""
     from flax import nnx
 
-    from jaxformer.models.gpt import GPT
-    from jaxformer.training.tasks.base import build_model_config
+    from jaxformer.training import build_run
 
-    model_cfg = build_model_config(config, fields)
-    model = nnx.eval_shape(lambda: GPT(model_cfg, rngs=nnx.Rngs(0)))
+    model = nnx.eval_shape(build_run(config, data_fields=fields).make_model)
 
     def size(module) -> int:
         return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(module, nnx.Param))))

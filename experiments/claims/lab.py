@@ -153,7 +153,7 @@ def train_lm(config, *, keep_model: bool = False) -> dict:
     (with val_loss), "history": every logged row}; with `keep_model`, also "model" (the trained model in eval
     mode, read back from the final checkpoint before the workdir goes) and "tokenizer"."""
     from jaxformer.training.loop import train_and_evaluate
-    from jaxformer.training.tasks.lm import load_trained
+    from jaxformer.training.trained import load_trained
 
     with tempfile.TemporaryDirectory() as workdir:
         final = train_and_evaluate(config, workdir)

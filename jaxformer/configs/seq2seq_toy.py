@@ -14,16 +14,10 @@ from jaxformer.training.defaults import default_config
 
 
 def get_config():
-    config = default_config()
+    # config.data: "reverse" of 1-8 digits, 20,000 training and 1,000 validation examples (defaults.seq2seq_data)
+    config = default_config("seq2seq")
     config.name = "seq2seq_toy"
-    config.task = "seq2seq"
     config.seed = 0
-
-    config.data.task = "reverse"  # or "sort", "add"
-    config.data.min_len = 1
-    config.data.max_len = 8
-    config.data.num_train = 20_000
-    config.data.num_eval = 1_000
 
     config.model.variant = "transformer-tiny"
     config.model.dropout_rate = 0.0

@@ -14,7 +14,7 @@ for a sample.
 
 import ml_collections
 
-from jaxformer.training.defaults import default_config, text_data
+from jaxformer.training.defaults import default_config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -22,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.name = "shakespeare_char_cpu"
     config.seed = 1337
 
-    config.data = text_data()  # tiny Shakespeare from tfds, characters, context 64
+    # config.data: tiny Shakespeare from tfds, characters, context 64 (defaults.text_data)
 
     config.model.variant = "gpt2-tiny"
     config.model.num_layers = 4

@@ -14,17 +14,10 @@ from jaxformer.training.defaults import default_config
 
 
 def get_config():
-    config = default_config()
+    # config.data: mnist, else digits; train / test splits; a 4 x 4 patch grid (defaults.image_data)
+    config = default_config("classification")
     config.name = "vit_digits"
-    config.task = "classification"
     config.seed = 0
-
-    config.data.name = "mnist"
-    config.data.fallback = "digits"  # loaded (with a warning) when mnist is not prepared; "" = fail instead
-    config.data.data_dir = ""  # "" = $TFDS_DATA_DIR
-    config.data.train_split = "train"
-    config.data.eval_split = "test"
-    config.data.patch_grid = 4
 
     config.model.variant = "vit-tiny"
     config.model.num_layers = 4

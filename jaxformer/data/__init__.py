@@ -1,4 +1,4 @@
-"""jaxformer.data: sources, tokenizers, token stores, the grain input pipeline, packing and synthetic tasks.
+"""jaxformer.data: sources, tokenizers, token stores, prepared corpora, the grain input pipeline and synthetic tasks.
 
     text = data.tfds_text("tiny_shakespeare", "train")     # prepared tfds dataset in $TFDS_DATA_DIR
     tok = data.CharTokenizer.from_text(text)
@@ -15,8 +15,7 @@ training loop stores in its orbax checkpoint. NumPy on the host; no TensorFlow.
 from jaxformer.data import pipeline
 from jaxformer.data.hf_tokenizer import HFTokenizer
 from jaxformer.data.images import ImageDataset, digits, image_dataset, mnist
-from jaxformer.data.packing import pack_sequences
-from jaxformer.data.prepared import PreparedCorpus, ShardedTokens, open_prepared, prepare
+from jaxformer.data.prepared import PreparedCorpus, ShardedTokens, open_prepared
 from jaxformer.data.sources import DatasetNotPreparedError, default_data_dir, text_file, tfds_source, tfds_text
 from jaxformer.data.synthetic import (
     BOS_ID,
@@ -37,8 +36,10 @@ from jaxformer.data.tokenizers import (
     CharTokenizer,
     SentencePieceTokenizer,
     Tokenizer,
+    make_tokenizer,
     tokenizer_from_dict,
 )
+from jaxformer.data.writer import prepare
 
 __all__ = [
     "BOS_ID",
@@ -62,9 +63,9 @@ __all__ = [
     "default_data_dir",
     "digits",
     "image_dataset",
+    "make_tokenizer",
     "mnist",
     "open_prepared",
-    "pack_sequences",
     "pipeline",
     "prepare",
     "seq2seq_decode",

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 from tokenizers import Tokenizer as _Tokenizer
 
-from jaxformer import checks
+from jaxformer import checks, hub
 
 FILE = "tokenizer.json"
 
@@ -36,6 +36,12 @@ class HFTokenizer:
                 "a slow tokenizer (vocab.txt, *.model) needs converting with transformers first."
             )
         return cls(_Tokenizer.from_file(path))
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str | os.PathLike) -> HFTokenizer:
+        """The tokenizer.json of a checkpoint directory or a hub id (downloaded into huggingface_hub's cache when
+        online; offline the cache is used): `hub.resolve`."""
+        return cls.from_directory(hub.resolve(path_or_id))
 
     @property
     def vocab_size(self) -> int:

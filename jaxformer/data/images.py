@@ -96,16 +96,14 @@ def digits(split: str, *, test_fraction: float = 0.2, seed: int = 0) -> ImageDat
     Raises:
       ImportError: scikit-learn is not installed.
       ValueError: a bad `split`, `test_fraction` or `seed`.
+      TypeError: a `split` that is no string, a `test_fraction` or `seed` that is no number.
     """
-    if split not in DIGITS_SPLITS:
-        raise ValueError(
+    if not isinstance(split, str) or split not in DIGITS_SPLITS:
+        raise (ValueError if isinstance(split, str) else TypeError)(
             f"`split` for the 'digits' dataset must be one of {list(DIGITS_SPLITS)}; got {split!r}. (It has no "
             f"validation split and takes no TFDS split expressions; the split sizes are set by test_fraction.)"
         )
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float, np.number)):
-        raise ValueError(f"`test_fraction` must be a float strictly between 0 and 1; got {test_fraction!r}.")
-    if not 0.0 < float(test_fraction) < 1.0:
-        raise ValueError(f"`test_fraction` must be a float strictly between 0 and 1; got {test_fraction!r}.")
+    test_fraction = checks.check_real("test_fraction", test_fraction, low=0.0, high=1.0, low_open=True, high_open=True)
     seed = checks.check_nonnegative_int("seed", seed)
     try:
         from sklearn.datasets import load_digits  # lazy: importing scikit-learn costs ~2 s
@@ -193,14 +191,12 @@ def image_dataset(
 
     Raises:
       ValueError: `name` or `fallback` is not one of the datasets; a bad `split`.
+      TypeError: `name` or `fallback` is no string.
       DatasetNotPreparedError: `name` is not prepared and no `fallback` is given.
     """
-    if name not in IMAGE_DATASETS:
-        raise ValueError(f"`name` must be one of the image datasets {list(IMAGE_DATASETS)}; got {name!r}.")
-    if fallback is not None and fallback not in IMAGE_DATASETS:
-        raise ValueError(
-            f"`fallback` must be None or one of the image datasets {list(IMAGE_DATASETS)}; got {fallback!r}."
-        )
+    checks.check_choice("name", name, IMAGE_DATASETS)
+    if fallback is not None:
+        checks.check_choice("fallback", fallback, IMAGE_DATASETS)
     try:
         return _load(name, split, data_dir)
     except sources.DatasetNotPreparedError as err:

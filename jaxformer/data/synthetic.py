@@ -46,9 +46,7 @@ def seq2seq_decode(ids, *, strip_special: bool = True) -> str:
     With `strip_special` (the default; what to compare with a reference answer) decoding stops at the first EOS
     and drops PAD and BOS; otherwise specials are written out as "<pad>", "<bos>", "<eos>".
     """
-    ids = np.asarray(ids)
-    if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
-        raise ValueError(f"`ids` must be a 1-D integer array; got shape {ids.shape}, dtype {ids.dtype}.")
+    ids = checks.check_int_vector("ids", ids)
     bad = (ids < 0) | (ids >= len(SEQ2SEQ_VOCAB))
     if bad.any():
         raise ValueError(f"`ids` must lie in [0, {len(SEQ2SEQ_VOCAB)}); got {ids[bad][0]}.")
@@ -160,5 +158,4 @@ def _addition(rng: np.random.Generator, n: int, min_len: int, max_len: int):
 
 
 def _check_task(name) -> None:
-    if name not in SEQ2SEQ_TASKS:
-        raise ValueError(f"Unknown seq2seq task {name!r}; choose one of {SEQ2SEQ_TASKS}.")
+    checks.check_choice("seq2seq task", name, SEQ2SEQ_TASKS)

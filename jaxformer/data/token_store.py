@@ -40,10 +40,7 @@ class TokenStore(abc.ABC):
     def check_windows(self, starts, length: int) -> tuple[np.ndarray, int]:
         """(starts as int64 `[B]`, length) after checking that every window lies inside the store."""
         length = checks.check_positive_int("length", length)
-        starts = np.asarray(starts)
-        if starts.ndim != 1 or (starts.size and not np.issubdtype(starts.dtype, np.integer)):
-            raise ValueError(f"`starts` must be a 1-D integer array; got shape {starts.shape}, dtype {starts.dtype}.")
-        starts = starts.astype(np.int64, copy=False)
+        starts = checks.check_int_vector("starts", starts, "window starts").astype(np.int64, copy=False)
         if starts.size and (starts.min() < 0 or starts.max() + length > len(self)):
             raise ValueError(
                 f"windows of length {length} at starts in [{starts.min()}, {starts.max()}] do not fit in the "
@@ -82,10 +79,7 @@ class ArrayTokens(TokenStore):
 
 def check_document_starts(starts, num_tokens: int) -> np.ndarray:
     """int64 `[D]` document starts: strictly increasing, first 0, all < num_tokens (none for an empty store)."""
-    arr = np.asarray(starts)
-    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-        raise ValueError(f"`document_starts` must be a 1-D integer array; got shape {arr.shape}, dtype {arr.dtype}.")
-    arr = arr.astype(np.int64, copy=False)
+    arr = checks.check_int_vector("document_starts", starts, "document starts").astype(np.int64, copy=False)
     if num_tokens == 0:
         if arr.size:
             raise ValueError(f"`document_starts` must be empty for an empty store; got {arr.size} starts.")

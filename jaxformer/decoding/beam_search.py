@@ -13,6 +13,7 @@ from jaxformer import checks
 from jaxformer.decoding.cache import reorder_cache
 from jaxformer.decoding.generate import cache_length, check_prompt, prefill
 from jaxformer.models.transformer import Transformer
+from jaxformer.nn.blocks import ABSOLUTE_POSITIONAL
 from jaxformer.ops import MASKED_LOGIT
 
 _NEG = MASKED_LOGIT  # the finite "minus infinity" of dead beams and empty finished slots (never overflows to NaN)
@@ -83,7 +84,7 @@ def beam_search(
     src, lengths = check_prompt(src, None if encoder_decoder else lengths, vocab_size, name="src")
     if encoder_decoder:
         # The decoder reads bos and then each of the max_len tokens chosen (the last one's logits go unused).
-        if config.positional in ("learned", "sinusoidal") and max_len > config.max_len:
+        if config.positional in ABSOLUTE_POSITIONAL and max_len > config.max_len:
             raise ValueError(
                 f"`max_len`={max_len} exceeds the model's max_len={config.max_len} (positional="
                 f"{config.positional!r}): the decoder has no position for the later tokens; lower max_len."

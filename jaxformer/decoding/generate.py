@@ -11,16 +11,19 @@ from jaxformer import checks
 from jaxformer.decoding.cache import set_cache_index
 from jaxformer.decoding.sampling import check_sampling, sample_logits
 from jaxformer.models.transformer import Transformer
+from jaxformer.nn.blocks import ABSOLUTE_POSITIONAL
 
 
 def check_prompt(prompt, prompt_lengths, vocab_size: int, name: str = "prompt") -> tuple[jax.Array, jax.Array]:
     """`prompt` int `[B, P]` (right-padded), `prompt_lengths` int `[B]` in [1, P] (default P); `name` is what the
-    caller calls the prompt (beam search's `src`)."""
+    caller calls the prompt (beam search's `src`). A TypeError for a non-integer dtype, else a ValueError."""
     prompt = jnp.asarray(checks.check_array(name, prompt))
-    if prompt.ndim != 2 or not jnp.issubdtype(prompt.dtype, jnp.integer) or min(prompt.shape) < 1:
-        raise ValueError(
+    integer = jnp.issubdtype(prompt.dtype, jnp.integer)
+    if prompt.ndim != 2 or not integer or min(prompt.shape) < 1:
+        message = (
             f"`{name}` must be integer token ids [B, P] with B >= 1 and P >= 1; got {prompt.dtype} {prompt.shape}."
         )
+        raise (ValueError if integer else TypeError)(message)
     B, P = prompt.shape
     ids = np.asarray(prompt)
     if ids.min() < 0 or ids.max() >= vocab_size:
@@ -30,8 +33,10 @@ def check_prompt(prompt, prompt_lengths, vocab_size: int, name: str = "prompt") 
     if prompt_lengths is None:
         return prompt, jnp.full((B,), P, jnp.int32)
     lengths = np.asarray(checks.check_array("prompt_lengths", prompt_lengths))
-    if lengths.shape != (B,) or not np.issubdtype(lengths.dtype, np.integer):
-        raise ValueError(f"`prompt_lengths` must be int [B={B}]; got {lengths.dtype} {lengths.shape}.")
+    integer = np.issubdtype(lengths.dtype, np.integer)
+    if lengths.shape != (B,) or not integer:
+        message = f"`prompt_lengths` must be int [B={B}]; got {lengths.dtype} {lengths.shape}."
+        raise (ValueError if integer else TypeError)(message)
     if lengths.min() < 1 or lengths.max() > P:
         raise ValueError(f"`prompt_lengths` must lie in [1, P={P}]; got {lengths.tolist()}.")
     return prompt, jnp.asarray(lengths, jnp.int32)
@@ -56,7 +61,7 @@ def cache_length(model: nnx.Module, prompt_len: int, new_tokens: int) -> int:
     """Cache slots for `prompt_len + new_tokens` tokens; an error if absolute positions cannot reach that far."""
     total = prompt_len + new_tokens
     config = model.config
-    if config.positional in ("learned", "sinusoidal") and total > config.max_len:
+    if config.positional in ABSOLUTE_POSITIONAL and total > config.max_len:
         raise ValueError(
             f"prompt length {prompt_len} + {new_tokens} new tokens = {total} exceeds the model's max_len="
             f"{config.max_len} (positional={config.positional!r}); generate fewer tokens or shorten the prompt."

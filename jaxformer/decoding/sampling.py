@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxformer import checks
 from jaxformer.ops import MASKED_LOGIT
@@ -21,10 +20,11 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None, v
         _check_top_p(top_p)
 
 
-def _check_top_k(k, vocab_size: int) -> int | None:
-    if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= vocab_size):
-        raise ValueError(f"`top_k` must be an int in [1, vocab_size={vocab_size}] or None; got {k!r}.")
-    return None if k is None else int(k)
+def _check_top_k(k, vocab_size: int, *, optional: bool = True) -> int | None:
+    if k is None and optional:
+        return None
+    expected = f"an int in [1, vocab_size={vocab_size}]{' or None' if optional else ''}"
+    return checks.check_int("top_k", k, low=1, high=vocab_size, expected=expected)
 
 
 def _check_top_p(p) -> float:
@@ -45,9 +45,7 @@ def top_k_logits(logits: jax.Array, k: int) -> jax.Array:
     """Keeps the k largest logits of each row `[..., V]` (ties at the k-th value are kept); the rest -> MASKED_LOGIT.
     k: an int in [1, V]."""
     logits = _check_logits(logits)
-    k = _check_top_k(k, logits.shape[-1])
-    if k is None:
-        raise ValueError(f"`top_k` must be an int in [1, vocab_size={logits.shape[-1]}]; got None.")
+    k = _check_top_k(k, logits.shape[-1], optional=False)
     # The k-th largest value as the min of the top k: slicing `top_k(...)[0][..., -1:]` instead makes XLA:CPU sort
     # the whole row (tens of ms a decoding step at [8, 50257]; BENCHMARKS.md, "Decoding against transformers").
     kth = jnp.min(jax.lax.top_k(logits, k)[0], axis=-1, keepdims=True)

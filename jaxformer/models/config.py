@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import numpy as np
-
 from jaxformer import checks
 from jaxformer.nn.blocks import BlockConfig
 from jaxformer.nn.remat import REMAT_POLICIES
@@ -69,17 +67,11 @@ class ModelConfig(BlockConfig):
         owner = type(self).__name__
         self._check_positive_ints("num_layers", "max_len", "vocab_multiple", "image_size", "patch_size", "num_channels")
         for name in ("vocab_size", "type_vocab_size", "num_classes"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-                raise ValueError(f"{owner}.{name} must be an int >= 0; got {value!r}.")
-            object.__setattr__(self, name, int(value))
-        if not isinstance(self.remat, str) or self.remat not in REMAT_POLICIES:
-            raise ValueError(f"{owner}.remat={self.remat!r}; choose one of {REMAT_POLICIES}.")
+            object.__setattr__(self, name, checks.check_int(f"{owner}.{name}", getattr(self, name), low=0))
+        checks.check_choice(f"{owner}.remat", self.remat, REMAT_POLICIES)
         if self.num_decoder_layers is not None:
-            value = self.num_decoder_layers
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{owner}.num_decoder_layers must be an int >= 1 or None; got {value!r}.")
-            object.__setattr__(self, "num_decoder_layers", int(value))
+            value = checks.check_positive_int(f"{owner}.num_decoder_layers", self.num_decoder_layers, " or None")
+            object.__setattr__(self, "num_decoder_layers", value)
         self._check_flags(
             "tie_embeddings", "head_bias", "embed_scale", "embed_norm", "pooler", "mlm_head", "scan_layers"
         )
@@ -112,7 +104,8 @@ class ModelConfig(BlockConfig):
     def variant(cls, name: str, **overrides) -> ModelConfig:
         """The named architecture (see `VARIANTS`), with any field overridden."""
         if not isinstance(name, str) or name not in VARIANTS:
-            raise ValueError(f"Unknown ModelConfig variant {name!r}; choose one of {sorted(VARIANTS)}.")
+            message = f"Unknown ModelConfig variant {name!r}; choose one of {sorted(VARIANTS)}."
+            raise (ValueError if isinstance(name, str) else TypeError)(message)
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"Unknown ModelConfig fields {sorted(unknown)} in overrides for {name!r}.")

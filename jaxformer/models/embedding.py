@@ -11,14 +11,17 @@ from flax import nnx
 
 from jaxformer import checks, nn, ops
 from jaxformer.models.config import ModelConfig
-from jaxformer.nn.blocks import apply_norm, make_norm
+from jaxformer.nn.blocks import ABSOLUTE_POSITIONAL, apply_norm, make_norm
 
 
 def check_tokens(name: str, tokens, vocab_size: int, max_len: int | None) -> jax.Array:
-    """`tokens` must be int `[B, T]`, with T <= max_len (if given) and ids in [0, vocab_size) when known."""
+    """`tokens` must be int `[B, T]` (a TypeError for another dtype), with T <= max_len (if given) and ids in
+    [0, vocab_size) when known."""
     tokens = jnp.asarray(checks.check_array(name, tokens))
-    if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
-        raise ValueError(f"`{name}` must be integer token ids [B, T]; got {tokens.dtype} of shape {tokens.shape}.")
+    integer = jnp.issubdtype(tokens.dtype, jnp.integer)
+    if tokens.ndim != 2 or not integer:
+        message = f"`{name}` must be integer token ids [B, T]; got {tokens.dtype} of shape {tokens.shape}."
+        raise (ValueError if integer else TypeError)(message)
     if max_len is not None and tokens.shape[1] > max_len:
         raise ValueError(
             f"`{name}` has {tokens.shape[1]} tokens but the model's position table holds max_len={max_len}; "
@@ -56,15 +59,16 @@ def check_positions(positions, shape: tuple[int, int], max_len: int | None) -> j
 
 def check_valid(name: str, valid, shape: tuple[int, ...]) -> jax.Array | None:
     """`valid` (None, or the padding mask of token ids of `shape` `[B, T]`: bool, False at padding) as an array;
-    the message names the argument, the shape expected and what was received."""
+    the message names the argument, the shape expected and what was received (a TypeError for another dtype)."""
     if valid is None:
         return None
     valid = jnp.asarray(checks.check_array(name, valid))
     if valid.dtype != jnp.bool_ or valid.shape != tuple(shape):
-        raise ValueError(
+        message = (
             f"`{name}` must be bool [B, T] = {tuple(shape)}, the shape of its tokens (False at padding); "
             f"got {valid.dtype} of shape {tuple(valid.shape)}."
         )
+        raise (ValueError if valid.dtype == jnp.bool_ else TypeError)(message)
     return valid
 
 
@@ -91,7 +95,7 @@ class InputEmbedding(nnx.Module):
 
     @property
     def has_absolute_positions(self) -> bool:
-        return self.cfg.positional in ("learned", "sinusoidal")
+        return self.cfg.positional in ABSOLUTE_POSITIONAL
 
     def __call__(
         self,

@@ -11,7 +11,7 @@ from jaxformer import nn, ops
 from jaxformer.models.config import ModelConfig
 from jaxformer.models.embedding import InputEmbedding, check_tokens, check_valid
 from jaxformer.models.stack import BlockStack
-from jaxformer.nn.blocks import apply_norm, make_norm
+from jaxformer.nn.blocks import ABSOLUTE_POSITIONAL, apply_norm, make_norm
 
 
 class OutputHead(nnx.Module):
@@ -111,7 +111,7 @@ class GPT(nnx.Module):
         """The final-normed residual stream `[B, T, D]` that the head maps to logits (arguments as `__call__`):
         for reading a few positions' logits (`head(h[rows, cols][:, None])`) without computing all T x V."""
         cfg = self.config
-        max_len = cfg.max_len if cfg.positional in ("learned", "sinusoidal") else None
+        max_len = cfg.max_len if cfg.positional in ABSOLUTE_POSITIONAL else None
         tokens = check_tokens("tokens", tokens, cfg.vocab_size, max_len)
         T = tokens.shape[1]
         valid = check_valid("valid", valid, tokens.shape)

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 import jax
 import jax.numpy as jnp
 
-from jaxformer.checks import check_positive_int, check_prng_key, check_token_id
+from jaxformer.checks import check_positive_int, check_prng_key, check_real, check_token_id
 from jaxformer.models.embedding import check_tokens, check_valid
 
 # Of the chosen positions: P(mask_id) = 0.8, P(random id) = 0.1, P(unchanged) = 0.1 (Devlin et al. 2019, 3.1).
@@ -58,8 +58,7 @@ def mask_for_mlm(
     if isinstance(special_ids, (str, bytes)) or not isinstance(special_ids, Iterable):
         raise TypeError(f"`special_ids` must be a sequence of token ids (e.g. (cls_id, sep_id)); got {special_ids!r}.")
     special_ids = tuple(check_token_id("special_ids", s, vocab_size, "token ids") for s in special_ids)
-    if isinstance(mask_rate, bool) or not isinstance(mask_rate, (float, int)) or not 0.0 < mask_rate < 1.0:
-        raise ValueError(f"`mask_rate` must be a float in (0, 1); got {mask_rate!r}.")
+    mask_rate = check_real("mask_rate", mask_rate, low=0.0, high=1.0, low_open=True, high_open=True)
     valid = check_valid("valid", valid, tokens.shape)
     if valid is None:
         valid = jnp.ones(tokens.shape, jnp.bool_)

@@ -11,7 +11,7 @@ from jaxformer.models.config import ModelConfig
 from jaxformer.models.embedding import InputEmbedding, check_tokens, check_valid
 from jaxformer.models.gpt import OutputHead
 from jaxformer.models.stack import BlockStack
-from jaxformer.nn.blocks import apply_norm, make_norm
+from jaxformer.nn.blocks import ABSOLUTE_POSITIONAL, apply_norm, make_norm
 
 
 class Transformer(nnx.Module):
@@ -56,9 +56,7 @@ class Transformer(nnx.Module):
     def encode(self, src: jax.Array, *, src_valid: jax.Array | None = None) -> jax.Array:
         """src int `[B, S]`, src_valid bool `[B, S]` (False = padding) -> memory `[B, S, D]`."""
         cfg = self.config
-        src = check_tokens(
-            "src", src, cfg.vocab_size, cfg.max_len if cfg.positional in ("learned", "sinusoidal") else None
-        )
+        src = check_tokens("src", src, cfg.vocab_size, cfg.max_len if cfg.positional in ABSOLUTE_POSITIONAL else None)
         src_valid = check_valid("src_valid", src_valid, src.shape)
         mask = None if src_valid is None else ops.padding_mask(src_valid)
         x = self.embed(src, valid=src_valid)
@@ -80,9 +78,7 @@ class Transformer(nnx.Module):
         With `decode=True` the self-attention appends to its KV cache and positions continue from its index.
         """
         cfg = self.config
-        tgt = check_tokens(
-            "tgt", tgt, cfg.vocab_size, cfg.max_len if cfg.positional in ("learned", "sinusoidal") else None
-        )
+        tgt = check_tokens("tgt", tgt, cfg.vocab_size, cfg.max_len if cfg.positional in ABSOLUTE_POSITIONAL else None)
         tgt_valid = check_valid("tgt_valid", tgt_valid, tgt.shape)
         memory = checks.check_array("memory", memory)
         checks.check_floating("memory", memory)

@@ -111,7 +111,7 @@ class ViT(nnx.Module):
                 "the model with the matching image_size / num_channels."
             )
         if not jnp.issubdtype(images.dtype, jnp.floating):
-            raise ValueError(f"`images` must be floating point (e.g. scaled to [-1, 1]); got dtype {images.dtype}.")
+            raise TypeError(f"`images` must be floating point (e.g. scaled to [-1, 1]); got dtype {images.dtype}.")
         return images
 
     def encode(self, images: jax.Array) -> jax.Array:

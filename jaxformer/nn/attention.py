@@ -14,7 +14,8 @@ from jaxformer.nn import attention_dispatch
 from jaxformer.nn.norms import RMSNorm
 from jaxformer.nn.params import logical_param
 
-POSITIONAL = ("none", "rope", "alibi")
+# The position schemes that act inside attention (the others are added to the embeddings: nn/blocks.py POSITIONAL).
+ATTENTION_POSITIONAL = ("rope", "alibi", "none")
 
 
 def check_cache_room(index, num_tokens: int, max_len: int) -> None:
@@ -99,8 +100,7 @@ class MultiHeadAttention(nnx.Module):
             head_dim = d_model // num_heads
         head_dim = checks.check_positive_int("head_dim", head_dim)
         context_dim = d_model if context_dim is None else checks.check_positive_int("context_dim", context_dim)
-        if not isinstance(positional, str) or positional not in POSITIONAL:
-            raise ValueError(f"positional={positional!r}; choose one of {POSITIONAL}.")
+        checks.check_choice("positional", positional, ATTENTION_POSITIONAL)
         attention_dispatch.check_implementation(implementation)
         if positional == "rope" and head_dim % 2:
             raise ValueError(f"positional='rope' needs an even head_dim; got {head_dim}.")
@@ -213,64 +213,18 @@ class MultiHeadAttention(nnx.Module):
         decode: use and extend the KV cache (self-attention only; call `init_cache` first). Attention is then
         causal over the cache by construction, and `mask` is ANDed with it.
         """
-        x = checks.check_array("x", x)
-        checks.check_floating("x", x)
-        if x.ndim != 3 or x.shape[-1] != self.d_model:
-            raise ValueError(f"`x` must be [B, T, D={self.d_model}]; got shape {tuple(x.shape)}.")
+        x, context, positions, segment_ids, is_causal, decode = self._check_call(
+            x, context, positions, segment_ids, is_causal, decode
+        )
         B, T, _ = x.shape
-        is_causal = checks.check_flag("is_causal", is_causal)
-        decode = checks.check_flag("decode", decode)
-        cross = context is not None
-        if cross:
-            context = checks.check_array("context", context)
-            checks.check_floating("context", context)
-            if context.ndim != 3 or context.shape[0] != B or context.shape[2] != self.context_dim:
-                raise ValueError(
-                    f"`context` must be [B={B}, S, Dc={self.context_dim}] (the batch of `x`, the layer's "
-                    f"context_dim); got shape {tuple(context.shape)}."
-                )
-        if positions is not None:
-            positions = checks.check_array("positions", positions)
-            checks.check_integer("positions", positions)
-            if positions.shape not in ((T,), (B, T)):
-                raise ValueError(
-                    f"`positions` must be [T] = ({T},) or [B, T] = ({B}, {T}); got shape {tuple(positions.shape)}."
-                )
-        if segment_ids is not None:
-            segment_ids = checks.check_array("segment_ids", segment_ids)
-            checks.check_integer("segment_ids", segment_ids)
-        if cross and decode:
-            raise ValueError("decode=True caches self-attention keys; for cross-attention compute the context once.")
-        if cross and self.sliding_window is not None:
-            raise ValueError("sliding_window is for self-attention; build cross-attention with sliding_window=None.")
-        if segment_ids is not None and (cross or decode):
-            raise ValueError(
-                "segment_ids is for packed self-attention; pass it neither with `context` nor decode=True."
-            )
-        if segment_ids is not None and jnp.shape(segment_ids) != (B, T):
-            raise ValueError(f"`segment_ids` must be [B={B}, T={T}]; got shape {tuple(jnp.shape(segment_ids))}.")
-        if cross and self.positional != "none":
-            raise ValueError(
-                f"positional={self.positional!r} is for self-attention; build cross-attention layers "
-                "with positional='none'."
-            )
-        if cross:
+        if context is None:
+            q, k, v = self.project_qkv(x)
+        else:
             q = self._project(x, self.w_q, self.b_q, self.q_norm)
             k = self._project(context, self.w_k, self.b_k, self.k_norm)
             v = self._project(context, self.w_v, self.b_v, None)
-        else:
-            q, k, v = self.project_qkv(x)
 
-        offset = jnp.zeros((B,), jnp.int32)
-        if decode:
-            if self.cache_index is None:
-                raise ValueError("decode=True needs a KV cache: call init_cache(batch_size, max_len) first.")
-            offset = self.cache_index[...]
-            if offset.shape != (B,):
-                raise ValueError(
-                    f"`x` has batch size {B} but the KV cache was made for {offset.shape[0]} sequences; call "
-                    f"init_cache({B}, max_len)."
-                )
+        offset = self.cache_index[...] if decode else jnp.zeros((B,), jnp.int32)
         if positions is None:
             positions = offset[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]
         if self.positional == "rope":
@@ -295,6 +249,58 @@ class MultiHeadAttention(nnx.Module):
         if overflow is not None:  # (traced) writes past the cache: NaN, never a clamped or wrapped result
             out = jnp.where(overflow[:, None, None], jnp.asarray(jnp.nan, out.dtype), out)
         return out
+
+    def _check_call(self, x, context, positions, segment_ids, is_causal, decode):
+        """Validates the arguments of `__call__` (each error names the argument and what it should be); returns
+        x, context, positions and segment_ids as arrays (None stays None) and the two flags as bools."""
+        x = checks.check_array("x", x)
+        checks.check_floating("x", x)
+        if x.ndim != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"`x` must be [B, T, D={self.d_model}]; got shape {tuple(x.shape)}.")
+        B, T, _ = x.shape
+        is_causal = checks.check_flag("is_causal", is_causal)
+        decode = checks.check_flag("decode", decode)
+        cross = context is not None
+        if cross:
+            context = checks.check_array("context", context)
+            checks.check_floating("context", context)
+            if context.ndim != 3 or context.shape[0] != B or context.shape[2] != self.context_dim:
+                raise ValueError(
+                    f"`context` must be [B={B}, S, Dc={self.context_dim}] (the batch of `x`, the layer's "
+                    f"context_dim); got shape {tuple(context.shape)}."
+                )
+        if positions is not None:
+            positions = checks.check_array("positions", positions)
+            checks.check_integer("positions", positions)
+            if positions.shape not in ((T,), (B, T)):
+                raise ValueError(
+                    f"`positions` must be [T] = ({T},) or [B, T] = ({B}, {T}); got shape {tuple(positions.shape)}."
+                )
+        if segment_ids is not None:  # one array [B, T]: a list is an array here, never a (q, kv) pair
+            segment_ids = checks.check_array("segment_ids", segment_ids)
+            segment_ids, _ = checks.check_segment_ids(segment_ids, B, T, T, allow_pair=False)
+        if cross and decode:
+            raise ValueError("decode=True caches self-attention keys; for cross-attention compute the context once.")
+        if cross and self.sliding_window is not None:
+            raise ValueError("sliding_window is for self-attention; build cross-attention with sliding_window=None.")
+        if segment_ids is not None and (cross or decode):
+            raise ValueError(
+                "segment_ids is for packed self-attention; pass it neither with `context` nor decode=True."
+            )
+        if cross and self.positional != "none":
+            raise ValueError(
+                f"positional={self.positional!r} is for self-attention; build cross-attention layers "
+                "with positional='none'."
+            )
+        if decode:
+            if self.cache_index is None:
+                raise ValueError("decode=True needs a KV cache: call init_cache(batch_size, max_len) first.")
+            if self.cache_index.shape != (B,):
+                raise ValueError(
+                    f"`x` has batch size {B} but the KV cache was made for {self.cache_index.shape[0]} sequences; "
+                    f"call init_cache({B}, max_len)."
+                )
+        return x, context, positions, segment_ids, is_causal, decode
 
     def _update_cache(self, k, v, mask, offset):
         """Writes k, v `[B, T, K, H]` at each sequence's index; returns the cache, the mask over it and the

@@ -37,6 +37,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxformer import checks
+
 IMPLEMENTATIONS = ("auto", "xla", "blockwise", "jax_nn", "cudnn", "pallas")
 PALLAS_TILE = 128  # ops.splash_attention needs both lengths to be multiples of this
 BLOCKWISE_MIN_LEN = 2048  # on CPU blockwise was 2.5x faster than dense at T=4096 and slower at T=256 (BENCHMARKS.md)
@@ -44,10 +46,9 @@ BLOCKWISE_MIN_LEN = 2048  # on CPU blockwise was 2.5x faster than dense at T=409
 
 def check_implementation(implementation: str, name: str = "implementation") -> str:
     """`implementation` (named `name` in the message, e.g. "ModelConfig.attention_impl") must be one of
-    `IMPLEMENTATIONS`; returns it. The one check: configs and `MultiHeadAttention` call it, `choose` trusts it."""
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"{name}={implementation!r}; choose one of {IMPLEMENTATIONS}.")
-    return implementation
+    `IMPLEMENTATIONS` (a TypeError for what is no string); returns it. The one check: configs and
+    `MultiHeadAttention` call it, `choose` trusts it."""
+    return checks.check_choice(name, implementation, IMPLEMENTATIONS)
 
 
 def choose(

@@ -13,22 +13,22 @@ from typing import Any, Self
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from jaxformer import checks
-from jaxformer.nn.attention import POSITIONAL as ATTENTION_POSITIONAL
-from jaxformer.nn.attention import MultiHeadAttention
+from jaxformer.nn.attention import ATTENTION_POSITIONAL, MultiHeadAttention
 from jaxformer.nn.attention_dispatch import check_implementation
-from jaxformer.nn.feedforward import ACTIVATIONS, FeedForward
+from jaxformer.nn.feedforward import FFN_ACTIVATIONS, FeedForward
 from jaxformer.nn.norms import BatchNorm, LayerNorm, RMSNorm
 from jaxformer.ops import RopeScaling
 
 NORMS = ("layernorm", "rmsnorm", "batchnorm")
 NORM_POSITIONS = ("pre", "post")
-# Where position information enters: the model adds "learned" / "sinusoidal" positions to its embeddings; "rope"
-# and "alibi" act inside each block's self-attention; "none" adds nothing.
-POSITIONAL = ("learned", "sinusoidal", "rope", "alibi", "none")
+# Where position information enters: the model adds "learned" / "sinusoidal" positions to its embeddings (absolute
+# positions: a sequence may not be longer than max_len); "rope" and "alibi" act inside each block's self-attention;
+# "none" adds nothing.
+ABSOLUTE_POSITIONAL = ("learned", "sinusoidal")
+POSITIONAL = (*ABSOLUTE_POSITIONAL, *ATTENTION_POSITIONAL)
 
 # Fields that default to None and are stored resolved: name -> what a config derives for it.
 _DERIVED = {
@@ -59,7 +59,8 @@ class BlockConfig:
     learned and sinusoidal positions are added by the model's embedding, so blocks see them as "none".
     `dtype` (computation; a name such as "bfloat16" is accepted), `param_dtype` (storage).
 
-    Every field is checked here, once; a bad value raises a ValueError that names it and says what to choose.
+    Every field is checked here, once; a bad value raises a ValueError (a TypeError for the wrong kind of value,
+    such as a string for a number) that names it and says what to choose.
     """
 
     d_model: int
@@ -96,13 +97,9 @@ class BlockConfig:
             ("positional", POSITIONAL),
             ("norm", NORMS),
             ("norm_position", NORM_POSITIONS),
-            ("activation", ACTIVATIONS),
+            ("activation", FFN_ACTIVATIONS),
         ):
-            value = getattr(self, name)
-            if not isinstance(value, str) or value not in allowed:
-                raise ValueError(f"{owner}.{name}={value!r}; choose one of {allowed}.")
-        if not isinstance(self.attention_impl, str):
-            raise ValueError(f"{owner}.attention_impl={self.attention_impl!r} must be a string.")
+            checks.check_choice(f"{owner}.{name}", getattr(self, name), allowed)
         check_implementation(self.attention_impl, f"{owner}.attention_impl")
         for name in ("qkv_bias", "out_bias", "mlp_bias"):
             if getattr(self, name) is None:
@@ -149,10 +146,8 @@ class BlockConfig:
         """Each named field must be a positive int, not a bool (for subclasses' fields too); a NumPy int is
         stored as a Python int."""
         for name in names:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{type(self).__name__}.{name} must be a positive int; got {value!r}.")
-            object.__setattr__(self, name, int(value))
+            value = checks.check_positive_int(f"{type(self).__name__}.{name}", getattr(self, name))
+            object.__setattr__(self, name, value)
 
     def _check_flags(self, *names: str) -> None:
         """Each named field must be True or False (a NumPy bool is stored as a Python bool)."""

@@ -1,9 +1,10 @@
 """Activation sharding hints: where a model says how an activation should be laid out on a device mesh.
 
 Models call `constrain(x, ("batch", "length", "embed"))` at block boundaries, naming each axis of the activation
-with the same logical names as parameters (DESIGN.md). Outside a sharded training step nothing is active and the
-call returns `x` itself, so layers and models stay mesh-free. The training package (training/sharding.py) turns
-the hints on while it traces a step:
+with the same logical names as parameters (nn/params.py; docs/architecture.md, "Conventions"). Outside a sharded
+training step nothing is active and the call returns `x` itself, so layers and models stay mesh-free. The step
+runner (training/runner.py) turns the hints on while it traces a step, with a resolver from the top-level module
+jaxformer/sharding.py (`activation_resolver`: the mesh and the same `LOGICAL_AXIS_RULES` as the parameters):
 
     with activation_sharding(resolve):      # resolve(axes, shape) -> a jax Sharding, or None to leave x alone
         ...trace the model...               # constrain(x, axes) == jax.lax.with_sharding_constraint(x, sharding)

@@ -9,7 +9,8 @@ from flax import nnx
 from jaxformer import checks, ops
 from jaxformer.nn.params import logical_param
 
-ACTIVATIONS = (*ops.ACTIVATIONS, "swiglu")  # the element-wise ones of jaxformer.ops, and the gated SwiGLU
+# The activations a FeedForward takes: the element-wise ones of jaxformer.ops (ops.ACTIVATIONS), and the gated SwiGLU.
+FFN_ACTIVATIONS = (*ops.ACTIVATIONS, "swiglu")
 
 
 class FeedForward(nnx.Module):

@@ -1,9 +1,10 @@
 """Parameters with logical axis names.
 
-Every jaxformer parameter records the logical name of each of its axes (DESIGN.md): `embed` (model width D),
-`mlp` (feed-forward width F), `heads` (N), `kv_heads` (K), `head_dim` (H), `vocab` (V), or None for an axis
-that is never sharded. The names are stored as the variable's `out_sharding` metadata, where
-`nnx.get_partition_spec` finds them; one rules table (training/sharding.py) maps them to mesh axes.
+Every jaxformer parameter records the logical name of each of its axes (docs/architecture.md, "Conventions"):
+`embed` (model width D), `mlp` (feed-forward width F), `heads` (N), `kv_heads` (K), `head_dim` (H), `vocab` (V),
+or None for an axis that is never sharded. The names are stored as the variable's `out_sharding` metadata, where
+`nnx.get_partition_spec` finds them; one rules table, `LOGICAL_AXIS_RULES` in the top-level module
+jaxformer/sharding.py (with the mesh), maps them to mesh axes.
 
 flax 0.12 shards a variable that carries `out_sharding` as soon as it is created ("eager sharding") and raises
 when no mesh is in scope. jaxformer creates its parameters with eager sharding off, so that every layer and model

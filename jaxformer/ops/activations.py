@@ -82,7 +82,8 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
     """The element-wise activation called `name` (one of ACTIVATIONS)."""
     if not isinstance(name, str) or name not in ACTIVATIONS:
-        raise ValueError(
+        message = (
             f"Unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)} (or 'swiglu' in a feed-forward layer)."
         )
+        raise (ValueError if isinstance(name, str) else TypeError)(message)
     return ACTIVATIONS[name]

@@ -320,6 +320,8 @@ def blockwise_attention(
         # Traced lengths cannot be checked; clipping keeps the padded tail of the last block out of reach.
         kv_lengths = jnp.clip(kv_lengths.astype(jnp.int32), 0, S)
     q_segments, kv_segments = checks.check_segment_ids(segment_ids, B, T, S)
+    if q_segments is not None:
+        q_segments, kv_segments = q_segments.astype(jnp.int32), kv_segments.astype(jnp.int32)
     G, Hv = N // K, value.shape[-1]
     if T == 0 or S == 0:  # no query, or no key to attend to: what the dense path gives (no block to visit)
         return jnp.zeros((B, T, N, Hv), query.dtype)

@@ -8,25 +8,27 @@ import jax.numpy as jnp
 from jaxformer import checks
 
 
-def cross_entropy(logits, labels, *, mask=None, label_smoothing: float = 0.0) -> tuple[jax.Array, jax.Array]:
-    """Mean softmax cross-entropy over the tokens that `mask` keeps, computed in float32.
+def cross_entropy(logits, labels, *, weights=None, label_smoothing: float = 0.0) -> tuple[jax.Array, jax.Array]:
+    """Weighted mean softmax cross-entropy over the tokens that `weights` counts, computed in float32.
 
     With smoothing e over V classes the target is (1 - e) one_hot(label) + e / V, so per token
 
         loss = -(1 - e) log p[label] - (e / V) sum_v log p[v],   log p = log_softmax(logits).
 
-    To ignore positions (padding, an "ignore" label such as -100), pass `mask` False (or weight 0) there: a masked
-    position may hold any label. Every counted label must lie in [0, V): an out-of-range one raises a ValueError
-    when the labels are known (outside jit); inside `jax.jit` it cannot be seen, and the loss comes out NaN.
+    To ignore positions (padding, an "ignore" label such as -100), give them weight 0 (False): such a position
+    may hold any label. Every counted label must lie in [0, V): an out-of-range one raises a ValueError when the
+    labels are known (outside jit); inside `jax.jit` it cannot be seen, and the loss comes out NaN.
 
     Args:
       logits: `[..., V]` float, V >= 1.
-      labels: integer `[...]` (the logits' shape without V), in [0, V) wherever the mask counts the token.
-      mask: `[...]` bool (True = count this token) or float weights >= 0; None counts every token.
+      labels: integer `[...]` (the logits' shape without V), in [0, V) wherever the weights count the token.
+      weights: `[...]` bool (True = count this token) or float weights >= 0, as a batch's `weights`; None counts
+        every token. (Loss weights, not an attention mask: in jaxformer `mask` means "may attend".)
       label_smoothing: e in [0, 1).
 
     Returns:
-      (mean loss, number of tokens counted) as float32 scalars; the mean is 0 when nothing is counted.
+      (weighted mean loss, sum of the weights: the number of tokens counted) as float32 scalars; the mean is 0
+      when nothing is counted.
     """
     logits, labels = checks.check_array("logits", logits), checks.check_array("labels", labels)
     checks.check_floating("logits", logits)
@@ -41,28 +43,30 @@ def cross_entropy(logits, labels, *, mask=None, label_smoothing: float = 0.0) ->
             f"{checks.shape_str(logits.shape[:-1])}; got {checks.shape_str(labels.shape)}."
         )
     label_smoothing = checks.check_rate("label_smoothing", label_smoothing)
-    if mask is not None:
-        mask = checks.check_array("mask", mask)
-        if mask.shape != labels.shape:
+    counted = None  # the weights' values when they are known (outside jit)
+    if weights is not None:
+        weights = checks.check_array("weights", weights)
+        if weights.shape != labels.shape:
             raise ValueError(
-                f"`mask` must have the labels' shape {checks.shape_str(labels.shape)}; "
-                f"got {checks.shape_str(mask.shape)}."
+                f"`weights` must have the labels' shape {checks.shape_str(labels.shape)}; "
+                f"got {checks.shape_str(weights.shape)}."
             )
-        weights = checks.concrete_or_none(mask)
-        if weights is not None and mask.dtype != jnp.bool_ and (weights < 0).any():
-            raise ValueError(f"`mask` weights must be >= 0; got {weights.min()}.")
+        counted = checks.concrete_or_none(weights)
+        if counted is not None and weights.dtype != jnp.bool_ and (counted < 0).any():
+            raise ValueError(f"`weights` must be >= 0; got {counted.min()}.")
 
     concrete_labels = checks.concrete_or_none(labels)
-    counted = None if mask is None else checks.concrete_or_none(mask)
-    if concrete_labels is not None and (mask is None or counted is not None):
+    if concrete_labels is not None and (weights is None or counted is not None):
         if counted is not None:
             concrete_labels = concrete_labels[counted != 0]
         checks.check_index_range(
-            "labels", concrete_labels, 0, V, " where the mask counts the token (mask the others out to ignore them)"
+            "labels", concrete_labels, 0, V, " where the weights count the token (weight 0 ignores a token)"
         )
 
-    weights = jnp.ones(labels.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
-    if mask is not None:
+    if weights is None:
+        weights = jnp.ones(labels.shape, jnp.float32)
+    else:
+        weights = weights.astype(jnp.float32)
         labels = jnp.where(weights != 0, labels, 0)  # an out-of-range ignored label would gather NaN
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     # mode="fill": a counted label outside [0, V) (seen only under jit) reads NaN instead of a clamped class

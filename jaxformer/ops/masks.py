@@ -157,16 +157,8 @@ def segment_mask(q_segment_ids, kv_segment_ids=None) -> jax.Array:
     Returns:
       bool `[B, 1, T, S]`.
     """
-    q_ids = checks.check_array("q_segment_ids", q_segment_ids)
-    kv_ids = q_ids if kv_segment_ids is None else checks.check_array("kv_segment_ids", kv_segment_ids)
-    for name, x, layout in (("q_segment_ids", q_ids, "[B, T]"), ("kv_segment_ids", kv_ids, "[B, S]")):
-        checks.check_integer(name, x)
-        checks.check_rank(name, x, 2, layout)
-    if q_ids.shape[0] != kv_ids.shape[0]:
-        raise ValueError(
-            f"`q_segment_ids` and `kv_segment_ids` must have the same batch size; got shapes "
-            f"{checks.shape_str(q_ids.shape)} and {checks.shape_str(kv_ids.shape)}."
-        )
+    kv_segment_ids = q_segment_ids if kv_segment_ids is None else kv_segment_ids
+    q_ids, kv_ids = checks.check_segment_ids((q_segment_ids, kv_segment_ids))
     return q_ids[:, None, :, None] == kv_ids[:, None, None, :]
 
 

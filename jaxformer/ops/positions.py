@@ -56,8 +56,7 @@ class RopeScaling:
     original_max_len: int = 8192
 
     def __post_init__(self):
-        if not isinstance(self.kind, str) or self.kind not in ROPE_SCALINGS:
-            raise ValueError(f"RopeScaling.kind={self.kind!r}; choose one of {ROPE_SCALINGS}.")
+        checks.check_choice("RopeScaling.kind", self.kind, ROPE_SCALINGS)
         checks.check_positive_real("RopeScaling.factor", self.factor)
         if self.kind == "llama3":
             checks.check_positive_real("RopeScaling.low_freq_factor", self.low_freq_factor)

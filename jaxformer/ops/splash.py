@@ -135,6 +135,7 @@ def splash_attention(
         if T > S:
             raise ValueError(f"A `window` needs T <= S (otherwise late queries see no key); got T={T}, S={S}.")
     ids, _ = checks.check_segment_ids(segment_ids, B, T, S, allow_pair=False)  # self-attention ids only
+    ids = None if ids is None else ids.astype(jnp.int32)
     if T == 0 or S == 0:  # no tile to run: the dense path's empty output (T = 0) or zeros (no key, S = 0)
         return jnp.zeros((B, T, N, value.shape[-1]), query.dtype)
 

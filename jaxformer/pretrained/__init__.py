@@ -24,10 +24,9 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxformer import data
+from jaxformer import checks, data, hub, sharding
 from jaxformer.models import BERT, GPT, ModelConfig, ViT
 from jaxformer.pretrained import hf_config, io, weights
-from jaxformer.training import sharding
 
 __all__ = ["from_pretrained", "load_params", "load_tokenizer", "model_class", "save_pretrained"]
 
@@ -43,7 +42,7 @@ def _checkpoint_dtype(hf: dict):
 
 def _check_mesh(mesh) -> None:
     if mesh is not None and not isinstance(mesh, Mesh):
-        raise TypeError(f"`mesh` must be a jax.sharding.Mesh (training.sharding.make_mesh) or None; got {mesh!r:.80}.")
+        raise TypeError(f"`mesh` must be a jax.sharding.Mesh (jaxformer.sharding.make_mesh) or None; got {mesh!r:.80}.")
 
 
 def from_pretrained(path_or_id: str | os.PathLike, *, dtype=None, mesh: Mesh | None = None) -> GPT | BERT | ViT:
@@ -52,13 +51,13 @@ def from_pretrained(path_or_id: str | os.PathLike, *, dtype=None, mesh: Mesh | N
     path_or_id: a directory with `config.json` and `*.safetensors`, or a hub id (downloaded into the
       huggingface_hub cache when online; offline the cache is used).
     dtype: parameters and computation in this dtype (e.g. jnp.bfloat16); None keeps the checkpoint's own.
-    mesh: a device mesh (`training.sharding.make_mesh`); each parameter is placed split over it by the
+    mesh: a device mesh (`jaxformer.sharding.make_mesh`); each parameter is placed split over it by the
       logical-axis rules as it is read. None: the default device.
     """
     _check_mesh(mesh)
-    if dtype is not None and not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
-        raise TypeError(f"`dtype` must be a floating dtype (e.g. jnp.bfloat16) or None; got {jnp.dtype(dtype)}.")
-    directory = io.resolve(path_or_id)
+    if dtype is not None:
+        dtype = checks.check_float_dtype("dtype", dtype)
+    directory = hub.resolve(path_or_id)
     hf = io.read_config(directory)
     dtype = _checkpoint_dtype(hf) if dtype is None else jnp.dtype(dtype)
     cfg = hf_config.to_model_config(hf, dtype=dtype, param_dtype=dtype)
@@ -83,7 +82,7 @@ def load_params(path_or_id: str | os.PathLike, cfg: ModelConfig, *, mesh: Mesh |
     if not isinstance(cfg, ModelConfig):
         raise TypeError(f"`cfg` must be a ModelConfig; got {type(cfg).__name__}.")
     _check_mesh(mesh)
-    directory = io.resolve(path_or_id)
+    directory = hub.resolve(path_or_id)
     hf = io.read_config(directory)
     family = hf_config.family_of(hf)
     abstract_params = nnx.state(nnx.eval_shape(lambda: model_class(hf)(cfg, rngs=nnx.Rngs(0))), nnx.Param)
@@ -107,8 +106,7 @@ def save_pretrained(
     safetensors (sharded past `max_shard_bytes`, with an index), plus `tokenizer.json` when `tokenizer` is a
     `data.HFTokenizer`. `transformers`' AutoModelForCausalLM.from_pretrained loads it; so does `from_pretrained`,
     bit-exactly. Returns the directory."""
-    if isinstance(max_shard_bytes, bool) or not isinstance(max_shard_bytes, int) or max_shard_bytes < 1:
-        raise ValueError(f"`max_shard_bytes` must be a positive int; got {max_shard_bytes!r}.")
+    max_shard_bytes = checks.check_positive_int("max_shard_bytes", max_shard_bytes)
     if not isinstance(model, GPT | BERT | ViT):
         raise TypeError(f"save_pretrained writes GPT, BERT and ViT models; got a {type(model).__name__}.")
     cfg: ModelConfig = model.config
@@ -141,4 +139,4 @@ def save_pretrained(
 
 def load_tokenizer(path_or_id: str | os.PathLike) -> data.HFTokenizer:
     """The `tokenizer.json` of a checkpoint directory or hub id, as a jaxformer tokenizer (`data.HFTokenizer`)."""
-    return data.HFTokenizer.from_directory(io.resolve(path_or_id))
+    return data.HFTokenizer.from_pretrained(path_or_id)

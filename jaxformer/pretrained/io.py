@@ -1,9 +1,9 @@
 """Reading and writing checkpoints in Hugging Face's layout: `config.json` plus safetensors (one file, or shards
-named by `model.safetensors.index.json`), and finding them locally or on the hub.
+named by `model.safetensors.index.json`). Finding them locally or on the hub is `jaxformer.hub.resolve`.
 
 Loading never builds the model in host memory: the model is built abstractly (`nnx.eval_shape`), each parameter
 is read from the file on its own (`safetensors.safe_open`, no torch), converted, and put straight where it lives:
-on the default device, or split over a mesh by the logical-axis rules (`training/sharding.py`), so a model larger
+on the default device, or split over a mesh by the logical-axis rules (`jaxformer/sharding.py`), so a model larger
 than one device loads across an FSDP mesh while the host holds about one tensor at a time.
 """
 
@@ -25,30 +25,6 @@ from jaxformer.pretrained import weights
 CONFIG = "config.json"
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
-HUB_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json"]
-
-
-def resolve(path_or_id: str | os.PathLike) -> str:
-    """A local directory holding the checkpoint: `path_or_id` itself when it is a directory, else a hub id
-    downloaded with `huggingface_hub` into its cache (offline: only the cache is looked at)."""
-    path = os.fspath(path_or_id)
-    if os.path.isdir(path):
-        return path
-    if os.path.exists(path):
-        raise ValueError(f"`path_or_id`={path!r} is a file; pass the directory that holds config.json.")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
-
-    try:
-        return snapshot_download(repo_id=path, allow_patterns=HUB_FILES)
-    except HFValidationError as e:
-        raise ValueError(f"`path_or_id`={path!r} is neither a local directory nor a valid hub id ({e}).") from e
-    except LocalEntryNotFoundError as e:
-        raise FileNotFoundError(
-            f"{path!r} is not a local directory, and the hub could not be reached for it (offline, or "
-            "HF_HUB_OFFLINE=1) and it is not in the huggingface_hub cache. Download it once with internet "
-            f"(`huggingface-cli download {path}`), or pass a local directory with config.json and *.safetensors."
-        ) from e
 
 
 def read_config(directory: str) -> dict:

@@ -1,6 +1,7 @@
 """jaxformer.training: schedules, optimizers, TrainState, the pure steps and the runner that runs them on devices."""
 
-from jaxformer.training.optimizers import OPTIMIZERS, build_optimizer, decay_mask, make_optimizer
+from jaxformer.training.optimizers import OPTIMIZERS, decay_mask, make_optimizer
+from jaxformer.training.run import Run, build_run
 from jaxformer.training.runner import PARALLEL, StepRunner, make_eval_step, make_train_step
 from jaxformer.training.schedules import SCHEDULES, make_schedule
 from jaxformer.training.state import Graphs, TrainState, create_train_state, merge
@@ -12,9 +13,10 @@ __all__ = [
     "SCHEDULES",
     "Graphs",
     "LossFn",
+    "Run",
     "StepRunner",
     "TrainState",
-    "build_optimizer",
+    "build_run",
     "create_train_state",
     "decay_mask",
     "eval_step_fn",

@@ -30,6 +30,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from jaxformer import checks
 from jaxformer.training.state import TrainState
 
 CHECKSUMS_FILE = "checksums.json"
@@ -56,8 +57,7 @@ class Checkpointer:
     """
 
     def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3):
-        if isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int) or max_to_keep < 1:
-            raise ValueError(f"`max_to_keep` must be a positive int; got {max_to_keep!r}.")
+        max_to_keep = checks.check_positive_int("max_to_keep", max_to_keep)
         self.directory = os.path.abspath(os.fspath(directory))
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False)
         self.manager = ocp.CheckpointManager(self.directory, options=options)

@@ -13,17 +13,22 @@ from __future__ import annotations
 
 import ml_collections
 
+from jaxformer import checks
+from jaxformer.data.prepared import DEFAULT_VALIDATION_FRACTION
 
-def default_config() -> ml_collections.ConfigDict:
+
+def default_config(task: str = "lm") -> ml_collections.ConfigDict:
+    """Every key of a run of `task` ("lm", "mlm", "seq2seq" or "classification"), `config.data` included."""
+    checks.check_choice("config.task", task, tuple(TASK_DATA))
     config = ml_collections.ConfigDict()
     config.name = "run"
-    config.task = "lm"  # lm | mlm | seq2seq | classification (jaxformer.training.tasks)
+    config.task = task  # jaxformer.training.tasks
     config.seed = 0
     # A Hugging Face checkpoint (directory or hub id) to start from: its weights, and its architecture as the
     # model fields (config.model may then set only execution fields: dtype, remat, attention_impl, dropout rates).
     config.init_from = ""
 
-    config.data = ml_collections.ConfigDict()  # keys depend on the task: see jaxformer/training/tasks/<task>.py
+    config.data = TASK_DATA[task]()  # keys depend on the task: see jaxformer/training/tasks/<task>.py
     config.model = ml_collections.ConfigDict()
     config.model.variant = "gpt2-tiny"  # plus any ModelConfig field to override
     config.model.dtype = "float32"  # computation; "bfloat16" keeps float32 parameters (param_dtype)
@@ -55,7 +60,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.optimizer.clip_norm = 1.0  # 0 = no clipping
     config.optimizer.grad_accum_steps = 1
 
-    # Devices (jaxformer/training/sharding.py): data x fsdp x tensor must use every device; -1 takes the rest.
+    # Devices (jaxformer/sharding.py): data x fsdp x tensor must use every device; -1 takes the rest.
     config.mesh = ml_collections.ConfigDict()
     config.mesh.data = -1
     config.mesh.fsdp = 1
@@ -90,7 +95,7 @@ def text_data() -> ml_collections.ConfigDict:
     data.name = "tiny_shakespeare"
     data.data_dir = ""  # "" = $TFDS_DATA_DIR, else tfds's default
     data.path = ""
-    data.eval_fraction = 0.1  # text_file only: the tail used for validation
+    data.validation_fraction = DEFAULT_VALIDATION_FRACTION  # text_file: the tail held out (as `jaxformer prepare`)
     data.train_split = "train"
     data.eval_split = "validation"
     data.tokenizer = "char"  # or "byte", "sentencepiece" (with data.vocab_size), "hf:DIR_OR_HUB_ID"
@@ -99,3 +104,55 @@ def text_data() -> ml_collections.ConfigDict:
     data.seq_len = 64
     data.sampling = "random_windows"  # or "packed_documents" (data/pipeline.py; lm only)
     return data
+
+
+def mlm_data() -> ml_collections.ConfigDict:
+    """`config.data` of the masked LM: the text tasks' keys plus the share of tokens chosen for prediction."""
+    data = text_data()
+    data.mask_rate = 0.15  # BERT's: 80% [MASK] / 10% random / 10% kept (models.mask_for_mlm)
+    return data
+
+
+def seq2seq_data() -> ml_collections.ConfigDict:
+    """`config.data` of the encoder-decoder task: a synthetic digit task generated from the seed
+    (`data.seq2seq_task`)."""
+    data = ml_collections.ConfigDict()
+    data.task = "reverse"  # or "sort", "add"
+    data.min_len = 1  # source lengths, drawn uniformly from [min_len, max_len]
+    data.max_len = 8
+    data.num_train = 20_000
+    data.num_eval = 1_000
+    return data
+
+
+def image_data() -> ml_collections.ConfigDict:
+    """`config.data` of image classification (`data.image_dataset`)."""
+    data = ml_collections.ConfigDict()
+    data.name = "mnist"  # or "digits" (scikit-learn's 8x8 digits, offline)
+    data.fallback = "digits"  # loaded (with a warning) when `name` is not prepared; "" = fail instead
+    data.data_dir = ""  # "" = $TFDS_DATA_DIR
+    data.train_split = "train"
+    data.eval_split = "test"
+    data.patch_grid = 4  # g: each image is cut into g x g patches
+    return data
+
+
+TASK_DATA = {"lm": text_data, "mlm": mlm_data, "seq2seq": seq2seq_data, "classification": image_data}
+
+
+def complete(config: ml_collections.ConfigDict | dict) -> ml_collections.ConfigDict:
+    """A new config: `config` over `default_config(config.task)`, so every key a run reads exists.
+
+    The one place defaults come from: code reads `config.label_smoothing`, never `config.get(key, default)`.
+    Keys `config` sets win (also keys the defaults do not have); `config` itself is not changed.
+    """
+    values = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+    return ml_collections.ConfigDict(_merge(default_config(values.get("task", "lm")).to_dict(), values))
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        both_dicts = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merge(out[key], value) if both_dicts else value
+    return out

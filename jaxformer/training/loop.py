@@ -22,17 +22,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 
-from jaxformer import data, pretrained
-from jaxformer.training import multihost, plots, sharding
+from jaxformer import checks, data, sharding
+from jaxformer.training import defaults, multihost, plots
 from jaxformer.training.checkpoints import Checkpointer
 from jaxformer.training.metrics import MetricsLog, perplexity
-from jaxformer.training.optimizers import build_optimizer
+from jaxformer.training.run import EXECUTION_FIELDS, build_run
 from jaxformer.training.runner import StepRunner
 from jaxformer.training.state import merge
-from jaxformer.training.tasks import make_task
-from jaxformer.training.tasks.base import EXECUTION_FIELDS
 
 
 class NonFiniteLossError(RuntimeError):
@@ -46,9 +43,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     (both once the step they stopped at is saved), and ValueError for a config that is invalid or that changes the
     architecture of the run being resumed.
     """
+    config = defaults.complete(config)
     multihost.initialize(config)  # before anything touches a device
     check_loop_config(config)
-    mesh = sharding.mesh_from_config(config.get("mesh", {}))  # a bad mesh fails here, before anything is written
+    mesh = sharding.mesh_from_config(config.mesh)  # a bad mesh fails here, before anything is written
     sharding.check_batch_size(config.batch_size, mesh)
     os.makedirs(workdir, exist_ok=True)
     with Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints) as checkpoints:
@@ -66,19 +64,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _train(config, workdir: str, mesh, checkpoints: Checkpointer, start: int | None) -> dict:
     leader = multihost.is_leader()
-    task = make_task(config)
+    run = build_run(config)
+    task = run.task
     if leader:
         task.save_assets(workdir)
-    model_cfg = task.model_config()
-    schedule, optimizer = build_optimizer(config, d_model=model_cfg.d_model)
-    runner = StepRunner(
-        config.get("parallel", "jit"),
-        lambda: task.model_class(model_cfg, rngs=nnx.Rngs(config.seed)),
-        optimizer,
-        schedule,
-        task.loss,
-        mesh=mesh,
-    )
+    runner = StepRunner(config.parallel, run.make_model, run.optimizer, run.schedule, task.loss, mesh=mesh)
     graphs, state = runner.graphs, runner.initial_state
     # Each process reads only its rows of every global batch (the pipeline is deterministic in (seed, step)).
     rows = sharding.process_rows(mesh, config.batch_size)
@@ -88,10 +78,11 @@ def _train(config, workdir: str, mesh, checkpoints: Checkpointer, start: int | N
             f"Process {jax.process_index()} of {jax.process_count()} reads rows {rows.start}:{rows.stop} of every "
             f"batch of {config.batch_size}."
         )
-    batches = data.pipeline.iterator(train_data, **(config.grain.to_dict() if "grain" in config else {}))
+    batches = data.pipeline.iterator(train_data, **config.grain.to_dict())
     try:
-        if start is None and config.get("init_from"):  # a fresh run from pretrained weights (a resume has its own)
-            params = pretrained.load_params(config.init_from, model_cfg, mesh=runner.state_mesh)
+        # A fresh run from pretrained weights (a resume restores its own).
+        params = run.initial_params(runner.state_mesh) if start is None else None
+        if params is not None:
             state = state.replace(params=jax.device_put(params, runner.state_shardings.params))
             if leader:
                 print(f"Initialised the parameters from {config.init_from}.")
@@ -246,7 +237,8 @@ _ARCHITECTURE_KEYS = ("task", "init_from", "optimizer.name", "data.tokenizer", "
 def check_resume_config(saved: dict, config: ml_collections.ConfigDict, *, step: int) -> None:
     """Refuses (ValueError naming each field, saved and requested) a config that changes the architecture of the
     run saved at `step`; prints the other fields that changed (e.g. num_steps), which a resume may change."""
-    before, now = _flatten(saved), _flatten(config.to_dict())
+    # Both completed with today's defaults: a key added since the save is not a change.
+    before, now = _flatten(defaults.complete(saved).to_dict()), _flatten(defaults.complete(config).to_dict())
     changed = {k: (before.get(k), now.get(k)) for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)}
 
     def structural(key: str) -> bool:
@@ -278,9 +270,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 def check_loop_config(config: ml_collections.ConfigDict) -> None:
     """The loop's own settings: positive step counts and intervals (ValueError naming the field)."""
     for name in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
-        value = config.get(name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"config.{name} must be a positive int; got {value!r}.")
+        checks.check_positive_int(f"config.{name}", config[name])
 
 
 def _progress(start: int, total: int, *, enabled: bool = True):

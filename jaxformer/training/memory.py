@@ -32,9 +32,9 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxformer.training import sharding
-from jaxformer.training.optimizers import build_optimizer
-from jaxformer.training.tasks import make_task
+from jaxformer import sharding
+from jaxformer.training import defaults
+from jaxformer.training.run import build_run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,13 +66,13 @@ def memory_report(config: ml_collections.ConfigDict, num_devices: int | None = N
     """Per-device bytes of parameters, optimizer state and (estimated) activations for `config` on
     `num_devices` devices (default: the devices jax sees), with `config.mesh` resolved against that count."""
     num_devices = num_devices or jax.device_count()
-    shape = sharding.mesh_shape(dict(config.mesh.to_dict()), num_devices)
+    config = defaults.complete(config)
+    shape = sharding.mesh_shape(dict(config.mesh.to_dict()), num_devices)  # checked before the data is read
     mesh = MeshShape(dict(zip(sharding.MESH_AXES, shape, strict=True)))
     sharding.check_batch_size(config.batch_size, mesh)
-    task = make_task(config)
-    cfg = task.model_config()
-    _, optimizer = build_optimizer(config, d_model=cfg.d_model)
-    abstract = nnx.eval_shape(lambda: task.model_class(cfg, rngs=nnx.Rngs(0)))
+    run = build_run(config)
+    task, cfg, optimizer = run.task, run.model_config, run.optimizer
+    abstract = nnx.eval_shape(run.make_model)
     params = nnx.state(abstract, nnx.Param)
     param_specs = sharding.param_specs(params, mesh)
     param_total, param_device = _sharded_bytes(params, param_specs, mesh)

@@ -7,7 +7,7 @@ slice, under SLURM, Open MPI or GKE, jax finds the coordinator, the process coun
 elsewhere set `JAX_COORDINATOR_ADDRESS` (host:port of process 0), `JAX_NUM_PROCESSES` and `JAX_PROCESS_ID` on
 every host. After that `jax.devices()` lists every device of every host, and the mesh spans them all.
 
-What each process does (training/loop.py, training/sharding.py):
+What each process does (training/loop.py, jaxformer/sharding.py):
   - it runs the same program: the same config, the same deterministic batch order;
   - it feeds only the rows of each global batch that its own devices hold (`sharding.process_rows`), assembled
     into one global array with `jax.make_array_from_process_local_data`;

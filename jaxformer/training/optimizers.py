@@ -1,5 +1,5 @@
 """Optimizers from optax: AdamW or Adafactor, global-norm clipping, gradient accumulation, a weight-decay mask;
-`build_optimizer` makes the (schedule, optimizer) pair a run's config describes."""
+`from_config` makes the (schedule, optimizer) pair a run's config describes (`run.build_run` calls it)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import jax
 import ml_collections
 import optax
 
+from jaxformer import checks
 from jaxformer.training.schedules import Schedule, make_schedule
 
 OPTIMIZERS = ("adamw", "adafactor")
@@ -53,12 +54,10 @@ def make_optimizer(
     """clip_by_global_norm(clip_norm) -> AdamW(schedule, b1, b2, eps, weight_decay on `decay_mask`) (or Adafactor),
     wrapped in `optax.MultiSteps` when `grad_accum_steps > 1` (the update is applied every k micro-batches with
     their mean gradient; the schedule then counts applied updates)."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"Unknown optimizer {name!r}; choose one of {OPTIMIZERS}.")
-    if not isinstance(grad_accum_steps, int) or grad_accum_steps < 1:
-        raise ValueError(f"`grad_accum_steps` must be a positive int; got {grad_accum_steps!r}.")
-    if clip_norm is not None and clip_norm <= 0:
-        raise ValueError(f"`clip_norm` must be > 0 or None; got {clip_norm}.")
+    checks.check_choice("optimizer", name, OPTIMIZERS)
+    grad_accum_steps = checks.check_positive_int("grad_accum_steps", grad_accum_steps)
+    if clip_norm is not None:
+        clip_norm = checks.check_positive_real("clip_norm", clip_norm, " (or None: no clipping)")
 
     def mask(params):
         return decay_mask(params, decay_embeddings=decay_embeddings)
@@ -72,9 +71,7 @@ def make_optimizer(
     return optax.MultiSteps(optimizer, grad_accum_steps) if grad_accum_steps > 1 else optimizer
 
 
-def build_optimizer(
-    config: ml_collections.ConfigDict, *, d_model: int
-) -> tuple[Schedule, optax.GradientTransformation]:
+def from_config(config: ml_collections.ConfigDict, *, d_model: int) -> tuple[Schedule, optax.GradientTransformation]:
     """(schedule, optimizer) that a run's `config` describes (`training/defaults.py`: `schedule`, `learning_rate`,
     `warmup_steps`, `optimizer.*`, ...); `d_model` is the model width, which the inverse-sqrt schedule scales by.
 
@@ -96,7 +93,7 @@ def build_optimizer(
         warmup_steps=config.warmup_steps // k,
         end_learning_rate=config.end_learning_rate,
         d_model=d_model,
-        **config.get("schedule_options", ml_collections.ConfigDict()).to_dict(),
+        **config.schedule_options.to_dict(),
     )
     opt = config.optimizer
     optimizer = make_optimizer(

@@ -4,6 +4,7 @@
 eval steps for `config.parallel`, places each host batch, and moves the state between the step's layout and the
 one checkpoints, evaluation and sampling use. The functions below it are its parts, usable on their own:
 
+    init_state                          the TrainState built by a jitted constructor straight into its shardings
     make_train_step / make_eval_step    jax.jit, optionally with state / batch shardings (parallel="jit": data,
                                         FSDP and tensor parallelism, partitioned by XLA from sharding.py's rules)
     make_pmap_train_step                the classic jax.pmap: state replicated with a leading device axis,
@@ -28,22 +29,56 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxformer import checks, sharding
 from jaxformer.nn.constraints import activation_sharding
-from jaxformer.training import sharding, steps
+from jaxformer.training import steps
 from jaxformer.training.schedules import Schedule
-from jaxformer.training.state import Graphs, TrainState
+from jaxformer.training.state import Graphs, TrainState, split_model
 
 PARALLEL = ("jit", "pmap", "shard_map")
 DATA_AXIS = "data"  # the axis per-device steps average over
 
 
 def check_parallel(parallel: str) -> str:
-    if parallel not in PARALLEL:
-        raise ValueError(f"config.parallel={parallel!r}; choose one of {PARALLEL}.")
-    return parallel
+    return checks.check_choice("config.parallel", parallel, PARALLEL)
 
 
 # -- jit ---------------------------------------------------------------------------------------------------------
+
+
+def init_state(
+    make_model: Callable[[], nnx.Module], optimizer: optax.GradientTransformation, mesh: Mesh
+) -> tuple[Graphs, TrainState, TrainState]:
+    """(graphs, state, state_shardings): a TrainState initialised directly into its shardings on `mesh`.
+
+    The model is first built abstractly (`nnx.eval_shape`, no memory) to read its parameters' logical axes; then
+    its constructor runs under `jax.jit` with those `out_shardings`, so each device only ever materialises its
+    own shards. The optimizer state is initialised the same way, sharded like the parameters it tracks.
+    """
+    graphs, abstract_params, abstract_rest = split_model(nnx.eval_shape(make_model))
+    param_shardings = sharding.named(mesh, sharding.param_specs(abstract_params, mesh))
+    rest_shardings = sharding.named(mesh, sharding.param_specs(abstract_rest, mesh))
+
+    @functools.partial(jax.jit, out_shardings=(param_shardings, rest_shardings))
+    def init():
+        _, params, rest = split_model(make_model())
+        return params, rest
+
+    params, model_state = init()
+    replicated = NamedSharding(mesh, PartitionSpec())
+    leaf_shardings = jax.tree.map(lambda x: x.sharding, params)
+    opt_shardings = optax.tree_map_params(
+        optimizer,
+        lambda _, leaf_sharding: leaf_sharding,
+        jax.eval_shape(optimizer.init, params),
+        leaf_shardings,
+        transform_non_params=lambda _: replicated,
+    )
+    opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
+    step = jax.device_put(np.zeros((), np.int32), replicated)
+    state = TrainState(step=step, params=params, opt_state=opt_state, model_state=model_state)
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    return graphs, state, shardings
 
 
 def with_activation_hints(step: Callable, mesh: Mesh) -> Callable:
@@ -68,7 +103,7 @@ def make_train_step(
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The jitted `steps.train_step_fn`. The incoming TrainState is donated: its buffers are reused.
 
-    With `state_shardings` (a TrainState of shardings, from `sharding.create_sharded_train_state`) and
+    With `state_shardings` (a TrainState of shardings, from `init_state`) and
     `batch_sharding`, the step is compiled for them and returns the new state with the same shardings, so a
     sharded run never re-lays out its state between steps; metrics come back replicated. The model's activation
     hints are then on, pinning the residual stream to the batch sharding's mesh (else the state's).
@@ -207,9 +242,7 @@ class StepRunner:
         # pmap copies an ordinary one-device state to every device itself; the other modes lay it out on the mesh.
         devices = list(mesh.devices.flat)
         self.state_mesh = sharding.make_mesh(1, 1, 1, devices=devices[:1]) if parallel == "pmap" else mesh
-        self.graphs, self.initial_state, self.state_shardings = sharding.create_sharded_train_state(
-            make_model, optimizer, self.state_mesh
-        )
+        self.graphs, self.initial_state, self.state_shardings = init_state(make_model, optimizer, self.state_mesh)
         if parallel == "jit":
             step = make_train_step(
                 self.graphs,

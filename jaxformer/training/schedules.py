@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 import jax.numpy as jnp
 import optax
 
+from jaxformer import checks
+
 Schedule = Callable[[int], float]
 
 SCHEDULES = (
@@ -68,15 +70,12 @@ def make_schedule(
       decay_rate, decay_steps: `exponential` multiplies by decay_rate every decay_steps after warmup.
       decay_fraction: share of num_steps that `warmup_stable_decay` spends decaying.
     """
-    if name not in SCHEDULES:
-        raise ValueError(f"Unknown schedule {name!r}; choose one of {SCHEDULES}.")
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"`num_steps` must be a positive int; got {num_steps!r}.")
-    if not isinstance(warmup_steps, int) or not 0 <= warmup_steps <= num_steps:
-        raise ValueError(f"`warmup_steps` must be an int in [0, num_steps={num_steps}]; got {warmup_steps!r}.")
-    if learning_rate <= 0:
-        raise ValueError(f"`learning_rate` must be > 0; got {learning_rate}.")
-    lr, w = float(learning_rate), warmup_steps
+    checks.check_choice("schedule", name, SCHEDULES)
+    num_steps = checks.check_positive_int("num_steps", num_steps)
+    warmup_steps = checks.check_int(
+        "warmup_steps", warmup_steps, low=0, high=num_steps, expected=f"an int in [0, num_steps={num_steps}]"
+    )
+    lr, w = checks.check_positive_real("learning_rate", learning_rate), warmup_steps
     decay_len = max(num_steps - w, 1)
 
     if name == "warmup_cosine":
@@ -105,8 +104,7 @@ def make_schedule(
     if name == "exponential":
         return _with_warmup(lr, w, optax.exponential_decay(lr, decay_steps, decay_rate))
     # warmup_stable_decay (Hu et al. 2024, MiniCPM): warmup, a long constant phase, a short final decay.
-    if not 0.0 < decay_fraction <= 1.0:
-        raise ValueError(f"`decay_fraction` must be in (0, 1]; got {decay_fraction}.")
+    decay_fraction = checks.check_real("decay_fraction", decay_fraction, low=0.0, high=1.0, low_open=True)
     decay = max(round(decay_fraction * num_steps), 1)
     stable = num_steps - decay - w
     if stable < 0:

@@ -44,7 +44,7 @@ def split_model(model: nnx.Module) -> tuple[Graphs, nnx.State, nnx.State]:
 
 def create_train_state(model: nnx.Module, optimizer: optax.GradientTransformation) -> tuple[Graphs, TrainState]:
     """Splits `model` once into its graph definitions and a TrainState at step 0 (the model is left in train mode).
-    On a device mesh use `sharding.create_sharded_train_state`, which builds the state straight into its shards."""
+    On a device mesh use `runner.init_state`, which builds the state straight into its shards."""
     graphs, params, model_state = split_model(model)
     state = TrainState(
         step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), model_state=model_state

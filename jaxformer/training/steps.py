@@ -20,7 +20,7 @@ from jaxformer.training.state import Graphs, TrainState
 
 LossFn = Callable[[nnx.Module, dict], tuple[jax.Array, dict]]
 """`loss(model, batch) -> (scalar loss, metrics)`; the metrics hold at least `nll` (the unsmoothed loss),
-`accuracy` and `tokens` (targets counted), as `tasks.base.token_loss` returns them. Traced inside jit."""
+`accuracy` and `tokens` (targets counted), as `tasks.base.classification_loss` returns them. Traced inside jit."""
 
 
 class CrossDevice(Protocol):

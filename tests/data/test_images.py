@@ -94,9 +94,14 @@ def test_digits_errors():
         data.digits("validation")
     with pytest.raises(ValueError, match=r"got 'train\[:10%\]'"):
         data.digits("train[:10%]")
-    for bad in (0.0, 1.0, -0.1, 1.5, "0.2", True):
-        with pytest.raises(ValueError, match=r"`test_fraction` must be a float strictly between 0 and 1; got "):
+    for bad in (0.0, 1.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"`test_fraction` must be a finite number in \(0, 1\); got "):
             data.digits("train", test_fraction=bad)
+    for bad in ("0.2", True, None):
+        with pytest.raises(TypeError, match=r"`test_fraction` must be a real number; got "):
+            data.digits("train", test_fraction=bad)
+    with pytest.raises(TypeError, match=r"`split` for the 'digits' dataset must be one of \['train', 'test'\]; got 0"):
+        data.digits(0)
     with pytest.raises(ValueError, match=r"`seed` must be a non-negative int; got -1"):
         data.digits("train", seed=-1)
 
@@ -134,11 +139,11 @@ def test_digits_by_name_needs_no_fallback(digits_splits):
 
 
 def test_image_dataset_bad_arguments(tmp_path):
-    with pytest.raises(
-        ValueError, match=r"`name` must be one of the image datasets \['digits', 'mnist'\]; got 'cifar10'"
-    ):
+    with pytest.raises(ValueError, match=r"^name='cifar10'; choose one of \('digits', 'mnist'\)\.$"):
         data.image_dataset("cifar10", "train")
-    with pytest.raises(ValueError, match=r"`fallback` must be None or one of .*got 'digit'"):
+    with pytest.raises(TypeError, match=r"^name=None; choose one of \('digits', 'mnist'\)\.$"):
+        data.image_dataset(None, "train")
+    with pytest.raises(ValueError, match=r"^fallback='digit'; choose one of \('digits', 'mnist'\)\.$"):
         data.image_dataset("mnist", "train", data_dir=tmp_path, fallback="digit")
     with pytest.raises(ValueError, match=r"must be one of \['train', 'test'\]; got 'bogus'"):
         data.image_dataset("digits", "bogus")

@@ -507,9 +507,9 @@ def test_array_tokens_windows_read_inside_the_store_only():
             store.windows(np.array(starts), length)  # nothing clamped or padded
     with pytest.raises(ValueError, match="`length` must be a positive int"):
         store.windows(np.array([0]), 0)
-    with pytest.raises(ValueError, match="`starts` must be a 1-D integer array"):
+    with pytest.raises(ValueError, match=r"`starts` must be a 1-D array of window starts; got shape \(1, 1\)"):
         store.windows(np.array([[0]]), 2)
-    with pytest.raises(ValueError, match="`starts` must be a 1-D integer array"):
+    with pytest.raises(TypeError, match="`starts` must hold integer window starts; got dtype float64"):
         store.windows(np.array([0.0]), 2)
 
 
@@ -522,7 +522,7 @@ def test_array_tokens_document_starts():
     for bad in ([1, 3], [0, 3, 3], [0, 3, 2], [0, 5], [0, 2, 7], []):
         with pytest.raises(ValueError, match="`document_starts` must be strictly increasing, start at 0 and stay"):
             ArrayTokens(np.arange(5), document_starts=bad)
-    with pytest.raises(ValueError, match="`document_starts` must be a 1-D integer array"):
+    with pytest.raises(TypeError, match="`document_starts` must hold integer document starts; got dtype float64"):
         ArrayTokens(np.arange(5), document_starts=[0.0, 2.0])
     with pytest.raises(ValueError, match="must be empty for an empty store"):
         ArrayTokens(np.zeros(0, np.int32), document_starts=[0])
@@ -531,7 +531,9 @@ def test_array_tokens_document_starts():
 def test_array_tokens_token_errors():
     with pytest.raises(ValueError, match="`tokens` must be a 1-D array of token ids"):
         ArrayTokens(TOKENS.reshape(10, 100))
-    with pytest.raises(ValueError, match="`tokens` must hold integer token ids"):
+    with pytest.raises(TypeError, match="`tokens` must hold integer token ids; got dtype float32"):
         ArrayTokens(TOKENS.astype(np.float32))
+    with pytest.raises(TypeError, match="`tokens` must be a 1-D array of token ids; got None"):
+        ArrayTokens(None)
     with pytest.raises(ValueError, match=r"`tokens` must hold token ids in \[0, 2\*\*31\)"):
         ArrayTokens(np.array([0, -1]))

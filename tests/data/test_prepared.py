@@ -1,5 +1,6 @@
-"""Tests for jaxformer.data.prepared (`jaxformer prepare`): shards that read back as the tokens of the text, document
-starts, validation cuts, tfds splits, resuming after an interruption, refusals and the command line."""
+"""Tests for `jaxformer prepare` (data/writer.py, data/shards.py, data/sources.py) and the reader of what it writes
+(data/prepared.py): shards that read back as the tokens of the text, document starts, validation cuts (10% by
+default), tfds splits, resuming after an interruption, refusals and the command line."""
 
 import itertools
 import json
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from jaxformer import cli
-from jaxformer.data import prepared
+from jaxformer.data import prepared, shards, writer
 from jaxformer.data.token_store import ArrayTokens, TokenStore
 from jaxformer.data.tokenizers import CharTokenizer
 
@@ -90,7 +91,7 @@ def test_text_round_trip_with_validation_cut(tmp_path, tokenizer):
         pytest.importorskip("sentencepiece")
     texts = make_corpus(tmp_path)
     fraction = 0.15
-    corpus = prepared.prepare(
+    corpus = writer.prepare(
         f"text:{tmp_path}/doc*.txt",
         tokenizer,
         tmp_path / "out",
@@ -124,9 +125,39 @@ def test_text_round_trip_with_validation_cut(tmp_path, tokenizer):
     corpus.verify()
 
 
+def test_a_single_split_source_holds_out_a_tenth_as_validation_by_default(tmp_path, capsys):
+    """Without `validation_fraction`, text:GLOB (and tfds:NAME:SPLIT) get 10% validation, so that the recipes, which
+    evaluate on "validation", train on the corpus as it comes; 0 asks for none, and the stored command says so."""
+    texts = make_corpus(tmp_path)
+    assert prepared.DEFAULT_VALIDATION_FRACTION == 0.1
+    corpus = writer.prepare(f"text:{tmp_path}/doc*.txt", "char", tmp_path / "out", workers=1, progress=False)
+    assert corpus.split_names == ["train", "validation"] and corpus.metadata["validation_fraction"] == 0.1
+    joined, cut = "".join(texts).encode("utf-8"), expected_cut(texts, 0.1)
+    for name, text in (("train", joined[:cut]), ("validation", joined[cut:])):
+        store = corpus.split(name)
+        assert corpus.tokenizer.decode(store.windows([0], len(store))[0]) == text.decode("utf-8")
+    request = json.loads((tmp_path / "out" / "prepare.json").read_text())
+    assert "--validation_fraction" not in prepared.prepare_command(request, "out")  # the default: left out
+
+    none = writer.prepare(f"text:{tmp_path}/doc*.txt", "char", tmp_path / "none", validation_fraction=0.0,
+                          workers=1, progress=False)  # fmt: skip
+    assert none.split_names == ["train"] and none.metadata["validation_fraction"] == 0.0
+    request = json.loads((tmp_path / "none" / "prepare.json").read_text())
+    assert "--validation_fraction 0.0" in prepared.prepare_command(request, "none")
+    with pytest.raises(ValueError, match=r"validation_fraction: 0.0 there, 0.1 now.*--validation_fraction 0.0"):
+        writer.prepare(f"text:{tmp_path}/doc*.txt", "char", tmp_path / "none", workers=1, progress=False)
+    assert prepared.default_validation_fraction("tfds:tiny_shakespeare") == 0.0  # the dataset's own splits
+    assert prepared.default_validation_fraction("tfds:tiny_shakespeare:train") == 0.1
+    assert prepared.default_validation_fraction("tfds:wmt14_translate/de-en:1.0.0") == 0.0
+
+    (tmp_path / "one_line.txt").write_text("a single line without a newline")
+    with pytest.raises(ValueError, match=r"leaves the validation split empty.*\(0: no validation split\)"):
+        writer.prepare(f"text:{tmp_path}/one_line.txt", "byte", tmp_path / "one", workers=1, progress=False)
+
+
 def test_sharded_tokens_is_a_picklable_token_store(tmp_path):
     make_corpus(tmp_path, sizes=(300,))
-    store = prepared.prepare(
+    store = writer.prepare(
         f"text:{tmp_path}/*.txt", "byte", tmp_path / "out", workers=1, shard_mb=0.002, chunk_tokens=16, progress=False
     ).split("train")
     starts = np.array([0, 5, len(store) - 40])
@@ -148,7 +179,7 @@ def test_sharded_tokens_is_a_picklable_token_store(tmp_path):
 def test_tfds_tiny_shakespeare_every_split(tmp_path):
     from jaxformer import data
 
-    corpus = prepared.prepare(
+    corpus = writer.prepare(
         "tfds:tiny_shakespeare", "char", tmp_path / "out", data_dir=TFDS_DIR, workers=1, shard_mb=0.3, progress=False
     )
     texts = {s: data.tfds_text("tiny_shakespeare", s, data_dir=TFDS_DIR) for s in ("train", "validation", "test")}
@@ -171,7 +202,7 @@ def test_tfds_tiny_shakespeare_every_split(tmp_path):
 def test_tfds_one_split_as_train_with_a_validation_fraction(tmp_path):
     from jaxformer import data
 
-    corpus = prepared.prepare(
+    corpus = writer.prepare(
         "tfds:tiny_shakespeare:validation",
         "byte",
         tmp_path / "out",
@@ -192,11 +223,11 @@ def test_resume_after_an_interruption_keeps_finished_shards(tmp_path, monkeypatc
     make_corpus(tmp_path)
     args = (f"text:{tmp_path}/doc*.txt", "char")
     kwargs = dict(validation_fraction=0.1, workers=1, shard_mb=0.002, chunk_tokens=32, progress=False)
-    reference = prepared.prepare(*args, tmp_path / "reference", **kwargs)
+    reference = writer.prepare(*args, tmp_path / "reference", **kwargs)
     num_shards = sum(len(s["shards"]) for s in reference.metadata["splits"].values())
     assert num_shards >= 6
 
-    write_shard, calls = prepared._write_shard, []
+    write_shard, calls = shards.write_shard, []
 
     def failing(*job):
         calls.append(job[1])
@@ -205,9 +236,9 @@ def test_resume_after_an_interruption_keeps_finished_shards(tmp_path, monkeypatc
         return write_shard(*job)
 
     out = tmp_path / "out"
-    monkeypatch.setattr(prepared, "_write_shard", failing)
+    monkeypatch.setattr(shards, "write_shard", failing)
     with pytest.raises(RuntimeError, match="injected failure"):
-        prepared.prepare(*args, out, **kwargs)
+        writer.prepare(*args, out, **kwargs)
     assert not (out / "metadata.json").exists()
     finished = {stem: (out / f"{stem}.array_record").stat() for stem in calls[:3]}
     assert all((out / f"{stem}.done.json").exists() for stem in finished)
@@ -217,8 +248,8 @@ def test_resume_after_an_interruption_keeps_finished_shards(tmp_path, monkeypatc
         prepared.open_prepared(out)
 
     calls.clear()
-    monkeypatch.setattr(prepared, "_write_shard", lambda *job: calls.append(job[1]) or write_shard(*job))
-    corpus = prepared.prepare(*args, out, **kwargs)
+    monkeypatch.setattr(shards, "write_shard", lambda *job: calls.append(job[1]) or write_shard(*job))
+    corpus = writer.prepare(*args, out, **kwargs)
     assert len(calls) == num_shards - 3 and not set(calls) & set(finished)  # only the unfinished shards are written
     for stem, before in finished.items():
         after = (out / f"{stem}.array_record").stat()
@@ -228,7 +259,7 @@ def test_resume_after_an_interruption_keeps_finished_shards(tmp_path, monkeypatc
         a, b = corpus.split(name), reference.split(name)
         np.testing.assert_array_equal(a.windows([0], len(a)), b.windows([0], len(b)))
     calls.clear()
-    assert prepared.prepare(*args, out, **kwargs).metadata == reference.metadata  # finished: nothing to do
+    assert writer.prepare(*args, out, **kwargs).metadata == reference.metadata  # finished: nothing to do
     assert calls == []
 
 
@@ -236,27 +267,27 @@ def test_rerun_with_another_request_or_a_changed_source_is_refused(tmp_path, mon
     make_corpus(tmp_path)
     source = f"text:{tmp_path}/doc*.txt"
     out = tmp_path / "out"
-    prepared.prepare(source, "char", out, workers=1, shard_mb=0.002, progress=False)
+    writer.prepare(source, "char", out, workers=1, shard_mb=0.002, progress=False)
     with pytest.raises(ValueError, match=r"another request \(tokenizer: 'char' there, 'byte' now\).*--tokenizer char"):
-        prepared.prepare(source, "byte", out, workers=1, shard_mb=0.002, progress=False)
-    with pytest.raises(ValueError, match=r"validation_fraction: 0.0 there, 0.2 now"):
-        prepared.prepare(source, "char", out, validation_fraction=0.2, workers=1, shard_mb=0.002, progress=False)
+        writer.prepare(source, "byte", out, workers=1, shard_mb=0.002, progress=False)
+    with pytest.raises(ValueError, match=r"validation_fraction: 0.1 there, 0.2 now"):
+        writer.prepare(source, "char", out, validation_fraction=0.2, workers=1, shard_mb=0.002, progress=False)
 
     # Interrupted, then the source changes: the finished shards no longer match it.
     out2 = tmp_path / "out2"
-    monkeypatch.setattr(prepared, "_write_shard", lambda *job: 1 / 0)
+    monkeypatch.setattr(shards, "write_shard", lambda *job: 1 / 0)
     with pytest.raises(ZeroDivisionError):
-        prepared.prepare(source, "byte", out2, workers=1, shard_mb=0.002, progress=False)
+        writer.prepare(source, "byte", out2, workers=1, shard_mb=0.002, progress=False)
     monkeypatch.undo()
     with open(tmp_path / "doc0.txt", "a") as f:
         f.write("one more line\n")
     with pytest.raises(ValueError, match=r"changed since the unfinished preparation"):
-        prepared.prepare(source, "byte", out2, workers=1, shard_mb=0.002, progress=False)
+        writer.prepare(source, "byte", out2, workers=1, shard_mb=0.002, progress=False)
 
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match=r"not empty and holds no prepare.json"):
-        prepared.prepare(source, "byte", tmp_path / "other", workers=1, progress=False)
+        writer.prepare(source, "byte", tmp_path / "other", workers=1, progress=False)
 
 
 def test_open_prepared_errors_and_verify_names_a_damaged_shard(tmp_path):
@@ -268,7 +299,7 @@ def test_open_prepared_errors_and_verify_names_a_damaged_shard(tmp_path):
 
     make_corpus(tmp_path)
     out = tmp_path / "out"
-    corpus = prepared.prepare(f"text:{tmp_path}/doc*.txt", "byte", out, workers=1, shard_mb=0.002, progress=False)
+    corpus = writer.prepare(f"text:{tmp_path}/doc*.txt", "byte", out, workers=1, shard_mb=0.002, progress=False)
     corpus.verify()
     shard = out / corpus.metadata["splits"]["train"]["shards"][1]["file"]
     data = bytearray(shard.read_bytes())
@@ -283,7 +314,7 @@ def test_open_prepared_errors_and_verify_names_a_damaged_shard(tmp_path):
         prepared.open_prepared(out)
     (out / "metadata.json").unlink()
     kept = (out / corpus.metadata["splits"]["train"]["shards"][0]["file"]).stat().st_mtime_ns
-    repaired = prepared.prepare(f"text:{tmp_path}/doc*.txt", "byte", out, workers=1, shard_mb=0.002, progress=False)
+    repaired = writer.prepare(f"text:{tmp_path}/doc*.txt", "byte", out, workers=1, shard_mb=0.002, progress=False)
     repaired.verify()
     assert repaired.metadata == metadata
     assert (out / corpus.metadata["splits"]["train"]["shards"][0]["file"]).stat().st_mtime_ns == kept
@@ -295,17 +326,18 @@ def test_open_prepared_errors_and_verify_names_a_damaged_shard(tmp_path):
     (out / "metadata.json").write_text(json.dumps(metadata))
     with pytest.raises(ValueError, match="has format 'something/9'"):
         prepared.open_prepared(out)
-    with pytest.raises(ValueError, match=r"no split 'dev'; choose one of \['train'\]"):
+    with pytest.raises(ValueError, match=r"no split 'dev'; choose one of \['train', 'validation'\]"):
         corpus.split("dev")
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(validation_fraction=1.0), r"`validation_fraction` must be a number in \[0.0, 1.0\); got 1.0"),
-        (dict(validation_fraction=-0.1), r"`validation_fraction` must be a number in \[0.0, 1.0\); got -0.1"),
+        (dict(validation_fraction=1.0), r"`validation_fraction` must be a finite number in \[0, 1\); got 1.0"),
+        (dict(validation_fraction=-0.1), r"`validation_fraction` must be a finite number in \[0, 1\); got -0.1"),
         (dict(workers=0), r"`workers` must be a positive int; got 0"),
-        (dict(shard_mb=0), r"`shard_mb` must be a number in \(0.0, inf\); got 0"),
+        (dict(shard_mb=0), r"`shard_mb` must be a finite number > 0; got 0"),
+        (dict(tokenizer_sample_mb=float("inf")), r"`tokenizer_sample_mb` must be a finite number > 0; got inf"),
         (dict(chunk_tokens=0), r"`chunk_tokens` must be a positive int; got 0"),
         (dict(source="s3://bucket/x"), r"`source`='s3://bucket/x': unknown scheme 's3'"),
         (dict(source="corpus.txt"), r"`source`='corpus.txt'; expected one of"),
@@ -323,8 +355,26 @@ def test_bad_arguments(tmp_path, kwargs, message):
     args = {"source": f"text:{tmp_path}/doc.txt", "tokenizer": "byte", "out": tmp_path / "out", "workers": 1}
     args.update({k: v.format(tmp=tmp_path) if isinstance(v, str) else v for k, v in kwargs.items()})
     with pytest.raises(ValueError, match=message):
-        prepared.prepare(**args, progress=False)
+        writer.prepare(**args, progress=False)
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(source=3), r"`source` must be a str"),
+        (dict(tokenizer=None), r"`tokenizer` must be a tokenizer name"),
+        (dict(out=7), r"`out` must be a directory path"),
+        (dict(shard_mb="big"), r"`shard_mb` must be a real number; got 'big' \(str\)"),
+        (dict(validation_fraction=True), r"`validation_fraction` must be a real number; got True"),
+        (dict(feature=1), r"`feature` must be the name of a TFDS text feature"),
+    ],
+)
+def test_arguments_of_the_wrong_kind_are_type_errors(tmp_path, kwargs, message):
+    (tmp_path / "doc.txt").write_text("some text\nmore text\n")
+    args = {"source": f"text:{tmp_path}/doc.txt", "tokenizer": "byte", "out": tmp_path / "out", "workers": 1}
+    with pytest.raises(TypeError, match=message):
+        writer.prepare(**{**args, **kwargs}, progress=False)
 
 
 def test_cli_prepare(tmp_path, capsys):
@@ -343,7 +393,7 @@ def test_cli_prepare(tmp_path, capsys):
     assert "already prepared" in capsys.readouterr().err
 
     for bad, message in (
-        (["--validation_fraction=1.5"], "`validation_fraction` must be a number in [0.0, 1.0); got 1.5"),
+        (["--validation_fraction=1.5"], "`validation_fraction` must be a finite number in [0, 1); got 1.5"),
         (["--workers=two"], "--workers=two"),
         (["--tokenizer=char"], "another request (tokenizer: 'byte' there, 'char' now)"),
         (["--source=text:/no/such/dir/*.txt", f"--out={tmp_path / 'new'}"], "matches no file"),
@@ -363,7 +413,7 @@ def test_an_error_in_a_worker_process_names_the_file_and_leaves_no_metadata(tmp_
     (tmp_path / "doc1.txt").write_bytes(b"fine line\n" * 300 + b"caf\xe9 in latin-1\n")
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=rf"{tmp_path / 'doc1.txt'} is not UTF-8 text: invalid .* at byte 3003"):
-        prepared.prepare(f"text:{tmp_path}/doc*.txt", "byte", out, workers=2, shard_mb=0.001, progress=False)
+        writer.prepare(f"text:{tmp_path}/doc*.txt", "byte", out, workers=2, shard_mb=0.001, progress=False)
     assert not (out / "metadata.json").exists()
     assert not list(out.glob("*.tmp"))
 
@@ -371,9 +421,16 @@ def test_an_error_in_a_worker_process_names_the_file_and_leaves_no_metadata(tmp_
 def test_hf_tokenizer_encodes_each_document_piece_on_its_own(tmp_path):
     texts = make_corpus(tmp_path)
     fixture = ROOT / "tests" / "fixtures" / "pretrained" / "gpt2"
-    corpus = prepared.prepare(
-        f"text:{tmp_path}/doc*.txt", f"hf:{fixture}", tmp_path / "out", workers=1, shard_mb=0.002, progress=False
+    corpus = writer.prepare(
+        f"text:{tmp_path}/doc*.txt",
+        f"hf:{fixture}",
+        tmp_path / "out",
+        validation_fraction=0,  # none: the train split is the whole text
+        workers=1,
+        shard_mb=0.002,
+        progress=False,
     )
+    assert corpus.split_names == ["train"]
     tok = corpus.tokenizer
     assert tok.to_dict() == json.loads((tmp_path / "out" / "tokenizer.json").read_text())
     assert corpus.vocab_size == tok.vocab_size == 300
@@ -389,11 +446,12 @@ def test_hf_tokenizer_encodes_each_document_piece_on_its_own(tmp_path):
 def test_a_glob_that_covers_the_output_directory_leaves_it_out(tmp_path, monkeypatch):
     texts = make_corpus(tmp_path, sizes=(200,))
     source, out = f"text:{tmp_path}/**", tmp_path / "out"
-    write_shard = prepared._write_shard
-    monkeypatch.setattr(prepared, "_write_shard", lambda *job: write_shard(*job) if "00000" in job[1] else 1 / 0)
+    write_shard = shards.write_shard
+    monkeypatch.setattr(shards, "write_shard", lambda *job: write_shard(*job) if "00000" in job[1] else 1 / 0)
     with pytest.raises(ZeroDivisionError):
-        prepared.prepare(source, "byte", out, workers=1, shard_mb=0.002, progress=False)
+        writer.prepare(source, "byte", out, workers=1, shard_mb=0.002, progress=False)
     monkeypatch.undo()
-    corpus = prepared.prepare(source, "byte", out, workers=1, shard_mb=0.002, progress=False)  # the same plan
-    store = corpus.split("train")
-    assert corpus.tokenizer.decode(store.windows([0], len(store))[0]) == texts[0]
+    corpus = writer.prepare(source, "byte", out, workers=1, shard_mb=0.002, progress=False)  # the same plan
+    train, valid = corpus.split("train"), corpus.split("validation")
+    tokens = np.concatenate([train.windows([0], len(train))[0], valid.windows([0], len(valid))[0]])
+    assert corpus.tokenizer.decode(tokens) == texts[0]

@@ -129,8 +129,8 @@ def test_unknown_character_is_named(tok):
 
 
 def test_bad_vocab_size():
-    for bad in (0, -3, 2.5, True, "256"):
-        with pytest.raises(ValueError, match=rf"`vocab_size` must be a positive int; got {bad!r}"):
+    for bad, error in ((0, ValueError), (-3, ValueError), (2.5, ValueError), (True, ValueError), ("256", TypeError)):
+        with pytest.raises(error, match=rf"`vocab_size` must be a positive int; got {bad!r}"):
             SentencePieceTokenizer.train(TEXT, vocab_size=bad)
     with pytest.raises(ValueError, match=r"`vocab_size`=100000 does not fit .*Vocabulary size too high"):
         SentencePieceTokenizer.train(TEXT, vocab_size=100_000)
@@ -139,10 +139,16 @@ def test_bad_vocab_size():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match=r"`model_type`='wordpiece'; choose one of"):
+    with pytest.raises(ValueError, match=r"model_type='wordpiece'; choose one of"):
         SentencePieceTokenizer.train(TEXT, vocab_size=200, model_type="wordpiece")
-    with pytest.raises(ValueError, match=r"`character_coverage` must be a number in \(0, 1\]; got 1.5"):
+    with pytest.raises(TypeError, match=r"model_type=None; choose one of"):
+        SentencePieceTokenizer.train(TEXT, vocab_size=200, model_type=None)
+    with pytest.raises(ValueError, match=r"`character_coverage` must be a finite number in \(0, 1\]; got 1.5"):
         SentencePieceTokenizer.train(TEXT, vocab_size=200, character_coverage=1.5)
+    with pytest.raises(TypeError, match=r"`character_coverage` must be a real number; got '1'"):
+        SentencePieceTokenizer.train(TEXT, vocab_size=200, character_coverage="1")
+    with pytest.raises(TypeError, match=r"`byte_fallback` must be True or False; got 1"):
+        SentencePieceTokenizer.train(TEXT, vocab_size=200, byte_fallback=1)
     with pytest.raises(ValueError, match=r"sets the trainer options \['num_threads'\] itself"):
         SentencePieceTokenizer.train(TEXT, vocab_size=200, num_threads=4)
     with pytest.raises(ValueError, match="non-empty line"):
@@ -160,7 +166,7 @@ def test_decode_rejects_bad_ids(tok):
         tok.decode(np.array([-1, 2]))
     with pytest.raises(ValueError, match="1-D"):
         tok.decode([[1, 2]])
-    with pytest.raises(ValueError, match="integer"):
+    with pytest.raises(TypeError, match="`ids` must hold integer token ids; got dtype float64"):
         tok.decode([1.5])
 
 

@@ -49,8 +49,17 @@ def test_data_dir_defaults_to_env(monkeypatch):
 def test_unknown_split_and_feature():
     with pytest.raises(ValueError, match=r"no split 'bogus'; choose one of \['train', 'validation', 'test'\]"):
         data.tfds_source("tiny_shakespeare", "bogus", data_dir=SHARED_TFDS)
-    with pytest.raises(ValueError, match=r"no feature 'body'; pass feature= one of \['text'\]"):
+    with pytest.raises(ValueError, match=r"no feature 'body'; pass `feature` one of \['text'\]"):
         data.tfds_text("tiny_shakespeare", "test", data_dir=SHARED_TFDS, feature="body")
+
+
+def test_name_and_split_must_be_non_empty_strings(tmp_path):
+    with pytest.raises(ValueError, match=r"`name` must be a TFDS dataset name such as 'tiny_shakespeare'; got ''"):
+        data.tfds_source("", "train", data_dir=tmp_path)
+    with pytest.raises(TypeError, match=r"`name` must be a TFDS dataset name .*; got None"):
+        data.tfds_source(None, "train", data_dir=tmp_path)
+    with pytest.raises(TypeError, match=r"`split` must be a split name such as 'train'; got 0"):
+        data.tfds_source("tiny_shakespeare", 0, data_dir=tmp_path)
 
 
 def test_missing_dataset_error_says_where_and_how(tmp_path):

@@ -87,7 +87,7 @@ def test_deterministic_given_seed():
 
 
 def test_errors():
-    with pytest.raises(ValueError, match=r"Unknown seq2seq task 'copy'; choose one of \('reverse', 'sort', 'add'\)"):
+    with pytest.raises(ValueError, match=r"seq2seq task='copy'; choose one of \('reverse', 'sort', 'add'\)"):
         seq2seq_task("copy", num_examples=1, min_len=1, max_len=2, seed=0)
     with pytest.raises(ValueError, match="`min_len`=3 must be <= `max_len`=2"):
         seq2seq_task("sort", num_examples=1, min_len=3, max_len=2, seed=0)
@@ -97,3 +97,5 @@ def test_errors():
         seq2seq_encode("1-2")
     with pytest.raises(ValueError, match="got 14"):
         seq2seq_decode([14])
+    with pytest.raises(TypeError, match="`ids` must hold integer token ids; got dtype float64"):
+        seq2seq_decode([1.0])

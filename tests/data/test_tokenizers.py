@@ -1,13 +1,16 @@
-"""Tests for jaxformer.data.tokenizers: round trips, id layout, errors, dict (checkpoint) round trips."""
+"""Tests for jaxformer.data.tokenizers: round trips, id layout, errors, dict (checkpoint) round trips, the factory by
+name."""
 
 import json
+import pathlib
 
 import hypothesis
 import hypothesis.strategies as st
 import numpy as np
 import pytest
 
-from jaxformer.data import ByteTokenizer, CharTokenizer, Tokenizer, tokenizer_from_dict
+from jaxformer.data import ByteTokenizer, CharTokenizer, HFTokenizer, Tokenizer, make_tokenizer, tokenizer_from_dict
+from jaxformer.data.tokenizers import TOKENIZER_NAMES, TOKENIZERS, check_tokenizer
 
 
 def test_char_vocabulary_is_sorted_set_of_characters():
@@ -68,7 +71,7 @@ def test_decode_rejects_bad_ids(tok):
         tok.decode([-1])
     with pytest.raises(ValueError, match="1-D"):
         tok.decode([[0, 1]])
-    with pytest.raises(ValueError, match="integer"):
+    with pytest.raises(TypeError, match="`ids` must hold integer token ids; got dtype float64"):
         tok.decode([0.5])
 
 
@@ -79,10 +82,18 @@ def test_bad_vocabularies():
         CharTokenizer("aba")
     with pytest.raises(ValueError, match="1-character"):
         CharTokenizer(["ab", "c"])
+    with pytest.raises(TypeError, match="1-character"):
+        CharTokenizer(["a", 1])
     with pytest.raises(ValueError, match="non-empty str"):
         CharTokenizer.from_text("")
-    with pytest.raises(ValueError, match="errors"):
+    with pytest.raises(TypeError, match="non-empty str; got None"):
+        CharTokenizer.from_text(None)
+    with pytest.raises(
+        ValueError, match=r"ByteTokenizer errors='bogus'; choose one of \('replace', 'strict', 'ignore'\)"
+    ):
         ByteTokenizer(errors="bogus")
+    with pytest.raises(TypeError, match=r"ByteTokenizer errors=None; choose one of"):
+        ByteTokenizer(errors=None)
 
 
 def test_byte_decode_invalid_utf8():
@@ -109,3 +120,34 @@ def test_from_dict_errors():
         tokenizer_from_dict({"chars": "ab"})
     with pytest.raises(ValueError, match="type 'char'; got 'byte'"):
         CharTokenizer.from_dict({"type": "byte"})
+
+
+def test_make_tokenizer_by_name():
+    """One factory for `jaxformer prepare --tokenizer` and `config.data.tokenizer`, over the one TOKENIZERS table."""
+    fixture = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "pretrained" / "gpt2"
+    assert TOKENIZER_NAMES == ("char", "byte", "sentencepiece", "hf:DIR_OR_ID")
+    assert set(TOKENIZERS) == {"char", "byte", "sentencepiece", "hf"}
+    assert make_tokenizer("char", "to be") == CharTokenizer.from_text("to be")
+    assert make_tokenizer("byte") == ByteTokenizer()
+    hf = make_tokenizer(f"hf:{fixture}")
+    assert isinstance(hf, HFTokenizer) and hf.to_dict() == HFTokenizer.from_directory(fixture).to_dict()
+    assert check_tokenizer("char", 0) is None  # the vocabulary comes from the text: vocab_size is not read
+    assert check_tokenizer("sentencepiece", np.int64(40)) == 40
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda: make_tokenizer("wordpiece", "x"), ValueError, r"`tokenizer`='wordpiece'; choose one of \('char'"),
+        (lambda: make_tokenizer("hf:", "x"), ValueError, r"`tokenizer`='hf:'; choose one of"),
+        (lambda: make_tokenizer("char:x", "x"), ValueError, r"`tokenizer`='char:x'; choose one of"),
+        (lambda: make_tokenizer("bpe", argument="config.data.tokenizer"), ValueError, r"`config.data.tokenizer`='bpe'"),
+        (lambda: make_tokenizer(3), TypeError, r"`tokenizer` must be a tokenizer name, one of"),
+        (lambda: make_tokenizer("char"), TypeError, r"'char' tokenizer learns its vocabulary from `train_text`"),
+        (lambda: make_tokenizer("sentencepiece", "x"), ValueError, r"`vocab_size` is required with tokenizer"),
+        (lambda: make_tokenizer("sentencepiece", "x", vocab_size=0), ValueError, r"`vocab_size` must be a positive"),
+    ],
+)
+def test_make_tokenizer_errors_name_the_argument(call, error, message):
+    with pytest.raises(error, match=message):
+        call()

@@ -141,7 +141,7 @@ def test_every_norm_forward_and_grad_are_finite():
 
     def loss_fn(model):
         hidden, pooled = model(np.where(targets, 3, TOKENS), valid=VALID)  # 3: [MASK]
-        loss, _ = ops.cross_entropy(model.mlm_logits(hidden, valid=VALID), TOKENS, mask=targets)
+        loss, _ = ops.cross_entropy(model.mlm_logits(hidden, valid=VALID), TOKENS, weights=targets)
         return loss + jnp.mean(pooled**2)
 
     results = nnx.jit(lambda models: [nnx.value_and_grad(loss_fn)(m) for m in models])(models)
@@ -198,7 +198,7 @@ def test_bad_inputs_raise_clear_errors():
         model(np.zeros((1, 130), np.int32))
     with pytest.raises(ValueError, match=r"integer token ids \[B, T\]"):
         model(np.zeros((17,), np.int32))
-    with pytest.raises(ValueError, match=r"`valid` must be bool \[B, T\] = \(2, 17\).*int(32|64) of shape \(2, 17\)"):
+    with pytest.raises(TypeError, match=r"`valid` must be bool \[B, T\] = \(2, 17\).*int(32|64) of shape \(2, 17\)"):
         model(TOKENS, valid=VALID.astype(np.int64))
     with pytest.raises(ValueError, match=r"`valid` must be bool.*shape \(2, 16\)"):
         model(TOKENS, valid=VALID[:, :16])
@@ -278,15 +278,17 @@ def test_mask_for_mlm_chooses_positions_uniformly_and_jits():
 def test_mask_for_mlm_errors():
     tokens = np.array([[5, 6, 7]])
     corrupt = functools.partial(mask_for_mlm, jax.random.key(0), vocab_size=10, mask_id=3)
-    with pytest.raises(ValueError, match=r"`mask_rate` must be a float in \(0, 1\); got 0.0"):
+    with pytest.raises(ValueError, match=r"`mask_rate` must be a finite number in \(0, 1\); got 0.0"):
         corrupt(tokens, mask_rate=0.0)
-    with pytest.raises(ValueError, match=r"`mask_rate` must be a float in \(0, 1\); got 1.0"):
+    with pytest.raises(ValueError, match=r"`mask_rate` must be a finite number in \(0, 1\); got 1.0"):
         corrupt(tokens, mask_rate=1.0)
+    with pytest.raises(TypeError, match=r"`mask_rate` must be a real number; got '0.15'"):
+        corrupt(tokens, mask_rate="0.15")
     with pytest.raises(ValueError, match=r"`mask_id` must be the \[MASK\] token id, in \[0, vocab_size=10\); got 10"):
         mask_for_mlm(jax.random.key(0), tokens, vocab_size=10, mask_id=10)
     with pytest.raises(ValueError, match=r"integer token ids \[B, T\]"):
         corrupt(tokens[0])
-    with pytest.raises(ValueError, match=r"integer token ids \[B, T\]; got float32"):
+    with pytest.raises(TypeError, match=r"integer token ids \[B, T\]; got float32"):
         corrupt(tokens.astype(np.float32))
     with pytest.raises(ValueError, match=r"ids must lie in \[0, vocab_size=10\)"):
         corrupt(tokens + 5)
@@ -306,7 +308,7 @@ def test_empty_sequences_and_mlm_head_inputs():
     assert hidden.shape == (2, 0, 64)
     with pytest.raises(TypeError, match=r"`hidden` must have a floating dtype"):
         model.mlm_logits(np.ones((2, 3, 64), np.int32))
-    with pytest.raises(ValueError, match=r"`valid` must be bool \[B, T\] = \(2, 3\)"):
+    with pytest.raises(TypeError, match=r"`valid` must be bool \[B, T\] = \(2, 3\)"):
         model.mlm_logits(np.ones((2, 3, 64), np.float32), valid=np.ones((2, 3), np.int32))
     with pytest.raises(ValueError, match=r"`token_types` ids must lie in \[0, vocab_size=2\)"):
         model(TOKENS, token_types=np.full(TOKENS.shape, 2))

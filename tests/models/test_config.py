@@ -79,9 +79,9 @@ def test_each_check_names_the_class_that_was_built():
         ModelConfig.variant("gpt2-tiny", attention_impl="flash")
     with pytest.raises(ValueError, match=r"BlockConfig\.attention_impl='flash'; choose one of \('auto'"):
         nn.BlockConfig(d_model=64, num_heads=4, d_ff=256, attention_impl="flash")
-    with pytest.raises(ValueError, match=r"BlockConfig\.num_kv_heads must be a positive int; got 0"):
+    with pytest.raises(ValueError, match=r"`BlockConfig\.num_kv_heads` must be a positive int; got 0"):
         nn.BlockConfig(d_model=64, num_heads=4, d_ff=256, num_kv_heads=0)
-    with pytest.raises(ValueError, match=r"ModelConfig\.num_layers must be a positive int; got 0"):
+    with pytest.raises(ValueError, match=r"`ModelConfig\.num_layers` must be a positive int; got 0"):
         ModelConfig.variant("gpt2-tiny", num_layers=0)
     with pytest.raises(ValueError, match=r"positional='rope' rotates pairs of features: head_dim=5 must be even"):
         nn.BlockConfig(d_model=20, num_heads=4, d_ff=40, positional="rope")
@@ -102,18 +102,20 @@ def test_bias_switches_default_to_use_bias_and_shape_the_parameters():
 @pytest.mark.parametrize(
     "field, value, error, match",
     [
-        ("patch_size", 0, ValueError, r"ModelConfig.patch_size must be a positive int; got 0"),
-        ("image_size", 0, ValueError, r"ModelConfig.image_size must be a positive int; got 0"),
-        ("num_channels", 0, ValueError, r"ModelConfig.num_channels must be a positive int; got 0"),
-        ("num_decoder_layers", 1.5, ValueError, r"ModelConfig.num_decoder_layers must be an int >= 1 or None"),
-        ("num_decoder_layers", "x", ValueError, r"ModelConfig.num_decoder_layers must be an int >= 1 or None"),
-        ("vocab_size", True, ValueError, r"ModelConfig.vocab_size must be an int >= 0; got True"),
+        ("patch_size", 0, ValueError, r"`ModelConfig.patch_size` must be a positive int; got 0"),
+        ("image_size", 0, ValueError, r"`ModelConfig.image_size` must be a positive int; got 0"),
+        ("num_channels", 0, ValueError, r"`ModelConfig.num_channels` must be a positive int; got 0"),
+        ("num_decoder_layers", 1.5, ValueError, r"`ModelConfig.num_decoder_layers` must be a positive int or None"),
+        ("num_decoder_layers", "x", TypeError, r"`ModelConfig.num_decoder_layers` must be a positive int or None"),
+        ("vocab_size", True, ValueError, r"`ModelConfig.vocab_size` must be an int >= 0; got True"),
+        ("type_vocab_size", -1, ValueError, r"`ModelConfig.type_vocab_size` must be an int >= 0; got -1"),
+        ("num_classes", "10", TypeError, r"`ModelConfig.num_classes` must be an int >= 0; got '10'"),
         ("init_std", -0.02, ValueError, r"`ModelConfig.init_std` must be a finite number >= 0"),
         ("init_std", float("nan"), ValueError, r"`ModelConfig.init_std` must be a finite number >= 0"),
         ("init_std", "x", TypeError, r"`ModelConfig.init_std` must be a real number"),
         ("scan_layers", "no", TypeError, r"`ModelConfig.scan_layers` must be True or False"),
         ("tie_embeddings", 0, TypeError, r"`ModelConfig.tie_embeddings` must be True or False"),
-        ("remat", ["full"], ValueError, r"ModelConfig.remat=\['full'\]; choose one of"),
+        ("remat", ["full"], TypeError, r"ModelConfig.remat=\['full'\]; choose one of"),
         ("dtype", "int8", TypeError, r"`ModelConfig.dtype` must be a floating dtype"),
     ],
 )
@@ -123,5 +125,5 @@ def test_model_fields_refuse_bad_values(field, value, error, match):
 
 
 def test_variant_name_must_be_a_string():
-    with pytest.raises(ValueError, match=r"Unknown ModelConfig variant \['gpt2-tiny'\]"):
+    with pytest.raises(TypeError, match=r"Unknown ModelConfig variant \['gpt2-tiny'\]"):
         ModelConfig.variant(["gpt2-tiny"])

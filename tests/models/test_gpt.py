@@ -121,7 +121,7 @@ def test_bad_configs_and_inputs_raise_clear_errors():
         model(np.zeros((1, 20), np.int32))
     with pytest.raises(ValueError, match=r"ids must lie in \[0, vocab_size=64\); got min 0, max 64"):
         model(np.array([[0, 64]], np.int32))
-    with pytest.raises(ValueError, match="must be integer token ids"):
+    with pytest.raises(TypeError, match="must be integer token ids"):
         model(np.zeros((1, 4), np.float32))
     with pytest.raises(ValueError, match="call init_cache"):
         model(TOKENS[:, :2], decode=True)
@@ -140,7 +140,7 @@ def test_positions_valid_and_cache_overflow_errors():
         model(tokens, positions=np.arange(3, dtype=np.float32))
     with pytest.raises(ValueError, match=r"`positions` must be \[T\] = \(3,\) or \[B, T\] = \(2, 3\)"):
         model(tokens, positions=np.arange(4))
-    with pytest.raises(ValueError, match=r"`valid` must be bool \[B, T\] = \(2, 3\).*int32"):
+    with pytest.raises(TypeError, match=r"`valid` must be bool \[B, T\] = \(2, 3\).*int32"):
         model(tokens, valid=np.ones((2, 3), np.int32))
     with pytest.raises(TypeError, match=r"`tokens` must be a numeric array; got a str"):
         model("abc")

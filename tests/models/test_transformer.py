@@ -99,14 +99,14 @@ def test_bad_inputs():
 def test_more_bad_inputs_and_empty_sequences():
     model = Transformer(tiny(), rngs=nnx.Rngs(0))
     model.eval()
-    with pytest.raises(ValueError, match=r"`src` must be integer token ids \[B, T\]; got float32"):
+    with pytest.raises(TypeError, match=r"`src` must be integer token ids \[B, T\]; got float32"):
         model(SRC.astype(np.float32), TGT)
     with pytest.raises(ValueError, match=r"`tgt` ids must lie in \[0, vocab_size=50\)"):
         model(SRC, TGT + 50)
     memory = model.encode(SRC, src_valid=SRC_VALID)
     with pytest.raises(TypeError, match=r"`memory` must have a floating dtype"):
         model.decode(TGT, np.asarray(memory).astype(np.int32))
-    with pytest.raises(ValueError, match=r"`src_valid` must be bool \[B, T\] = \(2, 7\)"):
+    with pytest.raises(TypeError, match=r"`src_valid` must be bool \[B, T\] = \(2, 7\)"):
         model.decode(TGT, memory, src_valid=SRC_VALID.astype(np.int32))
     np.testing.assert_allclose(  # nested lists are arrays
         model.decode(TGT, np.asarray(memory).tolist(), src_valid=SRC_VALID.tolist()),

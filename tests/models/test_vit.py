@@ -151,7 +151,7 @@ def test_bad_images_and_configs_raise_clear_errors():
         model(IMAGES[..., :1])
     with pytest.raises(ValueError, match=r"got shape \(32, 32, 3\)"):
         model(IMAGES[0])
-    with pytest.raises(ValueError, match=r"floating point .* got dtype uint8"):
+    with pytest.raises(TypeError, match=r"floating point .* got dtype uint8"):
         model(IMAGES.astype(np.uint8))
     with pytest.raises(ValueError, match=r"max_len >= num_patches \+ 1 = 17 .* got max_len=16\. Set max_len=17"):
         ViT(tiny(max_len=16), rngs=nnx.Rngs(0))

@@ -71,7 +71,7 @@ def test_multiple_one_changes_nothing_and_bad_values_are_named():
     assert tiny().padded_vocab_size == V and tiny(vocab_multiple=10).padded_vocab_size == V
     assert tiny(vocab_multiple=64).padded_vocab_size == 64
     assert ModelConfig.variant("gpt2-small", vocab_multiple=128).padded_vocab_size == 50304  # nanoGPT's size
-    with pytest.raises(ValueError, match="vocab_multiple must be a positive int; got 0"):
+    with pytest.raises(ValueError, match="vocab_multiple` must be a positive int; got 0"):
         tiny(vocab_multiple=0)
     model = GPT(tiny(vocab_multiple=64), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"ids must lie in \[0, vocab_size=50\)"):

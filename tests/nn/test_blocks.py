@@ -80,12 +80,14 @@ def test_config_and_call_errors():
 @pytest.mark.parametrize(
     "field, value, error, match",
     [
-        ("d_model", True, ValueError, r"BlockConfig.d_model must be a positive int; got True"),
-        ("d_ff", 0, ValueError, r"BlockConfig.d_ff must be a positive int; got 0"),
-        ("num_kv_heads", -1, ValueError, r"BlockConfig.num_kv_heads must be a positive int; got -1"),
-        ("head_dim", 0, ValueError, r"BlockConfig.head_dim must be a positive int; got 0"),
-        ("sliding_window", True, ValueError, r"BlockConfig.sliding_window must be a positive int; got True"),
-        ("sliding_window", 2.0, ValueError, r"BlockConfig.sliding_window must be a positive int; got 2.0"),
+        ("d_model", True, ValueError, r"`BlockConfig.d_model` must be a positive int; got True"),
+        ("d_ff", 0, ValueError, r"`BlockConfig.d_ff` must be a positive int; got 0"),
+        ("num_kv_heads", -1, ValueError, r"`BlockConfig.num_kv_heads` must be a positive int; got -1"),
+        ("head_dim", 0, ValueError, r"`BlockConfig.head_dim` must be a positive int; got 0"),
+        ("sliding_window", True, ValueError, r"`BlockConfig.sliding_window` must be a positive int; got True"),
+        ("sliding_window", 2.0, ValueError, r"`BlockConfig.sliding_window` must be a positive int; got 2.0"),
+        ("d_ff", "64", TypeError, r"`BlockConfig.d_ff` must be a positive int; got '64'"),
+        ("num_heads", None, TypeError, r"`BlockConfig.num_heads` must be a positive int; got None"),
         ("rope_base", float("inf"), ValueError, r"`BlockConfig.rope_base` must be a finite number > 0; got inf"),
         ("rope_base", "1e4", TypeError, r"`BlockConfig.rope_base` must be a real number; got '1e4'"),
         ("norm_epsilon", -1e-5, ValueError, r"`BlockConfig.norm_epsilon` must be a finite number > 0"),
@@ -96,8 +98,9 @@ def test_config_and_call_errors():
         ("param_dtype", "foo", TypeError, r"`BlockConfig.param_dtype` must be a floating dtype .*got 'foo'"),
         ("use_bias", "yes", TypeError, r"`BlockConfig.use_bias` must be True or False"),
         ("qk_norm", 1, TypeError, r"`BlockConfig.qk_norm` must be True or False"),
-        ("norm", ["layernorm"], ValueError, r"BlockConfig.norm=\['layernorm'\]; choose one of"),
-        ("attention_impl", None, ValueError, r"BlockConfig.attention_impl=None must be a string"),
+        ("norm", ["layernorm"], TypeError, r"BlockConfig.norm=\['layernorm'\]; choose one of"),
+        ("norm", "groupnorm", ValueError, r"BlockConfig.norm='groupnorm'; choose one of"),
+        ("attention_impl", None, TypeError, r"BlockConfig.attention_impl=None; choose one of \('auto'"),
     ],
 )
 def test_config_refuses_bad_field_values(field, value, error, match):

@@ -125,5 +125,5 @@ def test_lists_are_accepted_and_relu_keeps_integers():
 
 @pytest.mark.parametrize("name", [["relu"], None, 3])
 def test_get_activation_non_string_raises(name):
-    with pytest.raises(ValueError, match=r"Unknown activation"):
+    with pytest.raises(TypeError, match=r"Unknown activation"):
         activations.get_activation(name)

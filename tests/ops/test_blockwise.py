@@ -148,9 +148,14 @@ def test_never_materialises_the_full_score_matrix():
         ({"kv_lengths": np.array([3.0, 2.0])}, TypeError, r"`kv_lengths` must have an integer dtype"),
         ({"window": 0}, ValueError, r"`window` must be a positive int"),
         ({"block_size": 0}, ValueError, r"`block_size` must be a positive int"),
-        ({"segment_ids": np.zeros((2, 7), np.int32)}, ValueError, r"`segment_ids \(query\)` must have shape \(2, 8\)"),
+        ({"segment_ids": np.zeros((2, 7), np.int32)}, ValueError, r"`segment_ids` must be \[B=2, T=8\]; got shape"),
         ({"segment_ids": np.zeros((2, 8), np.float32)}, TypeError, r"segment_ids.*integer"),
         ({"segment_ids": (np.zeros((2, 8), np.int32),)}, ValueError, r"pair"),
+        (
+            {"segment_ids": (np.zeros((2, 8), np.int32), np.zeros((2, 7), np.int32))},
+            ValueError,
+            r"`kv_segment_ids` must be \[B=2, S=8\]; got shape \(2, 7\)",
+        ),
     ],
 )
 def test_bad_input(kwargs, error, match):

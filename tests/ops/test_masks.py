@@ -178,9 +178,9 @@ def test_sliding_window_mask_per_example_offset():
     assert_mask_equal(got, want)
 
 
-@pytest.mark.parametrize("window", [0, -2, 1.5, None])
-def test_sliding_window_mask_bad_window_raises(window):
-    with pytest.raises(ValueError, match="window"):
+@pytest.mark.parametrize(("window", "error"), [(0, ValueError), (-2, ValueError), (1.5, ValueError), (None, TypeError)])
+def test_sliding_window_mask_bad_window_raises(window, error):
+    with pytest.raises(error, match="`window` must be a positive int"):
         masks.sliding_window_mask(4, window=window)
 
 

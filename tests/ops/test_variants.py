@@ -59,7 +59,7 @@ class OpsVariantsTest(chex.TestCase):
         logits = np.random.default_rng(4).normal(size=(B, T, 11)).astype(np.float32)
         labels = np.random.default_rng(5).integers(0, 11, size=(B, T)).astype(np.int32)
         mask = np.arange(T)[None, :] < np.array([[5], [8]])
-        loss, count = self.variant(ops.cross_entropy)(logits, labels, mask=mask)
+        loss, count = self.variant(ops.cross_entropy)(logits, labels, weights=mask)
         lp = logits.astype(np.float64) - np.log(np.exp(logits.astype(np.float64)).sum(-1, keepdims=True))
         nll = -np.take_along_axis(lp, labels[..., None], -1)[..., 0]
         np.testing.assert_allclose(loss, nll[mask].mean(), rtol=1e-5)

@@ -132,7 +132,7 @@ import os
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 import jax, numpy as np
 from jaxformer import pretrained
-from jaxformer.training import sharding
+from jaxformer import sharding
 ref = np.load("{FIXTURES}/llama/reference.npz")
 model = pretrained.from_pretrained("{FIXTURES}/llama", mesh=sharding.make_mesh(1, 8, 1))
 w = model.blocks.layers[0].ffn.w_gate.get_value()
@@ -416,3 +416,5 @@ def test_bad_arguments_are_named():
     model = pretrained.from_pretrained(FIXTURES / "gpt2")
     with pytest.raises(ValueError, match="`max_shard_bytes` must be a positive int; got 0"):
         pretrained.save_pretrained(model, "unused", max_shard_bytes=0)
+    with pytest.raises(TypeError, match="`max_shard_bytes` must be a positive int; got '1GB'"):
+        pretrained.save_pretrained(model, "unused", max_shard_bytes="1GB")

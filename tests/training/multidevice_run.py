@@ -13,15 +13,13 @@ os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_p
 
 import jax
 import numpy as np
-from flax import nnx
 
+from jaxformer import sharding
 from jaxformer.configs import load_config
 from jaxformer.data import pipeline
-from jaxformer.training import sharding
 from jaxformer.training.checkpoints import Checkpointer
-from jaxformer.training.optimizers import build_optimizer
+from jaxformer.training.run import build_run
 from jaxformer.training.runner import StepRunner, make_train_step
-from jaxformer.training.tasks import make_task
 
 CONFIG = "shakespeare_char_cpu"  # a recipe of jaxformer.configs
 SPOT_CHECK = {
@@ -50,14 +48,12 @@ def setup(corpus: str, mesh_arg: str, steps: int):
     # The looped stack: SPOT_CHECK above names layer 0's parameters (the recipe itself scans its layers).
     config.model.update(num_layers=2, num_heads=4, d_model=32, d_ff=64, dropout_rate=dropout, scan_layers=False)
     config.update(batch_size=8, warmup_steps=2, num_steps=steps)
-    task = make_task(config)
-    model_cfg = task.model_config()
+    run = build_run(config)
+    task, schedule, optimizer = run.task, run.schedule, run.optimizer
     devices = jax.devices()[: data * fsdp * tensor]
     mesh = sharding.make_mesh(data, fsdp, tensor, devices=devices)
-    schedule, optimizer = build_optimizer(config, d_model=model_cfg.d_model)
     parallel = mode if mode in ("pmap", "shard_map") else "jit"
-    make_model = lambda: task.model_class(model_cfg, rngs=nnx.Rngs(config.seed))
-    runner = StepRunner(parallel, make_model, optimizer, schedule, task.loss, mesh=mesh)
+    runner = StepRunner(parallel, run.make_model, optimizer, schedule, task.loss, mesh=mesh)
     step = runner.train_step
     state = runner.to_devices(runner.initial_state)
     if parallel == "jit":  # for inspecting the compiled program: the same step, lowered

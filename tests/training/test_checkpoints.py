@@ -77,6 +77,14 @@ def test_keeps_the_last_n_and_ignores_incomplete_ones(tmp_path):
             ckpt.save(3, state, data_iterator=batches, config={})
 
 
+def test_max_to_keep_must_be_a_positive_int(tmp_path):
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match=rf"`max_to_keep` must be a positive int; got {bad!r}"):
+            Checkpointer(tmp_path, max_to_keep=bad)
+    with pytest.raises(TypeError, match=r"`max_to_keep` must be a positive int; got '3'"):
+        Checkpointer(tmp_path, max_to_keep="3")
+
+
 def test_restore_without_checkpoints_says_so(tmp_path):
     state, _ = fresh()
     with Checkpointer(tmp_path / "empty") as ckpt, pytest.raises(FileNotFoundError, match="No intact checkpoint"):

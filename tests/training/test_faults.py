@@ -14,7 +14,7 @@ from flax import nnx
 from jaxformer.configs import load_config
 from jaxformer.training.checkpoints import CHECKSUMS_FILE, Checkpointer
 from jaxformer.training.loop import NonFiniteLossError, train_and_evaluate
-from jaxformer.training.tasks.lm import load_trained
+from jaxformer.training.trained import load_trained
 from tests.training.test_loop import CONFIG, tiny_args, train
 
 

@@ -11,8 +11,9 @@ import pytest
 from jaxformer import pretrained
 from jaxformer.configs import load_config
 from jaxformer.training.loop import train_and_evaluate
-from jaxformer.training.tasks import make_task
-from jaxformer.training.tasks.lm import lm_loss, load_trained
+from jaxformer.training.run import build_run
+from jaxformer.training.tasks.lm import lm_loss
+from jaxformer.training.trained import load_trained
 
 GPT2 = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "pretrained" / "gpt2"
 
@@ -33,15 +34,16 @@ def test_the_first_step_trains_the_pretrained_weights(tmp_path, corpus):
     train_and_evaluate(config, str(tmp_path))
     first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert first["step"] == 1
-    task = make_task(config)  # the same seed: the same first batch
+    run = build_run(config)
+    task = run.task  # the same seed: the same first batch
     batch = {k: jnp.asarray(v) for k, v in task.train_data()[0].items()}
     want, _ = lm_loss(pretrained.from_pretrained(GPT2), batch)
     np.testing.assert_allclose(first["train_loss"], float(want), rtol=1e-5)
-    assert task.model_config().num_layers == 2 and task.tokenizer.vocab_size == 300  # the checkpoint's
+    assert run.model_config.num_layers == 2 and task.tokenizer.vocab_size == 300  # the checkpoint's
     # `jaxformer sample` rebuilds the same architecture from the run's saved config (a regression: it used to
     # build config.model's variant instead, and orbax refused the checkpoint).
     model, tokenizer, _ = load_trained(str(tmp_path))
-    assert model.config == task.model_config() and tokenizer.vocab_size == 300
+    assert model.config == run.model_config and tokenizer.vocab_size == 300
 
 
 def test_an_override_that_contradicts_the_checkpoint_is_refused(tmp_path, corpus):
@@ -50,4 +52,4 @@ def test_an_override_that_contradicts_the_checkpoint_is_refused(tmp_path, corpus
     with pytest.raises(
         ValueError, match=r"config.model.num_layers=3 contradicts the checkpoint .* whose num_layers is 2"
     ):
-        make_task(config).model_config()
+        build_run(config)

@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from jaxformer.training.checkpoints import CHECKSUMS_FILE
-from jaxformer.training.tasks.lm import load_trained
+from jaxformer.training.trained import load_trained
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = "shakespeare_char_cpu"  # a recipe of jaxformer.configs

@@ -4,7 +4,7 @@ import pytest
 
 from jaxformer.configs import load_config
 from jaxformer.training.memory import format_report, memory_report
-from jaxformer.training.tasks import make_task
+from jaxformer.training.run import build_run
 
 CONFIG = "shakespeare_char_cpu"  # a recipe of jaxformer.configs
 
@@ -55,7 +55,7 @@ def test_remat_policies_keep_less_in_the_documented_amounts(corpus):
         reports[remat] = report = memory_report(config, num_devices=1)
         assert f"remat={remat}" in format_report(report)
     B, T, D, N, L = 16, 64, 128, 4, 4
-    V = make_task(config_for(corpus)).model_config().vocab_size  # the test corpus's characters
+    V = build_run(config_for(corpus)).model_config.vocab_size  # the test corpus's characters
     unit, a, logits = T * B * D * 2, N * T / D, 2 * B * T * V * 4  # float32: 2x the 16-bit bytes
     everything = 34 + 5 * a
     want = {

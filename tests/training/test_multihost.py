@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxformer.training import multihost, sharding
+from jaxformer import sharding
+from jaxformer.training import multihost
 from jaxformer.training.metrics import MetricsLog
 
 HERE = Path(__file__).resolve().parent

@@ -18,7 +18,7 @@ from flax import nnx
 from jaxformer.configs import load_config
 from jaxformer.training.checkpoints import CHECKSUMS_FILE, Checkpointer, DamagedCheckpointError
 from jaxformer.training.loop import check_loop_config, train_and_evaluate
-from jaxformer.training.tasks.lm import load_trained
+from jaxformer.training.trained import load_trained
 from tests.training.test_loop import CONFIG, rows_without_timing, tiny_args, train
 
 STEPS, EVERY = 12, 4  # checkpoints at 4, 8, 12 (all kept)
@@ -187,7 +187,8 @@ def test_a_partial_metrics_line_is_dropped_on_resume(tmp_path, corpus, uninterru
 def test_loop_intervals_must_be_positive_ints(name, value, corpus):
     config = ml_collections.ConfigDict(tiny_config(corpus).to_dict(), type_safe=False)
     config[name] = value
-    with pytest.raises(ValueError, match=rf"config\.{name} must be a positive int; got"):
+    error = TypeError if value is None else ValueError  # None is no number; 1.5 and True are no valid count
+    with pytest.raises(error, match=rf"`config\.{name}` must be a positive int; got {value!r}"):
         check_loop_config(config)
 
 

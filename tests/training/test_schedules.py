@@ -66,10 +66,20 @@ def test_noam_peaks_at_the_end_of_warmup():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="Unknown schedule 'cosine'"):
+    with pytest.raises(ValueError, match="schedule='cosine'; choose one of"):
         make_schedule("cosine", learning_rate=1.0, num_steps=10)
-    with pytest.raises(ValueError, match=r"`warmup_steps` must be an int in \[0, num_steps=10\]"):
+    with pytest.raises(TypeError, match="schedule=None; choose one of"):
+        make_schedule(None, learning_rate=1.0, num_steps=10)
+    with pytest.raises(ValueError, match=r"`warmup_steps` must be an int in \[0, num_steps=10\]; got 11"):
         make_schedule("warmup_cosine", learning_rate=1.0, num_steps=10, warmup_steps=11)
+    with pytest.raises(ValueError, match=r"`num_steps` must be a positive int; got 0"):
+        make_schedule("constant", learning_rate=1.0, num_steps=0)
+    with pytest.raises(TypeError, match=r"`num_steps` must be a positive int; got '10'"):
+        make_schedule("constant", learning_rate=1.0, num_steps="10")
+    with pytest.raises(ValueError, match=r"`learning_rate` must be a finite number > 0; got 0.0"):
+        make_schedule("constant", learning_rate=0.0, num_steps=10)
+    with pytest.raises(ValueError, match=r"`decay_fraction` must be a finite number in \(0, 1\]; got 1.5"):
+        make_schedule("warmup_stable_decay", learning_rate=1.0, num_steps=10, decay_fraction=1.5)
     with pytest.raises(ValueError, match="needs d_model"):
         make_schedule("inverse_sqrt", learning_rate=1.0, num_steps=10, warmup_steps=2)
     with pytest.raises(ValueError, match="must not fall inside the warmup"):

@@ -10,7 +10,7 @@ import types
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jaxformer.training import sharding
+from jaxformer import sharding
 
 HERE = pathlib.Path(__file__).resolve().parent
 MESHES = ("1,1,1", "8,1,1", "1,8,1", "2,2,2")  # data, fsdp, tensor (parallel="jit")
@@ -116,12 +116,18 @@ def test_heads_not_divisible_by_the_tensor_axis_is_an_error():
         ({"data": -1, "fsdp": 3}, r"do not divide the 8 devices"),
         ({"data": -1, "fsdp": -1}, r"At most one config.mesh axis may be -1"),
         ({"model": 2}, r"unknown axes \['model'\]"),
-        ({"tensor": 0}, r"config.mesh.tensor must be a positive int or -1"),
+        ({"tensor": 0}, r"`config.mesh.tensor` must be a positive int or -1 \(the rest\); got 0"),
+        ({"data": 2.0}, r"`config.mesh.data` must be a positive int or -1 \(the rest\); got 2.0"),
     ],
 )
 def test_bad_mesh_configs_are_named(sizes, message):
     with pytest.raises(ValueError, match=message):
         sharding.mesh_shape(sizes, 8)
+
+
+def test_a_mesh_size_that_is_no_number_is_a_type_error():
+    with pytest.raises(TypeError, match=r"`config.mesh.fsdp` must be a positive int or -1 \(the rest\); got '2'"):
+        sharding.mesh_shape({"fsdp": "2"}, 8)
 
 
 def test_mesh_shape_fills_the_rest():

@@ -91,20 +91,38 @@ def test_decay_mask_selects_weight_matrices_only():
 
 def test_bad_optimizer_arguments():
     schedule = training.make_schedule("constant", learning_rate=1.0, num_steps=10)
-    with pytest.raises(ValueError, match="Unknown optimizer 'sgd'"):
+    with pytest.raises(ValueError, match=r"optimizer='sgd'; choose one of \('adamw', 'adafactor'\)"):
         training.make_optimizer(schedule, name="sgd")
-    with pytest.raises(ValueError, match="`grad_accum_steps` must be a positive int"):
-        training.make_optimizer(schedule, grad_accum_steps=0)
+    with pytest.raises(TypeError, match=r"optimizer=None; choose one of"):
+        training.make_optimizer(schedule, name=None)
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match=rf"`grad_accum_steps` must be a positive int; got {bad!r}"):
+            training.make_optimizer(schedule, grad_accum_steps=bad)
+    with pytest.raises(ValueError, match=r"`clip_norm` must be a finite number > 0 \(or None: no clipping\); got 0"):
+        training.make_optimizer(schedule, clip_norm=0)
+    with pytest.raises(TypeError, match=r"`clip_norm` must be a real number; got '1'"):
+        training.make_optimizer(schedule, clip_norm="1")
+
+
+def test_parallel_must_be_one_of_the_modes():
+    from jaxformer.training import runner
+
+    assert runner.check_parallel("pmap") == "pmap"
+    with pytest.raises(ValueError, match=r"^config.parallel='dp'; choose one of \('jit', 'pmap', 'shard_map'\)\.$"):
+        runner.check_parallel("dp")
+    with pytest.raises(TypeError, match=r"^config.parallel=None; choose one of"):
+        runner.check_parallel(None)
 
 
 def test_a_sharded_step_without_a_batch_sharding_takes_the_mesh_from_the_state():
-    from jaxformer.training import sharding
+    from jaxformer import sharding
+    from jaxformer.training import runner
 
     mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     cfg = ModelConfig.variant("gpt2-tiny", num_layers=1)
     schedule = training.make_schedule("constant", learning_rate=1e-3, num_steps=2)
     optimizer = training.make_optimizer(schedule)
-    graphs, state, shardings = sharding.create_sharded_train_state(lambda: GPT(cfg, rngs=nnx.Rngs(0)), optimizer, mesh)
+    graphs, state, shardings = runner.init_state(lambda: GPT(cfg, rngs=nnx.Rngs(0)), optimizer, mesh)
     step = training.make_train_step(graphs, optimizer, schedule, lm_loss, state_shardings=shardings)
     tokens = np.zeros((2, 9), np.int32)
     state, metrics = step(state, {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]})

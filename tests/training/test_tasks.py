@@ -8,13 +8,13 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-from flax import nnx
 
-from jaxformer import data
+from jaxformer import cli, data
 from jaxformer.configs import load_config
 from jaxformer.data import pipeline
+from jaxformer.training import build_run
 from jaxformer.training.loop import train_and_evaluate
-from jaxformer.training.tasks import build_model_config, make_task
+from jaxformer.training.tasks import make_task
 from jaxformer.training.tasks.seq2seq import exact_matches
 
 TINY_MODEL = dict(num_layers=1, num_heads=2, d_model=32, d_ff=64)
@@ -101,19 +101,20 @@ def test_classification_task_trains_on_digits(tmp_path):
 def test_vit_digits_falls_back_from_mnist_and_fits_the_model_to_the_images(tmp_path):
     config = tiny("vit_digits", data_dir=str(tmp_path))  # an empty directory: mnist is not prepared there
     with pytest.warns(UserWarning, match="digits"):
-        task = make_task(config)
-    cfg = task.model_config()
+        cfg = build_run(config).model_config
     assert (cfg.image_size, cfg.patch_size, cfg.num_channels, cfg.num_classes, cfg.max_len) == (8, 2, 1, 10, 17)
 
 
 def test_lm_task_tokenizes_with_sentencepiece(corpus):
     config = text_config("shakespeare_char_cpu", corpus)
     config.data.update(tokenizer="sentencepiece", vocab_size=40)
-    task = make_task(config)
+    run = build_run(config)
+    task = run.task
     assert isinstance(task.tokenizer, data.SentencePieceTokenizer)
-    assert task.model_config().vocab_size == 40
+    assert run.model_config.vocab_size == 40
     text = pathlib.Path(corpus).read_text()
-    assert task.tokenizer.decode(task.train_tokens.tokens) == text[: int(len(text) * (1 - config.data.eval_fraction))]
+    cut = int(len(text) * (1 - config.data.validation_fraction))
+    assert task.tokenizer.decode(task.train_tokens.tokens) == text[:cut]
     assert len(task.train_tokens) < 0.8 * len(text)  # subwords, not characters
 
 
@@ -123,9 +124,10 @@ def test_lm_trains_on_a_prepared_corpus_with_packed_documents(tmp_path, corpus):
     prepared = tmp_path / "prepared"
     data.prepare(f"text:{corpus}", "char", str(prepared), validation_fraction=0.1, workers=1, progress=False)
     config = tiny("shakespeare_char_cpu", prepared=str(prepared), seq_len=16, sampling="packed_documents")
-    task = make_task(config)
+    run = build_run(config)
+    task = run.task
     assert task.tokenizer == data.open_prepared(str(prepared)).tokenizer
-    assert task.model_config().vocab_size == task.tokenizer.vocab_size
+    assert run.model_config.vocab_size == task.tokenizer.vocab_size
     batch = task.train_data()[0]
     assert set(batch) == {"inputs", "targets", "weights", "segment_ids", "positions"}
     final = train_and_evaluate(config, str(tmp_path / "run"))
@@ -133,6 +135,55 @@ def test_lm_trains_on_a_prepared_corpus_with_packed_documents(tmp_path, corpus):
     config.data.eval_split = "test"
     with pytest.raises(ValueError, match=r"'test'.*has \['train', 'validation'\]"):
         make_task(config)
+
+
+def test_prepare_then_train_with_the_defaults(tmp_path):
+    """`jaxformer prepare` with only its required flags (and one process: the pool changes nothing written), then the
+    CPU recipe on what it wrote: prepare holds out 10% as "validation" by default, which the recipe evaluates on."""
+    rng = np.random.default_rng(0)
+    words = ["to", "be", "or", "not", "that", "is", "the", "question"]
+    (tmp_path / "input.txt").write_text("".join(" ".join(rng.choice(words, size=8)) + "\n" for _ in range(200)))
+    out = tmp_path / "prepared"
+    argv = ["jaxformer", "prepare", "--source", f"text:{tmp_path}/input.txt", "--tokenizer", "char", "--out", str(out)]
+    assert cli.main([*argv, "--workers=1"]) == 0
+    assert data.open_prepared(out).split_names == ["train", "validation"]
+    config = tiny("shakespeare_char_cpu", prepared=str(out), seq_len=16)
+    config.update(num_steps=2, eval_every=2, log_every=2, checkpoint_every=2, batch_size=4)
+    config.sample.num_tokens = 0  # no sampling (no generate to compile): this test is about the data
+    final = train_and_evaluate(config, str(tmp_path / "run"))
+    assert final["step"] == 2 and np.isfinite(final["val_loss"])
+
+
+@pytest.mark.parametrize(
+    "recipe, key, value, error",
+    [
+        ("shakespeare_char_cpu", "seq_len", 0, r"`config.data.seq_len` must be a positive int; got 0"),
+        ("bert_mlm_tiny", "seq_len", -1, r"`config.data.seq_len` must be a positive int; got -1"),
+        ("bert_mlm_tiny", "mask_rate", 0.0, r"`config.data.mask_rate` must be a finite number in \(0, 1\); got 0.0"),
+        ("seq2seq_toy", "num_train", 0, r"`config.data.num_train` must be a positive int; got 0"),
+        ("seq2seq_toy", "min_len", 9, r"config.data.min_len=9 must be <= config.data.max_len=8"),
+        ("vit_digits", "patch_grid", 0, r"`config.data.patch_grid` must be a positive int; got 0"),
+    ],
+)
+def test_every_data_size_is_checked_where_the_task_reads_it(recipe, key, value, error):
+    config = tiny(recipe)
+    config.data[key] = value
+    with pytest.raises(ValueError, match=error):
+        build_run(config)
+
+
+def test_a_config_is_completed_with_the_defaults_of_its_task():
+    from jaxformer.training import defaults
+
+    partial = ml_collections.ConfigDict({"task": "seq2seq", "num_steps": 7, "data": {"max_len": 4}})
+    config = defaults.complete(partial)
+    assert config.num_steps == 7 and config.data.max_len == 4  # what the config sets wins
+    assert config.label_smoothing == 0.0 and config.data.min_len == defaults.seq2seq_data().min_len
+    assert "seq_len" not in config.data  # the data keys of its own task only
+    assert "label_smoothing" not in partial  # the config itself is left alone
+    assert defaults.complete(config) == config
+    with pytest.raises(ValueError, match=r"config.task='translation'; choose one of \('lm', 'mlm'"):
+        defaults.complete({"task": "translation"})
 
 
 def test_unknown_task_is_named():
@@ -144,12 +195,13 @@ def test_unknown_task_is_named():
 
 def test_model_override_may_not_shrink_what_the_data_needs():
     config = tiny("seq2seq_toy")
-    assert build_model_config(config, {"vocab_size": 13, "max_len": 9}).vocab_size == 13
+    fields = {"vocab_size": 13, "max_len": 9}
+    assert build_run(config, data_fields=fields).model_config.vocab_size == 13
     config.model.vocab_size = 64  # padding the vocabulary is allowed
-    assert build_model_config(config, {"vocab_size": 13, "max_len": 9}).vocab_size == 64
+    assert build_run(config, data_fields=fields).model_config.vocab_size == 64
     config.model.vocab_size = 8
     with pytest.raises(ValueError, match=r"config.model.vocab_size=8 is smaller than the data needs \(13\)"):
-        build_model_config(config, {"vocab_size": 13, "max_len": 9})
+        build_run(config, data_fields=fields)
 
 
 def test_mlm_batches_resume_exactly_and_corrupt_only_chosen_positions(corpus):
@@ -194,18 +246,16 @@ def test_seq2seq_toy_learns_reverse_to_99_percent_exact_match(tmp_path):
 
 
 def test_bf16_compute_keeps_float32_parameters(corpus):
-    from jaxformer.training import build_optimizer, create_train_state, make_train_step
+    from jaxformer.training import create_train_state, make_train_step
 
     losses = {}
     for dtype in ("float32", "bfloat16"):
         config = text_config("shakespeare_char_cpu", corpus)
         config.model.dtype = dtype
-        task = make_task(config)
-        model_cfg = task.model_config()
-        schedule, optimizer = build_optimizer(config, d_model=model_cfg.d_model)
-        graphs, state = create_train_state(task.model_class(model_cfg, rngs=nnx.Rngs(config.seed)), optimizer)
-        step = make_train_step(graphs, optimizer, schedule, task.loss)
-        state, metrics = step(state, task.train_data()[0])
+        run = build_run(config)
+        graphs, state = create_train_state(run.make_model(), run.optimizer)
+        step = make_train_step(graphs, run.optimizer, run.schedule, run.task.loss)
+        state, metrics = step(state, run.task.train_data()[0])
         assert {p.dtype for p in jax.tree.leaves(state.params)} == {np.dtype("float32")}
         losses[dtype] = float(metrics["loss"])
     assert np.isfinite(losses["bfloat16"])
@@ -213,27 +263,24 @@ def test_bf16_compute_keeps_float32_parameters(corpus):
 
 
 def test_schedule_counts_optimizer_updates_under_gradient_accumulation():
-    from jaxformer.training import build_optimizer
     from jaxformer.training.schedules import make_schedule
 
     config = tiny("seq2seq_toy")
     config.update(num_steps=20, warmup_steps=4, learning_rate=1e-2, end_learning_rate=0.0)
     config.optimizer.grad_accum_steps = 2
-    model_cfg = build_model_config(config, {"vocab_size": 13, "max_len": 9})
-    schedule, _ = build_optimizer(config, d_model=model_cfg.d_model)
+    fields = {"vocab_size": 13, "max_len": 9}
+    schedule = build_run(config, data_fields=fields).schedule
     updates = make_schedule("warmup_cosine", learning_rate=1e-2, num_steps=10, warmup_steps=2)
     for step in range(20):
         np.testing.assert_allclose(schedule(step), updates(step // 2), rtol=1e-6)
     config.num_steps = 21
     with pytest.raises(ValueError, match=r"config.num_steps=21 must be a multiple of optimizer.grad_accum_steps=2"):
-        build_optimizer(config, d_model=model_cfg.d_model)
+        build_run(config, data_fields=fields)
 
 
 def test_schedule_options_reach_the_schedule():
-    from jaxformer.training import build_optimizer
-
     config = tiny("seq2seq_toy")
     config.update(schedule="step", num_steps=20, warmup_steps=0, learning_rate=1.0)
     config.schedule_options.update(boundaries=(5, 10), decay_factor=0.5)
-    schedule, _ = build_optimizer(config, d_model=build_model_config(config, {"vocab_size": 13, "max_len": 9}).d_model)
+    schedule = build_run(config, data_fields={"vocab_size": 13, "max_len": 9}).schedule
     np.testing.assert_allclose([schedule(4), schedule(5), schedule(12)], [1.0, 0.5, 0.25])

@@ -10,25 +10,33 @@ from __future__ import annotations
 
 import ml_collections
 
-from jaxformer.training.tasks.base import Task, build_model_config
+from jaxformer import checks
+from jaxformer.training import defaults
+from jaxformer.training.defaults import TASK_DATA
+from jaxformer.training.tasks.base import Task
 
-TASKS = ("lm", "mlm", "seq2seq", "classification")
+TASKS = tuple(TASK_DATA)  # each with its config.data defaults
 
 
 def make_task(config: ml_collections.ConfigDict) -> Task:
-    """The Task `config.task` names (default "lm"), with its data loaded."""
-    name = config.get("task", "lm")
+    """The Task `config.task` names, with its data loaded, over `config` completed with its defaults (`build_run`,
+    which callers use, calls this)."""
+    config = defaults.complete(config)
+    return task_class(config.task)(config)
+
+
+def task_class(name: str) -> type[Task]:
+    """The Task class of the task `name` (imported on demand: each pulls in its own model and data)."""
+    checks.check_choice("config.task", name, TASKS)
     if name == "lm":
         from jaxformer.training.tasks.lm import LanguageModelling as cls
     elif name == "mlm":
         from jaxformer.training.tasks.mlm import MaskedLanguageModelling as cls
     elif name == "seq2seq":
         from jaxformer.training.tasks.seq2seq import SequenceToSequence as cls
-    elif name == "classification":
+    else:  # "classification"
         from jaxformer.training.tasks.classification import ImageClassification as cls
-    else:
-        raise ValueError(f"config.task={name!r}; choose one of {TASKS}.")
-    return cls(config)
+    return cls
 
 
-__all__ = ["TASKS", "Task", "build_model_config", "make_task"]
+__all__ = ["TASKS", "Task", "make_task", "task_class"]

@@ -22,7 +22,6 @@ from flax import nnx
 
 from jaxformer import ops
 from jaxformer.models import ModelConfig
-from jaxformer.pretrained import hf_config, io
 from jaxformer.training.metrics import perplexity
 from jaxformer.training.state import TrainState
 
@@ -49,9 +48,6 @@ class Task(abc.ABC):
         """The training batches (`data.pipeline`): element s is the batch of step s, deterministic given the
         config's seed, holding rows `rows` of the global batch of `config.batch_size` (this process's share;
         default every row)."""
-
-    def model_config(self) -> ModelConfig:
-        return run_model_config(self.config, self.model_fields())
 
     @abc.abstractmethod
     def loss(self, model: nnx.Module, batch: dict) -> tuple[jax.Array, dict]:
@@ -84,73 +80,12 @@ def classification_loss(
     weights: `[...]` (0 = ignore, e.g. padding); None counts every target. Returns (loss, metrics): `nll` (the
     unsmoothed mean negative log-likelihood), `accuracy` (argmax == target) and `tokens` (the targets counted).
     """
-    loss, tokens = ops.cross_entropy(logits, targets, mask=weights, label_smoothing=label_smoothing)
-    nll = loss if not label_smoothing else ops.cross_entropy(logits, targets, mask=weights)[0]
+    loss, tokens = ops.cross_entropy(logits, targets, weights=weights, label_smoothing=label_smoothing)
+    nll = loss if not label_smoothing else ops.cross_entropy(logits, targets, weights=weights)[0]
     w = jnp.ones(targets.shape, jnp.float32) if weights is None else weights.astype(jnp.float32)
     correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
     accuracy = jnp.sum(correct * w) / jnp.maximum(tokens, 1.0)
     return loss, {"nll": nll, "accuracy": accuracy, "tokens": tokens}
-
-
-def run_model_config(config: ml_collections.ConfigDict, fields: dict) -> ModelConfig:
-    """The architecture a run trains: the checkpoint's with `config.init_from`, else `config.model` over the
-    data's `fields`. Training and every later reader of the run (sampling) ask this one function."""
-    if config.get("init_from"):
-        return pretrained_model_config(config, fields)
-    return build_model_config(config, fields)
-
-
-def build_model_config(config: ml_collections.ConfigDict, fields: dict) -> ModelConfig:
-    """`config.model` (a variant name plus overrides) over the data's `fields`. An explicit override wins (e.g. a
-    vocabulary padded to a multiple of 64, a longer context for sampling) as long as the data still fits."""
-    overrides = dict(config.model.to_dict())
-    variant = overrides.pop("variant")
-    cfg = ModelConfig.variant(variant, **{**fields, **overrides})
-    check_data_fits(cfg, fields, where="config.model.", advice="remove the override or raise it")
-    return cfg
-
-
-def check_data_fits(cfg: ModelConfig, fields: dict, *, where: str, advice: str) -> None:
-    """The model must hold the data: vocab_size and max_len at least what the data's `fields` need."""
-    for name in ("vocab_size", "max_len"):
-        if name in fields and getattr(cfg, name) < fields[name]:
-            raise ValueError(
-                f"{where}{name}={getattr(cfg, name)} is smaller than the data needs ({fields[name]}); {advice}."
-            )
-
-
-# What a run may change about a pretrained architecture: how it computes and trains, not what it computes.
-EXECUTION_FIELDS = (
-    "dtype",
-    "scan_layers",
-    "remat",
-    "attention_impl",
-    "dropout_rate",
-    "attention_dropout_rate",
-    "ffn_dropout_rate",
-)
-
-
-def pretrained_model_config(config: ml_collections.ConfigDict, fields: dict) -> ModelConfig:
-    """The architecture of the checkpoint `config.init_from` (its config.json), with the execution fields of
-    `config.model` (float32 parameters for training). Any other `config.model` field that differs from the
-    checkpoint's is an error naming both values; so is data that does not fit it (vocabulary, context)."""
-    cfg = hf_config.to_model_config(io.read_config(io.resolve(config.init_from)))
-    overrides = dict(config.model.to_dict())
-    overrides.pop("variant", None)
-    changes = {k: v for k, v in overrides.items() if k in EXECUTION_FIELDS}
-    cfg = cfg.replace(**changes)
-    for name, value in overrides.items():
-        if name not in EXECUTION_FIELDS and getattr(cfg, name) != getattr(cfg.replace(**{name: value}), name):
-            raise ValueError(
-                f"config.model.{name}={value!r} contradicts the checkpoint {config.init_from!r}, whose {name} is "
-                f"{getattr(cfg, name)!r}; remove the override (with init_from the architecture is the checkpoint's)."
-            )
-    if cfg.scan_layers:
-        raise ValueError("config.init_from needs config.model.scan_layers=False (checkpoints store each layer).")
-    advice = "use its tokenizer (config.data.tokenizer='hf:...') and a seq_len that fits"
-    check_data_fits(cfg, fields, where=f"the checkpoint {config.init_from!r}: ", advice=advice)
-    return cfg
 
 
 def evaluate_batches(eval_step, state: TrainState, batches, *, with_perplexity: bool = False) -> dict:

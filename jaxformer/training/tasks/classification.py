@@ -12,7 +12,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxformer import data
+from jaxformer import checks, data
 from jaxformer.models import ViT
 from jaxformer.training.tasks.base import Task, classification_loss, evaluate_batches
 
@@ -25,6 +25,7 @@ class ImageClassification(Task):
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
         cfg = config.data
+        checks.check_positive_int("config.data.patch_grid", cfg.patch_grid)  # before any image is read
         load = lambda split: data.image_dataset(
             cfg.name, split, data_dir=cfg.data_dir or None, fallback=cfg.fallback or None
         )
@@ -61,7 +62,7 @@ class ImageClassification(Task):
     def loss(self, model, batch):
         logits = model(batch["images"])
         return classification_loss(
-            logits, batch["labels"], batch.get("weights"), label_smoothing=self.config.get("label_smoothing", 0.0)
+            logits, batch["labels"], batch.get("weights"), label_smoothing=self.config.label_smoothing
         )
 
     def evaluate(self, eval_step, state, model) -> dict:

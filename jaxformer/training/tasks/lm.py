@@ -2,11 +2,11 @@
 
 Data (`defaults.text_data`): `config.data.prepared`, a corpus tokenized once by `jaxformer prepare` (ArrayRecord
 shards read a window at a time: it never has to fit in memory); or, for small corpora, `config.data.source` "tfds"
-(a text dataset such as tiny_shakespeare) or "text_file" (its last `eval_fraction` is the validation text),
+(a text dataset such as tiny_shakespeare) or "text_file" (its last `validation_fraction` is the validation text),
 tokenized in memory by `config.data.tokenizer` "char", "byte", "sentencepiece" (trained on the training text,
-`config.data.vocab_size` pieces) or "hf:DIR_OR_HUB_ID". Either way the batches come from `data.pipeline` (grain):
-training `config.data.sampling` "random_windows" of `seq_len + 1` tokens or "packed_documents" rows with segment
-ids; validation covers every token of the validation split once.
+`config.data.vocab_size` pieces) or "hf:DIR_OR_ID" (`data.make_tokenizer`, as `jaxformer prepare`). Either way the
+batches come from `data.pipeline` (grain): training `config.data.sampling` "random_windows" of `seq_len + 1` tokens
+or "packed_documents" rows with segment ids; validation covers every token of the validation split once.
 """
 
 from __future__ import annotations
@@ -18,17 +18,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 
-from jaxformer import data, pretrained
+from jaxformer import checks, data
 from jaxformer.decoding import generate
 from jaxformer.models import GPT
-from jaxformer.training.checkpoints import Checkpointer
-from jaxformer.training.optimizers import build_optimizer
-from jaxformer.training.state import create_train_state, merge
-from jaxformer.training.tasks.base import Task, classification_loss, evaluate_batches, run_model_config
-
-TOKENIZERS = ("char", "byte", "sentencepiece", "hf:DIR_OR_HUB_ID")
+from jaxformer.training.tasks.base import Task, classification_loss, evaluate_batches
 
 
 def load_text(cfg: ml_collections.ConfigDict, split: str) -> str:
@@ -36,32 +30,19 @@ def load_text(cfg: ml_collections.ConfigDict, split: str) -> str:
     if cfg.source == "tfds":
         return data.tfds_text(cfg.name, split, data_dir=cfg.data_dir or None)
     if cfg.source == "text_file":
+        fraction = checks.check_real(
+            "config.data.validation_fraction", cfg.validation_fraction, low=0.0, high=1.0, low_open=True, high_open=True
+        )
         text = data.text_file(cfg.path)
-        cut = int(len(text) * (1.0 - cfg.eval_fraction))
+        cut = int(len(text) * (1.0 - fraction))
         return text[:cut] if split == cfg.train_split else text[cut:]
     raise ValueError(f"config.data.source={cfg.source!r}; choose 'tfds' or 'text_file'.")
-
-
-def make_tokenizer(cfg: ml_collections.ConfigDict, train_text: str) -> data.Tokenizer:
-    """The tokenizer `cfg.tokenizer` names, fitted to the training text where it has a vocabulary to learn."""
-    name = cfg.tokenizer
-    if name == "char":
-        return data.CharTokenizer.from_text(train_text)
-    if name == "byte":
-        return data.ByteTokenizer()
-    if name.startswith("hf:"):  # a pretrained model's tokenizer.json
-        return pretrained.load_tokenizer(name.removeprefix("hf:"))
-    if name == "sentencepiece":
-        return data.SentencePieceTokenizer.train(
-            train_text, vocab_size=cfg.vocab_size, model_type=cfg.get("sentencepiece_type", "unigram")
-        )
-    raise ValueError(f"config.data.tokenizer={name!r}; choose one of {TOKENIZERS}.")
 
 
 def load_corpus(cfg: ml_collections.ConfigDict) -> tuple[data.Tokenizer, data.TokenStore, data.TokenStore]:
     """(tokenizer, train tokens, eval tokens) of `config.data`: a prepared corpus's, or the source's text
     tokenized in memory by a tokenizer fitted to the training text."""
-    if cfg.get("prepared"):
+    if cfg.prepared:
         corpus = data.open_prepared(cfg.prepared)
         for split in (cfg.train_split, cfg.eval_split):
             if split not in corpus.split_names:
@@ -71,7 +52,13 @@ def load_corpus(cfg: ml_collections.ConfigDict) -> tuple[data.Tokenizer, data.To
                 )
         return corpus.tokenizer, corpus.split(cfg.train_split), corpus.split(cfg.eval_split)
     train_text = load_text(cfg, cfg.train_split)
-    tokenizer = make_tokenizer(cfg, train_text)
+    tokenizer = data.make_tokenizer(
+        cfg.tokenizer,
+        train_text,
+        vocab_size=cfg.vocab_size,
+        sentencepiece_type=cfg.sentencepiece_type,
+        argument="config.data.tokenizer",
+    )
     encode = lambda text: data.ArrayTokens(tokenizer.encode(text))
     return tokenizer, encode(train_text), encode(load_text(cfg, cfg.eval_split))
 
@@ -81,9 +68,7 @@ SAMPLINGS = ("random_windows", "packed_documents")
 
 def lm_train_data(config: ml_collections.ConfigDict, store: data.TokenStore, rows: slice | None):
     """The training batches of `config.data.sampling` over `store` (`data.pipeline`)."""
-    sampling = config.data.get("sampling", "random_windows")
-    if sampling not in SAMPLINGS:
-        raise ValueError(f"config.data.sampling={sampling!r}; choose one of {SAMPLINGS}.")
+    sampling = checks.check_choice("config.data.sampling", config.data.sampling, SAMPLINGS)
     make = data.pipeline.random_windows if sampling == "random_windows" else data.pipeline.packed_documents
     return make(store, batch_size=config.batch_size, seq_len=config.data.seq_len, seed=config.seed, rows=rows)
 
@@ -122,6 +107,7 @@ class LanguageModelling(Task):
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
         cfg = config.data
+        checks.check_positive_int("config.data.seq_len", cfg.seq_len)  # before any text is read
         self.tokenizer, self.train_tokens, self.eval_tokens = load_corpus(cfg)
         self.tokens_per_batch = config.batch_size * cfg.seq_len
 
@@ -135,7 +121,7 @@ class LanguageModelling(Task):
         return self.config.data.seq_len, model_cfg.num_layers, model_cfg.vocab_size
 
     def loss(self, model, batch):
-        return lm_loss(model, batch, label_smoothing=self.config.get("label_smoothing", 0.0))
+        return lm_loss(model, batch, label_smoothing=self.config.label_smoothing)
 
     def evaluate(self, eval_step, state, model) -> dict:
         """`val_loss`: mean next-token loss over every target of the validation text (padding not counted)."""
@@ -160,7 +146,7 @@ class LanguageModelling(Task):
 
 
 def save_tokenizer(tokenizer: data.Tokenizer, workdir: str) -> None:
-    """`workdir/tokenizer.json`, which `load_trained` reads back with `data.tokenizer_from_dict`."""
+    """`workdir/tokenizer.json`, which `trained.load_trained` reads back with `data.tokenizer_from_dict`."""
     with open(os.path.join(workdir, "tokenizer.json"), "w") as f:
         json.dump(tokenizer.to_dict(), f)
 
@@ -168,25 +154,3 @@ def save_tokenizer(tokenizer: data.Tokenizer, workdir: str) -> None:
 def lm_model_fields(config: ml_collections.ConfigDict, tokenizer: data.Tokenizer) -> dict:
     """The vocabulary comes from the tokenizer and the context from `config.data.seq_len`."""
     return {"vocab_size": tokenizer.vocab_size, "max_len": config.data.seq_len}
-
-
-def load_trained(workdir: str) -> tuple[GPT, data.Tokenizer, ml_collections.ConfigDict]:
-    """(GPT in eval mode, tokenizer, config) from the newest checkpoint of a language-model run's workdir (what
-    `jaxformer sample` reads): the tokenizer from `tokenizer.json`, no training data needed."""
-    path = os.path.join(workdir, "tokenizer.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} does not exist: {workdir} holds no trained language model (task 'lm').")
-    with open(path) as f:
-        tokenizer = data.tokenizer_from_dict(json.load(f))
-    with Checkpointer(os.path.join(workdir, "checkpoints")) as checkpoints:
-        step = checkpoints.latest_intact_step()  # damaged newer ones are reported and moved aside
-        if step is None:
-            raise FileNotFoundError(f"No intact checkpoint in {checkpoints.directory}: train first.")
-        config = ml_collections.ConfigDict(checkpoints.restore_config(step))
-        if config.get("task", "lm") != "lm":
-            raise ValueError(f"{workdir} holds a {config.task!r} model; sampling text needs task 'lm'.")
-        model_cfg = run_model_config(config, lm_model_fields(config, tokenizer))
-        _, optimizer = build_optimizer(config, d_model=model_cfg.d_model)
-        graphs, template = create_train_state(GPT(model_cfg, rngs=nnx.Rngs(config.seed)), optimizer)
-        state, _ = checkpoints.restore(template, step)
-    return merge(graphs.eval, state), tokenizer, config

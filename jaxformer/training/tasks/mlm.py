@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxformer import data
+from jaxformer import checks, data
 from jaxformer.models import BERT, mask_for_mlm
 from jaxformer.training.tasks.base import Task, classification_loss, evaluate_batches
 from jaxformer.training.tasks.lm import lm_train_data, load_corpus, save_tokenizer
@@ -74,7 +74,9 @@ class MaskedLanguageModelling(Task):
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
         cfg = config.data
-        if cfg.get("sampling", "random_windows") != "random_windows":
+        checks.check_positive_int("config.data.seq_len", cfg.seq_len)
+        checks.check_real("config.data.mask_rate", cfg.mask_rate, low=0.0, high=1.0, low_open=True, high_open=True)
+        if cfg.sampling != "random_windows":
             raise ValueError(f"config.data.sampling={cfg.sampling!r}: the mlm task reads 'random_windows' only.")
         self.tokenizer, self.train_tokens, self.eval_tokens = load_corpus(cfg)
         self.mask_id = self.tokenizer.vocab_size  # one id after the tokenizer's
@@ -98,7 +100,7 @@ class MaskedLanguageModelling(Task):
         hidden = model(batch["inputs"], valid=valid).hidden
         logits = model.mlm_logits(hidden, valid=valid)
         return classification_loss(
-            logits, batch["targets"], batch["weights"], label_smoothing=self.config.get("label_smoothing", 0.0)
+            logits, batch["targets"], batch["weights"], label_smoothing=self.config.label_smoothing
         )
 
     @functools.cached_property

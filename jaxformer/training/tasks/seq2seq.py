@@ -14,7 +14,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxformer import data
+from jaxformer import checks, data
 from jaxformer.decoding import beam_search
 from jaxformer.models import Transformer
 from jaxformer.training.tasks.base import Task, classification_loss, weighted_mean
@@ -39,6 +39,10 @@ class SequenceToSequence(Task):
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
         cfg = config.data
+        for name in ("min_len", "max_len", "num_train", "num_eval"):
+            checks.check_positive_int(f"config.data.{name}", cfg[name])
+        if cfg.min_len > cfg.max_len:
+            raise ValueError(f"config.data.min_len={cfg.min_len} must be <= config.data.max_len={cfg.max_len}.")
         make = lambda n, seed: data.seq2seq_task(
             cfg.task, num_examples=n, min_len=cfg.min_len, max_len=cfg.max_len, seed=seed
         )
@@ -63,9 +67,7 @@ class SequenceToSequence(Task):
     def loss(self, model, batch):
         logits = model(batch["src"], batch["tgt_in"], src_valid=batch["src_valid"], tgt_valid=batch["tgt_valid"])
         weights = batch.get("weights", batch["tgt_valid"])
-        return classification_loss(
-            logits, batch["tgt_out"], weights, label_smoothing=self.config.get("label_smoothing", 0.0)
-        )
+        return classification_loss(logits, batch["tgt_out"], weights, label_smoothing=self.config.label_smoothing)
 
     def evaluate(self, eval_step, state, model) -> dict:
         """`val_loss` / `val_accuracy` (teacher-forced, per target token) and `val_exact_match` (greedy decoding)."""

@@ -1,4 +1,8 @@
-"""Where every array lives: the device mesh, the logical-axis rules, and sharded state and batches.
+"""Where every array lives: the device mesh, the logical-axis rules, and sharded batches.
+
+Below the models and above nn (whose parameters carry the logical names), so that everything that places arrays
+(the training runner, the checkpoint loader in `pretrained`, the memory estimate) shares one table without
+importing training.
 
 The mesh has three axes (`MESH_AXES`):
 
@@ -13,7 +17,9 @@ them to mesh axes. A dimension whose size the mesh axes do not divide is replica
 tensor parallelism exists for (`heads`, `mlp`), where that is a config error.
 
     mesh = mesh_from_config(config.mesh)           # {"data": -1, "fsdp": 1, "tensor": 1} by default
-    specs = param_specs(abstract_params)           # PartitionSpec per parameter, from the rules
+    specs = param_specs(abstract_params, mesh)     # PartitionSpec per parameter, from the rules
+
+The train state is built into these shardings by the step runner (`training/runner.py::init_state`).
 """
 
 from __future__ import annotations
@@ -21,17 +27,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 import numpy as np
-import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxformer import checks
 from jaxformer.nn.constraints import Resolver
 from jaxformer.nn.params import logical_axes
-from jaxformer.training.state import Graphs, TrainState, split_model
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the batch is split over both: FSDP is data parallelism with sharded state
@@ -57,10 +62,10 @@ def mesh_shape(sizes: dict, num_devices: int) -> tuple[int, int, int]:
     unknown = sorted(set(sizes) - set(MESH_AXES))
     if unknown:
         raise ValueError(f"config.mesh has unknown axes {unknown}; the mesh axes are {MESH_AXES}.")
-    shape = [sizes.get(axis, 1) for axis in MESH_AXES]
-    for axis, size in zip(MESH_AXES, shape, strict=True):
-        if isinstance(size, bool) or not isinstance(size, int) or (size < 1 and size != -1):
-            raise ValueError(f"config.mesh.{axis} must be a positive int or -1 (the rest); got {size!r}.")
+    shape = [
+        checks.check_positive_int_or_minus_one(f"config.mesh.{axis}", sizes.get(axis, 1), "the rest")
+        for axis in MESH_AXES
+    ]
     if shape.count(-1) > 1:
         raise ValueError(f"At most one config.mesh axis may be -1; got {dict(zip(MESH_AXES, shape, strict=True))}.")
     fixed = math.prod(s for s in shape if s != -1)
@@ -215,38 +220,3 @@ def shard_process_batch(batch: dict, mesh: Mesh) -> dict:
     `jax.make_array_from_process_local_data`; the global batch has process_count times this process's rows."""
     sharding = batch_sharding(mesh)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
-
-
-def create_sharded_train_state(
-    make_model: Callable[[], nnx.Module], optimizer: optax.GradientTransformation, mesh: Mesh
-) -> tuple[Graphs, TrainState, TrainState]:
-    """(graphs, state, state_shardings): a TrainState initialised directly into its shardings on `mesh`.
-
-    The model is first built abstractly (`nnx.eval_shape`, no memory) to read its parameters' logical axes; then
-    its constructor runs under `jax.jit` with those `out_shardings`, so each device only ever materialises its
-    own shards. The optimizer state is initialised the same way, sharded like the parameters it tracks.
-    """
-    graphs, abstract_params, abstract_rest = split_model(nnx.eval_shape(make_model))
-    param_shardings = named(mesh, param_specs(abstract_params, mesh))
-    rest_shardings = named(mesh, param_specs(abstract_rest, mesh))
-
-    @functools.partial(jax.jit, out_shardings=(param_shardings, rest_shardings))
-    def init():
-        _, params, rest = split_model(make_model())
-        return params, rest
-
-    params, model_state = init()
-    replicated = NamedSharding(mesh, PartitionSpec())
-    leaf_shardings = jax.tree.map(lambda x: x.sharding, params)
-    opt_shardings = optax.tree_map_params(
-        optimizer,
-        lambda _, sharding: sharding,
-        jax.eval_shape(optimizer.init, params),
-        leaf_shardings,
-        transform_non_params=lambda _: replicated,
-    )
-    opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
-    step = jax.device_put(np.zeros((), np.int32), replicated)
-    state = TrainState(step=step, params=params, opt_state=opt_state, model_state=model_state)
-    shardings = jax.tree.map(lambda x: x.sharding, state)
-    return graphs, state, shardings

@@ -1,4 +1,5 @@
-"""jaxformer.data sits below jaxformer.training: importing it must not pull in Flax, training code or tfds."""
+"""jaxformer.data sits below jaxformer.training and jaxformer.pretrained: importing it must not pull in Flax, training
+code or tfds (which modules it may import is `make lint`'s layers contract, pyproject.toml)."""
 
 import subprocess
 import sys

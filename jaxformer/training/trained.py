@@ -1,0 +1,37 @@
+"""A trained language model back from its workdir, without its training data: what `jaxformer sample` reads."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+
+from jaxformer import data
+from jaxformer.models import GPT
+from jaxformer.training import defaults
+from jaxformer.training.checkpoints import Checkpointer
+from jaxformer.training.run import build_run
+from jaxformer.training.state import create_train_state, merge
+from jaxformer.training.tasks.lm import lm_model_fields
+
+
+def load_trained(workdir: str) -> tuple[GPT, data.Tokenizer, ml_collections.ConfigDict]:
+    """(GPT in eval mode, tokenizer, config) from the newest checkpoint of a language-model run's workdir (what
+    `jaxformer sample` reads): the tokenizer from `tokenizer.json`, no training data needed."""
+    path = os.path.join(workdir, "tokenizer.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: {workdir} holds no trained language model (task 'lm').")
+    with open(path) as f:
+        tokenizer = data.tokenizer_from_dict(json.load(f))
+    with Checkpointer(os.path.join(workdir, "checkpoints")) as checkpoints:
+        step = checkpoints.latest_intact_step()  # damaged newer ones are reported and moved aside
+        if step is None:
+            raise FileNotFoundError(f"No intact checkpoint in {checkpoints.directory}: train first.")
+        config = defaults.complete(checkpoints.restore_config(step))
+        if config.task != "lm":
+            raise ValueError(f"{workdir} holds a {config.task!r} model; sampling text needs task 'lm'.")
+        run = build_run(config, data_fields=lm_model_fields(config, tokenizer))
+        graphs, template = create_train_state(run.make_model(), run.optimizer)
+        state, _ = checkpoints.restore(template, step)
+    return merge(graphs.eval, state), tokenizer, config
