@@ -40,12 +40,13 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(PY) experiments/demo_ops.py
 
-# Default (fast) suite, in parallel. Heavier tests are marked `slow`.
+# Default (fast) suite, in parallel. Heavier tests are marked `slow`. loadgroup: a file marked with an xdist_group
+# runs on one worker, so its module fixture (a reference training run, an 8-device subprocess) runs once.
 test: $(STAMP)
-	$(PY) -m pytest -n auto -q --durations=15
+	$(PY) -m pytest -n auto --dist loadgroup -q --durations=15
 
 test-all: $(STAMP)
-	$(PY) -m pytest -n auto -q -m "slow or not slow"
+	$(PY) -m pytest -n auto --dist loadgroup -q --durations=15 -m "slow or not slow"
 
 # ruff, then the import contracts in pyproject.toml (import-linter): imports point one way, no cycles.
 lint: $(STAMP)

@@ -134,6 +134,7 @@ def test_gpt_jacobian_wrt_future_inputs_is_exactly_zero_under_jit(gpt):
     assert np.all(norms[~FUTURE] > 0.0), "a position ignores its past or itself"
 
 
+@pytest.mark.slow  # ~22 s: the file again in a fresh process (the miscompile showed at level 0 as well)
 @pytest.mark.skipif(os.environ.get("JAXFORMER_COMPILER_CHILD") == "1", reason="this is the child run")
 def test_the_same_checks_pass_at_xla_default_optimization_level():
     """conftest.py compiles the suite at --xla_backend_optimization_level=0; users run XLA's default."""

@@ -31,6 +31,7 @@ def test_bench_attention_smoke():
     assert "peak RSS MiB" in out
 
 
+@pytest.mark.slow  # ~10 s; cached decoding equals the full pass in tests/models and tests/decoding
 def test_bench_decode_smoke_cached_and_recomputed_tokens_agree():
     out = run_script("experiments/bench_decode.py", "--smoke")
     rows = [line for line in out.splitlines() if line.startswith("| 1 | 8 |") or line.startswith("| 2 | 8 |")]

@@ -93,7 +93,16 @@ def test_notebook_is_stored_clean(path):
                 assert length <= 4, f"{node.name} ({length} lines): notebooks call jaxformer, they define no library"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=name_of)
+# The notebooks the default suite runs (12-15 s each: the ops tour, the claims tour); the others train a model or
+# load GPT-2 (18-32 s each) and run with `make test-all`.
+DEFAULT_RUN = ("01_attention_primitives", "04_claims_tour")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p if name_of(p) in DEFAULT_RUN else pytest.param(p, marks=pytest.mark.slow) for p in NOTEBOOKS],
+    ids=name_of,
+)
 def test_notebook_runs_with_tiny_parameters(path, tmp_path, monkeypatch):
     nbclient = pytest.importorskip("nbclient")
     nb = nbformat.read(path, as_version=4)

@@ -68,7 +68,7 @@ def teacher_forced_log_prob(model, src, src_valid, hypothesis, eos):
     return float(np.sum(np.asarray(log_probs)[np.arange(n), hypothesis[:n]])), n
 
 
-@pytest.mark.parametrize("scan_layers", [False, True])
+@pytest.mark.parametrize("scan_layers", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_encoder_decoder_scores_are_normalised_model_log_probs(scan_layers):
     cfg = ModelConfig.variant("transformer-tiny", vocab_size=40, dropout_rate=0.0, scan_layers=scan_layers)
     model = Transformer(cfg, rngs=nnx.Rngs(0))

@@ -28,7 +28,16 @@ CACHED_CASES = {
 }
 
 
-@pytest.mark.parametrize("overrides", CACHED_CASES.values(), ids=CACHED_CASES.keys())
+# RoPE with a sliding window and the scanned stack in the default run (learned and ALiBi positions decode with a
+# cache in tests/decoding/test_generate.py too); the rest with `make test-all`.
+SLOW_CACHED = ("learned", "sinusoidal", "rope-gqa", "alibi-mqa", "post-norm-rmsnorm-swiglu")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [pytest.param(o, marks=pytest.mark.slow) if k in SLOW_CACHED else o for k, o in CACHED_CASES.items()],
+    ids=CACHED_CASES.keys(),
+)
 def test_prefill_then_cached_decoding_equals_the_teacher_forced_logits(overrides):
     model = GPT(tiny(**overrides), rngs=nnx.Rngs(0))
     full = model(TOKENS)
@@ -54,7 +63,18 @@ def test_causality_through_gradients():
         assert np.all(norms[: t + 1] > 0.0), f"position {t} ignores its past: {norms}"
 
 
-OPTION_CASES = [
+# The default run takes every value of every option at least once, several per model (each positional scheme, each
+# norm pre and post, each activation); `make test-all` adds each option on its own.
+COMBINED_CASES = [
+    dict(positional="learned", norm_position="pre", norm="rmsnorm", activation="relu"),
+    dict(positional="sinusoidal", norm_position="post", norm="batchnorm", activation="gelu"),
+    dict(positional="rope", norm_position="pre", norm="batchnorm", activation="gelu_exact"),
+    dict(positional="alibi", norm_position="post", norm="rmsnorm", activation="silu"),
+    dict(positional="none", norm_position="post", norm="layernorm", activation="swiglu"),
+    dict(qk_norm=True, num_kv_heads=2, use_bias=False, tie_embeddings=False),
+    dict(dropout_rate=0.1, attention_dropout_rate=0.1),
+]
+SINGLE_CASES = [
     *[
         dict(positional=p, norm_position=q)
         for p in ("learned", "sinusoidal", "rope", "alibi", "none")
@@ -62,12 +82,16 @@ OPTION_CASES = [
     ],
     *[dict(norm=n, norm_position=q) for n in ("rmsnorm", "batchnorm") for q in ("pre", "post")],
     *[dict(activation=a) for a in ("relu", "gelu", "gelu_exact", "silu", "swiglu")],
-    dict(qk_norm=True, num_kv_heads=2, use_bias=False, tie_embeddings=False),
-    dict(dropout_rate=0.1, attention_dropout_rate=0.1),
 ]
+OPTION_CASES = COMBINED_CASES + [pytest.param(o, marks=pytest.mark.slow) for o in SINGLE_CASES]
 
 
-@pytest.mark.parametrize("overrides", OPTION_CASES, ids=lambda o: "-".join(f"{k}={v}" for k, v in o.items()))
+def option_id(case) -> str:
+    overrides = case if isinstance(case, dict) else case.values[0]
+    return "-".join(f"{k}={v}" for k, v in overrides.items())
+
+
+@pytest.mark.parametrize("overrides", OPTION_CASES, ids=[option_id(c) for c in OPTION_CASES])
 def test_every_option_gives_finite_outputs_and_gradients_and_jit_agrees(overrides):
     model = GPT(tiny(**overrides), rngs=nnx.Rngs(0))
     labels = np.roll(TOKENS, -1, axis=1)

@@ -39,7 +39,15 @@ def loss_and_grads(model, inputs):
 CASES = [(p, False) for p in REMAT_POLICIES if p != "none"] + [("dots_no_batch", True)]
 
 
-@pytest.mark.parametrize("policy, scan", CASES, ids=[f"{p}-{'scanned' if s else 'looped'}" for p, s in CASES])
+# The default run checks a policy on the scanned stack (the recipes' layout); the others run with `make test-all`.
+DEFAULT_CASES = (("dots_no_batch", True),)
+
+
+@pytest.mark.parametrize(
+    "policy, scan",
+    [c if c in DEFAULT_CASES else pytest.param(*c, marks=pytest.mark.slow) for c in CASES],
+    ids=[f"{p}-{'scanned' if s else 'looped'}" for p, s in CASES],
+)
 def test_every_policy_gives_the_gradients_of_no_remat(policy, scan):
     # Dropout on: the recomputed forward must draw the same masks as the saved one.
     model = GPT(tiny(dropout_rate=0.2, positional="rope"), rngs=nnx.Rngs(0, dropout=1))

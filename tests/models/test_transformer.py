@@ -21,7 +21,11 @@ def tiny(**overrides):
 
 @pytest.mark.parametrize(
     "overrides",
-    [dict(), dict(positional="rope", num_kv_heads=2, norm_position="pre"), dict(positional="alibi", scan_layers=True)],
+    [
+        dict(),
+        pytest.param(dict(positional="rope", num_kv_heads=2, norm_position="pre"), marks=pytest.mark.slow),
+        pytest.param(dict(positional="alibi", scan_layers=True), marks=pytest.mark.slow),
+    ],
     ids=["paper", "rope-gqa-prenorm", "alibi-scan"],
 )
 def test_encode_then_cached_decoding_equals_the_teacher_forced_logits(overrides):

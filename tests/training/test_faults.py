@@ -42,6 +42,7 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pa
     assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
+@pytest.mark.slow  # two CLI runs (~18 s); SIGTERM takes the same path in the default run (test_recovery.py)
 def test_ctrl_c_saves_the_current_step_and_the_run_resumes(tmp_path, corpus):
     args = tiny_args(tmp_path, corpus, 100000, 50)
     child = train(args)

@@ -65,6 +65,7 @@ def params(workdir):
     return jax.tree.leaves(nnx.state(model, nnx.Param))
 
 
+@pytest.mark.slow  # three CLI runs (~22 s); the exact resume is in the default run too (test_recovery.py)
 def test_sigkill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(tmp_path, corpus):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     run = train(tiny_args(straight, corpus, 600, 200))
@@ -97,6 +98,7 @@ def test_sigkill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(tmp_
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # ~20 s: the recipe through the CLI on the real data (the loop itself runs in many default tests)
 @pytest.mark.skipif(not (TFDS_DIR / "tiny_shakespeare").exists(), reason=f"tiny_shakespeare not prepared in {TFDS_DIR}")
 def test_shakespeare_char_pipeline_on_tfds(tmp_path):
     args = [

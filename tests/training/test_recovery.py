@@ -2,6 +2,7 @@
 as an uninterrupted run from the intact step would. Also: a changed architecture is refused before any restore, a
 partial metrics line is repaired, SIGTERM saves and exits 143, and bad loop settings are named."""
 
+import functools
 import pathlib
 import random
 import re
@@ -76,11 +77,20 @@ def unfinished_save(workdir, step):  # killed after orbax finished but before th
 FAULTS = {f.__name__: f for f in (truncate, flip_a_byte, garbage_metadata, missing_item, unfinished_save)}
 
 
-@pytest.fixture(scope="module")
+# One xdist worker runs this file (`--dist loadgroup`), so the reference run of `uninterrupted` is trained once.
+pytestmark = pytest.mark.xdist_group("recovery")
+
+
+@pytest.fixture
 def uninterrupted(tmp_path_factory, corpus):
     """A reference run to STEPS, and a copy of its workdir as a kill right after step 8 leaves it (checkpoints 4
-    and 8; the rows after 8 are dropped by any resume)."""
-    workdir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    and 8; the rows after 8 are dropped by any resume). Trained once per session: the tests copy, never change it."""
+    return reference_run(str(tmp_path_factory.getbasetemp()), str(corpus))
+
+
+@functools.cache  # not a module fixture: xdist tears those down whenever a worker's queue runs dry
+def reference_run(base: str, corpus: str) -> tuple[pathlib.Path, pathlib.Path]:
+    workdir = pathlib.Path(base) / "uninterrupted" / "run"
     train_and_evaluate(tiny_config(corpus), str(workdir))
     at_8 = workdir.parent / "at_8"
     shutil.copytree(workdir, at_8)

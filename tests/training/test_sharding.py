@@ -1,5 +1,6 @@
 """Sharding: the mesh from config, the logical-axis rules, and equal training on every mesh (8 fake CPU devices)."""
 
+import functools
 import json
 import os
 import pathlib
@@ -12,15 +13,23 @@ from jax.sharding import PartitionSpec as P
 
 from jaxformer import sharding
 
+# One xdist worker runs this file (`--dist loadgroup`), so the 8-device subprocess of `runs` runs once per session.
+pytestmark = pytest.mark.xdist_group("sharding")
+
 HERE = pathlib.Path(__file__).resolve().parent
 MESHES = ("1,1,1", "8,1,1", "1,8,1", "2,2,2")  # data, fsdp, tensor (parallel="jit")
 # pmap / shard_map draw the same dropout stream on every device, so they are compared with dropout off.
 PER_DEVICE = ("8,1,1:pmap", "8,1,1:shard_map")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def runs(corpus):
     """Ten training steps of a tiny GPT (dropout on) on each mesh, in one subprocess with 8 CPU devices."""
+    return multidevice_runs(str(corpus))
+
+
+@functools.cache  # not a module fixture: xdist tears those down whenever a worker's queue runs dry
+def multidevice_runs(corpus: str) -> dict:
     out = subprocess.run(
         [sys.executable, str(HERE / "multidevice_run.py"), str(corpus), *MESHES, "1,1,1:nodropout", *PER_DEVICE],
         capture_output=True,
