@@ -40,13 +40,15 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(PY) experiments/demo_ops.py
 
-# Default (fast) suite, in parallel. Heavier tests are marked `slow`. loadgroup: a file marked with an xdist_group
-# runs on one worker, so its module fixture (a reference training run, an 8-device subprocess) runs once.
+# Default (fast) suite, in parallel. Heavier tests are marked `slow`. loadfile: each file runs on one worker, so a
+# file's shared reference run (an 8-device subprocess, a training run to resume against) is made once.
+# (loadgroup would do it per group, but pytest-xdist 3.8's groups are lost on pytest >= 9.2: it renames the wrong
+# attribute of the test items.)
 test: $(STAMP)
-	$(PY) -m pytest -n auto --dist loadgroup -q --durations=15
+	$(PY) -m pytest -n auto --dist loadfile -q --durations=15
 
 test-all: $(STAMP)
-	$(PY) -m pytest -n auto --dist loadgroup -q --durations=15 -m "slow or not slow"
+	$(PY) -m pytest -n auto --dist loadfile -q --durations=15 -m "slow or not slow"
 
 # ruff, then the import contracts in pyproject.toml (import-linter): imports point one way, no cycles.
 lint: $(STAMP)

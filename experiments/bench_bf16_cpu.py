@@ -36,15 +36,21 @@ import jax.numpy as jnp
 import recipe_bench as rb
 
 
-def matmul_gflops(n: int, case: str, rounds: int = 5) -> float:
-    """GFLOP/s of a jitted [n, n] @ [n, n]: "f32", "bf16" (bf16 -> bf16) or "bf16_f32out" (bf16 operands,
-    preferred_element_type=float32)."""
+def compiled_matmul(m: int, k: int, n: int, case: str):
+    """(dot, a, b): a jitted [m, k] @ [k, n] on random operands, compiled: "f32", "bf16" (bf16 -> bf16) or
+    "bf16_f32out" (bf16 operands, preferred_element_type=float32)."""
     dtype = jnp.float32 if case == "f32" else jnp.bfloat16
     preferred = jnp.float32 if case == "bf16_f32out" else None
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
+    a = jax.random.normal(jax.random.key(0), (m, k), jnp.float32).astype(dtype)
+    b = jax.random.normal(jax.random.key(1), (k, n), jnp.float32).astype(dtype)
     dot = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=preferred))
     dot(a, b).block_until_ready()
+    return dot, a, b
+
+
+def matmul_gflops(n: int, case: str, rounds: int = 5) -> float:
+    """GFLOP/s of a jitted [n, n] @ [n, n] (`compiled_matmul`'s cases)."""
+    dot, a, b = compiled_matmul(n, n, n, case)
     times = []
     for _ in range(rounds):
         t0 = time.perf_counter()
@@ -236,12 +242,8 @@ def dense_grad_variants(m: int, k: int, n: int) -> dict:
 
 
 def small_matmul_us(m: int, k: int, n: int, case: str, calls: int = 200) -> float:
-    dtype = jnp.float32 if case == "f32" else jnp.bfloat16
-    preferred = jnp.float32 if case == "bf16_f32out" else None
-    a = jax.random.normal(jax.random.key(0), (m, k), jnp.float32).astype(dtype)
-    b = jax.random.normal(jax.random.key(1), (k, n), jnp.float32).astype(dtype)
-    dot = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=preferred))
-    dot(a, b).block_until_ready()
+    """Microseconds per call of a small jitted [m, k] @ [k, n] (dispatch included)."""
+    dot, a, b = compiled_matmul(m, k, n, case)
     times = []
     for _ in range(5):
         t0 = time.perf_counter()

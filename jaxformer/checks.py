@@ -190,6 +190,17 @@ def _is_number(value) -> bool:
     return isinstance(value, (bool, int, float, np.bool_, np.integer, np.floating))
 
 
+def _bounds(low, high, *, low_open: bool = False, high_open: bool = False, number=lambda v: f"{v:g}") -> str:
+    """The range `[low, high]` as message text: " in [0, 1)", " >= 1", " <= 8" or "" (no bound)."""
+    if low is not None and high is not None:
+        return f" in {'(' if low_open else '['}{number(low)}, {number(high)}{')' if high_open else ']'}"
+    if low is not None:
+        return f" {'>' if low_open else '>='} {number(low)}"
+    if high is not None:
+        return f" {'<' if high_open else '<='} {number(high)}"
+    return ""
+
+
 def check_int(name: str, value, *, low: int | None = None, high: int | None = None, expected: str = "") -> int:
     """A Python or NumPy int (not a bool) in [low, high] (None: unbounded on that side), as a Python int.
 
@@ -197,15 +208,7 @@ def check_int(name: str, value, *, low: int | None = None, high: int | None = No
     number at all (a string, None, an array). `expected` words the requirement in the message (default: "an int",
     with the bounds); both errors read "`name` must be <expected>; got <value>.".
     """
-    if not expected:
-        if low is not None and high is not None:
-            expected = f"an int in [{low}, {high}]"
-        elif low is not None:
-            expected = f"an int >= {low}"
-        elif high is not None:
-            expected = f"an int <= {high}"
-        else:
-            expected = "an int"
+    expected = expected or "an int" + _bounds(low, high, number=str)
     message = f"`{name}` must be {expected}; got {value!r}."
     if not _is_number(value):
         raise TypeError(message)
@@ -285,14 +288,7 @@ def check_real(
     real = _real(name, value)
     if real is None:
         return value
-    if low is not None and high is not None:
-        bounds = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    elif low is not None:
-        bounds = f" {'>' if low_open else '>='} {low:g}"
-    elif high is not None:
-        bounds = f" {'<' if high_open else '<='} {high:g}"
-    else:
-        bounds = ""
+    bounds = _bounds(low, high, low_open=low_open, high_open=high_open)
     if (
         not np.isfinite(real)
         or (low is not None and (real < low or (low_open and real == low)))

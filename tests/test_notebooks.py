@@ -93,9 +93,10 @@ def test_notebook_is_stored_clean(path):
                 assert length <= 4, f"{node.name} ({length} lines): notebooks call jaxformer, they define no library"
 
 
-# The notebooks the default suite runs (12-15 s each: the ops tour, the claims tour); the others train a model or
-# load GPT-2 (18-32 s each) and run with `make test-all`.
-DEFAULT_RUN = ("01_attention_primitives", "04_claims_tour")
+# The notebook the default suite runs (the claims tour, ~6 s: a kernel, the first cell, plots from records); the
+# others run ops, train a model or load GPT-2 (9-32 s each) and run with `make test-all`. Every notebook's cells
+# are checked for their structure in the default run (the tests above).
+DEFAULT_RUN = ("04_claims_tour",)
 
 
 @pytest.mark.parametrize(

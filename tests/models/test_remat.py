@@ -61,6 +61,7 @@ def test_every_policy_gives_the_gradients_of_no_remat(policy, scan):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7), grads_r, grads)
 
 
+@pytest.mark.slow  # ~7 s; remat itself is checked on the GPT in the default run
 def test_encoder_decoder_with_remat_matches_without():
     cfg = tiny(num_layers=2, dropout_rate=0.0)
     model = Transformer(cfg, rngs=nnx.Rngs(0))

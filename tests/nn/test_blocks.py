@@ -32,7 +32,7 @@ def test_encoder_block_composes_its_sublayers(norm, norm_position):
     np.testing.assert_allclose(block(X, mask=mask), want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("norm_position", ["pre", "post"])
+@pytest.mark.parametrize("norm_position", ["pre", pytest.param("post", marks=pytest.mark.slow)])
 def test_decoder_block_cached_decoding_equals_full_pass(norm_position):
     cfg = config(norm_position=norm_position, positional="rope", norm="rmsnorm", activation="swiglu")
     block = nn.DecoderBlock(cfg, cross_attention=True, context_dim=12, rngs=nnx.Rngs(0))

@@ -77,10 +77,6 @@ def unfinished_save(workdir, step):  # killed after orbax finished but before th
 FAULTS = {f.__name__: f for f in (truncate, flip_a_byte, garbage_metadata, missing_item, unfinished_save)}
 
 
-# One xdist worker runs this file (`--dist loadgroup`), so the reference run of `uninterrupted` is trained once.
-pytestmark = pytest.mark.xdist_group("recovery")
-
-
 @pytest.fixture
 def uninterrupted(tmp_path_factory, corpus):
     """A reference run to STEPS, and a copy of its workdir as a kill right after step 8 leaves it (checkpoints 4
@@ -88,7 +84,9 @@ def uninterrupted(tmp_path_factory, corpus):
     return reference_run(str(tmp_path_factory.getbasetemp()), str(corpus))
 
 
-@functools.cache  # not a module fixture: xdist tears those down whenever a worker's queue runs dry
+# Once per session: `make test` sends a whole file to one worker (--dist loadfile), and a module fixture would not do,
+# as xdist tears those down whenever a worker's queue runs dry.
+@functools.cache
 def reference_run(base: str, corpus: str) -> tuple[pathlib.Path, pathlib.Path]:
     workdir = pathlib.Path(base) / "uninterrupted" / "run"
     train_and_evaluate(tiny_config(corpus), str(workdir))
@@ -98,7 +96,14 @@ def reference_run(base: str, corpus: str) -> tuple[pathlib.Path, pathlib.Path]:
     return workdir, at_8
 
 
-@pytest.mark.parametrize("fault", sorted(FAULTS))
+# Three kinds of damage in the default run (a checksum mismatch, a missing item, a save that never finished); the
+# truncated file and garbage metadata with `make test-all`.
+SLOW_FAULTS = ("truncate", "garbage_metadata")
+
+
+@pytest.mark.parametrize(
+    "fault", [pytest.param(f, marks=pytest.mark.slow) if f in SLOW_FAULTS else f for f in sorted(FAULTS)]
+)
 def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_resume_is_exact(fault, tmp_path, corpus, uninterrupted):
     reference, at_8 = uninterrupted
     workdir = tmp_path / "run"

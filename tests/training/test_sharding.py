@@ -13,9 +13,6 @@ from jax.sharding import PartitionSpec as P
 
 from jaxformer import sharding
 
-# One xdist worker runs this file (`--dist loadgroup`), so the 8-device subprocess of `runs` runs once per session.
-pytestmark = pytest.mark.xdist_group("sharding")
-
 HERE = pathlib.Path(__file__).resolve().parent
 MESHES = ("1,1,1", "8,1,1", "1,8,1", "2,2,2")  # data, fsdp, tensor (parallel="jit")
 # pmap / shard_map draw the same dropout stream on every device, so they are compared with dropout off.
@@ -28,7 +25,9 @@ def runs(corpus):
     return multidevice_runs(str(corpus))
 
 
-@functools.cache  # not a module fixture: xdist tears those down whenever a worker's queue runs dry
+# Once per session: `make test` sends a whole file to one worker (--dist loadfile), and a module fixture would not do,
+# as xdist tears those down whenever a worker's queue runs dry.
+@functools.cache
 def multidevice_runs(corpus: str) -> dict:
     out = subprocess.run(
         [sys.executable, str(HERE / "multidevice_run.py"), str(corpus), *MESHES, "1,1,1:nodropout", *PER_DEVICE],
