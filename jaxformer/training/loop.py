@@ -268,7 +268,8 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 
 def check_loop_config(config: ml_collections.ConfigDict) -> None:
-    """The loop's own settings: positive step counts and intervals (ValueError naming the field)."""
+    """The loop's own settings: positive int step counts and intervals (`checks.check_positive_int`: the error names
+    the field)."""
     for name in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
         checks.check_positive_int(f"config.{name}", config[name])
 
