@@ -153,4 +153,4 @@ if __name__ == "__main__":
         print(json.dumps(cross_mesh(corpus, directory, source, targets)))
     else:  # CORPUS MESH...
         corpus, *meshes = sys.argv[1:]
-        print(json.dumps({m: run(corpus, m, 10) for m in meshes}))
+        print(json.dumps({m: run(corpus, m, 6) for m in meshes}))

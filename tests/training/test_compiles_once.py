@@ -28,7 +28,7 @@ def guarded(make_fn, traces: list):
     return make
 
 
-@pytest.mark.parametrize("parallel", ["jit", pytest.param("pmap", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("parallel", ["jit", "pmap"])
 def test_the_loop_compiles_its_train_and_eval_steps_once(tmp_path, corpus, monkeypatch, parallel):
     chex.clear_trace_counter()  # chex counts per definition site, across tests
     train_traces, eval_traces = [], []
