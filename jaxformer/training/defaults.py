@@ -146,6 +146,8 @@ def complete(config: ml_collections.ConfigDict | dict) -> ml_collections.ConfigD
     The one place defaults come from: code reads `config.label_smoothing`, never `config.get(key, default)`.
     Keys `config` sets win (also keys the defaults do not have); `config` itself is not changed.
     """
+    if not isinstance(config, ml_collections.ConfigDict | dict):
+        raise TypeError(f"`config` must be an ml_collections.ConfigDict or a dict; got {type(config).__name__}.")
     values = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
     return ml_collections.ConfigDict(_merge(default_config(values.get("task", "lm")).to_dict(), values))
 

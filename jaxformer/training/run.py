@@ -61,6 +61,8 @@ def build_run(config: ml_collections.ConfigDict, *, data_fields: dict | None = N
       built and no data is read (a run rebuilt from its checkpoint, a benchmark on random tokens). Default: the
       task `config.task` names is built (reading its data) and gives them (`Task.model_fields`).
     """
+    if data_fields is not None and not isinstance(data_fields, dict):
+        raise TypeError(f"`data_fields` must be a dict of model fields or None; got {type(data_fields).__name__}.")
     config = defaults.complete(config)
     task = make_task(config) if data_fields is None else None
     model_class = task_class(config.task).model_class

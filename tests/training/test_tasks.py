@@ -184,6 +184,10 @@ def test_a_config_is_completed_with_the_defaults_of_its_task():
     assert defaults.complete(config) == config
     with pytest.raises(ValueError, match=r"config.task='translation'; choose one of \('lm', 'mlm'"):
         defaults.complete({"task": "translation"})
+    with pytest.raises(TypeError, match=r"`config` must be an ml_collections.ConfigDict or a dict; got list"):
+        defaults.complete([("task", "lm")])
+    with pytest.raises(TypeError, match=r"`data_fields` must be a dict of model fields or None; got tuple"):
+        build_run(partial, data_fields=(("vocab_size", 13),))
 
 
 def test_unknown_task_is_named():
