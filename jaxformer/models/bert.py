@@ -15,7 +15,7 @@ from jaxformer.models.embedding import InputEmbedding, check_tokens, check_valid
 from jaxformer.models.stack import BlockStack
 from jaxformer.nn.blocks import apply_norm, make_norm
 
-# The MLM transform is element-wise; a gated activation (swiglu) has no D -> D form, so such configs use the
+# The MLM transform is element-wise; a gated activation (swiglu, geglu) has no D -> D form, so such configs use the
 # exact GELU there, as ModernBERT does with its GeGLU feed-forward and GELU head.
 _GATED_FALLBACK = "gelu_exact"
 
@@ -70,13 +70,13 @@ class MLMHead(nnx.Module):
                                   logits = z U + c     (untied, `U [D, V]`)
 
     `W [D, D]`, `b [D]`, output bias `c [V]`. `act` is the config's activation (exact GELU for BERT); a gated
-    activation (swiglu) falls back to the exact GELU, since the transform is element-wise.
+    activation (swiglu, geglu) falls back to the exact GELU, since the transform is element-wise.
     """
 
     def __init__(self, cfg: ModelConfig, embed: nn.Embed, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.kernel, self.bias = _dense_params(cfg, rngs)
-        self.act = ops.get_activation(_GATED_FALLBACK if cfg.activation == "swiglu" else cfg.activation)
+        self.act = ops.get_activation(_GATED_FALLBACK if cfg.activation in ops.GATED_ACTIVATIONS else cfg.activation)
         self.norm = make_norm(cfg, rngs=rngs)
         if cfg.tie_embeddings:
             self.embed, self.decoder = embed, None
@@ -124,14 +124,17 @@ class BERT(nnx.Module):
     """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        if config.final_logit_softcap is not None:
+            raise ValueError("ModelConfig.final_logit_softcap caps a language model's logits; BERT takes None.")
         self.config = config
         self.embed = InputEmbedding(config, rngs=rngs)
         self.blocks = BlockStack(
-            lambda r: nn.EncoderBlock(config, rngs=r),
+            lambda r, kind=None: nn.EncoderBlock(config.layer_config(kind), rngs=r),
             config.num_layers,
             scan=config.scan_layers,
             rngs=rngs,
             remat=config.remat,
+            kinds=config.layer_types,
         )
         self.final_norm = make_norm(config, rngs=rngs) if config.norm_position == "pre" else None
         self.pooler = Pooler(config, rngs=rngs) if config.pooler else None

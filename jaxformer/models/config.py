@@ -15,6 +15,10 @@ from typing import Any
 from jaxformer import checks
 from jaxformer.nn.blocks import BlockConfig
 from jaxformer.nn.remat import REMAT_POLICIES
+from jaxformer.ops import RopeScaling
+
+# The kinds of layer `ModelConfig.layer_types` names: full causal attention, or within a sliding window.
+LAYER_TYPES = ("global", "local")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -27,11 +31,19 @@ class ModelConfig(BlockConfig):
     Core: `vocab_size` (V; 0 for ViT), `num_layers` (L; the encoder's in an encoder-decoder), `max_len` (longest
     sequence; size of the learned position table). `dropout_rate` also applies to the embeddings.
     Embeddings: `tie_embeddings` (output logits use the input embedding), `head_bias` (a bias on the logits),
-    `embed_scale` (multiply token embeddings by sqrt(D), as Vaswani et al.), `embed_norm` (a norm after the
+    `final_logit_softcap` (Gemma 2: logits z become `cap * tanh(z / cap)`, in float32; None: off),
+    `embed_scale` (multiply token embeddings by sqrt(D), as Vaswani et al.; the factor is rounded to the compute
+    dtype first, as Gemma does: sqrt(3072) is 55.5 in bfloat16), `embed_norm` (a norm after the
     embedding sum, as BERT), `type_vocab_size` (BERT segment embeddings; 0 = none), `pooler` / `mlm_head`
     (BERT's [CLS] pooler and masked-LM head: a checkpoint may have either or both; a ViT without classes has the
     pooler too), `init_std` (embeddings), and the position encoding `positional` (a block field: learned |
     sinusoidal | rope | alibi | none).
+    Per-layer attention (GPT): `layer_types`, a tuple of L entries "global" | "local" (None: every layer alike,
+    with `sliding_window` on all of them if set). A local layer attends within `sliding_window` (required) and
+    rotates with `local_rope_base` (None: `rope_base`) and `local_rope_scaling` (None: no scaling); a global layer
+    sees every earlier position with `rope_base` and `rope_scaling` (Gemma 2: alternating; Gemma 3: 5 local, 1
+    global; local 10k, global 1M with linear scaling 8). `layer_config(kind)` is the `BlockConfig` a layer of that
+    kind is built from. With `scan_layers` the stack scans over the repeating group of kinds (nn: models/stack.py).
     Encoder-decoder: `num_decoder_layers` (default `num_layers`). ViT: `image_size`, `patch_size`,
     `num_channels`, `num_classes`. Execution: `scan_layers` (one compiled block, scanned over L: compile time
     independent of depth), `vocab_multiple` (store the embedding / output tables with V rounded up to a multiple
@@ -61,6 +73,10 @@ class ModelConfig(BlockConfig):
     remat: str = "none"
     vocab_multiple: int = 1
     init_std: float = 0.02
+    final_logit_softcap: float | None = None
+    layer_types: tuple[str, ...] | None = None
+    local_rope_base: float | None = None
+    local_rope_scaling: RopeScaling | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -76,10 +92,63 @@ class ModelConfig(BlockConfig):
             "tie_embeddings", "head_bias", "embed_scale", "embed_norm", "pooler", "mlm_head", "scan_layers"
         )
         checks.check_real(f"{owner}.init_std", self.init_std, low=0.0)
+        if self.final_logit_softcap is not None:
+            cap = checks.check_positive_real(f"{owner}.final_logit_softcap", self.final_logit_softcap)
+            object.__setattr__(self, "final_logit_softcap", cap)
+        self._check_layer_types(owner)
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"{owner}.image_size={self.image_size} must be a multiple of patch_size={self.patch_size}."
             )
+
+    def _check_layer_types(self, owner: str) -> None:
+        types = self.layer_types
+        if types is not None:
+            if isinstance(types, str) or not isinstance(types, list | tuple):
+                raise TypeError(
+                    f"{owner}.layer_types must be a tuple of {LAYER_TYPES} per layer, or None; got {types!r}."
+                )
+            types = tuple(types)  # lists (from a config file) are stored as a hashable tuple
+            for i, kind in enumerate(types):
+                checks.check_choice(f"{owner}.layer_types[{i}]", kind, LAYER_TYPES)
+            if len(types) != self.num_layers:
+                raise ValueError(
+                    f"{owner}.layer_types has {len(types)} entries; it needs one per layer "
+                    f"(num_layers={self.num_layers})."
+                )
+            if "local" in types and self.sliding_window is None:
+                raise ValueError(f"{owner}.layer_types has local layers: set sliding_window (their window).")
+            object.__setattr__(self, "layer_types", types)
+        if self.local_rope_base is not None:
+            object.__setattr__(
+                self, "local_rope_base", checks.check_positive_real(f"{owner}.local_rope_base", self.local_rope_base)
+            )
+        if self.local_rope_scaling is not None and not isinstance(self.local_rope_scaling, RopeScaling):
+            raise TypeError(
+                f"{owner}.local_rope_scaling must be an ops.RopeScaling or None; got {self.local_rope_scaling!r}."
+            )
+        if (self.local_rope_base is not None or self.local_rope_scaling is not None) and "local" not in (types or ()):
+            raise ValueError(
+                f"{owner}.local_rope_base / local_rope_scaling are for the local layers of layer_types; got "
+                f"layer_types={types!r}."
+            )
+
+    def layer_config(self, kind: str | None) -> ModelConfig:
+        """The config a layer of `kind` ("global" | "local"; None: the layers of a config without `layer_types`)
+        is built from: the window and RoPE of its kind, and no per-layer fields."""
+        if kind is None:
+            return self
+        checks.check_choice("kind", kind, LAYER_TYPES)
+        local = kind == "local"
+        return dataclasses.replace(
+            self,
+            layer_types=None,
+            local_rope_base=None,
+            local_rope_scaling=None,
+            sliding_window=self.sliding_window if local else None,
+            rope_base=(self.local_rope_base or self.rope_base) if local else self.rope_base,
+            rope_scaling=self.local_rope_scaling if local else self.rope_scaling,
+        )
 
     # -- derived sizes -----------------------------------------------------------------------------------------
 

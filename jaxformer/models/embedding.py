@@ -75,7 +75,8 @@ def check_valid(name: str, valid, shape: tuple[int, ...]) -> jax.Array | None:
 class InputEmbedding(nnx.Module):
     """x = dropout(norm(E[tokens] * s + P[positions] + T[token_types])) -> `[B, T, D]`.
 
-    s = sqrt(D) when `embed_scale` (Vaswani et al.), else 1. P is a learned table (`positional="learned"`),
+    s = sqrt(D) when `embed_scale` (Vaswani et al.; rounded to the compute dtype, as Gemma), else 1. P is a
+    learned table (`positional="learned"`),
     the fixed sinusoids (`"sinusoidal"`), or absent (RoPE / ALiBi act inside attention). T (segment embeddings)
     exists when `type_vocab_size > 0` (BERT). The norm exists when `embed_norm` (BERT).
     """
@@ -113,7 +114,8 @@ class InputEmbedding(nnx.Module):
         T = tokens.shape[1]
         x = self.tokens(tokens)
         if cfg.embed_scale:
-            x = x * math.sqrt(cfg.d_model)
+            # The factor in the compute dtype, as Gemma rounds it: sqrt(3072) = 55.43 is 55.5 in bfloat16.
+            x = x * jnp.asarray(math.sqrt(cfg.d_model), x.dtype)
         if positions is None:
             positions = jnp.arange(T, dtype=jnp.int32)
         if cfg.positional == "learned":

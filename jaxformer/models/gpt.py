@@ -19,7 +19,8 @@ class OutputHead(nnx.Module):
 
     E and W have `cfg.padded_vocab_size` rows / columns (V rounded up to `vocab_multiple`, so that the largest
     matmul of a GPT has a friendly shape); the logits of the padding columns are sliced off. With
-    `cfg.head_bias` a bias `b [V]` is added (as some checkpoints have)."""
+    `cfg.head_bias` a bias `b [V]` is added (as some checkpoints have). With `cfg.final_logit_softcap` = c the
+    logits z become `c * tanh(z / c)` in float32 (Gemma 2), bounded to (-c, c)."""
 
     def __init__(self, cfg: ModelConfig, embed: nn.Embed, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -47,7 +48,9 @@ class OutputHead(nnx.Module):
             logits = logits + self.bias[...].astype(logits.dtype)
         logits = logits[..., : self.cfg.vocab_size]  # a no-op unless the tables are padded
         chex.assert_shape(logits, (*x.shape[:-1], self.cfg.vocab_size))  # an invariant: V columns, whatever padding
-        return logits.astype(jnp.float32)  # the softmax / loss wants float32 even when computing in bfloat16
+        logits = logits.astype(jnp.float32)  # the softmax / loss wants float32 even when computing in bfloat16
+        cap = self.cfg.final_logit_softcap
+        return logits if cap is None else cap * jnp.tanh(logits / cap)
 
 
 class GPT(nnx.Module):
@@ -67,11 +70,12 @@ class GPT(nnx.Module):
         self.config = config
         self.embed = InputEmbedding(config, rngs=rngs)
         self.blocks = BlockStack(
-            lambda r: nn.DecoderBlock(config, rngs=r),
+            lambda r, kind=None: nn.DecoderBlock(config.layer_config(kind), rngs=r),
             config.num_layers,
             scan=config.scan_layers,
             rngs=rngs,
             remat=config.remat,
+            kinds=config.layer_types,
         )
         self.final_norm = make_norm(config, rngs=rngs) if config.norm_position == "pre" else None
         self.head = OutputHead(config, self.embed.tokens, rngs=rngs)

@@ -1,8 +1,9 @@
-"""A stack of L identical blocks, applied in a Python loop or as one block scanned over stacked parameters."""
+"""A stack of L blocks, applied in a Python loop or scanned over stacked parameters (one block, or the repeating
+group of a per-layer pattern such as Gemma's 5 local + 1 global)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 
 import jax
 from flax import nnx
@@ -13,14 +14,21 @@ from jaxformer.nn.remat import remat
 
 
 class BlockStack(nnx.Module):
-    """L blocks built by `make_block(rngs)`; `stack(x, **kwargs)` applies them in order.
+    """L blocks built by `make_block(rngs)` (or `make_block(rngs, kinds[i])`); `stack(x, **kwargs)` applies them
+    in order.
 
     With `scan=True` the blocks' parameters are stacked on a leading `[L, ...]` axis (built with `nnx.vmap`) and
     applied with `jax.lax.scan`: XLA compiles one block instead of L, so compile time no longer grows with depth
     (MaxText's `scan_layers`). KV caches, batch statistics and dropout streams are stacked the same way.
 
-    `remat` names a rematerialisation policy (nn/remat.py) applied to each block: under `jax.grad` the backward
-    pass recomputes what the policy does not save, block by block.
+    `kinds` (one hashable per layer, e.g. "local" / "global") gives layers different structures. Scanning then
+    goes over the repeating group: with period P (the shortest whose first L // P * P layers repeat it) the stack
+    holds `layers`, a `_Group` of P blocks stacked `[L // P, ...]`, and `tail`, the L mod P layers left over,
+    applied after them unscanned (Gemma 3 1B: 26 layers = 4 groups of 5 local + 1 global, then 2 local layers).
+    Without scan, `layers[i]` is layer i whatever its kind.
+
+    `remat` names a rematerialisation policy (nn/remat.py) applied to each block (to each group when a pattern is
+    scanned): under `jax.grad` the backward pass recomputes what the policy does not save.
 
     The residual stream `[B, T, D]` entering the stack and leaving every block is marked with
     `constrain(x, RESIDUAL_AXES)`: a no-op unless a sharded training step has activation hints on (nn/constraints.py).
@@ -28,24 +36,35 @@ class BlockStack(nnx.Module):
 
     def __init__(
         self,
-        make_block: Callable[[nnx.Rngs], nnx.Module],
+        make_block: Callable[..., nnx.Module],
         num_layers: int,
         *,
         scan: bool,
         rngs: nnx.Rngs,
         remat: str = "none",
+        kinds: Sequence[Hashable] | None = None,
     ):
         self.scan, self.num_layers, self.remat = scan, num_layers, remat
-        if scan:
+        if kinds is not None and len(kinds) != num_layers:
+            raise ValueError(f"`kinds` must name each of the {num_layers} layers; got {len(kinds)}.")
+        build_layer = (lambda r, i: make_block(r)) if kinds is None else (lambda r, i: make_block(r, kinds[i]))
+        self.period = 1 if kinds is None else _period(kinds)
+        self.tail = None
+        if not scan:
+            self.layers = nnx.List([build_layer(rngs, i) for i in range(num_layers)])
+            return
+        groups, P = num_layers // self.period, self.period
 
-            @nnx.split_rngs(splits=num_layers)
-            @nnx.vmap(in_axes=(0,), out_axes=0)
-            def build(layer_rngs):
-                return make_block(layer_rngs)
+        @nnx.split_rngs(splits=groups)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def build(layer_rngs):
+            if P == 1:
+                return build_layer(layer_rngs, 0)
+            return _Group([build_layer(layer_rngs, j) for j in range(P)])
 
-            self.layers = build(rngs)
-        else:
-            self.layers = nnx.List([make_block(rngs) for _ in range(num_layers)])
+        self.layers = build(rngs)
+        if num_layers % P:
+            self.tail = nnx.List([build_layer(rngs, i) for i in range(groups * P, num_layers)])
 
     def __call__(self, x: jax.Array, *args, **kwargs) -> jax.Array:
         """Applies every block as `x = block(x, *args, **kwargs)`; args and kwargs are the same for each layer."""
@@ -66,6 +85,8 @@ class BlockStack(nnx.Module):
 
         x, mutable = jax.lax.scan(remat(apply, self.remat, in_scan=True), x, (params, mutable))
         nnx.update(self.layers, mutable)
+        for block in self.tail or ():
+            x = constrain(self._apply_block(block, x, args, kwargs), RESIDUAL_AXES)
         return x
 
     def _apply_block(self, block: nnx.Module, x: jax.Array, args: tuple, kwargs: dict) -> jax.Array:
@@ -94,11 +115,16 @@ class BlockStack(nnx.Module):
             block.init_cache(batch_size, max_len, dtype)
 
         init(self.layers)
+        for block in self.tail or ():
+            block.init_cache(batch_size, max_len, dtype)
 
     def cache_index(self, num_tokens: int | None = None) -> jax.Array:
         """The number of tokens cached so far, `[B]` (the same in every layer). With `num_tokens`, also checks
         that so many more fit the cache (a ValueError naming the overflow, when the index is known)."""
-        attention = self.layers.self_attention if self.scan else self.layers[0].self_attention
+        if not self.scan:
+            attention = self.layers[0].self_attention
+        else:
+            attention = (self.layers if self.period == 1 else self.layers.blocks[0]).self_attention
         if attention.cache_index is None:
             raise ValueError("decode=True needs a KV cache: call init_cache(batch_size, max_len) first.")
         index = attention.cache_index[...]
@@ -106,3 +132,25 @@ class BlockStack(nnx.Module):
         if num_tokens is not None:
             check_cache_room(index, num_tokens, attention.cached_key.shape[-3])
         return index
+
+
+def _period(kinds: Sequence[Hashable]) -> int:
+    """The shortest P whose first L // P * P kinds repeat kinds[:P] (the layers after them form the tail)."""
+    L = len(kinds)
+    return next(p for p in range(1, L + 1) if all(kinds[i] == kinds[i % p] for i in range(L // p * p)))
+
+
+class _Group(nnx.Module):
+    """The P consecutive blocks of one period of a per-layer pattern: the unit a patterned stack scans over."""
+
+    def __init__(self, blocks: list[nnx.Module]):
+        self.blocks = nnx.List(blocks)
+
+    def __call__(self, x: jax.Array, *args, **kwargs) -> jax.Array:
+        for block in self.blocks:
+            x = constrain(block(x, *args, **kwargs), RESIDUAL_AXES)
+        return x
+
+    def init_cache(self, batch_size: int, max_len: int, dtype=None) -> None:
+        for block in self.blocks:
+            block.init_cache(batch_size, max_len, dtype)

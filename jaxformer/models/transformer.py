@@ -28,6 +28,11 @@ class Transformer(nnx.Module):
     """
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        if config.layer_types is not None:
+            raise ValueError(
+                "ModelConfig.layer_types describes one stack of num_layers layers; the encoder-decoder Transformer "
+                "has two, so it takes layer_types=None (sliding_window, if set, applies to every layer)."
+            )
         self.config = config
         pre_norm = config.norm_position == "pre"
         self.embed = InputEmbedding(config, rngs=rngs)

@@ -67,6 +67,8 @@ class ViT(nnx.Module):
                 f"({cfg.image_size} / {cfg.patch_size})^2 patches and a class token); got max_len={cfg.max_len}. "
                 f"Set max_len={num_tokens}."
             )
+        if cfg.final_logit_softcap is not None:
+            raise ValueError("ModelConfig.final_logit_softcap caps a language model's logits; ViT takes None.")
         self.config = config
         self.patch_embed = PatchEmbedding(cfg, rngs=rngs)
         self.cls_token = nn.logical_param(rngs, nnx.initializers.zeros, (cfg.d_model,), ("embed",), cfg.param_dtype)
@@ -80,11 +82,12 @@ class ViT(nnx.Module):
         )
         self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
         self.blocks = BlockStack(
-            lambda r: nn.EncoderBlock(cfg, rngs=r),
+            lambda r, kind=None: nn.EncoderBlock(cfg.layer_config(kind), rngs=r),
             cfg.num_layers,
             scan=cfg.scan_layers,
             rngs=rngs,
             remat=cfg.remat,
+            kinds=cfg.layer_types,
         )
         self.final_norm = make_norm(cfg, rngs=rngs) if cfg.norm_position == "pre" else None
         if cfg.num_classes:

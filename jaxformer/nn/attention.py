@@ -42,7 +42,10 @@ class MultiHeadAttention(nnx.Module):
     (embed, kv_heads, head_dim), `w_o [N, H, D]` (heads, head_dim, embed); optional biases.
 
     Options: `use_bias` (q, k, v biases; and the output's unless `out_bias` says otherwise), `qk_norm` (RMSNorm
-    over H on q and k, as in ViT-22B / Gemma / Qwen3, with `qk_norm_epsilon`), `positional="rope"` (rotary on q
+    over H on q and k, as in ViT-22B / Gemma / Qwen3, with `qk_norm_epsilon`; `norm_plus_one` scales it by 1 + w
+    as Gemma 3), `scale` (the logit scale; None: 1 / sqrt(H); Gemma's query_pre_attn_scalar^-1/2),
+    `logit_softcap` (Gemma 2: logits `s = scale q.k` become `cap tanh(s / cap)` before the mask; every kernel
+    applies it, and the ones that cannot (jax_nn, cudnn) refuse it), `positional="rope"` (rotary on q
     and k at their absolute positions; `rope_interleaved=False` rotates halves, as Llama checkpoints expect;
     `rope_scaling` an `ops.RopeScaling`) or `"alibi"` (ALiBi bias), `sliding_window=W` (self-attention sees only the W
     nearest positions: causal `p - W < s <= p`, or `|p - s| < W` without `is_causal`; Mistral / Longformer),
@@ -76,6 +79,9 @@ class MultiHeadAttention(nnx.Module):
         out_bias: bool | None = None,
         qk_norm: bool = False,
         qk_norm_epsilon: float = 1e-6,
+        norm_plus_one: bool = False,
+        scale: float | None = None,
+        logit_softcap: float | None = None,
         positional: str = "none",
         rope_base: float = 10000.0,
         rope_interleaved: bool = True,
@@ -102,6 +108,11 @@ class MultiHeadAttention(nnx.Module):
         context_dim = d_model if context_dim is None else checks.check_positive_int("context_dim", context_dim)
         checks.check_choice("positional", positional, ATTENTION_POSITIONAL)
         attention_dispatch.check_implementation(implementation)
+        if scale is not None:
+            scale = checks.check_positive_real("scale", scale)
+        if logit_softcap is not None:
+            logit_softcap = checks.check_positive_real("logit_softcap", logit_softcap)
+        attention_dispatch.check_softcap(implementation, logit_softcap)
         if positional == "rope" and head_dim % 2:
             raise ValueError(f"positional='rope' needs an even head_dim; got {head_dim}.")
         if sliding_window is not None:
@@ -113,7 +124,8 @@ class MultiHeadAttention(nnx.Module):
             raise TypeError(f"`rope_scaling` must be an ops.RopeScaling or None; got {rope_scaling!r}.")
         dtype = checks.check_float_dtype("dtype", dtype)
         param_dtype = checks.check_float_dtype("param_dtype", param_dtype)
-        for name, flag in (("use_bias", use_bias), ("qk_norm", qk_norm), ("rope_interleaved", rope_interleaved)):
+        flags = ("use_bias", use_bias), ("qk_norm", qk_norm), ("rope_interleaved", rope_interleaved)
+        for name, flag in (*flags, ("norm_plus_one", norm_plus_one)):
             checks.check_flag(name, flag)
         if out_bias is not None:
             checks.check_flag("out_bias", out_bias)
@@ -122,6 +134,7 @@ class MultiHeadAttention(nnx.Module):
         self.positional, self.rope_base, self.implementation = positional, rope_base, implementation
         self.rope_interleaved, self.rope_scaling = rope_interleaved, rope_scaling
         self.dropout_rate, self.dtype = dropout_rate, dtype
+        self.scale, self.logit_softcap = scale, logit_softcap
         self.deterministic = False  # set by model.eval() / model.train()
 
         init = nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
@@ -140,7 +153,9 @@ class MultiHeadAttention(nnx.Module):
             self.b_q = self.b_k = self.b_v = None
         out_bias = use_bias if out_bias is None else out_bias
         self.b_o = logical_param(rngs, zeros, (d_model,), ("embed",), param_dtype) if out_bias else None
-        norm = lambda: RMSNorm(H, epsilon=qk_norm_epsilon, param_dtype=param_dtype, axis="head_dim", rngs=rngs)
+        norm = lambda: RMSNorm(
+            H, epsilon=qk_norm_epsilon, plus_one=norm_plus_one, param_dtype=param_dtype, axis="head_dim", rngs=rngs
+        )
         self.q_norm = norm() if qk_norm else None
         self.k_norm = norm() if qk_norm else None
         self.dropout_rngs = rngs["dropout"].fork() if dropout_rate > 0 else None
@@ -341,9 +356,11 @@ class MultiHeadAttention(nnx.Module):
             has_bias=bias is not None,
             has_segments=segment_ids is not None,
             sliding_window=self.sliding_window,
+            softcap=self.logit_softcap,
             dropout=use_dropout,
             decode=decode,
         )
+        logit_options = dict(scale=self.scale, logit_softcap=self.logit_softcap)
         structural = implementation in ("blockwise", "pallas")  # these take the window and segments as arguments
         if self.sliding_window is not None and not structural and not decode:
             # (decoding's cache mask has the window already)
@@ -362,6 +379,7 @@ class MultiHeadAttention(nnx.Module):
                 is_causal=is_causal,
                 dropout_rate=self.dropout_rate if use_dropout else 0.0,
                 dropout_rng=rng,
+                **logit_options,
             )
         if implementation == "cudnn" and (
             jax.default_backend() != "gpu" or q.dtype not in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
@@ -375,7 +393,7 @@ class MultiHeadAttention(nnx.Module):
                 mask = mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
             backend = "cudnn" if implementation == "cudnn" else None
             return jax.nn.dot_product_attention(
-                q, k, v, bias=bias, mask=mask, is_causal=is_causal, implementation=backend
+                q, k, v, bias=bias, mask=mask, is_causal=is_causal, scale=self.scale, implementation=backend
             )
         if mask is not None or bias is not None:
             raise ValueError(
@@ -391,8 +409,15 @@ class MultiHeadAttention(nnx.Module):
                     stacklevel=2,
                 )
             return ops.splash_attention(
-                q, k, v, is_causal=is_causal, window=self.sliding_window, segment_ids=segment_ids, interpret=interpret
+                q,
+                k,
+                v,
+                is_causal=is_causal,
+                window=self.sliding_window,
+                segment_ids=segment_ids,
+                interpret=interpret,
+                **logit_options,
             )
         return ops.blockwise_attention(
-            q, k, v, is_causal=is_causal, window=self.sliding_window, segment_ids=segment_ids
+            q, k, v, is_causal=is_causal, window=self.sliding_window, segment_ids=segment_ids, **logit_options
         )

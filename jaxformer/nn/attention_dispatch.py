@@ -15,18 +15,20 @@
                                                                      and blockwise skips other documents' blocks)
     array mask (padding)   yes   error      yes     yes    error
     bias (ALiBi)           yes   error      yes     yes    error
+    logit soft-cap         yes   yes        error   error  yes      (jax.nn.dot_product_attention takes none)
     GQA / MQA              yes   yes        yes     yes    yes
     attention dropout      yes   -> xla     -> xla  -> xla -> xla
     KV-cache decoding      yes   -> xla     -> xla  -> xla -> xla
 
 "error": an explicit `blockwise` / `pallas` raises a ValueError that names the input and says to use `xla`
-(a model config with ALiBi and either of them is refused when it is built). "-> xla": dropout on the attention
+(a model config with ALiBi and either of them is refused when it is built); an explicit `jax_nn` / `cudnn` with a
+logit soft-cap is refused the same way (never run without the cap). "-> xla": dropout on the attention
 weights and cached decoding always take the dense path.
 
 `auto` picks `cudnn` on a GPU when the call is bf16 / fp16 with head_dim <= 128 (a multiple of 8), no array mask,
-no bias, no segment ids and no sliding window; `pallas` on a TPU when there is no array mask or bias and both
-lengths are multiples of 128; `blockwise` on a CPU when the longer sequence has >= `BLOCKWISE_MIN_LEN` tokens and
-there is no array mask or bias; `xla` otherwise.
+no bias, no segment ids, no sliding window and no logit soft-cap (a capped call on a GPU runs `xla` instead);
+`pallas` on a TPU when there is no array mask or bias and both lengths are multiples of 128; `blockwise` on a CPU
+when the longer sequence has >= `BLOCKWISE_MIN_LEN` tokens and there is no array mask or bias; `xla` otherwise.
 
 The choice is made while tracing, from static facts (backend, dtype, shapes, which masks are given), so it costs
 nothing at run time.
@@ -51,6 +53,17 @@ def check_implementation(implementation: str, name: str = "implementation") -> s
     return checks.check_choice(name, implementation, IMPLEMENTATIONS)
 
 
+def check_softcap(implementation: str, softcap: float | None, name: str = "implementation") -> None:
+    """A logit soft-cap needs a kernel that applies it: `jax_nn` and `cudnn` (jax.nn.dot_product_attention) take
+    none, so asking for either with a cap is a ValueError that names both options, never a silently uncapped run."""
+    if softcap is not None and implementation in ("jax_nn", "cudnn"):
+        raise ValueError(
+            f"{name}={implementation!r} runs jax.nn.dot_product_attention, which has no logit soft-cap, and this "
+            f"attention caps its logits (attention_logit_softcap={softcap}). Use 'auto' (it picks a kernel that "
+            "applies the cap), 'xla', 'blockwise' or 'pallas'."
+        )
+
+
 def choose(
     implementation: str,
     *,
@@ -64,14 +77,17 @@ def choose(
     dropout: bool,
     decode: bool,
     has_segments: bool = False,
+    softcap: float | None = None,
     backend: str | None = None,
 ) -> str:
     """The kernel that runs ("xla", "blockwise", "jax_nn", "cudnn" or "pallas") for a requested `implementation`
-    (one of `IMPLEMENTATIONS`, as `check_implementation` made sure when the layer was built)."""
+    (one of `IMPLEMENTATIONS`, as `check_implementation` made sure when the layer was built). An explicit kernel
+    that cannot apply a logit soft-cap raises a ValueError (`check_softcap`)."""
     assert implementation in IMPLEMENTATIONS, implementation
     if dropout or decode:
         return "xla"
     if implementation != "auto":
+        check_softcap(implementation, softcap)
         return implementation
     backend = jax.default_backend() if backend is None else backend
     structural = not has_mask and not has_bias
@@ -83,6 +99,7 @@ def choose(
         and structural
         and not has_segments
         and sliding_window is None
+        and softcap is None
     ):
         return "cudnn"
     if backend == "tpu" and structural and q_len % PALLAS_TILE == 0 and kv_len % PALLAS_TILE == 0:

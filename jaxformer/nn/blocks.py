@@ -17,7 +17,7 @@ from flax import nnx
 
 from jaxformer import checks
 from jaxformer.nn.attention import ATTENTION_POSITIONAL, MultiHeadAttention
-from jaxformer.nn.attention_dispatch import check_implementation
+from jaxformer.nn.attention_dispatch import check_implementation, check_softcap
 from jaxformer.nn.feedforward import FFN_ACTIVATIONS, FeedForward
 from jaxformer.nn.norms import BatchNorm, LayerNorm, RMSNorm
 from jaxformer.ops import RopeScaling
@@ -49,12 +49,18 @@ class BlockConfig:
     None = N), `head_dim` (H; None = D / N). K and H are stored resolved: after construction they are ints.
     Attention: `qk_norm` (with `qk_norm_epsilon`), `sliding_window`, `attention_impl` (auto | xla | blockwise |
     jax_nn | cudnn | pallas; nn/attention_dispatch.py), `rope_base`, `rope_interleaved` (False: rotate halves, as
-    Llama-family checkpoints), `rope_scaling` (an `ops.RopeScaling`), `attention_dropout_rate` (on the weights).
+    Llama-family checkpoints), `rope_scaling` (an `ops.RopeScaling`), `attention_dropout_rate` (on the weights),
+    `attention_scale` (the logit scale s in softmax(s q.k); None: 1 / sqrt(H); Gemma's query_pre_attn_scalar^-1/2),
+    `attention_logit_softcap` (Gemma 2: each logit becomes `cap * tanh(s q.k / cap)` before the mask, bounding it
+    to (-cap, cap); None: off).
     Residual blocks: `norm` (layernorm | rmsnorm | batchnorm), `norm_position` (pre: x + f(norm(x)); post:
-    norm(x + f(x)), the original paper and BERT), `norm_epsilon`, `activation` (relu | gelu | gelu_exact | silu |
-    tanh | swiglu), `use_bias` (the default of `qkv_bias`, `out_bias` (attention output) and `mlp_bias`, each
-    stored resolved; a gated FFN has no biases), `dropout_rate` (each sublayer's output; a model's embeddings too),
-    `ffn_dropout_rate` (inside the feed-forward, after its activation).
+    norm(x + f(x)), the original paper and BERT), `sandwich_norm` (pre-norm with a second norm on the sublayer's
+    output too, x + norm2(f(norm1(x))): Gemma 2-4), `norm_plus_one` (RMSNorms, qk-norm included, scale by 1 + w
+    with w stored and initialised as 0, the sum in float32: Gemma 1-3), `norm_epsilon`, `activation` (relu |
+    gelu | gelu_exact | silu | tanh | swiglu | geglu; the last two gated), `use_bias` (the default of `qkv_bias`,
+    `out_bias` (attention output) and `mlp_bias`, each stored resolved; a gated FFN has no biases), `dropout_rate`
+    (each sublayer's output; a model's embeddings too), `ffn_dropout_rate` (inside the feed-forward, after its
+    activation).
     `positional` (learned | sinusoidal | rope | alibi | none): rope and alibi act in the blocks' self-attention;
     learned and sinusoidal positions are added by the model's embedding, so blocks see them as "none".
     `dtype` (computation; a name such as "bfloat16" is accepted), `param_dtype` (storage).
@@ -79,6 +85,10 @@ class BlockConfig:
     rope_base: float = 10000.0
     rope_interleaved: bool = True
     rope_scaling: RopeScaling | None = None
+    attention_scale: float | None = None
+    attention_logit_softcap: float | None = None
+    sandwich_norm: bool = False
+    norm_plus_one: bool = False
     sliding_window: int | None = None
     qk_norm: bool = False
     qk_norm_epsilon: float = 1e-6
@@ -104,7 +114,30 @@ class BlockConfig:
         for name in ("qkv_bias", "out_bias", "mlp_bias"):
             if getattr(self, name) is None:
                 object.__setattr__(self, name, self.use_bias)
-        self._check_flags("rope_interleaved", "qk_norm", "use_bias", "qkv_bias", "out_bias", "mlp_bias")
+        self._check_flags(
+            "rope_interleaved",
+            "qk_norm",
+            "use_bias",
+            "qkv_bias",
+            "out_bias",
+            "mlp_bias",
+            "sandwich_norm",
+            "norm_plus_one",
+        )
+        for name in ("attention_scale", "attention_logit_softcap"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, checks.check_positive_real(f"{owner}.{name}", getattr(self, name)))
+        check_softcap(self.attention_impl, self.attention_logit_softcap, f"{owner}.attention_impl")
+        if self.sandwich_norm and self.norm_position != "pre":
+            raise ValueError(
+                f"{owner}.sandwich_norm=True adds a norm after each sublayer of a pre-norm block; got "
+                f"norm_position={self.norm_position!r}. Use norm_position='pre'."
+            )
+        if self.norm_plus_one and self.norm != "rmsnorm":
+            raise ValueError(
+                f"{owner}.norm_plus_one=True is the (1 + w) scale of Gemma's RMSNorm; got norm={self.norm!r}. "
+                "Use norm='rmsnorm'."
+            )
         for name in ("norm_epsilon", "qk_norm_epsilon", "rope_base"):
             checks.check_positive_real(f"{owner}.{name}", getattr(self, name))
         if self.rope_scaling is not None and not isinstance(self.rope_scaling, RopeScaling):
@@ -179,7 +212,9 @@ def apply_norm(norm: nnx.Module | None, x: jax.Array, valid: jax.Array | None = 
 
 def make_norm(cfg: BlockConfig, *, rngs: nnx.Rngs) -> nnx.Module:
     kwargs = {"epsilon": cfg.norm_epsilon, "param_dtype": cfg.param_dtype, "rngs": rngs}
-    return {"layernorm": LayerNorm, "rmsnorm": RMSNorm, "batchnorm": BatchNorm}[cfg.norm](cfg.d_model, **kwargs)
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(cfg.d_model, plus_one=cfg.norm_plus_one, **kwargs)
+    return {"layernorm": LayerNorm, "batchnorm": BatchNorm}[cfg.norm](cfg.d_model, **kwargs)
 
 
 def make_attention(cfg: BlockConfig, *, cross: bool = False, context_dim: int | None = None, rngs: nnx.Rngs):
@@ -193,6 +228,9 @@ def make_attention(cfg: BlockConfig, *, cross: bool = False, context_dim: int | 
         out_bias=cfg.out_bias,
         qk_norm=cfg.qk_norm,
         qk_norm_epsilon=cfg.qk_norm_epsilon,
+        norm_plus_one=cfg.norm_plus_one,
+        scale=cfg.attention_scale,
+        logit_softcap=cfg.attention_logit_softcap,
         positional=cfg.positional if cfg.positional in ATTENTION_POSITIONAL and not cross else "none",
         rope_base=cfg.rope_base,
         rope_interleaved=cfg.rope_interleaved,
@@ -220,16 +258,18 @@ def make_ffn(cfg: BlockConfig, *, rngs: nnx.Rngs) -> FeedForward:
 
 
 class _Residual(nnx.Module):
-    """One sublayer with its norm, dropout and residual connection, in pre- or post-norm order."""
+    """One sublayer with its norm, dropout and residual connection, in pre- or post-norm order; with
+    `sandwich_norm` a second norm on the sublayer's output (x + norm2(f(norm(x))))."""
 
     def __init__(self, cfg: BlockConfig, *, rngs: nnx.Rngs):
         self.pre_norm = cfg.norm_position == "pre"
         self.norm = make_norm(cfg, rngs=rngs)
+        self.output_norm = make_norm(cfg, rngs=rngs) if cfg.sandwich_norm else None
         self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
 
     def __call__(self, sublayer, x: jax.Array, valid: jax.Array | None) -> jax.Array:
         if self.pre_norm:
-            return x + self.dropout(sublayer(apply_norm(self.norm, x, valid)))
+            return x + self.dropout(apply_norm(self.output_norm, sublayer(apply_norm(self.norm, x, valid)), valid))
         return apply_norm(self.norm, x + self.dropout(sublayer(x)), valid)
 
 

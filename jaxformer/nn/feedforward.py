@@ -1,4 +1,4 @@
-"""Position-wise feed-forward network: D -> F -> D with ReLU / GELU, or the gated SwiGLU."""
+"""Position-wise feed-forward network: D -> F -> D with ReLU / GELU, or a gated unit (SwiGLU, GeGLU)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ from flax import nnx
 from jaxformer import checks, ops
 from jaxformer.nn.params import logical_param
 
-# The activations a FeedForward takes: the element-wise ones of jaxformer.ops (ops.ACTIVATIONS), and the gated SwiGLU.
-FFN_ACTIVATIONS = (*ops.ACTIVATIONS, "swiglu")
+# The activations a FeedForward takes: the element-wise ones of jaxformer.ops (ops.ACTIVATIONS) and the gated ones
+# (ops.GATED_ACTIVATIONS: SwiGLU, GeGLU).
+FFN_ACTIVATIONS = (*ops.ACTIVATIONS, *ops.GATED_ACTIVATIONS)
 
 
 class FeedForward(nnx.Module):
-    """FFN(x) = act(x W_in + b_in) W_out + b_out (Vaswani et al.), or with `activation="swiglu"`
-    FFN(x) = (silu(x W_gate) * (x W_up)) W_out (Shazeer, 2020; no biases, as in LLaMA).
+    """FFN(x) = act(x W_in + b_in) W_out + b_out (Vaswani et al.), or gated (Shazeer, 2020; no biases):
+    `activation="swiglu"` FFN(x) = (silu(x W_gate) * (x W_up)) W_out (LLaMA), `"geglu"` the same with the tanh
+    GELU as the gate (Gemma).
 
     D = `d_model` (the model width), F = `d_ff` (the hidden width).
     Weights: `w_in` / `w_gate` / `w_up` `[D, F]` on (`embed`, `mlp`), `w_out` `[F, D]` on (`mlp`, `embed`),
@@ -45,8 +47,8 @@ class FeedForward(nnx.Module):
         self.d_model, self.d_ff, self.activation, self.dtype = d_model, d_ff, activation, dtype
         init = nnx.initializers.lecun_normal()
         zeros = nnx.initializers.zeros
-        self.gated = activation == "swiglu"
-        self.act = None if self.gated else ops.get_activation(activation)  # validates the name
+        self.gated = activation in ops.GATED_ACTIVATIONS
+        self.act = ops.GATED_ACTIVATIONS[activation] if self.gated else ops.get_activation(activation)  # checks it
         if self.gated:
             self.w_gate = logical_param(rngs, init, (d_model, d_ff), ("embed", "mlp"), param_dtype)
             self.w_up = logical_param(rngs, init, (d_model, d_ff), ("embed", "mlp"), param_dtype)
@@ -71,7 +73,7 @@ class FeedForward(nnx.Module):
             return out if b is None else out + b[...].astype(self.dtype)
 
         if self.gated:
-            hidden = ops.swiglu(dense(x, self.w_gate), dense(x, self.w_up))
+            hidden = self.act(dense(x, self.w_gate), dense(x, self.w_up))
         else:
             hidden = self.act(dense(x, self.w_in, self.b_in))
         return dense(self.dropout(hidden), self.w_out, self.b_out)

@@ -42,19 +42,34 @@ class LayerNorm(nnx.Module):
 
 
 class RMSNorm(nnx.Module):
-    """`ops.rms_norm` with a learned scale `[D]` (init 1) on logical axis `axis` (`head_dim` for qk-norm)."""
+    """`ops.rms_norm` with a learned scale `[D]` on logical axis `axis` (`head_dim` for qk-norm).
+
+    `plus_one=False`: y = rms_norm(x) * w, w initialised to 1. `plus_one=True` (Gemma 1-3): the parameter is stored
+    as w with y = rms_norm(x) * (1 + w), w initialised to 0; the sum 1 + w is taken in float32, so a bfloat16 w
+    near 0 loses no digits of the scale near 1.
+    """
 
     def __init__(
-        self, dim: int, *, epsilon: float = 1e-6, param_dtype=jnp.float32, axis: str = "embed", rngs: nnx.Rngs
+        self,
+        dim: int,
+        *,
+        epsilon: float = 1e-6,
+        plus_one: bool = False,
+        param_dtype=jnp.float32,
+        axis: str = "embed",
+        rngs: nnx.Rngs,
     ):
         dim, epsilon = _check_args(dim, epsilon)
         param_dtype = checks.check_float_dtype("param_dtype", param_dtype)
         self.dim, self.epsilon = dim, epsilon
-        self.scale = logical_param(rngs, nnx.initializers.ones, (dim,), (axis,), param_dtype)
+        self.plus_one = checks.check_flag("plus_one", plus_one)
+        init = nnx.initializers.zeros if plus_one else nnx.initializers.ones
+        self.scale = logical_param(rngs, init, (dim,), (axis,), param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = _check_input("RMSNorm", x, self.dim)
-        return ops.rms_norm(x, self.scale[...], epsilon=self.epsilon)
+        scale = self.scale[...].astype(jnp.float32)
+        return ops.rms_norm(x, 1.0 + scale if self.plus_one else scale, epsilon=self.epsilon)
 
 
 class BatchNorm(nnx.Module):

@@ -7,7 +7,7 @@ to `[B, N, T, S]`. Import what you need:
     out = ops.dot_product_attention(q, k, v, mask=ops.causal_mask(T))
 """
 
-from jaxformer.ops.activations import ACTIVATIONS, gelu, get_activation, relu, silu, swiglu
+from jaxformer.ops.activations import ACTIVATIONS, GATED_ACTIVATIONS, geglu, gelu, get_activation, relu, silu, swiglu
 from jaxformer.ops.attention import attention_weights, dot_product_attention
 from jaxformer.ops.blockwise import blockwise_attention
 from jaxformer.ops.classic_attention import additive_attention, multiplicative_attention
@@ -37,6 +37,7 @@ from jaxformer.ops.splash import splash_attention
 
 __all__ = [
     "ACTIVATIONS",
+    "GATED_ACTIVATIONS",
     "MASKED_LOGIT",
     "RopeScaling",
     "additive_attention",
@@ -50,6 +51,7 @@ __all__ = [
     "combine_masks",
     "cross_entropy",
     "dot_product_attention",
+    "geglu",
     "gelu",
     "get_activation",
     "layer_norm",

@@ -1,4 +1,4 @@
-"""Feed-forward activations: ReLU (the paper), GELU (BERT / GPT-2) and the gated SwiGLU (Shazeer, 2020)."""
+"""Feed-forward activations: ReLU (the paper), GELU (BERT / GPT-2) and the gated SwiGLU / GeGLU (Shazeer, 2020)."""
 
 from __future__ import annotations
 
@@ -39,6 +39,17 @@ def _floating(name: str, x) -> jax.Array:
     return x
 
 
+def _gate_and_value(gate, value) -> tuple[jax.Array, jax.Array]:
+    """The two inputs of a gated unit: floating arrays of one shape."""
+    gate, value = _floating("gate", gate), _floating("value", value)
+    if gate.shape != value.shape:
+        raise ValueError(
+            f"`gate` and `value` must have the same shape; got {checks.shape_str(gate.shape)} and "
+            f"{checks.shape_str(value.shape)}."
+        )
+    return gate, value
+
+
 def relu(x) -> jax.Array:
     """max(x, 0) (integer inputs stay integers)."""
     return jax.nn.relu(checks.check_array("x", x))
@@ -60,16 +71,22 @@ def silu(x) -> jax.Array:
 def swiglu(gate, value) -> jax.Array:
     """Gated linear unit with a SiLU gate: `silu(gate) * value`, both floating `[..., F]` (the two FFN input
     projections)."""
-    gate, value = _floating("gate", gate), _floating("value", value)
-    if gate.shape != value.shape:
-        raise ValueError(
-            f"`gate` and `value` must have the same shape; got {checks.shape_str(gate.shape)} and "
-            f"{checks.shape_str(value.shape)}."
-        )
+    gate, value = _gate_and_value(gate, value)
     return jax.nn.silu(gate) * value
 
 
-# Element-wise activations by config name (swiglu is gated, so FFN layers handle it themselves).
+def geglu(gate, value) -> jax.Array:
+    """Gated linear unit with a tanh-GELU gate: `gelu(gate, approximate=True) * value` (Gemma's feed-forward),
+    both floating `[..., F]`."""
+    gate, value = _gate_and_value(gate, value)
+    return _gelu_tanh(gate) * value
+
+
+# The gated activations by config name: FFN layers give them two projections (gate, value).
+GATED_ACTIVATIONS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {"swiglu": swiglu, "geglu": geglu}
+
+
+# Element-wise activations by config name (the gated ones are GATED_ACTIVATIONS).
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": relu,
     "gelu": gelu,
@@ -83,7 +100,8 @@ def get_activation(name: str) -> Callable[[jax.Array], jax.Array]:
     """The element-wise activation called `name` (one of ACTIVATIONS)."""
     if not isinstance(name, str) or name not in ACTIVATIONS:
         message = (
-            f"Unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)} (or 'swiglu' in a feed-forward layer)."
+            f"Unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)} (or one of "
+            f"{sorted(GATED_ACTIVATIONS)} in a feed-forward layer)."
         )
         raise (ValueError if isinstance(name, str) else TypeError)(message)
     return ACTIVATIONS[name]

@@ -1,6 +1,10 @@
 """Scaled dot-product attention (Vaswani et al., 2017), with multi-head, grouped-query and multi-query forms.
 
-    Attention(Q, K, V) = softmax(scale * Q K^T + bias, masked) V,    scale = 1 / sqrt(H) by default.
+    Attention(Q, K, V) = softmax(cap(scale * Q K^T) + bias, masked) V,    scale = 1 / sqrt(H) by default,
+    cap(s) = c * tanh(s / c) with c = logit_softcap (Gemma 2's logit soft-capping), cap(s) = s when it is None.
+
+The cap bounds the scaled logits to (-c, c) smoothly, in float32; it acts before the bias and the mask (as Gemma
+2's reference attention: scale, cap, then add the mask).
 
 Layout is BTNH: query `[B, T, N, H]`, key `[B, S, K, H]`, value `[B, S, K, Hv]`. Query head n reads key/value
 head `n // G` with G = N / K: K == N is multi-head attention, 1 < K < N grouped-query attention (GQA), K == 1
@@ -70,7 +74,19 @@ def check_scale(scale, head_dim: int):
     return checks.check_positive_real("scale", scale)
 
 
-def _grouped_logits(query, key, *, mask, bias, scale, is_causal):
+def check_logit_softcap(logit_softcap):
+    """The soft-capping constant: None (no cap), else a finite number > 0 (checked when it is concrete)."""
+    if logit_softcap is None:
+        return None
+    return checks.check_positive_real("logit_softcap", logit_softcap)
+
+
+def soft_cap(logits, cap) -> jax.Array:
+    """`cap * tanh(logits / cap)` (Gemma 2's logit soft-capping); the logits unchanged when `cap` is None."""
+    return logits if cap is None else cap * jnp.tanh(logits / cap)
+
+
+def _grouped_logits(query, key, *, mask, bias, scale, is_causal, logit_softcap=None):
     """Masked float32 logits [B, K, G, T, S], and the user mask grouped [B|1, K|1, G|1, T, S] (or None).
 
     Validates every argument. The causal mask never empties a row (query t always sees key 0), so only a
@@ -85,6 +101,7 @@ def _grouped_logits(query, key, *, mask, bias, scale, is_causal):
         checks.check_floating("bias", bias)
         checks.check_broadcastable("bias", bias, target, layout)
     scale = check_scale(scale, H)
+    logit_softcap = check_logit_softcap(logit_softcap)
     if mask is not None:
         mask = _grouped(mask, B, N, K, T, S)
     full_mask = mask
@@ -98,13 +115,18 @@ def _grouped_logits(query, key, *, mask, bias, scale, is_causal):
     query = (query.astype(jnp.float32) * scale).astype(query.dtype)
     query_BKGTH = query.reshape(B, T, K, N // K, H).transpose(0, 2, 3, 1, 4)
     logits = jnp.einsum("BKGTH,BSKH->BKGTS", query_BKGTH, key, preferred_element_type=jnp.float32)
+    logits = soft_cap(logits, logit_softcap)  # float32, before the bias and the mask
     if bias is not None:
         logits = logits + _grouped(bias.astype(jnp.float32), B, N, K, T, S)
     return masked_logits(logits, full_mask, clamp=bias is not None), (None if mask is None else full_mask)
 
 
-def attention_weights(query, key, *, mask=None, bias=None, scale=None, is_causal=False) -> jax.Array:
-    """The attention probabilities `softmax(scale * q . k + bias)` over keys, for inspection and plots.
+def attention_weights(
+    query, key, *, mask=None, bias=None, scale=None, is_causal=False, logit_softcap: float | None = None
+) -> jax.Array:
+    """The attention probabilities `softmax(cap(scale * q . k) + bias)` over keys, for inspection and plots.
+
+    `cap(s) = logit_softcap * tanh(s / logit_softcap)`, or `s` when `logit_softcap` is None.
 
     Args:
       query: `[B, T, N, H]`.
@@ -113,12 +135,16 @@ def attention_weights(query, key, *, mask=None, bias=None, scale=None, is_causal
       bias: float, broadcastable to `[B, N, T, S]`; added to the scaled logits before the softmax.
       scale: multiplies q . k, a number > 0; defaults to `1 / sqrt(H)`.
       is_causal: also apply `causal_mask(T, S)` (query t sees keys s <= t).
+      logit_softcap: soft-capping constant c > 0 (Gemma 2): the scaled logits s become `c * tanh(s / c)`
+        (float32) before the bias and the mask. None (the default): no cap.
 
     Returns:
       float32 `[B, N, T, S]`; each row sums to 1, or is all zeros where the mask leaves nothing to attend to.
     """
     query, key = checks.check_array("query", query), checks.check_array("key", key)
-    logits, mask = _grouped_logits(query, key, mask=mask, bias=bias, scale=scale, is_causal=is_causal)
+    logits, mask = _grouped_logits(
+        query, key, mask=mask, bias=bias, scale=scale, is_causal=is_causal, logit_softcap=logit_softcap
+    )
     probs = jax.nn.softmax(logits, axis=-1)
     if mask is not None:
         probs = jnp.where(rows_with_keys(mask), probs, 0.0)
@@ -127,11 +153,22 @@ def attention_weights(query, key, *, mask=None, bias=None, scale=None, is_causal
 
 
 def dot_product_attention(
-    query, key, value, *, mask=None, bias=None, scale=None, is_causal=False, dropout_rate: float = 0.0, dropout_rng=None
+    query,
+    key,
+    value,
+    *,
+    mask=None,
+    bias=None,
+    scale=None,
+    is_causal=False,
+    dropout_rate: float = 0.0,
+    dropout_rng=None,
+    logit_softcap: float | None = None,
 ) -> jax.Array:
-    """Scaled dot-product attention: `softmax(scale * Q K^T + bias, masked) V`, per query head.
+    """Scaled dot-product attention: `softmax(cap(scale * Q K^T) + bias, masked) V`, per query head.
 
-        logits[b, n, t, s] = scale * sum_h query[b, t, n, h] * key[b, s, n // G, h] + bias[b, n, t, s]
+        raw[b, n, t, s] = scale * sum_h query[b, t, n, h] * key[b, s, n // G, h]
+        logits[b, n, t, s] = cap(raw[b, n, t, s]) + bias[b, n, t, s],   cap(x) = c * tanh(x / c)  (or x)
         probs = softmax over s of logits, restricted to mask[b, n, t, s] == True
         out[b, t, n, :] = sum_s probs[b, n, t, s] * value[b, s, n // G, :]
 
@@ -146,13 +183,18 @@ def dot_product_attention(
         `jax.nn.dot_product_attention`). For queries that follow a cache use `mask=causal_mask(T, S, offset=...)`.
       dropout_rate: probability of dropping an attention weight (inverted dropout, rescaled by 1 / (1 - rate)).
       dropout_rng: `jax.random` key, required when `dropout_rate > 0`.
+      logit_softcap: soft-capping constant c > 0 (Gemma 2's attention logit soft-capping): the scaled logits
+        become `c * tanh(raw / c)`, in float32, before the bias is added and the mask applied, so that every
+        logit but the bias lies in (-c, c). None (the default): no cap.
 
     Returns:
       `[B, T, N, Hv]` in the query's dtype. Rows with nothing to attend to are zeros.
     """
     query, key = checks.check_array("query", query), checks.check_array("key", key)
     value = checks.check_array("value", value)
-    logits, mask = _grouped_logits(query, key, mask=mask, bias=bias, scale=scale, is_causal=is_causal)
+    logits, mask = _grouped_logits(
+        query, key, mask=mask, bias=bias, scale=scale, is_causal=is_causal, logit_softcap=logit_softcap
+    )
     checks.check_value(value, query, key)
     probs = jax.nn.softmax(logits, axis=-1)
     dropout_rate = checks.check_rate("dropout_rate", dropout_rate)

@@ -4,15 +4,19 @@ The dense path materialises the `[T, S]` logits per head. Here the keys are visi
 accumulated online (Milakov & Gimelshein 2018; Rabe & Staats 2021; Dao et al. 2022, FlashAttention-2). For each
 query block, with running row max m, normaliser l and unnormalised output o, each key block j does
 
-    s = scale * q k_j^T                      (masked entries -> -inf)
+    s = cap(scale * q k_j^T)                 (masked entries -> -inf)
     m' = max(m, rowmax(s));   p = exp(s - m')
     l' = exp(m - m') l + rowsum(p);   o' = exp(m - m') o + p v_j
 
-and the output is o / l. The backward pass is a custom VJP that saves only the output and the row log-sum-exp
+and the output is o / l. With a `logit_softcap` c, cap(x) = c tanh(x / c) (Gemma 2), applied before the mask;
+without one cap(x) = x. The backward pass is a custom VJP that saves only the output and the row log-sum-exp
 L = m + log l, and recomputes each block's probabilities p = exp(s - L):
 
-    dv_j = sum_i p^T do_i,   dp = do_i v_j^T,   ds = p * (dp - rowsum(do_i * o_i)),
-    dq_i = scale * sum_j ds k_j,   dk_j = scale * sum_i ds^T q_i.
+    dv_j = sum_i p^T do_i,   dp = do_i v_j^T,   ds = p * (dp - rowsum(do_i * o_i)) * cap'(x),
+    dq_i = scale * sum_j ds k_j,   dk_j = scale * sum_i ds^T q_i,
+
+where x = scale * q k^T is the uncapped logit and cap'(x) = 1 - tanh^2(x / c) = 1 - (s / c)^2 is recomputed from
+the capped tile logits s (cap'(x) = 1 without a cap).
 
 Masks are described structurally (causal, key lengths, a sliding window, segment ids) rather than as a `[T, S]`
 array. Causality, the window and the key lengths decide which key blocks a query block can see, and the others
@@ -31,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxformer import checks
-from jaxformer.ops.attention import check_scale
+from jaxformer.ops.attention import check_logit_softcap, check_scale, soft_cap
 from jaxformer.ops.masks import MASKED_LOGIT  # also the start of the running max: exp(m - m') never sees inf - inf
 
 
@@ -46,6 +50,7 @@ class _Plan(NamedTuple):
     # Key s is visible from query t iff  t - left <= s <= t + right  (None = unbounded on that side).
     left: int | None
     right: int | None
+    softcap: float | None = None  # logit soft-capping constant c: logits -> c * tanh(logits / c); None = off
 
 
 def _key_block_range(plan: _Plan, q_block_index, kv_limit):
@@ -136,10 +141,19 @@ def _kv_limit(plan: _Plan, kv_lengths):
     return jnp.minimum(jnp.max(kv_lengths), plan.kv_len)
 
 
-def _tile_logits(plan: _Plan, q_tile, k_tile, mask):
+def _capped_tile_logits(plan: _Plan, q_tile, k_tile):
+    """float32 `cap(scale * q k^T)` of one tile, before masking (cap: the identity without a soft cap)."""
     logits = jnp.einsum("BKGqH,BKkH->BKGqk", q_tile, k_tile, preferred_element_type=jnp.float32)
-    logits = logits * plan.scale
+    return soft_cap(logits * plan.scale, plan.softcap)
+
+
+def _mask_logits(logits, mask):
     return logits if mask is None else jnp.where(mask, logits, MASKED_LOGIT)
+
+
+def _tile_logits(plan: _Plan, q_tile, k_tile, mask):
+    """The tile's logits: scaled, soft-capped, then masked (as the dense path)."""
+    return _mask_logits(_capped_tile_logits(plan, q_tile, k_tile), mask)
 
 
 def _forward(plan: _Plan, q, k, v, kv_lengths, q_segments, kv_segments, kv_of_q=None):
@@ -207,14 +221,18 @@ def _backward(plan: _Plan, q, k, v, kv_lengths, q_segments, kv_segments, q_of_kv
             lse_tile = jax.lax.dynamic_slice_in_dim(lse, q_start, plan.q_block, axis=3)
             delta_tile = jax.lax.dynamic_slice_in_dim(delta, q_start, plan.q_block, axis=3)
             mask = _block_mask(plan, q_start, kv_start, kv_lengths, q_segments, kv_segments)
-            probs = jnp.exp(_tile_logits(plan, q_tile, k_tile, mask) - lse_tile[..., None])
+            capped = _capped_tile_logits(plan, q_tile, k_tile)
+            probs = jnp.exp(_mask_logits(capped, mask) - lse_tile[..., None])
             if mask is not None:
                 probs = jnp.where(mask, probs, 0.0)
             dv = dv + jnp.einsum(
                 "BKGqk,BKGqH->BKkH", probs.astype(dout.dtype), do_tile, preferred_element_type=jnp.float32
             )
             dprobs = jnp.einsum("BKGqH,BKkH->BKGqk", do_tile, v_tile, preferred_element_type=jnp.float32)
-            dlogits = (probs * (dprobs - delta_tile[..., None]) * plan.scale).astype(q.dtype)
+            dlogits = probs * (dprobs - delta_tile[..., None]) * plan.scale
+            if plan.softcap is not None:  # d cap(x) / dx = 1 - tanh^2(x / c) = 1 - (cap(x) / c)^2, in [0, 1]
+                dlogits = dlogits * (1.0 - jnp.square(capped / plan.softcap))
+            dlogits = dlogits.astype(q.dtype)
             dk = dk + jnp.einsum("BKGqk,BKGqH->BKkH", dlogits, q_tile, preferred_element_type=jnp.float32)
             dq_tile = jax.lax.dynamic_slice_in_dim(dq, q_start, plan.q_block, axis=3)
             dq_tile = dq_tile + jnp.einsum("BKGqk,BKkH->BKGqH", dlogits, k_tile, preferred_element_type=jnp.float32)
@@ -276,12 +294,13 @@ def blockwise_attention(
     segment_ids=None,
     scale: float | None = None,
     block_size: int = 512,
+    logit_softcap: float | None = None,
 ) -> jax.Array:
     """Exact attention computed block by block, never materialising the `[T, S]` matrix (forward or backward).
 
-    Equals `dot_product_attention(query, key, value, mask=..., scale=scale)` with the mask described by the
-    arguments below (to float32 rounding), in O((T + S) * H) memory. Blocks that causality, the window, the key
-    lengths or (non-decreasing) segment ids mask fully are skipped.
+    Equals `dot_product_attention(query, key, value, mask=..., scale=scale, logit_softcap=logit_softcap)` with
+    the mask described by the arguments below (to float32 rounding), in O((T + S) * H) memory. Blocks that
+    causality, the window, the key lengths or (non-decreasing) segment ids mask fully are skipped.
 
     Args:
       query: `[B, T, N, H]`.
@@ -295,6 +314,9 @@ def blockwise_attention(
         attend only within equal ids (as `segment_mask`).
       scale: logit scale, a number > 0; defaults to `1 / sqrt(H)`.
       block_size: queries and keys per block (lengths need not be multiples of it; the tail is padded).
+      logit_softcap: soft-capping constant c > 0 (Gemma 2): the scaled logits x = scale * q . k become
+        `c * tanh(x / c)` (float32) before the mask; the backward pass multiplies their gradient by
+        `1 - tanh^2(x / c)`. None (the default): no cap. A static number (not a traced value).
 
     Returns:
       `[B, T, N, Hv]` in the query's dtype; rows that see no key are zeros (all of them when S = 0; T = 0 gives an
@@ -307,6 +329,8 @@ def blockwise_attention(
     is_causal = checks.check_flag("is_causal", is_causal)
     block_size = checks.check_positive_int("block_size", block_size)
     scale = float(check_scale(scale, H))
+    logit_softcap = check_logit_softcap(logit_softcap)
+    logit_softcap = None if logit_softcap is None else float(logit_softcap)
     if window is not None:
         window = checks.check_positive_int("window", window)
     if kv_lengths is not None:
@@ -334,6 +358,7 @@ def blockwise_attention(
         kv_len=S,
         left=None if window is None else window - 1,
         right=0 if is_causal else (None if window is None else window - 1),
+        softcap=logit_softcap,
     )
     # BTNH -> [B, K, G, T, H] / [B, K, S, H]: heads lead so that each tile is a batched matmul.
     q = _pad_axis(query.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4), 3, plan.q_block)

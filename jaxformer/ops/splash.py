@@ -4,11 +4,13 @@
 `blockwise_attention` it never materialises the `[T, S]` logits and skips key blocks that a mask hides entirely,
 but each tile runs as one Pallas kernel on the TPU's matrix unit instead of as XLA ops. It computes
 
-    out[b, t, n] = sum_s softmax_s(scale * q[b, t, n] . k[b, s, n // G] + mask(t, s)) v[b, s, n // G]
+    out[b, t, n] = sum_s softmax_s(cap(scale * q[b, t, n] . k[b, s, n // G]) + mask(t, s)) v[b, s, n // G]
 
-with the mask given structurally (causal, a sliding window, segment ids), never as an array. This wrapper turns
-BTNH into the kernel's per-example `[N, T, H]`, folds the logit scale into the query (the kernel applies none),
-builds the kernel once per static configuration, and maps it over the batch.
+with the mask given structurally (causal, a sliding window, segment ids), never as an array, and cap(x) =
+c tanh(x / c) for a `logit_softcap` c (Gemma 2; the kernel's `attn_logits_soft_cap`), cap(x) = x without one.
+This wrapper turns BTNH into the kernel's per-example `[N, T, H]`, folds the logit scale into the query (the
+kernel applies none; its cap then acts on the scaled logits, as in the dense path), builds the kernel once per
+static configuration, and maps it over the batch.
 
 On a machine without a TPU the same kernel runs through the Pallas interpreter (`interpret=True`): slow, but it
 executes the kernel's own block logic and its custom backward pass, which is how the tests check it on CPU.
@@ -22,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxformer import checks
-from jaxformer.ops.attention import check_scale
+from jaxformer.ops.attention import check_logit_softcap, check_scale
 
 LANES = 128  # TPU vector lane width: the kernel's key blocks must be multiples of it
 
@@ -45,7 +47,9 @@ def _tile(length: int, block_size: int) -> int:
 
 
 @functools.cache
-def _kernel(num_heads: int, q_len: int, kv_len: int, is_causal: bool, window, block: int, interpret: bool):
+def _kernel(
+    num_heads: int, q_len: int, kv_len: int, is_causal: bool, window, block: int, interpret: bool, softcap=None
+):
     """The splash kernel for one static configuration (mask processing runs in NumPy; cached so it runs once)."""
     splash = _splash_module()
 
@@ -71,7 +75,14 @@ def _kernel(num_heads: int, q_len: int, kv_len: int, is_causal: bool, window, bl
     # The kernel holds its mask tables as arrays; made eagerly, they stay valid when a later call (or a call
     # outside jit) finds this cached kernel, instead of being tracers of the trace that first built it.
     with jax.ensure_compile_time_eval():
-        return splash.make_splash_mha(mask, block_sizes=blocks, head_shards=1, q_seq_shards=1, interpret=interpret)
+        return splash.make_splash_mha(
+            mask,
+            block_sizes=blocks,
+            head_shards=1,
+            q_seq_shards=1,
+            attn_logits_soft_cap=softcap,
+            interpret=interpret,
+        )
 
 
 def splash_attention(
@@ -85,8 +96,10 @@ def splash_attention(
     scale: float | None = None,
     block_size: int = 512,
     interpret: bool = False,
+    logit_softcap: float | None = None,
 ) -> jax.Array:
-    """Exact attention through jax's Pallas TPU splash kernel; equals `dot_product_attention` with the same mask.
+    """Exact attention through jax's Pallas TPU splash kernel; equals `dot_product_attention` with the same mask
+    (and the same `scale` and `logit_softcap`).
 
     Args:
       query: `[B, T, N, H]`.
@@ -102,6 +115,9 @@ def splash_attention(
         to it that divides T (or S). T and S must be multiples of 128: pad, or use `dot_product_attention`.
       interpret: run the kernel through the Pallas interpreter, on any backend (slow: for tests). Without it the
         kernel compiles for TPU only.
+      logit_softcap: soft-capping constant c > 0 (Gemma 2): the scaled logits x = scale * q . k become
+        `c * tanh(x / c)` (float32, inside the kernel, forward and backward) before the mask. None (the default):
+        no cap. A static number (not a traced value): it is part of the kernel's configuration.
 
     Returns:
       `[B, T, N, Hv]` in the query's dtype (T = 0: empty; S = 0: zeros, as the dense path).
@@ -116,6 +132,8 @@ def splash_attention(
     is_causal = checks.check_flag("is_causal", is_causal)
     block_size = checks.check_positive_int("block_size", block_size)
     scale = check_scale(scale, H)
+    logit_softcap = check_logit_softcap(logit_softcap)
+    logit_softcap = None if logit_softcap is None else float(logit_softcap)
     if not interpret and jax.default_backend() != "tpu":
         raise ValueError(
             f"splash_attention compiles a Pallas TPU kernel, and the default backend is "
@@ -139,7 +157,8 @@ def splash_attention(
     if T == 0 or S == 0:  # no tile to run: the dense path's empty output (T = 0) or zeros (no key, S = 0)
         return jnp.zeros((B, T, N, value.shape[-1]), query.dtype)
 
-    kernel = _kernel(N, T, S, is_causal, window, block_size, checks.check_flag("interpret", interpret))
+    interpret = checks.check_flag("interpret", interpret)
+    kernel = _kernel(N, T, S, is_causal, window, block_size, interpret, logit_softcap)
     # [B, T, N, H] -> [B, N, T, H]: the kernel is written per example, heads first.
     q_BNTH = jnp.swapaxes(query * jnp.asarray(scale, query.dtype), 1, 2)
     k_BKSH, v_BKSH = jnp.swapaxes(key, 1, 2), jnp.swapaxes(value, 1, 2)

@@ -24,9 +24,13 @@ ARCHITECTURES = {
     "ViTModel": "vit",
     "BertForMaskedLM": "bert",
     "BertModel": "bert",
+    "GemmaForCausalLM": "gemma",
+    "Gemma2ForCausalLM": "gemma2",
+    "Gemma3ForCausalLM": "gemma3_text",
 }
 FAMILY_ARCHITECTURE = {family: arch for arch, family in ARCHITECTURES.items()}  # BERT: set by the heads below
 LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3")
+GEMMA_FAMILY = ("gemma", "gemma2", "gemma3_text")
 
 # Keys that describe no computation of the model (ids of special tokens, generation and training defaults, how it
 # was saved). Values are not checked.
@@ -64,6 +68,10 @@ IGNORED = {
     "tokenizer_class",
     "prefix",
     "pretraining_tp",  # how the original training split matmuls; the same maths
+    "cache_implementation",  # Gemma 2 / 3: which KV-cache class transformers' generate uses
+    "chunk_size_feed_forward",  # how transformers may chunk the FFN over positions; the same maths
+    "is_encoder_decoder",
+    "problem_type",
     "reorder_and_upcast_attn",  # GPT-2: attention computed in float32, which jaxformer's softmax always is
     # GPT-2's sequence-summary head (GPT2DoubleHeadsModel only; a GPT2LMHeadModel has no such weights)
     "summary_activation",
@@ -130,6 +138,8 @@ def to_model_config(hf: dict, **overrides) -> ModelConfig:
         fields = _vit_fields(keys, classifier="ViTForImageClassification" in (hf.get("architectures") or []))
     elif family == "bert":
         fields = _bert_fields(keys, masked_lm="BertForMaskedLM" in (hf.get("architectures") or []))
+    elif family in GEMMA_FAMILY:
+        fields = _gemma_fields(keys, family)
     else:
         fields = _llama_fields(keys, family)
     keys.finish()
@@ -239,21 +249,20 @@ def _vit_fields(keys: _Keys, *, classifier: bool) -> dict:
     )
 
 
-def _rope(keys: _Keys) -> tuple[float, RopeScaling | None]:
-    """(rope_base, rope_scaling) from `rope_parameters` (transformers >= 5) or `rope_theta` + `rope_scaling`."""
-    params = dict(keys.take("rope_parameters", None) or {})
-    legacy = keys.take("rope_scaling", None)
-    if legacy:
-        params = {**dict(legacy), **params}
-    base = params.pop("rope_theta", None) or keys.take("rope_theta", 10000.0)
+def _rope_params(params: dict, where: str = "") -> tuple[float | None, RopeScaling | None]:
+    """(rope_theta or None, rope_scaling) of one RoPE parameter dict (`rope_type` default | linear | llama3)."""
+    params = dict(params)
+    base = params.pop("rope_theta", None)
     kind = params.pop("rope_type", params.pop("type", "default"))
     if kind == "default":
         if params:
-            raise ValueError(f"config.json: rope parameters {sorted(params)} are not supported for rope_type default.")
-        return float(base), None
+            raise ValueError(
+                f"config.json: rope parameters{where} {sorted(params)} are not supported for rope_type default."
+            )
+        return base, None
     if kind not in ("linear", "llama3"):
         raise ValueError(
-            f"config.json: rope_type={kind!r} is not supported; jaxformer computes default, linear, llama3."
+            f"config.json: rope_type={kind!r}{where} is not supported; jaxformer computes default, linear, llama3."
         )
     names = {
         "factor": "factor",
@@ -263,8 +272,18 @@ def _rope(keys: _Keys) -> tuple[float, RopeScaling | None]:
     }
     unknown = sorted(set(params) - set(names if kind == "llama3" else ["factor"]))
     if unknown:
-        raise ValueError(f"config.json: rope parameters {unknown} are not supported for rope_type {kind!r}.")
-    return float(base), RopeScaling(kind, **{names[k]: v for k, v in params.items()})
+        raise ValueError(f"config.json: rope parameters{where} {unknown} are not supported for rope_type {kind!r}.")
+    return base, RopeScaling(kind, **{names[k]: v for k, v in params.items()})
+
+
+def _rope(keys: _Keys) -> tuple[float, RopeScaling | None]:
+    """(rope_base, rope_scaling) from `rope_parameters` (transformers >= 5) or `rope_theta` + `rope_scaling`."""
+    params = dict(keys.take("rope_parameters", None) or {})
+    legacy = keys.take("rope_scaling", None)
+    if legacy:
+        params = {**dict(legacy), **params}
+    base, scaling = _rope_params(params)
+    return float(base or keys.take("rope_theta", 10000.0)), scaling
 
 
 def _llama_fields(keys: _Keys, family: str) -> dict:
@@ -312,6 +331,110 @@ def _llama_fields(keys: _Keys, family: str) -> dict:
     )
 
 
+_GEMMA_LAYER_TYPES = {"sliding_attention": "local", "full_attention": "global"}
+_GEMMA_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu")  # transformers reads Gemma's legacy "gelu" as the tanh form
+
+
+def _gemma_fields(keys: _Keys, family: str) -> dict:
+    """Gemma 1 (`gemma`), Gemma 2 (`gemma2`) and Gemma 3's text model (`gemma3_text`): RMSNorm scaling by 1 + w,
+    the embedding times sqrt(D), the tanh-GELU gated FFN, rotate-half RoPE; from Gemma 2 on, sandwich norms,
+    query_pre_attn_scalar, logit soft-caps and local / global layers; Gemma 3 adds q/k norms and a RoPE per kind."""
+    keys.expect("use_bidirectional_attention", None, False)
+    # Gemma 1 files name the activation hidden_act (legacy "gelu"); later ones hidden_activation, which wins.
+    activation = keys.take("hidden_activation", None) or keys.take("hidden_act", "gelu_pytorch_tanh")
+    keys.take("hidden_act", None)
+    if activation not in _GEMMA_ACTIVATIONS:
+        raise ValueError(
+            f"config.json: hidden_activation={activation!r} is not supported for {family} models; jaxformer "
+            f"computes {' or '.join(_GEMMA_ACTIVATIONS)} (the tanh GELU)."
+        )
+    d_model, num_heads, num_layers = (
+        keys.take("hidden_size"),
+        keys.take("num_attention_heads"),
+        keys.take("num_hidden_layers"),
+    )
+    eps = keys.take("rms_norm_eps", 1e-6)
+    attention_bias = keys.take("attention_bias", False)
+    head_dim = keys.take("head_dim", None) or d_model // num_heads
+    fields = dict(
+        vocab_size=keys.take("vocab_size"),
+        num_layers=num_layers,
+        d_model=d_model,
+        num_heads=num_heads,
+        num_kv_heads=keys.take("num_key_value_heads", None) or num_heads,
+        head_dim=head_dim,
+        d_ff=keys.take("intermediate_size"),
+        max_len=keys.take("max_position_embeddings"),
+        positional="rope",
+        rope_interleaved=False,
+        norm="rmsnorm",
+        norm_plus_one=True,
+        norm_position="pre",
+        norm_epsilon=eps,
+        qk_norm_epsilon=eps,
+        embed_scale=True,
+        activation="geglu",
+        use_bias=False,
+        qkv_bias=attention_bias,
+        out_bias=attention_bias,
+        mlp_bias=False,
+        tie_embeddings=keys.take("tie_word_embeddings", True),
+        dropout_rate=0.0,
+        attention_dropout_rate=keys.take("attention_dropout", 0.0),
+    )
+    if family == "gemma":
+        fields["rope_base"], fields["rope_scaling"] = _rope(keys)
+        return fields
+
+    window = keys.take("sliding_window", None)
+    keys.take("sliding_window_size", None)  # an older name of sliding_window in some Gemma 2 files
+    pattern = (
+        keys.take("sliding_window_pattern", None)
+        or keys.take("_sliding_window_pattern", None)
+        or (2 if family == "gemma2" else 6)
+    )
+    keys.take("_sliding_window_pattern", None)
+    hf_types = keys.take("layer_types", None) or [
+        "sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(num_layers)
+    ]
+    unknown = sorted(set(hf_types) - set(_GEMMA_LAYER_TYPES))
+    if unknown:
+        raise ValueError(
+            f"config.json: layer_types {unknown} are not supported; jaxformer computes {sorted(_GEMMA_LAYER_TYPES)}."
+        )
+    layer_types = tuple(_GEMMA_LAYER_TYPES[t] for t in hf_types)
+    fields.update(
+        sandwich_norm=True,
+        attention_scale=float(keys.take("query_pre_attn_scalar", head_dim)) ** -0.5,
+        attention_logit_softcap=keys.take("attn_logit_softcapping", None),
+        final_logit_softcap=keys.take("final_logit_softcapping", None),
+        qk_norm=family == "gemma3_text",
+        layer_types=None if "local" not in layer_types else layer_types,
+        sliding_window=window if "local" in layer_types else None,
+    )
+    if family == "gemma2":
+        fields["rope_base"], fields["rope_scaling"] = _rope(keys)
+        return fields
+    # Gemma 3: one RoPE per kind, as rope_parameters {"full_attention": ..., "sliding_attention": ...}
+    # (transformers >= 5) or rope_theta + rope_scaling (global) and rope_local_base_freq (local).
+    params = keys.take("rope_parameters", None) or {}
+    if set(params) <= set(_GEMMA_LAYER_TYPES) and params:
+        full = _rope_params(params.get("full_attention") or {}, " (full_attention)")
+        local = _rope_params(params.get("sliding_attention") or {}, " (sliding_attention)")
+        keys.take("rope_theta", None), keys.take("rope_local_base_freq", None), keys.take("rope_scaling", None)
+        global_base, global_scaling = float(full[0] or 1e6), full[1]
+        local_base, local_scaling = float(local[0] or 1e4), local[1]
+    else:
+        legacy = dict(keys.take("rope_scaling", None) or {})
+        global_base, global_scaling = _rope_params({**legacy, **params})
+        global_base = float(global_base or keys.take("rope_theta", 1e6))
+        local_base, local_scaling = float(keys.take("rope_local_base_freq", 1e4)), None
+    fields.update(rope_base=global_base, rope_scaling=global_scaling)
+    if fields["layer_types"] is not None:
+        fields.update(local_rope_base=local_base, local_rope_scaling=local_scaling)
+    return fields
+
+
 # -- ModelConfig -> config.json ----------------------------------------------------------------------------------
 
 
@@ -340,6 +463,11 @@ def family_for(cfg: ModelConfig, *, vision: bool = False, encoder: bool = False)
         return "vit"
 
     need(cfg.norm_position == "pre", f"norm_position={cfg.norm_position!r} (the decoders are pre-norm)")
+    if cfg.norm_plus_one or cfg.activation == "geglu":
+        return _gemma_family(cfg, need)
+    need(cfg.layer_types is None, "layer_types (local / global layers are Gemma 2 and 3's)")
+    need(cfg.attention_logit_softcap is None and cfg.final_logit_softcap is None, "logit soft-caps (Gemma 2's)")
+    need(cfg.attention_scale is None and not cfg.sandwich_norm, "attention_scale / sandwich_norm (Gemma's)")
     need(not cfg.embed_scale and not cfg.embed_norm and cfg.type_vocab_size == 0, "embed_scale / embed_norm / types")
     need(not cfg.head_bias, "head_bias=True")
     need(cfg.vocab_multiple == 1, f"vocab_multiple={cfg.vocab_multiple} (save an unpadded vocabulary)")
@@ -363,6 +491,79 @@ def family_for(cfg: ModelConfig, *, vision: bool = False, encoder: bool = False)
     return "mistral" if cfg.sliding_window is not None else "llama"
 
 
+def _gemma_family(cfg: ModelConfig, need) -> str:
+    need(cfg.norm == "rmsnorm" and cfg.norm_plus_one and cfg.activation == "geglu", "Gemma: (1 + w) RMSNorm, GeGLU")
+    need(cfg.positional == "rope" and not cfg.rope_interleaved, "Gemma has rotate-half RoPE")
+    need(cfg.embed_scale and not cfg.embed_norm and cfg.type_vocab_size == 0, "Gemma scales its embedding by sqrt(D)")
+    need(not cfg.head_bias and not cfg.mlp_bias and cfg.qkv_bias == cfg.out_bias, "Gemma: one attention bias switch")
+    need(cfg.vocab_multiple == 1, f"vocab_multiple={cfg.vocab_multiple} (save an unpadded vocabulary)")
+    if not cfg.sandwich_norm:
+        need(not cfg.qk_norm and cfg.layer_types is None and cfg.sliding_window is None, "Gemma 1: no window, qk_norm")
+        need(cfg.attention_logit_softcap is None and cfg.final_logit_softcap is None, "Gemma 1 has no soft-caps")
+        need(cfg.attention_scale in (None, cfg.head_dim**-0.5), "Gemma 1 scales logits by head_dim^-1/2")
+        return "gemma"
+    if cfg.qk_norm:
+        return "gemma3_text"
+    need(cfg.local_rope_base is None and cfg.local_rope_scaling is None, "Gemma 2: one RoPE for every layer")
+    return "gemma2"
+
+
+def _rope_dict(base: float, scaling: RopeScaling | None) -> dict[str, Any]:
+    """transformers' `rope_parameters` dict of one RoPE."""
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": base}
+    if scaling is not None:
+        rope.update(rope_type=scaling.kind, factor=scaling.factor)
+        if scaling.kind == "llama3":
+            rope.update(
+                low_freq_factor=scaling.low_freq_factor,
+                high_freq_factor=scaling.high_freq_factor,
+                original_max_position_embeddings=scaling.original_max_len,
+            )
+    return rope
+
+
+def _gemma_config(cfg: ModelConfig, family: str) -> dict:
+    out = {
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.d_ff,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim,
+        "hidden_act" if family == "gemma" else "hidden_activation": "gelu_pytorch_tanh",
+        "max_position_embeddings": cfg.max_len,
+        "rms_norm_eps": cfg.norm_epsilon,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "attention_bias": cfg.out_bias,
+        "attention_dropout": cfg.attention_dropout_rate,
+    }
+    if cfg.qk_norm and cfg.qk_norm_epsilon != cfg.norm_epsilon:
+        raise ValueError(
+            f"Gemma 3 uses rms_norm_eps for q/k norms too: qk_norm_epsilon={cfg.qk_norm_epsilon} != "
+            f"norm_epsilon={cfg.norm_epsilon}."
+        )
+    if family == "gemma":
+        return {**out, "rope_parameters": _rope_dict(cfg.rope_base, cfg.rope_scaling)}
+    kinds = cfg.layer_types or ("local" if cfg.sliding_window else "global",) * cfg.num_layers
+    scalar = cfg.head_dim if cfg.attention_scale is None else cfg.attention_scale**-2
+    out.update(
+        query_pre_attn_scalar=round(scalar) if abs(scalar - round(scalar)) < 1e-6 * scalar else scalar,
+        sliding_window=cfg.sliding_window,
+        layer_types=[{"local": "sliding_attention", "global": "full_attention"}[k] for k in kinds],
+        attn_logit_softcapping=cfg.attention_logit_softcap,
+        final_logit_softcapping=cfg.final_logit_softcap,
+    )
+    if family == "gemma2":
+        return {**out, "rope_parameters": _rope_dict(cfg.rope_base, cfg.rope_scaling)}
+    local = cfg.local_rope_base or cfg.rope_base
+    rope = {
+        "full_attention": _rope_dict(cfg.rope_base, cfg.rope_scaling),
+        "sliding_attention": _rope_dict(local, cfg.local_rope_scaling),
+    }
+    return {**out, "rope_parameters": rope}
+
+
 def from_model_config(cfg: ModelConfig, *, vision: bool = False, encoder: bool = False) -> dict:
     """The `config.json` dict (transformers' keys) of `cfg`, for the family `family_for(cfg)` names."""
     family = family_for(cfg, vision=vision, encoder=encoder)
@@ -373,6 +574,8 @@ def from_model_config(cfg: ModelConfig, *, vision: bool = False, encoder: bool =
     if family == "vit":
         architecture = "ViTForImageClassification" if cfg.num_classes else "ViTModel"
     common = {"architectures": [architecture], "model_type": family, "dtype": dtype}
+    if family in GEMMA_FAMILY:
+        return {**common, **_gemma_config(cfg, family)}
     if family == "bert":
         return {
             **common,
@@ -434,16 +637,7 @@ def from_model_config(cfg: ModelConfig, *, vision: bool = False, encoder: bool =
             "scale_attn_by_inverse_layer_idx": False,
             "add_cross_attention": False,
         }
-    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_base}
-    if cfg.rope_scaling is not None:
-        s = cfg.rope_scaling
-        rope.update(rope_type=s.kind, factor=s.factor)
-        if s.kind == "llama3":
-            rope.update(
-                low_freq_factor=s.low_freq_factor,
-                high_freq_factor=s.high_freq_factor,
-                original_max_position_embeddings=s.original_max_len,
-            )
+    rope = _rope_dict(cfg.rope_base, cfg.rope_scaling)
     out = {
         **common,
         "vocab_size": cfg.vocab_size,

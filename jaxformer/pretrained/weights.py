@@ -88,6 +88,8 @@ def rules(family: str, cfg: ModelConfig) -> list[Rule]:
         return _gpt2_rules(cfg)
     if family == "bert":
         return _bert_rules(cfg)
+    if family.startswith("gemma"):
+        return _gemma_rules(cfg)
     return _vit_rules(cfg) if family == "vit" else _llama_rules(cfg)
 
 
@@ -147,6 +149,43 @@ def _llama_rules(cfg: ModelConfig) -> list[Rule]:
             _linear_in(f"{layer}/ffn/w_up", f"{m}.mlp.up_proj.weight", cfg.d_ff),
             _linear_in(f"{layer}/ffn/w_out", f"{m}.mlp.down_proj.weight", cfg.d_model),
         ]
+        if cfg.qk_norm:
+            out += [
+                _one(f"{att}/q_norm/scale", f"{a}.q_norm.weight"),
+                _one(f"{att}/k_norm/scale", f"{a}.k_norm.weight"),
+            ]
+    return out
+
+
+def _gemma_rules(cfg: ModelConfig) -> list[Rule]:
+    """Gemma 1-3: Llama's names, with (1 + w) norms stored as w (as jaxformer stores them), Gemma 2 / 3's sandwich
+    norms (`post_attention_layernorm` is then the attention output's norm, `pre_feedforward_layernorm` the FFN's
+    input norm) and Gemma 3's q / k norms."""
+    out = [
+        _one("embed/tokens/embedding", "model.embed_tokens.weight"),
+        _one("final_norm/scale", "model.norm.weight"),
+    ]
+    if not cfg.tie_embeddings:
+        out.append(_one("head/kernel", "lm_head.weight", lambda t: t.T, lambda p: p.T))
+    for i in range(cfg.num_layers):
+        m, layer = f"model.layers.{i}", f"blocks/layers/{i}"
+        att, a = f"{layer}/self_attention", f"{m}.self_attn"
+        linears = (f"{a}.q_proj", f"{a}.k_proj", f"{a}.v_proj", f"{a}.o_proj")
+        out += _attention(att, linears, cfg, qkv_bias=cfg.qkv_bias, out_bias=cfg.out_bias)
+        out += [
+            _one(f"{layer}/self_residual/norm/scale", f"{m}.input_layernorm.weight"),
+            _linear_in(f"{layer}/ffn/w_gate", f"{m}.mlp.gate_proj.weight", cfg.d_ff),
+            _linear_in(f"{layer}/ffn/w_up", f"{m}.mlp.up_proj.weight", cfg.d_ff),
+            _linear_in(f"{layer}/ffn/w_out", f"{m}.mlp.down_proj.weight", cfg.d_model),
+        ]
+        if cfg.sandwich_norm:
+            out += [
+                _one(f"{layer}/self_residual/output_norm/scale", f"{m}.post_attention_layernorm.weight"),
+                _one(f"{layer}/ffn_residual/norm/scale", f"{m}.pre_feedforward_layernorm.weight"),
+                _one(f"{layer}/ffn_residual/output_norm/scale", f"{m}.post_feedforward_layernorm.weight"),
+            ]
+        else:
+            out.append(_one(f"{layer}/ffn_residual/norm/scale", f"{m}.post_attention_layernorm.weight"))
         if cfg.qk_norm:
             out += [
                 _one(f"{att}/q_norm/scale", f"{a}.q_norm.weight"),

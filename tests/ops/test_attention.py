@@ -368,3 +368,99 @@ def test_empty_sequences_give_an_empty_output_or_zeros(T, S, is_causal, use_jit)
     assert all(np.isfinite(np.asarray(g)).all() for g in grads)
     probs = ops.attention_weights(q, k, is_causal=is_causal)
     assert probs.shape == (2, 4, T, S) and not np.isnan(np.asarray(probs)).any()
+
+
+# -- Logit soft-capping (Gemma 2): cap * tanh(scale * q . k / cap), before the bias and the mask ----------------------
+
+SOFTCAP = 2.0
+
+
+def softcap_inputs(seed=6):
+    """GQA inputs whose scaled logits reach well beyond SOFTCAP (so the cap binds), a mask with no empty row, and a
+    bias."""
+    B, T, S, N, K, H, Hv = SHAPES["gqa"]
+    q, k, v = make_qkv(*SHAPES["gqa"], seed=seed)
+    q = 4 * q
+    mask = random_mask((B, N, T, S), seed=seed) | np.eye(T, S, dtype=bool)
+    bias = np.random.default_rng(seed).normal(size=(1, N, T, S)).astype(np.float32)
+    logits = np.einsum("btnh,bsnh->bnts", q, np.repeat(k, N // K, axis=2)) / np.sqrt(H)
+    assert np.abs(logits).max() > 3 * SOFTCAP  # the cap binds
+    return q, k, v, mask, bias
+
+
+def jnp_softcap_attention(q, k, v, *, mask, bias, cap):
+    """A plain-jnp softcapped attention (autodiff through tanh gives the reference gradients); no empty rows."""
+    G = q.shape[2] // k.shape[2]
+    k, v = jnp.repeat(k, G, axis=2), jnp.repeat(v, G, axis=2)
+    x = jnp.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(q.shape[-1])
+    logits = jnp.where(mask, cap * jnp.tanh(x / cap) + bias, -jnp.inf)
+    return jnp.einsum("bnts,bsnh->btnh", jax.nn.softmax(logits, axis=-1), v)
+
+
+@pytest.mark.parametrize("use_jit", [False, True], ids=["eager", "jit"])
+def test_logit_softcap_matches_reference_with_mask_bias_and_gqa(use_jit):
+    q, k, v, mask, bias = softcap_inputs()
+    attend = functools.partial(ops.dot_product_attention, mask=mask, bias=bias)
+    weights = functools.partial(ops.attention_weights, mask=mask, bias=bias)
+    capped_attend = functools.partial(attend, logit_softcap=SOFTCAP)
+    capped_weights = functools.partial(weights, logit_softcap=SOFTCAP)
+    if use_jit:
+        capped_attend, capped_weights = jax.jit(capped_attend), jax.jit(capped_weights)
+    got = capped_attend(q, k, v)
+    np.testing.assert_allclose(got, reference.attention(q, k, v, mask=mask, bias=bias, softcap=SOFTCAP), atol=1e-5)
+    probs = capped_weights(q, k)
+    np.testing.assert_allclose(probs, reference.attention_probs(q, k, mask=mask, bias=bias, softcap=SOFTCAP), atol=1e-6)
+    # The cap changes the result (the test can fail), and None is no cap.
+    assert np.abs(np.asarray(got) - np.asarray(attend(q, k, v))).max() > 1e-2
+    assert np.abs(np.asarray(probs) - np.asarray(weights(q, k))).max() > 1e-2
+    np.testing.assert_array_equal(attend(q, k, v, logit_softcap=None), attend(q, k, v))
+    # A cap far above every logit changes nothing.
+    np.testing.assert_allclose(attend(q, k, v, logit_softcap=1e4), attend(q, k, v), atol=1e-5)
+
+
+def test_logit_softcap_gradients_match_autodiff_of_a_jnp_reference():
+    q, k, v, mask, bias = softcap_inputs(seed=8)
+    cot = np.random.default_rng(9).normal(size=q.shape[:3] + v.shape[-1:]).astype(np.float32)
+
+    def loss(fn):
+        return lambda q, k, v, bias: jnp.sum(fn(q, k, v, bias) * cot)
+
+    got = jax.grad(
+        loss(lambda q, k, v, b: ops.dot_product_attention(q, k, v, mask=mask, bias=b, logit_softcap=SOFTCAP)),
+        argnums=(0, 1, 2, 3),
+    )(q, k, v, bias)
+    want = jax.grad(
+        loss(lambda q, k, v, b: jnp_softcap_attention(q, k, v, mask=mask, bias=b, cap=SOFTCAP)), argnums=(0, 1, 2, 3)
+    )(q, k, v, bias)
+    uncapped = jax.grad(loss(lambda q, k, v, b: ops.dot_product_attention(q, k, v, mask=mask, bias=b)))(q, k, v, bias)
+    assert np.abs(np.asarray(got[0]) - np.asarray(uncapped)).max() > 1e-2
+    for name, g, w in zip(("dq", "dk", "dv", "dbias"), got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_logit_softcap_jit_equals_eager_also_when_traced():
+    q, k, v, mask, bias = softcap_inputs()
+    fn = lambda q, k, v, cap: ops.dot_product_attention(
+        q, k, v, mask=mask, bias=bias, is_causal=True, logit_softcap=cap
+    )
+    eager = fn(q, k, v, SOFTCAP)
+    np.testing.assert_allclose(jax.jit(fn, static_argnums=3)(q, k, v, SOFTCAP), eager, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(jax.jit(fn)(q, k, v, SOFTCAP), eager, rtol=1e-6, atol=1e-6)  # a traced cap
+
+
+@pytest.mark.parametrize(
+    "cap, error, match",
+    [
+        (0.0, ValueError, r"`logit_softcap` must be a finite number > 0; got 0.0"),
+        (-1.0, ValueError, r"`logit_softcap` must be a finite number > 0; got -1.0"),
+        (float("nan"), ValueError, r"`logit_softcap` must be a finite number > 0; got nan"),
+        (float("inf"), ValueError, r"`logit_softcap` must be a finite number > 0; got inf"),
+        ("x", TypeError, r"`logit_softcap` must be a real number; got 'x'"),
+    ],
+)
+@pytest.mark.parametrize("fn", ["dot_product_attention", "attention_weights"])
+def test_logit_softcap_must_be_a_finite_positive_number(cap, error, match, fn):
+    q, k, v = make_qkv(1, 3, 4, 2, 1, 4, 4)
+    args = (q, k, v) if fn == "dot_product_attention" else (q, k)
+    with pytest.raises(error, match=match):
+        getattr(ops, fn)(*args, logit_softcap=cap)

@@ -234,3 +234,46 @@ def test_lists_are_accepted_and_bad_scalars_named():
         ops.blockwise_attention(q, k, v, scale=float("nan"))
     with pytest.raises(TypeError, match=r"`is_causal` must be True or False"):
         ops.blockwise_attention(q, k, v, is_causal=1)
+
+
+SOFTCAP_CASES = {
+    "causal": {"is_causal": True},
+    "window": {"window": 4},
+    "causal_segments_lengths": {"is_causal": True, "segment_ids": packed_segments(2, 19, 1), "kv_lengths": [15, 19]},
+}
+
+
+@pytest.mark.parametrize("case", SOFTCAP_CASES.values(), ids=SOFTCAP_CASES.keys())
+def test_logit_softcap_equals_dense_values_and_gradients(case):
+    """With a cap that binds, over several blocks: the custom backward's factor 1 - (cap(x) / c)^2 is right."""
+    B, T, N, K, H, cap = 2, 19, 4, 2, 8, 1.5
+    q, k, v = make_qkv(B, T, T, N, K, H, H, seed=11)
+    q = 4 * q  # scaled logits up to ~10 * cap
+    case = {key: (np.asarray(val, np.int32) if key == "kv_lengths" else val) for key, val in case.items()}
+    cot = np.random.default_rng(5).normal(size=(B, T, N, H)).astype(np.float32)
+    mask = dense_mask(B, T, T, **case)
+
+    got, got_grads = value_and_grads(
+        lambda q, k, v: ops.blockwise_attention(q, k, v, block_size=4, logit_softcap=cap, **case), q, k, v, cot
+    )
+    want, want_grads = value_and_grads(
+        lambda q, k, v: ops.dot_product_attention(q, k, v, mask=mask, logit_softcap=cap), q, k, v, cot
+    )
+    uncapped, uncapped_grads = value_and_grads(
+        lambda q, k, v: ops.dot_product_attention(q, k, v, mask=mask), q, k, v, cot
+    )
+    assert np.abs(np.asarray(got) - np.asarray(uncapped)).max() > 1e-2  # the cap binds
+    assert np.abs(np.asarray(got_grads[1]) - np.asarray(uncapped_grads[1])).max() > 1e-2
+    np.testing.assert_allclose(got, reference.attention(q, k, v, mask=mask, softcap=cap), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for name, g, w in zip(("dq", "dk", "dv"), got_grads, want_grads, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_logit_softcap_bad_values_are_named():
+    q, k, v = make_qkv(1, 3, 3, 2, 1, 4, 4)
+    for cap in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match=r"`logit_softcap` must be a finite number > 0"):
+            ops.blockwise_attention(q, k, v, logit_softcap=cap)
+    with pytest.raises(TypeError, match=r"`logit_softcap` must be a real number; got 'x'"):
+        ops.blockwise_attention(q, k, v, logit_softcap="x")

@@ -107,3 +107,32 @@ def test_bad_scale_and_lists():
         ops.splash_attention(q, k, v, scale=-1.0, interpret=True)
     with pytest.raises(TypeError, match=r"`interpret` must be True or False"):
         ops.splash_attention(q, k, v, interpret="yes")
+
+
+def test_logit_softcap_equals_dense_values_and_gradients():
+    """The kernel caps q . k of the query the wrapper has scaled: cap(scale * q . k), as the dense path."""
+    case = {"is_causal": True, "segment_ids": packed_segments(1, 256, 2)}
+    B, T, N, K, H, cap = 1, 256, 2, 1, 8, 1.5  # two tiles each way; MQA
+    q, k, v = make_qkv(B, T, T, N, K, H, H, seed=6)
+    q = 4 * q  # scaled logits up to ~10 * cap
+    cot = np.random.default_rng(4).normal(size=(B, T, N, H)).astype(np.float32)
+    mask = dense_mask(B, T, T, **case)
+
+    got, got_grads = value_and_grads(splash(logit_softcap=cap, scale=0.3, **case), q, k, v, cot)
+    want, want_grads = value_and_grads(
+        lambda q, k, v: ops.dot_product_attention(q, k, v, mask=mask, scale=0.3, logit_softcap=cap), q, k, v, cot
+    )
+    uncapped = splash(scale=0.3, **case)(q, k, v)  # the cap is part of the cached kernel's key
+    assert np.abs(np.asarray(got) - np.asarray(uncapped)).max() > 1e-2
+    np.testing.assert_allclose(got, reference.attention(q, k, v, mask=mask, scale=0.3, softcap=cap), atol=1e-5)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for name, g, w in zip(("dq", "dk", "dv"), got_grads, want_grads, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_bad_logit_softcap_is_named():
+    q, k, v = make_qkv(1, 128, 128, 2, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"`logit_softcap` must be a finite number > 0; got 0"):
+        ops.splash_attention(q, k, v, logit_softcap=0, interpret=True)
+    with pytest.raises(TypeError, match=r"`logit_softcap` must be a real number; got 'x'"):
+        ops.splash_attention(q, k, v, logit_softcap="x", interpret=True)
