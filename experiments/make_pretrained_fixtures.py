@@ -2,12 +2,16 @@
 
 What it makes
 -------------
-``tests/fixtures/pretrained/<name>/`` for seven architectures, each a real ``save_pretrained`` directory
+``tests/fixtures/pretrained/<name>/`` for thirteen models, each a real ``save_pretrained`` directory
 (``config.json``, safetensors weights, ``generation_config.json`` for the decoder LMs, the tokenizer files
 ``tokenizer.json`` + ``tokenizer_config.json`` where the architecture has one) plus ``reference.npz`` with what
 ``transformers`` (torch, CPU, float32) computes, and ``tests/fixtures/pretrained/README.md``.
 
-All models: d_model 24, 2 layers, 4 heads (head_dim 6), MLP width 48, max positions 64 (see ``HIDDEN``).
+The first eight: d_model 24, 2 layers, 4 heads (head_dim 6), MLP width 48, max positions 64 (see ``HIDDEN``).
+The five gemma fixtures: d_model 24, 4 query heads, MLP width 32 (``GEMMA_INTERMEDIATE``), max positions 64, RMS eps
+1e-6, gelu_pytorch_tanh GeGLU MLPs, tied embeddings (the input embedding is multiplied by float32(sqrt(24)) =
+4.8989797, the lm_head uses the unscaled table), ``pad_token_id`` 0, ``bos_token_id`` 2, ``eos_token_id`` None,
+vocab 352 (one shared Gemma-style tokenizer, see below).
 
 ============  =================================  ===========================================================
 name          class (``architectures[0]``)       what it exercises
@@ -30,20 +34,73 @@ name          class (``architectures[0]``)       what it exercises
 ``vit_model`` ``ViTModel``                       the same shapes, no classifier, with its [CLS] pooler: its
                                                 reference has ``hidden`` (last_hidden_state), ``pooled``
                                                 (pooler_output) and ``logits`` = ``pooled`` (for the checks)
+``gemma``     ``GemmaForCausalLM``               2 layers, MQA (1 kv head), explicit head_dim 12 != 24 / 4
+                                                 (q_proj 24 -> 48, k/v 24 -> 12), ``hidden_act``
+                                                 gelu_pytorch_tanh, rope_theta 1e4, RMSNorm scales by
+                                                 ``1 + weight``
+``gemma2``    ``Gemma2ForCausalLM``              3 layers ``layer_types`` [sliding, full, sliding],
+                                                 ``sliding_window`` 4, GQA (2 kv heads), head_dim 8,
+                                                 ``query_pre_attn_scalar`` 6 (scores * 6**-0.5, not 8**-0.5),
+                                                 ``attn_logit_softcapping`` 3 (scores = 3 tanh(scores / 3),
+                                                 before the mask), ``final_logit_softcapping`` 4, pre- AND
+                                                 post-norms around attention and MLP (``(1 + weight)``), eager
+                                                 attention (transformers' default for Gemma 2)
+``gemma3``    ``Gemma3ForCausalLM``              text only (``Gemma3TextConfig``, model_type gemma3_text): 4
+                                                 layers [sliding, sliding, sliding, full], window 4, GQA 2,
+                                                 head_dim 8, q/k RMSNorm (``1 + weight``, before rope),
+                                                 ``query_pre_attn_scalar`` 12, per-type ``rope_parameters``:
+                                                 sliding default theta 1e4, full ``linear`` factor 8 theta 1e6;
+                                                 ``final_logit_softcapping`` 4; ``attn_logit_softcapping`` None
+                                                 (transformers' Gemma 3 ignores it, see check_config_effects)
+``gemma4``    ``Gemma4ForCausalLM``              text only (``Gemma4TextConfig``, gemma4_text), like gemma-4-e2b:
+                                                 6 layers [S, S, F, S, S, F], window 4, 1 kv head, head_dim 8 on
+                                                 sliding layers and 16 on full ones (``global_head_dim``, saved
+                                                 by transformers as ``per_layer_config`` {"2"/"5": head_dim 16}),
+                                                 rope: sliding default 1e4, full ``proportional``
+                                                 (partial_rotary_factor 0.25, theta 1e6); q/k RMSNorm, v RMSNorm
+                                                 without scale, attention scale 1; per-layer inputs (PLE,
+                                                 ``hidden_size_per_layer_input`` 4, table [352, 6 * 4]);
+                                                 ``num_kv_shared_layers`` 2 (layers 4 and 5 have no k/v
+                                                 projections or norms and reuse the K/V of layers 3 and 2, the
+                                                 last earlier layers of their type); ``use_double_wide_mlp``
+                                                 (MLP width 64 in those 2 layers only); ``layer_scalar`` buffers
+                                                 U(0.5, 1.5); ``final_logit_softcapping`` 4; norms scale by
+                                                 ``weight``
+``gemma4_kv`` ``Gemma4ForCausalLM``              like the dense Gemma 4 models: 4 layers [S, F, S, F], no PLE
+                                                 (``hidden_size_per_layer_input`` 0), no KV sharing,
+                                                 ``attention_k_eq_v``: full layers have head_dim 16, 1 kv head
+                                                 (``num_global_key_value_heads``; sliding layers 2) and NO
+                                                 v_proj (values = v_norm(k_proj(x)), keys = rope(k_norm(k_proj
+                                                 (x)))); config.json written in the Hub's spelling
+                                                 (``global_head_dim`` 16, ``num_global_key_value_heads`` 1, no
+                                                 ``per_layer_config``: see hub_style_gemma4_config)
 ============  =================================  ===========================================================
 
 llama, mistral and qwen3 share one tokenizer: a sentencepiece-style BPE (Metaspace "▁" pre-tokenizer and decoder,
 ``<unk>``=0 ``<s>``=1 ``</s>``=2, ``<s>`` prepended, no byte fallback), vocab 96.  qwen2 gets a byte-level one laid
 out as Qwen's tokenizer.json (NFC, Qwen's split regex, ByteLevel), because transformers 5's ``AutoTokenizer``
 rebuilds any ``model_type == "qwen2"`` tokenizer as ``Qwen2Tokenizer`` with exactly that pipeline, ignoring the
-one in tokenizer.json.  Every model's vocab size equals its tokenizer's exact size (asserted).
+one in tokenizer.json.  The gemma fixtures share a Gemma-style BPE with byte fallback, vocab 352:
+``<pad>``=0 ``<eos>``=1 ``<bos>``=2 ``<unk>``=3 ``<mask>``=4, ``<0x00>``..``<0xFF>`` = 5..260, then 44 characters and
+47 merges; normalizer ``Replace(" ", "▁")`` (no "▁" prepended), ``<bos>`` prepended by the post-processor, decoder
+``Replace("▁", " ")`` + ``ByteFallback`` + ``Fuse``, exactly as transformers' ``GemmaTokenizer`` (named in
+tokenizer_config.json, as Gemma checkpoints do; ``AutoTokenizer`` rebuilds that pipeline from the vocab / merges)
+builds it (``train_gemma_tokenizer``).  Their ``text`` is ``GEMMA_TEXT``, whose "\n", "C", "5", "é", "€" and emoji
+are not in the vocab and encode as the byte tokens of their UTF-8 bytes (asserted, with decode round trips).
+Every model's vocab size equals its tokenizer's exact size (asserted).
 
 Every parameter is re-drawn after the default init so that mistakes show (``redraw_``): embedding tables
-``N(0, 0.2)``, other matrices ``N(0, 0.35)``, 1-D norm weights ``1 + 0.3 N(0, 1)``, biases ``0.1 N(0, 1)``.  The
-decoder LMs have ``eos_token_id = None`` in config.json and generation_config.json, so generation never stops
-early.  The script asserts that the saved directory loads back to the same logits, that the llama3 rope scaling
-and the mistral sliding window change the logits, and that AutoTokenizer / the generic fast tokenizer / plain
-``tokenizers`` agree on ``text``.
+``N(0, 0.2)``, other matrices ``N(0, 0.35)``, 1-D norm weights ``1 + 0.3 N(0, 1)``, biases ``0.1 N(0, 1)``.  Gemma
+1-3 norms multiply by ``1 + weight``, so their weights are drawn ``0.3 N(0, 1)`` (same effective scale); Gemma 2-4's
+post-norms (``post_attention_layernorm`` / ``post_feedforward_layernorm`` on the block outputs) get effective scale
+``3 + 0.3 N`` (else greedy decoding repeats the last token); Gemma 4's persistent ``layer_scalar`` buffers (saved in
+the safetensors, multiplying each layer's whole output) ``U(0.5, 1.5)``.  The decoder LMs have ``eos_token_id =
+None`` in config.json and generation_config.json, so generation never stops early.  The script asserts that the
+saved directory loads back to the same logits and config, that AutoTokenizer / the generic fast tokenizer / plain
+``tokenizers`` agree on ``text``, and (``check_config_effects``) that each knob a fixture is about moves the logits
+by > 1e-2: the llama3 rope scaling; every sliding window (with logits at positions 0-3 unchanged and at 4
+changed); each gemma soft-cap (attention and final, removed one at a time); ``query_pre_attn_scalar``; Gemma 3's
+global linear rope scaling and local rope theta; Gemma 4's ``layer_scalar`` and partial rotary factor.
 
 reference.npz
 -------------
@@ -51,8 +108,9 @@ reference.npz
                         [2, 3, 32, 32], standard normal, instead)
 ``logits``              float32: the model's output logits for ``input_ids``: [2, 12, vocab] (bert: the MLM
                         head's) or [2, 10] (vit)
-``hidden``              float32: the base model's ``last_hidden_state``.  gpt2/llama/mistral/qwen2/qwen3: AFTER
-                        the final norm (``ln_f`` / ``model.norm``); transformers applies it to the last entry of
+``hidden``              float32: the base model's ``last_hidden_state``.  gpt2/llama/mistral/qwen2/qwen3/gemma*:
+                        AFTER the final norm (``ln_f`` / ``model.norm``; gemma*: before the lm_head and its soft-cap);
+                        transformers applies it to the last entry of
                         ``hidden_states`` too, so this equals ``hidden_states[-1]`` exactly (asserted).  bert: the
                         last layer's output (BERT has no final norm; each layer ends in LayerNorm) ==
                         ``hidden_states[-1]``.  vit: AFTER the final ``vit.layernorm``, [2, 17, 24]
@@ -62,29 +120,38 @@ reference.npz
                         uncached argmax, asserted)
 ``attention_mask``      int32 [2, 12] (bert only): row 1 is padded after 9 tokens (``input_ids[1, 9:] = [PAD] = 0``)
 ``token_type_ids``      int32 [2, 12] zeros (bert only); both are passed to the model for ``logits`` / ``hidden``
-``text``                0-d unicode array: ``TEXT`` (not vit)
+``text``                0-d unicode array: ``TEXT`` (not vit; gemma*: ``GEMMA_TEXT``, with byte-fallback characters)
 ``text_ids``            int32: ``AutoTokenizer.from_pretrained(dir)(text)["input_ids"]`` (special tokens as the
-                        fast tokenizer adds them: llama/mistral/qwen3 ``<s>`` first, bert ``[CLS] ... [SEP]``,
-                        gpt2 and qwen2 none)
+                        fast tokenizer adds them: llama/mistral/qwen3 ``<s>`` first, gemma* ``<bos>`` (2) first,
+                        bert ``[CLS] ... [SEP]``, gpt2 and qwen2 none)
 ``text_ids_plain``      int32: ``tokenizers.Tokenizer.from_file(tokenizer.json).encode(text,
                         add_special_tokens=False).ids``
 
 Requirements / regenerating
 ---------------------------
 Needs the optional extras ``pip install transformers torch==2.13.0`` (``tokenizers`` and ``safetensors`` come with
-transformers); they are never needed by the default tests, which only read the files.  Made with transformers
-5.24.0 and torch 2.13.0+cpu.  Regenerate (overwrites ``tests/fixtures/pretrained/``)::
+transformers); they are never needed by the default tests, which only read the files.  The first eight fixtures
+were made with transformers 5.24.0, the gemma ones with 5.25.0 (Gemma 4 needs it), torch 2.13.0.  Regenerate all
+(overwrites ``tests/fixtures/pretrained/``)::
 
     .venv/bin/python experiments/make_pretrained_fixtures.py
+
+or only the named fixtures (their directories are replaced, the others left byte-for-byte as they are; README.md
+always lists all of them)::
+
+    .venv/bin/python experiments/make_pretrained_fixtures.py gemma gemma2 gemma3 gemma4 gemma4_kv
 
 The output is deterministic (fixed torch / numpy seeds, CPU float32; two runs give byte-identical files).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import shutil
 import sys
+import textwrap
 from collections import Counter
 from pathlib import Path
 
@@ -98,6 +165,15 @@ from transformers import (
     AutoTokenizer,
     BertConfig,
     BertForMaskedLM,
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    Gemma4ForCausalLM,
+    Gemma4TextConfig,
+    GemmaConfig,
+    GemmaForCausalLM,
+    GemmaTokenizer,
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
@@ -118,19 +194,26 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "fixtures" / "pretrained"
 
 BATCH, SEQ = 2, 12
+MAX_TOTAL_KIB = 1700  # size limit of tests/fixtures/pretrained: ~790 KiB for the first 8 fixtures, ~870 for the gemmas
 # tokenizer / model vocab sizes (trained tokenizers hit these exactly; the script asserts model == tokenizer)
 GPT2_VOCAB = 300  # byte-level: 256 bytes + merges + <|endoftext|>
 QWEN_VOCAB = 272  # byte-level: 256 bytes + merges + 3 specials
 LLAMA_VOCAB = 96
 BERT_VOCAB = 96
+GEMMA_VOCAB = 352  # byte fallback: 5 specials + 256 <0xXX> + 44 corpus characters + 47 merges
 # d_model of every model.  24 rather than 32 keeps the whole directory near 0.65 MiB (32 gives ~0.85 MiB: the
 # byte-level vocabularies, 2 layers x 7 models and the float32 logits set a floor); 4 heads -> head_dim 6.
 HIDDEN = 24
 INTERMEDIATE = 48  # MLP width of every model (!= hidden, so transposed MLP weights fail)
+GEMMA_INTERMEDIATE = 32  # the gemma fixtures' (smaller: they have 2-6 layers; gemma4's KV-shared layers have 64)
 QWEN3_HEAD_DIM = 16  # explicit, != HIDDEN / 4 heads: q_proj is 24 -> 64, o_proj 64 -> 24
 EMBED_STD, MATRIX_STD = 0.2, 0.35  # see redraw_
 PROMPT_LEN, NEW_TOKENS = 5, 20
 TEXT = "To be, or not to be: that is the question."
+# the gemma fixtures' text: "C", "5", "\n", "é", "€" and the emoji are not in CORPUS, so they tokenize to the
+# <0xXX> byte tokens of their UTF-8 bytes (byte fallback; 1, 1, 1, 2, 3 and 4 bytes)
+GEMMA_TEXT = "To be, or not to be: that is the question.\nCafé, 5 € 🙂"
+GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]  # ids 0-4, as in Gemma's vocab
 # Qwen2Tokenizer's PRETOKENIZE_REGEX (transformers/models/qwen2/tokenization_qwen2.py)
 QWEN_PRETOKENIZE_REGEX = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
@@ -292,7 +375,47 @@ def train_bert_tokenizer(vocab_size: int = BERT_VOCAB) -> Tokenizer:
     return tok
 
 
+def train_gemma_tokenizer(vocab_size: int = GEMMA_VOCAB) -> Tokenizer:
+    """BPE with byte fallback laid out as Gemma's: ``<pad>``=0 ``<eos>``=1 ``<bos>``=2 ``<unk>``=3 ``<mask>``=4, then
+    the 256 byte tokens ``<0x00>``..``<0xFF>`` (ids 5-260), then the corpus characters and merges.
+
+    transformers 5's ``AutoTokenizer`` builds a Gemma tokenizer (``tokenizer_class: GemmaTokenizer``, which every
+    Gemma checkpoint's tokenizer_config.json names) from tokenizer.json's vocab, merges and post-processor only, with
+    its own pipeline: normalizer ``Replace(" ", "▁")``, pre-tokenizer ``Split(" ", merged_with_previous)`` (a no-op
+    after that normalizer), ``BPE(byte_fallback=True, fuse_unk=True, unk_token="<unk>")``, decoder
+    ``Sequence[Replace("▁", " "), ByteFallback, Fuse]``.  So the tokenizer returned here IS the one GemmaTokenizer
+    builds (with ``<bos>`` prepended by a TemplateProcessing post-processor), and tokenizer.json, AutoTokenizer and
+    raw ``tokenizers`` agree.  No "▁" is prepended to the text (Gemma has no dummy prefix).
+
+    The merges are trained with a "▁"-splitting pre-tokenizer (merged_with_next, as sentencepiece pieces: "▁" only
+    at a piece's start), so applying them to the whole unsplit text, as the final tokenizer does, gives the same
+    pieces.
+    """
+    trainer_tok = Tokenizer(models.BPE())
+    trainer_tok.normalizer = normalizers.Replace(" ", "▁")
+    trainer_tok.pre_tokenizer = pre_tokenizers.Split("▁", behavior="merged_with_next")
+    n_fixed = len(GEMMA_SPECIALS) + 256
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - n_fixed, special_tokens=[], show_progress=False)
+    trainer_tok.train_from_iterator(_corpus_lines(), trainer=trainer)
+    trained = json.loads(trainer_tok.to_str())["model"]
+    vocab = {tok: i for i, tok in enumerate(GEMMA_SPECIALS + [f"<0x{b:02X}>" for b in range(256)])}
+    for tok, _ in sorted(trained["vocab"].items(), key=lambda kv: kv[1]):
+        assert tok not in vocab, tok
+        vocab[tok] = len(vocab)
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in trained["merges"]]
+    assert len(vocab) == vocab_size, (len(vocab), vocab_size)
+    return gemma_tokenizer_from(vocab, merges).backend_tokenizer
+
+
+def gemma_tokenizer_from(vocab: dict[str, int], merges: list[tuple[str, str]]) -> GemmaTokenizer:
+    return GemmaTokenizer(vocab=dict(vocab), merges=list(merges), add_bos_token=True, model_max_length=64)
+
+
 def wrap_fast(tok: Tokenizer, kind: str) -> PreTrainedTokenizerFast:
+    if kind == "gemma":
+        model = json.loads(tok.to_str())["model"]
+        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+        return gemma_tokenizer_from(model["vocab"], merges)
     if kind == "gpt2":
         return PreTrainedTokenizerFast(
             tokenizer_object=tok,
@@ -330,12 +453,22 @@ def wrap_fast(tok: Tokenizer, kind: str) -> PreTrainedTokenizerFast:
 # models
 
 
-def redraw_(model: torch.nn.Module, seed: int) -> None:
-    """Re-draw every parameter (tied ones once) at a scale where mistakes show.
+def redraw_(model: torch.nn.Module, seed: int, norm_offset: float = 1.0, post_norm_offset: float | None = None) -> None:
+    """Re-draw every parameter (tied ones once) and persistent buffer at a scale where mistakes show.
 
-    Embedding tables N(0, EMBED_STD), other matrices / convs N(0, MATRIX_STD), 1-D norm weights 1 + 0.3 N(0, 1),
-    biases 0.1 N(0, 1).  Matrices larger than the embeddings keep greedy decoding from collapsing onto repeating the
-    last token (the tied-embedding self-logit otherwise wins), so ``greedy`` exercises the KV cache and positions.
+    Embedding tables N(0, EMBED_STD), other matrices / convs N(0, MATRIX_STD), 1-D norm weights
+    ``norm_offset + 0.3 N(0, 1)``, biases 0.1 N(0, 1).  ``norm_offset`` is 1 where a norm multiplies by its weight and
+    0 for Gemma 1-3, whose RMSNorm multiplies by ``1 + weight`` (so the effective scale is 1 + 0.3 N either way).
+    ``post_norm_offset`` (Gemma 2-4) replaces ``norm_offset`` for the norms on the attention / MLP OUTPUTS
+    (``post_attention_layernorm``, ``post_feedforward_layernorm``), set so that their effective scale is 3 + 0.3 N:
+    with unit-scale post-norms each block adds only an O(1) vector to the residual, the (tied, sqrt(d_model)-scaled)
+    embedding of the current token stays the biggest part of the final hidden state, and greedy decoding repeats
+    the last token.
+    Matrices larger than the embeddings keep greedy decoding from collapsing onto repeating the last token (the
+    tied-embedding self-logit otherwise wins), so ``greedy`` exercises the KV cache and positions.  The only
+    persistent buffers (saved in the checkpoint) are Gemma 4's per-layer ``layer_scalar`` [1]: U(0.5, 1.5) (drawn
+    after all parameters, so models without them draw exactly as before).  Any other parameter or persistent buffer
+    is an error.
     """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -347,9 +480,21 @@ def redraw_(model: torch.nn.Module, seed: int) -> None:
             elif name.endswith("bias"):
                 p.copy_(0.1 * noise)
             elif name.endswith("weight"):
-                p.copy_(1.0 + 0.3 * noise)
+                is_post = any(key in name for key in ("post_attention_layernorm", "post_feedforward_layernorm"))
+                offset = post_norm_offset if post_norm_offset is not None and is_post else norm_offset
+                p.copy_(offset + 0.3 * noise)
             else:
                 raise ValueError(f"unhandled parameter {name} {tuple(p.shape)}")
+        params = set(dict(model.named_parameters(remove_duplicate=False)))
+        buffers = dict(model.named_buffers())
+        for name in model.state_dict():
+            if name in params:
+                continue
+            if name.endswith(".layer_scalar"):
+                buf = buffers[name]
+                buf.copy_(0.5 + torch.rand(buf.shape, generator=gen, dtype=torch.float32))
+            else:
+                raise ValueError(f"unhandled persistent buffer {name}")
 
 
 def llama_family_common(vocab: int) -> dict:
@@ -377,6 +522,41 @@ LLAMA3_ROPE = {
     "high_freq_factor": 4.0,
     "original_max_position_embeddings": 16,
 }
+
+
+SLIDING, FULL = "sliding_attention", "full_attention"
+GEMMA_WINDOW = 4  # sliding window of gemma2/3/4: query q sees keys k with q - k < 4 (< PROMPT_LEN < SEQ)
+
+
+def gemma_common(vocab: int) -> dict:
+    """Keys shared by the gemma fixtures: tied embeddings, Gemma's <pad>=0 / <bos>=2 ids, no eos, eps 1e-6."""
+    return dict(
+        vocab_size=vocab,
+        hidden_size=HIDDEN,
+        intermediate_size=GEMMA_INTERMEDIATE,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=None,
+    )
+
+
+# Gemma 3: local (sliding) layers rope_theta 1e4, global layers 1e6 with linear scaling 8 (as gemma-3-4b and up)
+GEMMA3_ROPE = {
+    SLIDING: {"rope_type": "default", "rope_theta": 10000.0},
+    FULL: {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+}
+# Gemma 4 (Gemma4TextConfig's defaults, spelled out): full-attention layers use "proportional" rope on a quarter of
+# the (global) head dim
+GEMMA4_ROPE = {
+    SLIDING: {"rope_type": "default", "rope_theta": 10000.0},
+    FULL: {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1000000.0},
+}
+# gemma4_kv's config.json is rewritten in the Hub's spelling (see ``hub_style_gemma4_config``)
+GEMMA4_KV_GLOBAL = {"global_head_dim": 16, "num_global_key_value_heads": 1}
 
 
 def build(name: str, vocab: int) -> torch.nn.Module:
@@ -452,11 +632,96 @@ def build(name: str, vocab: int) -> torch.nn.Module:
             num_labels=10,
         )
         return ViTForImageClassification(cfg) if name == "vit" else ViTModel(cfg, add_pooling_layer=True)
+    if name == "gemma":
+        cfg = GemmaConfig(
+            **gemma_common(vocab),
+            num_hidden_layers=2,
+            num_key_value_heads=1,  # MQA, as gemma-2b
+            head_dim=12,  # != 24 / 4: q_proj 24 -> 48, o_proj 48 -> 24
+            hidden_act="gelu_pytorch_tanh",
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        )
+        return GemmaForCausalLM(cfg)
+    if name == "gemma2":
+        cfg = Gemma2Config(
+            **gemma_common(vocab),
+            num_hidden_layers=3,
+            num_key_value_heads=2,
+            head_dim=8,
+            hidden_activation="gelu_pytorch_tanh",
+            query_pre_attn_scalar=6,  # scores * 6**-0.5, not head_dim**-0.5 (hidden / heads, as gemma-2-27b)
+            sliding_window=GEMMA_WINDOW,
+            layer_types=[SLIDING, FULL, SLIDING],
+            attn_logit_softcapping=3.0,
+            final_logit_softcapping=4.0,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        )
+        return Gemma2ForCausalLM(cfg)
+    if name == "gemma3":
+        cfg = Gemma3TextConfig(
+            **gemma_common(vocab),
+            num_hidden_layers=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            hidden_activation="gelu_pytorch_tanh",
+            query_pre_attn_scalar=12,
+            sliding_window=GEMMA_WINDOW,
+            layer_types=[SLIDING, SLIDING, SLIDING, FULL],
+            rope_parameters={k: dict(v) for k, v in GEMMA3_ROPE.items()},
+            attn_logit_softcapping=None,  # transformers' Gemma3Attention never applies it (see check_config_effects)
+            final_logit_softcapping=4.0,
+        )
+        return Gemma3ForCausalLM(cfg)
+    if name == "gemma4":
+        cfg = Gemma4TextConfig(
+            **gemma_common(vocab),
+            num_hidden_layers=6,
+            num_key_value_heads=1,
+            head_dim=8,
+            global_head_dim=16,  # full-attention layers' head dim; saved as per_layer_config {"2"/"5": head_dim 16}
+            hidden_activation="gelu_pytorch_tanh",
+            sliding_window=GEMMA_WINDOW,
+            layer_types=[SLIDING, SLIDING, FULL, SLIDING, SLIDING, FULL],
+            rope_parameters={k: dict(v) for k, v in GEMMA4_ROPE.items()},
+            final_logit_softcapping=4.0,
+            hidden_size_per_layer_input=4,  # PLE table [352, 6 * 4]
+            vocab_size_per_layer_input=vocab,
+            num_kv_shared_layers=2,  # layers 4 (sliding) and 5 (full) reuse the K/V of layers 3 and 2
+            use_double_wide_mlp=True,  # ... and have MLP width 2 * 32
+            attention_k_eq_v=False,
+            enable_moe_block=False,
+        )
+        return Gemma4ForCausalLM(cfg)
+    if name == "gemma4_kv":
+        cfg = Gemma4TextConfig(
+            **gemma_common(vocab),
+            num_hidden_layers=4,
+            num_key_value_heads=2,  # sliding layers
+            head_dim=8,
+            **GEMMA4_KV_GLOBAL,  # full layers: head_dim 16, 1 kv head
+            hidden_activation="gelu_pytorch_tanh",
+            sliding_window=GEMMA_WINDOW,
+            layer_types=[SLIDING, FULL, SLIDING, FULL],
+            rope_parameters={k: dict(v) for k, v in GEMMA4_ROPE.items()},
+            final_logit_softcapping=4.0,
+            hidden_size_per_layer_input=0,  # no per-layer inputs
+            vocab_size_per_layer_input=vocab,
+            num_kv_shared_layers=0,
+            use_double_wide_mlp=False,
+            attention_k_eq_v=True,  # full layers: no v_proj, values = v_norm(k_proj(x))
+            enable_moe_block=False,
+        )
+        return Gemma4ForCausalLM(cfg)
     raise ValueError(name)
 
 
 def finalize(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-    redraw_(model, seed)
+    # Gemma 1-3 RMSNorms scale by (1 + weight), Gemma 4's by weight; Gemma 2-4 have post-norms (in Gemma 1, as in
+    # Llama, post_attention_layernorm is the norm BEFORE the MLP)
+    model_type = model.config.model_type
+    norm_offset = 0.0 if model_type in ("gemma", "gemma2", "gemma3_text") else 1.0
+    post_norm_offset = {"gemma2": 2.0, "gemma3_text": 2.0, "gemma4_text": 3.0}.get(model_type)
+    redraw_(model, seed, norm_offset=norm_offset, post_norm_offset=post_norm_offset)
     model = model.to(torch.float32).eval()
     if getattr(model, "generation_config", None) is not None and model.can_generate():
         model.generation_config.eos_token_id = None
@@ -542,26 +807,66 @@ def reference(name: str, model: torch.nn.Module, vocab: int, seed: int) -> dict[
     return ref
 
 
+def _variant(model: torch.nn.Module, changes: dict, state_changes: dict | None = None, attn: str | None = None):
+    """The same weights under a config with ``changes`` (and state-dict entries replaced by ``state_changes``)."""
+    cfg = model.config.to_dict() | changes
+    other = type(model)(type(model.config).from_dict(cfg)).eval()
+    if attn is not None:
+        other.set_attn_implementation(attn)
+    other.load_state_dict(model.state_dict() | (state_changes or {}))
+    return other
+
+
 def check_config_effects(name: str, model: torch.nn.Module, ref: dict[str, np.ndarray]) -> str:
-    """Verify that the config knob the fixture is about changes the outputs (else the fixture proves nothing)."""
+    """Verify that each config knob the fixture is about changes the outputs (else the fixture proves nothing).
+
+    Each variant loads the same weights into a model whose config lacks the knob; the max |logits difference| over
+    ``input_ids`` must exceed 1e-2.  Sliding windows are disabled by a window of 64 >= every sequence length (Gemma's
+    layer types, and with them Gemma 3/4's per-type rope, stay); the logits at positions 0-3 (q - k < 4 for every key)
+    must then be unchanged and those at position 4 changed.  Gemma 3's ``attn_logit_softcapping`` is checked to be
+    INERT: transformers' Gemma3Attention never passes it to the attention function (eager or sdpa), so the fixture
+    leaves it None (as every Gemma 3 checkpoint does) rather than store a value transformers ignores.
+    """
+    default_rope = {"rope_type": "default", "rope_theta": 10000.0}
+    variants: list[tuple[str, dict, dict | None]] = []
     if name == "llama":
-        cfg = model.config.to_dict()
-        cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0}
-        other = LlamaForCausalLM(LlamaConfig.from_dict(cfg)).eval()
-    elif name == "mistral":
-        cfg = model.config.to_dict()
-        cfg["sliding_window"] = None
-        other = MistralForCausalLM(MistralConfig.from_dict(cfg)).eval()
-    else:
-        return ""
-    other.load_state_dict(model.state_dict())
-    alt = logits_of(other, ref["input_ids"])
-    diff = float(np.abs(alt - ref["logits"]).max())
-    assert diff > 1e-2, f"{name}: the rope scaling / sliding window does not change the logits ({diff})"
-    if name == "mistral":  # query q sees keys k with q - k < 4: positions 0-3 unaffected, 4 is not
+        variants.append(("llama3 rope", {"rope_parameters": default_rope}, None))
+    if name == "mistral":
+        variants.append(("sliding window", {"sliding_window": None}, None))
+    if name in ("gemma2", "gemma3", "gemma4", "gemma4_kv"):
+        variants.append(("sliding window", {"sliding_window": 64}, None))
+        variants.append(("final softcap", {"final_logit_softcapping": None}, None))
+    if name == "gemma2":
+        variants.append(("attn softcap", {"attn_logit_softcapping": None}, None))
+    if name in ("gemma2", "gemma3"):
+        variants.append(("query_pre_attn_scalar (-> head_dim)", {"query_pre_attn_scalar": model.config.head_dim}, None))
+    if name == "gemma3":
+        rope = GEMMA3_ROPE | {FULL: {"rope_type": "default", "rope_theta": 1000000.0}}
+        variants.append(("global linear rope scaling", {"rope_parameters": rope}, None))
+        rope = GEMMA3_ROPE | {SLIDING: {"rope_type": "default", "rope_theta": 1000000.0}}
+        variants.append(("local rope_theta 1e4 (-> 1e6)", {"rope_parameters": rope}, None))
+    if name in ("gemma4", "gemma4_kv"):
+        scalars = {k: torch.ones_like(v) for k, v in model.state_dict().items() if k.endswith(".layer_scalar")}
+        variants.append(("layer_scalar (-> 1)", {}, scalars))
+        rope = GEMMA4_ROPE | {FULL: GEMMA4_ROPE[FULL] | {"partial_rotary_factor": 1.0}}
+        variants.append(("partial_rotary_factor 0.25 (-> 1)", {"rope_parameters": rope}, None))
+
+    notes = []
+    for label, changes, state_changes in variants:
+        alt = logits_of(_variant(model, changes, state_changes), ref["input_ids"])
         per_pos = np.abs(alt - ref["logits"]).max(axis=(0, 2))
-        assert (per_pos[:4] < 1e-5).all() and per_pos[4] > 1e-2, per_pos
-    return f" (max |logits - logits without {'llama3 rope' if name == 'llama' else 'sliding window'}| = {diff:.3f})"
+        diff = float(per_pos.max())
+        assert diff > 1e-2, f"{name}: {label} does not change the logits ({diff})"
+        if label == "sliding window":  # query q sees keys k with q - k < 4: positions 0-3 unaffected, 4 is not
+            assert (per_pos[:4] < 1e-5).all() and per_pos[4] > 1e-2, (name, per_pos)
+        notes.append(f"{label}: {diff:.3f}")
+    if name == "gemma3":
+        for attn in ("sdpa", "eager"):
+            alt = logits_of(_variant(model, {"attn_logit_softcapping": 1.0}, attn=attn), ref["input_ids"])
+            diff = float(np.abs(alt - ref["logits"]).max())
+            assert diff < 1e-5, f"gemma3: attn_logit_softcapping=1 changes the {attn} logits ({diff})"
+            notes.append(f"attn softcap 1.0 ({attn}, inert): {diff:.1e}")
+    return f" (max |logits - logits without| {'; '.join(notes)})" if notes else ""
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -571,28 +876,97 @@ def dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def main() -> None:
+NAMES = [
+    "gpt2",
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "bert",
+    "vit",
+    "vit_model",
+    "gemma",
+    "gemma2",
+    "gemma3",
+    "gemma4",
+    "gemma4_kv",
+]  # fixture i gets seed 1000 + i, whichever fixtures a run rebuilds
+TOK_KIND = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen2": "qwen", "qwen3": "llama", "bert": "bert"}
+TOK_KIND |= {name: "gemma" for name in NAMES if name.startswith("gemma")}
+
+
+def hub_style_gemma4_config(d: Path, model: torch.nn.Module) -> None:
+    """Rewrite ``d/config.json`` of gemma4_kv in the spelling of Gemma 4 checkpoints on the Hub.
+
+    transformers 5.25's Gemma4TextConfig turns the Hub's ``global_head_dim`` / ``num_global_key_value_heads`` keys
+    into a ``per_layer_config`` ({layer index: overrides} for every full-attention layer) and saves only that.  The
+    gemma4 fixture keeps what save_pretrained wrote; gemma4_kv gets the Hub's keys instead (and no
+    ``per_layer_config``), so a loader must read both spellings.  The reload check in ``main`` proves transformers reads
+    this file back to the same per-layer config and logits.
+    """
+    path = d / "config.json"
+    text = path.read_text()
+    cfg = json.loads(text)
+    assert json.dumps(cfg, indent=2, sort_keys=True) + "\n" == text, "config.json layout changed"
+    overrides = {"head_dim": GEMMA4_KV_GLOBAL["global_head_dim"]}
+    overrides["num_key_value_heads"] = GEMMA4_KV_GLOBAL["num_global_key_value_heads"]
+    expected = {str(i): overrides for i, kind in enumerate(model.config.layer_types) if kind == FULL}
+    assert cfg.pop("per_layer_config") == expected, "unexpected per_layer_config"
+    cfg |= GEMMA4_KV_GLOBAL
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def check_tokenizer(name: str, kind: str, d: Path, vocab: int, ref: dict[str, np.ndarray]) -> None:
+    """Store ``text`` / ``text_ids`` / ``text_ids_plain`` and check every way of loading the tokenizer agrees."""
+    text = GEMMA_TEXT if kind == "gemma" else TEXT
+    loaded = AutoTokenizer.from_pretrained(d)
+    raw = Tokenizer.from_file(str(d / "tokenizer.json"))
+    ref["text"] = np.array(text)
+    ref["text_ids"] = np.asarray(loaded(text)["input_ids"], np.int32)
+    ref["text_ids_plain"] = np.asarray(raw.encode(text, add_special_tokens=False).ids, np.int32)
+    # AutoTokenizer (class picked from config.json's model_type / tokenizer_config.json), the generic fast class and
+    # plain `tokenizers` must agree, else the fixture depends on how a reader loads it
+    generic = PreTrainedTokenizerFast.from_pretrained(d)(text)["input_ids"]
+    assert ref["text_ids"].tolist() == generic == raw.encode(text).ids, (name, type(loaded).__name__)
+    assert len(loaded) == vocab, (name, len(loaded), vocab)
+    assert loaded.unk_token_id not in ref["text_ids_plain"] or kind in ("gpt2", "qwen"), f"{name}: <unk>"
+    if kind != "bert":  # bert lowercases and the WordPiece decoder spaces out punctuation
+        assert loaded.decode(ref["text_ids_plain"]) == text, (name, loaded.decode(ref["text_ids_plain"]))
+        assert raw.decode(ref["text_ids_plain"].tolist()) == text, (name, raw.decode(ref["text_ids_plain"].tolist()))
+    if kind == "gemma":
+        assert type(loaded).__name__ == "GemmaTokenizer", (name, type(loaded).__name__)
+        assert ref["text_ids"][0] == loaded.bos_token_id == 2 and ref["text_ids"][1:].tolist() == generic[1:]
+        # exactly the characters outside the training lines fall back to their UTF-8 bytes: <0xXX> has id 5 + XX
+        known = set("".join(_corpus_lines()))
+        byte_ids = [i for i in ref["text_ids_plain"].tolist() if 5 <= i < 5 + 256]
+        assert bytes(i - 5 for i in byte_ids) == "".join(c for c in text if c not in known).encode(), (name, byte_ids)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"fixtures to (re)build (default: all): {NAMES}")
+    selected = parser.parse_args(argv).names or NAMES
+    if unknown := [name for name in selected if name not in NAMES]:
+        parser.error(f"unknown fixtures {unknown}; choose from {NAMES}")
     transformers.utils.logging.disable_progress_bar()
     torch.manual_seed(0)  # every model / input also gets its own fixed seed below
-    if OUT.exists():
-        for child in OUT.iterdir():
-            if child.is_dir():
-                shutil.rmtree(child)
     OUT.mkdir(parents=True, exist_ok=True)
+    for name in selected:  # only the fixtures being rebuilt; the others stay as they are
+        if (OUT / name).exists():
+            shutil.rmtree(OUT / name)
 
     toks = {
         "gpt2": train_gpt2_tokenizer(GPT2_VOCAB),
         "llama": train_llama_tokenizer(LLAMA_VOCAB),
         "qwen": train_qwen_tokenizer(QWEN_VOCAB),
         "bert": train_bert_tokenizer(BERT_VOCAB),
+        "gemma": train_gemma_tokenizer(GEMMA_VOCAB),
     }
-    tok_kind = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen2": "qwen", "qwen3": "llama", "bert": "bert"}
 
-    names = ["gpt2", "llama", "mistral", "qwen2", "qwen3", "bert", "vit", "vit_model"]
-    for i, name in enumerate(names):
-        seed = 1000 + i
+    for name in [n for n in NAMES if n in selected]:
+        seed = 1000 + NAMES.index(name)
         torch.manual_seed(seed)
-        kind = tok_kind.get(name)
+        kind = TOK_KIND.get(name)
         vocab = toks[kind].get_vocab_size(with_added_tokens=True) if kind else 0
         model = finalize(build(name, vocab), seed)
         ref = reference(name, model, vocab, seed)
@@ -606,26 +980,18 @@ def main() -> None:
         else:
             model.save_pretrained(d)
             assert (d / "model.safetensors").exists()
+        if name == "gemma4_kv":
+            hub_style_gemma4_config(d, model)
 
         reloaded = type(model).from_pretrained(d).eval()
         assert np.array_equal(forward_logits(reloaded, ref), ref["logits"]), f"{name}: reloaded checkpoint differs"
+        skip = ("_name_or_path", "architectures", "dtype")  # set by saving / loading
+        a, b = ({k: v for k, v in m.config.to_dict().items() if k not in skip} for m in (reloaded, model))
+        assert a == b, f"{name}: config.json reads back differently: {a} != {b}"
 
         if kind:
-            fast = wrap_fast(toks[kind], kind)
-            fast.save_pretrained(d)
-            loaded = AutoTokenizer.from_pretrained(d)
-            raw = Tokenizer.from_file(str(d / "tokenizer.json"))
-            ref["text"] = np.array(TEXT)
-            ref["text_ids"] = np.asarray(loaded(TEXT)["input_ids"], np.int32)
-            ref["text_ids_plain"] = np.asarray(raw.encode(TEXT, add_special_tokens=False).ids, np.int32)
-            # AutoTokenizer (class picked from config.json's model_type), the generic fast class and plain
-            # `tokenizers` must agree, else the fixture depends on how a reader loads it
-            generic = PreTrainedTokenizerFast.from_pretrained(d)(TEXT)["input_ids"]
-            assert ref["text_ids"].tolist() == generic == raw.encode(TEXT).ids, (name, type(loaded).__name__)
-            assert len(loaded) == vocab, (name, len(loaded), vocab)
-            assert loaded.unk_token_id not in ref["text_ids_plain"] or kind in ("gpt2", "qwen"), f"{name}: <unk>"
-            if kind != "bert":  # bert lowercases and the WordPiece decoder spaces out punctuation
-                assert loaded.decode(ref["text_ids_plain"]) == TEXT, (name, loaded.decode(ref["text_ids_plain"]))
+            wrap_fast(toks[kind], kind).save_pretrained(d)
+            check_tokenizer(name, kind, d, vocab, ref)
 
         for key, val in ref.items():
             assert val.dtype.kind == "U" or np.isfinite(val).all(), (name, key)
@@ -633,6 +999,9 @@ def main() -> None:
             f"{name}: logits badly scaled"
         )
         np.savez(d / "reference.npz", **ref)
+        for f in d.rglob("*"):
+            if f.is_file():
+                f.chmod(0o644)  # safetensors writes 0600
 
         lg = ref["logits"]
         greedy = ref.get("greedy")
@@ -645,33 +1014,53 @@ def main() -> None:
         if kind:
             print(f"         text_ids={ref['text_ids'].tolist()}  plain={ref['text_ids_plain'].tolist()}")
 
-    (OUT / "README.md").write_text(README.format(tv=transformers.__version__, tt=torch.__version__))
-    for f in OUT.rglob("*"):
-        if f.is_file():
-            f.chmod(0o644)  # safetensors writes 0600
+    versions = {}  # transformers version -> fixtures it made (from each config.json)
+    for name in NAMES:
+        if (OUT / name / "config.json").exists():
+            v = json.loads((OUT / name / "config.json").read_text())["transformers_version"]
+            versions.setdefault(v, []).append(name)
+    made_with = "".join(
+        "\n" + textwrap.fill(f"- transformers {v}: {', '.join(ns)}", width=116, subsequent_indent="  ")
+        for v, ns in sorted(versions.items())
+    )
+    (OUT / "README.md").write_text(README.format(made_with=made_with, tt=torch.__version__.split("+")[0]))
+    (OUT / "README.md").chmod(0o644)
     total = dir_size(OUT)
     print(f"total size of {OUT.relative_to(ROOT)}: {total} bytes ({total / 1024:.1f} KiB)")
-    if total > 800 * 1024:
+    if total > MAX_TOTAL_KIB * 1024:
         sys.exit("fixtures too large: shrink the models")
 
 
 README = """\
 # Tiny pretrained-checkpoint fixtures
 
-Random-init (not trained) Hugging Face checkpoints of eight architectures (gpt2, llama, mistral, qwen2,
-qwen3, bert, vit, vit_model; d_model 24, 2 layers, 4 heads), each saved with `save_pretrained` (safetensors; llama is
-sharded with a `model.safetensors.index.json`) together with its tokenizer (`tokenizer.json` +
-`tokenizer_config.json`, trained on a short Shakespeare passage; none for vit) and `reference.npz` holding
-inputs and the outputs transformers computes:
+Random-init (not trained) Hugging Face checkpoints of thirteen architectures / configurations: gpt2, llama,
+mistral, qwen2, qwen3, bert, vit, vit_model (d_model 24, 2 layers, 4 heads) and gemma, gemma2, gemma3, gemma4,
+gemma4_kv (d_model 24, 2-6 layers, explicit head dims, sliding window 4, soft-capped logits; Gemma 4 text with
+per-layer inputs, KV sharing, double-wide MLPs, or K = V full-attention layers with another head dim and kv-head
+count). Each is saved with `save_pretrained` (safetensors; llama is sharded with a `model.safetensors.index.json`;
+gemma4_kv's config.json spells the full-attention head dim / kv heads as the Hub's Gemma 4 configs do,
+`global_head_dim` / `num_global_key_value_heads`, where gemma4 keeps transformers' `per_layer_config`) together with
+its tokenizer (`tokenizer.json` + `tokenizer_config.json`, trained on a short Shakespeare passage; none for vit; the
+gemma fixtures share a Gemma-style BPE with byte fallback) and `reference.npz` holding inputs and the outputs
+transformers computes:
 `input_ids` / `pixel_values`, `logits`, `hidden`, `greedy` (decoder LMs), `attention_mask` / `token_type_ids`
-(bert), `hidden_states_last` (vit), `pooled` (vit_model), `text`, `text_ids`, `text_ids_plain`.
+(bert), `hidden_states_last` (vit), `pooled` (vit_model), `text`, `text_ids`, `text_ids_plain` (the gemma fixtures'
+`text` has characters outside the tokenizer's vocabulary, which encode as `<0xXX>` byte tokens).
 
-Made by `experiments/make_pretrained_fixtures.py` (its docstring describes every array) with
-transformers {tv} and torch {tt} on CPU in float32. Regenerate with
+Made by `experiments/make_pretrained_fixtures.py` (its docstring describes every array and config) with torch
+{tt} on CPU in float32 and (each config.json's `transformers_version`):
+{made_with}
+
+Regenerate all with
 
     .venv/bin/python experiments/make_pretrained_fixtures.py
 
-which overwrites this directory. Loading these files needs neither transformers nor torch.
+or only some (the others stay untouched), e.g.
+
+    .venv/bin/python experiments/make_pretrained_fixtures.py gemma gemma2 gemma3 gemma4 gemma4_kv
+
+Loading these files needs neither transformers nor torch.
 """
 
 

@@ -30,6 +30,12 @@ def set_cache_index(model: nnx.Module, index: jax.Array) -> None:
     index = checks.check_array("index", index)
     checks.check_integer("index", index)
     caches = list(_caches(model))  # none for a model without attention (or before init_cache): nothing to set
+    if any(attention.is_ring_cache for attention in caches):
+        raise ValueError(
+            "set_cache_index cannot move a ring-buffer cache (a sliding-window layer keeps only its last window, "
+            "so moving back would expose overwritten slots). Prefill right-padded prompts with decode=True and "
+            "`valid` instead: each row's cache then advances by its real tokens."
+        )
     for attention in caches[:1]:
         batch, max_len = attention.cache_index.shape[-1], attention.cached_key.shape[-3]
         if index.shape not in ((), (batch,)):

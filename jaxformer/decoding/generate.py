@@ -77,8 +77,10 @@ def prefill(model: nnx.Module, prompt: jax.Array, lengths: jax.Array) -> jax.Arr
         logits = model(prompt, decode=True)
         set_cache_index(model, lengths)
         return logits[rows, lengths - 1]
-    hidden = model.hidden_states(prompt, decode=True)  # GPT: the head runs on the last real tokens only
-    set_cache_index(model, lengths)
+    # GPT: the cache advances by each prompt's real tokens (ring buffers keep no padding); the head runs on the
+    # last real tokens only.
+    valid = jnp.arange(prompt.shape[1])[None, :] < lengths[:, None]
+    hidden = model.hidden_states(prompt, decode=True, valid=valid)
     return model.head(hidden[rows, lengths - 1][:, None])[:, 0]
 
 

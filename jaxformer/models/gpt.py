@@ -97,7 +97,8 @@ class GPT(nnx.Module):
 
         positions: int `[B, T]` (default `arange(T)`, or onwards from the cache index with `decode=True`).
         segment_ids: int `[B, T]` for packed sequences: tokens attend only within their segment (pass the
-        per-segment `positions` too). valid: bool `[B, T]`, False at padding (masked as keys; BatchNorm stats).
+        per-segment `positions` too). valid: bool `[B, T]`, False at padding (masked as keys; BatchNorm stats);
+        with `decode=True` right padding only (a True prefix per row: each row's cache advances by its count).
         """
         return self.head(
             self.hidden_states(tokens, positions=positions, segment_ids=segment_ids, valid=valid, decode=decode)
@@ -119,15 +120,16 @@ class GPT(nnx.Module):
         tokens = check_tokens("tokens", tokens, cfg.vocab_size, max_len)
         T = tokens.shape[1]
         valid = check_valid("valid", valid, tokens.shape)
-        if decode and (segment_ids is not None or valid is not None):
-            raise ValueError("decode=True takes neither segment_ids nor valid: the KV cache's index marks each length.")
+        if decode and segment_ids is not None:
+            raise ValueError("decode=True takes no segment_ids: the KV cache holds one sequence per row.")
         if decode:
             index = self.blocks.cache_index(T)  # raises if the T tokens would not fit the cache
             if positions is None:
                 positions = index[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]
         # Segment ids go to attention as they are: blockwise / pallas then need no [B, T, T] mask array (and
-        # blockwise skips the key blocks of other documents).
-        mask = None if valid is None else ops.padding_mask(valid)
+        # blockwise skips the key blocks of other documents). Decoding takes `valid` as right padding: the cache
+        # advances by each row's real tokens, and causality hides the padding keys (no mask needed).
+        mask = None if valid is None or decode else ops.padding_mask(valid)
         x = self.embed(tokens, positions=positions, valid=valid)
         x = self.blocks(x, mask=mask, valid=valid, positions=positions, segment_ids=segment_ids, decode=decode)
         chex.assert_shape(x, (*jnp.shape(tokens), self.config.d_model))  # the residual stream, [B, T, D]

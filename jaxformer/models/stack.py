@@ -118,19 +118,28 @@ class BlockStack(nnx.Module):
         for block in self.tail or ():
             block.init_cache(batch_size, max_len, dtype)
 
+    def _attentions(self):
+        """(self-attention, whether its cache is stacked [L // P, ...]) of every layer, in order."""
+        if not self.scan:
+            yield from ((block.self_attention, False) for block in self.layers)
+            return
+        group = [self.layers] if self.period == 1 else list(self.layers.blocks)
+        yield from ((block.self_attention, True) for block in group)
+        yield from ((block.self_attention, False) for block in self.tail or ())
+
     def cache_index(self, num_tokens: int | None = None) -> jax.Array:
         """The number of tokens cached so far, `[B]` (the same in every layer). With `num_tokens`, also checks
-        that so many more fit the cache (a ValueError naming the overflow, when the index is known)."""
-        if not self.scan:
-            attention = self.layers[0].self_attention
-        else:
-            attention = (self.layers if self.period == 1 else self.layers.blocks[0]).self_attention
+        that so many more fit the cache (a ValueError naming the overflow, when the index is known); ring buffers
+        (sliding-window layers, nn/attention.py) never overflow, so the first other layer's cache is checked."""
+        attentions = list(self._attentions())
+        attention, stacked = attentions[0]
         if attention.cache_index is None:
             raise ValueError("decode=True needs a KV cache: call init_cache(batch_size, max_len) first.")
         index = attention.cache_index[...]
-        index = index[0] if self.scan else index
-        if num_tokens is not None:
-            check_cache_room(index, num_tokens, attention.cached_key.shape[-3])
+        index = index[0] if stacked else index
+        full = [a for a, _ in attentions if not a.is_ring_cache]
+        if num_tokens is not None and full:
+            check_cache_room(index, num_tokens, full[0].cached_key.shape[-3])
         return index
 
 

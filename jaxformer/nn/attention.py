@@ -61,7 +61,8 @@ class MultiHeadAttention(nnx.Module):
     per-example index. Each call with `decode=True` appends its T tokens at the index and attends causally over
     everything cached so far, so a prompt can be prefilled in one call and then extended one or more tokens at
     a time. The cache never wraps or clamps: a call that would write past `max_len` raises (NaN under jit; see
-    `init_cache`).
+    `init_cache`). A sliding-window layer with `sliding_window = W < max_len` keeps a ring buffer of W entries
+    instead (all it can ever attend to): position p lives in slot p mod W, and it never overflows.
 
     Empty sequences are allowed with every implementation: T = 0 gives `[B, 0, D]`, cross-attention over S = 0
     keys attends to nothing (zeros before the output projection).
@@ -172,14 +173,30 @@ class MultiHeadAttention(nnx.Module):
         index is traced and cannot raise: such a call then writes nothing for the overflowing sequences and
         returns NaN for them, so an overflow is always visible. (`decoding.generate` and `beam_search` size the
         cache so that it cannot overflow.)
+
+        A layer with `sliding_window = W <= max_len` allocates W entries, a ring buffer (`is_ring_cache`): a query
+        at position p sees keys p - W < s <= p only, so older ones are never needed. Position s is kept in slot
+        s mod W; a decoding call attends over the ring's W entries and its own T new keys, then keeps the newest
+        W of them. A ring never overflows: its length is bounded by the other layers' caches (or by nothing).
         """
         batch_size = checks.check_positive_int("batch_size", batch_size)
         max_len = checks.check_positive_int("max_len", max_len)
+        if self.sliding_window is not None and self.sliding_window <= max_len:
+            max_len = self.sliding_window
         shape = (batch_size, max_len, self.num_kv_heads, self.head_dim)
         dtype = self.dtype if dtype is None else checks.check_float_dtype("dtype", dtype)
         self.cached_key = nnx.Cache(jnp.zeros(shape, dtype))
         self.cached_value = nnx.Cache(jnp.zeros(shape, dtype))
         self.cache_index = nnx.Cache(jnp.zeros((batch_size,), jnp.int32))
+
+    @property
+    def is_ring_cache(self) -> bool:
+        """Whether the KV cache is a ring buffer of `sliding_window` entries (see `init_cache`)."""
+        return (
+            self.cached_key is not None
+            and self.sliding_window is not None
+            and self.cached_key.shape[-3] == self.sliding_window
+        )
 
     # -- forward -----------------------------------------------------------------------------------------------
 
@@ -216,6 +233,7 @@ class MultiHeadAttention(nnx.Module):
         positions: jax.Array | None = None,
         segment_ids: jax.Array | None = None,
         decode: bool = False,
+        valid: jax.Array | None = None,
     ) -> jax.Array:
         """x `[B, T, D]`; context `[B, S, Dc]` for cross-attention (None: self-attention).
 
@@ -227,10 +245,15 @@ class MultiHeadAttention(nnx.Module):
         blockwise also skips other documents' blocks when the ids are non-decreasing, as packing writes them).
         decode: use and extend the KV cache (self-attention only; call `init_cache` first). Attention is then
         causal over the cache by construction, and `mask` is ANDed with it.
+        valid: with `decode=True` only, bool `[B, T]` with a True prefix per row (right-padded prompts): the cache
+        index of row b advances by its count of True, so its next call continues after its last real token, and
+        a ring buffer keeps only real tokens. (Padding keys sit after every real query: causality hides them.)
         """
         x, context, positions, segment_ids, is_causal, decode = self._check_call(
             x, context, positions, segment_ids, is_causal, decode
         )
+        if valid is not None:
+            valid = self._check_decode_valid(valid, x.shape[:2], decode)
         B, T, _ = x.shape
         if context is None:
             q, k, v = self.project_qkv(x)
@@ -247,16 +270,18 @@ class MultiHeadAttention(nnx.Module):
             q, k = ops.apply_rope(q, positions, **rope), ops.apply_rope(k, positions, **rope)
 
         overflow = None
+        key_positions = jnp.arange(k.shape[1])[None, :]  # [1|B, S]: where each key sits in the sequence
         if decode:
-            k, v, mask, overflow = self._update_cache(k, v, mask, offset)
+            count = jnp.full((B,), T, jnp.int32) if valid is None else jnp.sum(valid, axis=1, dtype=jnp.int32)
+            update = self._update_ring if self.is_ring_cache else self._update_cache
+            k, v, mask, overflow, key_positions = update(k, v, mask, offset, count)
             is_causal = False  # the cache mask is causal already
         bias = None
         if self.positional == "alibi":
             # ops.alibi_bias with arbitrary per-example query positions (a cache index, or `positions`), which
             # its scalar `offset` cannot express: -slope_n * |query position - key position|.
-            S = k.shape[1]
             q_pos = positions if positions.ndim == 2 else jnp.broadcast_to(positions, (B, T))
-            distance = jnp.abs(q_pos[:, None, :, None] - jnp.arange(S)[None, None, None, :]).astype(jnp.float32)
+            distance = jnp.abs(q_pos[:, None, :, None] - key_positions[:, None, None, :]).astype(jnp.float32)
             bias = -jnp.asarray(ops.alibi_slopes(self.num_heads))[None, :, None, None] * distance
         out = self._attend(q, k, v, mask=mask, bias=bias, segment_ids=segment_ids, is_causal=is_causal, decode=decode)
         out = jnp.einsum("BTNH,NHD->BTD", out, self.w_o[...].astype(self.dtype))
@@ -317,10 +342,54 @@ class MultiHeadAttention(nnx.Module):
                 )
         return x, context, positions, segment_ids, is_causal, decode
 
-    def _update_cache(self, k, v, mask, offset):
-        """Writes k, v `[B, T, K, H]` at each sequence's index; returns the cache, the mask over it and the
-        sequences `[B]` whose write would pass `max_len` (these are not written: dynamic_update_slice would clamp
-        the start and overwrite earlier slots)."""
+    def _check_decode_valid(self, valid, shape: tuple[int, int], decode: bool) -> jax.Array:
+        """`valid` of a decoding call: bool `[B, T]` whose rows are a True prefix (checked when known)."""
+        if not decode:
+            raise ValueError("`valid` is for decode=True calls (right-padded prompts); pass a `mask` otherwise.")
+        valid = checks.check_array("valid", valid)
+        checks.check_bool("valid", valid, meaning="True = a real token, False = padding")
+        if valid.shape != tuple(shape):
+            raise ValueError(f"`valid` must be [B, T] = {tuple(shape)}, like `x`; got {tuple(valid.shape)}.")
+        concrete = checks.concrete_or_none(valid)
+        if concrete is not None and (concrete[:, 1:] & ~concrete[:, :-1]).any():
+            b = int(np.argmax((concrete[:, 1:] & ~concrete[:, :-1]).any(axis=1)))
+            raise ValueError(
+                f"`valid` with decode=True must mark right-padded rows (True, then only False); row {b} is "
+                f"{concrete[b].astype(int).tolist()}."
+            )
+        return valid
+
+    def _update_ring(self, k, v, mask, offset, count):
+        """A sliding-window layer's step over its ring buffer of W slots (slot s holds the newest cached position
+        congruent to s mod W): attends over the W cached keys and the T new ones, then stores the newest real
+        ones. Returns keys and values `[B, W + T, K, H]`, the mask over them, no overflow, and their positions."""
+        W, T = self.sliding_window, k.shape[1]
+        slots = jnp.arange(W, dtype=jnp.int32)[None, :]
+        last = offset[:, None] - 1  # the newest cached position, per sequence
+        cached_pos = last - jnp.mod(last - slots, W)  # [B, W]; < 0: a slot not written yet
+        new_pos = offset[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]  # [B, T]
+        key_pos = jnp.concatenate([cached_pos, new_pos], axis=1)  # [B, W + T]
+        key_ok = jnp.concatenate([cached_pos >= 0, jnp.arange(T)[None, :] < count[:, None]], axis=1)
+        q, s = new_pos[:, :, None], key_pos[:, None, :]
+        visible = key_ok[:, None, :] & (s <= q) & (s > q - W)  # [B, T, W + T]
+        keys = jnp.concatenate([self.cached_key[...], k.astype(self.cached_key.dtype)], axis=1)
+        values = jnp.concatenate([self.cached_value[...], v.astype(self.cached_value.dtype)], axis=1)
+
+        # Slot s now holds the newest real position congruent to s: a new one when it is >= offset.
+        newest = offset[:, None] + count[:, None] - 1
+        pos = newest - jnp.mod(newest - slots, W)  # [B, W]
+        take_new = (pos >= offset[:, None])[:, :, None, None]
+        row = jnp.clip(pos - offset[:, None], 0, max(T - 1, 0))[:, :, None, None]
+        if T:
+            self.cached_key[...] = jnp.where(take_new, jnp.take_along_axis(keys[:, W:], row, axis=1), keys[:, :W])
+            self.cached_value[...] = jnp.where(take_new, jnp.take_along_axis(values[:, W:], row, axis=1), values[:, :W])
+        self.cache_index[...] = offset + count
+        return keys, values, ops.combine_masks(mask, visible[:, None]), None, key_pos
+
+    def _update_cache(self, k, v, mask, offset, count):
+        """Writes k, v `[B, T, K, H]` at each sequence's index (which then advances by `count [B]`); returns the
+        cache, the mask over it, the sequences `[B]` whose write would pass `max_len` (these are not written:
+        dynamic_update_slice would clamp the start and overwrite earlier slots) and the keys' positions."""
         B, T = k.shape[:2]
         max_len = self.cached_key.shape[1]
         check_cache_room(offset, T, max_len)
@@ -336,13 +405,20 @@ class MultiHeadAttention(nnx.Module):
         write = jax.vmap(write_one)
         self.cached_key[...] = write(self.cached_key[...], k.astype(self.cached_key.dtype), offset, overflow)
         self.cached_value[...] = write(self.cached_value[...], v.astype(self.cached_value.dtype), offset, overflow)
-        self.cache_index[...] = offset + T
+        self.cache_index[...] = offset + count
         # [B, 1, T, max_len]; being causal it also hides the slots not written yet.
         if self.sliding_window is None:
             cache_mask = ops.causal_mask(T, max_len, offset=offset)
         else:
             cache_mask = ops.sliding_window_mask(T, max_len, window=self.sliding_window, offset=offset)
-        return self.cached_key[...], self.cached_value[...], ops.combine_masks(mask, cache_mask), overflow
+        key_positions = jnp.arange(max_len)[None, :]
+        return (
+            self.cached_key[...],
+            self.cached_value[...],
+            ops.combine_masks(mask, cache_mask),
+            overflow,
+            key_positions,
+        )
 
     def _attend(self, q, k, v, *, mask, bias, segment_ids, is_causal, decode):
         use_dropout = self.dropout_rate > 0 and not self.deterministic

@@ -334,14 +334,21 @@ class DecoderBlock(nnx.Module):
         decode: bool = False,
     ) -> jax.Array:
         """x `[B, T, D]`; context `[B, S, Dc]` (needed iff the block has cross-attention); mask is ANDed with
-        the causal mask; context_mask broadcastable to `[B, N, T, S]`; valid `[B, T]` (BatchNorm only);
-        segment_ids int `[B, T]` (packed sequences; see MultiHeadAttention)."""
+        the causal mask; context_mask broadcastable to `[B, N, T, S]`; valid `[B, T]` (BatchNorm; with
+        `decode=True` the right-padded rows' real tokens, see MultiHeadAttention); segment_ids int `[B, T]`
+        (packed sequences; see MultiHeadAttention)."""
         if (context is None) != (self.cross_attention is None):
             raise ValueError("DecoderBlock: pass `context` exactly when the block was built with cross_attention.")
 
         def self_attend(h):
             return self.self_attention(
-                h, mask=mask, is_causal=not decode, positions=positions, segment_ids=segment_ids, decode=decode
+                h,
+                mask=mask,
+                is_causal=not decode,
+                positions=positions,
+                segment_ids=segment_ids,
+                decode=decode,
+                valid=valid if decode else None,
             )
 
         x = self.self_residual(self_attend, x, valid)

@@ -403,10 +403,14 @@ def _gemma_fields(keys: _Keys, family: str) -> dict:
             f"config.json: layer_types {unknown} are not supported; jaxformer computes {sorted(_GEMMA_LAYER_TYPES)}."
         )
     layer_types = tuple(_GEMMA_LAYER_TYPES[t] for t in hf_types)
+    attention_cap = keys.take("attn_logit_softcapping", None)
+    if family == "gemma3_text":
+        # Gemma 3 files carry the key, but transformers' Gemma3Attention never applies it (nor did Google's Gemma 3).
+        attention_cap = None
     fields.update(
         sandwich_norm=True,
         attention_scale=float(keys.take("query_pre_attn_scalar", head_dim)) ** -0.5,
-        attention_logit_softcap=keys.take("attn_logit_softcapping", None),
+        attention_logit_softcap=attention_cap,
         final_logit_softcap=keys.take("final_logit_softcapping", None),
         qk_norm=family == "gemma3_text",
         layer_types=None if "local" not in layer_types else layer_types,
@@ -503,6 +507,7 @@ def _gemma_family(cfg: ModelConfig, need) -> str:
         need(cfg.attention_scale in (None, cfg.head_dim**-0.5), "Gemma 1 scales logits by head_dim^-1/2")
         return "gemma"
     if cfg.qk_norm:
+        need(cfg.attention_logit_softcap is None, "Gemma 3 with an attention soft-cap (transformers ignores it)")
         return "gemma3_text"
     need(cfg.local_rope_base is None and cfg.local_rope_scaling is None, "Gemma 2: one RoPE for every layer")
     return "gemma2"

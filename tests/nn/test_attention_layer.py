@@ -118,6 +118,46 @@ def test_cached_decoding_with_a_sliding_window(positional):
     np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), full, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("positional", ["rope", "alibi"])
+def test_a_window_shorter_than_the_cache_decodes_from_a_ring_of_window_entries(positional):
+    """Right-padded rows of 5 and 2 real tokens, prefilled at once (valid= marks them), then 3 steps of one token:
+    each row equals its own teacher-forced pass, though the cache holds only the last W = 3 keys."""
+    m = randomize(
+        nn.MultiHeadAttention(D, N, num_kv_heads=K, positional=positional, sliding_window=3, rngs=nnx.Rngs(0))
+    )
+    x = np.random.default_rng(3).normal(size=(2, 8, D)).astype(np.float32)
+    m.init_cache(2, 16)
+    assert m.is_ring_cache and m.cached_key.shape == (2, 3, K, D // N)
+    lengths = np.array([5, 2])
+    valid = np.arange(5)[None, :] < lengths[:, None]
+    prefill = m(x[:, :5], decode=True, valid=valid)
+    np.testing.assert_array_equal(m.cache_index[...], lengths)
+    steps = [m(x[:, 5 + i : 6 + i], decode=True) for i in range(3)]
+    for b, n in enumerate(lengths):
+        row = np.concatenate([x[b, :n], x[b, 5:8]])[None]
+        full = m(row, is_causal=True)
+        np.testing.assert_allclose(prefill[b, :n], full[0, :n], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(jnp.concatenate([s[b] for s in steps]), full[0, n:], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(m.cache_index[...], lengths + 3)
+
+
+def test_ring_caches_are_moved_by_valid_not_by_set_cache_index():
+    from jaxformer.decoding import set_cache_index
+
+    m = nn.MultiHeadAttention(D, N, sliding_window=3, rngs=nnx.Rngs(0))
+    m.init_cache(2, 2)  # the window is longer than the cache: a plain cache, which overflows as any other
+    assert not m.is_ring_cache and m.cached_key.shape[1] == 2
+    m.init_cache(2, 8)
+    with pytest.raises(ValueError, match="set_cache_index cannot move a ring-buffer cache"):
+        set_cache_index(m, jnp.array([1, 1]))
+    with pytest.raises(ValueError, match=r"`valid` with decode=True must mark right-padded rows .* row 1 is \[0, 1\]"):
+        m(X[:, :2], decode=True, valid=np.array([[True, True], [False, True]]))
+    with pytest.raises(ValueError, match="`valid` is for decode=True calls"):
+        m(X[:, :2], valid=np.ones((2, 2), bool))
+    with pytest.raises(ValueError, match=r"`valid` must be \[B, T\] = \(2, 2\)"):
+        m(X[:, :2], decode=True, valid=np.ones((2, 3), bool))
+
+
 def test_dropout_in_training_only():
     m = nn.MultiHeadAttention(D, N, dropout_rate=0.5, rngs=nnx.Rngs(0))
     assert not np.allclose(m(X), m(X))

@@ -378,24 +378,29 @@ def test_jaxformer_sample_generates_from_a_pretrained_checkpoint():
 
 def test_a_hub_id_downloads_into_the_cache_then_loads_offline(tmp_path):
     """Against a stand-in for the hub on 127.0.0.1 (tests/pretrained/hub_server.py): the first load downloads the
-    checkpoint into huggingface_hub's cache, a second one with HF_HUB_OFFLINE=1 reads it from there."""
+    checkpoint into huggingface_hub's cache, a second one with HF_HUB_OFFLINE=1 reads it from there (a Llama, and
+    a Gemma 3 under a real Gemma id)."""
     from tests.pretrained.hub_server import HubServer
 
     script = f"""
 import numpy as np
 from jaxformer import pretrained
-ref = np.load("{FIXTURES}/llama/reference.npz")
-model = pretrained.from_pretrained("someone/tiny-llama")
-tokens = pretrained.load_tokenizer("someone/tiny-llama").encode(str(ref["text"]))
-delta = float(np.abs(np.asarray(model(ref["input_ids"])) - ref["logits"]).max())
-print(delta, list(tokens) == list(ref["text_ids_plain"]))
+for name, hub_id in (("llama", "someone/tiny-llama"), ("gemma3", "google/gemma-3-1b-it")):
+    ref = np.load(f"{FIXTURES}/{{name}}/reference.npz")
+    model = pretrained.from_pretrained(hub_id)
+    tokens = pretrained.load_tokenizer(hub_id).encode(str(ref["text"]))
+    delta = float(np.abs(np.asarray(model(ref["input_ids"])) - ref["logits"]).max())
+    print(delta, list(tokens) == list(ref["text_ids_plain"]))
 """
-    with HubServer({"someone/tiny-llama": str(FIXTURES / "llama")}) as hub:
+    repos = {"someone/tiny-llama": str(FIXTURES / "llama"), "google/gemma-3-1b-it": str(FIXTURES / "gemma3")}
+    with HubServer(repos) as hub:
         env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path), "HF_HUB_DISABLE_XET": "1"}
         online = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
         assert online.returncode == 0, online.stderr[-3000:]
-        delta, same_ids = online.stdout.split()
-        assert float(delta) < 1e-4 and same_ids == "True"
+        for line in online.stdout.splitlines():
+            delta, same_ids = line.split()
+            assert float(delta) < 1e-4 and same_ids == "True"
+        assert len(online.stdout.splitlines()) == 2
         downloaded = {path for method, path in hub.requests if method == "GET" and "/resolve/" in path}
         assert any(p.endswith(".safetensors") for p in downloaded) and not any("reference" in p for p in downloaded)
         hub.requests.clear()

@@ -1,0 +1,174 @@
+"""Gemma 1, 2 and 3 checkpoints in and out, against tiny fixtures that `transformers` made
+(experiments/make_pretrained_fixtures.py): logits, greedy generation through the ring-buffer caches of the local
+layers, save -> load, the config options each family needs, and that the soft-caps and windows bind."""
+
+import dataclasses
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxformer import pretrained
+from jaxformer.decoding import generate
+from jaxformer.models import GPT
+from jaxformer.ops import RopeScaling
+from tests.pretrained.test_pretrained import FIXTURES, assert_round_trip, copy_fixture, edit_config, reference
+
+GEMMAS = ["gemma", "gemma2", "gemma3"]
+
+
+@pytest.fixture(scope="module", params=GEMMAS)
+def loaded(request):
+    return request.param, pretrained.from_pretrained(FIXTURES / request.param)
+
+
+def logits_of(model, name: str) -> np.ndarray:
+    return np.asarray(model(jnp.asarray(reference(name)["input_ids"])))
+
+
+def test_logits_equal_transformers(loaded):
+    name, model = loaded
+    np.testing.assert_allclose(logits_of(model, name), reference(name)["logits"], atol=1e-4, rtol=0)
+
+
+def test_greedy_generation_equals_transformers(loaded):
+    """The prompt (5 tokens) and the 25 cached positions are longer than the window (4): the local layers decode
+    through ring buffers of 4 entries."""
+    name, model = loaded
+    ref = reference(name)
+    tokens = generate(model, jnp.asarray(ref["input_ids"][:, :5]), 20, rng=jax.random.key(0), temperature=0.0)
+    np.testing.assert_array_equal(np.asarray(tokens), ref["greedy"])
+
+
+def test_save_then_load_is_bit_exact_and_rewrites_the_same_tensors(loaded, tmp_path):
+    name, model = loaded
+    out = assert_round_trip(model, name, tmp_path)
+    assert pretrained.from_pretrained(out).config == model.config
+
+
+def test_the_config_reads_what_each_gemma_needs():
+    gemma = pretrained.from_pretrained(FIXTURES / "gemma").config
+    assert gemma.norm_plus_one and gemma.embed_scale and gemma.activation == "geglu" and gemma.num_kv_heads == 1
+    assert not gemma.sandwich_norm and gemma.layer_types is None and gemma.attention_scale is None
+    gemma2 = pretrained.from_pretrained(FIXTURES / "gemma2").config
+    assert gemma2.layer_types == ("local", "global", "local") and gemma2.sliding_window == 4
+    assert (gemma2.attention_logit_softcap, gemma2.final_logit_softcap) == (3.0, 4.0)
+    assert gemma2.attention_scale == 6**-0.5 and gemma2.sandwich_norm and not gemma2.qk_norm
+    gemma3 = pretrained.from_pretrained(FIXTURES / "gemma3").config
+    assert gemma3.layer_types == ("local", "local", "local", "global") and gemma3.qk_norm
+    assert (gemma3.rope_base, gemma3.rope_scaling) == (1e6, RopeScaling("linear", 8.0))
+    assert (gemma3.local_rope_base, gemma3.local_rope_scaling) == (1e4, None)
+    assert gemma3.attention_logit_softcap is None and gemma3.final_logit_softcap == 4.0
+
+
+def with_config(model: GPT, **changes) -> GPT:
+    """`model`'s parameters in a GPT built from its config with `changes`."""
+    cfg = dataclasses.replace(model.config, **changes)
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0))))
+    other = nnx.merge(graphdef, nnx.state(model))
+    other.eval()
+    return other
+
+
+@pytest.mark.parametrize(
+    ("name", "changes"),
+    [
+        ("gemma2", dict(attention_logit_softcap=None)),
+        ("gemma2", dict(final_logit_softcap=None)),
+        ("gemma2", dict(layer_types=None, sliding_window=None)),
+        ("gemma2", dict(attention_scale=None)),
+        ("gemma3", dict(local_rope_base=None)),
+        ("gemma3", dict(rope_scaling=None)),
+    ],
+)
+def test_each_option_the_fixtures_exercise_binds(name, changes):
+    """Without the option the logits move by more than 1e-2, so the equality above holds because it is applied."""
+    model = pretrained.from_pretrained(FIXTURES / name)
+    delta = np.abs(logits_of(with_config(model, **changes), name) - reference(name)["logits"]).max()
+    assert delta > 1e-2, (changes, delta)
+
+
+def test_the_final_soft_cap_bounds_the_logits(loaded):
+    name, model = loaded
+    cap = model.config.final_logit_softcap
+    logits = logits_of(model, name)
+    if cap is not None:
+        assert np.abs(logits).max() < cap
+        raw = logits_of(with_config(model, final_logit_softcap=None), name)
+        np.testing.assert_allclose(logits, cap * np.tanh(raw / cap), atol=1e-5, rtol=0)
+
+
+def test_local_layers_cache_only_their_window():
+    model = pretrained.from_pretrained(FIXTURES / "gemma3")
+    model.init_cache(2, 64)
+    lengths = [block.self_attention.cached_key.shape[1] for block in model.blocks.layers]
+    assert lengths == [4, 4, 4, 64]  # local, local, local, global
+    assert [block.self_attention.is_ring_cache for block in model.blocks.layers] == [True, True, True, False]
+
+
+def test_the_tokenizer_falls_back_to_bytes_as_transformers():
+    ref = reference("gemma")
+    text = str(ref["text"])
+    assert "é" in text and "🙂" in text  # characters the tiny vocabulary lacks: byte fallback
+    tokenizer = pretrained.load_tokenizer(FIXTURES / "gemma")
+    ids = tokenizer.encode(text)
+    np.testing.assert_array_equal(ids, ref["text_ids_plain"])
+    assert tokenizer.decode(ids) == text
+
+
+def test_hub_format_gemma3_config_reads_as_the_transformers_5_one(tmp_path):
+    """Gemma 3 files on the hub predate `rope_parameters` per layer type and `layer_types`: rope_theta,
+    rope_scaling (global), rope_local_base_freq and sliding_window_pattern say the same."""
+    d = copy_fixture("gemma3", tmp_path)
+    config = json.loads((d / "config.json").read_text())
+    for key in ("rope_parameters", "layer_types", "_sliding_window_pattern"):
+        del config[key]
+    config.update(
+        rope_theta=1e6,
+        rope_scaling={"rope_type": "linear", "factor": 8.0},
+        rope_local_base_freq=1e4,
+        sliding_window_pattern=4,
+        cache_implementation="hybrid",
+    )
+    (d / "config.json").write_text(json.dumps(config))
+    assert pretrained.from_pretrained(d).config == pretrained.from_pretrained(FIXTURES / "gemma3").config
+
+
+def test_gemma1_legacy_activation_name_reads_as_the_tanh_gelu(tmp_path):
+    d = copy_fixture("gemma", tmp_path)
+    edit_config(d, hidden_act="gelu", hidden_activation=None)
+    assert pretrained.from_pretrained(d).config == pretrained.from_pretrained(FIXTURES / "gemma").config
+    edit_config(d, hidden_activation="relu")
+    with pytest.raises(ValueError, match=r"hidden_activation='relu' is not supported for gemma models"):
+        pretrained.from_pretrained(d)
+
+
+def test_what_transformers_would_compute_differently_is_refused(tmp_path):
+    d = copy_fixture("gemma2", tmp_path)
+    edit_config(d, use_bidirectional_attention=True)
+    with pytest.raises(ValueError, match=r"use_bidirectional_attention=True is not supported"):
+        pretrained.from_pretrained(d)
+    edit_config(d, use_bidirectional_attention=None, layer_types=["sliding_attention", "chunked_attention", "x"])
+    with pytest.raises(ValueError, match=r"layer_types \['chunked_attention', 'x'\] are not supported"):
+        pretrained.from_pretrained(d)
+    model = pretrained.from_pretrained(FIXTURES / "gemma3")
+    with pytest.raises(ValueError, match="Gemma 3 with an attention soft-cap"):
+        pretrained.save_pretrained(with_config(model, attention_logit_softcap=5.0), tmp_path / "capped")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", GEMMAS)
+def test_transformers_loads_what_jaxformer_saves(name, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    out = pretrained.save_pretrained(pretrained.from_pretrained(FIXTURES / name), tmp_path / name)
+    model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    ref = reference(name)
+    with torch.no_grad():
+        logits = model(torch.as_tensor(ref["input_ids"]).long()).logits.numpy()
+    np.testing.assert_allclose(logits, ref["logits"], atol=1e-4, rtol=0)
+    assert type(model).__name__ == json.loads(pathlib.Path(out, "config.json").read_text())["architectures"][0]
