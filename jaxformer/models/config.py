@@ -44,6 +44,13 @@ class ModelConfig(BlockConfig):
     sees every earlier position with `rope_base` and `rope_scaling` (Gemma 2: alternating; Gemma 3: 5 local, 1
     global; local 10k, global 1M with linear scaling 8). `layer_config(kind)` is the `BlockConfig` a layer of that
     kind is built from. With `scan_layers` the stack scans over the repeating group of kinds (nn: models/stack.py).
+    Gemma 4's global layers may differ in shape: `global_head_dim`, `global_num_kv_heads` (None: head_dim,
+    num_kv_heads) and `global_value_is_key` (no value projection: values are the keys' raw projection).
+    KV sharing (Gemma 4): the last `num_kv_shared_layers` layers project no keys or values and keep no cache;
+    each attends over those of the last earlier layer of its kind (`kv_sources`), and its FFN is `kv_shared_d_ff`
+    wide (None: d_ff; Gemma 4's double-wide MLP is 2 d_ff). Per-layer inputs (Gemma 4, `per_layer_input_dim` P >
+    0): a second embedding `[per_layer_vocab_size (None: V), L P]` and a projection of the input embedding give
+    each layer its own `[B, T, P]` input (models/gpt.py).
     Encoder-decoder: `num_decoder_layers` (default `num_layers`). ViT: `image_size`, `patch_size`,
     `num_channels`, `num_classes`. Execution: `scan_layers` (one compiled block, scanned over L: compile time
     independent of depth), `vocab_multiple` (store the embedding / output tables with V rounded up to a multiple
@@ -77,6 +84,12 @@ class ModelConfig(BlockConfig):
     layer_types: tuple[str, ...] | None = None
     local_rope_base: float | None = None
     local_rope_scaling: RopeScaling | None = None
+    global_head_dim: int | None = None
+    global_num_kv_heads: int | None = None
+    global_value_is_key: bool = False
+    num_kv_shared_layers: int = 0
+    kv_shared_d_ff: int | None = None
+    per_layer_vocab_size: int | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -96,6 +109,7 @@ class ModelConfig(BlockConfig):
             cap = checks.check_positive_real(f"{owner}.final_logit_softcap", self.final_logit_softcap)
             object.__setattr__(self, "final_logit_softcap", cap)
         self._check_layer_types(owner)
+        self._check_gemma4(owner)
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"{owner}.image_size={self.image_size} must be a multiple of patch_size={self.patch_size}."
@@ -133,21 +147,92 @@ class ModelConfig(BlockConfig):
                 f"layer_types={types!r}."
             )
 
-    def layer_config(self, kind: str | None) -> ModelConfig:
+    def _check_gemma4(self, owner: str) -> None:
+        for name in ("global_head_dim", "global_num_kv_heads", "kv_shared_d_ff", "per_layer_vocab_size"):
+            if getattr(self, name) is not None:
+                self._check_positive_ints(name)
+        self._check_flags("global_value_is_key")
+        n = checks.check_int(f"{owner}.num_kv_shared_layers", self.num_kv_shared_layers, low=0)
+        object.__setattr__(self, "num_kv_shared_layers", n)
+        uses_global = self.global_head_dim is not None or self.global_num_kv_heads is not None
+        if (uses_global or self.global_value_is_key) and "global" not in (self.layer_types or ()):
+            raise ValueError(
+                f"{owner}.global_head_dim / global_num_kv_heads / global_value_is_key shape the global layers of "
+                f"layer_types; got layer_types={self.layer_types!r}."
+            )
+        if self.global_num_kv_heads is not None and self.num_heads % self.global_num_kv_heads:
+            raise ValueError(
+                f"{owner}.num_heads={self.num_heads} must be a multiple of global_num_kv_heads="
+                f"{self.global_num_kv_heads}."
+            )
+        if n >= self.num_layers:
+            raise ValueError(
+                f"{owner}.num_kv_shared_layers={n} must be < num_layers={self.num_layers}: a shared layer reuses the "
+                "keys and values of an earlier layer that computes its own."
+            )
+        if self.kv_shared_d_ff is not None and n == 0:
+            raise ValueError(f"{owner}.kv_shared_d_ff is the FFN width of KV-shared layers; num_kv_shared_layers=0.")
+        if self.per_layer_vocab_size is not None and self.per_layer_input_dim == 0:
+            raise ValueError(f"{owner}.per_layer_vocab_size needs per_layer_input_dim > 0 (the per-layer inputs).")
+        self.kv_sources  # noqa: B018  (raises when a shared layer's kind has no earlier layer)
+
+    def layer_type(self, index: int) -> str | None:
+        """The kind ("global" | "local") of layer `index`; None without `layer_types`."""
+        return None if self.layer_types is None else self.layer_types[index]
+
+    @property
+    def kv_sources(self) -> tuple[int | None, ...]:
+        """Per layer: the index of the layer whose keys and values it attends over (None: its own). With
+        `num_kv_shared_layers` = n the last n layers take those of the last layer of their kind before them."""
+        first_shared = self.num_layers - self.num_kv_shared_layers
+        sources: list[int | None] = [None] * first_shared
+        for i in range(first_shared, self.num_layers):
+            kind = self.layer_type(i)
+            earlier = [j for j in range(first_shared) if self.layer_type(j) == kind]
+            if not earlier:
+                raise ValueError(
+                    f"ModelConfig: layer {i} ({kind or 'every'} layer) shares keys and values, but no layer of its "
+                    f"kind precedes the {self.num_kv_shared_layers} shared layers."
+                )
+            sources.append(earlier[-1])
+        return tuple(sources)
+
+    @property
+    def layer_kinds(self) -> tuple[tuple[str | None, bool], ...] | None:
+        """Per layer (kind, whether it shares another layer's keys and values), or None when every layer is
+        built alike (no `layer_types`, no KV sharing)."""
+        if self.layer_types is None and self.num_kv_shared_layers == 0:
+            return None
+        first_shared = self.num_layers - self.num_kv_shared_layers
+        return tuple((self.layer_type(i), i >= first_shared) for i in range(self.num_layers))
+
+    def layer_config(self, kind: str | None, kv_shared: bool = False) -> ModelConfig:
         """The config a layer of `kind` ("global" | "local"; None: the layers of a config without `layer_types`)
-        is built from: the window and RoPE of its kind, and no per-layer fields."""
-        if kind is None:
+        is built from: the window, RoPE and shapes of its kind, `shared_kv` and the FFN width of a KV-shared layer
+        (`kv_shared`), and no per-layer fields."""
+        if kind is None and not kv_shared:
             return self
-        checks.check_choice("kind", kind, LAYER_TYPES)
-        local = kind == "local"
+        if kind is not None:
+            checks.check_choice("kind", kind, LAYER_TYPES)
+        local, is_global = kind == "local", kind == "global"
         return dataclasses.replace(
             self,
             layer_types=None,
             local_rope_base=None,
             local_rope_scaling=None,
-            sliding_window=self.sliding_window if local else None,
+            global_head_dim=None,
+            global_num_kv_heads=None,
+            global_value_is_key=False,
+            num_kv_shared_layers=0,
+            kv_shared_d_ff=None,
+            sliding_window=None if is_global else self.sliding_window,
             rope_base=(self.local_rope_base or self.rope_base) if local else self.rope_base,
             rope_scaling=self.local_rope_scaling if local else self.rope_scaling,
+            head_dim=(self.global_head_dim or self.head_dim) if is_global else self.head_dim,
+            num_kv_heads=(self.global_num_kv_heads or self.num_kv_heads) if is_global else self.num_kv_heads,
+            value_is_key=self.global_value_is_key if is_global else self.value_is_key,
+            shared_kv=kv_shared,
+            d_ff=(self.kv_shared_d_ff or self.d_ff) if kv_shared else self.d_ff,
         )
 
     # -- derived sizes -----------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -69,16 +71,30 @@ class GPT(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.config = config
         self.embed = InputEmbedding(config, rngs=rngs)
+        if config.scan_layers and config.num_kv_shared_layers:
+            raise ValueError(
+                "ModelConfig.num_kv_shared_layers > 0 needs scan_layers=False: a KV-shared layer reads another "
+                "layer's keys and values, which a scan over the layers does not hand out."
+            )
         self.blocks = BlockStack(
-            lambda r, kind=None: nn.DecoderBlock(config.layer_config(kind), rngs=r),
+            lambda r, kind=(None, False): nn.DecoderBlock(config.layer_config(*kind), rngs=r),
             config.num_layers,
             scan=config.scan_layers,
             rngs=rngs,
             remat=config.remat,
-            kinds=config.layer_types,
+            kinds=config.layer_kinds,
         )
         self.final_norm = make_norm(config, rngs=rngs) if config.norm_position == "pre" else None
         self.head = OutputHead(config, self.embed.tokens, rngs=rngs)
+        # Gemma 4's per-layer inputs (`per_layer_inputs`)
+        L, P, D = config.num_layers, config.per_layer_input_dim, config.d_model
+        kwargs = {"init_std": config.init_std, "dtype": config.dtype, "param_dtype": config.param_dtype, "rngs": rngs}
+        vocab = config.per_layer_vocab_size or config.vocab_size
+        self.per_layer_embed = nn.Embed(vocab, L * P, **kwargs) if P else None
+        init, dtype = nnx.initializers.lecun_normal(), config.param_dtype
+        self.per_layer_projection = nn.logical_param(rngs, init, (D, L * P), ("embed", None), dtype) if P else None
+        norm = dict(epsilon=config.norm_epsilon, plus_one=config.norm_plus_one, param_dtype=dtype, axis=None)
+        self.per_layer_norm = nn.RMSNorm(P, **norm, rngs=rngs) if P else None
 
     def init_cache(self, batch_size: int, max_len: int | None = None, dtype=None) -> None:
         """An empty KV cache for `batch_size` sequences of up to `max_len` tokens (default `config.max_len`)."""
@@ -103,6 +119,22 @@ class GPT(nnx.Module):
         return self.head(
             self.hidden_states(tokens, positions=positions, segment_ids=segment_ids, valid=valid, decode=decode)
         )
+
+    def per_layer_inputs(self, tokens: jax.Array, embedded: jax.Array) -> jax.Array:
+        """Gemma 4's per-layer inputs `[L, B, T, P]` from the tokens `[B, T]` and their embedding `[B, T, D]`:
+
+            e_l = (RMSNorm((x W) / sqrt(D))_l + E'[tokens]_l * sqrt(P)) / sqrt(2)
+
+        with `W [D, L P]`, the second embedding `E' [V', L P]` (its factor rounded to the compute dtype, as the
+        token embedding's) and the RMSNorm over each layer's P features."""
+        cfg = self.config
+        B, T = tokens.shape
+        L, P, dtype = cfg.num_layers, cfg.per_layer_input_dim, cfg.dtype
+        projected = jnp.einsum("BTD,DE->BTE", embedded.astype(dtype), self.per_layer_projection[...].astype(dtype))
+        projected = self.per_layer_norm((projected * jnp.asarray(cfg.d_model**-0.5, dtype)).reshape(B, T, L, P))
+        per_token = self.per_layer_embed(tokens) * jnp.asarray(math.sqrt(P), dtype)
+        inputs = (projected + per_token.reshape(B, T, L, P)) * jnp.asarray(2**-0.5, dtype)
+        return jnp.moveaxis(inputs, 2, 0)
 
     def hidden_states(
         self,
@@ -131,6 +163,16 @@ class GPT(nnx.Module):
         # advances by each row's real tokens, and causality hides the padding keys (no mask needed).
         mask = None if valid is None or decode else ops.padding_mask(valid)
         x = self.embed(tokens, positions=positions, valid=valid)
-        x = self.blocks(x, mask=mask, valid=valid, positions=positions, segment_ids=segment_ids, decode=decode)
+        layer_inputs = None if self.per_layer_embed is None else self.per_layer_inputs(tokens, x)
+        x = self.blocks(
+            x,
+            mask=mask,
+            valid=valid,
+            positions=positions,
+            segment_ids=segment_ids,
+            decode=decode,
+            layer_inputs=layer_inputs,
+            kv_sources=cfg.kv_sources if cfg.num_kv_shared_layers else None,
+        )
         chex.assert_shape(x, (*jnp.shape(tokens), self.config.d_model))  # the residual stream, [B, T, D]
         return apply_norm(self.final_norm, x, valid)

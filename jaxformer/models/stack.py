@@ -49,7 +49,7 @@ class BlockStack(nnx.Module):
             raise ValueError(f"`kinds` must name each of the {num_layers} layers; got {len(kinds)}.")
         build_layer = (lambda r, i: make_block(r)) if kinds is None else (lambda r, i: make_block(r, kinds[i]))
         self.period = 1 if kinds is None else _period(kinds)
-        self.tail = None
+        self.tail = nnx.data(None)
         if not scan:
             self.layers = nnx.List([build_layer(rngs, i) for i in range(num_layers)])
             return
@@ -66,27 +66,65 @@ class BlockStack(nnx.Module):
         if num_layers % P:
             self.tail = nnx.List([build_layer(rngs, i) for i in range(groups * P, num_layers)])
 
-    def __call__(self, x: jax.Array, *args, **kwargs) -> jax.Array:
-        """Applies every block as `x = block(x, *args, **kwargs)`; args and kwargs are the same for each layer."""
+    def __call__(
+        self,
+        x: jax.Array,
+        *args,
+        layer_inputs: jax.Array | None = None,
+        kv_sources: Sequence[int | None] | None = None,
+        **kwargs,
+    ) -> jax.Array:
+        """Applies every block as `x = block(x, *args, **kwargs)`; args and kwargs are the same for each layer.
+
+        layer_inputs: `[L, ...]`, one slice per layer, passed to block i as `layer_input=layer_inputs[i]` (Gemma 4's
+        per-layer inputs). kv_sources: per layer, the index of the earlier layer whose keys and values it attends
+        over (`kv=`, from that layer's `return_kv=True`), or None for its own (`ModelConfig.kv_sources`; Gemma 4's
+        KV sharing; only without scan).
+        """
         x = constrain(x, RESIDUAL_AXES)
+        sources = [i for i, s in enumerate(kv_sources or ()) if s is not None]
         if not self.scan:
-            for block in self.layers:
-                x = constrain(self._apply_block(block, x, args, kwargs), RESIDUAL_AXES)
+            wanted = {kv_sources[i] for i in sources}
+            shared = {}
+            for i, block in enumerate(self.layers):
+                extra = {} if layer_inputs is None else {"layer_input": layer_inputs[i]}
+                if i in sources:
+                    extra["kv"] = shared[kv_sources[i]]
+                if i in wanted:
+                    extra["return_kv"] = True
+                out = self._apply_block(block, x, args, {**kwargs, **extra})
+                if i in wanted:
+                    out, shared[i] = out
+                x = constrain(out, RESIDUAL_AXES)
             return x
+        if sources:
+            raise ValueError(
+                "KV sharing (ModelConfig.num_kv_shared_layers > 0) needs scan_layers=False: a shared layer reads "
+                "another layer's keys and values, which a scan over the layers does not hand out."
+            )
 
         # A plain lax.scan over the split state (rather than nnx.scan) also works inside other jax loops, such as
         # the decoding while_loop, whose trace levels NNX transforms refuse to mix.
         # Parameters are read-only here; the rest (KV caches, batch statistics, dropout counters) is carried out.
         graphdef, params, mutable = nnx.split(self.layers, nnx.Param, ...)
+        G, P = self.num_layers // self.period, self.period
+        scanned_inputs = None
+        if layer_inputs is not None:  # [L, ...] -> [G, ...] (one per layer) or [G, P, ...] (one per group member)
+            head = layer_inputs[: G * P]
+            scanned_inputs = head if P == 1 else head.reshape(G, P, *head.shape[1:])
 
-        def apply(h, layer_state):
+        def apply(h, scanned):
+            layer_state, layer_input = scanned
             block = nnx.merge(graphdef, *layer_state)
-            return constrain(block(h, *args, **kwargs), RESIDUAL_AXES), nnx.state(block, nnx.Not(nnx.Param))
+            extra = {} if layer_input is None else {"layer_input": layer_input}
+            out = constrain(block(h, *args, **kwargs, **extra), RESIDUAL_AXES)
+            return out, nnx.state(block, nnx.Not(nnx.Param))
 
-        x, mutable = jax.lax.scan(remat(apply, self.remat, in_scan=True), x, (params, mutable))
+        x, mutable = jax.lax.scan(remat(apply, self.remat, in_scan=True), x, ((params, mutable), scanned_inputs))
         nnx.update(self.layers, mutable)
-        for block in self.tail or ():
-            x = constrain(self._apply_block(block, x, args, kwargs), RESIDUAL_AXES)
+        for k, block in enumerate(self.tail or ()):
+            extra = {} if layer_inputs is None else {"layer_input": layer_inputs[G * P + k]}
+            x = constrain(self._apply_block(block, x, args, {**kwargs, **extra}), RESIDUAL_AXES)
         return x
 
     def _apply_block(self, block: nnx.Module, x: jax.Array, args: tuple, kwargs: dict) -> jax.Array:
@@ -155,9 +193,11 @@ class _Group(nnx.Module):
     def __init__(self, blocks: list[nnx.Module]):
         self.blocks = nnx.List(blocks)
 
-    def __call__(self, x: jax.Array, *args, **kwargs) -> jax.Array:
-        for block in self.blocks:
-            x = constrain(block(x, *args, **kwargs), RESIDUAL_AXES)
+    def __call__(self, x: jax.Array, *args, layer_input: jax.Array | None = None, **kwargs) -> jax.Array:
+        """Applies the P blocks in order; layer_input `[P, ...]` gives block j `layer_input[j]`."""
+        for j, block in enumerate(self.blocks):
+            extra = {} if layer_input is None else {"layer_input": layer_input[j]}
+            x = constrain(block(x, *args, **kwargs, **extra), RESIDUAL_AXES)
         return x
 
     def init_cache(self, batch_size: int, max_len: int, dtype=None) -> None:

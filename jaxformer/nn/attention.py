@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,20 @@ from jaxformer.nn.params import logical_param
 
 # The position schemes that act inside attention (the others are added to the embeddings: nn/blocks.py POSITIONAL).
 ATTENTION_POSITIONAL = ("rope", "alibi", "none")
+
+
+class SharedKV(NamedTuple):
+    """The keys and values one self-attention layer computed, for a later layer built with `shared_kv=True` that
+    attends over them instead of projecting its own (Gemma 4's KV sharing): keys `[B, S, K, H]` after the norm
+    and RoPE, values `[B, S, K, H]`; with decoding also the mask over them (`[B, 1, T, S]`, the cache's
+    causality and window included), each key's position `[B|1, S]` and the cache index the queries start at `[B]`.
+    """
+
+    keys: jax.Array
+    values: jax.Array
+    mask: jax.Array | None = None
+    key_positions: jax.Array | None = None
+    offset: jax.Array | None = None
 
 
 def check_cache_room(index, num_tokens: int, max_len: int) -> None:
@@ -45,7 +60,11 @@ class MultiHeadAttention(nnx.Module):
     over H on q and k, as in ViT-22B / Gemma / Qwen3, with `qk_norm_epsilon`; `norm_plus_one` scales it by 1 + w
     as Gemma 3), `scale` (the logit scale; None: 1 / sqrt(H); Gemma's query_pre_attn_scalar^-1/2),
     `logit_softcap` (Gemma 2: logits `s = scale q.k` become `cap tanh(s / cap)` before the mask; every kernel
-    applies it, and the ones that cannot (jax_nn, cudnn) refuse it), `positional="rope"` (rotary on q
+    applies it, and the ones that cannot (jax_nn, cudnn) refuse it), `v_norm` (an RMSNorm without a scale on
+    each value head, Gemma 4), `value_is_key` (no `w_v`: the values are the key projection before the key norm
+    and RoPE, Gemma 4's global layers), `shared_kv` (no key / value projections or cache at all: each call takes
+    the `SharedKV` of an earlier layer as `kv=`, Gemma 4's KV sharing; `return_kv=True` makes a layer return
+    its own for that), `positional="rope"` (rotary on q
     and k at their absolute positions; `rope_interleaved=False` rotates halves, as Llama checkpoints expect;
     `rope_scaling` an `ops.RopeScaling`) or `"alibi"` (ALiBi bias), `sliding_window=W` (self-attention sees only the W
     nearest positions: causal `p - W < s <= p`, or `|p - s| < W` without `is_causal`; Mistral / Longformer),
@@ -83,6 +102,9 @@ class MultiHeadAttention(nnx.Module):
         norm_plus_one: bool = False,
         scale: float | None = None,
         logit_softcap: float | None = None,
+        v_norm: bool = False,
+        value_is_key: bool = False,
+        shared_kv: bool = False,
         positional: str = "none",
         rope_base: float = 10000.0,
         rope_interleaved: bool = True,
@@ -126,8 +148,14 @@ class MultiHeadAttention(nnx.Module):
         dtype = checks.check_float_dtype("dtype", dtype)
         param_dtype = checks.check_float_dtype("param_dtype", param_dtype)
         flags = ("use_bias", use_bias), ("qk_norm", qk_norm), ("rope_interleaved", rope_interleaved)
-        for name, flag in (*flags, ("norm_plus_one", norm_plus_one)):
+        more = ("norm_plus_one", norm_plus_one), ("v_norm", v_norm), ("value_is_key", value_is_key)
+        for name, flag in (*flags, *more, ("shared_kv", shared_kv)):
             checks.check_flag(name, flag)
+        if (value_is_key or shared_kv) and (use_bias or context_dim != d_model):
+            raise ValueError(
+                "value_is_key / shared_kv are for self-attention without q/k/v biases (Gemma 4); got "
+                f"use_bias={use_bias}, context_dim={context_dim}."
+            )
         if out_bias is not None:
             checks.check_flag("out_bias", out_bias)
         self.sliding_window, self.context_dim = sliding_window, context_dim
@@ -136,14 +164,18 @@ class MultiHeadAttention(nnx.Module):
         self.rope_interleaved, self.rope_scaling = rope_interleaved, rope_scaling
         self.dropout_rate, self.dtype = dropout_rate, dtype
         self.scale, self.logit_softcap = scale, logit_softcap
+        self.v_norm, self.value_is_key, self.shared_kv = v_norm, value_is_key, shared_kv
+        self.qk_norm_epsilon = qk_norm_epsilon
         self.deterministic = False  # set by model.eval() / model.train()
 
         init = nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2))
         out_init = nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
         N, K, H = num_heads, num_kv_heads, head_dim
         self.w_q = logical_param(rngs, init, (d_model, N, H), ("embed", "heads", "head_dim"), param_dtype)
-        self.w_k = logical_param(rngs, init, (context_dim, K, H), ("embed", "kv_heads", "head_dim"), param_dtype)
-        self.w_v = logical_param(rngs, init, (context_dim, K, H), ("embed", "kv_heads", "head_dim"), param_dtype)
+        kv_axes = ("embed", "kv_heads", "head_dim")
+        self.w_k = None if shared_kv else logical_param(rngs, init, (context_dim, K, H), kv_axes, param_dtype)
+        own_values = not (shared_kv or value_is_key)
+        self.w_v = logical_param(rngs, init, (context_dim, K, H), kv_axes, param_dtype) if own_values else None
         self.w_o = logical_param(rngs, out_init, (N, H, d_model), ("heads", "head_dim", "embed"), param_dtype)
         zeros = nnx.initializers.zeros
         if use_bias:
@@ -158,7 +190,7 @@ class MultiHeadAttention(nnx.Module):
             H, epsilon=qk_norm_epsilon, plus_one=norm_plus_one, param_dtype=param_dtype, axis="head_dim", rngs=rngs
         )
         self.q_norm = norm() if qk_norm else None
-        self.k_norm = norm() if qk_norm else None
+        self.k_norm = norm() if qk_norm and not shared_kv else None
         self.dropout_rngs = rngs["dropout"].fork() if dropout_rate > 0 else None
         # Declared as data (not static) so that init_cache can put Cache variables here later.
         self.cached_key, self.cached_value, self.cache_index = nnx.data(None), nnx.data(None), nnx.data(None)
@@ -181,6 +213,8 @@ class MultiHeadAttention(nnx.Module):
         """
         batch_size = checks.check_positive_int("batch_size", batch_size)
         max_len = checks.check_positive_int("max_len", max_len)
+        if self.shared_kv:  # it attends over another layer's cache
+            return
         if self.sliding_window is not None and self.sliding_window <= max_len:
             max_len = self.sliding_window
         shape = (batch_size, max_len, self.num_kv_heads, self.head_dim)
@@ -213,14 +247,20 @@ class MultiHeadAttention(nnx.Module):
         One matmul against [w_q | w_k | w_v] (concatenated along heads): one larger dot instead of three small
         ones, forward and backward (the same parameters and results)."""
         N, K = self.num_heads, self.num_kv_heads
-        w = jnp.concatenate([self.w_q[...], self.w_k[...], self.w_v[...]], axis=1).astype(self.dtype)
-        qkv = jnp.einsum("BTD,DNH->BTNH", x.astype(self.dtype), w)
+        weights = [w[...] for w in (self.w_q, self.w_k, self.w_v) if w is not None]
+        qkv = jnp.einsum("BTD,DNH->BTNH", x.astype(self.dtype), jnp.concatenate(weights, axis=1).astype(self.dtype))
         if self.b_q is not None:
             b = jnp.concatenate([self.b_q[...], self.b_k[...], self.b_v[...]], axis=0).astype(self.dtype)
             qkv = qkv + b
-        q, k, v = qkv[:, :, :N], qkv[:, :, N : N + K], qkv[:, :, N + K :]
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+        q = qkv[:, :, :N] if self.q_norm is None else self.q_norm(qkv[:, :, :N])
+        if self.shared_kv:
+            return q, None, None
+        k = qkv[:, :, N : N + K]
+        v = k if self.value_is_key else qkv[:, :, N + K :]  # value_is_key: the raw key projection
+        if self.k_norm is not None:
+            k = self.k_norm(k)
+        if self.v_norm:
+            v = ops.rms_norm(v, epsilon=self.qk_norm_epsilon)
         return q, k, v
 
     def __call__(
@@ -234,7 +274,9 @@ class MultiHeadAttention(nnx.Module):
         segment_ids: jax.Array | None = None,
         decode: bool = False,
         valid: jax.Array | None = None,
-    ) -> jax.Array:
+        kv: SharedKV | None = None,
+        return_kv: bool = False,
+    ) -> jax.Array | tuple[jax.Array, SharedKV]:
         """x `[B, T, D]`; context `[B, S, Dc]` for cross-attention (None: self-attention).
 
         mask: bool, broadcastable to `[B, N, T, S]` (True = may attend). is_causal: queries see keys at or before
@@ -248,12 +290,20 @@ class MultiHeadAttention(nnx.Module):
         valid: with `decode=True` only, bool `[B, T]` with a True prefix per row (right-padded prompts): the cache
         index of row b advances by its count of True, so its next call continues after its last real token, and
         a ring buffer keeps only real tokens. (Padding keys sit after every real query: causality hides them.)
+        kv: for a layer built with `shared_kv=True` (and only then), the `SharedKV` of the earlier layer whose keys
+        and values it attends over, from that layer's call on the same tokens with `return_kv=True`, which then
+        returns `(out, kv)`.
         """
         x, context, positions, segment_ids, is_causal, decode = self._check_call(
             x, context, positions, segment_ids, is_causal, decode
         )
         if valid is not None:
             valid = self._check_decode_valid(valid, x.shape[:2], decode)
+        if self.shared_kv != (kv is not None):
+            raise ValueError(
+                "`kv` (another layer's SharedKV) is for a layer built with shared_kv=True, and such a layer needs it; "
+                f"this layer has shared_kv={self.shared_kv} and got kv={'None' if kv is None else 'a SharedKV'}."
+            )
         B, T, _ = x.shape
         if context is None:
             q, k, v = self.project_qkv(x)
@@ -262,20 +312,31 @@ class MultiHeadAttention(nnx.Module):
             k = self._project(context, self.w_k, self.b_k, self.k_norm)
             v = self._project(context, self.w_v, self.b_v, None)
 
-        offset = self.cache_index[...] if decode else jnp.zeros((B,), jnp.int32)
+        if kv is not None and decode:
+            offset = kv.offset
+        else:
+            offset = self.cache_index[...] if decode else jnp.zeros((B,), jnp.int32)
         if positions is None:
             positions = offset[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]
         if self.positional == "rope":
             rope = dict(base=self.rope_base, interleaved=self.rope_interleaved, scaling=self.rope_scaling)
-            q, k = ops.apply_rope(q, positions, **rope), ops.apply_rope(k, positions, **rope)
+            q = ops.apply_rope(q, positions, **rope)
+            k = k if k is None else ops.apply_rope(k, positions, **rope)
 
         overflow = None
-        key_positions = jnp.arange(k.shape[1])[None, :]  # [1|B, S]: where each key sits in the sequence
-        if decode:
+        if kv is not None:  # another layer's keys and values (and, decoding, its cache's mask and positions)
+            k, v = kv.keys, kv.values
+            key_positions = jnp.arange(k.shape[1])[None, :] if kv.key_positions is None else kv.key_positions
+            if decode:
+                mask, is_causal = kv.mask, False
+        else:
+            key_positions = jnp.arange(k.shape[1])[None, :]  # [1|B, S]: where each key sits in the sequence
+        if decode and kv is None:
             count = jnp.full((B,), T, jnp.int32) if valid is None else jnp.sum(valid, axis=1, dtype=jnp.int32)
             update = self._update_ring if self.is_ring_cache else self._update_cache
             k, v, mask, overflow, key_positions = update(k, v, mask, offset, count)
             is_causal = False  # the cache mask is causal already
+        shared = SharedKV(k, v, mask, key_positions, offset) if decode else SharedKV(k, v)
         bias = None
         if self.positional == "alibi":
             # ops.alibi_bias with arbitrary per-example query positions (a cache index, or `positions`), which
@@ -288,7 +349,7 @@ class MultiHeadAttention(nnx.Module):
         out = out if self.b_o is None else out + self.b_o[...].astype(self.dtype)
         if overflow is not None:  # (traced) writes past the cache: NaN, never a clamped or wrapped result
             out = jnp.where(overflow[:, None, None], jnp.asarray(jnp.nan, out.dtype), out)
-        return out
+        return (out, shared) if return_kv else out
 
     def _check_call(self, x, context, positions, segment_ids, is_causal, decode):
         """Validates the arguments of `__call__` (each error names the argument and what it should be); returns
@@ -332,7 +393,7 @@ class MultiHeadAttention(nnx.Module):
                 f"positional={self.positional!r} is for self-attention; build cross-attention layers "
                 "with positional='none'."
             )
-        if decode:
+        if decode and not self.shared_kv:
             if self.cache_index is None:
                 raise ValueError("decode=True needs a KV cache: call init_cache(batch_size, max_len) first.")
             if self.cache_index.shape != (B,):

@@ -15,11 +15,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxformer import checks
-from jaxformer.nn.attention import ATTENTION_POSITIONAL, MultiHeadAttention
+from jaxformer import checks, ops
+from jaxformer.nn.attention import ATTENTION_POSITIONAL, MultiHeadAttention, SharedKV
 from jaxformer.nn.attention_dispatch import check_implementation, check_softcap
 from jaxformer.nn.feedforward import FFN_ACTIVATIONS, FeedForward
 from jaxformer.nn.norms import BatchNorm, LayerNorm, RMSNorm
+from jaxformer.nn.params import logical_param
 from jaxformer.ops import RopeScaling
 
 NORMS = ("layernorm", "rmsnorm", "batchnorm")
@@ -52,7 +53,12 @@ class BlockConfig:
     Llama-family checkpoints), `rope_scaling` (an `ops.RopeScaling`), `attention_dropout_rate` (on the weights),
     `attention_scale` (the logit scale s in softmax(s q.k); None: 1 / sqrt(H); Gemma's query_pre_attn_scalar^-1/2),
     `attention_logit_softcap` (Gemma 2: each logit becomes `cap * tanh(s q.k / cap)` before the mask, bounding it
-    to (-cap, cap); None: off).
+    to (-cap, cap); None: off), `v_norm` (an RMSNorm without scale on each value head), `value_is_key` (the layer
+    has no value projection: values are the raw key projection), `shared_kv` (the layer has no key / value
+    projections: it attends over an earlier layer's; see MultiHeadAttention; these three are Gemma 4's).
+    Gemma 4's decoder blocks also have `per_layer_input_dim` P > 0 (after the FFN residual,
+    x += norm(W_up (gelu(x W_gate) * e_l)) with the layer's own input e_l `[B, T, P]`; 0: none) and `layer_scale`
+    (a learned scalar multiplying the block's output, the whole residual stream).
     Residual blocks: `norm` (layernorm | rmsnorm | batchnorm), `norm_position` (pre: x + f(norm(x)); post:
     norm(x + f(x)), the original paper and BERT), `sandwich_norm` (pre-norm with a second norm on the sublayer's
     output too, x + norm2(f(norm1(x))): Gemma 2-4), `norm_plus_one` (RMSNorms, qk-norm included, scale by 1 + w
@@ -89,6 +95,11 @@ class BlockConfig:
     attention_logit_softcap: float | None = None
     sandwich_norm: bool = False
     norm_plus_one: bool = False
+    v_norm: bool = False
+    value_is_key: bool = False
+    shared_kv: bool = False
+    layer_scale: bool = False
+    per_layer_input_dim: int = 0
     sliding_window: int | None = None
     qk_norm: bool = False
     qk_norm_epsilon: float = 1e-6
@@ -123,6 +134,15 @@ class BlockConfig:
             "mlp_bias",
             "sandwich_norm",
             "norm_plus_one",
+            "v_norm",
+            "value_is_key",
+            "shared_kv",
+            "layer_scale",
+        )
+        object.__setattr__(
+            self,
+            "per_layer_input_dim",
+            checks.check_int(f"{owner}.per_layer_input_dim", self.per_layer_input_dim, low=0),
         )
         for name in ("attention_scale", "attention_logit_softcap"):
             if getattr(self, name) is not None:
@@ -231,6 +251,9 @@ def make_attention(cfg: BlockConfig, *, cross: bool = False, context_dim: int | 
         norm_plus_one=cfg.norm_plus_one,
         scale=cfg.attention_scale,
         logit_softcap=cfg.attention_logit_softcap,
+        v_norm=cfg.v_norm and not cross,
+        value_is_key=cfg.value_is_key and not cross,
+        shared_kv=cfg.shared_kv and not cross,
         positional=cfg.positional if cfg.positional in ATTENTION_POSITIONAL and not cross else "none",
         rope_base=cfg.rope_base,
         rope_interleaved=cfg.rope_interleaved,
@@ -303,6 +326,13 @@ class DecoderBlock(nnx.Module):
 
     GPT blocks have no cross-attention; the original Transformer's decoder blocks do (`cross_attention=True`).
     With `decode=True` the self-attention reads and extends its KV cache (`init_cache` first).
+
+    Gemma 4 (`cfg.per_layer_input_dim` = P > 0, `cfg.layer_scale`): after the FFN residual
+
+        x = x + norm(((gelu(x W_gate) * e) W_proj),   x = s x
+
+    with the layer's input e `[B, T, P]` (`layer_input`), `W_gate [D, P]`, `W_proj [P, D]`, the tanh GELU and the
+    scalar s (one learned number). `kv` / `return_kv` pass self-attention's `SharedKV` (Gemma 4's KV sharing).
     """
 
     def __init__(
@@ -317,6 +347,17 @@ class DecoderBlock(nnx.Module):
             self.cross_attention = self.cross_residual = None
         self.ffn = make_ffn(cfg, rngs=rngs)
         self.ffn_residual = _Residual(cfg, rngs=rngs)
+        self.dtype = cfg.dtype
+        P, D = cfg.per_layer_input_dim, cfg.d_model
+        if P:
+            init = nnx.initializers.lecun_normal()
+            self.per_layer_gate = logical_param(rngs, init, (D, P), ("embed", None), cfg.param_dtype)
+            self.per_layer_projection = logical_param(rngs, init, (P, D), (None, "embed"), cfg.param_dtype)
+            self.per_layer_norm = make_norm(cfg, rngs=rngs)
+        else:
+            self.per_layer_gate = self.per_layer_projection = self.per_layer_norm = None
+        ones = nnx.initializers.ones
+        self.layer_scale = logical_param(rngs, ones, (1,), (None,), cfg.param_dtype) if cfg.layer_scale else None
 
     def init_cache(self, batch_size: int, max_len: int, dtype=None) -> None:
         self.self_attention.init_cache(batch_size, max_len, dtype)
@@ -332,16 +373,23 @@ class DecoderBlock(nnx.Module):
         positions: jax.Array | None = None,
         segment_ids: jax.Array | None = None,
         decode: bool = False,
-    ) -> jax.Array:
+        layer_input: jax.Array | None = None,
+        kv: SharedKV | None = None,
+        return_kv: bool = False,
+    ) -> jax.Array | tuple[jax.Array, SharedKV]:
         """x `[B, T, D]`; context `[B, S, Dc]` (needed iff the block has cross-attention); mask is ANDed with
         the causal mask; context_mask broadcastable to `[B, N, T, S]`; valid `[B, T]` (BatchNorm; with
         `decode=True` the right-padded rows' real tokens, see MultiHeadAttention); segment_ids int `[B, T]`
-        (packed sequences; see MultiHeadAttention)."""
+        (packed sequences; see MultiHeadAttention); layer_input `[B, T, P]` (iff `per_layer_input_dim` = P > 0);
+        kv, return_kv: see MultiHeadAttention (with `return_kv` the block returns `(x, kv)`)."""
         if (context is None) != (self.cross_attention is None):
             raise ValueError("DecoderBlock: pass `context` exactly when the block was built with cross_attention.")
+        if (layer_input is None) != (self.per_layer_gate is None):
+            raise ValueError("DecoderBlock: pass `layer_input` exactly when the block has per_layer_input_dim > 0.")
+        produced = []
 
         def self_attend(h):
-            return self.self_attention(
+            out = self.self_attention(
                 h,
                 mask=mask,
                 is_causal=not decode,
@@ -349,9 +397,23 @@ class DecoderBlock(nnx.Module):
                 segment_ids=segment_ids,
                 decode=decode,
                 valid=valid if decode else None,
+                kv=kv,
+                return_kv=return_kv,
             )
+            if return_kv:
+                out, shared = out
+                produced.append(shared)
+            return out
 
         x = self.self_residual(self_attend, x, valid)
         if self.cross_attention is not None:
             x = self.cross_residual(lambda h: self.cross_attention(h, context, mask=context_mask), x, valid)
-        return self.ffn_residual(self.ffn, x, valid)
+        x = self.ffn_residual(self.ffn, x, valid)
+        if layer_input is not None:
+            h = jnp.einsum("BTD,DP->BTP", x.astype(self.dtype), self.per_layer_gate[...].astype(self.dtype))
+            h = ops.gelu(h) * layer_input.astype(self.dtype)
+            h = jnp.einsum("BTP,PD->BTD", h, self.per_layer_projection[...].astype(self.dtype))
+            x = x + apply_norm(self.per_layer_norm, h, valid)
+        if self.layer_scale is not None:
+            x = x * self.layer_scale[...].astype(x.dtype)
+        return (x, produced[0]) if return_kv else x

@@ -36,24 +36,28 @@ def sinusoidal_positions(length: int, dim: int, *, base: float = 10000.0) -> jax
     return jnp.asarray(pe, dtype=jnp.float32)
 
 
-ROPE_SCALINGS = ("linear", "llama3")
+ROPE_SCALINGS = ("linear", "llama3", "proportional")
 
 
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
     """A rescaling of RoPE's frequencies for contexts longer than the training one (frozen, hashable: a config field).
 
-    linear   theta_i / factor: position interpolation (Chen et al. 2023); the same as `apply_rope(scale=factor)`
-    llama3   Llama 3.1's: with wavelength w_i = 2 pi / theta_i and L = original_max_len, frequencies whose
-             w_i < L / high_freq_factor are kept, those with w_i > L / low_freq_factor divided by `factor`,
-             and those between interpolated: theta_i ((1 - a) / factor + a), a = (L / w_i - low) / (high - low)
+    linear        theta_i / factor: position interpolation (Chen et al. 2023); the same as
+                  `apply_rope(scale=factor)`
+    llama3        Llama 3.1's: with wavelength w_i = 2 pi / theta_i and L = original_max_len, frequencies whose
+                  w_i < L / high_freq_factor are kept, those with w_i > L / low_freq_factor divided by `factor`,
+                  and those between interpolated: theta_i ((1 - a) / factor + a), a = (L / w_i - low) / (high - low)
+    proportional  Gemma 4's partial RoPE: the first floor(fraction * H / 2) pairs turn at theta_i / factor (the
+                  exponent still over the full H), the other pairs not at all (theta_i = 0)
     """
 
     kind: str
-    factor: float
+    factor: float = 1.0
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_len: int = 8192
+    fraction: float = 1.0
 
     def __post_init__(self):
         checks.check_choice("RopeScaling.kind", self.kind, ROPE_SCALINGS)
@@ -67,6 +71,8 @@ class RopeScaling:
                     f"{self.low_freq_factor}, {self.high_freq_factor}."
                 )
             checks.check_positive_int("RopeScaling.original_max_len", self.original_max_len)
+        if self.kind == "proportional":
+            checks.check_real("RopeScaling.fraction", self.fraction, low=0.0, high=1.0)
 
 
 def rope_frequencies(head_dim: int, *, base: float = 10000.0, scaling: RopeScaling | None = None) -> np.ndarray:
@@ -83,6 +89,9 @@ def rope_frequencies(head_dim: int, *, base: float = 10000.0, scaling: RopeScali
         return theta
     if scaling.kind == "linear":
         return theta / scaling.factor
+    if scaling.kind == "proportional":
+        rotated = int(scaling.fraction * head_dim // 2)
+        return np.where(np.arange(head_dim // 2) < rotated, theta / scaling.factor, 0.0)
     wavelength = 2 * np.pi / theta
     length, low, high = scaling.original_max_len, scaling.low_freq_factor, scaling.high_freq_factor
     a = (length / wavelength - low) / (high - low)

@@ -27,10 +27,11 @@ ARCHITECTURES = {
     "GemmaForCausalLM": "gemma",
     "Gemma2ForCausalLM": "gemma2",
     "Gemma3ForCausalLM": "gemma3_text",
+    "Gemma4ForCausalLM": "gemma4_text",
 }
 FAMILY_ARCHITECTURE = {family: arch for arch, family in ARCHITECTURES.items()}  # BERT: set by the heads below
 LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3")
-GEMMA_FAMILY = ("gemma", "gemma2", "gemma3_text")
+GEMMA_FAMILY = ("gemma", "gemma2", "gemma3_text", "gemma4_text")
 
 # Keys that describe no computation of the model (ids of special tokens, generation and training defaults, how it
 # was saved). Values are not checked.
@@ -260,17 +261,20 @@ def _rope_params(params: dict, where: str = "") -> tuple[float | None, RopeScali
                 f"config.json: rope parameters{where} {sorted(params)} are not supported for rope_type default."
             )
         return base, None
-    if kind not in ("linear", "llama3"):
+    if kind not in ("linear", "llama3", "proportional"):
         raise ValueError(
-            f"config.json: rope_type={kind!r}{where} is not supported; jaxformer computes default, linear, llama3."
+            f"config.json: rope_type={kind!r}{where} is not supported; jaxformer computes default, linear, llama3, "
+            "proportional."
         )
     names = {
         "factor": "factor",
         "low_freq_factor": "low_freq_factor",
         "high_freq_factor": "high_freq_factor",
         "original_max_position_embeddings": "original_max_len",
+        "partial_rotary_factor": "fraction",
     }
-    unknown = sorted(set(params) - set(names if kind == "llama3" else ["factor"]))
+    allowed = {"llama3": list(names)[:4], "linear": ["factor"], "proportional": ["factor", "partial_rotary_factor"]}
+    unknown = sorted(set(params) - set(allowed[kind]))
     if unknown:
         raise ValueError(f"config.json: rope parameters{where} {unknown} are not supported for rope_type {kind!r}.")
     return base, RopeScaling(kind, **{names[k]: v for k, v in params.items()})
@@ -333,6 +337,63 @@ def _llama_fields(keys: _Keys, family: str) -> dict:
 
 _GEMMA_LAYER_TYPES = {"sliding_attention": "local", "full_attention": "global"}
 _GEMMA_ACTIVATIONS = ("gelu_pytorch_tanh", "gelu")  # transformers reads Gemma's legacy "gelu" as the tanh form
+
+
+def _gemma4_globals(keys: _Keys, layer_types: tuple[str, ...], k_eq_v: bool) -> tuple[int | None, int | None]:
+    """(global_head_dim, global_num_kv_heads) from the hub's keys or transformers 5's `per_layer_config`
+    ({layer index: {"head_dim", "num_key_value_heads"}} for the full-attention layers)."""
+    head_dim, kv_heads = keys.take("global_head_dim", None), keys.take("num_global_key_value_heads", None)
+    per_layer = keys.take("per_layer_config", None)
+    if per_layer:
+        globals_ = {str(i) for i, kind in enumerate(layer_types) if kind == "global"}
+        values = list(per_layer.values())
+        unknown = sorted({k for v in values for k in v} - {"head_dim", "num_key_value_heads"})
+        if set(per_layer) != globals_ or unknown or any(v != values[0] for v in values):
+            raise ValueError(
+                f"config.json: per_layer_config={per_layer!r} is not supported; jaxformer computes one head_dim / "
+                "num_key_value_heads override for every full-attention layer."
+            )
+        head_dim = values[0].get("head_dim", head_dim)
+        kv_heads = values[0].get("num_key_value_heads", kv_heads if k_eq_v else None)
+    # transformers uses num_global_key_value_heads only with attention_k_eq_v
+    return head_dim, kv_heads if k_eq_v or per_layer else None
+
+
+def _gemma4_fields(keys: _Keys, fields: dict, layer_types: tuple[str, ...]) -> dict:
+    """Gemma 4 text: plain (w) RMSNorms, q / k / v norms, logit scale 1, a scalar per layer, proportional partial
+    RoPE on global layers, global layers' own head_dim / kv heads (and values = keys), KV sharing, per-layer
+    inputs. Mixture-of-experts blocks are refused."""
+    keys.expect("enable_moe_block", False)
+    for key in ("num_experts", "top_k_experts", "moe_intermediate_size"):
+        keys.take(key, None)  # read only with enable_moe_block
+    k_eq_v = bool(keys.take("attention_k_eq_v", False))
+    head_dim, kv_heads = _gemma4_globals(keys, layer_types, k_eq_v)
+    shared = keys.take("num_kv_shared_layers", 0)
+    double = keys.take("use_double_wide_mlp", False)
+    ple = keys.take("hidden_size_per_layer_input", 0) or 0
+    ple_vocab = keys.take("vocab_size_per_layer_input", None)
+    params = keys.take("rope_parameters", None) or {}
+    full = _rope_params(params.get("full_attention") or {}, " (full_attention)")
+    local = _rope_params(params.get("sliding_attention") or {}, " (sliding_attention)")
+    fields.update(
+        norm_plus_one=False,
+        qk_norm=True,
+        v_norm=True,
+        layer_scale=True,
+        attention_scale=1.0,
+        rope_base=float(full[0] or 1e6),
+        rope_scaling=full[1],
+        global_head_dim=None if head_dim in (None, fields["head_dim"]) else head_dim,
+        global_num_kv_heads=None if kv_heads in (None, fields["num_kv_heads"]) else kv_heads,
+        global_value_is_key=k_eq_v,
+        num_kv_shared_layers=shared,
+        kv_shared_d_ff=2 * fields["d_ff"] if double and shared else None,
+        per_layer_input_dim=ple,
+        per_layer_vocab_size=ple_vocab if ple and ple_vocab != fields["vocab_size"] else None,
+    )
+    if fields["layer_types"] is not None:
+        fields.update(local_rope_base=float(local[0] or 1e4), local_rope_scaling=local[1])
+    return fields
 
 
 def _gemma_fields(keys: _Keys, family: str) -> dict:
@@ -403,8 +464,10 @@ def _gemma_fields(keys: _Keys, family: str) -> dict:
             f"config.json: layer_types {unknown} are not supported; jaxformer computes {sorted(_GEMMA_LAYER_TYPES)}."
         )
     layer_types = tuple(_GEMMA_LAYER_TYPES[t] for t in hf_types)
+    if family == "gemma4_text":  # transformers makes Gemma 4's last layer global whatever the file says
+        layer_types = (*layer_types[:-1], "global")
     attention_cap = keys.take("attn_logit_softcapping", None)
-    if family == "gemma3_text":
+    if family in ("gemma3_text", "gemma4_text"):
         # Gemma 3 files carry the key, but transformers' Gemma3Attention never applies it (nor did Google's Gemma 3).
         attention_cap = None
     fields.update(
@@ -419,6 +482,8 @@ def _gemma_fields(keys: _Keys, family: str) -> dict:
     if family == "gemma2":
         fields["rope_base"], fields["rope_scaling"] = _rope(keys)
         return fields
+    if family == "gemma4_text":
+        return _gemma4_fields(keys, fields, layer_types)
     # Gemma 3: one RoPE per kind, as rope_parameters {"full_attention": ..., "sliding_attention": ...}
     # (transformers >= 5) or rope_theta + rope_scaling (global) and rope_local_base_freq (local).
     params = keys.take("rope_parameters", None) or {}
@@ -469,6 +534,7 @@ def family_for(cfg: ModelConfig, *, vision: bool = False, encoder: bool = False)
     need(cfg.norm_position == "pre", f"norm_position={cfg.norm_position!r} (the decoders are pre-norm)")
     if cfg.norm_plus_one or cfg.activation == "geglu":
         return _gemma_family(cfg, need)
+    need(not (cfg.v_norm or cfg.layer_scale or cfg.per_layer_input_dim or cfg.num_kv_shared_layers), "Gemma 4's")
     need(cfg.layer_types is None, "layer_types (local / global layers are Gemma 2 and 3's)")
     need(cfg.attention_logit_softcap is None and cfg.final_logit_softcap is None, "logit soft-caps (Gemma 2's)")
     need(cfg.attention_scale is None and not cfg.sandwich_norm, "attention_scale / sandwich_norm (Gemma's)")
@@ -496,6 +562,20 @@ def family_for(cfg: ModelConfig, *, vision: bool = False, encoder: bool = False)
 
 
 def _gemma_family(cfg: ModelConfig, need) -> str:
+    gemma4 = cfg.v_norm or cfg.layer_scale or cfg.per_layer_input_dim > 0 or cfg.num_kv_shared_layers > 0
+    if gemma4:
+        need(cfg.norm == "rmsnorm" and not cfg.norm_plus_one, "Gemma 4: plain (w) RMSNorm")
+        need(cfg.activation == "geglu" and cfg.sandwich_norm and cfg.qk_norm, "Gemma 4: GeGLU, sandwich and q/k norms")
+        need(cfg.v_norm and cfg.layer_scale and cfg.attention_scale == 1.0, "Gemma 4: v norm, layer scalars, scale 1")
+        need(cfg.positional == "rope" and not cfg.rope_interleaved, "Gemma 4 has rotate-half RoPE")
+        need(cfg.embed_scale and not cfg.embed_norm and cfg.type_vocab_size == 0, "Gemma scales its embedding")
+        need(not cfg.head_bias and not cfg.mlp_bias and not cfg.qkv_bias and not cfg.out_bias, "Gemma 4: no biases")
+        need(cfg.attention_logit_softcap is None, "Gemma 4 with an attention soft-cap (transformers has none)")
+        need(cfg.layer_types is not None and cfg.layer_types[-1] == "global", "Gemma 4: layer_types ending global")
+        need(cfg.vocab_multiple == 1, f"vocab_multiple={cfg.vocab_multiple} (save an unpadded vocabulary)")
+        need(cfg.kv_shared_d_ff in (None, 2 * cfg.d_ff), "Gemma 4: KV-shared layers' FFN d_ff or 2 d_ff wide")
+        need(cfg.global_num_kv_heads is None or cfg.global_value_is_key, "Gemma 4: global kv heads need k_eq_v")
+        return "gemma4_text"
     need(cfg.norm == "rmsnorm" and cfg.norm_plus_one and cfg.activation == "geglu", "Gemma: (1 + w) RMSNorm, GeGLU")
     need(cfg.positional == "rope" and not cfg.rope_interleaved, "Gemma has rotate-half RoPE")
     need(cfg.embed_scale and not cfg.embed_norm and cfg.type_vocab_size == 0, "Gemma scales its embedding by sqrt(D)")
@@ -518,6 +598,8 @@ def _rope_dict(base: float, scaling: RopeScaling | None) -> dict[str, Any]:
     rope: dict[str, Any] = {"rope_type": "default", "rope_theta": base}
     if scaling is not None:
         rope.update(rope_type=scaling.kind, factor=scaling.factor)
+        if scaling.kind == "proportional":
+            rope["partial_rotary_factor"] = scaling.fraction
         if scaling.kind == "llama3":
             rope.update(
                 low_freq_factor=scaling.low_freq_factor,
@@ -561,6 +643,20 @@ def _gemma_config(cfg: ModelConfig, family: str) -> dict:
     )
     if family == "gemma2":
         return {**out, "rope_parameters": _rope_dict(cfg.rope_base, cfg.rope_scaling)}
+    if family == "gemma4_text":
+        for key in ("query_pre_attn_scalar", "attn_logit_softcapping"):
+            del out[key]
+        out.update(
+            attention_k_eq_v=cfg.global_value_is_key,
+            global_head_dim=cfg.global_head_dim or cfg.head_dim,
+            num_kv_shared_layers=cfg.num_kv_shared_layers,
+            use_double_wide_mlp=cfg.kv_shared_d_ff is not None,
+            hidden_size_per_layer_input=cfg.per_layer_input_dim,
+            vocab_size_per_layer_input=cfg.per_layer_vocab_size or cfg.vocab_size,
+            enable_moe_block=False,
+        )
+        if cfg.global_value_is_key:
+            out["num_global_key_value_heads"] = cfg.global_num_kv_heads or cfg.num_kv_heads
     local = cfg.local_rope_base or cfg.rope_base
     rope = {
         "full_attention": _rope_dict(cfg.rope_base, cfg.rope_scaling),

@@ -88,6 +88,8 @@ def rules(family: str, cfg: ModelConfig) -> list[Rule]:
         return _gpt2_rules(cfg)
     if family == "bert":
         return _bert_rules(cfg)
+    if family == "gemma4_text":
+        return _gemma4_rules(cfg)
     if family.startswith("gemma"):
         return _gemma_rules(cfg)
     return _vit_rules(cfg) if family == "vit" else _llama_rules(cfg)
@@ -190,6 +192,58 @@ def _gemma_rules(cfg: ModelConfig) -> list[Rule]:
             out += [
                 _one(f"{att}/q_norm/scale", f"{a}.q_norm.weight"),
                 _one(f"{att}/k_norm/scale", f"{a}.k_norm.weight"),
+            ]
+    return out
+
+
+def _gemma4_rules(cfg: ModelConfig) -> list[Rule]:
+    """Gemma 4 text: Gemma 3's names with plain-w norms, each layer's attention in its own kind's shapes (no
+    `v_proj` where values are keys, no k / v at all in KV-shared layers), `layer_scalar`, and the per-layer inputs:
+    `embed_tokens_per_layer`, `per_layer_model_projection`, `per_layer_projection_norm`, and per layer
+    `per_layer_input_gate`, `per_layer_projection`, `post_per_layer_input_norm`."""
+    out = [
+        _one("embed/tokens/embedding", "model.embed_tokens.weight"),
+        _one("final_norm/scale", "model.norm.weight"),
+    ]
+    if not cfg.tie_embeddings:
+        out.append(_one("head/kernel", "lm_head.weight", lambda t: t.T, lambda p: p.T))
+    if cfg.per_layer_input_dim:
+        out += [
+            _one("per_layer_embed/embedding", "model.embed_tokens_per_layer.weight"),
+            _one("per_layer_projection", "model.per_layer_model_projection.weight", lambda t: t.T, lambda p: p.T),
+            _one("per_layer_norm/scale", "model.per_layer_projection_norm.weight"),
+        ]
+    kinds = cfg.layer_kinds or ((None, False),) * cfg.num_layers
+    for i, kind in enumerate(kinds):
+        lc = cfg.layer_config(*kind)
+        N, K, H = lc.num_heads, lc.num_kv_heads, lc.head_dim
+        m, layer = f"model.layers.{i}", f"blocks/layers/{i}"
+        att, a = f"{layer}/self_attention", f"{m}.self_attn"
+        out += [
+            _linear_in(f"{att}/w_q", f"{a}.q_proj.weight", N, H),
+            _linear_out(f"{att}/w_o", f"{a}.o_proj.weight", N, H),
+            _one(f"{att}/q_norm/scale", f"{a}.q_norm.weight"),
+            _one(f"{layer}/self_residual/norm/scale", f"{m}.input_layernorm.weight"),
+            _one(f"{layer}/self_residual/output_norm/scale", f"{m}.post_attention_layernorm.weight"),
+            _one(f"{layer}/ffn_residual/norm/scale", f"{m}.pre_feedforward_layernorm.weight"),
+            _one(f"{layer}/ffn_residual/output_norm/scale", f"{m}.post_feedforward_layernorm.weight"),
+            _linear_in(f"{layer}/ffn/w_gate", f"{m}.mlp.gate_proj.weight", lc.d_ff),
+            _linear_in(f"{layer}/ffn/w_up", f"{m}.mlp.up_proj.weight", lc.d_ff),
+            _linear_in(f"{layer}/ffn/w_out", f"{m}.mlp.down_proj.weight", lc.d_model),
+            _one(f"{layer}/layer_scale", f"{m}.layer_scalar"),
+        ]
+        if not lc.shared_kv:
+            out += [
+                _linear_in(f"{att}/w_k", f"{a}.k_proj.weight", K, H),
+                _one(f"{att}/k_norm/scale", f"{a}.k_norm.weight"),
+            ]
+            if not lc.value_is_key:
+                out.append(_linear_in(f"{att}/w_v", f"{a}.v_proj.weight", K, H))
+        if cfg.per_layer_input_dim:
+            out += [
+                _one(f"{layer}/per_layer_gate", f"{m}.per_layer_input_gate.weight", lambda t: t.T, lambda p: p.T),
+                _one(f"{layer}/per_layer_projection", f"{m}.per_layer_projection.weight", lambda t: t.T, lambda p: p.T),
+                _one(f"{layer}/per_layer_norm/scale", f"{m}.post_per_layer_input_norm.weight"),
             ]
     return out
 

@@ -1,4 +1,4 @@
-"""Gemma 1, 2 and 3 checkpoints in and out, against tiny fixtures that `transformers` made
+"""Gemma 1, 2, 3 and 4 (text) checkpoints in and out, against tiny fixtures that `transformers` made
 (experiments/make_pretrained_fixtures.py): logits, greedy generation through the ring-buffer caches of the local
 layers, save -> load, the config options each family needs, and that the soft-caps and windows bind."""
 
@@ -18,7 +18,7 @@ from jaxformer.models import GPT
 from jaxformer.ops import RopeScaling
 from tests.pretrained.test_pretrained import FIXTURES, assert_round_trip, copy_fixture, edit_config, reference
 
-GEMMAS = ["gemma", "gemma2", "gemma3"]
+GEMMAS = ["gemma", "gemma2", "gemma3", "gemma4", "gemma4_kv"]
 
 
 @pytest.fixture(scope="module", params=GEMMAS)
@@ -63,6 +63,15 @@ def test_the_config_reads_what_each_gemma_needs():
     assert (gemma3.rope_base, gemma3.rope_scaling) == (1e6, RopeScaling("linear", 8.0))
     assert (gemma3.local_rope_base, gemma3.local_rope_scaling) == (1e4, None)
     assert gemma3.attention_logit_softcap is None and gemma3.final_logit_softcap == 4.0
+    gemma4 = pretrained.from_pretrained(FIXTURES / "gemma4").config  # transformers 5's per_layer_config
+    assert not gemma4.norm_plus_one and gemma4.v_norm and gemma4.layer_scale and gemma4.attention_scale == 1.0
+    assert gemma4.global_head_dim == 16 and gemma4.global_num_kv_heads is None and not gemma4.global_value_is_key
+    assert (gemma4.num_kv_shared_layers, gemma4.kv_shared_d_ff, gemma4.per_layer_input_dim) == (2, 64, 4)
+    assert gemma4.kv_sources == (None, None, None, None, 3, 2)
+    assert gemma4.rope_scaling == RopeScaling("proportional", 1.0, fraction=0.25) and gemma4.local_rope_base == 1e4
+    gemma4_kv = pretrained.from_pretrained(FIXTURES / "gemma4_kv").config  # the hub's global_head_dim keys
+    assert gemma4_kv.global_value_is_key and (gemma4_kv.global_head_dim, gemma4_kv.global_num_kv_heads) == (16, 1)
+    assert gemma4_kv.per_layer_input_dim == 0 and gemma4_kv.num_kv_shared_layers == 0
 
 
 def with_config(model: GPT, **changes) -> GPT:
@@ -83,6 +92,8 @@ def with_config(model: GPT, **changes) -> GPT:
         ("gemma2", dict(attention_scale=None)),
         ("gemma3", dict(local_rope_base=None)),
         ("gemma3", dict(rope_scaling=None)),
+        ("gemma4", dict(rope_scaling=None)),
+        ("gemma4", dict(local_rope_base=None)),
     ],
 )
 def test_each_option_the_fixtures_exercise_binds(name, changes):
@@ -100,6 +111,38 @@ def test_the_final_soft_cap_bounds_the_logits(loaded):
         assert np.abs(logits).max() < cap
         raw = logits_of(with_config(model, final_logit_softcap=None), name)
         np.testing.assert_allclose(logits, cap * np.tanh(raw / cap), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["gemma4", "gemma4_kv"])
+def test_gemma4_layer_scalars_bind(name):
+    """Layer scalars are stored in the checkpoint (not 1): with every one set to 1 the logits move."""
+    model = pretrained.from_pretrained(FIXTURES / name)
+    scales = [float(block.layer_scale[...][0]) for block in model.blocks.layers]
+    assert all(abs(s - 1.0) > 1e-3 for s in scales)
+    for block in model.blocks.layers:
+        block.layer_scale[...] = jnp.ones((1,))
+    assert np.abs(logits_of(model, name) - reference(name)["logits"]).max() > 1e-2
+
+
+def test_gemma4_kv_shared_layers_keep_no_cache_and_project_nothing():
+    model = pretrained.from_pretrained(FIXTURES / "gemma4")
+    attentions = [block.self_attention for block in model.blocks.layers]
+    assert [a.shared_kv for a in attentions] == [False] * 4 + [True] * 2
+    assert all(a.w_k is None and a.w_v is None for a in attentions[4:])
+    model.init_cache(1, 32)
+    assert [a.cached_key is None for a in attentions] == [False] * 4 + [True] * 2
+    assert [a.cached_key.shape[1] for a in attentions[:4]] == [4, 4, 32, 4]  # local rings, one global cache
+    assert model.blocks.layers[5].ffn.w_gate.shape == (24, 64)  # the double-wide MLP of shared layers
+    kv = pretrained.from_pretrained(FIXTURES / "gemma4_kv").blocks.layers
+    assert kv[1].self_attention.w_v is None and kv[1].self_attention.w_k.shape == (24, 1, 16)  # values are keys
+    assert kv[0].self_attention.w_v is not None
+
+
+def test_gemma4_mixture_of_experts_is_refused(tmp_path):
+    d = copy_fixture("gemma4_kv", tmp_path)
+    edit_config(d, enable_moe_block=True, num_experts=4, top_k_experts=2, moe_intermediate_size=8)
+    with pytest.raises(ValueError, match=r"enable_moe_block=True is not supported for gemma4_text"):
+        pretrained.from_pretrained(d)
 
 
 def test_local_layers_cache_only_their_window():
