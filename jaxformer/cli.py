@@ -4,6 +4,7 @@
     jaxformer sample  --workdir DIR | --pretrained DIR_OR_HUB_ID
                       [--prompt TEXT] [--num_tokens N] [--temperature T] [--top_k K] [--seed S]
     jaxformer memory  --config CONFIG [--config.mesh.fsdp=8 ...] [--devices N]  (per-device bytes, nothing trained)
+    jaxformer memory  --model VARIANT|DIR|HUB_ID --cache_len N [--batch_size B] [--dtype D]   (KV-cache bytes)
     jaxformer configs                                                           (the recipes, one line each)
     jaxformer prepare --source tfds:NAME[:SPLIT] | text:GLOB --tokenizer char|byte|sentencepiece|hf:DIR_OR_ID
                       --out DIR [--validation_fraction F] [--vocab_size V] [--workers N] [--shard_mb M]
@@ -151,13 +152,28 @@ def _memory(argv: list[str]) -> None:
     argv = _resolve_config(argv)
     _define_config(argv)
     flags.DEFINE_integer("devices", 0, "Devices to size the run for (default: the devices jax sees).")
-    flags.mark_flags_as_required(["config"])
+    flags.DEFINE_string("model", None, "Instead of --config: a ModelConfig variant, checkpoint directory or hub id.")
+    flags.DEFINE_integer("cache_len", 0, "With --model: the KV cache's length in tokens.")
+    flags.DEFINE_integer("batch_size", 1, "With --model: the sequences the KV cache holds.")
+    flags.DEFINE_string("dtype", "bfloat16", "With --model: the cache's dtype.")
+    flags.register_multi_flags_validator(
+        ["config", "model"],
+        lambda v: (v["config"] is None) != (v["model"] is None),
+        message="pass exactly one of --config (a training run) and --model (an architecture's KV cache)",
+    )
+    flags.register_validator(
+        "cache_len", lambda v: v > 0 or flags.FLAGS["model"].value is None, "--model needs --cache_len N > 0"
+    )
 
     def main(_):
-        from jaxformer.training.memory import format_report, memory_report
+        from jaxformer.training.memory import format_kv_report, format_report, kv_cache_report, memory_report
 
         _quiet()
-        print(format_report(memory_report(flags.FLAGS.config, flags.FLAGS.devices or None)))
+        f = flags.FLAGS
+        if f.model is not None:
+            print(format_kv_report(kv_cache_report(f.model, f.cache_len, batch_size=f.batch_size, dtype=f.dtype)))
+            return
+        print(format_report(memory_report(f.config, f.devices or None)))
 
     app.run(main, argv=argv)
 

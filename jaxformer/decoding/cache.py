@@ -6,6 +6,9 @@ Every jaxformer.nn.MultiHeadAttention with a cache holds `cached_key` / `cached_
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -18,6 +21,39 @@ def _caches(model: nnx.Module):
     for _, module in nnx.iter_graph(model):
         if isinstance(module, MultiHeadAttention) and module.cache_index is not None:
             yield module
+
+
+def kv_cache_bytes(make_model: Callable[[], nnx.Module], batch_size: int, max_len: int, dtype=None) -> dict:
+    """What the KV caches of `make_model()` (e.g. `lambda: GPT(cfg, rngs=nnx.Rngs(0))`) hold for `batch_size`
+    sequences of up to `max_len` tokens, from shapes alone (`nnx.eval_shape`: nothing is allocated).
+
+    Returns a dict: `bytes` (keys, values and indices as `init_cache(batch_size, max_len, dtype)` allocates them:
+    ring buffers of `sliding_window` entries for local layers, nothing for KV-shared layers), `full_bytes` (every
+    self-attention layer with a cache of max_len entries, as without rings or sharing), and `layers`, one
+    (entries held, key/value bytes) pair per self-attention layer in order (0 entries: a KV-shared layer).
+    """
+    batch_size = checks.check_positive_int("batch_size", batch_size)
+    max_len = checks.check_positive_int("max_len", max_len)
+
+    def build():
+        model = make_model()
+        model.init_cache(batch_size, max_len, dtype)
+        return model
+
+    abstract = nnx.eval_shape(build)
+    layers, held, full = [], 0, 0
+    for _, module in nnx.iter_graph(abstract):
+        if not isinstance(module, MultiHeadAttention) or (module.cache_index is None and not module.shared_kv):
+            continue
+        itemsize = jnp.dtype(module.dtype if dtype is None else dtype).itemsize
+        stacked = 1 if module.cache_index is None else math.prod(module.cache_index.shape[:-1])  # scanned: [L, B]
+        per_entry = 2 * batch_size * module.num_kv_heads * module.head_dim * itemsize  # a key and a value
+        entries = 0 if module.cache_key_shape is None else module.cache_key_shape[-3]
+        for _ in range(stacked):
+            layers.append((entries, entries * per_entry))
+        held += stacked * (entries * per_entry + (0 if module.cache_index is None else 4 * batch_size))
+        full += stacked * (max_len * per_entry + 4 * batch_size)
+    return {"bytes": held, "full_bytes": full, "layers": layers}
 
 
 def set_cache_index(model: nnx.Module, index: jax.Array) -> None:

@@ -286,6 +286,21 @@ _TRANSFORMER = dict(
     dropout_rate=0.1,
     init_std=512**-0.5,
 )
+_GEMMA = dict(
+    positional="rope",
+    rope_interleaved=False,
+    norm="rmsnorm",
+    norm_plus_one=True,
+    norm_epsilon=1e-6,
+    qk_norm_epsilon=1e-6,
+    sandwich_norm=True,
+    embed_scale=True,
+    activation="geglu",
+    use_bias=False,
+    tie_embeddings=True,
+    dropout_rate=0.0,
+    attention_scale=256**-0.5,  # query_pre_attn_scalar = 256
+)
 _VIT = dict(vocab_size=0, positional="learned", norm_position="pre", norm_epsilon=1e-6, activation="gelu_exact")
 
 # Full-size variants reproduce the published parameter counts (tests/models/test_param_counts.py).
@@ -330,6 +345,39 @@ VARIANTS: dict[str, dict[str, Any]] = {
         patch_size=16,
         num_classes=1000,
         **_VIT,
+    ),
+    # Gemma 2 2B (Gemma Team 2024): 2.61B; local (4096) and global layers alternate; soft-caps 50 and 30.
+    "gemma2-2b": dict(
+        vocab_size=256000,
+        num_layers=26,
+        d_model=2304,
+        num_heads=8,
+        num_kv_heads=4,
+        head_dim=256,
+        d_ff=9216,
+        max_len=8192,
+        sliding_window=4096,
+        layer_types=("local", "global") * 13,
+        attention_logit_softcap=50.0,
+        final_logit_softcap=30.0,
+        **_GEMMA,
+    ),
+    # Gemma 3 1B (Gemma Team 2025): 1.0B; 5 local layers (window 512, RoPE base 10k) per global one (1M), q/k norms.
+    "gemma3-1b": dict(
+        vocab_size=262144,
+        num_layers=26,
+        d_model=1152,
+        num_heads=4,
+        num_kv_heads=1,
+        head_dim=256,
+        d_ff=6912,
+        max_len=32768,
+        sliding_window=512,
+        layer_types=tuple("global" if (i + 1) % 6 == 0 else "local" for i in range(26)),
+        rope_base=1e6,
+        local_rope_base=1e4,
+        qk_norm=True,
+        **_GEMMA,
     ),
     "vit-tiny": dict(
         num_layers=2, d_model=64, num_heads=4, d_ff=256, max_len=17, image_size=32, patch_size=8, num_classes=10, **_VIT

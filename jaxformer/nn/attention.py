@@ -224,6 +224,11 @@ class MultiHeadAttention(nnx.Module):
         self.cache_index = nnx.Cache(jnp.zeros((batch_size,), jnp.int32))
 
     @property
+    def cache_key_shape(self) -> tuple[int, ...] | None:
+        """The shape of the cached keys (`[..., B, S, K, H]`; a leading `[L]` when scanned), None without a cache."""
+        return None if self.cached_key is None else tuple(self.cached_key.shape)
+
+    @property
     def is_ring_cache(self) -> bool:
         """Whether the KV cache is a ring buffer of `sliding_window` entries (see `init_cache`)."""
         return (

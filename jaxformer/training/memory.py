@@ -1,4 +1,5 @@
-"""How much memory a run needs per device, from shapes alone: `jaxformer memory --config ... [--devices N]`.
+"""How much memory a run needs per device, from shapes alone: `jaxformer memory --config ... [--devices N]`; and
+what an architecture's KV cache holds: `jaxformer memory --model gemma3-1b --cache_len 32768` (`kv_cache_report`).
 
 Parameters and optimizer state are counted exactly: every array of the abstract TrainState (`nnx.eval_shape`,
 `jax.eval_shape` of the optimizer's init, nothing allocated) divided by the number of devices its sharding under
@@ -32,7 +33,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxformer import sharding
+from jaxformer import hub, sharding
+from jaxformer.decoding import kv_cache_bytes
+from jaxformer.models import GPT, VARIANTS, ModelConfig
+from jaxformer.pretrained import hf_config, io
 from jaxformer.training import defaults
 from jaxformer.training.run import build_run
 
@@ -113,6 +117,47 @@ def memory_report(config: ml_collections.ConfigDict, num_devices: int | None = N
         "activation_bytes_per_device": activations,
         "total_bytes_per_device": param_device + opt_device + 2 * param_device + activations,  # + grads, updates
     }
+
+
+def kv_cache_report(model: str, cache_len: int, *, batch_size: int = 1, dtype="bfloat16") -> dict:
+    """The KV cache of `model` (a `ModelConfig` variant name, or a Hugging Face checkpoint directory / hub id: its
+    config.json) for `batch_size` sequences of `cache_len` tokens in `dtype`: `decoding.kv_cache_bytes` plus the
+    architecture's name and its layers' kinds. Local layers hold ring buffers of `sliding_window` entries."""
+    if model in VARIANTS:
+        cfg = ModelConfig.variant(model)
+    else:
+        cfg = hf_config.to_model_config(io.read_config(hub.resolve(model)))
+    cfg = cfg.replace(dtype=dtype, param_dtype=dtype)
+    report = kv_cache_bytes(lambda: GPT(cfg, rngs=nnx.Rngs(0)), batch_size, cache_len, dtype)
+    kinds = cfg.layer_types or ("local" if cfg.sliding_window else "global",) * cfg.num_layers
+    return {
+        **report,
+        "model": model,
+        "cache_len": cache_len,
+        "batch_size": batch_size,
+        "dtype": str(cfg.dtype),
+        "kinds": kinds,
+        "sliding_window": cfg.sliding_window,
+        "shared_layers": cfg.num_kv_shared_layers,
+    }
+
+
+def format_kv_report(report: dict) -> str:
+    """The KV-cache report as lines of MiB."""
+    mib = lambda n: f"{n / 2**20:,.1f} MiB"
+    kinds = report["kinds"]
+    local, shared = kinds.count("local"), report["shared_layers"]
+    return "\n".join(
+        [
+            f"{report['model']}: KV cache for {report['batch_size']} sequence(s) of {report['cache_len']:,} tokens "
+            f"in {report['dtype']}",
+            f"  {len(kinds)} layers: {kinds.count('global')} global, {local} local (window "
+            f"{report['sliding_window']})" + (f", {shared} sharing an earlier layer's cache" if shared else ""),
+            f"  as allocated     {mib(report['bytes']):>14}   (local layers: ring buffers of the window)",
+            f"  with full caches {mib(report['full_bytes']):>14}   (every layer {report['cache_len']:,} entries)",
+            f"  ratio            {report['bytes'] / report['full_bytes']:>14.3f}",
+        ]
+    )
 
 
 def _kept_per_layer(remat: str, a: float, t: int) -> tuple[float, float]:

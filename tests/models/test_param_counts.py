@@ -18,6 +18,9 @@ def variant_count(model_class, name, **overrides):
         # OpenAI's released GPT-2 checkpoints (Hugging Face counts): 124M and 355M.
         (GPT, "gpt2-small", 124_439_808, 124e6),
         (GPT, "gpt2-medium", 354_823_168, 355e6),
+        # Google's Gemma 2 2B and Gemma 3 1B checkpoints (Hugging Face counts): 2.61B and 1.0B.
+        (GPT, "gemma2-2b", 2_614_341_888, 2.61e9),
+        (GPT, "gemma3-1b", 999_885_952, 1.0e9),
         # Vaswani et al. 2017, Table 3: "big" 213M.
         (Transformer, "transformer-big", 214_245_376, 213e6),
     ],

@@ -67,3 +67,28 @@ def test_remat_policies_keep_less_in_the_documented_amounts(corpus):
     for remat, units in want.items():
         assert reports[remat]["activation_bytes_per_device"] == int(units * unit + logits), remat
     assert reports["full"]["activation_bytes_per_device"] < reports["none"]["activation_bytes_per_device"] / 2
+
+
+def test_kv_cache_of_a_gemma3_shape_holds_rings_for_local_layers():
+    """Gemma 3 1B at 32k tokens: 22 local layers keep 512 entries, 4 global layers 32768 (one kv head of 256)."""
+    from jaxformer.training.memory import format_kv_report, kv_cache_report
+
+    report = kv_cache_report("gemma3-1b", 32768, batch_size=2, dtype="bfloat16")
+    per_entry = 2 * 2 * 1 * 256 * 2  # key and value, batch 2, 1 kv head, head_dim 256, bfloat16
+    assert [n for n, _ in report["layers"]] == [32768 if (i + 1) % 6 == 0 else 512 for i in range(26)]
+    assert report["bytes"] == (22 * 512 + 4 * 32768) * per_entry + 26 * 4 * 2  # + the int32 index per layer
+    assert report["full_bytes"] == 26 * (32768 * per_entry + 4 * 2)
+    text = format_kv_report(report)
+    assert "4 global, 22 local (window 512)" in text and "0.167" in text
+
+
+def test_kv_cache_of_a_checkpoint_counts_shared_layers_as_empty():
+    import pathlib
+
+    from jaxformer.training.memory import kv_cache_report
+
+    gemma4 = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "pretrained" / "gemma4"
+    report = kv_cache_report(str(gemma4), 64, dtype="float32")
+    # layers: local, local, global (head_dim 16), local, then two KV-shared layers with no cache
+    assert [n for n, _ in report["layers"]] == [4, 4, 64, 4, 0, 0]
+    assert report["shared_layers"] == 2 and report["bytes"] < report["full_bytes"]
