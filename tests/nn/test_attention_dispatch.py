@@ -37,6 +37,9 @@ BASE = dict(
         ("gpu", {"has_bias": True}, "xla"),
         ("gpu", {"sliding_window": 128}, "xla"),
         ("gpu", {"has_segments": True}, "xla"),
+        ("gpu", {"softcap": 50.0}, "xla"),  # jax.nn.dot_product_attention has no soft-cap: never dropped
+        ("tpu", {"softcap": 50.0}, "pallas"),  # the splash kernel applies it
+        ("cpu", {"q_len": BLOCKWISE_MIN_LEN, "softcap": 50.0}, "blockwise"),
         ("cpu", {"q_len": BLOCKWISE_MIN_LEN, "kv_len": BLOCKWISE_MIN_LEN, "has_segments": True}, "blockwise"),
         ("tpu", {"has_segments": True}, "pallas"),
         ("cpu", {}, "xla"),
@@ -66,6 +69,16 @@ def test_an_explicit_choice_is_kept_except_for_dropout_and_decoding():
         assert choose(implementation, backend="gpu", **{**BASE, "dropout": True}) == "xla"
     with pytest.raises(ValueError, match=r"implementation='flash'; choose one of \('auto', 'xla'"):
         check_implementation("flash")  # the one check, made when a layer or config is built
+
+
+@pytest.mark.parametrize("implementation", ["jax_nn", "cudnn"])
+def test_kernels_without_a_soft_cap_refuse_one_by_name(implementation):
+    message = rf"implementation='{implementation}' runs jax.nn.dot_product_attention, which has no logit soft-cap"
+    with pytest.raises(ValueError, match=message):
+        choose(implementation, backend="gpu", softcap=50.0, **BASE)
+    with pytest.raises(ValueError, match=message):
+        nn.MultiHeadAttention(16, 2, implementation=implementation, logit_softcap=50.0, rngs=nnx.Rngs(0))
+    assert choose(implementation, backend="gpu", **BASE) == implementation  # without a cap it runs
 
 
 def test_auto_on_a_long_cpu_sequence_runs_blockwise_and_equals_dense(monkeypatch):
