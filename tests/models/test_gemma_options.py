@@ -89,6 +89,8 @@ def build(make, seed=0, scale_mean=0.0):
             return np.zeros(shape, x.dtype)
         if name == "scale":
             std, mean = 0.3, scale_mean
+        elif name == "layer_scale":  # Gemma 4's scalar per layer: away from 1
+            std, mean = 0.3, 1.0
         elif name == "embedding":
             std, mean = 0.5, 0.0
         else:
@@ -398,6 +400,23 @@ BAD_OPTIONS = [
     (dict(final_logit_softcap=0.0), ValueError, r"final_logit_softcap` must be a finite number > 0"),
     (dict(final_logit_softcap="x"), TypeError, r"final_logit_softcap"),
     (dict(attention_scale=-0.5), ValueError, r"attention_scale` must be a finite number > 0"),
+    # Gemma 4
+    (dict(global_head_dim=16), ValueError, r"global_head_dim / global_num_kv_heads / global_value_is_key shape"),
+    (
+        dict(layer_types=("local", "global"), sliding_window=4, global_num_kv_heads=3),
+        ValueError,
+        r"num_heads=4 must be a multiple of global_num_kv_heads=3",
+    ),
+    (dict(num_kv_shared_layers=2), ValueError, r"num_kv_shared_layers=2 must be < num_layers=2"),
+    (dict(num_kv_shared_layers=-1), ValueError, r"num_kv_shared_layers"),
+    (dict(kv_shared_d_ff=128), ValueError, r"kv_shared_d_ff is the FFN width of KV-shared layers"),
+    (dict(per_layer_vocab_size=64), ValueError, r"per_layer_vocab_size needs per_layer_input_dim > 0"),
+    (dict(per_layer_input_dim=-1), ValueError, r"per_layer_input_dim"),
+    (
+        dict(layer_types=("global", "local"), sliding_window=4, num_kv_shared_layers=1),
+        ValueError,
+        r"layer 1 \(local layer\) shares keys and values, but no layer of its kind precedes",
+    ),
 ]
 
 
@@ -506,3 +525,61 @@ def test_sandwich_norm_adds_an_output_norm_to_both_residuals():
     # without the output norms (plain pre-norm) the same parameters give another result
     without = h - norm(attention, s["output_norm"]) + attention
     assert np.max(np.abs(without - h)) > 1e-1
+
+
+# -- 8. Gemma 4: per-layer inputs, layer scalars, v-norm, values = keys, KV sharing ---------------------------------
+
+GEMMA4 = dict(
+    sandwich_norm=True,
+    activation="geglu",
+    embed_scale=True,
+    qk_norm=True,
+    v_norm=True,
+    layer_scale=True,
+    attention_scale=1.0,
+    per_layer_input_dim=4,
+    layer_types=PATTERN7,
+    sliding_window=3,
+    global_head_dim=16,
+    global_num_kv_heads=1,
+    global_value_is_key=True,
+    num_layers=7,
+)
+
+
+@pytest.fixture(scope="module")
+def gemma4_pattern():
+    return build_gpt(tiny(**GEMMA4), seed=8)
+
+
+def test_gemma4_per_layer_inputs_scan_over_the_groups_as_the_loop(gemma4_pattern):
+    """Per-layer inputs [L, B, T, P] are scanned with the groups ([G, P, ...]) and indexed for the tail; global
+    layers hold their own shapes (head_dim 16, one kv head, no value projection)."""
+    looped = gemma4_pattern
+    attention = [block.self_attention for block in looped.blocks.layers]
+    assert [a.head_dim for a in attention] == [8, 8, 16] * 2 + [8] and attention[2].w_v is None
+    assert attention[0].w_v is not None and attention[2].w_k.shape == (32, 1, 16)
+    scanned = grouped_scanned_copy(looped)
+    np.testing.assert_allclose(forward(scanned, TOKENS), forward(looped, TOKENS), rtol=1e-5, atol=1e-5)
+    without = rebuild(looped)
+    without.per_layer_embed.embedding[...] = jnp.zeros_like(without.per_layer_embed.embedding[...])
+    assert np.abs(forward(without, TOKENS) - forward(looped, TOKENS)).max() > 1e-3  # the inputs are used
+
+
+def test_gemma4_kv_shared_layers_decode_as_the_full_forward():
+    """The last 3 of 7 layers attend over the keys / values (and, decoding, the cache: a ring for local ones) of
+    the last earlier layer of their kind."""
+    config = tiny(**{**GEMMA4, "num_kv_shared_layers": 3, "kv_shared_d_ff": 128})
+    assert config.kv_sources == (None, None, None, None, 3, 2, 3)
+    model = build_gpt(config, seed=9)
+    assert [b.self_attention.shared_kv for b in model.blocks.layers] == [False] * 4 + [True] * 3
+    assert model.blocks.layers[6].ffn.w_gate.shape == (32, 128)
+    full = forward(model, TOKENS)
+    cached = rebuild(model)
+    cached.init_cache(2, 16)
+    step = nnx.jit(lambda m, x: m(x, decode=True))
+    pieces = [step(cached, TOKENS[:, :5])] + [step(cached, TOKENS[:, t : t + 1]) for t in range(5, TOKENS.shape[1])]
+    # (7 layers with logits up to ~7: float32 rounding of a different summation order reaches 2.5e-5)
+    np.testing.assert_allclose(jnp.concatenate(pieces, axis=1), full, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="num_kv_shared_layers > 0 needs scan_layers=False"):
+        GPT(config.replace(scan_layers=True), rngs=nnx.Rngs(0))
