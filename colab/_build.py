@@ -843,3 +843,188 @@ print("reloaded bit-exactly:", same)
     ],
     data=True,
 )
+
+# ---------------------------------------------------------------------------------------------------------------
+notebook(
+    "08_gemma.ipynb",
+    "08 · Gemma: local and global layers, soft-caps, ring-buffer KV caches, splash attention",
+    """
+`jaxformer.pretrained` loads Gemma 1, 2, 3 and 4 text checkpoints from the hub into jaxformer's own `GPT`. Gemma
+mixes two kinds of attention layer: **local** ones that see only the last `sliding_window` tokens and **global**
+ones that see everything, each with its own RoPE base. This notebook prints that per-layer pattern, generates
+greedily and by sampling, measures what the pattern saves in KV-cache memory (a local layer's cache is a ring
+buffer of `sliding_window` entries), and on a TPU scores a passage with `attention_impl="auto"`, which runs the
+Pallas splash-attention kernel there.
+
+**Gemma checkpoints are gated.** Accept the licence on the model's hub page (e.g.
+[google/gemma-3-270m](https://huggingface.co/google/gemma-3-270m)), then give the notebook a token: in Colab, a
+secret named `HF_TOKEN` (the key icon; allow this notebook to read it); elsewhere `huggingface-cli login` or the
+`HF_TOKEN` environment variable. Any Gemma 1-4 text checkpoint (hub id or local directory) works as `CHECKPOINT`.
+""",
+    """
+CHECKPOINT = "google/gemma-3-270m"  # a hub id (gated: licence + HF_TOKEN) or a checkpoint directory
+DTYPE = "bfloat16"  # parameters and computation
+PROMPT = "The three primary colours are"
+NUM_TOKENS = 48  # generated per sequence
+NUM_SAMPLES = 3  # sampled continuations, decoded as one batch
+TEMPERATURE, TOP_K, TOP_P = 1.0, 64, 0.95
+ATTENTION = "auto"  # attention_impl for the scoring pass: auto runs splash attention on a TPU
+SCORE_LEN = 512  # tokens scored in one forward pass (a multiple of 128, the splash kernel's tile)
+CACHE_LEN = 32768  # context of the KV-cache comparison
+BIG_MODEL = "gemma3-1b"  # a ModelConfig variant: Gemma 3 1B's shape (nothing is downloaded or allocated)
+""",
+    [
+        md("## Load the checkpoint and its tokenizer"),
+        code("""
+import time
+
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+from flax import nnx
+
+from jaxformer import pretrained
+
+if not Path(CHECKPOINT).is_dir():  # a hub id: Gemma needs the licence accepted and a token
+    from huggingface_hub import get_token
+
+    print("hub token:", "found" if get_token() else "none (set HF_TOKEN or run `huggingface-cli login`)")
+model = pretrained.from_pretrained(CHECKPOINT, dtype=DTYPE)
+tokenizer = pretrained.load_tokenizer(CHECKPOINT)
+cfg = model.config
+n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+print(f"backend {jax.default_backend()}: {cfg.num_layers} layers, d_model {cfg.d_model}, {cfg.num_heads} query heads "
+      f"and {cfg.num_kv_heads} key/value heads of {cfg.head_dim}, vocabulary {cfg.vocab_size:,}, "
+      f"context {cfg.max_len:,}; {n_params:,} parameters in {DTYPE}")
+"""),
+        md("""
+## The per-layer pattern
+
+Gemma 1: every layer global. Gemma 2: local (window 4096) and global layers alternate, and attention and final
+logits are soft-capped (`cap * tanh(z / cap)`). Gemma 3: five local layers (window 512 in the small models, RoPE
+base 10k) per global one (RoPE base 1M, linearly scaled in the larger models), q/k norms instead of the attention
+soft-cap. Gemma 4: wider global heads, and the last layers may share an earlier layer's keys and values.
+`cfg.layer_config(kind)` is the config a layer of that kind is built from.
+"""),
+        code("""
+print(f"attention logit soft-cap {cfg.attention_logit_softcap}, final logit soft-cap {cfg.final_logit_softcap}, "
+      f"attention scale {cfg.attention_scale:.4g}; q/k norms {cfg.qk_norm}, sandwich norms {cfg.sandwich_norm}, "
+      f"RMSNorm(1 + w) {cfg.norm_plus_one}, embeddings x sqrt(d_model) {cfg.embed_scale}, FFN {cfg.activation}\\n")
+kinds = cfg.layer_kinds or [(None, False)] * cfg.num_layers
+print("layer  kind    window  RoPE base  scaling        K x H    keys / values")
+for i, ((kind, shared), source) in enumerate(zip(kinds, cfg.kv_sources, strict=True)):
+    layer = cfg.layer_config(kind, shared)
+    scaling = "-" if layer.rope_scaling is None else f"{layer.rope_scaling.kind} {layer.rope_scaling.factor:g}"
+    print(f"{i:5d}  {kind or ('local' if cfg.sliding_window else 'global'):6s}  {layer.sliding_window or '-':>6}  "
+          f"{layer.rope_base:9,.0f}  {scaling:13s}  {layer.num_kv_heads} x {layer.head_dim:<4d} "
+          f"{'its own' if source is None else f'layer {source}'}")
+"""),
+        md("""
+## Generate: greedy, then sampled
+
+Gemma saw `<bos>` at the start of every training sequence, so the prompt starts with it here
+(`tokenizer.encode` adds no special tokens). `generate` prefills the prompt and decodes with a KV cache; the local
+layers decode through their ring buffers. `eos_id` stops a sequence at `<eos>` (the rest of its row is `<eos>`,
+cut off before decoding).
+"""),
+        code("""
+from jaxformer.decoding import generate
+
+BOS, EOS = tokenizer.tokenizer.token_to_id("<bos>"), tokenizer.tokenizer.token_to_id("<eos>")
+prompt = jnp.asarray([[BOS, *tokenizer.encode(PROMPT)]], jnp.int32)
+start = time.perf_counter()
+greedy = np.asarray(generate(model, prompt, NUM_TOKENS, rng=None, temperature=0.0, eos_id=EOS))[0]
+print(f"greedy ({time.perf_counter() - start:.1f} s, compilation included):")
+print(PROMPT + tokenizer.decode(greedy[np.cumsum(greedy == EOS) == 0]))
+"""),
+        code("""
+prompts = jnp.tile(prompt, (NUM_SAMPLES, 1))
+sampled = generate(
+    model, prompts, NUM_TOKENS, rng=jax.random.key(0), temperature=TEMPERATURE, top_k=TOP_K, top_p=TOP_P, eos_id=EOS
+)
+print(f"sampled (temperature {TEMPERATURE}, top-k {TOP_K}, top-p {TOP_P}):")
+for row in np.asarray(sampled):
+    print("-", PROMPT + tokenizer.decode(row[np.cumsum(row == EOS) == 0]))
+"""),
+        md("""
+## KV-cache memory: ring buffers for the local layers
+
+A local layer never looks further back than `sliding_window` tokens, so `model.init_cache(batch, length)` gives
+it a ring buffer of that many entries; a global layer keeps all `length`. `kv_cache_report` counts the bytes from
+shapes alone (`nnx.eval_shape`: nothing is allocated), for this checkpoint and for a Gemma-3-1B-shaped model at a
+long context, next to what full caches in every layer would take (`jaxformer memory --model gemma3-1b
+--cache_len 32768` prints the same).
+"""),
+        code("""
+from jaxformer.training.memory import format_kv_report, kv_cache_report
+
+loaded = kv_cache_report(CHECKPOINT, min(CACHE_LEN, cfg.max_len), dtype=DTYPE)
+print(format_kv_report(loaded))
+print("  entries held per layer:", [entries for entries, _ in loaded["layers"]], "\\n")
+big = kv_cache_report(BIG_MODEL, CACHE_LEN)
+print(format_kv_report(big))
+"""),
+        code("""
+lengths = [CACHE_LEN // 2**k for k in range(5, -1, -1)]
+reports = [kv_cache_report(BIG_MODEL, n) for n in lengths]
+plt.figure(figsize=(6, 3.5))
+plt.plot(lengths, [r["full_bytes"] / 2**20 for r in reports], "o-", label="full cache in every layer")
+plt.plot(lengths, [r["bytes"] / 2**20 for r in reports], "o-", label="ring buffers in the local layers")
+plt.xscale("log", base=2)
+plt.xlabel("context (tokens)")
+plt.ylabel("KV cache, MiB (bfloat16, 1 sequence)")
+plt.title(BIG_MODEL)
+plt.legend()
+plt.show()
+"""),
+        md("""
+## Attention kernels: `attention_impl="auto"`
+
+`from_pretrained` builds the model with `attention_impl="xla"` (dense attention, any backend). `"auto"` picks a
+kernel per call: on a TPU the Pallas splash kernel when both lengths are multiples of 128 (it applies the sliding
+window and any logit soft-cap, and skips the blocks the mask hides), on a GPU cuDNN's flash attention where it
+applies (no window, no soft-cap, head_dim <= 128), on a CPU the blockwise kernel for long sequences, else `xla`.
+Cached decoding steps always take the dense path. The same parameters are merged into a model built with
+`ATTENTION`, and a passage is scored by both.
+"""),
+        code("""
+from jaxformer.models import GPT
+from jaxformer.nn.attention_dispatch import choose
+from jaxformer.training.tasks.lm import lm_loss
+
+for kind, shared in dict.fromkeys(kinds):
+    layer = cfg.layer_config(kind, shared)
+    picked = choose(ATTENTION, dtype=layer.dtype, head_dim=layer.head_dim, q_len=SCORE_LEN, kv_len=SCORE_LEN,
+                    has_mask=False, has_bias=False, sliding_window=layer.sliding_window, dropout=False, decode=False,
+                    softcap=layer.attention_logit_softcap)
+    print(f"{kind or 'every'} layers, {SCORE_LEN} tokens on {jax.default_backend()}: {ATTENTION!r} runs {picked!r}")
+
+fast_cfg = cfg.replace(attention_impl=ATTENTION)
+fast = nnx.merge(nnx.graphdef(nnx.eval_shape(lambda: GPT(fast_cfg, rngs=nnx.Rngs(0)))), nnx.state(model))
+PASSAGE = (
+    "To be, or not to be, that is the question:\\nWhether 'tis nobler in the mind to suffer\\n"
+    "The slings and arrows of outrageous fortune,\\nOr to take arms against a sea of troubles\\n"
+)
+row = np.concatenate([[BOS], np.resize(tokenizer.encode(PASSAGE), SCORE_LEN)])  # the passage, repeated
+batch = {"inputs": jnp.asarray(row[None, :-1]), "targets": jnp.asarray(row[None, 1:])}
+score = nnx.jit(lambda m, b: lm_loss(m, b)[0])
+for name, m in ((cfg.attention_impl, model), (ATTENTION, fast)):
+    times = [time.perf_counter()]
+    for _ in range(4):  # the first call compiles
+        loss = float(score(m, batch))
+        times.append(time.perf_counter())
+    ms = 1e3 * min(np.diff(times)[1:])
+    print(f"attention_impl={name!r}: loss {loss:.4f} over {SCORE_LEN} tokens, {ms:.1f} ms a forward pass (best of 3)")
+"""),
+        md("""
+## Next
+
+* `jaxformer sample --pretrained google/gemma-3-270m --prompt "..."` writes from the command line (it adds no
+  `<bos>`: prefer `generate` as above for Gemma).
+* `jaxformer train --config gemma_finetune_shakespeare --workdir workdir/gemma` fine-tunes Gemma 3 270M on tiny
+  Shakespeare (`config.init_from`, Gemma's tokenizer; notebook 07 does the same for GPT-2).
+* `pretrained.save_pretrained(model, "out", tokenizer=tokenizer)` writes it back in Hugging Face's layout.
+"""),
+    ],
+)

@@ -18,6 +18,7 @@ from jaxformer import cli, configs
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = [
     "bert_mlm_tiny",
+    "gemma_finetune_shakespeare",
     "gpt2_finetune_shakespeare",
     "seq2seq_toy",
     "shakespeare_char",

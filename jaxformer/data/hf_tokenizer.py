@@ -52,6 +52,16 @@ class HFTokenizer:
             raise TypeError(f"`text` must be a str; got {type(text).__name__}.")
         return np.asarray(self.tokenizer.encode(text, add_special_tokens=False).ids, np.int32)
 
+    @property
+    def prefix_ids(self) -> tuple[int, ...]:
+        """The special tokens the tokenizer's post-processor puts before a text (`<bos>` for Gemma, `<s>` for
+        Llama, `[CLS]` for BERT, none for GPT-2): what a prompt for the pretrained model starts with. `encode`
+        leaves them out (the text pipeline joins documents itself)."""
+        plain = self.tokenizer.encode("a", add_special_tokens=False).ids
+        full = self.tokenizer.encode("a", add_special_tokens=True).ids
+        starts = [k for k in range(len(full) - len(plain) + 1) if full[k : k + len(plain)] == plain]
+        return tuple(full[: starts[0]]) if starts else ()
+
     def decode(self, ids) -> str:
         ids = checks.check_token_ids(ids, self.vocab_size)
         return self.tokenizer.decode(ids.tolist(), skip_special_tokens=False)

@@ -244,7 +244,8 @@ def test_jaxformer_sample_generates_from_a_gemma_checkpoint():
     prompt = "To be, or not to be"
     tokenizer = pretrained.load_tokenizer(FIXTURES / "gemma3")
     model = pretrained.from_pretrained(FIXTURES / "gemma3")
-    ids = tokenizer.encode(prompt)
+    ids = [*tokenizer.prefix_ids, *tokenizer.encode(prompt)]
+    assert tokenizer.prefix_ids == (2,)  # <bos>, as transformers' tokenizer(prompt) starts
     assert len(ids) > model.config.sliding_window
     want = generate(model, jnp.asarray([ids]), 8, rng=jax.random.key(0), temperature=0.0)
     command = [sys.executable, "-m", "jaxformer.cli", "sample", f"--pretrained={FIXTURES / 'gemma3'}"]

@@ -118,6 +118,10 @@ def test_tokenizer_encodes_as_transformers(name):
     ids = tokenizer.encode(str(ref["text"]))
     np.testing.assert_array_equal(ids, ref["text_ids_plain"])
     assert ids.dtype == np.int32 and tokenizer.vocab_size >= int(ids.max()) + 1
+    # transformers' tokenizer(text) puts the post-processor's specials first: <s> (llama), [CLS] (bert), none
+    prefix = tokenizer.prefix_ids
+    assert list(ref["text_ids"][: len(prefix) + len(ids)]) == [*prefix, *ids]
+    assert len(prefix) == {"gpt2": 0, "qwen2": 0, "llama": 1, "bert": 1}[name]
     if name == "gpt2":  # byte-level BPE is lossless
         assert tokenizer.decode(ids) == str(ref["text"])
     from jaxformer import data

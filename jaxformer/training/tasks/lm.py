@@ -85,9 +85,11 @@ def lm_loss(model: GPT, batch: dict, *, label_smoothing: float = 0.0) -> tuple[j
 
 def sample_text(model: GPT, tokenizer, prompt: str, num_tokens: int, *, seed: int, **sampling) -> str:
     """`num_tokens` sampled after `prompt`, in chunks whose prompt is the recent context (as nanoGPT crops to the
-    block size), since learned positions stop at max_len."""
+    block size), since learned positions stop at max_len. The prompt starts with the special tokens a Hugging Face
+    tokenizer puts first (`HFTokenizer.prefix_ids`: Gemma's `<bos>`, which its models need), as transformers'
+    tokenizer(prompt) would."""
     max_len = model.config.max_len
-    context = list(tokenizer.encode(prompt)) or [0]
+    context = [*getattr(tokenizer, "prefix_ids", ()), *tokenizer.encode(prompt)] or [0]
     out: list[int] = []
     key = jax.random.key(seed)
     while len(out) < num_tokens:
