@@ -63,11 +63,19 @@ def from_pretrained(path_or_id: str | os.PathLike, *, dtype=None, mesh: Mesh | N
     cfg = hf_config.to_model_config(hf, dtype=dtype, param_dtype=dtype)
     make = lambda: model_class(hf)(cfg, rngs=nnx.Rngs(0))
     graphdef, _, _ = nnx.split(nnx.eval_shape(make), nnx.Param, ...)
-    # The RNG state of the dropout layers, materialised alone: XLA drops the parameters' initialisers.
-    rest = jax.jit(lambda: nnx.state(make(), nnx.Not(nnx.Param)))()
+    # The RNG state of the dropout layers, materialised alone: XLA drops the parameters' initialisers. It is placed
+    # as the parameters are (replicated), so that a jitted call's outputs come back with the shardings its inputs
+    # had and the second call does not compile again.
+    placement = _default_placement() if mesh is None else NamedSharding(mesh, PartitionSpec())
+    rest = jax.jit(lambda: nnx.state(make(), nnx.Not(nnx.Param)), out_shardings=placement)()
     model = nnx.merge(graphdef, load_params(directory, cfg, mesh=mesh), rest)
     model.eval()
     return model
+
+
+def _default_placement() -> NamedSharding:
+    """Where a model loaded without a mesh lives: the default device, as a (one-device) NamedSharding."""
+    return NamedSharding(Mesh(jax.devices()[:1], ("replica",)), PartitionSpec())
 
 
 def model_class(hf: dict) -> type[GPT | BERT | ViT]:
@@ -88,8 +96,7 @@ def load_params(path_or_id: str | os.PathLike, cfg: ModelConfig, *, mesh: Mesh |
     abstract_params = nnx.state(nnx.eval_shape(lambda: model_class(hf)(cfg, rngs=nnx.Rngs(0))), nnx.Param)
     abstract = io.flat_params(abstract_params)
     if mesh is None:
-        device = NamedSharding(Mesh(jax.devices()[:1], ("replica",)), PartitionSpec())
-        shardings = dict.fromkeys(abstract, device)
+        shardings = dict.fromkeys(abstract, _default_placement())
     else:
         specs = io.flat_params(sharding.param_specs(abstract_params, mesh))
         shardings = {path: NamedSharding(mesh, spec) for path, spec in specs.items()}

@@ -91,6 +91,19 @@ def test_save_then_load_is_bit_exact_and_rewrites_the_same_tensors(name, tmp_pat
     assert pretrained.from_pretrained(out).config == model.config
 
 
+def test_a_jitted_call_on_a_loaded_model_traces_once():
+    """Parameters and the rest of the state (dropout RNGs) are placed alike, so the outputs of a jitted call come
+    back with the shardings of its inputs and calling it again compiles nothing (it traced twice before)."""
+    name = "gpt2"
+    model = pretrained.from_pretrained(FIXTURES / name)
+    traces = []
+    forward = nnx.jit(lambda m, x: (traces.append(1), m(x).sum())[1])
+    tokens = jnp.asarray(reference(name)["input_ids"])
+    for _ in range(3):
+        forward(model, tokens)
+    assert len(traces) == 1
+
+
 def test_save_shards_past_the_size_limit_and_loads_them(tmp_path):
     model = pretrained.from_pretrained(FIXTURES / "gpt2")
     out = pathlib.Path(pretrained.save_pretrained(model, tmp_path / "sharded", max_shard_bytes=20_000))
