@@ -3,6 +3,7 @@
 layers, save -> load, the config options each family needs, and that the soft-caps and windows bind."""
 
 import dataclasses
+import functools
 import json
 import pathlib
 import subprocess
@@ -23,9 +24,17 @@ from tests.pretrained.test_pretrained import FIXTURES, assert_round_trip, copy_f
 GEMMAS = ["gemma", "gemma2", "gemma3", "gemma4", "gemma4_kv"]
 
 
+# Each fixture loaded once per test process; tests that change a model change a copy (`with_config`).
+load = functools.cache(lambda name: pretrained.from_pretrained(FIXTURES / name))
+# Heavier checks run in the default suite for three of the five (Gemma 2, 3 and 4 cover every option) and for
+# all five in `make test-all`.
+SLOW = pytest.mark.slow
+EVERY_GEMMA = [n if n in ("gemma2", "gemma3", "gemma4") else pytest.param(n, marks=SLOW) for n in GEMMAS]
+
+
 @pytest.fixture(scope="module", params=GEMMAS)
 def loaded(request):
-    return request.param, pretrained.from_pretrained(FIXTURES / request.param)
+    return request.param, load(request.param)
 
 
 def logits_of(model, name: str) -> np.ndarray:
@@ -37,10 +46,11 @@ def test_logits_equal_transformers(loaded):
     np.testing.assert_allclose(logits_of(model, name), reference(name)["logits"], atol=1e-4, rtol=0)
 
 
-def test_greedy_generation_equals_transformers(loaded):
+@pytest.mark.parametrize("name", EVERY_GEMMA)
+def test_greedy_generation_equals_transformers(name):
     """The prompt (5 tokens) and the 25 cached positions are longer than the window (4): the local layers decode
     through ring buffers of 4 entries."""
-    name, model = loaded
+    model = load(name)
     ref = reference(name)
     tokens = generate(model, jnp.asarray(ref["input_ids"][:, :5]), 20, rng=jax.random.key(0), temperature=0.0)
     np.testing.assert_array_equal(np.asarray(tokens), ref["greedy"])
@@ -53,25 +63,25 @@ def test_save_then_load_is_bit_exact_and_rewrites_the_same_tensors(loaded, tmp_p
 
 
 def test_the_config_reads_what_each_gemma_needs():
-    gemma = pretrained.from_pretrained(FIXTURES / "gemma").config
+    gemma = load("gemma").config
     assert gemma.norm_plus_one and gemma.embed_scale and gemma.activation == "geglu" and gemma.num_kv_heads == 1
     assert not gemma.sandwich_norm and gemma.layer_types is None and gemma.attention_scale is None
-    gemma2 = pretrained.from_pretrained(FIXTURES / "gemma2").config
+    gemma2 = load("gemma2").config
     assert gemma2.layer_types == ("local", "global", "local") and gemma2.sliding_window == 4
     assert (gemma2.attention_logit_softcap, gemma2.final_logit_softcap) == (3.0, 4.0)
     assert gemma2.attention_scale == 6**-0.5 and gemma2.sandwich_norm and not gemma2.qk_norm
-    gemma3 = pretrained.from_pretrained(FIXTURES / "gemma3").config
+    gemma3 = load("gemma3").config
     assert gemma3.layer_types == ("local", "local", "local", "global") and gemma3.qk_norm
     assert (gemma3.rope_base, gemma3.rope_scaling) == (1e6, RopeScaling("linear", 8.0))
     assert (gemma3.local_rope_base, gemma3.local_rope_scaling) == (1e4, None)
     assert gemma3.attention_logit_softcap is None and gemma3.final_logit_softcap == 4.0
-    gemma4 = pretrained.from_pretrained(FIXTURES / "gemma4").config  # transformers 5's per_layer_config
+    gemma4 = load("gemma4").config  # transformers 5's per_layer_config
     assert not gemma4.norm_plus_one and gemma4.v_norm and gemma4.layer_scale and gemma4.attention_scale == 1.0
     assert gemma4.global_head_dim == 16 and gemma4.global_num_kv_heads is None and not gemma4.global_value_is_key
     assert (gemma4.num_kv_shared_layers, gemma4.kv_shared_d_ff, gemma4.per_layer_input_dim) == (2, 64, 4)
     assert gemma4.kv_sources == (None, None, None, None, 3, 2)
     assert gemma4.rope_scaling == RopeScaling("proportional", 1.0, fraction=0.25) and gemma4.local_rope_base == 1e4
-    gemma4_kv = pretrained.from_pretrained(FIXTURES / "gemma4_kv").config  # the hub's global_head_dim keys
+    gemma4_kv = load("gemma4_kv").config  # the hub's global_head_dim keys
     assert gemma4_kv.global_value_is_key and (gemma4_kv.global_head_dim, gemma4_kv.global_num_kv_heads) == (16, 1)
     assert gemma4_kv.per_layer_input_dim == 0 and gemma4_kv.num_kv_shared_layers == 0
 
@@ -100,19 +110,19 @@ def with_config(model: GPT, **changes) -> GPT:
 )
 def test_each_option_the_fixtures_exercise_binds(name, changes):
     """Without the option the logits move by more than 1e-2, so the equality above holds because it is applied."""
-    model = pretrained.from_pretrained(FIXTURES / name)
+    model = load(name)
     delta = np.abs(logits_of(with_config(model, **changes), name) - reference(name)["logits"]).max()
     assert delta > 1e-2, (changes, delta)
 
 
-def test_the_final_soft_cap_bounds_the_logits(loaded):
-    name, model = loaded
+@pytest.mark.parametrize("name", ["gemma2", *(pytest.param(n, marks=SLOW) for n in ("gemma3", "gemma4", "gemma4_kv"))])
+def test_the_final_soft_cap_bounds_the_logits(name):
+    model = load(name)
     cap = model.config.final_logit_softcap
     logits = logits_of(model, name)
-    if cap is not None:
-        assert np.abs(logits).max() < cap
-        raw = logits_of(with_config(model, final_logit_softcap=None), name)
-        np.testing.assert_allclose(logits, cap * np.tanh(raw / cap), atol=1e-5, rtol=0)
+    assert np.abs(logits).max() < cap
+    raw = logits_of(with_config(model, final_logit_softcap=None), name)
+    np.testing.assert_allclose(logits, cap * np.tanh(raw / cap), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["gemma4", "gemma4_kv"])
@@ -135,7 +145,7 @@ def test_gemma4_kv_shared_layers_keep_no_cache_and_project_nothing():
     assert [a.cached_key is None for a in attentions] == [False] * 4 + [True] * 2
     assert [a.cached_key.shape[1] for a in attentions[:4]] == [4, 4, 32, 4]  # local rings, one global cache
     assert model.blocks.layers[5].ffn.w_gate.shape == (24, 64)  # the double-wide MLP of shared layers
-    kv = pretrained.from_pretrained(FIXTURES / "gemma4_kv").blocks.layers
+    kv = load("gemma4_kv").blocks.layers
     assert kv[1].self_attention.w_v is None and kv[1].self_attention.w_k.shape == (24, 1, 16)  # values are keys
     assert kv[0].self_attention.w_v is not None
 
@@ -180,13 +190,13 @@ def test_hub_format_gemma3_config_reads_as_the_transformers_5_one(tmp_path):
         cache_implementation="hybrid",
     )
     (d / "config.json").write_text(json.dumps(config))
-    assert pretrained.from_pretrained(d).config == pretrained.from_pretrained(FIXTURES / "gemma3").config
+    assert pretrained.from_pretrained(d).config == load("gemma3").config
 
 
 def test_gemma1_legacy_activation_name_reads_as_the_tanh_gelu(tmp_path):
     d = copy_fixture("gemma", tmp_path)
     edit_config(d, hidden_act="gelu", hidden_activation=None)
-    assert pretrained.from_pretrained(d).config == pretrained.from_pretrained(FIXTURES / "gemma").config
+    assert pretrained.from_pretrained(d).config == load("gemma").config
     edit_config(d, hidden_activation="relu")
     with pytest.raises(ValueError, match=r"hidden_activation='relu' is not supported for gemma models"):
         pretrained.from_pretrained(d)
@@ -200,7 +210,7 @@ def test_what_transformers_would_compute_differently_is_refused(tmp_path):
     edit_config(d, use_bidirectional_attention=None, layer_types=["sliding_attention", "chunked_attention", "x"])
     with pytest.raises(ValueError, match=r"layer_types \['chunked_attention', 'x'\] are not supported"):
         pretrained.from_pretrained(d)
-    model = pretrained.from_pretrained(FIXTURES / "gemma3")
+    model = load("gemma3")
     with pytest.raises(ValueError, match="Gemma 3 with an attention soft-cap"):
         pretrained.save_pretrained(with_config(model, attention_logit_softcap=5.0), tmp_path / "capped")
 
@@ -210,7 +220,7 @@ def test_what_transformers_would_compute_differently_is_refused(tmp_path):
 def test_transformers_loads_what_jaxformer_saves(name, tmp_path):
     transformers = pytest.importorskip("transformers")
     torch = pytest.importorskip("torch")
-    out = pretrained.save_pretrained(pretrained.from_pretrained(FIXTURES / name), tmp_path / name)
+    out = pretrained.save_pretrained(load(name), tmp_path / name)
     model = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     ref = reference(name)
     with torch.no_grad():
@@ -238,6 +248,7 @@ def test_bfloat16_is_as_close_to_float32_as_transformers_bfloat16(name):
     assert our_error < 1.5 * their_error + 0.05, (our_error, their_error)
 
 
+@pytest.mark.slow  # the same wiring as GPT-2's test in the default run (test_pretrained.py)
 def test_jaxformer_sample_generates_from_a_gemma_checkpoint():
     """`jaxformer sample --pretrained` on the Gemma 3 fixture prints the prompt and the greedy continuation that
     `generate` gives (the local layers decode through ring buffers: the prompt alone is longer than the window)."""
@@ -256,6 +267,7 @@ def test_jaxformer_sample_generates_from_a_gemma_checkpoint():
     assert out.stdout.rstrip("\n") == prompt + tokenizer.decode(np.asarray(want[0]))
 
 
+@pytest.mark.slow  # ring caches are reordered as any other cache; greedy through them is in the default run
 def test_beam_search_through_ring_buffers_scores_the_model_log_probs():
     """Beam search over Gemma 3's caches (local rings of 4, reordered with the beams): width 1 is transformers'
     greedy, and each of 3 beams scores its teacher-forced log-probability (no eos: all 8 tokens count)."""
