@@ -60,7 +60,9 @@ class Pooler(nnx.Module):
                 f"{tuple(hidden.shape)}."
             )
         h0 = hidden[:, 0].astype(self.dtype)
-        return jnp.tanh(h0 @ self.kernel[...].astype(self.dtype) + self.bias[...].astype(self.dtype))
+        return jnp.tanh(
+            ops.dense("BD,DE->BE", h0, self.kernel[...], dtype=self.dtype) + self.bias[...].astype(self.dtype)
+        )
 
 
 class MLMHead(nnx.Module):
@@ -98,13 +100,13 @@ class MLMHead(nnx.Module):
             raise ValueError(f"`hidden` must be [..., D={cfg.d_model}]; got shape {tuple(hidden.shape)}.")
         valid = check_valid("valid", valid, hidden.shape[:-1])
         h = hidden.astype(cfg.dtype)
-        z = h @ self.kernel[...].astype(cfg.dtype) + self.bias[...].astype(cfg.dtype)
+        z = ops.dense("...D,DE->...E", h, self.kernel[...], dtype=cfg.dtype) + self.bias[...].astype(cfg.dtype)
         z = self.act(z)
         z = apply_norm(self.norm, z, valid)
         if self.decoder is None:
             logits = self.embed.attend(z)
         else:
-            logits = jnp.einsum("...D,DV->...V", z.astype(cfg.dtype), self.decoder[...].astype(cfg.dtype))
+            logits = ops.dense("...D,DV->...V", z, self.decoder[...], dtype=cfg.dtype)
         logits = logits[..., : cfg.vocab_size]  # the tables may be padded to vocab_multiple
         chex.assert_shape(logits, (*hidden.shape[:-1], cfg.vocab_size))
         # Add the bias in float32: the softmax / loss wants float32 even when computing in bfloat16.

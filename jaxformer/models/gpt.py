@@ -45,7 +45,7 @@ class OutputHead(nnx.Module):
         if self.kernel is None:
             logits = self.embed.attend(x)
         else:
-            logits = jnp.einsum("BTD,DV->BTV", x.astype(self.cfg.dtype), self.kernel[...].astype(self.cfg.dtype))
+            logits = ops.dense("BTD,DV->BTV", x, self.kernel[...], dtype=self.cfg.dtype)
         if self.bias is not None:
             logits = logits + self.bias[...].astype(logits.dtype)
         logits = logits[..., : self.cfg.vocab_size]  # a no-op unless the tables are padded
@@ -130,7 +130,7 @@ class GPT(nnx.Module):
         cfg = self.config
         B, T = tokens.shape
         L, P, dtype = cfg.num_layers, cfg.per_layer_input_dim, cfg.dtype
-        projected = jnp.einsum("BTD,DE->BTE", embedded.astype(dtype), self.per_layer_projection[...].astype(dtype))
+        projected = ops.dense("BTD,DE->BTE", embedded, self.per_layer_projection[...], dtype=dtype)
         projected = self.per_layer_norm((projected * jnp.asarray(cfg.d_model**-0.5, dtype)).reshape(B, T, L, P))
         per_token = self.per_layer_embed(tokens) * jnp.asarray(math.sqrt(P), dtype)
         inputs = (projected + per_token.reshape(B, T, L, P)) * jnp.asarray(2**-0.5, dtype)

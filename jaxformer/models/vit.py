@@ -29,7 +29,7 @@ class PatchEmbedding(nnx.Module):
 
     `W [P P C, D]` (logical axes None, `embed`) and `b [D]`. This is the paper's stride-P, P x P convolution:
     `W.reshape(P, P, C, D)` is its HWIO kernel (from PyTorch's `[D, C, P, P]` weight: `transpose(2, 3, 1, 0)`).
-    A matmul keeps the layer a plain einsum, as every other projection in jaxformer.
+    A matmul (`ops.dense`) keeps the layer a plain einsum, as every other projection in jaxformer.
     """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -41,7 +41,9 @@ class PatchEmbedding(nnx.Module):
 
     def __call__(self, images: jax.Array) -> jax.Array:
         patches = patchify(images.astype(self.dtype), self.patch_size)
-        return patches @ self.kernel[...].astype(self.dtype) + self.bias[...].astype(self.dtype)
+        return ops.dense("...P,PD->...D", patches, self.kernel[...], dtype=self.dtype) + self.bias[...].astype(
+            self.dtype
+        )
 
 
 class ViT(nnx.Module):
@@ -142,7 +144,9 @@ class ViT(nnx.Module):
         z = self.encode(images)[:, 0]
         if self.head_kernel is None:
             return z.astype(jnp.float32)
-        logits = z.astype(cfg.dtype) @ self.head_kernel[...].astype(cfg.dtype) + self.head_bias[...].astype(cfg.dtype)
+        logits = ops.dense("...D,DC->...C", z, self.head_kernel[...], dtype=cfg.dtype) + self.head_bias[...].astype(
+            cfg.dtype
+        )
         chex.assert_shape(logits, (images.shape[0], cfg.num_classes))
         return logits.astype(jnp.float32)
 

@@ -240,7 +240,7 @@ class MultiHeadAttention(nnx.Module):
     # -- forward -----------------------------------------------------------------------------------------------
 
     def _project(self, x, w, b, norm):
-        out = jnp.einsum("BTD,DNH->BTNH", x.astype(self.dtype), w[...].astype(self.dtype))
+        out = ops.dense("BTD,DNH->BTNH", x, w[...], dtype=self.dtype)
         if b is not None:
             out = out + b[...].astype(self.dtype)
         return out if norm is None else norm(out)
@@ -253,7 +253,7 @@ class MultiHeadAttention(nnx.Module):
         ones, forward and backward (the same parameters and results)."""
         N, K = self.num_heads, self.num_kv_heads
         weights = [w[...] for w in (self.w_q, self.w_k, self.w_v) if w is not None]
-        qkv = jnp.einsum("BTD,DNH->BTNH", x.astype(self.dtype), jnp.concatenate(weights, axis=1).astype(self.dtype))
+        qkv = ops.dense("BTD,DNH->BTNH", x, jnp.concatenate(weights, axis=1), dtype=self.dtype)
         if self.b_q is not None:
             b = jnp.concatenate([self.b_q[...], self.b_k[...], self.b_v[...]], axis=0).astype(self.dtype)
             qkv = qkv + b
@@ -350,7 +350,7 @@ class MultiHeadAttention(nnx.Module):
             distance = jnp.abs(q_pos[:, None, :, None] - key_positions[:, None, None, :]).astype(jnp.float32)
             bias = -jnp.asarray(ops.alibi_slopes(self.num_heads))[None, :, None, None] * distance
         out = self._attend(q, k, v, mask=mask, bias=bias, segment_ids=segment_ids, is_causal=is_causal, decode=decode)
-        out = jnp.einsum("BTNH,NHD->BTD", out, self.w_o[...].astype(self.dtype))
+        out = ops.dense("BTNH,NHD->BTD", out, self.w_o[...], dtype=self.dtype)
         out = out if self.b_o is None else out + self.b_o[...].astype(self.dtype)
         if overflow is not None:  # (traced) writes past the cache: NaN, never a clamped or wrapped result
             out = jnp.where(overflow[:, None, None], jnp.asarray(jnp.nan, out.dtype), out)

@@ -410,9 +410,9 @@ class DecoderBlock(nnx.Module):
             x = self.cross_residual(lambda h: self.cross_attention(h, context, mask=context_mask), x, valid)
         x = self.ffn_residual(self.ffn, x, valid)
         if layer_input is not None:
-            h = jnp.einsum("BTD,DP->BTP", x.astype(self.dtype), self.per_layer_gate[...].astype(self.dtype))
+            h = ops.dense("BTD,DP->BTP", x, self.per_layer_gate[...], dtype=self.dtype)
             h = ops.gelu(h) * layer_input.astype(self.dtype)
-            h = jnp.einsum("BTP,PD->BTD", h, self.per_layer_projection[...].astype(self.dtype))
+            h = ops.dense("BTP,PD->BTD", h, self.per_layer_projection[...], dtype=self.dtype)
             x = x + apply_norm(self.per_layer_norm, h, valid)
         if self.layer_scale is not None:
             x = x * self.layer_scale[...].astype(x.dtype)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxformer import checks
+from jaxformer import checks, ops
 from jaxformer.nn.params import logical_param
 
 
@@ -52,7 +52,7 @@ class Embed(nnx.Module):
         checks.check_floating("x", x)
         if x.ndim < 1 or x.shape[-1] != self.dim:
             raise ValueError(f"Embed.attend expects [..., D={self.dim}]; got shape {tuple(x.shape)}.")
-        return jnp.einsum("...D,VD->...V", x.astype(self.dtype), self.embedding[...].astype(self.dtype))
+        return ops.dense("...D,VD->...V", x, self.embedding[...], dtype=self.dtype)
 
 
 class LearnedPositions(nnx.Module):

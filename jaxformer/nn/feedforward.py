@@ -69,7 +69,7 @@ class FeedForward(nnx.Module):
         x = x.astype(self.dtype)
 
         def dense(y, w, b=None):
-            out = jnp.einsum("...D,DF->...F", y, w[...].astype(self.dtype))
+            out = ops.dense("...D,DF->...F", y, w[...], dtype=self.dtype)
             return out if b is None else out + b[...].astype(self.dtype)
 
         if self.gated:

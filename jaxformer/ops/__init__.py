@@ -11,6 +11,7 @@ from jaxformer.ops.activations import ACTIVATIONS, GATED_ACTIVATIONS, geglu, gel
 from jaxformer.ops.attention import attention_weights, dot_product_attention
 from jaxformer.ops.blockwise import blockwise_attention
 from jaxformer.ops.classic_attention import additive_attention, multiplicative_attention
+from jaxformer.ops.dense import dense
 from jaxformer.ops.heads import merge_heads, split_heads
 from jaxformer.ops.losses import cross_entropy
 from jaxformer.ops.masks import (
@@ -50,6 +51,7 @@ __all__ = [
     "causal_mask",
     "combine_masks",
     "cross_entropy",
+    "dense",
     "dot_product_attention",
     "geglu",
     "gelu",
