@@ -206,7 +206,11 @@ def test_bench_decode_hf_smoke_greedy_tokens_match_transformers(tmp_path):
     assert {(r["model"], r["batch"]) for r in greedy} == {("gpt2", 1), ("gpt2", 2), ("llama", 1), ("llama", 2)}
     assert all(r["same_tokens"] for r in greedy), out
     assert all(r["jaxformer"]["full_s"] > 0 and r["transformers"]["full_s"] > 0 for r in rows)
-    table = [line for line in out.splitlines() if line.startswith(("| gpt2 | greedy |", "| llama | greedy |"))]
+    table = [
+        line
+        for line in out.splitlines()
+        if line.startswith(("| gpt2 | float32 | greedy |", "| llama | float32 | greedy |"))
+    ]
     table = [line for line in table if "x** |" in line]  # the results table, not the first-call one
     assert len(table) == 4 and all("x** | yes (" in line for line in table), out
     assert "| total ratio |" in out and "Greedy tokens identical in 4 of 4 greedy settings." in out
