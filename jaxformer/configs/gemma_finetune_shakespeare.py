@@ -32,25 +32,13 @@ the final sample: a few minutes in all. On another chip scale by its bfloat16 pe
 is not known either.
 """
 
-from jaxformer.configs import shakespeare_char_cpu
+from jaxformer.configs.gpt2_finetune_shakespeare import finetune_config
 
 CHECKPOINT = "google/gemma-3-270m"
 
 
 def get_config():
-    config = shakespeare_char_cpu.get_config()  # tiny Shakespeare, the loop's settings
-    config.name = "gemma_finetune_shakespeare"
-    config.init_from = CHECKPOINT
-    config.data.tokenizer = f"hf:{CHECKPOINT}"
-    config.data.seq_len = 256
-    # With init_from the architecture is the checkpoint's: only execution fields may be set here.
-    model = config.model
-    for name in list(model.keys()):
-        if name not in ("variant", "dtype", "scan_layers", "remat"):
-            del model[name]
-    model.dtype = "bfloat16"
-    model.scan_layers = False  # checkpoints store each layer
-    model.remat = "none"
+    config = finetune_config("gemma_finetune_shakespeare", CHECKPOINT)
     config.batch_size = 4  # 1,024 tokens a step: the logits over 262k tokens dominate the memory
     config.num_steps = 1000
     config.learning_rate = 2e-5

@@ -16,20 +16,27 @@ from jaxformer.configs import shakespeare_char_cpu
 CHECKPOINT = "openai-community/gpt2"
 
 
-def get_config():
-    config = shakespeare_char_cpu.get_config()  # tiny Shakespeare, the loop's settings
-    config.name = "gpt2_finetune_shakespeare"
-    config.init_from = CHECKPOINT
-    config.data.tokenizer = f"hf:{CHECKPOINT}"
+def finetune_config(name: str, checkpoint: str):
+    """Tiny Shakespeare (the loop's settings of shakespeare_char_cpu) from `checkpoint`'s weights, architecture and
+    tokenizer, 256 tokens a row, bfloat16 compute, looped layers: what every fine-tuning recipe shares."""
+    config = shakespeare_char_cpu.get_config()
+    config.name = name
+    config.init_from = checkpoint
+    config.data.tokenizer = f"hf:{checkpoint}"
     config.data.seq_len = 256
     # With init_from the architecture is the checkpoint's: only execution fields may be set here.
     model = config.model
-    for name in list(model.keys()):
-        if name not in ("variant", "dtype", "scan_layers", "remat"):
-            del model[name]
+    for field in list(model.keys()):
+        if field not in ("variant", "dtype", "scan_layers", "remat"):
+            del model[field]
     model.dtype = "bfloat16"
     model.scan_layers = False  # checkpoints store each layer
     model.remat = "none"
+    return config
+
+
+def get_config():
+    config = finetune_config("gpt2_finetune_shakespeare", CHECKPOINT)
     config.batch_size = 8
     config.num_steps = 1000
     config.learning_rate = 3e-5

@@ -132,13 +132,19 @@ def _gpt2_rules(cfg: ModelConfig) -> list[Rule]:
     return out
 
 
-def _llama_rules(cfg: ModelConfig) -> list[Rule]:
+def _decoder_ends(cfg: ModelConfig) -> list[Rule]:
+    """The token embedding, the final norm and an untied head, as the Llama and Gemma families name them."""
     out = [
         _one("embed/tokens/embedding", "model.embed_tokens.weight"),
         _one("final_norm/scale", "model.norm.weight"),
     ]
     if not cfg.tie_embeddings:
         out.append(_one("head/kernel", "lm_head.weight", lambda t: t.T, lambda p: p.T))
+    return out
+
+
+def _llama_rules(cfg: ModelConfig) -> list[Rule]:
+    out = _decoder_ends(cfg)
     for i in range(cfg.num_layers):
         m, layer = f"model.layers.{i}", f"blocks/layers/{i}"
         att, a = f"{layer}/self_attention", f"{m}.self_attn"
@@ -163,12 +169,7 @@ def _gemma_rules(cfg: ModelConfig) -> list[Rule]:
     """Gemma 1-3: Llama's names, with (1 + w) norms stored as w (as jaxformer stores them), Gemma 2 / 3's sandwich
     norms (`post_attention_layernorm` is then the attention output's norm, `pre_feedforward_layernorm` the FFN's
     input norm) and Gemma 3's q / k norms."""
-    out = [
-        _one("embed/tokens/embedding", "model.embed_tokens.weight"),
-        _one("final_norm/scale", "model.norm.weight"),
-    ]
-    if not cfg.tie_embeddings:
-        out.append(_one("head/kernel", "lm_head.weight", lambda t: t.T, lambda p: p.T))
+    out = _decoder_ends(cfg)
     for i in range(cfg.num_layers):
         m, layer = f"model.layers.{i}", f"blocks/layers/{i}"
         att, a = f"{layer}/self_attention", f"{m}.self_attn"
@@ -201,12 +202,7 @@ def _gemma4_rules(cfg: ModelConfig) -> list[Rule]:
     `v_proj` where values are keys, no k / v at all in KV-shared layers), `layer_scalar`, and the per-layer inputs:
     `embed_tokens_per_layer`, `per_layer_model_projection`, `per_layer_projection_norm`, and per layer
     `per_layer_input_gate`, `per_layer_projection`, `post_per_layer_input_norm`."""
-    out = [
-        _one("embed/tokens/embedding", "model.embed_tokens.weight"),
-        _one("final_norm/scale", "model.norm.weight"),
-    ]
-    if not cfg.tie_embeddings:
-        out.append(_one("head/kernel", "lm_head.weight", lambda t: t.T, lambda p: p.T))
+    out = _decoder_ends(cfg)
     if cfg.per_layer_input_dim:
         out += [
             _one("per_layer_embed/embedding", "model.embed_tokens_per_layer.weight"),
