@@ -1,0 +1,145 @@
+"""What reading a Hugging Face `config.json` shares across families: the keys that describe no computation
+(`IGNORED`), `Keys` (every key taken or refused by name) and RoPE parameters both ways."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jaxformer.ops import RopeScaling
+
+# Keys that describe no computation of the model (ids of special tokens, generation and training defaults, how it
+# was saved). Values are not checked.
+IGNORED = {
+    "architectures",
+    "model_type",
+    "transformers_version",
+    "dtype",
+    "torch_dtype",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "sep_token_id",
+    "decoder_start_token_id",
+    "initializer_range",
+    "use_cache",
+    "output_attentions",
+    "output_hidden_states",
+    "return_dict",
+    "task_specific_params",
+    "_name_or_path",
+    "id2label",
+    "label2id",
+    "bad_words_ids",
+    "max_length",
+    "min_length",
+    "num_beams",
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+    "repetition_penalty",
+    "length_penalty",
+    "no_repeat_ngram_size",
+    "tokenizer_class",
+    "prefix",
+    "pretraining_tp",  # how the original training split matmuls; the same maths
+    "cache_implementation",  # Gemma 2 / 3: which KV-cache class transformers' generate uses
+    "chunk_size_feed_forward",  # how transformers may chunk the FFN over positions; the same maths
+    "is_encoder_decoder",
+    "problem_type",
+    "reorder_and_upcast_attn",  # GPT-2: attention computed in float32, which jaxformer's softmax always is
+    # GPT-2's sequence-summary head (GPT2DoubleHeadsModel only; a GPT2LMHeadModel has no such weights)
+    "summary_activation",
+    "summary_first_dropout",
+    "summary_proj_to_labels",
+    "summary_type",
+    "summary_use_proj",
+}
+
+
+class Keys:
+    """A config dict whose keys must each be taken (`take`, `expect`) or ignored; `finish` refuses the rest."""
+
+    def __init__(self, hf: dict, family: str):
+        self.hf, self.family, self.seen = hf, family, set(IGNORED)
+
+    def take(self, key: str, default: Any = ...) -> Any:
+        self.seen.add(key)
+        if key in self.hf:
+            return self.hf[key]
+        if default is ...:
+            raise ValueError(f"config.json of a {self.family} model lacks {key!r}, which jaxformer needs.")
+        return default
+
+    def expect(self, key: str, *allowed: Any) -> None:
+        """The key may be absent or hold one of `allowed` (what jaxformer computes); anything else is refused."""
+        value = self.take(key, allowed[0])
+        if value not in allowed:
+            raise ValueError(
+                f"config.json: {key}={value!r} is not supported for {self.family} models (jaxformer computes "
+                f"{' or '.join(map(repr, allowed))}); the checkpoint would compute something else."
+            )
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.hf) - self.seen)
+        if unknown:
+            raise ValueError(
+                f"config.json of a {self.family} model has keys jaxformer does not support: {unknown}. They may "
+                "change what the model computes, so the checkpoint is refused rather than loaded approximately."
+            )
+
+
+def rope_params(params: dict, where: str = "") -> tuple[float | None, RopeScaling | None]:
+    """(rope_theta or None, rope_scaling) of one RoPE parameter dict (`rope_type` default | linear | llama3)."""
+    params = dict(params)
+    base = params.pop("rope_theta", None)
+    kind = params.pop("rope_type", params.pop("type", "default"))
+    if kind == "default":
+        if params:
+            raise ValueError(
+                f"config.json: rope parameters{where} {sorted(params)} are not supported for rope_type default."
+            )
+        return base, None
+    if kind not in ("linear", "llama3", "proportional"):
+        raise ValueError(
+            f"config.json: rope_type={kind!r}{where} is not supported; jaxformer computes default, linear, llama3, "
+            "proportional."
+        )
+    names = {
+        "factor": "factor",
+        "low_freq_factor": "low_freq_factor",
+        "high_freq_factor": "high_freq_factor",
+        "original_max_position_embeddings": "original_max_len",
+        "partial_rotary_factor": "fraction",
+    }
+    allowed = {"llama3": list(names)[:4], "linear": ["factor"], "proportional": ["factor", "partial_rotary_factor"]}
+    unknown = sorted(set(params) - set(allowed[kind]))
+    if unknown:
+        raise ValueError(f"config.json: rope parameters{where} {unknown} are not supported for rope_type {kind!r}.")
+    return base, RopeScaling(kind, **{names[k]: v for k, v in params.items()})
+
+
+def rope(keys: Keys) -> tuple[float, RopeScaling | None]:
+    """(rope_base, rope_scaling) from `rope_parameters` (transformers >= 5) or `rope_theta` + `rope_scaling`."""
+    params = dict(keys.take("rope_parameters", None) or {})
+    legacy = keys.take("rope_scaling", None)
+    if legacy:
+        params = {**dict(legacy), **params}
+    base, scaling = rope_params(params)
+    return float(base or keys.take("rope_theta", 10000.0)), scaling
+
+
+def rope_dict(base: float, scaling: RopeScaling | None) -> dict[str, Any]:
+    """transformers' `rope_parameters` dict of one RoPE."""
+    rope: dict[str, Any] = {"rope_type": "default", "rope_theta": base}
+    if scaling is not None:
+        rope.update(rope_type=scaling.kind, factor=scaling.factor)
+        if scaling.kind == "proportional":
+            rope["partial_rotary_factor"] = scaling.fraction
+        if scaling.kind == "llama3":
+            rope.update(
+                low_freq_factor=scaling.low_freq_factor,
+                high_freq_factor=scaling.high_freq_factor,
+                original_max_position_embeddings=scaling.original_max_len,
+            )
+    return rope
