@@ -8,6 +8,8 @@ import string
 import jax
 import jax.numpy as jnp
 
+from jaxformer import checks
+
 _HALF = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 
 
@@ -30,6 +32,12 @@ def dense(subscripts: str, x, w, *, dtype) -> jax.Array:
       x, w: floating arrays; `w` is typically a parameter in its storage dtype.
       dtype: the compute dtype (of the operands and the result).
     """
+    dtype = checks.check_float_dtype("dtype", dtype)
+    if not isinstance(subscripts, str) or subscripts.count(",") != 1 or "->" not in subscripts:
+        raise ValueError(f"`subscripts` must be an einsum spec of two operands, 'x,w->out'; got {subscripts!r}.")
+    x, w = checks.check_array("x", x), checks.check_array("w", w)
+    checks.check_floating("x", x)
+    checks.check_floating("w", w)
     x, w = x.astype(dtype), w.astype(dtype)
     row_axes = _single_row(subscripts, x, w) if jnp.dtype(dtype) in _HALF and jax.default_backend() == "cpu" else None
     if row_axes is None:

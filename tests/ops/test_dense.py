@@ -55,3 +55,13 @@ def test_batch_one_bfloat16_decoding_keeps_no_float32_copy_of_the_weights():
     memory = _generate.lower(graphdef, state, prompt, lengths, jax.random.key(0), **settings).compile()
     memory = memory.memory_analysis()
     assert memory.temp_size_in_bytes < 0.25 * memory.argument_size_in_bytes, memory
+
+
+def test_bad_arguments_are_named():
+    x, w = np.ones((2, 3), np.float32), np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError, match=r"`subscripts` must be an einsum spec of two operands.*got 'ab->b'"):
+        ops.dense("ab->b", x, w, dtype=jnp.float32)
+    with pytest.raises(TypeError, match="`dtype`"):
+        ops.dense("ab,bc->ac", x, w, dtype=jnp.int32)
+    with pytest.raises(TypeError, match="`x`"):
+        ops.dense("ab,bc->ac", np.ones((2, 3), np.int32), w, dtype=jnp.float32)
