@@ -11,7 +11,7 @@ import numpy as np
 from flax import nnx
 
 from jaxformer import checks, ops
-from jaxformer.nn import attention_dispatch
+from jaxformer.nn import attention_dispatch, lora
 from jaxformer.nn.norms import RMSNorm
 from jaxformer.nn.params import logical_param
 
@@ -194,6 +194,9 @@ class MultiHeadAttention(nnx.Module):
         self.dropout_rngs = rngs["dropout"].fork() if dropout_rate > 0 else None
         # Declared as data (not static) so that init_cache can put Cache variables here later.
         self.cached_key, self.cached_value, self.cache_index = nnx.data(None), nnx.data(None), nnx.data(None)
+        # LoRA adapters by weight name ("w_q", "w_k", "w_v", "w_o"; "w_qkv": one adapter over [w_q | w_k | w_v],
+        # GPT-2's fused c_attn), added by jaxformer.lora.add_adapters (nn/lora.py).
+        self.lora = nnx.data(None)
 
     # -- cache -------------------------------------------------------------------------------------------------
 
@@ -239,8 +242,8 @@ class MultiHeadAttention(nnx.Module):
 
     # -- forward -----------------------------------------------------------------------------------------------
 
-    def _project(self, x, w, b, norm):
-        out = ops.dense("BTD,DNH->BTNH", x, w[...], dtype=self.dtype)
+    def _project(self, x, name, b, norm):
+        out = lora.dense("BTD,DNH->BTNH", x, getattr(self, name), lora.adapter(self, name), dtype=self.dtype)
         if b is not None:
             out = out + b[...].astype(self.dtype)
         return out if norm is None else norm(out)
@@ -257,11 +260,17 @@ class MultiHeadAttention(nnx.Module):
         if self.b_q is not None:
             b = jnp.concatenate([self.b_q[...], self.b_k[...], self.b_v[...]], axis=0).astype(self.dtype)
             qkv = qkv + b
-        q = qkv[:, :, :N] if self.q_norm is None else self.q_norm(qkv[:, :, :N])
+        if (fused := lora.adapter(self, "w_qkv")) is not None:
+            qkv = qkv + fused("BTD,DNH->BTNH", x, dtype=self.dtype)
+        parts = {"w_q": qkv[:, :, :N], "w_k": qkv[:, :, N : N + K], "w_v": qkv[:, :, N + K :]}
+        for name, part in parts.items():  # each projection's own adapter (the Llama family's q_proj, k_proj, ...)
+            if (adapter := lora.adapter(self, name)) is not None:
+                parts[name] = part + adapter("BTD,DNH->BTNH", x, dtype=self.dtype)
+        q, k, v = parts["w_q"], parts["w_k"], parts["w_v"]
+        q = q if self.q_norm is None else self.q_norm(q)
         if self.shared_kv:
             return q, None, None
-        k = qkv[:, :, N : N + K]
-        v = k if self.value_is_key else qkv[:, :, N + K :]  # value_is_key: the raw key projection
+        v = k if self.value_is_key else v  # value_is_key: the raw key projection
         if self.k_norm is not None:
             k = self.k_norm(k)
         if self.v_norm:
@@ -313,9 +322,9 @@ class MultiHeadAttention(nnx.Module):
         if context is None:
             q, k, v = self.project_qkv(x)
         else:
-            q = self._project(x, self.w_q, self.b_q, self.q_norm)
-            k = self._project(context, self.w_k, self.b_k, self.k_norm)
-            v = self._project(context, self.w_v, self.b_v, None)
+            q = self._project(x, "w_q", self.b_q, self.q_norm)
+            k = self._project(context, "w_k", self.b_k, self.k_norm)
+            v = self._project(context, "w_v", self.b_v, None)
 
         if kv is not None and decode:
             offset = kv.offset
@@ -350,7 +359,7 @@ class MultiHeadAttention(nnx.Module):
             distance = jnp.abs(q_pos[:, None, :, None] - key_positions[:, None, None, :]).astype(jnp.float32)
             bias = -jnp.asarray(ops.alibi_slopes(self.num_heads))[None, :, None, None] * distance
         out = self._attend(q, k, v, mask=mask, bias=bias, segment_ids=segment_ids, is_causal=is_causal, decode=decode)
-        out = ops.dense("BTNH,NHD->BTD", out, self.w_o[...], dtype=self.dtype)
+        out = lora.dense("BTNH,NHD->BTD", out, self.w_o, lora.adapter(self, "w_o"), dtype=self.dtype)
         out = out if self.b_o is None else out + self.b_o[...].astype(self.dtype)
         if overflow is not None:  # (traced) writes past the cache: NaN, never a clamped or wrapped result
             out = jnp.where(overflow[:, None, None], jnp.asarray(jnp.nan, out.dtype), out)

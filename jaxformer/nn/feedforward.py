@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxformer import checks, ops
+from jaxformer.nn import lora
 from jaxformer.nn.params import logical_param
 
 # The activations a FeedForward takes: the element-wise ones of jaxformer.ops (ops.ACTIVATIONS) and the gated ones
@@ -60,6 +61,7 @@ class FeedForward(nnx.Module):
         if not self.gated:
             self.b_out = logical_param(rngs, zeros, (d_model,), ("embed",), param_dtype) if use_bias else None
         self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+        self.lora = nnx.data(None)  # LoRA adapters by weight name, added by jaxformer.lora.add_adapters (nn/lora.py)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = checks.check_array("x", x)
@@ -68,12 +70,12 @@ class FeedForward(nnx.Module):
             raise ValueError(f"FeedForward expects inputs [..., D={self.d_model}]; got shape {tuple(x.shape)}.")
         x = x.astype(self.dtype)
 
-        def dense(y, w, b=None):
-            out = ops.dense("...D,DF->...F", y, w[...], dtype=self.dtype)
+        def dense(y, name, b=None):
+            out = lora.dense("...D,DF->...F", y, getattr(self, name), lora.adapter(self, name), dtype=self.dtype)
             return out if b is None else out + b[...].astype(self.dtype)
 
         if self.gated:
-            hidden = self.act(dense(x, self.w_gate), dense(x, self.w_up))
+            hidden = self.act(dense(x, "w_gate"), dense(x, "w_up"))
         else:
-            hidden = self.act(dense(x, self.w_in, self.b_in))
-        return dense(self.dropout(hidden), self.w_out, self.b_out)
+            hidden = self.act(dense(x, "w_in", self.b_in))
+        return dense(self.dropout(hidden), "w_out", self.b_out)

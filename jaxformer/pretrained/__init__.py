@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxformer import checks, data, hub, sharding
 from jaxformer.models import BERT, GPT, ModelConfig, ViT
-from jaxformer.pretrained import hf_config, io, weights
+from jaxformer.pretrained import hf_config, io, peft, weights
 
 __all__ = ["from_pretrained", "load_params", "load_tokenizer", "model_class", "save_pretrained"]
 
@@ -45,7 +45,9 @@ def _check_mesh(mesh) -> None:
         raise TypeError(f"`mesh` must be a jax.sharding.Mesh (jaxformer.sharding.make_mesh) or None; got {mesh!r:.80}.")
 
 
-def from_pretrained(path_or_id: str | os.PathLike, *, dtype=None, mesh: Mesh | None = None) -> GPT | BERT | ViT:
+def from_pretrained(
+    path_or_id: str | os.PathLike, *, dtype=None, mesh: Mesh | None = None, adapter: str | os.PathLike | None = None
+) -> GPT | BERT | ViT:
     """The model a Hugging Face checkpoint describes, in eval mode, with its `ModelConfig` as `.config`.
 
     path_or_id: a directory with `config.json` and `*.safetensors`, or a hub id (downloaded into the
@@ -53,6 +55,7 @@ def from_pretrained(path_or_id: str | os.PathLike, *, dtype=None, mesh: Mesh | N
     dtype: parameters and computation in this dtype (e.g. jnp.bfloat16); None keeps the checkpoint's own.
     mesh: a device mesh (`jaxformer.sharding.make_mesh`); each parameter is placed split over it by the
       logical-axis rules as it is read. None: the default device.
+    adapter: a LoRA adapter in peft's layout (directory or hub id) to add to the decoder (`jaxformer.lora`).
     """
     _check_mesh(mesh)
     if dtype is not None:
@@ -69,6 +72,8 @@ def from_pretrained(path_or_id: str | os.PathLike, *, dtype=None, mesh: Mesh | N
     placement = _default_placement() if mesh is None else NamedSharding(mesh, PartitionSpec())
     rest = jax.jit(lambda: nnx.state(make(), nnx.Not(nnx.Param)), out_shardings=placement)()
     model = nnx.merge(graphdef, load_params(directory, cfg, mesh=mesh), rest)
+    if adapter is not None:
+        peft.load_adapter(model, adapter)
     model.eval()
     return model
 
