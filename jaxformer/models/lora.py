@@ -145,7 +145,7 @@ def merge(model: nnx.Module) -> nnx.Module:
             parts = {name: delta}
         for weight_name, part in parts.items():
             weight = getattr(module, weight_name)
-            weight.value = (weight[...].astype(jnp.float32) + part).astype(weight.dtype)
+            weight[...] = (weight[...].astype(jnp.float32) + part).astype(weight.dtype)
     for _, module, _, _ in list(adapters(model)):
         module.lora = None
     return model

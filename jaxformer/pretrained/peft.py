@@ -62,6 +62,10 @@ def load_adapter(model: GPT, path_or_id: str | os.PathLike) -> GPT:
     architecture the adapter was trained on, with `scan_layers=False` and no adapters yet."""
     cfg, family = _check_model(model)
     directory = hub.resolve(path_or_id, files=FILES)
+    if not os.path.isfile(os.path.join(directory, CONFIG)):
+        raise FileNotFoundError(
+            f"{os.path.join(directory, CONFIG)} does not exist: a peft adapter directory holds {CONFIG} and {WEIGHTS}."
+        )
     with open(os.path.join(directory, CONFIG)) as f:
         config = json.load(f)
     _check_config(config)
@@ -125,8 +129,8 @@ def load_adapter(model: GPT, path_or_id: str | os.PathLike) -> GPT:
                 f"{WEIGHTS}: the adapter of {path} has lora_A {a.shape} and lora_B {b.shape}; this model needs "
                 f"[{rank}, {math.prod(adapter.in_shape)}] and [{math.prod(adapter.out_shape)}, {rank}]."
             )
-        adapter.a.value = jnp.asarray(a.T.reshape(want_a), adapter.a.dtype)
-        adapter.b.value = jnp.asarray(b.T.reshape(want_b), adapter.b.dtype)
+        adapter.a[...] = jnp.asarray(a.T.reshape(want_a), adapter.a.dtype)
+        adapter.b[...] = jnp.asarray(b.T.reshape(want_b), adapter.b.dtype)
     return model
 
 
