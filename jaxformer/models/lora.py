@@ -17,12 +17,11 @@ from flax import nnx
 from jaxformer import checks
 from jaxformer.models.stack import BlockStack
 from jaxformer.nn import FeedForward, MultiHeadAttention, logical_axes
-from jaxformer.nn.lora import LoRA
+from jaxformer.nn.lora import FUSED_QKV, LoRA
 
 ATTENTION_TARGETS = ("w_q", "w_k", "w_v", "w_o")
 FFN_TARGETS = ("w_gate", "w_up", "w_in", "w_out")
 TARGETS = ATTENTION_TARGETS + FFN_TARGETS
-FUSED_QKV = "w_qkv"  # one adapter over [w_q | w_k | w_v] (GPT-2's c_attn as peft adapts it)
 
 # Each weight's input (contracted) axes, by module kind; its remaining axes are the output axes.
 _IN_AXES = {"w_q": 1, "w_k": 1, "w_v": 1, "w_o": 2, "w_gate": 1, "w_up": 1, "w_in": 1, "w_out": 1}
@@ -118,7 +117,7 @@ def add_adapters(
 
     for (_, stack), prefix in zip(stacks, stacked, strict=True):  # in a vmap: adapters stacked [L // P, ...]
         attach_stacked = nnx.vmap(lambda layers, streams, prefix: attach(layers, prefix, streams), in_axes=(0, 0, None))
-        attach_stacked(stack.layers, rngs.fork(split=stack.num_layers // stack.period), prefix)
+        attach_stacked(stack.layers, rngs.split(stack.num_layers // stack.period), prefix)
     attach(model, (), rngs)
     return model
 
@@ -188,7 +187,8 @@ def _module_adapters(module, path, fused_qkv, settings) -> dict:
         shape = weight.shape[-len(axes) :]  # without a scanned stack's leading axis
         out[name] = (shape[:n_in], shape[n_in:], axes[:n_in], axes[n_in:], *setting)
     qkv = ("w_q", "w_k", "w_v")
-    if fused_qkv and all(n in out for n in qkv):
+    # Fused only in self-attention: a cross-attention's k and v read the context, not x.
+    if fused_qkv and all(n in out for n in qkv) and not path.endswith("cross_attention"):
         (in_shape, q_out, in_axes, _, r, a), k_out, v_out = out["w_q"], out["w_k"][1], out["w_v"][1]
         if len({out[n][4:] for n in qkv}) > 1:
             raise ValueError(f"fused_qkv: {path}'s q, k and v share one adapter, so one rank and alpha; got "

@@ -243,6 +243,8 @@ class MultiHeadAttention(nnx.Module):
     # -- forward -----------------------------------------------------------------------------------------------
 
     def _project(self, x, name, b, norm):
+        if lora.adapter(self, lora.FUSED_QKV) is not None:
+            raise ValueError("A fused q|k|v LoRA adapter ('w_qkv') is for self-attention; this call has a context.")
         out = lora.dense("BTD,DNH->BTNH", x, getattr(self, name), lora.adapter(self, name), dtype=self.dtype)
         if b is not None:
             out = out + b[...].astype(self.dtype)
@@ -260,7 +262,7 @@ class MultiHeadAttention(nnx.Module):
         if self.b_q is not None:
             b = jnp.concatenate([self.b_q[...], self.b_k[...], self.b_v[...]], axis=0).astype(self.dtype)
             qkv = qkv + b
-        if (fused := lora.adapter(self, "w_qkv")) is not None:
+        if (fused := lora.adapter(self, lora.FUSED_QKV)) is not None:
             qkv = qkv + fused("BTD,DNH->BTNH", x, dtype=self.dtype)
         parts = {"w_q": qkv[:, :, :N], "w_k": qkv[:, :, N : N + K], "w_v": qkv[:, :, N + K :]}
         for name, part in parts.items():  # each projection's own adapter (the Llama family's q_proj, k_proj, ...)

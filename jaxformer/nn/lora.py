@@ -25,6 +25,8 @@ from flax import nnx
 
 from jaxformer import checks, ops
 
+FUSED_QKV = "w_qkv"  # the name of one adapter over a self-attention's [w_q | w_k | w_v] (GPT-2's c_attn in peft)
+
 
 class LoRA(nnx.Module):
     """The adapter of one weight with input axes `in_shape` and output axes `out_shape` (see the module docstring).
