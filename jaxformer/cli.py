@@ -1,7 +1,7 @@
 """The `jaxformer` command.
 
     jaxformer train   --config CONFIG --workdir DIR [--config.KEY=VALUE ...]
-    jaxformer sample  --workdir DIR | --pretrained DIR_OR_HUB_ID
+    jaxformer sample  --workdir DIR | --pretrained DIR_OR_HUB_ID [--adapter DIR_OR_HUB_ID]
                       [--prompt TEXT] [--num_tokens N] [--temperature T] [--top_k K] [--seed S]
     jaxformer memory  --config CONFIG [--config.mesh.fsdp=8 ...] [--devices N]  (per-device bytes, nothing trained)
     jaxformer memory  --model VARIANT|DIR|HUB_ID --cache_len N [--batch_size B] [--dtype D]   (KV-cache bytes)
@@ -103,8 +103,10 @@ def _train(argv: list[str]) -> None:
             print(f"\njaxformer train: {e}", file=sys.stderr)
             sys.exit(EXIT_DIVERGED)
         print(f"\nFinished {config.name}: " + ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "step"))
+        lora = [f", {d}/" for d in ("adapter", "merged") if os.path.isdir(os.path.join(workdir, d))]  # LoRA runs
         print(
-            f"Results in {os.path.abspath(workdir)}: metrics.jsonl, tensorboard/, loss.png, samples.txt, checkpoints/"
+            f"Results in {os.path.abspath(workdir)}: metrics.jsonl, tensorboard/, loss.png, samples.txt, "
+            f"checkpoints/{''.join(lora)}"
         )
 
     app.run(main, argv=argv)
@@ -115,6 +117,7 @@ def _sample(argv: list[str]) -> None:
 
     flags.DEFINE_string("workdir", None, "A training run's workdir.")
     flags.DEFINE_string("pretrained", None, "Instead of --workdir: a Hugging Face checkpoint directory or hub id.")
+    flags.DEFINE_string("adapter", None, "With --pretrained: a LoRA adapter (peft's layout) directory or hub id.")
     flags.DEFINE_string("prompt", "\n", "Text to continue.")
     flags.DEFINE_integer("num_tokens", 500, "Tokens to generate.")
     flags.DEFINE_float("temperature", 0.8, "0 = greedy.")
@@ -124,6 +127,11 @@ def _sample(argv: list[str]) -> None:
         ["workdir", "pretrained"],
         lambda v: (v["workdir"] is None) != (v["pretrained"] is None),
         message="pass exactly one of --workdir (a training run) and --pretrained (a checkpoint directory or hub id)",
+    )
+    flags.register_multi_flags_validator(
+        ["adapter", "pretrained"],
+        lambda v: v["adapter"] is None or v["pretrained"] is not None,
+        message="--adapter needs --pretrained (the base model the adapter was trained on)",
     )
 
     def main(_):
@@ -135,7 +143,8 @@ def _sample(argv: list[str]) -> None:
         if f.pretrained is not None:
             from jaxformer import pretrained
 
-            model, tokenizer = pretrained.from_pretrained(f.pretrained), pretrained.load_tokenizer(f.pretrained)
+            model = pretrained.from_pretrained(f.pretrained, adapter=f.adapter)
+            tokenizer = pretrained.load_tokenizer(f.pretrained)
         else:
             model, tokenizer, _ = load_trained(f.workdir)
         top_k = min(f.top_k, tokenizer.vocab_size) if f.top_k else None

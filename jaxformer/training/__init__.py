@@ -4,7 +4,7 @@ from jaxformer.training.optimizers import OPTIMIZERS, decay_mask, make_optimizer
 from jaxformer.training.run import Run, build_run
 from jaxformer.training.runner import PARALLEL, StepRunner, make_eval_step, make_train_step
 from jaxformer.training.schedules import SCHEDULES, make_schedule
-from jaxformer.training.state import Graphs, TrainState, create_train_state, merge
+from jaxformer.training.state import Graphs, LoRATrainState, TrainState, create_train_state, merge
 from jaxformer.training.steps import LossFn, eval_step_fn, train_step_fn
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "PARALLEL",
     "SCHEDULES",
     "Graphs",
+    "LoRATrainState",
     "LossFn",
     "Run",
     "StepRunner",

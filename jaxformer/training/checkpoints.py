@@ -1,4 +1,5 @@
 """Orbax checkpoints of a training run: TrainState + input-iterator state + config, the last N kept, verified.
+(A LoRA run's TrainState without its frozen base weights: `saved_part`.)
 
 Layout: `<directory>/<step>/{state, data, config, checksums.json}`; `data` is written by grain's orbax handler,
 one `process_<i>-of-<n>.json` per process (each process's position in its own rows of the input).
@@ -85,7 +86,7 @@ class Checkpointer:
         if step in self.all_steps():
             raise ValueError(f"A checkpoint for step {step} already exists in {self.directory}.")
         args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
+            state=ocp.args.StandardSave(saved_part(state)),
             data=grain.checkpoint.CheckpointSave(data_iterator),
             config=ocp.args.JsonSave(config),
         )
@@ -153,14 +154,16 @@ class Checkpointer:
         """(state, config) of checkpoint `step` (default: the newest intact one), and `data_iterator` (if given)
         moved to the saved position. The checkpoint is verified first (DamagedCheckpointError if `step` was given
         and is damaged). `template` is a TrainState of the same structure (e.g. a freshly created one) that
-        supplies shapes, dtypes and shardings."""
+        supplies shapes, dtypes and shardings; a LoRA state's frozen base is not in the checkpoint and comes back
+        as the template has it."""
         step = self._intact(step)
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, saved_part(template))
         items = {"state": ocp.args.StandardRestore(abstract), "config": ocp.args.JsonRestore()}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        return restored.state, restored.config
+        fields = {name: getattr(restored.state, name) for name in _SAVED_FIELDS}
+        return template.replace(**fields), restored.config
 
     def restore_config(self, step: int | None = None) -> dict:
         """Only the config stored with checkpoint `step` (default: the newest intact one), verified first."""
@@ -175,6 +178,16 @@ class Checkpointer:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+_SAVED_FIELDS = ("step", "params", "opt_state", "model_state")
+
+
+def saved_part(state: TrainState) -> TrainState:
+    """What a checkpoint holds of `state`: its step, trained params, optimizer state and model state, as a plain
+    TrainState (so full fine-tuning and LoRA checkpoints have one layout). A LoRA state's frozen base weights are
+    left out: they are the base checkpoint's (config.init_from, read again on resume), or the seed's."""
+    return TrainState(**{name: getattr(state, name) for name in _SAVED_FIELDS})
 
 
 def _sync(name: str) -> None:

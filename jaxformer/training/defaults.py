@@ -36,6 +36,17 @@ def default_config(task: str = "lm") -> ml_collections.ConfigDict:
     config.model.remat = "none"  # none | full | dots | dots_no_batch (jaxformer/nn/remat.py)
     config.model.vocab_multiple = 1  # pad the embedding table to a multiple (e.g. 128 for GPT-2's 50257 tokens)
 
+    # LoRA (jaxformer.lora): rank > 0 adds adapters to the model once its base weights are set (init_from's, or
+    # random ones from config.model) and trains only them; checked by run.check_lora_config.
+    config.lora = ml_collections.ConfigDict()
+    config.lora.rank = 0  # 0 = no LoRA: every parameter trains
+    config.lora.alpha = 16.0  # scale = alpha / rank (alpha / sqrt(rank) with use_rslora)
+    config.lora.targets = "all-linear"  # or weight names, comma-separated: "w_q,w_v" (jaxformer.lora.TARGETS)
+    config.lora.dropout = 0.0  # on each adapter's input (peft's lora_dropout)
+    config.lora.use_rslora = False
+    config.lora.export_merged = False  # also write workdir/merged/: the base with the adapters folded in
+    config.lora.base_dtype = ""  # the frozen base's dtype ("" = the model's param_dtype; "bfloat16"); adapters f32
+
     config.num_steps = 1000
     config.batch_size = 32
     config.schedule = "warmup_cosine"  # jaxformer.training.SCHEDULES

@@ -5,7 +5,8 @@ input iterator's position; checksums verified, damaged ones moved aside), so a r
 continues with exactly the batches and random numbers of an uninterrupted one. Ctrl-C and SIGTERM save the step
 they stop at; docs/training.md, "Faults and recovery", lists every fault and exit code. Writes `metrics.jsonl` (one
 JSON object per log line), TensorBoard event files under `tensorboard/`, `loss.png`, `samples.txt` (what the
-trained model produces) and the task's assets (a language model's `tokenizer.json`) to the workdir.
+trained model produces) and the task's assets (a language model's `tokenizer.json`) to the workdir; a LoRA run
+(config.lora.rank > 0) also its adapters (`adapter/`, peft's layout) and optionally the merged model (`merged/`).
 """
 
 from __future__ import annotations
@@ -22,14 +23,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from flax import nnx
 
-from jaxformer import checks, data, sharding
+from jaxformer import checks, data, lora, pretrained, sharding
+from jaxformer.models import GPT
 from jaxformer.training import defaults, multihost, plots
 from jaxformer.training.checkpoints import Checkpointer
 from jaxformer.training.metrics import MetricsLog, perplexity
-from jaxformer.training.run import EXECUTION_FIELDS, build_run
+from jaxformer.training.run import EXECUTION_FIELDS, build_run, check_lora_config
 from jaxformer.training.runner import StepRunner
-from jaxformer.training.state import merge
+from jaxformer.training.state import merge, with_base
 
 
 class NonFiniteLossError(RuntimeError):
@@ -46,6 +49,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     config = defaults.complete(config)
     multihost.initialize(config)  # before anything touches a device
     check_loop_config(config)
+    check_lora_config(config)
     mesh = sharding.mesh_from_config(config.mesh)  # a bad mesh fails here, before anything is written
     sharding.check_batch_size(config.batch_size, mesh)
     os.makedirs(workdir, exist_ok=True)
@@ -80,12 +84,15 @@ def _train(config, workdir: str, mesh, checkpoints: Checkpointer, start: int | N
         )
     batches = data.pipeline.iterator(train_data, **config.grain.to_dict())
     try:
-        # A fresh run from pretrained weights (a resume restores its own).
-        params = run.initial_params(runner.state_mesh) if start is None else None
+        # A fresh run from pretrained weights (a resume restores its own); a LoRA run's frozen base, always.
+        params = run.initial_params(runner.state_mesh) if start is None or run.is_lora else None
         if params is not None:
-            state = state.replace(params=jax.device_put(params, runner.state_shardings.params))
+            state = jax.device_put(with_base(state, params), runner.state_shardings)
             if leader:
-                print(f"Initialised the parameters from {config.init_from}.")
+                print(f"Initialised the {'frozen base' if run.is_lora else 'parameters'} from {config.init_from}.")
+        if run.is_lora and leader:
+            trained, frozen = (sum(x.size for x in jax.tree.leaves(p)) for p in (state.params, state.frozen))
+            print(f"LoRA: training {trained:,} adapter parameters; the {frozen:,} base parameters are frozen.")
         if start is not None:
             state, _ = checkpoints.restore(state, start, data_iterator=batches)
             if leader:
@@ -181,12 +188,46 @@ def _train(config, workdir: str, mesh, checkpoints: Checkpointer, start: int | N
         progress.close()
         log.close()
 
-    samples = task.samples(merge(graphs.eval, runner.to_host(state)))  # every process: it may run sharded code
+    host_state = runner.to_host(state)
+    samples = task.samples(merge(graphs.eval, host_state))  # every process: it may run sharded code
     if leader:
         plots.loss_curve(log.history, os.path.join(workdir, "loss.png"), title=config.name)
         with open(os.path.join(workdir, "samples.txt"), "w") as f:
             f.write(samples)
+    if run.is_lora:
+        _export_lora(run, merge(graphs.eval, host_state), workdir)
     return row
+
+
+ADAPTER_DIR, MERGED_DIR = "adapter", "merged"
+
+
+def _export_lora(run, model, workdir: str) -> None:
+    """A LoRA run's results for other tools: `workdir/adapter/` in peft's layout (lora.save_adapter, naming
+    config.init_from as the base; peft's layout is for decoders, GPT) and, with config.lora.export_merged,
+    `workdir/merged/`: the base with the adapters folded in (lora.merge) as a Hugging Face checkpoint, with the
+    task's tokenizer when it is one. Written by the leader, once it holds the whole model (gathered on multi-host)."""
+    config, leader = run.config, multihost.is_leader()
+    if not config.init_from:  # random base weights: an adapter is of no use without them
+        return
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        graph, params, rest = nnx.split(model, nnx.Param, ...)  # the parameters are all that is written
+        model = nnx.merge(graph, multihost_utils.process_allgather(params, tiled=True), rest)
+    if not leader:
+        return
+    if isinstance(model, GPT):
+        path = lora.save_adapter(model, os.path.join(workdir, ADAPTER_DIR), base_model_name_or_path=config.init_from)
+        print(f"LoRA: wrote the adapters to {path} (`jaxformer sample --pretrained BASE --adapter DIR` reads them).")
+    if config.lora.export_merged:
+        tokenizer = getattr(run.task, "tokenizer", None)
+        path = pretrained.save_pretrained(
+            lora.merge(model),
+            os.path.join(workdir, MERGED_DIR),
+            tokenizer=tokenizer if isinstance(tokenizer, data.HFTokenizer) else None,
+        )
+        print(f"LoRA: wrote the merged model to {path}.")
 
 
 class Terminated(Exception):
@@ -231,7 +272,20 @@ def _say(message: str) -> None:
 # What a resumed run may change in config.model: how the step computes, not the state it restores (scan_layers
 # stacks the layers' parameters, so it may not). The schedule, the step count and the logging may change too.
 _RESUMABLE_MODEL_FIELDS = tuple(f for f in EXECUTION_FIELDS if f != "scan_layers")
-_ARCHITECTURE_KEYS = ("task", "init_from", "optimizer.name", "data.tokenizer", "data.vocab_size", "data.seq_len")
+_ARCHITECTURE_KEYS = (
+    "task",
+    "init_from",
+    "optimizer.name",
+    "data.tokenizer",
+    "data.vocab_size",
+    "data.seq_len",
+    # LoRA: which parameters train, their shapes and what they compute; the base weights are read again.
+    "lora.rank",
+    "lora.alpha",
+    "lora.targets",
+    "lora.use_rslora",
+    "lora.base_dtype",
+)
 
 
 def check_resume_config(saved: dict, config: ml_collections.ConfigDict, *, step: int) -> None:

@@ -39,6 +39,7 @@ from jaxformer.models import GPT, VARIANTS, ModelConfig
 from jaxformer.pretrained import hf_config, io
 from jaxformer.training import defaults
 from jaxformer.training.run import build_run
+from jaxformer.training.state import split_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,15 +78,19 @@ def memory_report(config: ml_collections.ConfigDict, num_devices: int | None = N
     run = build_run(config)
     task, cfg, optimizer = run.task, run.model_config, run.optimizer
     abstract = nnx.eval_shape(run.make_model)
-    params = nnx.state(abstract, nnx.Param)
-    param_specs = sharding.param_specs(params, mesh)
-    param_total, param_device = _sharded_bytes(params, param_specs, mesh)
+    params = nnx.state(abstract, nnx.Param)  # every parameter: a LoRA model's frozen base and adapters too
+    param_total, param_device = _sharded_bytes(params, sharding.param_specs(params, mesh), mesh)
+    # What trains (state.split_model): every parameter, or a LoRA run's adapters; they alone have optimizer state,
+    # gradients and updates.
+    _, trained, _, _ = split_model(abstract)
+    trained_specs = sharding.param_specs(trained, mesh)
+    _, trained_device = _sharded_bytes(trained, trained_specs, mesh)
 
     # The specs in the parameters' own structure (each Variable holding its spec), as tree_map_params needs.
     leaf_specs = jax.tree.map(
-        lambda spec, variable: jax.tree.map(lambda _: spec, variable), param_specs, params, is_leaf=_is_spec
+        lambda spec, variable: jax.tree.map(lambda _: spec, variable), trained_specs, trained, is_leaf=_is_spec
     )
-    opt_state = jax.eval_shape(optimizer.init, params)
+    opt_state = jax.eval_shape(optimizer.init, trained)
     opt_specs = optax.tree_map_params(
         optimizer,
         lambda _, spec: spec,
@@ -109,13 +114,16 @@ def memory_report(config: ml_collections.ConfigDict, num_devices: int | None = N
         "devices": num_devices,
         "mesh": mesh.shape,
         "parameters": int(sum(math.prod(p.shape) for p in jax.tree.leaves(params))),
+        "trained_parameters": int(sum(math.prod(p.shape) for p in jax.tree.leaves(trained))),
         "param_bytes": param_total,
         "param_bytes_per_device": param_device,
         "optimizer_bytes": opt_total,
         "optimizer_bytes_per_device": opt_device,
         "remat": cfg.remat,
         "activation_bytes_per_device": activations,
-        "total_bytes_per_device": param_device + opt_device + 2 * param_device + activations,  # + grads, updates
+        "trained_bytes_per_device": trained_device,
+        # + the gradients and updates of what trains
+        "total_bytes_per_device": param_device + opt_device + 2 * trained_device + activations,
     }
 
 
@@ -186,7 +194,8 @@ def format_report(report: dict) -> str:
             f"  parameters        {size(report['param_bytes_per_device']):>12}   (of {size(report['param_bytes'])})",
             f"  optimizer state   {size(report['optimizer_bytes_per_device']):>12}   "
             f"(of {size(report['optimizer_bytes'])})",
-            f"  gradients+updates {size(2 * report['param_bytes_per_device']):>12}   (transient, as parameters)",
+            f"  gradients+updates {size(2 * report['trained_bytes_per_device']):>12}   (transient, as the trained "
+            f"parameters: {report['trained_parameters']:,})",
             f"  activations       {size(report['activation_bytes_per_device']):>12}   "
             f"(estimate, backward pass, remat={report['remat']})",
             f"  total             {size(report['total_bytes_per_device']):>12}",

@@ -15,26 +15,29 @@ OPTIMIZERS = ("adamw", "adafactor")
 # Weight matrices by parameter name (jaxformer's layers name them so): attention w_q / w_k / w_v / w_o, feed-forward
 # w_in / w_out / w_gate / w_up, dense kernels, untied output decoders. Embedding tables are called "embedding".
 _MATRIX_PREFIXES = ("w_", "kernel", "head_kernel", "decoder")
+_ADAPTERS = "lora"  # the attribute under which a layer keeps its LoRA adapters (nn/lora.py)
 
 
-def _name(path) -> str:
+def _names(path) -> list[str]:
     keys = [getattr(k, "key", getattr(k, "name", None)) for k in path]
-    names = [k for k in keys if isinstance(k, str) and k != "value"]
-    return names[-1] if names else ""
+    return [k for k in keys if isinstance(k, str) and k != "value"]
 
 
 def decay_mask(params, *, decay_embeddings: bool = False):
     """A pytree of bools like `params`: True where weight decay applies.
 
-    Decayed: weight matrices (names starting with `w_`, `kernel`, `decoder`), and the embedding tables when
+    Decayed: weight matrices (names starting with `w_`, `kernel`, `decoder`; a LoRA adapter's A and B, which
+    `params` holds alone in a LoRA run, as Hugging Face's Trainer decays them), and the embedding tables when
     `decay_embeddings` (nanoGPT decays them; BERT and T5 do not). Never decayed: norm scales, biases, class tokens
     - decaying a LayerNorm scale pulls it towards 0, not towards the identity. Names rather than ndim decide,
     since a scanned model stacks a bias `[F]` into `[L, F]` and attention biases are `[N, H]`.
     """
 
     def decays(path, _):
-        name = _name(path)
-        return name.startswith(_MATRIX_PREFIXES) or (decay_embeddings and name == "embedding")
+        names = _names(path)
+        name = names[-1] if names else ""
+        adapter = _ADAPTERS in names[:-1]  # a LoRA adapter's A or B (".../lora/w_q/a"): matrices
+        return adapter or name.startswith(_MATRIX_PREFIXES) or (decay_embeddings and name == "embedding")
 
     return jax.tree_util.tree_map_with_path(decays, params)
 

@@ -33,7 +33,7 @@ from jaxformer import checks, sharding
 from jaxformer.nn.constraints import activation_sharding
 from jaxformer.training import steps
 from jaxformer.training.schedules import Schedule
-from jaxformer.training.state import Graphs, TrainState, split_model
+from jaxformer.training.state import Graphs, TrainState, split_model, train_state
 
 PARALLEL = ("jit", "pmap", "shard_map")
 DATA_AXIS = "data"  # the axis per-device steps average over
@@ -53,18 +53,20 @@ def init_state(
 
     The model is first built abstractly (`nnx.eval_shape`, no memory) to read its parameters' logical axes; then
     its constructor runs under `jax.jit` with those `out_shardings`, so each device only ever materialises its
-    own shards. The optimizer state is initialised the same way, sharded like the parameters it tracks.
+    own shards. The optimizer state is initialised the same way, sharded like the parameters it tracks. A LoRA
+    model's frozen base (`state.split_model`) is laid out by the same rules, and its adapters like their weights
+    (their logical axes: A the weight's input axes and the rank, B the rank and the weight's output axes).
     """
-    graphs, abstract_params, abstract_rest = split_model(nnx.eval_shape(make_model))
-    param_shardings = sharding.named(mesh, sharding.param_specs(abstract_params, mesh))
-    rest_shardings = sharding.named(mesh, sharding.param_specs(abstract_rest, mesh))
+    graphs, abstract_params, abstract_frozen, abstract_rest = split_model(nnx.eval_shape(make_model))
+    parts = (abstract_params, abstract_frozen, abstract_rest)
+    part_shardings = tuple(sharding.named(mesh, sharding.param_specs(part, mesh)) for part in parts)
 
-    @functools.partial(jax.jit, out_shardings=(param_shardings, rest_shardings))
+    @functools.partial(jax.jit, out_shardings=part_shardings)
     def init():
-        _, params, rest = split_model(make_model())
-        return params, rest
+        _, params, frozen, rest = split_model(make_model())
+        return params, frozen, rest
 
-    params, model_state = init()
+    params, frozen, model_state = init()
     replicated = NamedSharding(mesh, PartitionSpec())
     leaf_shardings = jax.tree.map(lambda x: x.sharding, params)
     opt_shardings = optax.tree_map_params(
@@ -76,7 +78,7 @@ def init_state(
     )
     opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
     step = jax.device_put(np.zeros((), np.int32), replicated)
-    state = TrainState(step=step, params=params, opt_state=opt_state, model_state=model_state)
+    state = train_state(step=step, params=params, opt_state=opt_state, model_state=model_state, frozen=frozen)
     shardings = jax.tree.map(lambda x: x.sharding, state)
     return graphs, state, shardings
 

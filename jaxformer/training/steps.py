@@ -46,6 +46,9 @@ def train_step_fn(
         (loss, metrics), g = value_and_grad(loss_fn)(params)
         updates, opt_state = optimizer.update(g, opt_state, params);  params = params + updates
 
+    `params` is what the state trains (`state.split_model`): every parameter, or a LoRA model's adapters, whose
+    base weights (`LoRATrainState.frozen`) enter the loss as constants and come back unchanged.
+
     metrics: the loss's (`nll`, `accuracy`, `tokens`) plus `loss`, `perplexity` = exp(nll), `grad_norm` (global,
     before clipping) and `learning_rate` (the schedule at this step).
 
@@ -56,10 +59,12 @@ def train_step_fn(
     """
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        frozen = state.frozen_states()  # a LoRA model's base weights: read, not differentiated
+
         def compute_loss(params, model_state):
             # Fresh Variables at this trace level (tree.map rebuilds them), so that dropout may advance its counter.
             model_state = jax.tree.map(lambda x: x, model_state)
-            model = nnx.merge(graphs.train, params, model_state)
+            model = nnx.merge(graphs.train, params, *frozen, model_state)
             loss, metrics = loss_fn(model, batch)
             return loss, (metrics, nnx.state(model, nnx.Not(nnx.Param)))
 
@@ -79,7 +84,8 @@ def train_step_fn(
             "grad_norm": optax.tree.norm(grads),
             "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
         }
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state), metrics
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state)
+        return new_state, metrics
 
     return train_step
 
@@ -89,7 +95,7 @@ def eval_step_fn(graphs: Graphs, loss_fn: LossFn) -> Callable[[TrainState, dict]
     `loss` and `perplexity`, as in training. Unjitted."""
 
     def eval_step(state: TrainState, batch: dict) -> dict:
-        model = nnx.merge(graphs.eval, state.params, state.model_state)
+        model = nnx.merge(graphs.eval, state.params, *state.frozen_states(), state.model_state)
         loss, metrics = loss_fn(model, batch)
         return {**metrics, "loss": loss, "perplexity": jnp.exp(metrics["nll"])}
 

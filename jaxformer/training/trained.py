@@ -12,13 +12,14 @@ from jaxformer.models import GPT
 from jaxformer.training import defaults
 from jaxformer.training.checkpoints import Checkpointer
 from jaxformer.training.run import build_run
-from jaxformer.training.state import create_train_state, merge
+from jaxformer.training.state import create_train_state, merge, with_base
 from jaxformer.training.tasks.lm import lm_model_fields
 
 
 def load_trained(workdir: str) -> tuple[GPT, data.Tokenizer, ml_collections.ConfigDict]:
     """(GPT in eval mode, tokenizer, config) from the newest checkpoint of a language-model run's workdir (what
-    `jaxformer sample` reads): the tokenizer from `tokenizer.json`, no training data needed."""
+    `jaxformer sample` reads): the tokenizer from `tokenizer.json`, no training data needed. A LoRA run's model
+    is its base (config.init_from, read again) with the trained adapters."""
     path = os.path.join(workdir, "tokenizer.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist: {workdir} holds no trained language model (task 'lm').")
@@ -33,5 +34,7 @@ def load_trained(workdir: str) -> tuple[GPT, data.Tokenizer, ml_collections.Conf
             raise ValueError(f"{workdir} holds a {config.task!r} model; sampling text needs task 'lm'.")
         run = build_run(config, data_fields=lm_model_fields(config, tokenizer))
         graphs, template = create_train_state(run.make_model(), run.optimizer)
+        if run.is_lora and (base := run.initial_params()) is not None:  # a LoRA checkpoint holds no base weights
+            template = with_base(template, base)
         state, _ = checkpoints.restore(template, step)
     return merge(graphs.eval, state), tokenizer, config
