@@ -19,7 +19,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = [
     "bert_mlm_tiny",
     "gemma_finetune_shakespeare",
+    "gemma_lora_shakespeare",
     "gpt2_finetune_shakespeare",
+    "lora_tiny_cpu",
     "seq2seq_toy",
     "shakespeare_char",
     "shakespeare_char_cpu",

@@ -290,3 +290,41 @@ def test_lora_trains_with_pmap_and_shard_map_as_on_one_device(corpus, mode):
     assert runs[mode]["losses"] == pytest.approx(runs["1,1,1:nodropout"]["losses"], rel=1e-5)
     assert runs[mode]["grad_norms"] == pytest.approx(runs["1,1,1:nodropout"]["grad_norms"], rel=1e-5)
     assert runs[mode]["base_unchanged"]
+
+
+# -- the recipes ---------------------------------------------------------------------------------------------------
+
+FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "pretrained"
+
+
+@pytest.mark.slow  # the whole loop, twice compiled (train and sample): ~17 s
+def test_the_tiny_lora_recipe_trains_its_adapters_and_the_loss_falls(tmp_path, corpus):
+    """`lora_tiny_cpu` as it ships (its fixture base, rank 4, lr 1e-2), on a small corpus for 60 steps: the loss
+    falls, and it writes the adapter and the merged model."""
+    config = load_config("lora_tiny_cpu")
+    config.init_from = str(FIXTURES / "llama")  # the recipe's path is relative to the repository's root
+    config.data.update(source="text_file", path=str(corpus), tokenizer=f"hf:{FIXTURES / 'llama'}")
+    config.update(num_steps=60, log_every=10, eval_every=60, checkpoint_every=60)
+    config.sample.num_tokens = 4
+    train_and_evaluate(config, str(tmp_path))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [row["train_loss"] for row in rows if "train_loss" in row]
+    assert losses[-1] < losses[0] - 0.3, losses
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+
+
+def test_the_gemma_lora_recipe_builds_its_run_on_a_gemma_2_checkpoint(corpus):
+    """`gemma_lora_shakespeare` on the Gemma 2 fixture (soft-caps, local / global layers): its run has float32
+    rank-8 adapters on every linear layer over a bfloat16 base."""
+    gemma2 = FIXTURES / "gemma2"
+    config = load_config("gemma_lora_shakespeare")
+    config.init_from = str(gemma2)
+    config.data.update(source="text_file", path=str(corpus), tokenizer=f"hf:{gemma2}", seq_len=16)
+    config.update(batch_size=4, warmup_steps=0)
+    run = build_run(config)
+    assert run.model_config.param_dtype == jnp.bfloat16 and run.model_config.layer_types is not None
+    model = run.make_model()
+    adapters = list(lora.adapters(model))
+    assert {name for *_, name, _ in adapters} == {"w_q", "w_k", "w_v", "w_o", "w_gate", "w_up", "w_out"}
+    assert all(a.rank == 8 and a.a.dtype == jnp.float32 for *_, a in adapters)
