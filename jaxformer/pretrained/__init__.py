@@ -74,6 +74,12 @@ def from_pretrained(
     model = nnx.merge(graphdef, load_params(directory, cfg, mesh=mesh), rest)
     if adapter is not None:
         peft.load_adapter(model, adapter)
+        adapters = nnx.state(model, nnx.LoRAParam)  # placed like the weights they adapt
+        if mesh is None:
+            shardings = jax.tree.map(lambda _: placement, adapters)
+        else:
+            shardings = sharding.named(mesh, sharding.param_specs(adapters, mesh))
+        nnx.update(model, jax.device_put(adapters, shardings))
     model.eval()
     return model
 

@@ -208,3 +208,25 @@ def test_peft_loads_what_jaxformer_saves_and_transformers_loads_the_merge(name, 
     with torch.no_grad():
         hf = transformers.AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32).eval()
         np.testing.assert_allclose(hf(ids).logits.numpy(), merged_by_peft, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_an_adapter_loaded_onto_a_mesh_is_sharded_like_its_weights():
+    """from_pretrained(mesh=, adapter=) on 8 fake devices (data 2 x fsdp 2 x tensor 2): A is split like its
+    weight's input axis, B like its output axes, and the logits are peft's."""
+    script = f"""
+import numpy as np, jax.numpy as jnp
+from jaxformer import lora, pretrained, sharding
+mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+ref = np.load("{FIXTURES}/lora/llama_all/reference.npz")
+model = pretrained.from_pretrained("{FIXTURES}/pretrained/llama", mesh=mesh, adapter="{adapter_of("llama_all")}")
+print(float(np.abs(np.asarray(model(jnp.asarray(ref["input_ids"]))) - ref["logits"]).max()))
+specs = {{path: (a.a[...].sharding.spec, a.b[...].sharding.spec) for path, *_, a in lora.adapters(model)}}
+print(specs["blocks/layers/0/self_attention/w_q"])
+"""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    delta, specs = out.stdout.strip().splitlines()[-2:]
+    assert float(delta) < 1e-4
+    assert specs == "(P('fsdp', None), P(None, 'tensor', None))"
