@@ -1028,3 +1028,280 @@ for name, m in ((cfg.attention_impl, model), (ATTENTION, fast)):
 """),
     ],
 )
+
+# ---------------------------------------------------------------------------------------------------------------
+notebook(
+    "09_lora.ipynb",
+    "09 · LoRA: adapters on a pretrained decoder, fine-tuned, saved in peft's layout and merged",
+    """
+LoRA (Hu et al. 2021) freezes a pretrained model and trains a low-rank update `s · A B` beside each linear layer
+instead: well under 1% of the parameters, so the gradients and the AdamW moments shrink to almost nothing while the
+frozen weights are only read. `jaxformer.lora` adds the adapters (`nnx.LoRAParam` A and B, B = 0 so nothing changes
+until they train) to a model `jaxformer.pretrained` loaded, the library's own training step trains only them (a
+`LoRATrainState`: the base is frozen), and the adapter is written in Hugging Face `peft`'s layout. This notebook
+loads a checkpoint, adds adapters, fine-tunes them on tiny Shakespeare, compares the memory with full fine-tuning
+(this model, and a Gemma-2-2B shape against a 16 GiB TPU v5e chip), saves the adapter and the merged model and loads
+both back. It runs on whatever jax finds: a Colab GPU or TPU when the runtime has one, else the CPU.
+
+**The checkpoint.** `CHECKPOINT` is [Qwen/Qwen3-0.6B](https://huggingface.co/Qwen/Qwen3-0.6B) (not gated). Any
+decoder `jaxformer.pretrained` loads works: a hub id or a local directory, e.g. `"Qwen/Qwen3-0.6B-Base"`,
+`"openai-community/gpt2"` or `"google/gemma-3-270m"`. Gemma checkpoints are gated: accept the licence on the model's
+hub page, then give the notebook a token (in Colab a secret named `HF_TOKEN`; elsewhere `huggingface-cli login`).
+""",
+    """
+CHECKPOINT = "Qwen/Qwen3-0.6B"  # a hub id or a checkpoint directory (e.g. "google/gemma-3-270m": gated, HF_TOKEN)
+DTYPE = "bfloat16"  # the frozen base weights and the computation; the adapters always train in float32
+RANK, ALPHA, TARGETS = 8, 16, "all-linear"  # scale = ALPHA / RANK; every attention and feed-forward weight
+NUM_STEPS = 200
+BATCH_SIZE, SEQ_LEN = 8, 256
+LEARNING_RATE = 3e-4  # peak of a warmup-cosine schedule (AdamW)
+LOG_EVERY = 20
+PROMPT = "ROMEO:"
+NUM_TOKENS = 48  # generated greedily before and after fine-tuning
+BIG_MODEL = "gemma2-2b"  # a ModelConfig variant for the memory table (nothing is downloaded or allocated)
+HBM_GIB = 16  # one TPU v5e chip
+WORKDIR = "workdir/09_lora"
+""",
+    [
+        md("## Load the checkpoint and its tokenizer; generate before fine-tuning"),
+        code("""
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+from flax import nnx
+
+from jaxformer import lora, pretrained
+from jaxformer.decoding import generate
+
+model = pretrained.from_pretrained(CHECKPOINT, dtype=DTYPE)
+tokenizer = pretrained.load_tokenizer(CHECKPOINT)
+cfg = model.config
+n_params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+print(f"backend {jax.default_backend()}, devices {jax.devices()}")
+print(f"{cfg.num_layers} layers, d_model {cfg.d_model}, {cfg.num_heads} query heads and {cfg.num_kv_heads} key/value "
+      f"heads of {cfg.head_dim}, vocabulary {cfg.vocab_size:,}; {n_params:,} parameters in {DTYPE}")
+
+# The prompt starts with the special tokens the tokenizer puts first (Gemma's <bos>; none for Qwen or GPT-2).
+prompt = jnp.asarray([[*tokenizer.prefix_ids, *tokenizer.encode(PROMPT)]], jnp.int32)
+before = np.asarray(generate(model, prompt, NUM_TOKENS, rng=None, temperature=0.0))[0]
+print("greedy, before fine-tuning:\\n" + PROMPT + tokenizer.decode(before))
+"""),
+        md("""
+## Add adapters
+
+`lora.add_adapters` puts an adapter beside every targeted weight, in place: `A [*inputs, r]` (Kaiming-uniform) and
+`B [r, *outputs]` (zeros), so `x W + s (x A) B` is still `x W` and the logits do not move at all. `"all-linear"`
+adapts every attention and feed-forward weight (q, k, v, o, gate, up, down), not the embeddings or the output head,
+as peft's `"all-linear"`.
+"""),
+        code("""
+forward = nnx.jit(lambda m, tokens: m(tokens).astype(jnp.float32))  # logits [B, T, V]
+PROBE = "First Citizen:\\nBefore we proceed any further, hear me speak."
+probe = jnp.asarray([[*tokenizer.prefix_ids, *tokenizer.encode(PROBE)]], jnp.int32)[:, :SEQ_LEN]
+logits_before = forward(model, probe)
+
+lora.add_adapters(model, rank=RANK, alpha=ALPHA, targets=TARGETS, rngs=nnx.Rngs(0))
+print("max |delta logits| after adding the adapters:", float(jnp.abs(forward(model, probe) - logits_before).max()))
+n_adapter = lora.count(model)
+print(f"adapter parameters {n_adapter:,} = {100 * n_adapter / n_params:.3f}% of the {n_params:,} base parameters\\n")
+print("the adapters of layer 0:")
+for path, *_, adapter in lora.adapters(model):
+    if path.startswith("blocks/layers/0/"):
+        print(f"  {path:38s} A {adapter.a.shape!s:16s} B {adapter.b.shape!s:16s} scale {adapter.scale:g}")
+"""),
+        md("""
+## Fine-tune only the adapters
+
+Tiny Shakespeare in the checkpoint's own tokens, random windows of `SEQ_LEN + 1` tokens (a short built-in passage
+where the dataset is not available). The training pieces are the library's: `make_schedule`, `make_optimizer`
+(AdamW, clipping), `create_train_state` and `make_train_step` (jitted, the state donated) with the language-model
+loss `lm_loss`. Because the model holds `nnx.LoRAParam`s, `create_train_state` splits it three ways and returns a
+`LoRATrainState`: `params` (the adapters: differentiated, updated, with AdamW moments), `frozen` (every other
+weight: read, never differentiated) and `model_state` (RNG state). This is what `jaxformer train
+--config.lora.rank=8` does (docs/training.md).
+"""),
+        code("""
+from jaxformer import data
+
+try:  # prepared by the set-up cell in Colab; else $TFDS_DATA_DIR
+    text = data.tfds_text("tiny_shakespeare", "train")
+except (OSError, ImportError) as error:  # not prepared and not downloadable here
+    print(f"tiny Shakespeare is not available ({type(error).__name__}): a short built-in passage instead")
+    text = (
+        "Shall I compare thee to a summer's day?\\nThou art more lovely and more temperate:\\n"
+        "Rough winds do shake the darling buds of May,\\nAnd summer's lease hath all too short a date.\\n"
+    ) * 200
+tokens = tokenizer.encode(text)
+print(f"{len(text):,} characters -> {len(tokens):,} tokens ({len(text) / len(tokens):.2f} characters a token)")
+windows = data.pipeline.random_windows(data.ArrayTokens(tokens), batch_size=BATCH_SIZE, seq_len=SEQ_LEN, seed=0)
+batches = data.pipeline.iterator(windows)
+"""),
+        code("""
+from jaxformer import training
+from jaxformer.training.tasks.lm import lm_loss
+
+schedule = training.make_schedule(
+    "warmup_cosine", learning_rate=LEARNING_RATE, num_steps=NUM_STEPS, warmup_steps=max(1, NUM_STEPS // 10)
+)
+optimizer = training.make_optimizer(schedule, weight_decay=0.0, clip_norm=1.0)
+graphs, state = training.create_train_state(model, optimizer)
+train_step = training.make_train_step(graphs, optimizer, schedule, lm_loss)
+del model  # its arrays are the state's, which the first step donates: use training.merge(graphs.eval, state)
+
+variables = lambda tree: jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
+kinds = lambda tree: f"{len(variables(tree))} arrays of {sorted({type(v).__name__ for v in variables(tree)})}"
+print(f"{type(state).__name__}: params (trained) {kinds(state.params)}, frozen {kinds(state.frozen)}")
+losses, start = [], time.perf_counter()
+for step in range(1, NUM_STEPS + 1):
+    state, metrics = train_step(state, next(batches))
+    losses.append(float(metrics["loss"]))
+    if step % LOG_EVERY == 0 or step in (1, NUM_STEPS):
+        print(f"step {step:4d}  loss {losses[-1]:.4f}  ({time.perf_counter() - start:.1f} s)")
+
+plt.figure(figsize=(6, 3.5))
+plt.plot(range(1, NUM_STEPS + 1), losses)
+plt.xlabel("step")
+plt.ylabel("training loss (nats / token)")
+plt.title(f"LoRA rank {RANK} on {Path(CHECKPOINT).name}")
+plt.show()
+"""),
+        md("""
+Only the adapters changed: the frozen base in the state is still the checkpoint's weights, bit for bit (read
+again from `CHECKPOINT` to compare).
+"""),
+        code("""
+base = pretrained.from_pretrained(CHECKPOINT, dtype=DTYPE)
+pairs = zip(jax.tree.leaves(nnx.state(base, nnx.Param)), jax.tree.leaves(state.frozen), strict=True)
+print("frozen base == the checkpoint's weights, bit for bit:", all(bool((a == b).all()) for a, b in pairs))
+del base
+tuned = training.merge(graphs.eval, state)  # the model the state describes, in eval mode, adapters included
+moved = max(float(jnp.abs(adapter.b[...]).max()) for *_, adapter in lora.adapters(tuned))
+print(f"largest |B| entry after training: {moved:.3g} (every B started at 0)")
+"""),
+        md("## Generate after fine-tuning (greedy)"),
+        code("""
+after = np.asarray(generate(tuned, prompt, NUM_TOKENS, rng=None, temperature=0.0))[0]
+print("before:\\n" + PROMPT + tokenizer.decode(before) + "\\n")
+print("after:\\n" + PROMPT + tokenizer.decode(after))
+"""),
+        md("""
+## Memory: LoRA against full fine-tuning
+
+What a training step holds besides its activations, counted from shapes (`nnx.eval_shape`, `jax.eval_shape` of the
+optimizer's init: nothing is allocated), with the split the training state makes (`state.split_model`):
+
+* **full fine-tuning**: the weights, their gradients (as large as the weights) and AdamW's two moments (each as large
+  as the weights, in their dtype: optax keeps the moments in the parameters' dtype);
+* **LoRA**: the frozen base plus the float32 adapters, gradients and two moments of the adapters only.
+
+Activations come on top of both (they grow with batch x length and are about the same with LoRA);
+`jaxformer memory --config ... --config.lora.rank=8` estimates them for a whole run. The table covers the loaded
+model in `DTYPE` and a Gemma-2-2B shape (`BIG_MODEL`, `ModelConfig.variant("gemma2-2b")`: 2.6B parameters, of which
+0.6B are the embedding) with float32 and with bfloat16 weights (`config.lora.base_dtype = "bfloat16"` keeps a LoRA
+run's base in bfloat16), against one 16 GiB TPU v5e chip (`HBM_GIB`).
+"""),
+        code("""
+import functools
+
+from jaxformer.models import GPT, ModelConfig
+from jaxformer.training.state import split_model
+
+
+def abstract_model(c, rank):  # a GPT with (rank > 0) or without adapters, built inside nnx.eval_shape
+    model = GPT(c, rngs=nnx.Rngs(0))
+    return lora.add_adapters(model, rank=rank, alpha=ALPHA, targets=TARGETS, rngs=nnx.Rngs(0)) if rank else model
+
+
+nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+UNITS = ((30, "GiB"), (20, "MiB"), (10, "KiB"), (0, "B"))
+size = lambda n: next(f"{n / 2**k:.2f} {unit}" for k, unit in UNITS if n >= 2**k or not k)
+print(f"{'model':16s} {'setting':24s} {'trained':>13s} {'weights':>11s} {'gradients':>11s} {'AdamW m, v':>11s} "
+      f"{'total':>11s}  fits {HBM_GIB} GiB?")
+table = {}
+big = ModelConfig.variant(BIG_MODEL)
+shapes = [(Path(CHECKPOINT).name, cfg, DTYPE), (BIG_MODEL, big, "float32"), (BIG_MODEL, big, "bfloat16")]
+for label, shape, dtype in shapes:
+    for rank in (0, RANK):
+        c = shape.replace(dtype=dtype, param_dtype=dtype, scan_layers=True)  # stacked layers: same bytes, fast trace
+        _, trained, frozen, _ = split_model(nnx.eval_shape(functools.partial(abstract_model, c, rank)))
+        row = (nbytes(trained) + nbytes(frozen), nbytes(trained), nbytes(jax.eval_shape(optimizer.init, trained)))
+        table[label, dtype, rank] = row
+        setting = f"LoRA r{rank}, {dtype} base" if rank else f"full, {dtype}"
+        n_trained = sum(x.size for x in jax.tree.leaves(trained))
+        print(f"{label:16s} {setting:24s} {n_trained:13,d} {size(row[0]):>11s} {size(row[1]):>11s} {size(row[2]):>11s} "
+              f"{size(sum(row)):>11s}  {'yes' if sum(row) < HBM_GIB * 2**30 else 'no'}")
+print("(activations not included)")
+"""),
+        md("""
+The LoRA row of the loaded model in `DTYPE` is the `LoRATrainState` trained above: its bytes, counted on the real
+arrays, are the same.
+"""),
+        code("""
+real = (nbytes(state.params) + nbytes(state.frozen), nbytes(state.params), nbytes(state.opt_state))
+print("LoRATrainState: weights + adapters", real[0], "bytes, adapters", real[1], ", AdamW state", real[2])
+print("the table's row:                  ", table[Path(CHECKPOINT).name, DTYPE, RANK])
+full, low = (sum(table[BIG_MODEL, "bfloat16", r]) for r in (0, RANK))
+print(f"{BIG_MODEL}, bfloat16 weights: full fine-tuning keeps {full / 2**30:.1f} GiB, LoRA {low / 2**30:.1f} GiB "
+      f"({full / low:.1f}x less)")
+"""),
+        md("""
+## Save the adapter, load it back
+
+`lora.save_adapter` writes `adapter_config.json` and `adapter_model.safetensors` in peft's layout (each tensor named
+after the Hugging Face module it adapts). `pretrained.from_pretrained(CHECKPOINT, adapter=directory)` reads the base
+and adds the adapter in one call; in PyTorch, `peft.PeftModel.from_pretrained(hf_base, directory)` loads the same
+directory onto a `transformers` model, and `jaxformer sample --pretrained CHECKPOINT --adapter directory` samples
+from it.
+"""),
+        code("""
+shutil.rmtree(WORKDIR, ignore_errors=True)
+adapter_dir = lora.save_adapter(tuned, f"{WORKDIR}/adapter", base_model_name_or_path=CHECKPOINT)
+files = {name: os.path.getsize(f"{adapter_dir}/{name}") for name in sorted(os.listdir(adapter_dir))}
+print(adapter_dir, {name: size(n) for name, n in files.items()})
+with open(f"{adapter_dir}/adapter_config.json") as f:
+    adapter_config = json.load(f)
+print({k: adapter_config[k] for k in ("peft_type", "base_model_name_or_path", "r", "lora_alpha")},
+      f"{len(adapter_config['target_modules'])} target modules, e.g. {adapter_config['target_modules'][:2]}")
+
+logits_tuned = forward(tuned, probe)
+with_adapter = pretrained.from_pretrained(CHECKPOINT, dtype=DTYPE, adapter=adapter_dir)
+print("max |logits(base + saved adapter) - logits(trained)|:",
+      float(jnp.abs(forward(with_adapter, probe) - logits_tuned).max()))
+print("max |logits(trained) - logits(base)|:", float(jnp.abs(logits_tuned - logits_before).max()), "(the training)")
+"""),
+        md("""
+## Merge and save the merged model
+
+`lora.merge` folds every adapter into its weight, `W <- W + s A B` (computed in float32, stored in the weight's
+dtype), and removes the adapters: an ordinary model again, as fast as the base, which `pretrained.save_pretrained`
+writes as a Hugging Face checkpoint (`transformers.AutoModelForCausalLM.from_pretrained(directory)` loads it). With
+bfloat16 weights the merged logits differ from the adapter's by bfloat16 rounding of `W + s A B`; in float32 they
+agree to float32 rounding.
+"""),
+        code("""
+merged = lora.merge(with_adapter)  # in place
+print("LoRAParams left after merging:", len(jax.tree.leaves(nnx.state(merged, nnx.LoRAParam))))
+logits_merged = forward(merged, probe)
+print("max |logits(merged) - logits(trained with adapters)|:", float(jnp.abs(logits_merged - logits_tuned).max()))
+
+merged_dir = pretrained.save_pretrained(merged, f"{WORKDIR}/merged", tokenizer=tokenizer)
+print(merged_dir, sorted(os.listdir(merged_dir)))
+again = pretrained.from_pretrained(merged_dir)
+print("max |logits(reloaded merged) - logits(merged)|:", float(jnp.abs(forward(again, probe) - logits_merged).max()))
+"""),
+        md("""
+## Next
+
+* `jaxformer train --config gpt2_finetune_shakespeare --config.lora.rank=8 --config.lora.alpha=16` runs the same
+  fine-tuning as a recipe: checkpoints of the adapters only (the base is read again from `init_from`), exact resume,
+  `workdir/adapter/` at the end and, with `--config.lora.export_merged`, `workdir/merged/`.
+* `lora.load_adapter(model, "someone/their-peft-adapter")` adds an adapter trained with peft (a directory or a hub id).
+* docs/lora.md: the maths, the targets, `rank_pattern` / `alpha_pattern`, rsLoRA, and peft's layout.
+"""),
+    ],
+    data=True,
+)

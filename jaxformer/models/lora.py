@@ -11,10 +11,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping, Sequence
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxformer import checks
+from jaxformer import checks, sharding
 from jaxformer.models.stack import BlockStack
 from jaxformer.nn import FeedForward, MultiHeadAttention, logical_axes
 from jaxformer.nn.lora import FUSED_QKV, LoRA
@@ -119,6 +121,7 @@ def add_adapters(
         attach_stacked = nnx.vmap(lambda layers, streams, prefix: attach(layers, prefix, streams), in_axes=(0, 0, None))
         attach_stacked(stack.layers, rngs.split(stack.num_layers // stack.period), prefix)
     attach(model, (), rngs)
+    _place_like_weights(model)
     return model
 
 
@@ -199,3 +202,20 @@ def _module_adapters(module, path, fused_qkv, settings) -> dict:
             del out[n]
         out[FUSED_QKV] = (in_shape, (heads, q_out[1]), in_axes, (heads_axis, "head_dim"), r, a)
     return out
+
+
+def _place_like_weights(model: nnx.Module) -> None:
+    """Puts each adapter (A, B and its dropout state) on the mesh of the weight it adapts, A split like the
+    weight's input axes and B like its output axes, when that weight is a placed array with a NamedSharding (a
+    model from `pretrained.from_pretrained`, or one built into its shards): so that a jitted step sees every
+    input committed to one mesh and does not compile again once its outputs come back placed."""
+    for _, module, name, adapter in adapters(model):
+        value = getattr(module, "w_q" if name == FUSED_QKV else name)[...]
+        if isinstance(value, jax.core.Tracer) or not isinstance(getattr(value, "sharding", None), NamedSharding):
+            continue
+        state, mesh = nnx.state(adapter), value.sharding.mesh
+        if set(sharding.MESH_AXES) <= set(mesh.axis_names):
+            specs = sharding.param_specs(state, mesh)
+        else:  # another mesh (from_pretrained's one-device placement): replicated on it
+            specs = jax.tree.map(lambda _: PartitionSpec(), state)
+        nnx.update(adapter, jax.device_put(state, sharding.named(mesh, specs)))

@@ -73,13 +73,7 @@ def from_pretrained(
     rest = jax.jit(lambda: nnx.state(make(), nnx.Not(nnx.Param)), out_shardings=placement)()
     model = nnx.merge(graphdef, load_params(directory, cfg, mesh=mesh), rest)
     if adapter is not None:
-        peft.load_adapter(model, adapter)
-        adapters = nnx.state(model, nnx.LoRAParam)  # placed like the weights they adapt
-        if mesh is None:
-            shardings = jax.tree.map(lambda _: placement, adapters)
-        else:
-            shardings = sharding.named(mesh, sharding.param_specs(adapters, mesh))
-        nnx.update(model, jax.device_put(adapters, shardings))
+        peft.load_adapter(model, adapter)  # placed like the weights they adapt
     model.eval()
     return model
 

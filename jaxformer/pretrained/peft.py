@@ -26,7 +26,6 @@ import os
 import re
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from safetensors import safe_open
@@ -129,8 +128,8 @@ def load_adapter(model: GPT, path_or_id: str | os.PathLike) -> GPT:
                 f"{WEIGHTS}: the adapter of {path} has lora_A {a.shape} and lora_B {b.shape}; this model needs "
                 f"[{rank}, {math.prod(adapter.in_shape)}] and [{math.prod(adapter.out_shape)}, {rank}]."
             )
-        adapter.a[...] = jnp.asarray(a.T.reshape(want_a), adapter.a.dtype)
-        adapter.b[...] = jnp.asarray(b.T.reshape(want_b), adapter.b.dtype)
+        for variable, value in ((adapter.a, a.T.reshape(want_a)), (adapter.b, b.T.reshape(want_b))):
+            variable[...] = jax.device_put(np.asarray(value, variable.dtype), variable[...].sharding)
     return model
 
 

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 
 @flax.struct.dataclass
@@ -97,7 +98,23 @@ def create_train_state(model: nnx.Module, optimizer: optax.GradientTransformatio
         model_state=model_state,
         frozen=frozen,
     )
-    return graphs, state
+    return graphs, _commit_to_params_mesh(state)
+
+
+def _commit_to_params_mesh(state: TrainState) -> TrainState:
+    """`state` with its unplaced arrays (the step counter, optax's counts) replicated on the mesh its parameters
+    are placed on, if they are (a model from `pretrained.from_pretrained`): a jitted step returns every output
+    placed, and an input it first saw unplaced would make it compile a second time."""
+    arrays = [x for x in jax.tree.leaves(state) if isinstance(x, jax.Array)]
+    if any(isinstance(x, jax.core.Tracer) for x in arrays):  # traced (jit, eval_shape): nothing is placed yet
+        return state
+    placed = [x.sharding for x in arrays if x.committed]
+    meshes = {s.mesh for s in placed if isinstance(s, NamedSharding)}
+    if len(meshes) != 1:
+        return state
+    replicated = NamedSharding(meshes.pop(), PartitionSpec())
+    place = lambda x: jax.device_put(x, replicated) if isinstance(x, jax.Array) and not x.committed else x
+    return jax.tree.map(place, state)
 
 
 def with_base(state: TrainState, params: nnx.State) -> TrainState:

@@ -13,6 +13,7 @@ import tempfile
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 from safetensors.numpy import load_file
@@ -328,3 +329,15 @@ def test_the_gemma_lora_recipe_builds_its_run_on_a_gemma_2_checkpoint(corpus):
     adapters = list(lora.adapters(model))
     assert {name for *_, name, _ in adapters} == {"w_q", "w_k", "w_v", "w_o", "w_gate", "w_up", "w_out"}
     assert all(a.rank == 8 and a.a.dtype == jnp.float32 for *_, a in adapters)
+
+
+def test_a_pretrained_model_with_adapters_gives_a_state_placed_on_one_mesh():
+    """from_pretrained places the weights; add_adapters puts each adapter beside its weight and create_train_state
+    the step counter and optax's counts on the same mesh, so that a jitted step compiles once (its outputs come
+    back placed: an input first seen unplaced would make it compile again)."""
+    model = pretrained.from_pretrained(FIXTURES / "llama")
+    lora.add_adapters(model, rank=4, alpha=8, rngs=nnx.Rngs(0))
+    _, state = create_train_state(model, optax.adam(1e-3))
+    shardings = [x.sharding for x in jax.tree.leaves(state)]
+    assert all(x.committed for x in jax.tree.leaves(state))
+    assert len({s.mesh for s in shardings}) == 1 and all(isinstance(s, jax.sharding.NamedSharding) for s in shardings)
