@@ -237,6 +237,9 @@ def test_targets_the_checkpoint_cannot_take_are_refused_before_training(corpus, 
         build_run(lora_config(corpus, base=base, targets=targets))
 
 
+# slow: a subprocess that loads and compiles again (~5 s); from_pretrained(adapter=) itself runs by default above,
+# and the command's wiring without an adapter in tests/pretrained/test_pretrained.py
+@pytest.mark.slow
 def test_jaxformer_sample_generates_with_an_adapter(reference):
     prompt = "to be or"
     model = pretrained.from_pretrained(LLAMA, adapter=reference / "adapter")
