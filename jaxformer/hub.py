@@ -11,7 +11,14 @@ from __future__ import annotations
 import os
 
 # What a download fetches of a hub repository: the architecture, the weights and the tokenizer.
-HUB_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json"]
+HUB_FILES = [
+    "config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",  # transformers 5 writes a checkpoint's chat template here (data/chat.py)
+]
 
 
 def resolve(path_or_id: str | os.PathLike, *, files: list[str] = HUB_FILES) -> str:

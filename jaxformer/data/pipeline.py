@@ -19,13 +19,18 @@ Training sources:
                      row are kept apart by `segment_ids` / `positions`, and `weights` drops the targets that
                      cross into the next document.
   shuffled_examples  in-memory arrays with one row per example (toy seq2seq, digits), shuffled each epoch.
+  packed_examples    variable-length examples (conversations) packed whole into rows of T by best-fit
+                     decreasing, the rows shuffled each epoch; segment ids / positions keep them apart, `weights`
+                     holds each example's own per-token loss mask.
 Evaluation sources (finite, in order, padded to full batches so one eval step compiles):
   eval_windows       every token of a split predicted once.
+  eval_packed_examples  every example once, packed as for training, rows in order.
   padded_examples    every example once, with a bool `[B]` of the real ones.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import sys
 from collections.abc import Mapping
@@ -118,6 +123,125 @@ def shuffled_examples(
     batch_size, _, seed, rows, length = _check_common(batch_size, 1, seed, rows, num_batches)
     order = grain.MapDataset.range(n).shuffle(_shuffle_seed(seed)).repeat()
     return grain.MapDataset.range(length).map(_ShuffledRows(arrays, order, batch_size, rows))
+
+
+def packed_examples(
+    examples: Examples,
+    *,
+    batch_size: int,
+    seq_len: int,
+    seed: int,
+    rows: slice | None = None,
+    num_batches: int | None = None,
+) -> grain.MapDataset:
+    """Batches of packed variable-length examples: element s is `{"inputs", "targets", "weights", "segment_ids",
+    "positions"}` `[b, T]`.
+
+    Example i (tokens `x_i [L_i]`, bool `learned_i [L_i]`) fills L_i - 1 consecutive slots of one row: inputs
+    `x_i[:-1]`, targets `x_i[1:]`, weights `learned_i[1:]` (a target is learned where its token is). Examples are
+    never split: `pack_rows` assigns them to rows once (best-fit decreasing, ties broken by a `seed` shuffle), and
+    grain reshuffles the rows every epoch (as `packed_documents`). In a row, `segment_ids` number the examples
+    1, 2, ... and are 0 on the padding after them, `positions` restart at 0 for every example, and padding has
+    token 0 and weight False: a model given the segment ids and positions computes on each example exactly what
+    it computes on the example alone (`ops.segment_mask`).
+    """
+    if not isinstance(examples, Examples):
+        raise TypeError(f"`examples` must be a data.pipeline.Examples; got {type(examples).__name__}.")
+    batch_size, seq_len, seed, rows, length = _check_common(batch_size, seq_len, seed, rows, num_batches)
+    plan = pack_rows(examples.lengths - 1, seq_len, seed=seed)
+    order = grain.MapDataset.range(len(plan)).shuffle(_shuffle_seed(seed)).repeat()
+    return grain.MapDataset.range(length).map(_PackedExamples(examples, plan, order, batch_size, seq_len, rows))
+
+
+def eval_packed_examples(examples: Examples, *, batch_size: int, seq_len: int) -> grain.MapDataset:
+    """Every example once, packed as `packed_examples` packs them (seed 0), its rows in order; the last batch is
+    filled with padding rows (weights False), so every batch has the full shape `[B, T]`."""
+    if not isinstance(examples, Examples):
+        raise TypeError(f"`examples` must be a data.pipeline.Examples; got {type(examples).__name__}.")
+    batch_size = checks.check_positive_int("batch_size", batch_size)
+    seq_len = checks.check_positive_int("seq_len", seq_len)
+    plan = pack_rows(examples.lengths - 1, seq_len, seed=0)
+    return grain.MapDataset.range(-(-len(plan) // batch_size)).map(_EvalPackedRows(examples, plan, batch_size, seq_len))
+
+
+def pack_rows(sizes: np.ndarray, capacity: int, *, seed: int = 0) -> list[tuple[int, ...]]:
+    """Best-fit decreasing bin packing: item i (of size `sizes[i]`, 1 <= size <= capacity) goes, largest first,
+    into the open row with the least room that still fits it (a new row when none does). Returns the rows as
+    tuples of item indices. Items of equal size are taken in the order of a `seed` permutation, so which short
+    items share a row varies with the seed. Typically within a few percent of the fewest rows possible."""
+    capacity = checks.check_positive_int("capacity", capacity)
+    sizes = np.asarray(sizes)
+    if sizes.ndim != 1 or not len(sizes) or not np.issubdtype(sizes.dtype, np.integer):
+        raise ValueError(f"`sizes` must be a non-empty int vector; got {sizes.dtype} {sizes.shape}.")
+    if sizes.min() < 1 or sizes.max() > capacity:
+        raise ValueError(
+            f"Every item must fill 1..{capacity} slots; got sizes {sizes.min()}..{sizes.max()} (truncate longer "
+            "examples first)."
+        )
+    perm = np.random.default_rng(seed).permutation(len(sizes))
+    order = perm[np.argsort(-sizes[perm], kind="stable")]
+    rows: list[list[int]] = []
+    by_room: dict[int, list[int]] = {}  # room left -> rows with that much room
+    rooms: list[int] = []  # sorted distinct keys of by_room
+    for i in order:
+        size = int(sizes[i])
+        k = bisect.bisect_left(rooms, size)
+        if k < len(rooms):  # the fullest row that still fits
+            room = rooms[k]
+            r = by_room[room].pop()
+            if not by_room[room]:
+                del by_room[room], rooms[k]
+        else:
+            room, r = capacity, len(rows)
+            rows.append([])
+        rows[r].append(int(i))
+        left = room - size
+        if left:
+            if left not in by_room:
+                bisect.insort(rooms, left)
+                by_room[left] = []
+            by_room[left].append(r)
+    return [tuple(row) for row in rows]
+
+
+@dataclasses.dataclass(frozen=True)
+class Examples:
+    """Variable-length examples in one flat array: example i is `tokens[starts[i]:starts[i + 1]]` with its bool
+    `learned` mask (True on the tokens a model learns to predict). Every example has at least 2 tokens."""
+
+    tokens: np.ndarray  # int32 [N]
+    learned: np.ndarray  # bool [N]
+    starts: np.ndarray  # int64 [E + 1]
+
+    @classmethod
+    def from_list(cls, examples: list[tuple[np.ndarray, np.ndarray]]) -> Examples:
+        """From (tokens int `[L_i]`, learned bool `[L_i]`) pairs (L_i >= 2)."""
+        if not examples:
+            raise ValueError("`examples` is empty: there is nothing to pack.")
+        lengths = []
+        for i, (ids, learned) in enumerate(examples):
+            if np.ndim(ids) != 1 or np.shape(ids) != np.shape(learned) or len(ids) < 2:
+                raise ValueError(
+                    f"examples[{i}] must be (tokens [L], learned [L]) with L >= 2; got shapes {np.shape(ids)} and "
+                    f"{np.shape(learned)}."
+                )
+            lengths.append(len(ids))
+        starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        tokens = np.concatenate([np.asarray(ids, np.int32) for ids, _ in examples])
+        learned = np.concatenate([np.asarray(m, bool) for _, m in examples])
+        return cls(tokens, learned, starts)
+
+    def __len__(self) -> int:
+        return len(self.starts) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """int64 `[E]`: tokens per example."""
+        return np.diff(self.starts)
+
+    def example(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = self.starts[i], self.starts[i + 1]
+        return self.tokens[lo:hi], self.learned[lo:hi]
 
 
 def eval_windows(store: TokenStore, *, batch_size: int, seq_len: int) -> grain.MapDataset:
@@ -272,6 +396,57 @@ class _PackedRows:
             "segment_ids": segment_ids.astype(np.int32),
             "positions": positions.astype(np.int32),
         }
+
+
+def _pack_batch(examples: Examples, plan, row_ids, seq_len: int) -> dict[str, np.ndarray]:
+    """The rows `plan[r]` for r in `row_ids` (-1: a padding row) laid out as `packed_examples` describes."""
+    b = len(row_ids)
+    out = {
+        "inputs": np.zeros((b, seq_len), np.int32),
+        "targets": np.zeros((b, seq_len), np.int32),
+        "weights": np.zeros((b, seq_len), bool),
+        "segment_ids": np.zeros((b, seq_len), np.int32),
+        "positions": np.zeros((b, seq_len), np.int32),
+    }
+    for row, r in enumerate(row_ids):
+        at = 0
+        for segment, i in enumerate(plan[r] if r >= 0 else (), start=1):
+            tokens, learned = examples.example(i)
+            n = len(tokens) - 1
+            out["inputs"][row, at : at + n] = tokens[:-1]
+            out["targets"][row, at : at + n] = tokens[1:]
+            out["weights"][row, at : at + n] = learned[1:]
+            out["segment_ids"][row, at : at + n] = segment
+            out["positions"][row, at : at + n] = np.arange(n)
+            at += n
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _PackedExamples:
+    examples: Examples
+    plan: list
+    order: grain.MapDataset
+    batch_size: int
+    seq_len: int
+    rows: slice
+
+    def __call__(self, step: int) -> dict[str, np.ndarray]:
+        row_ids = _positions_in_order(self.order, self.batch_size, self.rows, step)
+        return _pack_batch(self.examples, self.plan, row_ids, self.seq_len)
+
+
+@dataclasses.dataclass(frozen=True)
+class _EvalPackedRows:
+    examples: Examples
+    plan: list
+    batch_size: int
+    seq_len: int
+
+    def __call__(self, index: int) -> dict[str, np.ndarray]:
+        row_ids = index * self.batch_size + np.arange(self.batch_size)
+        row_ids = np.where(row_ids < len(self.plan), row_ids, -1)
+        return _pack_batch(self.examples, self.plan, row_ids, self.seq_len)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -148,7 +148,29 @@ def image_data() -> ml_collections.ConfigDict:
     return data
 
 
-TASK_DATA = {"lm": text_data, "mlm": mlm_data, "seq2seq": seq2seq_data, "classification": image_data}
+def chat_data() -> ml_collections.ConfigDict:
+    """`config.data` of the conversation tasks (sft, dpo): the chat template, where conversations come from, the
+    row length and held-out decoding."""
+    data = ml_collections.ConfigDict()
+    data.template = ""  # "" = config.init_from's chat template; "byte_chatml" (from scratch); or a directory / hub id
+    data.train_files = ""  # JSONL, comma-separated paths or globs (sft: {"messages"}; dpo: {"prompt", "chosen", ...})
+    data.eval_files = ""
+    data.synthetic = ""  # instead of files: a task of data.synthetic_chat ("arithmetic"), generated from the seed
+    data.num_train = 20_000  # synthetic only
+    data.num_eval = 500
+    data.seq_len = 128  # sft: the packed row length; dpo: the padded length of a prompt + reply
+    data.eval_generate = 64  # held-out conversations decoded greedily for val_exact_match (0 = none)
+    data.max_new_tokens = 16
+    return data
+
+
+TASK_DATA = {
+    "lm": text_data,
+    "mlm": mlm_data,
+    "seq2seq": seq2seq_data,
+    "classification": image_data,
+    "sft": chat_data,
+}
 
 
 def complete(config: ml_collections.ConfigDict | dict) -> ml_collections.ConfigDict:

@@ -128,6 +128,7 @@ def _train(config, workdir: str, mesh, checkpoints: Checkpointer, start: int | N
     step_times: list[float] = []
     train_losses: list[float] = []
     train_nlls: list[float] = []  # the unsmoothed loss, for perplexity
+    task_metrics: list[dict] = []  # the task's own (Task.train_metrics), averaged like the loss
     row: dict = {}
     progress = _progress(start, config.num_steps, enabled=leader)
     interrupted = _InterruptFlag()
@@ -136,7 +137,7 @@ def _train(config, workdir: str, mesh, checkpoints: Checkpointer, start: int | N
             t0 = time.perf_counter()
             state, metrics = runner.train_step(state, next(batches))
             # Fetching waits for the step, so the wall time below is the step's.
-            fetched = jax.device_get({k: metrics[k] for k in ("loss", "nll", "grad_norm")})
+            fetched = jax.device_get({k: metrics[k] for k in ("loss", "nll", "grad_norm", *task.train_metrics)})
             loss, grad_norm = float(fetched["loss"]), float(fetched["grad_norm"])
             if step > start + 1:  # the first step of a process compiles
                 step_times.append(time.perf_counter() - t0)
@@ -146,6 +147,7 @@ def _train(config, workdir: str, mesh, checkpoints: Checkpointer, start: int | N
                 raise stop(f"Gradient norm is {grad_norm}", step)
             train_losses.append(loss)
             train_nlls.append(float(fetched["nll"]))
+            task_metrics.append({k: float(fetched[k]) for k in task.train_metrics})
             progress.update(1)
             last = step == config.num_steps
             if step % config.log_every == 0 or step % config.eval_every == 0 or last:
@@ -160,6 +162,7 @@ def _train(config, workdir: str, mesh, checkpoints: Checkpointer, start: int | N
                     "accuracy": float(metrics["accuracy"]),
                     "step_ms": step_ms,
                     "tokens_per_s": tokens_per_step / (step_ms / 1e3) if step_times else None,
+                    **{f"train_{k}": float(np.mean([m[k] for m in task_metrics])) for k in task.train_metrics},
                 }
                 if step % config.eval_every == 0 or last:
                     host_state = runner.to_host(state)
@@ -170,7 +173,7 @@ def _train(config, workdir: str, mesh, checkpoints: Checkpointer, start: int | N
                     lr=f"{row['learning_rate']:.2e}",
                     tok_s=f"{row['tokens_per_s'] or 0:.0f}",
                 )
-                step_times, train_losses, train_nlls = [], [], []
+                step_times, train_losses, train_nlls, task_metrics = [], [], [], []
             if step % config.checkpoint_every == 0 or last:
                 save(step)
             if interrupted.signal is not None:  # acted on between steps, where `state` is complete

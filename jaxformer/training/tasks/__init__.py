@@ -4,6 +4,7 @@ lm              GPT, next-token prediction on text                   (shakespear
 mlm             BERT, masked-token prediction on text                (bert_mlm_tiny)
 seq2seq         encoder-decoder Transformer on a synthetic task      (seq2seq_toy)
 classification  ViT on images                                        (vit_digits)
+sft             a decoder fine-tuned on conversations' replies         (chat_sft_cpu)
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ def task_class(name: str) -> type[Task]:
         from jaxformer.training.tasks.mlm import MaskedLanguageModelling as cls
     elif name == "seq2seq":
         from jaxformer.training.tasks.seq2seq import SequenceToSequence as cls
-    else:  # "classification"
+    elif name == "classification":
         from jaxformer.training.tasks.classification import ImageClassification as cls
+    else:  # "sft"
+        from jaxformer.training.tasks.sft import SupervisedFineTuning as cls
     return cls
 
 

@@ -30,11 +30,13 @@ class Task(abc.ABC):
     """One kind of training problem. Subclasses set `model_class` and implement the abstract methods.
 
     Attributes set by subclasses: `tokens_per_batch` (model input tokens per training batch, for the tokens/s
-    metric).
+    metric); `train_metrics` (keys of the loss's metrics that the training log also reports, averaged over the
+    steps since the last line, as `train_<key>`; default none).
     """
 
     model_class: type[nnx.Module]
     tokens_per_batch: int
+    train_metrics: tuple[str, ...] = ()
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
