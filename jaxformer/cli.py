@@ -3,6 +3,7 @@
     jaxformer train   --config CONFIG --workdir DIR [--config.KEY=VALUE ...]
     jaxformer sample  --workdir DIR | --pretrained DIR_OR_HUB_ID [--adapter DIR_OR_HUB_ID]
                       [--prompt TEXT] [--num_tokens N] [--temperature T] [--top_k K] [--seed S]
+                      [--chat [--system TEXT]]   (the prompt as a user turn in the chat template; prints the reply)
     jaxformer memory  --config CONFIG [--config.mesh.fsdp=8 ...] [--devices N]  (per-device bytes, nothing trained)
     jaxformer memory  --model VARIANT|DIR|HUB_ID --cache_len N [--batch_size B] [--dtype D]   (KV-cache bytes)
     jaxformer configs                                                           (the recipes, one line each)
@@ -123,6 +124,8 @@ def _sample(argv: list[str]) -> None:
     flags.DEFINE_float("temperature", 0.8, "0 = greedy.")
     flags.DEFINE_integer("top_k", 200, "Keep the k most likely tokens (0 = all).")
     flags.DEFINE_integer("seed", 0, "Sampling seed.")
+    flags.DEFINE_bool("chat", False, "Send --prompt as a user message in the model's chat template; print the reply.")
+    flags.DEFINE_string("system", None, "With --chat: a system message before the prompt.")
     flags.register_multi_flags_validator(
         ["workdir", "pretrained"],
         lambda v: (v["workdir"] is None) != (v["pretrained"] is None),
@@ -148,6 +151,21 @@ def _sample(argv: list[str]) -> None:
         else:
             model, tokenizer, _ = load_trained(f.workdir)
         top_k = min(f.top_k, tokenizer.vocab_size) if f.top_k else None
+        if f.chat:
+            from jaxformer.data.chat import ChatTemplate
+            from jaxformer.training.tasks.sft import chat_reply
+            from jaxformer.training.trained import load_chat_template
+
+            template = ChatTemplate.from_pretrained(f.pretrained) if f.pretrained else load_chat_template(f.workdir)
+            messages = [{"role": "system", "content": f.system}] if f.system else []
+            messages.append({"role": "user", "content": f.prompt})
+            reply = chat_reply(
+                model, template, messages, f.num_tokens, seed=f.seed, temperature=f.temperature, top_k=top_k
+            )
+            print(reply)
+            return
+        if f.system:
+            raise app.UsageError("--system needs --chat.")
         print(
             sample_text(model, tokenizer, f.prompt, f.num_tokens, seed=f.seed, temperature=f.temperature, top_k=top_k)
         )

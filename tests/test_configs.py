@@ -18,6 +18,7 @@ from jaxformer import cli, configs
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECIPES = [
     "bert_mlm_tiny",
+    "chat_dpo_cpu",
     "chat_sft_cpu",
     "gemma_finetune_shakespeare",
     "gemma_lora_shakespeare",

@@ -18,7 +18,8 @@ from jaxformer.data.prepared import DEFAULT_VALIDATION_FRACTION
 
 
 def default_config(task: str = "lm") -> ml_collections.ConfigDict:
-    """Every key of a run of `task` ("lm", "mlm", "seq2seq" or "classification"), `config.data` included."""
+    """Every key of a run of `task` ("lm", "mlm", "seq2seq", "classification", "sft" or "dpo"), `config.data`
+    included."""
     checks.check_choice("config.task", task, tuple(TASK_DATA))
     config = ml_collections.ConfigDict()
     config.name = "run"
@@ -29,6 +30,9 @@ def default_config(task: str = "lm") -> ml_collections.ConfigDict:
     config.init_from = ""
 
     config.data = TASK_DATA[task]()  # keys depend on the task: see jaxformer/training/tasks/<task>.py
+    if task == "dpo":
+        config.dpo = ml_collections.ConfigDict()
+        config.dpo.beta = 0.1  # the KL penalty's strength: rewards are beta * (log pi - log ref)
     config.model = ml_collections.ConfigDict()
     config.model.variant = "gpt2-tiny"  # plus any ModelConfig field to override
     config.model.dtype = "float32"  # computation; "bfloat16" keeps float32 parameters (param_dtype)
@@ -170,6 +174,7 @@ TASK_DATA = {
     "seq2seq": seq2seq_data,
     "classification": image_data,
     "sft": chat_data,
+    "dpo": chat_data,
 }
 
 

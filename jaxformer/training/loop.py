@@ -74,6 +74,18 @@ def _train(config, workdir: str, mesh, checkpoints: Checkpointer, start: int | N
         task.save_assets(workdir)
     runner = StepRunner(config.parallel, run.make_model, run.optimizer, run.schedule, task.loss, mesh=mesh)
     graphs, state = runner.graphs, runner.initial_state
+    # A fresh run from pretrained weights (a resume restores its own); a LoRA run's frozen base, always.
+    params = run.initial_params(runner.state_mesh) if start is None or run.is_lora else None
+    if params is not None:
+        state = jax.device_put(with_base(state, params), runner.state_shardings)
+        if leader:
+            print(f"Initialised the {'frozen base' if run.is_lora else 'parameters'} from {config.init_from}.")
+    if run.is_lora and leader:
+        trained, frozen = (sum(x.size for x in jax.tree.leaves(p)) for p in (state.params, state.frozen))
+        print(f"LoRA: training {trained:,} adapter parameters; the {frozen:,} base parameters are frozen.")
+    # What a task computes once from the starting model (DPO's reference log-probs); a resume reads it back.
+    starting = state
+    task.prepare(workdir, (lambda: merge(graphs.eval, runner.to_host(starting))) if start is None else None)
     # Each process reads only its rows of every global batch (the pipeline is deterministic in (seed, step)).
     rows = sharding.process_rows(mesh, config.batch_size)
     train_data = task.train_data(rows)
@@ -84,15 +96,6 @@ def _train(config, workdir: str, mesh, checkpoints: Checkpointer, start: int | N
         )
     batches = data.pipeline.iterator(train_data, **config.grain.to_dict())
     try:
-        # A fresh run from pretrained weights (a resume restores its own); a LoRA run's frozen base, always.
-        params = run.initial_params(runner.state_mesh) if start is None or run.is_lora else None
-        if params is not None:
-            state = jax.device_put(with_base(state, params), runner.state_shardings)
-            if leader:
-                print(f"Initialised the {'frozen base' if run.is_lora else 'parameters'} from {config.init_from}.")
-        if run.is_lora and leader:
-            trained, frozen = (sum(x.size for x in jax.tree.leaves(p)) for p in (state.params, state.frozen))
-            print(f"LoRA: training {trained:,} adapter parameters; the {frozen:,} base parameters are frozen.")
         if start is not None:
             state, _ = checkpoints.restore(state, start, data_iterator=batches)
             if leader:

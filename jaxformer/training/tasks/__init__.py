@@ -5,6 +5,7 @@ mlm             BERT, masked-token prediction on text                (bert_mlm_t
 seq2seq         encoder-decoder Transformer on a synthetic task      (seq2seq_toy)
 classification  ViT on images                                        (vit_digits)
 sft             a decoder fine-tuned on conversations' replies         (chat_sft_cpu)
+dpo             a decoder taught preferences between replies (DPO)    (chat_dpo_cpu)
 """
 
 from __future__ import annotations
@@ -37,8 +38,10 @@ def task_class(name: str) -> type[Task]:
         from jaxformer.training.tasks.seq2seq import SequenceToSequence as cls
     elif name == "classification":
         from jaxformer.training.tasks.classification import ImageClassification as cls
-    else:  # "sft"
+    elif name == "sft":
         from jaxformer.training.tasks.sft import SupervisedFineTuning as cls
+    else:  # "dpo"
+        from jaxformer.training.tasks.dpo import PreferenceOptimization as cls
     return cls
 
 

@@ -69,6 +69,12 @@ class Task(abc.ABC):
     def samples(self, model: nnx.Module) -> str:
         """Text for `samples.txt` at the end of training: what the trained model produces."""
 
+    def prepare(self, workdir: str, starting_model: Callable[[], nnx.Module] | None) -> None:
+        """Called by the training loop once before the first step. `starting_model()` gives the model as training
+        starts, in eval mode, on a fresh run; None on a resume (read back what the fresh run wrote to `workdir`).
+        Default: nothing."""
+        return None
+
     def save_assets(self, workdir: str) -> None:
         """Writes what is needed besides the checkpoint to use the model (e.g. `tokenizer.json`); default none."""
         return None

@@ -186,8 +186,13 @@ class SupervisedFineTuning(Task):
         return "\n".join(lines)
 
     def save_assets(self, workdir: str) -> None:
-        with open(os.path.join(workdir, TEMPLATE_FILE), "w", encoding="utf-8") as f:
-            json.dump(self.template.to_dict(), f)
+        save_template(self.template, workdir)
+
+
+def save_template(template: chat.ChatTemplate, workdir: str) -> None:
+    """`workdir/chat_template.json`: the run's template and tokenizer, which `trained.load_trained` reads back."""
+    with open(os.path.join(workdir, TEMPLATE_FILE), "w", encoding="utf-8") as f:
+        json.dump(template.to_dict(), f)
 
 
 def greedy_replies(
@@ -217,3 +222,23 @@ def greedy_replies(
             stop = np.flatnonzero(row == eos)
             out.append(template.tokenizer.decode(row[: stop[0] if len(stop) else len(row)]).strip())
     return out
+
+
+def chat_reply(
+    model: GPT,
+    template: chat.ChatTemplate,
+    messages: list[dict],
+    max_new_tokens: int,
+    *,
+    seed: int = 0,
+    **sampling,
+) -> str:
+    """The model's reply to `messages` (rendered with the generation prompt), sampled with `sampling`
+    (`temperature`, `top_k`, `top_p`: `decoding.generate`) until the template's end-of-turn token (not included)
+    or `max_new_tokens` tokens."""
+    eos = template.end_of_turn_id
+    prompt = template.encode_prompt(messages)
+    new = generate(model, jnp.asarray(prompt[None]), max_new_tokens, rng=jax.random.key(seed), eos_id=eos, **sampling)
+    row = np.asarray(new[0])
+    stop = np.flatnonzero(row == eos)
+    return template.tokenizer.decode(row[: stop[0] if len(stop) else len(row)])
