@@ -4,7 +4,6 @@ the reference of a LoRA run, training and resuming through `train_and_evaluate`.
 import json
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
