@@ -177,13 +177,16 @@ class ChatTemplate:
         """Character spans `[start, end)` of `render(messages)` that the model learns: each assistant message's
         content and the end-of-turn marker after it.
 
-        Found from the template's structure. For assistant message i:
-          start = len(render(messages[:i], add_generation_prompt=True))   (where the reply begins)
-          the closing C = what the template writes after an empty reply (e.g. "<|im_end|>\\n")
-          end = len(render(messages[:i + 1])) - (C's trailing whitespace)  (after the marker, before its newline)
-        Each render must be a prefix of the next (so earlier turns are written the same whatever follows), the
-        reply's rendering must start with the generation prompt and end with C, and C must hold a marker
-        (non-whitespace); otherwise ChatTemplateError says which.
+        Found from the template's structure, not from the reply's text. For assistant message i, the template
+        renders messages[:i] plus a reply "X", and again with "Y": the two agree up to the header H (the
+        conversation so far and the assistant's role header) and from the closing C on (the end-of-turn marker,
+        then e.g. a newline). Then, with R = render(messages[:i + 1]):
+          start = len(H)                                    (where the reply's content begins)
+          end = len(R) - (the length of C's trailing whitespace)   (after the marker, before its newline)
+        R must start with H and end with C, R must be a prefix of the whole rendering (earlier turns are written
+        the same whatever follows), and C must hold a marker (non-whitespace); otherwise ChatTemplateError says
+        which. The generation prompt plays no part: a template whose prompt is only part of the header it writes
+        in a conversation (Zephyr's "<|assistant|>" before "<|assistant|>\\n") is located all the same.
         """
         messages = check_messages(messages)
         return self._spans(messages, self._render(messages, False))
@@ -193,11 +196,7 @@ class ChatTemplate:
         """The marker the template writes after a reply (`<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`): where a
         generated reply stops."""
         probe = [{"role": "user", "content": "?"}]
-        prompt = self._render(probe, True)
-        closing = self._render([*probe, {"role": "assistant", "content": ""}], False)
-        if not closing.startswith(prompt) or not closing[len(prompt) :].strip():
-            raise ChatTemplateError("The template writes no end-of-turn marker after an assistant reply.")
-        return closing[len(prompt) :].strip()
+        return self._turn_structure(probe, {"role": "assistant", "content": ""}, "a reply")[1].strip()
 
     @property
     def end_of_turn_id(self) -> int:
@@ -222,28 +221,39 @@ class ChatTemplate:
         for i, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            prompt = self._render(messages[:i], True)
-            turn = self._render(messages[: i + 1], False)
-            empty = self._render([*messages[:i], {**message, "content": ""}], False)
             where = f"assistant message {i}"
-            if not text.startswith(prompt) or not turn.startswith(prompt) or not empty.startswith(prompt):
-                raise ChatTemplateError(
-                    f"Cannot locate {where}: the template's generation prompt ({prompt[-40:]!r}) is not how it starts "
-                    "the assistant's turn in the conversation, so the reply's tokens cannot be found."
-                )
+            header, closing = self._turn_structure(messages[:i], message, where)
+            turn = self._render(messages[: i + 1], False)
             if not text.startswith(turn):
                 raise ChatTemplateError(
                     f"Cannot locate {where}: the template writes the turns before it differently once later "
                     "messages follow (e.g. it rewrites earlier replies), so the reply's tokens cannot be found."
                 )
-            closing = empty[len(prompt) :]
-            if not closing.strip() or not turn.endswith(closing):
+            if not turn.startswith(header) or not turn.endswith(closing) or len(turn) < len(header) + len(closing):
                 raise ChatTemplateError(
-                    f"Cannot locate {where}: the template writes no end-of-turn marker after a reply "
-                    f"({closing!r}), so where the reply ends cannot be found."
+                    f"Cannot locate {where}: the template does not write this reply between the header and the "
+                    f"closing it writes around other replies ({header[-30:]!r} ... {closing!r})."
                 )
-            spans.append((len(prompt), len(turn) - (len(closing) - len(closing.rstrip()))))
+            spans.append((len(header), len(turn) - (len(closing) - len(closing.rstrip()))))
         return spans
+
+    def _turn_structure(self, before: list[dict], message: dict, where: str) -> tuple[str, str]:
+        """(header, closing): the text a reply after `before` starts with (the whole conversation so far and the
+        assistant's role header) and the text the template writes after the reply's content (its end-of-turn
+        marker, then e.g. a newline). Found by rendering two one-letter replies, "X" and "Y": they agree up to
+        the header and again from the closing on."""
+        x = self._render([*before, {**message, "content": "X"}], False)
+        y = self._render([*before, {**message, "content": "Y"}], False)
+        k = next((j for j, (a, b) in enumerate(zip(x, y, strict=False)) if a != b), None)
+        if k is None or x[k + 1 :] != y[k + 1 :] or (x[k], y[k]) != ("X", "Y"):
+            raise ChatTemplateError(f"Cannot locate {where}: the template does not write a reply's content as given.")
+        header, closing = x[:k], x[k + 1 :]
+        if not closing.strip():
+            raise ChatTemplateError(
+                f"Cannot locate {where}: the template writes no end-of-turn marker after a reply ({closing!r}), so "
+                "where the reply ends cannot be found."
+            )
+        return header, closing
 
 
 def overlap_mask(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, int]]) -> np.ndarray:

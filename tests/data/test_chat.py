@@ -114,16 +114,33 @@ def test_a_template_whose_replies_cannot_be_located_is_an_error_not_a_silent_mas
     no_marker = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{% endfor %}"
     with pytest.raises(chat.ChatTemplateError, match="no end-of-turn marker"):
         chat.ChatTemplate(no_marker, tokenizer).encode(messages)
-    # the generation prompt differs from how a reply starts (a "thinking" prefix added only when prompting)
-    thinking = chat.CHATML.replace("'<|im_start|>assistant\\n'", "'<|im_start|>assistant\\n<think>'")
-    with pytest.raises(chat.ChatTemplateError, match="generation prompt"):
-        chat.ChatTemplate(thinking, tokenizer).encode(messages)
+    # a reply's content changed by the template (lower-cased) cannot be told apart from what surrounds it
+    lowering = chat.CHATML.replace("message['content']", "message['content'] | lower")
+    with pytest.raises(chat.ChatTemplateError, match="does not write a reply's content as given"):
+        chat.ChatTemplate(lowering, tokenizer).encode(messages)
     # earlier replies rewritten once later messages follow
     rewrites = chat.CHATML.replace(
         "message['content']", "(message['content'] if loop.last or message['role'] != 'assistant' else '...')"
     )
     with pytest.raises(chat.ChatTemplateError, match="differently once later messages follow"):
         chat.ChatTemplate(rewrites, tokenizer).encode([*messages, {"role": "user", "content": "c"}])
+
+
+ZEPHYR = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token + '\\n' }}"
+    "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}{% endfor %}"
+)
+
+
+def test_a_generation_prompt_shorter_than_the_reply_header_still_marks_only_content_and_marker(templates):
+    """Zephyr prompts with "<|assistant|>" but writes "<|assistant|>\\n" before a reply: the newline is header."""
+    template = chat.ChatTemplate(ZEPHYR, templates["llama3"].tokenizer, {"eos_token": "<|eot_id|>"})
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"}]
+    text = template.render(messages)
+    assert text == "<|user|>\nHi<|eot_id|>\n<|assistant|>\nHello there<|eot_id|>\n"
+    (span,) = template.assistant_spans(messages)
+    assert text[slice(*span)] == "Hello there<|eot_id|>"
+    assert template.end_of_turn == "<|eot_id|>"
 
 
 def test_generation_tags_render_as_their_body(templates):

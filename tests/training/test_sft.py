@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxformer import ops
+from jaxformer import lora, ops
 from jaxformer.configs import load_config
 from jaxformer.data import chat, pipeline, synthetic_chat
 from jaxformer.models import GPT, ModelConfig
@@ -133,3 +133,44 @@ def test_chat_sft_cpu_reaches_95_percent_exact_match_on_held_out_problems(tmp_pa
     final = train_and_evaluate(config, str(tmp_path))
     assert final["step"] == config.num_steps
     assert final["val_exact_match"] >= 0.95, final
+
+
+ZEPHYR = (
+    "{% for message in messages %}{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token + '\\n' }}"
+    "{% if loop.last and add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}{% endfor %}"
+)
+LLAMA = "tests/fixtures/pretrained/llama"
+
+
+@pytest.mark.parametrize("task", ["sft", "dpo"])
+def test_chat_tasks_train_lora_adapters_on_a_pretrained_checkpoint(task, tmp_path):
+    """init_from a Hugging Face checkpoint (the tiny Llama fixture) with a Zephyr-style template over its own
+    tokenizer (end of turn `</s>`), LoRA rank 2: the base stays as loaded, the adapters train."""
+    import shutil
+
+    from jaxformer import pretrained
+    from jaxformer.training import trained
+
+    template_dir = tmp_path / "template"
+    template_dir.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(f"{LLAMA}/{name}", template_dir / name)
+    (template_dir / "chat_template.jinja").write_text(ZEPHYR)
+    config = load_config(f"chat_{task}_cpu")
+    for field in list(config.model.keys()):  # with init_from the architecture is the checkpoint's
+        if field not in ("variant", "dtype"):
+            del config.model[field]
+    config.init_from = LLAMA
+    config.lora.rank, config.lora.alpha = 2, 4.0
+    config.update(num_steps=2, eval_every=2, log_every=1, checkpoint_every=2, warmup_steps=1, batch_size=4)
+    config.data.update(template=str(template_dir), num_train=24, num_eval=4, seq_len=63, eval_generate=2)
+    final = train_and_evaluate(config, str(tmp_path / "run"))
+    assert np.isfinite(final["val_loss"])
+    model, _, _ = trained.load_trained(str(tmp_path / "run"))
+    found = list(lora.adapters(model))
+    assert found and all(np.abs(np.asarray(a.b[...])).max() > 0 for *_, a in found)  # B starts at 0: it trained
+    base = nnx.to_flat_state(nnx.state(pretrained.from_pretrained(LLAMA), nnx.Param))
+    kept = nnx.to_flat_state(nnx.state(model, nnx.Not(nnx.LoRAParam)).filter(nnx.Param))
+    assert len(base) == len(kept)
+    for (path, got), (_, want) in zip(kept, base, strict=True):
+        np.testing.assert_array_equal(got[...], want[...], err_msg=str(path))
