@@ -3,7 +3,8 @@
     jaxformer train   --config CONFIG --workdir DIR [--config.KEY=VALUE ...]
     jaxformer sample  --workdir DIR | --pretrained DIR_OR_HUB_ID [--adapter DIR_OR_HUB_ID]
                       [--prompt TEXT] [--num_tokens N] [--temperature T] [--top_k K] [--seed S]
-                      [--chat [--system TEXT]]   (the prompt as a user turn in the chat template; prints the reply)
+                      [--chat [--system TEXT] [--template DIR_OR_HUB_ID]]   (the prompt as a user turn in the
+                      model's chat template; prints the reply, up to the end-of-turn token)
     jaxformer memory  --config CONFIG [--config.mesh.fsdp=8 ...] [--devices N]  (per-device bytes, nothing trained)
     jaxformer memory  --model VARIANT|DIR|HUB_ID --cache_len N [--batch_size B] [--dtype D]   (KV-cache bytes)
     jaxformer configs                                                           (the recipes, one line each)
@@ -126,6 +127,12 @@ def _sample(argv: list[str]) -> None:
     flags.DEFINE_integer("seed", 0, "Sampling seed.")
     flags.DEFINE_bool("chat", False, "Send --prompt as a user message in the model's chat template; print the reply.")
     flags.DEFINE_string("system", None, "With --chat: a system message before the prompt.")
+    flags.DEFINE_string(
+        "template",
+        None,
+        "With --chat: the checkpoint (directory or hub id) whose chat template to use (default: "
+        "--pretrained's, or the --workdir run's).",
+    )
     flags.register_multi_flags_validator(
         ["workdir", "pretrained"],
         lambda v: (v["workdir"] is None) != (v["pretrained"] is None),
@@ -156,7 +163,10 @@ def _sample(argv: list[str]) -> None:
             from jaxformer.training.tasks.sft import chat_reply
             from jaxformer.training.trained import load_chat_template
 
-            template = ChatTemplate.from_pretrained(f.pretrained) if f.pretrained else load_chat_template(f.workdir)
+            if f.template or f.pretrained:
+                template = ChatTemplate.from_pretrained(f.template or f.pretrained)
+            else:
+                template = load_chat_template(f.workdir)
             messages = [{"role": "system", "content": f.system}] if f.system else []
             messages.append({"role": "user", "content": f.prompt})
             reply = chat_reply(
@@ -164,8 +174,8 @@ def _sample(argv: list[str]) -> None:
             )
             print(reply)
             return
-        if f.system:
-            raise app.UsageError("--system needs --chat.")
+        if f.system or f.template:
+            raise app.UsageError("--system and --template need --chat.")
         print(
             sample_text(model, tokenizer, f.prompt, f.num_tokens, seed=f.seed, temperature=f.temperature, top_k=top_k)
         )

@@ -20,6 +20,7 @@ RECIPES = [
     "bert_mlm_tiny",
     "chat_dpo_cpu",
     "chat_sft_cpu",
+    "gemma_chat_sft",
     "gemma_finetune_shakespeare",
     "gemma_lora_shakespeare",
     "gpt2_finetune_shakespeare",

@@ -2,6 +2,8 @@
 `train_and_evaluate`, its data and its errors."""
 
 import json
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,10 +15,10 @@ from jaxformer import lora, ops
 from jaxformer.configs import load_config
 from jaxformer.data import chat, pipeline, synthetic_chat
 from jaxformer.models import GPT, ModelConfig
-from jaxformer.training import build_run
+from jaxformer.training import build_run, trained
 from jaxformer.training.loop import train_and_evaluate
 from jaxformer.training.tasks.lm import lm_loss
-from jaxformer.training.tasks.sft import encode_conversations
+from jaxformer.training.tasks.sft import chat_reply, encode_conversations, greedy_replies
 
 TINY_MODEL = dict(num_layers=1, num_heads=2, d_model=32, d_ff=64)
 
@@ -65,6 +67,28 @@ def test_sft_trains_and_reports_assistant_token_metrics(tmp_path):
     saved = chat.ChatTemplate.from_dict(json.loads((tmp_path / "chat_template.json").read_text()))
     assert saved.render([{"role": "user", "content": "hi"}]) == "<|im_start|>user\nhi<|im_end|>\n"
     assert "<|im_start|>assistant" in (tmp_path / "samples.txt").read_text()
+    # what `jaxformer sample --chat` runs: the trained model back from its workdir, its template, a greedy reply
+    model, _, _ = trained.load_trained(str(tmp_path))
+    template = trained.load_chat_template(str(tmp_path))
+    prompt = [{"role": "user", "content": "Reverse: abc"}]
+    reply = chat_reply(model, template, prompt, 6, temperature=0.0)
+    assert reply.strip() == greedy_replies(model, template, [prompt], max_new_tokens=6)[0]
+
+
+@pytest.mark.slow  # a subprocess that loads and compiles again; chat_reply itself runs above
+def test_jaxformer_sample_chat_prints_the_reply(tmp_path):
+    config = tiny_sft()
+    config.num_steps = 2
+    train_and_evaluate(config, str(tmp_path))
+    model, _, _ = trained.load_trained(str(tmp_path))
+    template = trained.load_chat_template(str(tmp_path))
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Uppercase: abc"}]
+    want = chat_reply(model, template, messages, 6, temperature=0.0)
+    command = [sys.executable, "-m", "jaxformer.cli", "sample", f"--workdir={tmp_path}", "--chat"]
+    flags = ["--system=Be brief.", "--prompt=Uppercase: abc", "--num_tokens=6", "--temperature=0"]
+    out = subprocess.run([*command, *flags], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.rstrip("\n") == want.rstrip("\n")
 
 
 def test_sft_reads_jsonl_conversations_and_drops_those_whose_first_reply_does_not_fit(tmp_path, capsys):
@@ -149,7 +173,6 @@ def test_chat_tasks_train_lora_adapters_on_a_pretrained_checkpoint(task, tmp_pat
     import shutil
 
     from jaxformer import pretrained
-    from jaxformer.training import trained
 
     template_dir = tmp_path / "template"
     template_dir.mkdir()
