@@ -12,6 +12,8 @@
                       --out DIR [--validation_fraction F] [--vocab_size V] [--workers N] [--shard_mb M]
                       [--chunk_tokens C] [--tokenizer_sample_mb S] [--feature NAME] [--data_dir DIR]
                       (tokenize a corpus once into ArrayRecord shards; rerun the same command to resume)
+    jaxformer prepare --source chat:GLOB --tokenizer template:DIR_OR_ID|template:byte_chatml --out DIR
+                      [--validation_fraction F]   (encode JSONL conversations once, for task="sft")
 
 CONFIG is a recipe's name (`jaxformer train --config shakespeare_char_cpu --workdir workdir/shakespeare_char_cpu`;
 `jaxformer configs` lists them) or the path of a .py file with a `get_config()`; either may end in `:arg`, passed to
@@ -231,16 +233,19 @@ def _prepare(argv: list[str]) -> None:
     exit code 2, and `main` can run `prepare` more than once in a process (as the tests do)."""
     from absl import flags
 
-    from jaxformer.data import prepared, writer
+    from jaxformer.data import chat_corpus, prepared, writer
 
     fv = flags.FlagValues()
     for define, name, default, help_ in (
-        (flags.DEFINE_string, "source", None, "tfds:NAME (every split), tfds:NAME:SPLIT (as train) or text:GLOB."),
-        (flags.DEFINE_string, "tokenizer", None, "char, byte, sentencepiece or hf:DIR_OR_ID."),
-        (flags.DEFINE_string, "out", None, "The directory to write; rerun the same command to resume."),
+        (flags.DEFINE_string, "source", None, "tfds:NAME (every split), tfds:NAME:SPLIT (as train), text:GLOB, or "
+         "chat:GLOB (JSONL files of {\"messages\": [...]} lines, encoded by a chat template)."),
+        (flags.DEFINE_string, "tokenizer", None, "char, byte, sentencepiece or hf:DIR_OR_ID; for chat:GLOB, "
+         "template:DIR_OR_ID (a checkpoint's chat template) or template:byte_chatml (the built-in one)."),
+        (flags.DEFINE_string, "out", None, "The directory to write; rerun the same command to resume (chat: to redo "
+         "an unfinished one)."),
         (flags.DEFINE_float, "validation_fraction", None,
-         f"Share of the train text cut off as validation; 0 = none. Default: {prepared.DEFAULT_VALIDATION_FRACTION}, "
-         "or none for tfds:NAME (the dataset's own splits)."),
+         f"Share of the train text (chat: of the conversations, the last ones) cut off as validation; 0 = none. "
+         f"Default: {prepared.DEFAULT_VALIDATION_FRACTION}, or none for tfds:NAME (the dataset's own splits)."),
         (flags.DEFINE_integer, "vocab_size", None, "The sentencepiece vocabulary (sentencepiece only)."),
         (flags.DEFINE_integer, "workers", None, "Tokenizing processes (default: the CPU count)."),
         (flags.DEFINE_float, "shard_mb", prepared.DEFAULT_SHARD_MB, "MB of text per shard, about."),
@@ -252,7 +257,8 @@ def _prepare(argv: list[str]) -> None:
     ):  # fmt: skip
         define(name, default, help_, flag_values=fv)
     if any(a in ("--help", "-help", "-h", "--helpshort") for a in argv[1:]):
-        print(f"{argv[0]}: tokenize a corpus into ArrayRecord shards (docs/data.md).")
+        print(f"{argv[0]}: tokenize a corpus into ArrayRecord shards, or encode conversations (chat:GLOB) into .npy "
+              "arrays (docs/data.md).")  # fmt: skip
         print(fv.get_help(include_special_flags=False))
         return
     try:
@@ -264,6 +270,30 @@ def _prepare(argv: list[str]) -> None:
             raise flags.Error(f"unexpected arguments {' '.join(rest[1:])}")
     except flags.Error as e:
         _fail(argv[0], e)
+    if fv.source.startswith(chat_corpus.SOURCE_PREFIX):
+        text_only = [f"--{n}" for n in ("vocab_size", "workers", "shard_mb", "chunk_tokens", "tokenizer_sample_mb",
+                                        "feature", "data_dir") if fv[n].present]  # fmt: skip
+        if text_only:
+            _fail(argv[0], f"{', '.join(text_only)} apply to text and tfds sources, not to --source={fv.source}")
+        try:
+            chats = chat_corpus.prepare_chat(
+                fv.source, fv.tokenizer, fv.out, validation_fraction=fv.validation_fraction
+            )
+        except (ValueError, FileNotFoundError) as e:  # a bad argument, a refused rerun, a bad record, no template
+            _fail(argv[0], e)
+        except KeyboardInterrupt:
+            print("\nInterrupted: run the same command again to prepare the corpus from the start.", file=sys.stderr)
+            sys.exit(130)
+        count = lambda n, what: f"{n:,} {what}{'' if n == 1 else 's'}"
+        splits = ", ".join(
+            f"{name} {count(split['conversations'], 'conversation')} ({count(split['tokens'], 'token')}, "
+            f"{split['learned_tokens']:,} learned, the longest {split['max_tokens']:,})"
+            for name, split in chats.metadata["splits"].items()
+        )
+        print(f"Prepared {chats.directory}: {splits}.")
+        return
+    if fv.tokenizer.startswith(chat_corpus.TOKENIZER_PREFIX):
+        _fail(argv[0], f"--tokenizer={fv.tokenizer} (a chat template) needs --source chat:GLOB; got {fv.source}")
     try:
         corpus = writer.prepare(
             fv.source,

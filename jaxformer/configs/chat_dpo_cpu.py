@@ -4,11 +4,11 @@ character, in ChatML conversations.
     jaxformer train --config chat_dpo_cpu --workdir workdir/chat_dpo_cpu      # from the repository's root
 
 Data: `data.synthetic_chat.preference_task("strings")`: a user asks for a word uppercased, reversed or
-capitalised; chosen is the right answer, rejected the same with one letter changed. Rendered by ChatML over the
-byte-level tokenizer (`chat.byte_chatml`); each side is prompt + reply, padded to 72 tokens. The reference is the
-starting model (its log-probabilities of every pair computed once before training); beta 0.1. Held-out pairs ask
-about words training never sees; `val_reward_accuracy` is the share where the policy's implicit reward prefers
-the chosen reply.
+capitalised; chosen is the right answer, rejected the same with one letter changed into one the word does not
+have. Rendered by ChatML over the byte-level tokenizer (`chat.byte_chatml`); each side is prompt + reply, padded to
+72 tokens. The reference is the starting model (its log-probabilities of every pair computed once before
+training); beta 0.1. Held-out pairs ask about words training never sees; `val_reward_accuracy` is the share where
+the policy's implicit reward prefers the chosen reply.
 
 Model: as chat_sft_cpu (4 layers, d=128, rotary positions), trained from scratch by DPO alone.
 
@@ -43,9 +43,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.scan_layers = True
     config.model.remat = "dots_no_batch"
 
-    config.num_steps = 600
+    config.num_steps = 1000
     config.batch_size = 32
-    config.learning_rate = 1e-3
+    config.learning_rate = 2e-3
     config.end_learning_rate = 1e-4
     config.warmup_steps = 50
     config.optimizer.weight_decay = 0.0

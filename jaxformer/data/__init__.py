@@ -7,12 +7,15 @@
 
     corpus = data.open_prepared("prepared/")               # written by `jaxformer prepare`, read a window at a time
     train = data.pipeline.random_windows(corpus.split("train"), batch_size=64, seq_len=256, seed=0)
+    chats = data.open_prepared_chat("prepared/chats")      # `jaxformer prepare --source chat:...`: conversations
+    examples = chats.examples("train")                     # a pipeline.Examples of memory-mapped arrays
 
 Every training dataset is deterministic in (seed, step) and its iterator resumes from `get_state()`, which the
 training loop stores in its orbax checkpoint. NumPy on the host; no TensorFlow.
 """
 
 from jaxformer.data import pipeline
+from jaxformer.data.chat_corpus import PreparedChat, open_prepared_chat, prepare_chat
 from jaxformer.data.hf_tokenizer import HFTokenizer
 from jaxformer.data.images import ImageDataset, digits, image_dataset, mnist
 from jaxformer.data.prepared import PreparedCorpus, ShardedTokens, open_prepared
@@ -55,6 +58,7 @@ __all__ = [
     "DatasetNotPreparedError",
     "HFTokenizer",
     "ImageDataset",
+    "PreparedChat",
     "PreparedCorpus",
     "SentencePieceTokenizer",
     "ShardedTokens",
@@ -66,8 +70,10 @@ __all__ = [
     "make_tokenizer",
     "mnist",
     "open_prepared",
+    "open_prepared_chat",
     "pipeline",
     "prepare",
+    "prepare_chat",
     "seq2seq_decode",
     "seq2seq_encode",
     "seq2seq_task",

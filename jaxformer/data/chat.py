@@ -275,6 +275,8 @@ def check_messages(messages: Any) -> list[dict]:
     the message's index otherwise). Other keys are kept: templates may read them."""
     if isinstance(messages, str | bytes | Mapping) or not isinstance(messages, Sequence):
         raise TypeError(f"`messages` must be a list of {{'role', 'content'}} dicts; got {type(messages).__name__}.")
+    if not messages:
+        raise ValueError("`messages` is empty: a conversation needs at least one message.")
     out = []
     for i, message in enumerate(messages):
         if not isinstance(message, Mapping):

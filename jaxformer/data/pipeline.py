@@ -206,16 +206,34 @@ def pack_rows(sizes: np.ndarray, capacity: int, *, seed: int = 0) -> list[tuple[
 
 @dataclasses.dataclass(frozen=True)
 class Examples:
-    """Variable-length examples in one flat array: example i is `tokens[starts[i]:starts[i + 1]]` with its bool
-    `learned` mask (True on the tokens a model learns to predict). Every example has at least 2 tokens."""
+    """Variable-length examples over flat arrays: example i is `tokens[starts[i]:ends[i]]` with its bool `learned`
+    mask (True on the tokens a model learns to predict). The arrays may be memory-mapped (a prepared chat corpus,
+    `data.open_prepared_chat`): examples are read a slice at a time, and `truncated` shortens or drops examples by
+    changing `ends` / the index arrays only, never copying tokens. Every example has at least 2 tokens."""
 
     tokens: np.ndarray  # int32 [N]
     learned: np.ndarray  # bool [N]
-    starts: np.ndarray  # int64 [E + 1]
+    starts: np.ndarray  # int64 [E]
+    ends: np.ndarray  # int64 [E]
+
+    def __post_init__(self):
+        if np.shape(self.tokens) != np.shape(self.learned) or np.ndim(self.tokens) != 1:
+            raise ValueError(
+                f"`tokens` and `learned` must be vectors of one length; got {np.shape(self.tokens)} and "
+                f"{np.shape(self.learned)}."
+            )
+        lengths = np.asarray(self.ends) - np.asarray(self.starts)
+        if np.shape(self.starts) != np.shape(self.ends) or not len(lengths):
+            raise ValueError(f"`starts` and `ends` must be non-empty and of one length; got {np.shape(self.starts)}.")
+        if lengths.min() < 2 or np.min(self.starts) < 0 or np.max(self.ends) > len(self.tokens):
+            raise ValueError(
+                f"Every example must have 2 or more tokens inside the {len(self.tokens)} tokens; got lengths "
+                f"{lengths.min()}..{lengths.max()}."
+            )
 
     @classmethod
     def from_list(cls, examples: list[tuple[np.ndarray, np.ndarray]]) -> Examples:
-        """From (tokens int `[L_i]`, learned bool `[L_i]`) pairs (L_i >= 2)."""
+        """From (tokens int `[L_i]`, learned bool `[L_i]`) pairs (L_i >= 2), copied into flat arrays."""
         if not examples:
             raise ValueError("`examples` is empty: there is nothing to pack.")
         lengths = []
@@ -226,22 +244,31 @@ class Examples:
                     f"{np.shape(learned)}."
                 )
             lengths.append(len(ids))
-        starts = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        bounds = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         tokens = np.concatenate([np.asarray(ids, np.int32) for ids, _ in examples])
         learned = np.concatenate([np.asarray(m, bool) for _, m in examples])
-        return cls(tokens, learned, starts)
+        return cls(tokens, learned, bounds[:-1], bounds[1:])
 
     def __len__(self) -> int:
-        return len(self.starts) - 1
+        return len(self.starts)
 
     @property
     def lengths(self) -> np.ndarray:
         """int64 `[E]`: tokens per example."""
-        return np.diff(self.starts)
+        return np.asarray(self.ends) - np.asarray(self.starts)
 
     def example(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        lo, hi = self.starts[i], self.starts[i + 1]
-        return self.tokens[lo:hi], self.learned[lo:hi]
+        lo, hi = self.starts[i], self.ends[i]
+        return np.asarray(self.tokens[lo:hi]), np.asarray(self.learned[lo:hi])
+
+    def truncated(self, keep: np.ndarray, lengths: np.ndarray) -> Examples:
+        """The examples `keep` (int indices), example keep[j] cut to its first `lengths[j]` tokens (no copy of the
+        token arrays)."""
+        keep, lengths = np.asarray(keep, np.int64), np.asarray(lengths, np.int64)
+        if keep.shape != lengths.shape or (lengths > self.lengths[keep]).any():
+            raise ValueError("`lengths` must give one length per kept example, each at most the example's own.")
+        starts = np.asarray(self.starts)[keep]
+        return Examples(self.tokens, self.learned, starts, starts + lengths)
 
 
 def eval_windows(store: TokenStore, *, batch_size: int, seq_len: int) -> grain.MapDataset:

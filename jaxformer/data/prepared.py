@@ -56,8 +56,10 @@ _READER_OPTIONS = "readahead_buffer_size:0,max_parallelism:0"
 
 
 def default_validation_fraction(source: str) -> float:
-    """`DEFAULT_VALIDATION_FRACTION` for a single-split source (text:GLOB, tfds:NAME:SPLIT); 0 for tfds:NAME,
-    whose splits are the dataset's own."""
+    """`DEFAULT_VALIDATION_FRACTION` for a single-split source (text:GLOB, tfds:NAME:SPLIT, and chat:GLOB, the
+    conversations of data/chat_corpus.py); 0 for tfds:NAME, whose splits are the dataset's own."""
+    if isinstance(source, str) and source.startswith("chat:"):
+        return DEFAULT_VALIDATION_FRACTION
     kind, _, split = parse_source(source)
     return DEFAULT_VALIDATION_FRACTION if kind == "text" or split is not None else 0.0
 

@@ -11,7 +11,8 @@ In both, a third of the conversations open with a system prompt and a quarter as
 first answer. The problems are split once: a problem whose hash falls in the held-out tenth appears only in split
 "eval", so held-out exact match measures the skill, not memory.
 
-Preference pairs (DPO) ask the same questions: chosen is the right answer; rejected is wrong in one character.
+Preference pairs (DPO) ask the same questions: chosen is the right answer; rejected is wrong in one character (for
+strings, a letter the word does not have).
 """
 
 from __future__ import annotations
@@ -107,10 +108,13 @@ def _problem(name: str, rng: np.random.Generator, split: str) -> tuple[str, str]
 
 
 def _corrupt(answer: str, rng: np.random.Generator) -> str:
-    """`answer` with one character replaced by another of its kind (digit, lowercase or uppercase letter)."""
+    """`answer` with one character replaced by another of its kind (digit, lowercase or uppercase letter); a
+    letter by one the answer does not contain (a letter that is not in the question's word)."""
     i = int(rng.integers(len(answer)))
     c = answer[i]
-    pool = (
-        "0123456789" if c.isdigit() else ("ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c.isupper() else "abcdefghijklmnopqrstuvwxyz")
-    )
-    return answer[:i] + str(rng.choice([p for p in pool if p != c])) + answer[i + 1 :]
+    if c.isdigit():
+        pool = [d for d in "0123456789" if d != c]
+    else:
+        letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c.isupper() else "abcdefghijklmnopqrstuvwxyz"
+        pool = [p for p in letters if p.lower() not in answer.lower()]
+    return answer[:i] + str(rng.choice(pool)) + answer[i + 1 :]

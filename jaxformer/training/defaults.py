@@ -159,7 +159,8 @@ def chat_data() -> ml_collections.ConfigDict:
     data.template = ""  # "" = config.init_from's chat template; "byte_chatml" (from scratch); or a directory / hub id
     data.train_files = ""  # JSONL, comma-separated paths or globs (sft: {"messages"}; dpo: {"prompt", "chosen", ...})
     data.eval_files = ""
-    data.synthetic = ""  # instead of files: a task of data.synthetic_chat ("arithmetic"), generated from the seed
+    data.prepared = ""  # sft, instead of files: `jaxformer prepare --source chat:GLOB`'s directory (its own template)
+    data.synthetic = ""  # instead of files: a task of data.synthetic_chat ("strings"), generated from the seed
     data.num_train = 20_000  # synthetic only
     data.num_eval = 500
     data.seq_len = 128  # sft: the packed row length; dpo: the padded length of a prompt + reply

@@ -18,7 +18,7 @@ from jaxformer.models import GPT, ModelConfig
 from jaxformer.training import build_run, trained
 from jaxformer.training.loop import train_and_evaluate
 from jaxformer.training.tasks.lm import lm_loss
-from jaxformer.training.tasks.sft import chat_reply, encode_conversations, greedy_replies
+from jaxformer.training.tasks.sft import chat_reply, encode_conversations, greedy_replies, truncate_examples
 
 TINY_MODEL = dict(num_layers=1, num_heads=2, d_model=32, d_ff=64)
 
@@ -34,7 +34,7 @@ def tiny_sft(**data):
 def test_packed_loss_equals_the_per_conversation_loss():
     template = chat.byte_chatml()
     conversations = synthetic_chat.chat_task("arithmetic", num_examples=12, split="train", seed=0)
-    examples, _, dropped = encode_conversations(template, conversations, 193)
+    examples, dropped = truncate_examples(encode_conversations(template, conversations), 193)
     assert dropped == 0 and len(examples) == 12
     cfg = ModelConfig.variant(
         "gpt2-tiny", vocab_size=259, max_len=192, positional="rope", dropout_rate=0.0, **TINY_MODEL
@@ -72,7 +72,7 @@ def test_sft_trains_and_reports_assistant_token_metrics(tmp_path):
     template = trained.load_chat_template(str(tmp_path))
     prompt = [{"role": "user", "content": "Reverse: abc"}]
     reply = chat_reply(model, template, prompt, 6, temperature=0.0)
-    assert reply.strip() == greedy_replies(model, template, [prompt], max_new_tokens=6)[0]
+    assert reply.strip() == greedy_replies(model, template, [template.encode_prompt(prompt)], max_new_tokens=6)[0]
 
 
 @pytest.mark.slow  # a subprocess that loads and compiles again; chat_reply itself runs above

@@ -194,7 +194,8 @@ class PreferenceOptimization(Task):
         """Greedy replies to the first held-out prompts (those leaving `max_new_tokens` of room)."""
         width = model.config.max_len - self.config.data.max_new_tokens
         prompts = [p for p in self.eval_prompts if len(self.template.encode_prompt(p)) <= width][:10]
-        replies = greedy_replies(model, self.template, prompts, max_new_tokens=self.config.data.max_new_tokens)
+        encoded = [self.template.encode_prompt(p) for p in prompts]
+        replies = greedy_replies(model, self.template, encoded, max_new_tokens=self.config.data.max_new_tokens)
         return "\n".join(
             f"{self.template.render(p, add_generation_prompt=True)}{r!r}\n"
             for p, r in zip(prompts, replies, strict=True)

@@ -2,10 +2,12 @@
 
 Data (`defaults.chat_data`): conversations from `config.data.train_files` / `eval_files` (JSONL, one
 `{"messages": [...]}` per line; comma-separated paths or globs), or `config.data.synthetic` (a task of
-`data.synthetic_chat`, generated from the seed; its eval split holds problems training never sees). Each is
-rendered by the chat template (`config.data.template`: "" = `config.init_from`'s, "byte_chatml" for a model
-trained from scratch, or a checkpoint directory / hub id) and encoded with its assistant mask
-(`chat.ChatTemplate.encode`): the loss falls on the assistant's tokens only, end-of-turn tokens included.
+`data.synthetic_chat`, generated from the seed; its eval split holds problems training never sees), or
+`config.data.prepared` (a corpus `jaxformer prepare --source chat:GLOB` encoded once; memory-mapped, with its own
+template; its "validation" split is held out). Each is rendered by the chat template (`config.data.template`: "" =
+`config.init_from`'s, "byte_chatml" for a model trained from scratch, or a checkpoint directory / hub id) and
+encoded with its assistant mask (`chat.ChatTemplate.encode`): the loss falls on the assistant's tokens only,
+end-of-turn tokens included.
 
 Truncation never keeps a prompt without its answer: a conversation longer than `seq_len + 1` tokens keeps its
 turns up to the last reply that fits whole (`chat.truncate`); one whose first reply does not fit is dropped (the
@@ -15,8 +17,8 @@ count is printed). The encoded conversations are packed whole into rows of `seq_
 Metrics: `nll` / `accuracy` over assistant tokens, `tokens` (assistant targets), `prompt_tokens` (targets read
 but not learned) and `pad_tokens` per batch. Validation: `val_loss` over every held-out conversation and
 `val_exact_match`, the share of the first `config.data.eval_generate` held-out conversations (as truncated, and
-whose prompt leaves `max_new_tokens` of room) whose last reply greedy decoding reproduces exactly (stopping at the
-template's end-of-turn token).
+whose prompt leaves `max_new_tokens` of room) whose last reply greedy decoding reproduces exactly from the tokens
+before it (stopping at the template's end-of-turn token; compared as text, stripped).
 """
 
 from __future__ import annotations
@@ -67,27 +69,36 @@ def data_files(spec: str, key: str) -> list[str]:
     return files
 
 
-def encode_conversations(
-    template: chat.ChatTemplate, conversations: list[list[dict]], max_tokens: int
-) -> tuple[data.pipeline.Examples, list[list[dict]], int]:
-    """(the conversations encoded and truncated to `max_tokens`, the messages each kept (those up to its last
-    kept reply), how many were dropped because their first reply did not fit)."""
-    examples, kept_messages, dropped = [], [], 0
-    for messages in conversations:
-        kept = chat.truncate(*template.encode(messages), max_tokens)
-        if kept is None:
-            dropped += 1
-            continue
-        examples.append(kept)
-        replies = int(np.sum(kept[1] & ~np.append(kept[1][1:], False)))  # learned spans kept = replies kept
-        last = [i for i, m in enumerate(messages) if m["role"] == "assistant"][replies - 1]
-        kept_messages.append(messages[: last + 1])
-    if not examples:
+def encode_conversations(template: chat.ChatTemplate, conversations: list[list[dict]]) -> data.pipeline.Examples:
+    """The conversations encoded whole (`ChatTemplate.encode`: ids and the assistant mask), in memory."""
+    if not conversations:
+        raise ValueError("There are no conversations to encode.")
+    return data.pipeline.Examples.from_list([template.encode(messages) for messages in conversations])
+
+
+def truncate_examples(examples: data.pipeline.Examples, max_tokens: int) -> tuple[data.pipeline.Examples, int]:
+    """(the examples cut to `max_tokens` by `chat.truncate` (whole turns up to the last reply that fits), how many
+    were dropped because their first reply does not fit or they have none). Only the index arrays change."""
+    keep, lengths = [], []
+    for i in range(len(examples)):
+        kept = chat.truncate(*examples.example(i), max_tokens)
+        if kept is not None:
+            keep.append(i)
+            lengths.append(len(kept[0]))
+    if not keep:
         raise ValueError(
             f"No conversation has a reply that fits in seq_len + 1 = {max_tokens} tokens (or none has a reply): "
             "raise config.data.seq_len."
         )
-    return data.pipeline.Examples.from_list(examples), kept_messages, dropped
+    return examples.truncated(np.asarray(keep), np.asarray(lengths)), len(examples) - len(keep)
+
+
+def last_reply(tokens: np.ndarray, learned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(prompt, reply) of an encoded conversation: the tokens before its last learned span, and that span's tokens
+    without its end-of-turn token (the last of the span)."""
+    starts = np.flatnonzero(learned & ~np.concatenate([[False], learned[:-1]]))
+    ends = np.flatnonzero(learned & ~np.append(learned[1:], False)) + 1
+    return tokens[: starts[-1]], tokens[starts[-1] : ends[-1] - 1]
 
 
 class SupervisedFineTuning(Task):
@@ -100,13 +111,10 @@ class SupervisedFineTuning(Task):
         seq_len = checks.check_positive_int("config.data.seq_len", cfg.seq_len)
         checks.check_nonnegative_int("config.data.eval_generate", cfg.eval_generate)
         checks.check_positive_int("config.data.max_new_tokens", cfg.max_new_tokens)
-        self.template = load_template(config)
+        train, held_out = self.read_examples()
         self.tokenizer = self.template.tokenizer
-        train, held_out = self.read_conversations()
-        self.train_examples, _, dropped = encode_conversations(self.template, train, seq_len + 1)
-        self.eval_examples, self.eval_conversations, eval_dropped = encode_conversations(
-            self.template, held_out, seq_len + 1
-        )
+        self.train_examples, dropped = truncate_examples(train, seq_len + 1)
+        self.eval_examples, eval_dropped = truncate_examples(held_out, seq_len + 1)
         if dropped or eval_dropped:
             print(
                 f"sft: dropped {dropped} training and {eval_dropped} held-out conversations whose first reply does "
@@ -114,15 +122,32 @@ class SupervisedFineTuning(Task):
             )
         self.tokens_per_batch = config.batch_size * seq_len
 
-    def read_conversations(self) -> tuple[list[list[dict]], list[list[dict]]]:
+    def read_examples(self) -> tuple[data.pipeline.Examples, data.pipeline.Examples]:
+        """(train, held-out) encoded conversations, and `self.template`: a prepared corpus's (memory-mapped), or
+        the template's encoding of the synthetic task's or the JSONL files' conversations."""
         cfg = self.config.data
+        if cfg.prepared:
+            if cfg.template or cfg.synthetic or cfg.train_files:
+                raise ValueError(
+                    "config.data.prepared holds its conversations and chat template: leave config.data.template, "
+                    "synthetic and train_files empty."
+                )
+            corpus = data.open_prepared_chat(cfg.prepared)
+            if "validation" not in corpus.split_names:
+                raise ValueError(f"config.data.prepared={cfg.prepared!r} has no validation split to evaluate on.")
+            self.template = corpus.template
+            return corpus.examples("train"), corpus.examples("validation")
+        self.template = load_template(self.config)
         if cfg.synthetic:
             make = lambda n, split: synthetic_chat.chat_task(
                 cfg.synthetic, num_examples=n, split=split, seed=self.config.seed
             )
-            return make(cfg.num_train, "train"), make(cfg.num_eval, "eval")
-        read = lambda spec, key: [c for f in data_files(spec, key) for c in chat.read_conversations(f)]
-        return read(cfg.train_files, "config.data.train_files"), read(cfg.eval_files, "config.data.eval_files")
+            train, held_out = make(cfg.num_train, "train"), make(cfg.num_eval, "eval")
+        else:
+            read = lambda spec, key: [c for f in data_files(spec, key) for c in chat.read_conversations(f)]
+            train = read(cfg.train_files, "config.data.train_files")
+            held_out = read(cfg.eval_files, "config.data.eval_files")
+        return encode_conversations(self.template, train), encode_conversations(self.template, held_out)
 
     def train_data(self, rows=None):
         cfg = self.config
@@ -156,25 +181,20 @@ class SupervisedFineTuning(Task):
     def replies(self, model) -> list[tuple[str, str, str, bool]]:
         """(prompt text, greedy reply, expected reply, equal after stripping) for the first `eval_generate`
         held-out conversations (as truncated for training) whose prompt leaves `max_new_tokens` of room in the
-        model's context."""
+        model's context: the prompt is everything before the last reply."""
         cfg = self.config.data
         width = model.config.max_len - cfg.max_new_tokens
-        fits = lambda m: len(self.template.encode_prompt(m[:-1])) <= width
-        chats = [m for m in self.eval_conversations if fits(m)][: cfg.eval_generate]
-        if not chats:
+        pairs = [last_reply(*self.eval_examples.example(i)) for i in range(len(self.eval_examples))]
+        pairs = [(p, r) for p, r in pairs if len(p) <= width][: cfg.eval_generate]
+        if not pairs:
             raise ValueError(
                 f"No held-out prompt fits max_len - config.data.max_new_tokens = {width} tokens: lower max_new_tokens."
             )
-        prompts = [m[:-1] for m in chats]
-        got = greedy_replies(model, self.template, prompts, max_new_tokens=cfg.max_new_tokens)
+        got = greedy_replies(model, self.template, [p for p, _ in pairs], max_new_tokens=cfg.max_new_tokens)
+        decode = self.tokenizer.decode
         return [
-            (
-                self.template.render(p, add_generation_prompt=True),
-                reply,
-                m[-1]["content"],
-                reply == m[-1]["content"].strip(),
-            )
-            for p, m, reply in zip(prompts, chats, got, strict=True)
+            (decode(p), reply, decode(r).strip(), reply == decode(r).strip())
+            for (p, r), reply in zip(pairs, got, strict=True)
         ]
 
     def samples(self, model) -> str:
@@ -196,10 +216,10 @@ def save_template(template: chat.ChatTemplate, workdir: str) -> None:
 
 
 def greedy_replies(
-    model: GPT, template: chat.ChatTemplate, prompts: list[list[dict]], *, max_new_tokens: int, batch_size: int = 32
+    model: GPT, template: chat.ChatTemplate, prompts: list[np.ndarray], *, max_new_tokens: int, batch_size: int = 32
 ) -> list[str]:
-    """The greedy reply to each conversation of `prompts` (rendered with the generation prompt), up to the
-    template's end-of-turn token (not included) or `max_new_tokens` tokens; stripped of surrounding whitespace.
+    """The greedy reply to each prompt (token ids ending with the assistant's header: `encode_prompt`), up to the
+    template's end-of-turn token (not included) or `max_new_tokens` tokens, stripped of surrounding whitespace.
     Prompts are right-padded to one length (`model.config.max_len - max_new_tokens`) so one program compiles."""
     eos = template.end_of_turn_id
     width = model.config.max_len - max_new_tokens
@@ -207,7 +227,7 @@ def greedy_replies(
         raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in max_len={width}.")
     out = []
     for lo in range(0, len(prompts), batch_size):
-        encoded = [template.encode_prompt(p) for p in prompts[lo : lo + batch_size]]
+        encoded = prompts[lo : lo + batch_size]
         too_long = [len(ids) for ids in encoded if len(ids) > width]
         if too_long:
             raise ValueError(f"A prompt of {max(too_long)} tokens does not fit {width} = max_len - max_new_tokens.")
