@@ -1,22 +1,28 @@
-"""Preference optimisation (DPO) on CPU: a small GPT learns to prefer right answers over answers wrong in one
-character, in ChatML conversations.
+"""Preference optimisation (DPO) on CPU: a small GPT taught by preferences alone to follow an instruction rather
+than ignore it, in ChatML conversations.
 
     jaxformer train --config chat_dpo_cpu --workdir workdir/chat_dpo_cpu      # from the repository's root
 
-Data: `data.synthetic_chat.preference_task("strings")`: a user asks for a word uppercased, reversed or
-capitalised; chosen is the right answer, rejected the same with one letter changed into one the word does not
-have. Rendered by ChatML over the byte-level tokenizer (`chat.byte_chatml`); each side is prompt + reply, padded to
-72 tokens. The reference is the starting model (its log-probabilities of every pair computed once before
-training); beta 0.1. Held-out pairs ask about words training never sees; `val_reward_accuracy` is the share where
-the policy's implicit reward prefers the chosen reply.
+Data: `data.synthetic_chat.preference_task("case")`: a user asks for a word of 3-8 random letters in capitals, in
+small letters or capitalised (the word given in the other case); chosen follows the instruction, rejected echoes
+the word unchanged. Rendered by ChatML over the byte-level tokenizer (`chat.byte_chatml`); each side is prompt +
+reply, padded to 72 tokens. Held-out pairs ask about words training never sees; `val_reward_accuracy` is the share
+of them where the policy's implicit reward, beta (log pi - log ref), is higher for the chosen reply.
 
-Model: as chat_sft_cpu (4 layers, d=128, rotary positions), trained from scratch by DPO alone.
+Model: chat_sft_cpu's (4 layers, d=128, rotary positions) trained from scratch by DPO alone: the reference is the
+random starting model (its log-probabilities of every pair computed once before training), beta 0.1, AdamW lr 2e-3
+with 50 warmup steps and cosine decay, batch 32 pairs (64 rows).
+
+The harder pairs of `preference_task("strings")` (the right answer against one wrong in a letter) are not learned
+from scratch by DPO in this budget (reward accuracy 0.52-0.56 after 450 steps at lr 1e-3 and 2e-3, session 13):
+preference tuning refines a model that can already do the task, as in practice DPO follows SFT.
 
 Measured: see the end of this docstring once run (the target is val_reward_accuracy >= 0.9).
 """
 
 import ml_collections
 
+from jaxformer.configs import chat_sft_cpu
 from jaxformer.training.defaults import default_config
 
 
@@ -25,23 +31,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.name = "chat_dpo_cpu"
     config.seed = 0
     config.dpo.beta = 0.1
+    config.model = chat_sft_cpu.get_config().model  # the same small GPT, from scratch
 
     config.data.template = "byte_chatml"
-    config.data.synthetic = "strings"
+    config.data.synthetic = "case"
     config.data.num_train = 8_000
     config.data.num_eval = 500
     config.data.seq_len = 71  # prompt + reply: 72 tokens, the longest pair
     config.data.max_new_tokens = 12
-
-    config.model.variant = "gpt2-tiny"
-    config.model.num_layers = 4
-    config.model.num_heads = 4
-    config.model.d_model = 128
-    config.model.d_ff = 512
-    config.model.positional = "rope"
-    config.model.dropout_rate = 0.0
-    config.model.scan_layers = True
-    config.model.remat = "dots_no_batch"
 
     config.num_steps = 1000
     config.batch_size = 32

@@ -49,12 +49,11 @@ from typing import Any
 
 import numpy as np
 
-from jaxformer import checks
 from jaxformer.data import chat, pipeline, shards
 from jaxformer.data.prepared import (
     METADATA_FILE,
     REQUEST_FILE,
-    default_validation_fraction,
+    check_out_and_fraction,
     prepare_command,
     read_json,
     sha256_file,
@@ -122,14 +121,7 @@ def prepare_chat(
     """
     pattern = _check_source(source)
     _check_tokenizer(tokenizer)
-    if not isinstance(out, str | os.PathLike):
-        raise TypeError(f"`out` must be a directory path (a str or os.PathLike); got {out!r:.80}.")
-    if not os.fspath(out):
-        raise ValueError(f"`out` must be a directory path; got {out!r}.")
-    if validation_fraction is None:
-        validation_fraction = default_validation_fraction(source)
-    validation_fraction = checks.check_real("validation_fraction", validation_fraction, low=0, high=1, high_open=True)
-    directory = os.path.abspath(os.path.expanduser(os.fspath(out)))
+    directory, validation_fraction = check_out_and_fraction(source, out, validation_fraction)
     request = {"format": FORMAT, "source": source, "tokenizer": tokenizer, "validation_fraction": validation_fraction}
     if _check_directory(directory, request) and os.path.exists(os.path.join(directory, METADATA_FILE)):
         if progress:

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxformer import checks
 from jaxformer.data.sources import parse_source
 from jaxformer.data.token_store import TokenStore, check_document_starts
 from jaxformer.data.tokenizers import Tokenizer, tokenizer_from_dict
@@ -62,6 +63,19 @@ def default_validation_fraction(source: str) -> float:
         return DEFAULT_VALIDATION_FRACTION
     kind, _, split = parse_source(source)
     return DEFAULT_VALIDATION_FRACTION if kind == "text" or split is not None else 0.0
+
+
+def check_out_and_fraction(source: str, out, validation_fraction: float | None) -> tuple[str, float]:
+    """(the absolute directory `out` names, the validation fraction: `default_validation_fraction(source)` when
+    None, else checked to be in [0, 1)): the arguments every `jaxformer prepare` request shares."""
+    if not isinstance(out, str | os.PathLike):
+        raise TypeError(f"`out` must be a directory path (a str or os.PathLike); got {out!r:.80}.")
+    if not os.fspath(out):
+        raise ValueError(f"`out` must be a directory path; got {out!r}.")
+    if validation_fraction is None:
+        validation_fraction = default_validation_fraction(source)
+    fraction = checks.check_real("validation_fraction", validation_fraction, low=0, high=1, high_open=True)
+    return os.path.abspath(os.path.expanduser(os.fspath(out))), fraction
 
 
 def read_json(path: str) -> Any:

@@ -1,7 +1,7 @@
 """Synthetic instruction data for recipes that must learn on a CPU in minutes: conversations and preference pairs.
 
     chat_task("strings", num_examples=20_000, split="train", seed=0)      # [[{"role", "content"}, ...], ...]
-    preference_task("strings", num_examples=4_000, split="train", seed=0)  # [{"prompt", "chosen", "rejected"}]
+    preference_task("case", num_examples=8_000, split="train", seed=0)     # [{"prompt", "chosen", "rejected"}]
 
 strings: a user asks for a word of 3-8 random lowercase letters uppercased, reversed, or with its first letter
 capitalised (several phrasings each), and the assistant answers with the result alone.
@@ -11,8 +11,14 @@ In both, a third of the conversations open with a system prompt and a quarter as
 first answer. The problems are split once: a problem whose hash falls in the held-out tenth appears only in split
 "eval", so held-out exact match measures the skill, not memory.
 
-Preference pairs (DPO) ask the same questions: chosen is the right answer; rejected is wrong in one character (for
-strings, a letter the word does not have).
+Preference pairs (DPO), `preference_task`:
+  case: a user asks for a word in capitals, in small letters or capitalised (the word given in the other case);
+        chosen follows the instruction, rejected echoes the word unchanged (the instruction ignored). Telling them
+        apart takes reading the instruction, not solving a puzzle: a model trained from scratch by DPO alone learns
+        it in minutes on a CPU.
+  strings, arithmetic: the chat tasks' questions; chosen is the right answer, rejected is wrong in one character
+        (for strings, a letter the word does not have). Learning these from preferences alone is far slower: start
+        from a model that has been fine-tuned on the task.
 """
 
 from __future__ import annotations
@@ -24,11 +30,17 @@ import numpy as np
 from jaxformer import checks
 
 CHAT_TASKS = ("strings", "arithmetic")
+PREFERENCE_TASKS = ("case", "strings", "arithmetic")
 SPLITS = ("train", "eval")
 SYSTEM_PROMPTS = ("Answer with the result only.", "You are a careful assistant.")
 STRING_QUESTIONS = {
     "upper": ("Uppercase: {w}", "Write {w} in capital letters.", "Make {w} uppercase."),
     "reverse": ("Reverse: {w}", "Write {w} backwards.", "Spell {w} in reverse."),
+    "title": ("Capitalize: {w}", "Capitalize the first letter of {w}.", "Title-case {w}."),
+}
+CASE_QUESTIONS = {
+    "upper": ("Uppercase: {w}", "Write {w} in capital letters.", "Make {w} uppercase."),
+    "lower": ("Lowercase: {w}", "Write {w} in small letters.", "Make {w} lowercase."),
     "title": ("Capitalize: {w}", "Capitalize the first letter of {w}.", "Title-case {w}."),
 }
 QUESTIONS = {
@@ -55,13 +67,16 @@ def chat_task(name: str, *, num_examples: int, split: str, seed: int) -> list[li
 
 def preference_task(name: str, *, num_examples: int, split: str, seed: int) -> list[dict]:
     """`num_examples` preference pairs `{"prompt": [user], "chosen": assistant, "rejected": assistant}` of task
-    `name`: chosen answers right, rejected answers with one character changed (a digit for another digit, a
-    letter for another letter of the same case)."""
-    rng, n = _start(name, num_examples, split, seed)
+    `name` (PREFERENCE_TASKS, see the module docstring) from the problems of `split`."""
+    checks.check_choice("synthetic preference task", name, PREFERENCE_TASKS)
+    rng, n = _start("strings" if name == "case" else name, num_examples, split, seed)
     out = []
     for _ in range(n):
-        question, answer = _problem(name, rng, split)
-        wrong = _corrupt(answer, rng)
+        if name == "case":
+            question, answer, wrong = _case_problem(rng, split)
+        else:
+            question, answer = _problem(name, rng, split)
+            wrong = _corrupt(answer, rng)
         out.append(
             {
                 "prompt": [{"role": "user", "content": question}],
@@ -70,6 +85,18 @@ def preference_task(name: str, *, num_examples: int, split: str, seed: int) -> l
             }
         )
     return out
+
+
+def _case_problem(rng: np.random.Generator, split: str) -> tuple[str, str, str]:
+    """(question, the word as asked, the word unchanged) of a "case" preference pair."""
+    while True:
+        kind = str(rng.choice(list(CASE_QUESTIONS)))
+        word = "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), size=int(rng.integers(3, 9))))
+        if is_held_out(f"case {kind} {word}") == (split == "eval"):
+            break
+    given = word.upper() if kind == "lower" else word
+    answer = {"upper": word.upper(), "lower": word, "title": word.capitalize()}[kind]
+    return str(rng.choice(CASE_QUESTIONS[kind])).format(w=given), answer, given
 
 
 def is_held_out(problem: str) -> bool:

@@ -32,7 +32,7 @@ from jaxformer.data.prepared import (
     REQUEST_FILE,
     TOKENIZER_FILE,
     PreparedCorpus,
-    default_validation_fraction,
+    check_out_and_fraction,
     open_prepared,
     prepare_command,
     read_json,
@@ -99,13 +99,7 @@ def prepare(
     """
     kind, target, tfds_split = sources.parse_source(source)
     vocab_size = _check_tokenizer(tokenizer, vocab_size)
-    if not isinstance(out, str | os.PathLike):
-        raise TypeError(f"`out` must be a directory path (a str or os.PathLike); got {out!r:.80}.")
-    if not os.fspath(out):
-        raise ValueError(f"`out` must be a directory path; got {out!r}.")
-    if validation_fraction is None:
-        validation_fraction = default_validation_fraction(source)
-    validation_fraction = checks.check_real("validation_fraction", validation_fraction, low=0, high=1, high_open=True)
+    directory, validation_fraction = check_out_and_fraction(source, out, validation_fraction)
     workers = checks.check_positive_int("workers", (os.cpu_count() or 1) if workers is None else workers)
     shard_mb = checks.check_positive_real("shard_mb", shard_mb)
     chunk_tokens = checks.check_positive_int("chunk_tokens", chunk_tokens)
@@ -119,7 +113,6 @@ def prepare(
             f"`validation_fraction`={validation_fraction} needs a single-split source; `source`={source!r} prepares "
             f"every split of the dataset under its own name. Pass tfds:{target}:SPLIT to cut one split in two."
         )
-    directory = os.path.abspath(os.path.expanduser(os.fspath(out)))
     request = {
         "format": FORMAT,
         "source": source,

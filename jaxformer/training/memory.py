@@ -102,7 +102,7 @@ def memory_report(config: ml_collections.ConfigDict, num_devices: int | None = N
     opt_total, opt_device = _sharded_bytes(opt_state, opt_specs, mesh)
 
     T, layers, V = task.activation_shape(cfg)
-    b = config.batch_size // (mesh.shape["data"] * mesh.shape["fsdp"])
+    b = config.batch_size // (mesh.shape["data"] * mesh.shape["fsdp"]) * task.sequences_per_example
     t = mesh.shape["tensor"]
     width_bytes = np.dtype(cfg.dtype).itemsize / 2  # the formula counts 16-bit activations
     unit = T * b * cfg.d_model * width_bytes

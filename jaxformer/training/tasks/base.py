@@ -31,12 +31,14 @@ class Task(abc.ABC):
 
     Attributes set by subclasses: `tokens_per_batch` (model input tokens per training batch, for the tokens/s
     metric); `train_metrics` (keys of the loss's metrics that the training log also reports, averaged over the
-    steps since the last line, as `train_<key>`; default none).
+    steps since the last line, as `train_<key>`; default none); `sequences_per_example` (rows an example puts
+    through the model: 2 for DPO's chosen and rejected; for `jaxformer memory`).
     """
 
     model_class: type[nnx.Module]
     tokens_per_batch: int
     train_metrics: tuple[str, ...] = ()
+    sequences_per_example: int = 1
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config

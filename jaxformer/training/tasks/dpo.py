@@ -103,6 +103,7 @@ def dpo_loss(model: nnx.Module, batch: dict, *, beta: float) -> tuple[jax.Array,
 class PreferenceOptimization(Task):
     model_class = GPT
     train_metrics = ("reward_margin", "reward_accuracy", "chosen_reward", "rejected_reward")
+    sequences_per_example = 2  # chosen and rejected go through the model as one batch of 2B rows
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
