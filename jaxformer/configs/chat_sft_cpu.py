@@ -2,16 +2,21 @@
 
     jaxformer train --config chat_sft_cpu --workdir workdir/chat_sft_cpu      # from the repository's root
 
-Data: `data.synthetic_chat`'s "arithmetic" task (sums and differences of numbers below 100, several phrasings, a
-third with a system prompt, a quarter with a second question), rendered by ChatML over a byte-level tokenizer
-(`chat.byte_chatml`: 259 ids) and packed into rows of 128 tokens; the loss falls on the assistant's replies
-and their `<|im_end|>` only. Held-out conversations ask problems training never sees; `val_exact_match` is the
-share of 64 of them whose final reply greedy decoding reproduces exactly.
+Data: `data.synthetic_chat`'s "strings" task (a word of 3-8 random letters uppercased, reversed or capitalised,
+several phrasings each, a third of the conversations with a system prompt, a quarter with a second question),
+rendered by ChatML over a byte-level tokenizer (`chat.byte_chatml`: 259 ids) and packed into rows of 128 tokens;
+the loss falls on the assistant's replies and their `<|im_end|>` only. Held-out conversations ask about words
+training never sees; `val_exact_match` is the share of 64 of them whose final reply greedy decoding reproduces
+exactly.
 
 Model: 4 layers, 4 heads, d=128, rotary positions (restarted for each packed conversation), no dropout; AdamW lr
 2e-3, 100 warmup steps, cosine decay, batch 32 rows.
 
-Measured: see the end of this docstring once run (the recipe's target is val_exact_match >= 0.95).
+Measured (session 13, Intel Xeon with AVX-512 + BF16 + AMX, 2 cores, jax 0.12.1; the machine was running other
+jobs, so the time is an upper bound): 13:12 for the 1500 steps (median step 441 ms); validation loss on assistant
+tokens 2.85 (step 150) -> 0.71 (600) -> 0.051 (900) -> 0.0019 (1500); val_exact_match 0.0 until step 300, then
+0.36 (600), 0.72 (750), 0.95 (900), 0.97 (1050), 1.0 (1200, 1350 and 1500). The target is >= 0.95. A batch held
+431 assistant targets, 3,389 prompt targets and 266 padding slots of 4,096 (93.5% real tokens).
 """
 
 import ml_collections

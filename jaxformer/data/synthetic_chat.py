@@ -13,9 +13,10 @@ first answer. The problems are split once: a problem whose hash falls in the hel
 
 Preference pairs (DPO), `preference_task`:
   case: a user asks for a word in capitals, in small letters or capitalised (the word given in the other case);
-        chosen follows the instruction, rejected echoes the word unchanged (the instruction ignored). Telling them
-        apart takes reading the instruction, not solving a puzzle: a model trained from scratch by DPO alone learns
-        it in minutes on a CPU.
+        chosen follows the instruction; rejected echoes the word unchanged (the instruction ignored) or, half the
+        time, gives it in the case another instruction asks for, so that "anything but an echo" is not enough:
+        only reading the instruction tells the replies apart. A model trained from scratch by DPO alone learns it
+        in minutes on a CPU.
   strings, arithmetic: the chat tasks' questions; chosen is the right answer, rejected is wrong in one character
         (for strings, a letter the word does not have). Learning these from preferences alone is far slower: start
         from a model that has been fine-tuned on the task.
@@ -88,15 +89,19 @@ def preference_task(name: str, *, num_examples: int, split: str, seed: int) -> l
 
 
 def _case_problem(rng: np.random.Generator, split: str) -> tuple[str, str, str]:
-    """(question, the word as asked, the word unchanged) of a "case" preference pair."""
+    """(question, the word as asked, a reply that does not do as asked) of a "case" preference pair: the rejected
+    reply is the word echoed unchanged, or (half the time) the word in the case another instruction asks for, so
+    that only reading the instruction tells the two replies apart."""
     while True:
         kind = str(rng.choice(list(CASE_QUESTIONS)))
         word = "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), size=int(rng.integers(3, 9))))
         if is_held_out(f"case {kind} {word}") == (split == "eval"):
             break
     given = word.upper() if kind == "lower" else word
-    answer = {"upper": word.upper(), "lower": word, "title": word.capitalize()}[kind]
-    return str(rng.choice(CASE_QUESTIONS[kind])).format(w=given), answer, given
+    forms = {"upper": word.upper(), "lower": word, "title": word.capitalize()}
+    others = [form for k, form in forms.items() if k != kind and form not in (forms[kind], given)]
+    wrong = str(rng.choice(others)) if rng.random() < 0.5 else given
+    return str(rng.choice(CASE_QUESTIONS[kind])).format(w=given), forms[kind], wrong
 
 
 def is_held_out(problem: str) -> bool:

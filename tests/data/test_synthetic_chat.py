@@ -49,22 +49,20 @@ def test_chat_tasks_answer_right_and_hold_out_problems_training_never_sees(name)
 
 
 def test_case_preferences_follow_the_instruction_against_ignoring_it():
-    pairs = synthetic_chat.preference_task("case", num_examples=300, split="train", seed=1)
+    pairs = synthetic_chat.preference_task("case", num_examples=400, split="train", seed=1)
+    echoes = 0
     for pair in pairs:
-        question, chosen, rejected = (
-            pair["prompt"][0]["content"],
-            pair["chosen"]["content"],
-            pair["rejected"]["content"],
-        )
-        assert chosen != rejected and chosen.lower() == rejected.lower() and rejected in question
-        if "small letters" in question or "Lowercase" in question or "lowercase" in question:
-            assert chosen == chosen.lower()
-        elif "Capitaliz" in question or "Title-case" in question:
-            assert chosen == rejected.capitalize()
-        else:
-            assert chosen == rejected.upper()
+        kind, (given,) = parse(pair["prompt"][0]["content"])
+        chosen, rejected = pair["chosen"]["content"], pair["rejected"]["content"]
+        word = given.lower()
+        forms = {"upper": word.upper(), "lower": word, "title": word.capitalize()}
+        assert chosen == forms[kind] and rejected != chosen
+        assert rejected == given or rejected in forms.values()  # an echo, or another instruction's answer
+        echoes += rejected == given
+    assert 0.35 < echoes / len(pairs) < 0.65  # half echo, half the wrong case: an echo detector is not enough
     held_out = synthetic_chat.preference_task("case", num_examples=100, split="eval", seed=1)
-    assert not {p["rejected"]["content"] for p in pairs} & {p["rejected"]["content"] for p in held_out}
+    words = lambda ps: {p["chosen"]["content"].lower() for p in ps}
+    assert len(words(pairs) & words(held_out)) <= 2  # held-out (kind, word) problems; a word may recur by chance
 
 
 def test_strings_preferences_differ_in_one_character_the_word_lacks():
