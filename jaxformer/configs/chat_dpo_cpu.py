@@ -6,9 +6,9 @@ than ignore it, in ChatML conversations.
 Data: `data.synthetic_chat.preference_task("case")`: a user asks for a word of 3-8 random letters in capitals, in
 small letters or capitalised (the word given in the other case); chosen follows the instruction, rejected echoes
 the word unchanged or (half the time) gives it in the case another instruction asks for, so only reading the
-instruction tells them apart. Rendered by ChatML over the byte-level tokenizer (`chat.byte_chatml`); each side is prompt +
-reply, padded to 72 tokens. Held-out pairs ask about words training never sees; `val_reward_accuracy` is the share
-of them where the policy's implicit reward, beta (log pi - log ref), is higher for the chosen reply.
+instruction tells them apart. Rendered by ChatML over the byte-level tokenizer (`chat.byte_chatml`); each side
+is prompt + reply, padded to 72 tokens. Held-out pairs ask about words training never sees; `val_reward_accuracy`
+is the share of them where the policy's implicit reward, beta (log pi - log ref), is higher for the chosen reply.
 
 Model: chat_sft_cpu's (4 layers, d=128, rotary positions) trained from scratch by DPO alone: the reference is the
 random starting model (its log-probabilities of every pair computed once before training), beta 0.1, AdamW lr 2e-3
