@@ -192,7 +192,7 @@ def test_chat_tasks_train_lora_adapters_on_a_pretrained_checkpoint(task, tmp_pat
     config.init_from = LLAMA
     config.lora.rank, config.lora.alpha = 2, 4.0
     config.update(num_steps=2, eval_every=2, log_every=1, checkpoint_every=2, warmup_steps=1, batch_size=4)
-    config.data.update(template=str(template_dir), num_train=24, num_eval=4, seq_len=63, eval_generate=2)
+    config.data.update(template=str(template_dir), num_train=24, num_eval=4, seq_len=63, eval_generate=0)
     final = train_and_evaluate(config, str(tmp_path / "run"))
     assert np.isfinite(final["val_loss"])
     model, _, _ = trained.load_trained(str(tmp_path / "run"))

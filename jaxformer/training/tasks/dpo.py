@@ -110,6 +110,7 @@ class PreferenceOptimization(Task):
         cfg = config.data
         seq_len = checks.check_positive_int("config.data.seq_len", cfg.seq_len)
         self.beta = checks.check_real("config.dpo.beta", config.dpo.beta, low=0.0, low_open=True)
+        checks.check_nonnegative_int("config.data.eval_generate", cfg.eval_generate)
         self.template = load_template(config)
         self.tokenizer = self.template.tokenizer
         train, held_out = self.read_pairs()
@@ -192,9 +193,13 @@ class PreferenceOptimization(Task):
         }
 
     def samples(self, model) -> str:
-        """Greedy replies to the first held-out prompts (those leaving `max_new_tokens` of room)."""
+        """Greedy replies to the first min(10, `config.data.eval_generate`) held-out prompts (those leaving
+        `max_new_tokens` of room)."""
+        if not self.config.data.eval_generate:
+            return ""
         width = model.config.max_len - self.config.data.max_new_tokens
-        prompts = [p for p in self.eval_prompts if len(self.template.encode_prompt(p)) <= width][:10]
+        prompts = [p for p in self.eval_prompts if len(self.template.encode_prompt(p)) <= width]
+        prompts = prompts[: min(10, self.config.data.eval_generate)]
         encoded = [self.template.encode_prompt(p) for p in prompts]
         replies = greedy_replies(model, self.template, encoded, max_new_tokens=self.config.data.max_new_tokens)
         return "\n".join(
