@@ -214,3 +214,11 @@ def test_bench_decode_hf_smoke_greedy_tokens_match_transformers(tmp_path):
     table = [line for line in table if "x** |" in line]  # the results table, not the first-call one
     assert len(table) == 4 and all("x** | yes (" in line for line in table), out
     assert "| total ratio |" in out and "Greedy tokens identical in 4 of 4 greedy settings." in out
+
+
+@pytest.mark.slow  # ~10 s of packing 200,000 conversations; pack_rows itself runs in tests/data/test_packing.py
+def test_bench_packing_fills_at_least_90_percent_of_every_row_with_best_fit_decreasing():
+    out = run_script("experiments/bench_packing.py")
+    rows = [line.split() for line in out.splitlines()[2:] if line.strip()]
+    assert len(rows) == 10
+    assert all(float(row[4].rstrip("%")) >= 90.0 for row in rows), out

@@ -203,3 +203,29 @@ def test_chat_tasks_train_lora_adapters_on_a_pretrained_checkpoint(task, tmp_pat
     assert len(base) == len(kept)
     for (path, got), (_, want) in zip(kept, base, strict=True):
         np.testing.assert_array_equal(got[...], want[...], err_msg=str(path))
+
+
+def test_sft_reads_a_prepared_chat_corpus_like_the_same_jsonl(tmp_path):
+    """`config.data.prepared` (memory-mapped, truncated at training time) gives the examples the JSONL path gives."""
+    from jaxformer import data
+
+    conversations = synthetic_chat.chat_task("strings", num_examples=30, split="train", seed=3)
+    lines = [json.dumps({"messages": m}) for m in conversations]
+    (tmp_path / "train.jsonl").write_text("\n".join(lines[:25]))
+    (tmp_path / "eval.jsonl").write_text("\n".join(lines[25:]))
+    (tmp_path / "all.jsonl").write_text("\n".join(lines))
+    source, out = f"chat:{tmp_path / 'all.jsonl'}", tmp_path / "prepared"
+    data.prepare_chat(source, "template:byte_chatml", out, validation_fraction=0.16, progress=False)  # the last 5
+    files = tiny_sft(synthetic="", train_files=str(tmp_path / "train.jsonl"), eval_files=str(tmp_path / "eval.jsonl"))
+    prepared = tiny_sft(synthetic="", template="", prepared=str(tmp_path / "prepared"))
+    prepared.data.seq_len = files.data.seq_len = 64  # some conversations are cut to their first turn, some dropped
+    a, b = build_run(files).task, build_run(prepared).task
+    assert isinstance(b.train_examples.tokens, np.memmap)
+    for split in ("train_examples", "eval_examples"):
+        x, y = getattr(a, split), getattr(b, split)
+        assert len(x) == len(y) > 0
+        for i in range(len(x)):
+            for u, v in zip(x.example(i), y.example(i), strict=True):
+                np.testing.assert_array_equal(u, v)
+    with pytest.raises(ValueError, match=r"leave config\.data\.template, synthetic and train_files empty"):
+        build_run(tiny_sft(prepared=str(tmp_path / "prepared")))
