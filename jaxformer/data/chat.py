@@ -59,8 +59,10 @@ class ChatTemplate:
     special_tokens: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        if not isinstance(self.source, str) or not self.source.strip():
-            raise TypeError(f"`source` must be a non-empty jinja2 template string; got {self.source!r:.60}.")
+        if not isinstance(self.source, str):
+            raise TypeError(f"`source` must be a jinja2 template string; got {type(self.source).__name__}.")
+        if not self.source.strip():
+            raise ValueError(f"`source` must be a non-empty jinja2 template; got {self.source!r}.")
         if not isinstance(self.tokenizer, HFTokenizer):
             raise TypeError(f"`tokenizer` must be a data.HFTokenizer; got {type(self.tokenizer).__name__}.")
         for key, value in dict(self.special_tokens).items():

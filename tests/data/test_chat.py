@@ -175,3 +175,15 @@ def test_byte_chatml_ids_are_utf8_bytes_then_its_special_tokens():
     np.testing.assert_array_equal(ids[1 + len("user\n") :][: len(text.encode())], list(text.encode()))
     assert template.tokenizer.decode(ids[mask]) == "ok<|im_end|>"
     assert template.tokenizer.decode(ids) == template.render(messages)
+
+
+def test_a_template_is_built_from_a_string_a_tokenizer_and_named_special_tokens(templates):
+    tokenizer = templates["chatml"].tokenizer
+    with pytest.raises(ValueError, match="non-empty jinja2 template"):
+        chat.ChatTemplate("  ", tokenizer)
+    with pytest.raises(TypeError, match="jinja2 template string; got int"):
+        chat.ChatTemplate(3, tokenizer)
+    with pytest.raises(TypeError, match=r"data\.HFTokenizer"):
+        chat.ChatTemplate(chat.CHATML, "gpt2")
+    with pytest.raises(ValueError, match="got 'eos': "):
+        chat.ChatTemplate(chat.CHATML, tokenizer, {"eos": "<|im_end|>"})
