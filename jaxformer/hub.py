@@ -19,6 +19,8 @@ HUB_FILES = [
     "tokenizer_config.json",
     "chat_template.jinja",  # transformers 5 writes a checkpoint's chat template here (data/chat.py)
 ]
+# What a tokenizer or a chat template needs: no weights downloaded for them.
+TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"]
 
 
 def resolve(path_or_id: str | os.PathLike, *, files: list[str] = HUB_FILES) -> str:

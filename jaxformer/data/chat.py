@@ -95,9 +95,9 @@ class ChatTemplate:
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike) -> ChatTemplate:
-        """`from_directory` of a local directory or a hub id (downloaded into huggingface_hub's cache:
-        `hub.resolve`)."""
-        return cls.from_directory(hub.resolve(path_or_id))
+        """`from_directory` of a local directory or a hub id (its tokenizer and template files only, downloaded into
+        huggingface_hub's cache: `hub.resolve`)."""
+        return cls.from_directory(hub.resolve(path_or_id, files=hub.TOKENIZER_FILES))
 
     def save(self, directory: str | os.PathLike) -> None:
         """Writes `chat_template.jinja`, `tokenizer.json` and a tokenizer_config.json with the special tokens (the

@@ -39,9 +39,9 @@ class HFTokenizer:
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | os.PathLike) -> HFTokenizer:
-        """The tokenizer.json of a checkpoint directory or a hub id (downloaded into huggingface_hub's cache when
-        online; offline the cache is used): `hub.resolve`."""
-        return cls.from_directory(hub.resolve(path_or_id))
+        """The tokenizer.json of a checkpoint directory or a hub id (its tokenizer files only, downloaded into
+        huggingface_hub's cache when online; offline the cache is used): `hub.resolve`."""
+        return cls.from_directory(hub.resolve(path_or_id, files=hub.TOKENIZER_FILES))
 
     @property
     def vocab_size(self) -> int:

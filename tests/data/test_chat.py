@@ -8,6 +8,7 @@ import pathlib
 import numpy as np
 import pytest
 
+from jaxformer import hub
 from jaxformer.data import chat
 
 FIXTURES = pathlib.Path(__file__).parents[1] / "fixtures" / "chat"
@@ -187,3 +188,21 @@ def test_a_template_is_built_from_a_string_a_tokenizer_and_named_special_tokens(
         chat.ChatTemplate(chat.CHATML, "gpt2")
     with pytest.raises(ValueError, match="got 'eos': "):
         chat.ChatTemplate(chat.CHATML, tokenizer, {"eos": "<|im_end|>"})
+
+
+def test_a_hub_id_fetches_the_tokenizer_and_template_files_only(monkeypatch, tmp_path):
+    """No weights are downloaded for a chat template (huggingface_hub's snapshot_download, recorded)."""
+    import huggingface_hub
+
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / name).write_text((FIXTURES / "chatml" / name).read_text())
+    asked = {}
+
+    def snapshot_download(repo_id, allow_patterns):
+        asked.update(repo_id=repo_id, allow_patterns=allow_patterns)
+        return str(tmp_path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    template = chat.ChatTemplate.from_pretrained("someone/chat-model")
+    assert asked == {"repo_id": "someone/chat-model", "allow_patterns": hub.TOKENIZER_FILES}
+    assert template.end_of_turn == "<|im_end|>"
