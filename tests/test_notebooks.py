@@ -62,6 +62,14 @@ TINY = {
         LOG_EVERY=5,
         NUM_TOKENS=8,
     ),
+    # The committed ChatML fixture (Qwen2.5's real template over a small tokenizer) instead of the hub's.
+    "10_chat": dict(
+        TEMPLATE_CHECKPOINT=os.path.join(ROOT, "tests", "fixtures", "chat", "chatml"),
+        SFT_STEPS=4,
+        DPO_STEPS=4,
+        NUM_TRAIN=64,
+        MODEL={"num_layers": 1, "num_heads": 2, "d_model": 32, "d_ff": 64},
+    ),
 }
 # Wall time of each notebook's run with TINY, kernel start included, one at a time (`pytest -p no:xdist`, jax 0.12.1,
 # the 2-core dev machine with one other job running, session 9): 01 14 s, 02 20 s, 03 29 s, 04 19 s, 05 25 s, 06 15 s,
