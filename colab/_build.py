@@ -1362,7 +1362,7 @@ messages = [
 print(template.render(messages))
 ids, mask = template.encode(messages)
 pieces = [template.tokenizer.decode(ids[i : i + 1]) for i in range(len(ids))]
-print("".join(f"[{p}]" if m else p for p, m in zip(pieces, mask)))
+print("".join(f"[{p}]" if m else p for p, m in zip(pieces, mask, strict=True)))
 print(f"{len(ids)} tokens, {int(mask.sum())} learned; the reply ends at {template.end_of_turn!r}")
 """),
         md("""
