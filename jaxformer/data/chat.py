@@ -30,7 +30,7 @@ import jinja2.ext
 import jinja2.sandbox
 import numpy as np
 
-from jaxformer import hub
+from jaxformer import checks, hub
 from jaxformer.data.hf_tokenizer import HFTokenizer
 
 ROLES = ("system", "user", "assistant")
@@ -358,12 +358,26 @@ def _environment() -> jinja2.sandbox.ImmutableSandboxedEnvironment:
 # -- training data ---------------------------------------------------------------------------------------------------
 
 
+def learned_spans(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) int64 `[S]`: the runs of True in a bool `mask [T]` (an encoded conversation's replies, each
+    with its end-of-turn token), run s covering tokens `[starts[s], ends[s])`."""
+    mask = np.asarray(mask, bool)
+    if mask.ndim != 1:
+        raise ValueError(f"`mask` must be a bool vector [T]; got shape {mask.shape}.")
+    starts = np.flatnonzero(mask & ~np.concatenate([[False], mask[:-1]]))
+    ends = np.flatnonzero(mask & ~np.append(mask[1:], False)) + 1
+    return starts, ends
+
+
 def truncate(ids: np.ndarray, mask: np.ndarray, max_tokens: int) -> tuple[np.ndarray, np.ndarray] | None:
     """The longest prefix of an encoded conversation that fits `max_tokens` and ends where a learned span ends
     (after an end-of-turn token): later turns are dropped whole, so no prompt is ever kept without its answer
     and no answer is cut short. None when even the first learned span does not fit (drop the conversation), or
     when nothing is learned."""
-    ends = np.flatnonzero(mask & ~np.append(mask[1:], False)) + 1  # one past the last token of each learned span
+    max_tokens = checks.check_nonnegative_int("max_tokens", max_tokens)
+    if np.shape(ids) != np.shape(mask):
+        raise ValueError(f"`ids` and `mask` must have one shape [T]; got {np.shape(ids)} and {np.shape(mask)}.")
+    _, ends = learned_spans(mask)
     fits = ends[ends <= max_tokens]
     if not len(fits):
         return None

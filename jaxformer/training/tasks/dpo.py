@@ -26,6 +26,7 @@ policy's mean per-token NLL of the chosen replies); validation: `val_loss`, `val
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import jax
@@ -147,13 +148,12 @@ class PreferenceOptimization(Task):
             if {k: len(self.reference[k]) for k in want} != want:
                 raise ValueError(f"{path} holds log-probabilities for other pairs than this run's data.")
             return
-        model = starting_model()
-        self.reference = {}
-        for split, arrays in (("train", self.train_pairs), ("eval", self.eval_pairs)):
-            for side in SIDES:
-                self.reference[f"{split}_{side}"] = reference_logps(
-                    model, arrays[side], arrays[f"{side}_mask"], batch_size=self.config.batch_size
-                )
+        rows = {
+            f"{split}_{side}": (arrays[side], arrays[f"{side}_mask"])
+            for split, arrays in (("train", self.train_pairs), ("eval", self.eval_pairs))
+            for side in SIDES
+        }
+        self.reference = reference_logps(starting_model(), rows, batch_size=self.config.batch_size)
         if jax.process_index() == 0:
             np.savez(path, **self.reference)
 
@@ -198,28 +198,31 @@ class PreferenceOptimization(Task):
         if not self.config.data.eval_generate:
             return ""
         width = model.config.max_len - self.config.data.max_new_tokens
-        prompts = [p for p in self.eval_prompts if len(self.template.encode_prompt(p)) <= width]
-        prompts = prompts[: min(10, self.config.data.eval_generate)]
-        encoded = [self.template.encode_prompt(p) for p in prompts]
+        fitting = (ids for ids in map(self.template.encode_prompt, self.eval_prompts) if len(ids) <= width)
+        encoded = list(itertools.islice(fitting, min(10, self.config.data.eval_generate)))
         replies = greedy_replies(model, self.template, encoded, max_new_tokens=self.config.data.max_new_tokens)
-        return "\n".join(
-            f"{self.template.render(p, add_generation_prompt=True)}{r!r}\n"
-            for p, r in zip(prompts, replies, strict=True)
-        )
+        decode = self.template.tokenizer.decode
+        return "\n".join(f"{decode(ids)}{r!r}\n" for ids, r in zip(encoded, replies, strict=True))
 
     def save_assets(self, workdir: str) -> None:
         save_template(self.template, workdir)
 
 
-def reference_logps(model: nnx.Module, ids: np.ndarray, mask: np.ndarray, *, batch_size: int) -> np.ndarray:
-    """float32 `[N]`: `sequence_logps` of every row, `batch_size` rows at a time (one compiled program)."""
+def reference_logps(
+    model: nnx.Module, rows: dict[str, tuple[np.ndarray, np.ndarray]], *, batch_size: int
+) -> dict[str, np.ndarray]:
+    """{name: float32 `[N]`}: `sequence_logps` of every row of each (ids `[N, L]`, mask `[N, L]`) of `rows`,
+    `batch_size` rows at a time through one compiled program (the entries share L)."""
     graphdef, state = nnx.split(model)
 
     @jax.jit
     def run(state, ids, mask):
         return sequence_logps(nnx.merge(graphdef, state), ids, mask)[0]
 
-    out = []
-    for batch, valid in data.pipeline.padded_examples({"ids": ids, "mask": mask}, batch_size=batch_size):
-        out.append(np.asarray(run(state, batch["ids"], batch["mask"]))[valid])
-    return np.concatenate(out).astype(np.float32)
+    out = {}
+    for name, (ids, mask) in rows.items():
+        parts = []
+        for batch, valid in data.pipeline.padded_examples({"ids": ids, "mask": mask}, batch_size=batch_size):
+            parts.append(np.asarray(run(state, batch["ids"], batch["mask"]))[valid])
+        out[name] = np.concatenate(parts).astype(np.float32)
+    return out

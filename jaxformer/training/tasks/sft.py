@@ -24,6 +24,7 @@ before it (stopping at the template's end-of-turn token; compared as text, strip
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import os
 
@@ -96,8 +97,7 @@ def truncate_examples(examples: data.pipeline.Examples, max_tokens: int) -> tupl
 def last_reply(tokens: np.ndarray, learned: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(prompt, reply) of an encoded conversation: the tokens before its last learned span, and that span's tokens
     without its end-of-turn token (the last of the span)."""
-    starts = np.flatnonzero(learned & ~np.concatenate([[False], learned[:-1]]))
-    ends = np.flatnonzero(learned & ~np.append(learned[1:], False)) + 1
+    starts, ends = chat.learned_spans(learned)
     return tokens[: starts[-1]], tokens[starts[-1] : ends[-1] - 1]
 
 
@@ -184,18 +184,18 @@ class SupervisedFineTuning(Task):
         model's context: the prompt is everything before the last reply."""
         cfg = self.config.data
         width = model.config.max_len - cfg.max_new_tokens
-        pairs = [last_reply(*self.eval_examples.example(i)) for i in range(len(self.eval_examples))]
-        pairs = [(p, r) for p, r in pairs if len(p) <= width][: cfg.eval_generate]
+        every = (last_reply(*self.eval_examples.example(i)) for i in range(len(self.eval_examples)))
+        pairs = list(itertools.islice(((p, r) for p, r in every if len(p) <= width), cfg.eval_generate))
         if not pairs:
             raise ValueError(
                 f"No held-out prompt fits max_len - config.data.max_new_tokens = {width} tokens: lower max_new_tokens."
             )
         got = greedy_replies(model, self.template, [p for p, _ in pairs], max_new_tokens=cfg.max_new_tokens)
-        decode = self.tokenizer.decode
-        return [
-            (decode(p), reply, decode(r).strip(), reply == decode(r).strip())
-            for (p, r), reply in zip(pairs, got, strict=True)
-        ]
+        out = []
+        for (prompt, want), reply in zip(pairs, got, strict=True):
+            want = self.tokenizer.decode(want).strip()
+            out.append((self.tokenizer.decode(prompt), reply, want, reply == want))
+        return out
 
     def samples(self, model) -> str:
         if not self.config.data.eval_generate:
