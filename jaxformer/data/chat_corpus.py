@@ -53,9 +53,10 @@ from jaxformer.data import chat, pipeline, shards
 from jaxformer.data.prepared import (
     METADATA_FILE,
     REQUEST_FILE,
+    check_directory,
     check_out_and_fraction,
-    prepare_command,
     read_json,
+    request_command,
     sha256_file,
     stored_request,
 )
@@ -123,7 +124,7 @@ def prepare_chat(
     _check_tokenizer(tokenizer)
     directory, validation_fraction = check_out_and_fraction(source, out, validation_fraction)
     request = {"format": FORMAT, "source": source, "tokenizer": tokenizer, "validation_fraction": validation_fraction}
-    if _check_directory(directory, request) and os.path.exists(os.path.join(directory, METADATA_FILE)):
+    if check_directory(directory, request) is not None and os.path.exists(os.path.join(directory, METADATA_FILE)):
         if progress:
             print(f"{directory} is already prepared ({METADATA_FILE} exists); nothing to do.", file=sys.stderr)
         return open_prepared_chat(directory)
@@ -201,45 +202,6 @@ def _chat_paths(pattern: str, exclude: str) -> list[str]:
             f"pass a glob of JSONL files of {{\"messages\": [...]}} lines, e.g. 'chat:chats/*.jsonl'."
         )
     return paths
-
-
-def _check_directory(directory: str, request: dict[str, Any]) -> bool:
-    """True when `directory` holds this request (a rerun), False for a new or empty directory; ValueError for a
-    directory of another request (the stored one and this one named) or of something else."""
-    if not os.path.exists(directory):
-        return False
-    if not os.path.isdir(directory):
-        raise ValueError(f"`out`={directory!r} exists and is not a directory.")
-    if not os.path.exists(os.path.join(directory, REQUEST_FILE)):
-        if os.listdir(directory):
-            raise ValueError(
-                f"`out`={directory!r} is not empty and holds no {REQUEST_FILE}, so it is not a corpus that jaxformer "
-                f"prepare started; pass a new or empty directory."
-            )
-        return False
-    stored = stored_request(directory)
-    if not isinstance(stored, dict):
-        raise ValueError(
-            f"{os.path.join(directory, REQUEST_FILE)} does not read as a request; delete {directory} (or pass another "
-            f"`out`) to prepare the corpus there."
-        )
-    differs = {k: (stored.get(k), v) for k, v in request.items() if stored.get(k) != v}
-    if differs:
-        state = "prepared" if os.path.exists(os.path.join(directory, METADATA_FILE)) else "partly prepared"
-        what = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in differs.items())
-        raise ValueError(
-            f"{directory} was {state} from another request ({what}): refusing to mix them. There: "
-            f"`{_command(stored, directory)}`; now: `{prepare_command(request, directory)}`. Rerun the stored "
-            f"request, or pass another `out`, or delete {directory}."
-        )
-    return True
-
-
-def _command(request: dict[str, Any], directory: str) -> str:
-    try:
-        return prepare_command(request, directory)
-    except (KeyError, TypeError, ValueError):  # a request this jaxformer cannot spell out
-        return f"jaxformer prepare ... (the request in {os.path.join(directory, REQUEST_FILE)})"
 
 
 def _encode(template: chat.ChatTemplate, paths: list[str], scratch: dict[str, str], progress: bool):
@@ -384,7 +346,7 @@ class PreparedChat:
 
     def _command(self) -> str:
         request = stored_request(self.directory)
-        return _command(request, self.directory) if request else "jaxformer prepare --source chat:... ..."
+        return request_command(request, self.directory) if request else "jaxformer prepare --source chat:... ..."
 
     def __repr__(self) -> str:
         sizes = ", ".join(
@@ -413,7 +375,7 @@ def open_prepared_chat(directory: str | os.PathLike, *, verify: bool = False) ->
             f"--source chat:GLOB --tokenizer template:DIR_OR_ID --out {directory}`."
         )
     request = stored_request(directory)
-    command = _command(request, directory) if isinstance(request, dict) else None
+    command = request_command(request, directory) if isinstance(request, dict) else None
     path = os.path.join(directory, METADATA_FILE)
     if not os.path.exists(path):
         if command is not None:

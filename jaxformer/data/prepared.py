@@ -119,6 +119,47 @@ def prepare_command(request: dict[str, Any], directory: str) -> str:
     return "jaxformer prepare " + " ".join(words)
 
 
+def request_command(request: dict[str, Any], directory: str) -> str:
+    """`prepare_command`, or a pointer to the request file when this jaxformer cannot spell the request out."""
+    try:
+        return prepare_command(request, directory)
+    except (KeyError, TypeError, ValueError):
+        return f"jaxformer prepare ... (the request in {os.path.join(directory, REQUEST_FILE)})"
+
+
+def check_directory(directory: str, request: dict[str, Any]) -> dict[str, Any] | None:
+    """The request stored in `directory` when it equals `request` (a rerun), None for a new or empty directory;
+    ValueError for a directory of another request (the stored one and this one named, as commands) or of
+    something else. Every `jaxformer prepare` writer (text and chat corpora) checks its `out` with this."""
+    if not os.path.exists(directory):
+        return None
+    if not os.path.isdir(directory):
+        raise ValueError(f"`out`={directory!r} exists and is not a directory.")
+    if not os.path.exists(os.path.join(directory, REQUEST_FILE)):
+        if os.listdir(directory):
+            raise ValueError(
+                f"`out`={directory!r} is not empty and holds no {REQUEST_FILE}, so it is not a corpus that jaxformer "
+                f"prepare started; pass a new or empty directory."
+            )
+        return None
+    stored = stored_request(directory)
+    if not isinstance(stored, dict):
+        raise ValueError(
+            f"{os.path.join(directory, REQUEST_FILE)} does not read as a request; delete {directory} (or pass another "
+            f"`out`) to prepare the corpus there."
+        )
+    differs = {k: (stored.get(k), v) for k, v in request.items() if stored.get(k) != v}
+    if differs:
+        state = "prepared" if os.path.exists(os.path.join(directory, METADATA_FILE)) else "partly prepared"
+        what = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in differs.items())
+        raise ValueError(
+            f"{directory} was {state} from another request ({what}): refusing to mix them. There: "
+            f"`{request_command(stored, directory)}`; now: `{request_command(request, directory)}`. Rerun the "
+            f"stored request, or pass another `out`, or delete {directory}."
+        )
+    return stored
+
+
 class ShardedTokens(TokenStore):
     """One split of a prepared corpus: the token stream of its shards, read by window from the ArrayRecord files.
 

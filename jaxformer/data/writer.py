@@ -32,9 +32,9 @@ from jaxformer.data.prepared import (
     REQUEST_FILE,
     TOKENIZER_FILE,
     PreparedCorpus,
+    check_directory,
     check_out_and_fraction,
     open_prepared,
-    prepare_command,
     read_json,
     sha256_file,
 )
@@ -124,7 +124,7 @@ def prepare(
         "tokenizer_sample_mb": tokenizer_sample_mb,
         "feature": feature,
     }
-    previous = _check_directory(directory, request)
+    previous = check_directory(directory, request)
     if previous is not None and os.path.exists(os.path.join(directory, METADATA_FILE)):
         if progress:
             print(f"{directory} is already prepared ({METADATA_FILE} exists); nothing to do.", file=sys.stderr)
@@ -192,33 +192,6 @@ def _check_tokenizer(tokenizer, vocab_size) -> int | None:
             f"vocabulary is given (byte, hf:) or read from the corpus (char). Leave it out."
         )
     return check_tokenizer(tokenizer, vocab_size)
-
-
-def _check_directory(directory: str, request: dict[str, Any]) -> dict[str, Any] | None:
-    """The request stored in `directory` when it equals `request` (a rerun), None for a new or empty directory;
-    raises ValueError for a directory of another request or of something else."""
-    if not os.path.exists(directory):
-        return None
-    if not os.path.isdir(directory):
-        raise ValueError(f"`out`={directory!r} exists and is not a directory.")
-    path = os.path.join(directory, REQUEST_FILE)
-    if not os.path.exists(path):
-        if os.listdir(directory):
-            raise ValueError(
-                f"`out`={directory!r} is not empty and holds no {REQUEST_FILE}, so it is not a corpus that jaxformer "
-                f"prepare started; pass a new or empty directory."
-            )
-        return None
-    stored = read_json(path)
-    differs = {k: (stored.get(k), v) for k, v in request.items() if stored.get(k) != v}
-    if differs:
-        state = "prepared" if os.path.exists(os.path.join(directory, METADATA_FILE)) else "partly prepared"
-        what = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in differs.items())
-        raise ValueError(
-            f"{directory} was {state} from another request ({what}): refusing to mix them. Rerun the stored request "
-            f"(`{prepare_command(stored, directory)}`), or pass another `out`, or delete {directory}."
-        )
-    return stored
 
 
 def _plan(kind, target, tfds_split, data_dir, feature, fraction, shard_mb, pool, progress, out):
