@@ -38,7 +38,6 @@ every file, which reads them whole.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import io
 import math
@@ -49,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxformer.data import chat, pipeline, shards
+from jaxformer.data import chat, pipeline, shards, sources
 from jaxformer.data.prepared import (
     METADATA_FILE,
     REQUEST_FILE,
@@ -129,7 +128,8 @@ def prepare_chat(
             print(f"{directory} is already prepared ({METADATA_FILE} exists); nothing to do.", file=sys.stderr)
         return open_prepared_chat(directory)
 
-    paths = _chat_paths(pattern, directory)
+    files = "JSONL files of {\"messages\": [...]} lines, e.g. 'chat:chats/*.jsonl'"
+    paths = sources.text_paths(pattern, directory, scheme=SOURCE_PREFIX.rstrip(":"), files=files)
     template = load_template(tokenizer)
     os.makedirs(directory, exist_ok=True)
     shards.write_json(os.path.join(directory, REQUEST_FILE), request)
@@ -189,19 +189,6 @@ def _check_tokenizer(tokenizer) -> str:
             f"scratch)."
         )
     return tokenizer[len(TOKENIZER_PREFIX) :]
-
-
-def _chat_paths(pattern: str, exclude: str) -> list[str]:
-    """The files the glob matches, sorted absolute paths, less those inside `exclude` (the output directory)."""
-    expanded = os.path.expanduser(pattern)
-    paths = sorted(os.path.abspath(p) for p in glob.glob(expanded, recursive=True) if os.path.isfile(p))
-    paths = [p for p in paths if not p.startswith(os.path.join(exclude, ""))]
-    if not paths:
-        raise ValueError(
-            f"`source`='{SOURCE_PREFIX}{pattern}' matches no file (glob {expanded!r}, relative to {os.getcwd()}); "
-            f"pass a glob of JSONL files of {{\"messages\": [...]}} lines, e.g. 'chat:chats/*.jsonl'."
-        )
-    return paths
 
 
 def _encode(template: chat.ChatTemplate, paths: list[str], scratch: dict[str, str], progress: bool):

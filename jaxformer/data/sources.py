@@ -232,17 +232,24 @@ def parse_source(source) -> tuple[str, str, str | None]:
     )
 
 
-def text_paths(pattern: str, exclude: str | None = None) -> list[str]:
+def text_paths(
+    pattern: str,
+    exclude: str | None = None,
+    *,
+    scheme: str = "text",
+    files: str = "text files, e.g. 'text:corpus/*.txt'",
+) -> list[str]:
     """The files that the glob `pattern` matches (`**` recurses), as sorted absolute paths, less any inside the
-    directory `exclude` (an absolute path: where the output goes). ValueError when none is left."""
+    directory `exclude` (an absolute path: where the output goes). ValueError when none is left, naming the source
+    as `{scheme}:{pattern}` and what it should match (`files`)."""
     expanded = os.path.expanduser(pattern)
     paths = sorted(os.path.abspath(p) for p in glob.glob(expanded, recursive=True) if os.path.isfile(p))
     if exclude is not None:
         paths = [p for p in paths if not p.startswith(os.path.join(exclude, ""))]
     if not paths:
         raise ValueError(
-            f"`source`='text:{pattern}' matches no file (glob {expanded!r}, relative to {os.getcwd()}); "
-            f"pass a glob of text files, e.g. 'text:corpus/*.txt'."
+            f"`source`='{scheme}:{pattern}' matches no file (glob {expanded!r}, relative to {os.getcwd()}); "
+            f"pass a glob of {files}."
         )
     return paths
 
