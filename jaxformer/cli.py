@@ -7,6 +7,10 @@
                       model's chat template; prints the reply, up to the end-of-turn token)
     jaxformer memory  --config CONFIG [--config.mesh.fsdp=8 ...] [--devices N]  (per-device bytes, nothing trained)
     jaxformer memory  --model VARIANT|DIR|HUB_ID --cache_len N [--batch_size B] [--dtype D]   (KV-cache bytes)
+    jaxformer eval    --pretrained DIR_OR_HUB_ID [--adapter DIR_OR_HUB_ID] | --workdir DIR --tasks NAME[,NAME]
+                      [--include_path DIR [--noinclude_defaults]] [--limit N] [--num_fewshot K] [--batch_size B]
+                      [--output_path FILE] [--apply_chat_template] [--mesh data:N;tensor:M] [--dtype D]
+                      (lm-evaluation-harness tasks scored by jaxformer; needs `pip install 'jaxformer[eval]'`)
     jaxformer configs                                                           (the recipes, one line each)
     jaxformer prepare --source tfds:NAME[:SPLIT] | text:GLOB --tokenizer char|byte|sentencepiece|hf:DIR_OR_ID
                       --out DIR [--validation_fraction F] [--vocab_size V] [--workers N] [--shard_mb M]
@@ -185,6 +189,76 @@ def _sample(argv: list[str]) -> None:
     app.run(main, argv=argv)
 
 
+def _eval(argv: list[str]) -> None:
+    from absl import app, flags
+
+    flags.DEFINE_string("pretrained", None, "A Hugging Face checkpoint directory or hub id.")
+    flags.DEFINE_string("adapter", None, "With --pretrained: a LoRA adapter (peft's layout) directory or hub id.")
+    flags.DEFINE_string("workdir", None, "Instead of --pretrained: a jaxformer training run's workdir.")
+    flags.DEFINE_list("tasks", None, "lm_eval task (or group) names, comma-separated.")
+    flags.DEFINE_string("include_path", None, "A directory of your own task YAMLs (docs/evaluation.md).")
+    flags.DEFINE_bool("include_defaults", True, "Also index lm_eval's built-in tasks (slower to start).")
+    flags.DEFINE_float("limit", None, "At most this many documents per task (a fraction if < 1).")
+    flags.DEFINE_integer("num_fewshot", None, "Few-shot examples per prompt (default: each task's).")
+    flags.DEFINE_integer("batch_size", 8, "Rows per model call (one compiled program per length bucket).")
+    flags.DEFINE_integer("max_length", None, "The context length (default: the checkpoint's).")
+    flags.DEFINE_integer("max_gen_toks", 256, "New tokens per generation request unless its task says otherwise.")
+    flags.DEFINE_string("dtype", None, "float32, bfloat16 or float16 (default: the checkpoint's).")
+    flags.DEFINE_string("mesh", None, "Devices to split over, e.g. 'data:4;tensor:2' (default: one device).")
+    flags.DEFINE_bool("apply_chat_template", False, "Write prompts in the model's chat template.")
+    flags.DEFINE_integer("seed", 0, "Seed of sampled generations and of lm_eval's few-shot choices.")
+    flags.DEFINE_integer("bootstrap_iters", 0, "lm_eval's bootstrap resamples for standard errors (0: none).")
+    flags.DEFINE_string("output_path", None, "Write the results (and each request's answers) here as JSON.")
+    flags.mark_flag_as_required("tasks")
+    flags.register_multi_flags_validator(
+        ["workdir", "pretrained"],
+        lambda v: (v["workdir"] is None) != (v["pretrained"] is None),
+        message="pass exactly one of --workdir (a training run) and --pretrained (a checkpoint directory or hub id)",
+    )
+    flags.register_multi_flags_validator(
+        ["adapter", "pretrained"],
+        lambda v: v["adapter"] is None or v["pretrained"] is not None,
+        message="--adapter needs --pretrained (the base model the adapter was trained on)",
+    )
+
+    def main(_):
+        _quiet()
+        from jaxformer import evaluation
+
+        if not evaluation.harness_available():
+            message = "needs lm-evaluation-harness, an optional extra: pip install 'jaxformer[eval]' (or lm_eval)."
+            _fail(argv[0], message)
+        from jaxformer.evaluation.harness import evaluate
+
+        f = flags.FLAGS
+        try:
+            table, lm = evaluate(
+                pretrained=f.pretrained,
+                adapter=f.adapter,
+                workdir=f.workdir,
+                tasks=f.tasks,
+                include_path=f.include_path,
+                include_defaults=f.include_defaults,
+                limit=int(f.limit) if f.limit is not None and f.limit >= 1 else f.limit,
+                num_fewshot=f.num_fewshot,
+                batch_size=f.batch_size,
+                max_length=f.max_length,
+                max_gen_toks=f.max_gen_toks,
+                dtype=f.dtype,
+                mesh=f.mesh,
+                apply_chat_template=f.apply_chat_template,
+                seed=f.seed,
+                bootstrap_iters=f.bootstrap_iters,
+                output_path=f.output_path,
+            )
+        except (ValueError, FileNotFoundError, KeyError) as e:  # a bad argument, a missing checkpoint, a task
+            _fail(argv[0], e)
+        print(table)
+        print(f"jaxformer: {lm.scorer.stats.summary()}")
+
+    app.run(main, argv=argv)
+
+
 def _memory(argv: list[str]) -> None:
     from absl import app, flags
 
@@ -324,7 +398,14 @@ def _prepare(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else argv)
-    commands = {"train": _train, "sample": _sample, "memory": _memory, "configs": _configs, "prepare": _prepare}
+    commands = {
+        "train": _train,
+        "sample": _sample,
+        "eval": _eval,
+        "memory": _memory,
+        "configs": _configs,
+        "prepare": _prepare,
+    }
     if len(argv) < 2 or argv[1] not in commands:
         print(USAGE, file=sys.stderr)
         return 2

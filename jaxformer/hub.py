@@ -18,6 +18,7 @@ HUB_FILES = [
     "tokenizer.json",
     "tokenizer_config.json",
     "chat_template.jinja",  # transformers 5 writes a checkpoint's chat template here (data/chat.py)
+    "generation_config.json",  # the eos ids that end generation (jaxformer.evaluation)
 ]
 # What a tokenizer or a chat template needs: no weights downloaded for them.
 TOKENIZER_FILES = ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja"]

@@ -47,10 +47,16 @@ class HFTokenizer:
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size(with_added_tokens=True)
 
-    def encode(self, text: str) -> np.ndarray:
+    def encode(self, text: str, *, add_special_tokens: bool = False) -> np.ndarray:
+        """int32 `[len]`; `add_special_tokens=True` adds what the tokenizer's post-processor puts around a text
+        (transformers' default: `<s>` first for Llama), as lm_eval's hf backend encodes (jaxformer.evaluation)."""
         if not isinstance(text, str):
             raise TypeError(f"`text` must be a str; got {type(text).__name__}.")
-        return np.asarray(self.tokenizer.encode(text, add_special_tokens=False).ids, np.int32)
+        return np.asarray(self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids, np.int32)
+
+    def token_id(self, token: str) -> int | None:
+        """The id of a token's text (e.g. tokenizer_config.json's "eos_token"), None if it is not in the vocabulary."""
+        return self.tokenizer.token_to_id(token)
 
     @property
     def prefix_ids(self) -> tuple[int, ...]:
@@ -62,9 +68,10 @@ class HFTokenizer:
         starts = [k for k in range(len(full) - len(plain) + 1) if full[k : k + len(plain)] == plain]
         return tuple(full[: starts[0]]) if starts else ()
 
-    def decode(self, ids) -> str:
+    def decode(self, ids, *, skip_special_tokens: bool = False) -> str:
+        """The text of `ids`; special tokens are kept (a lossless round trip) unless `skip_special_tokens`."""
         ids = checks.check_token_ids(ids, self.vocab_size)
-        return self.tokenizer.decode(ids.tolist(), skip_special_tokens=False)
+        return self.tokenizer.decode(ids.tolist(), skip_special_tokens=skip_special_tokens)
 
     def save(self, directory: str | os.PathLike) -> None:
         """Writes `tokenizer.json` into `directory`."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator, Sequence
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -161,13 +164,8 @@ def _generate_fn(graphdef, state, prompt, lengths, rng, *, max_new_tokens, max_l
 
     def choose(i, tokens, logits, done, rng):
         """Samples token i from `logits` (the fill once a sequence is done) and writes it."""
-        rng, key = jax.random.split(rng)
-        token = sample_logits(key, logits, temperature=temperature, top_k=top_k, top_p=top_p)
-        token = jnp.where(done, fill, token)
-        tokens = tokens.at[:, i].set(token)
-        if eos_id is not None:
-            done = done | (token == eos_id)
-        return token, tokens, done, rng
+        token, done, rng = _choose(logits, done, rng, temperature, top_k, top_p, () if eos_id is None else (eos_id,))
+        return token, tokens.at[:, i].set(token), done, rng
 
     def cond(carry):
         i, _, _, done, _, _ = carry
@@ -188,8 +186,106 @@ def _generate_fn(graphdef, state, prompt, lengths, rng, *, max_new_tokens, max_l
     return choose(i, tokens, logits, done, rng)[1]
 
 
+def _choose(logits, done, rng, temperature, top_k, top_p, eos_ids: tuple[int, ...]):
+    """The next token `[B]` sampled from `logits [B, V]`, or the fill (the first eos id, else 0) where a sequence
+    is `done`; `done` then also marks the sequences that just emitted an eos id."""
+    rng, key = jax.random.split(rng)
+    token = sample_logits(key, logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    token = jnp.where(done, eos_ids[0] if eos_ids else 0, token)
+    for eos in eos_ids:
+        done = done | (token == eos)
+    return token, done, rng
+
+
 # One compiled program per model graph, shapes and sampling settings (tests/decoding: a second call compiles nothing).
 _generate = jax.jit(
     _generate_fn,
     static_argnames=("graphdef", "max_new_tokens", "max_len", "temperature", "top_k", "top_p", "eos_id"),
 )
+
+
+def generate_stream(
+    model: nnx.Module,
+    prompt: jax.Array,
+    max_new_tokens: int,
+    *,
+    rng: jax.Array,
+    chunk_size: int = 16,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_id: int | Sequence[int] | None = None,
+    prompt_lengths: jax.Array | None = None,
+) -> Iterator[jax.Array]:
+    """`generate`, yielding the new tokens `chunk_size` at a time: int32 `[B, n]` chunks, n = chunk_size (the
+    last one shorter when chunk_size does not divide max_new_tokens), whose concatenation is what `generate`
+    returns with the same arguments (the same tokens: the same maths, step by step).
+
+    For callers that decide on the host when to stop: stop strings (`jaxformer.evaluation`), text streamed to a
+    screen. Leaving the loop (`break`) ends generation; so does every sequence having emitted an eos id (the
+    generator then returns early). `eos_id` may be several ids (a checkpoint's generation_config lists some);
+    the rest of a finished row is the first of them.
+
+    Compiled programs: one prefill, and one chunk of `chunk_size` cached steps (`lax.scan`), plus one for a
+    shorter last chunk; new prompts of the same shapes compile nothing.
+    """
+    check_decoder_only(model, "generate_stream")
+    max_new_tokens = checks.check_positive_int("max_new_tokens", max_new_tokens)
+    chunk_size = checks.check_positive_int("chunk_size", chunk_size)
+    vocab_size = model.config.vocab_size
+    check_sampling(temperature, top_k, top_p, vocab_size)
+    top_k = None if top_k is None else int(top_k)
+    top_p = None if top_p is None else float(top_p)
+    eos_ids = () if eos_id is None else (eos_id,) if isinstance(eos_id, int | np.integer) else tuple(eos_id)
+    eos_ids = tuple(checks.check_token_id("eos_id", e, vocab_size, "the end-of-sequence token id") for e in eos_ids)
+    if temperature == 0 and rng is None:
+        rng = jax.random.key(0)  # greedy decoding draws nothing
+    rng = checks.check_prng_key("rng", rng)
+    prompt, lengths = check_prompt(prompt, prompt_lengths, vocab_size)
+    max_len = cache_length(model, prompt.shape[1], max_new_tokens)
+    graphdef, state = nnx.split(model)
+    params = nnx.state(model, nnx.Param)
+    caches, logits = _stream_prefill(graphdef, state, prompt, lengths, max_len=max_len)
+    # The graph of the model with its caches, for the steps (the same as inside _stream_prefill; nothing runs).
+    step_graphdef = nnx.graphdef(nnx.eval_shape(lambda: _with_cache(graphdef, state, prompt.shape[0], max_len)))
+    done = np.zeros((prompt.shape[0],), bool)  # NumPy, as the check below: no small programs compiled
+    settings = {"temperature": float(temperature), "top_k": top_k, "top_p": top_p, "eos_ids": eos_ids}
+    produced = 0
+    while produced < max_new_tokens:
+        n = min(chunk_size, max_new_tokens - produced)
+        tokens, caches, logits, done, rng = _stream_steps(
+            step_graphdef, params, caches, logits, done, rng, n=n, **settings
+        )
+        produced += n
+        yield tokens
+        if eos_ids and np.asarray(done).all():
+            return
+
+
+def _with_cache(graphdef, state, batch: int, max_len: int) -> nnx.Module:
+    model = nnx.merge(graphdef, state)  # a copy: the caller's model keeps no cache and its train/eval mode
+    model.eval()
+    model.init_cache(batch, max_len)
+    return model
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_len"))
+def _stream_prefill(graphdef, state, prompt, lengths, *, max_len):
+    model = _with_cache(graphdef, state, prompt.shape[0], max_len)
+    logits = prefill(model, prompt, lengths)
+    return nnx.state(model, nnx.Not(nnx.Param)), logits
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "n", "temperature", "top_k", "top_p", "eos_ids"))
+def _stream_steps(graphdef, params, caches, logits, done, rng, *, n, temperature, top_k, top_p, eos_ids):
+    """n tokens: each chosen from the logits, then run through the model (one cached step) for the next logits."""
+
+    def step(carry, _):
+        caches, logits, done, rng = carry
+        token, done, rng = _choose(logits, done, rng, temperature, top_k, top_p, eos_ids)
+        model = nnx.merge(graphdef, params, caches)
+        logits = model(token[:, None], decode=True)[:, 0]
+        return (nnx.state(model, nnx.Not(nnx.Param)), logits, done, rng), token
+
+    (caches, logits, done, rng), tokens = jax.lax.scan(step, (caches, logits, done, rng), length=n)
+    return tokens.T, caches, logits, done, rng

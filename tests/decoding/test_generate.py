@@ -175,3 +175,16 @@ def test_cache_surgery_checks_indices():
         reorder_cache(model, np.array([0.0, 1.0]))
     reorder_cache(model, [1, 0, 0])
     assert model.blocks.cache_index().tolist() == [8, 3, 3]
+
+
+def test_streamed_chunks_concatenate_to_generate():
+    model = GPT(CFG, rngs=nnx.Rngs(0))
+    sampling = {"temperature": 1.0, "top_k": 5, "rng": jax.random.key(1), "prompt_lengths": LENGTHS}
+    want = np.asarray(generate(model, PROMPT, 12, **sampling))
+    chunks = list(GENERATE.generate_stream(model, PROMPT, 12, chunk_size=5, **sampling))
+    assert [c.shape for c in chunks] == [(3, 5), (3, 5), (3, 2)]
+    np.testing.assert_array_equal(np.concatenate(chunks, axis=1), want)
+    # Every row done at one of the eos ids: the stream ends early, each row filled with the first eos id.
+    eos = [int(t) for t in want[:, 0]]
+    chunks = list(GENERATE.generate_stream(model, PROMPT, 12, chunk_size=5, eos_id=eos, **sampling))
+    assert len(chunks) == 1 and (np.asarray(chunks[0])[:, 1:] == eos[0]).all()
