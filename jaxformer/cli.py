@@ -120,12 +120,27 @@ def _train(argv: list[str]) -> None:
     app.run(main, argv=argv)
 
 
-def _sample(argv: list[str]) -> None:
-    from absl import app, flags
-
+def _define_model_flags(flags) -> None:
+    """The model of `sample` and `eval`: --workdir, or --pretrained with an optional --adapter."""
     flags.DEFINE_string("workdir", None, "A training run's workdir.")
     flags.DEFINE_string("pretrained", None, "Instead of --workdir: a Hugging Face checkpoint directory or hub id.")
     flags.DEFINE_string("adapter", None, "With --pretrained: a LoRA adapter (peft's layout) directory or hub id.")
+    flags.register_multi_flags_validator(
+        ["workdir", "pretrained"],
+        lambda v: (v["workdir"] is None) != (v["pretrained"] is None),
+        message="pass exactly one of --workdir (a training run) and --pretrained (a checkpoint directory or hub id)",
+    )
+    flags.register_multi_flags_validator(
+        ["adapter", "pretrained"],
+        lambda v: v["adapter"] is None or v["pretrained"] is not None,
+        message="--adapter needs --pretrained (the base model the adapter was trained on)",
+    )
+
+
+def _sample(argv: list[str]) -> None:
+    from absl import app, flags
+
+    _define_model_flags(flags)
     flags.DEFINE_string("prompt", "\n", "Text to continue.")
     flags.DEFINE_integer("num_tokens", 500, "Tokens to generate.")
     flags.DEFINE_float("temperature", 0.8, "0 = greedy.")
@@ -138,16 +153,6 @@ def _sample(argv: list[str]) -> None:
         None,
         "With --chat: the checkpoint (directory or hub id) whose chat template to use (default: "
         "--pretrained's, or the --workdir run's).",
-    )
-    flags.register_multi_flags_validator(
-        ["workdir", "pretrained"],
-        lambda v: (v["workdir"] is None) != (v["pretrained"] is None),
-        message="pass exactly one of --workdir (a training run) and --pretrained (a checkpoint directory or hub id)",
-    )
-    flags.register_multi_flags_validator(
-        ["adapter", "pretrained"],
-        lambda v: v["adapter"] is None or v["pretrained"] is not None,
-        message="--adapter needs --pretrained (the base model the adapter was trained on)",
     )
 
     def main(_):
@@ -192,9 +197,7 @@ def _sample(argv: list[str]) -> None:
 def _eval(argv: list[str]) -> None:
     from absl import app, flags
 
-    flags.DEFINE_string("pretrained", None, "A Hugging Face checkpoint directory or hub id.")
-    flags.DEFINE_string("adapter", None, "With --pretrained: a LoRA adapter (peft's layout) directory or hub id.")
-    flags.DEFINE_string("workdir", None, "Instead of --pretrained: a jaxformer training run's workdir.")
+    _define_model_flags(flags)
     flags.DEFINE_list("tasks", None, "lm_eval task (or group) names, comma-separated.")
     flags.DEFINE_string("include_path", None, "A directory of your own task YAMLs (docs/evaluation.md).")
     flags.DEFINE_bool("include_defaults", True, "Also index lm_eval's built-in tasks (slower to start).")
@@ -210,16 +213,6 @@ def _eval(argv: list[str]) -> None:
     flags.DEFINE_integer("bootstrap_iters", 0, "lm_eval's bootstrap resamples for standard errors (0: none).")
     flags.DEFINE_string("output_path", None, "Write the results (and each request's answers) here as JSON.")
     flags.mark_flag_as_required("tasks")
-    flags.register_multi_flags_validator(
-        ["workdir", "pretrained"],
-        lambda v: (v["workdir"] is None) != (v["pretrained"] is None),
-        message="pass exactly one of --workdir (a training run) and --pretrained (a checkpoint directory or hub id)",
-    )
-    flags.register_multi_flags_validator(
-        ["adapter", "pretrained"],
-        lambda v: v["adapter"] is None or v["pretrained"] is not None,
-        message="--adapter needs --pretrained (the base model the adapter was trained on)",
-    )
 
     def main(_):
         _quiet()

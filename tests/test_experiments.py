@@ -222,3 +222,15 @@ def test_bench_packing_fills_at_least_90_percent_of_every_row_with_best_fit_decr
     rows = [line.split() for line in out.splitlines()[2:] if line.strip()]
     assert len(rows) == 10
     assert all(float(row[4].rstrip("%")) >= 90.0 for row in rows), out
+
+
+@pytest.mark.slow
+def test_bench_eval_smoke_agrees_with_lm_evals_hf_backend(tmp_path):
+    pytest.importorskip("lm_eval")
+    pytest.importorskip("transformers")
+    out = run_script("experiments/bench_eval.py", "--smoke", "--json", str(tmp_path / "eval.json"))
+    record = json.loads((tmp_path / "eval.json").read_text())
+    assert record["requests"] == 32 and record["accuracy_equal"], out
+    assert record["max_loglikelihood_excess_over_1e-6_rel"] < 1e-4, out
+    assert record["jaxformer_compiles_per_round"][0] >= 1 and record["jaxformer_compiles_per_round"][-1] == 0
+    assert "req/s" in out

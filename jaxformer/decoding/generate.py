@@ -121,21 +121,19 @@ def generate(
     The prompts are prefilled in one call; each new token is then one cached decoding step inside a
     `lax.while_loop`, all under one `jax.jit` (recompiled only for new shapes or settings).
     """
-    check_decoder_only(model, "generate")
-    max_new_tokens = checks.check_positive_int("max_new_tokens", max_new_tokens)
-    vocab_size = model.config.vocab_size
-    check_sampling(temperature, top_k, top_p, vocab_size)
-    if top_k is not None:
-        top_k = int(top_k)
-    if top_p is not None:
-        top_p = float(top_p)
-    if eos_id is not None:
-        eos_id = checks.check_token_id("eos_id", eos_id, vocab_size, "the end-of-sequence token id")
-    if temperature == 0 and rng is None:
-        rng = jax.random.key(0)  # greedy decoding draws nothing
-    rng = checks.check_prng_key("rng", rng)
-    prompt, lengths = check_prompt(prompt, prompt_lengths, vocab_size)
-    max_len = cache_length(model, prompt.shape[1], max_new_tokens)
+    prompt, lengths, max_new_tokens, rng, top_k, top_p, eos_ids, max_len = _check_arguments(
+        model,
+        "generate",
+        prompt,
+        prompt_lengths,
+        max_new_tokens,
+        rng,
+        temperature,
+        top_k,
+        top_p,
+        () if eos_id is None else (eos_id,),
+    )
+    eos_id = eos_ids[0] if eos_ids else None
     graphdef, state = nnx.split(model)
     return _generate(
         graphdef,
@@ -150,6 +148,24 @@ def generate(
         top_p=top_p,
         eos_id=eos_id,
     )
+
+
+def _check_arguments(model, caller, prompt, prompt_lengths, max_new_tokens, rng, temperature, top_k, top_p, eos_ids):
+    """generate's and generate_stream's arguments checked and normalised: (prompt, lengths, max_new_tokens, rng,
+    top_k, top_p, eos_ids, the cache's max_len)."""
+    check_decoder_only(model, caller)
+    max_new_tokens = checks.check_positive_int("max_new_tokens", max_new_tokens)
+    vocab_size = model.config.vocab_size
+    check_sampling(temperature, top_k, top_p, vocab_size)
+    top_k = None if top_k is None else int(top_k)
+    top_p = None if top_p is None else float(top_p)
+    eos_ids = tuple(checks.check_token_id("eos_id", e, vocab_size, "the end-of-sequence token id") for e in eos_ids)
+    if temperature == 0 and rng is None:
+        rng = jax.random.key(0)  # greedy decoding draws nothing
+    rng = checks.check_prng_key("rng", rng)
+    prompt, lengths = check_prompt(prompt, prompt_lengths, vocab_size)
+    max_len = cache_length(model, prompt.shape[1], max_new_tokens)
+    return prompt, lengths, max_new_tokens, rng, top_k, top_p, eos_ids, max_len
 
 
 def _generate_fn(graphdef, state, prompt, lengths, rng, *, max_new_tokens, max_len, temperature, top_k, top_p, eos_id):
@@ -229,20 +245,11 @@ def generate_stream(
     Compiled programs: one prefill, and one chunk of `chunk_size` cached steps (`lax.scan`), plus one for a
     shorter last chunk; new prompts of the same shapes compile nothing.
     """
-    check_decoder_only(model, "generate_stream")
-    max_new_tokens = checks.check_positive_int("max_new_tokens", max_new_tokens)
     chunk_size = checks.check_positive_int("chunk_size", chunk_size)
-    vocab_size = model.config.vocab_size
-    check_sampling(temperature, top_k, top_p, vocab_size)
-    top_k = None if top_k is None else int(top_k)
-    top_p = None if top_p is None else float(top_p)
     eos_ids = () if eos_id is None else (eos_id,) if isinstance(eos_id, int | np.integer) else tuple(eos_id)
-    eos_ids = tuple(checks.check_token_id("eos_id", e, vocab_size, "the end-of-sequence token id") for e in eos_ids)
-    if temperature == 0 and rng is None:
-        rng = jax.random.key(0)  # greedy decoding draws nothing
-    rng = checks.check_prng_key("rng", rng)
-    prompt, lengths = check_prompt(prompt, prompt_lengths, vocab_size)
-    max_len = cache_length(model, prompt.shape[1], max_new_tokens)
+    prompt, lengths, max_new_tokens, rng, top_k, top_p, eos_ids, max_len = _check_arguments(
+        model, "generate_stream", prompt, prompt_lengths, max_new_tokens, rng, temperature, top_k, top_p, eos_ids
+    )
     graphdef, state = nnx.split(model)
     params = nnx.state(model, nnx.Param)
     caches, logits = _stream_prefill(graphdef, state, prompt, lengths, max_len=max_len)

@@ -20,9 +20,11 @@ Each request kind follows lm_eval's `hf` backend (lm_eval/models/huggingface.py)
   text is decoded without special tokens and cut at the first stop string (`until`, plus the eos token's text).
 
 Batching: requests are sorted by length and run `batch_size` rows at a time, each batch padded on the right to a
-length bucket (powers of two from 16, capped at L) and to a full batch, so that a whole evaluation compiles a few
-programs (`Scorer.stats` counts them and their seconds). Requests whose model inputs are equal (the choices of a
-one-token multiple-choice question) share one row. On a mesh (`mesh=`), each batch is split over its data axes.
+length bucket (16, 24, 32, 48, 64, 96, ...: powers of two and 1.5 times them, capped at L) and to a full batch, so
+that a whole evaluation compiles a few programs (`Scorer.stats` counts them and their seconds). Requests whose model
+inputs are equal (the choices of a one-token multiple-choice question) share one row. The output head runs only on
+the positions that are scored (the last k of each row, k the longest continuation rounded up to a power of two),
+not on the whole context. On a mesh (`mesh=`), each batch is split over its data axes.
 """
 
 from __future__ import annotations
@@ -308,19 +310,22 @@ class Scorer:
             order = sorted(rows, key=len, reverse=True)  # longest first, as lm_eval: padding stays small
             for start in range(0, len(order), self.batch_size):
                 batch = order[start : start + self.batch_size]
-                token_lp, greedy, last_lp, last_argmax = self._score(batch)
+                span = max(targets[i][1] for inputs in batch for i in rows[inputs])
+                token_lp, greedy, last_lp, last_argmax = self._score(batch, span)
+                k = token_lp.shape[1]
                 for b, inputs in enumerate(batch):
-                    n = len(inputs)
                     for i in rows[inputs]:
                         last, count = targets[i]
-                        lp = float(np.sum(token_lp[b, n - count : n - 1], dtype=np.float64) + last_lp[b, last])
-                        results[i] = (lp, bool(greedy[b, n - count : n - 1].all() and last_argmax[b] == last))
+                        lp = float(np.sum(token_lp[b, k - count : k - 1], dtype=np.float64) + last_lp[b, last])
+                        results[i] = (lp, bool(greedy[b, k - count : k - 1].all() and last_argmax[b] == last))
             self.stats.requests += len(requests)
         return results  # type: ignore[return-value]
 
-    def _score(self, batch: list[tuple[int, ...]]):
-        """Runs one batch of model inputs (each at most L tokens) padded to [batch_size, bucket]."""
+    def _score(self, batch: list[tuple[int, ...]], span: int):
+        """Runs one batch of model inputs (each at most L tokens) padded to [batch_size, bucket]; the head runs on
+        the last `span` positions of each row (rounded up to a power of two), where the continuations are."""
         T = _bucket(len(batch[0]), self.max_length)
+        k = min(1 << (span - 1).bit_length(), T)
         tokens = np.zeros((self.batch_size, T), np.int32)
         lengths = np.ones((self.batch_size,), np.int32)
         for b, inputs in enumerate(batch):
@@ -332,7 +337,7 @@ class Scorer:
         if self.mesh is not None:
             placed = sharding.shard_batch({"tokens": tokens, "lengths": lengths}, self.mesh)
             tokens, lengths = placed["tokens"], placed["lengths"]
-        return jax.device_get(_score_tokens(self._graphdef, self._state, tokens, lengths))
+        return jax.device_get(_score_tokens(self._graphdef, self._state, tokens, lengths, k=k))
 
     def generate_until(self, requests: Sequence[tuple[str, Mapping]]) -> list[str]:
         """[generated text] for (context, gen_kwargs) requests as lm_eval writes them: `until` (a str or a list
@@ -449,8 +454,12 @@ class Scorer:
 
 
 def _bucket(n: int, max_length: int) -> int:
-    """The padded length of n tokens: the next power of two (at least MIN_BUCKET), at most max_length."""
-    return min(max(MIN_BUCKET, 1 << (n - 1).bit_length()), max_length)
+    """The padded length of n tokens: the next of 16, 24, 32, 48, 64, 96, ... (powers of two and 1.5 times them:
+    at most a third of a row is padding), at most max_length."""
+    size = max(MIN_BUCKET, 1 << (n - 1).bit_length())
+    if size * 3 // 4 >= max(n, MIN_BUCKET):
+        size = size * 3 // 4
+    return min(size, max_length)
 
 
 def _pair(request, index: int) -> tuple[str, str]:
@@ -467,18 +476,23 @@ def _generation_request(request, index: int) -> tuple[str, Mapping]:
     return request[0], request[1]
 
 
-def _score_tokens_impl(graphdef, state, tokens, lengths):
-    """Per-position log p(tokens[t + 1] | tokens[<= t]) and whether it is the argmax, float32 / bool [B, T]
-    (column T - 1 is padding); and at each row's last real position (lengths - 1) the whole log-softmax [B, V] and
-    its argmax [B], for the continuation's last token (which is no input)."""
+def _score_tokens_impl(graphdef, state, tokens, lengths, *, k):
+    """For the last k positions of each row (ending at its last real one, lengths - 1): log p(the next input
+    token) and whether it is the argmax, float32 / bool [B, k] (column k - 1, whose next token is no input, is
+    padding, as are positions before a row's start); and at the last real position the whole log-softmax [B, V]
+    and its argmax [B], for the continuation's last token. The output head runs on these k positions only (the
+    continuations'), HEAD_CHUNK at a time."""
     model = nnx.merge(graphdef, state)
     B, T = tokens.shape
     hidden = model.hidden_states(tokens)  # [B, T, D]
-    targets = jnp.concatenate([tokens[:, 1:], tokens[:, -1:]], axis=1)  # [B, T]
-    chunk = min(T, HEAD_CHUNK)
-    n = math.ceil(T / chunk)
-    padded = jnp.pad(hidden, ((0, 0), (0, n * chunk - T), (0, 0)))
-    padded_targets = jnp.pad(targets, ((0, 0), (0, n * chunk - T)))
+    rows = jnp.arange(B)[:, None]
+    positions = jnp.clip(lengths[:, None] - k + jnp.arange(k)[None, :], 0, T - 1)  # [B, k]
+    selected = hidden[rows, positions]  # [B, k, D]
+    targets = tokens[rows, jnp.minimum(positions + 1, T - 1)]  # [B, k]
+    chunk = min(k, HEAD_CHUNK)
+    n = math.ceil(k / chunk)
+    padded = jnp.pad(selected, ((0, 0), (0, n * chunk - k), (0, 0)))
+    padded_targets = jnp.pad(targets, ((0, 0), (0, n * chunk - k)))
 
     def head(args):
         h, t = args  # [B, chunk, D], [B, chunk]
@@ -488,10 +502,10 @@ def _score_tokens_impl(graphdef, state, tokens, lengths):
 
     split = lambda x: jnp.moveaxis(x.reshape(B, n, chunk, *x.shape[2:]), 1, 0)  # [n, B, chunk, ...]
     picked, greedy = jax.lax.map(head, (split(padded), split(padded_targets)))
-    merge = lambda x: jnp.moveaxis(x, 0, 1).reshape(B, n * chunk)[:, :T]
+    merge = lambda x: jnp.moveaxis(x, 0, 1).reshape(B, n * chunk)[:, :k]
     last_hidden = hidden[jnp.arange(B), lengths - 1]  # [B, D]
     last = jax.nn.log_softmax(model.head(last_hidden[:, None]).astype(jnp.float32)[:, 0], axis=-1)  # [B, V]
     return merge(picked), merge(greedy), last, jnp.argmax(last, axis=-1)
 
 
-_score_tokens = jax.jit(_score_tokens_impl, static_argnames="graphdef")
+_score_tokens = jax.jit(_score_tokens_impl, static_argnames=("graphdef", "k"))

@@ -205,3 +205,25 @@ def test_a_mesh_scores_as_one_device():
     assert [x[1] for x in mesh_ll] == [x[1] for x in one_ll]
     np.testing.assert_allclose(mesh_roll, one_roll, rtol=1e-5)
     assert mesh_gen == one_gen
+
+
+def test_chat_templates_render_as_transformers_applies_them():
+    from transformers import AutoTokenizer
+
+    from jaxformer.evaluation.harness import JaxformerLM
+
+    template_dir = os.path.join(ROOT, "tests", "fixtures", "chat", "chatml")
+    scorer = jaxformer.evaluation.load(os.path.join(PRETRAINED, "llama"))
+    lm = JaxformerLM(pretrained=template_dir, scorer=scorer)  # the template's directory, the llama fixture's model
+    tokenizer = AutoTokenizer.from_pretrained(template_dir)
+    history = [
+        {"role": "system", "content": "Answer with one word."},
+        {"role": "user", "content": "Question: What do bees make?"},
+        {"role": "assistant", "content": "Answer: honey"},
+    ]
+    for messages, prompt in ((history[:2], True), (history, False)):
+        want = tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=prompt, continue_final_message=not prompt
+        )
+        assert lm.apply_chat_template(messages, add_generation_prompt=prompt) == want
+    assert lm.chat_template(True) == lm._template().source and lm.chat_template(False) is None
