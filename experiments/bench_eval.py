@@ -138,8 +138,7 @@ def main() -> None:
     from lm_eval.api.registry import get_model
     from lm_eval.tasks import TaskManager
 
-    import jaxformer.evaluation  # registers "jaxformer"
-    from jaxformer.evaluation.harness import JaxformerLM
+    from jaxformer.evaluation.harness import JaxformerLM  # importing it registers "jaxformer"
 
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,8 +21,9 @@ Each request kind follows lm_eval's `hf` backend (lm_eval/models/huggingface.py)
 
 Batching: requests are sorted by length and run `batch_size` rows at a time, each batch padded on the right to a
 length bucket (16, 24, 32, 48, 64, 96, ...: powers of two and 1.5 times them, capped at L) and to a full batch, so
-that a whole evaluation compiles a few programs (`Scorer.stats` counts them and their seconds). Requests whose model
-inputs are equal (the choices of a one-token multiple-choice question) share one row. The output head runs only on
+that a whole evaluation compiles a few programs (`Scorer.stats` counts them and their seconds). The choices of a
+multiple-choice question share their context: it is prefilled once into a KV cache, which each choice extends
+(4 choices cost about one context, not four). The output head runs only on
 the positions that are scored (the last k of each row, k the longest continuation rounded up to a power of two),
 not on the whole context. On a mesh (`mesh=`), each batch is split over its data axes.
 """
@@ -30,6 +31,7 @@ not on the whole context. On a mesh (`mesh=`), each batch is split over its data
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -41,7 +43,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxformer import checks, data, sharding
-from jaxformer.decoding import generate_stream
+from jaxformer.decoding import generate_stream, reorder_cache
 from jaxformer.decoding.generate import check_decoder_only
 from jaxformer.nn.blocks import ABSOLUTE_POSITIONAL
 
@@ -287,10 +289,13 @@ class Scorer:
 
     def loglikelihood_tokens(self, requests: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[tuple[float, bool]]:
         """[(sum of log p(continuation tokens), all greedy)] for (context ids, continuation ids) pairs: the model
-        reads `(context + continuation)[-(L+1):][:-1]`."""
+        reads `(context + continuation)[-(L+1):][:-1]`.
+
+        Requests whose contexts are equal and whole (the choices of a multiple-choice question) run their context
+        once: it is prefilled into a KV cache, which each continuation then extends (`_score_choices`), instead of
+        one full row per choice. Other requests run as rows, identical rows once (`_score`)."""
         L = self.max_length
-        rows: dict[tuple[int, ...], list[int]] = {}  # model input -> the requests it answers
-        targets = []
+        pairs = []
         for i, (context, continuation) in enumerate(requests):
             context, continuation = list(context), list(continuation)
             if not context or not continuation:
@@ -302,24 +307,79 @@ class Scorer:
                 raise ValueError(
                     f"requests[{i}]'s continuation has {len(continuation)} tokens, more than max_length={L}."
                 )
-            whole = (context + continuation)[-(L + 1) :]
-            rows.setdefault(tuple(whole[:-1]), []).append(i)
-            targets.append((whole[-1], len(continuation)))
+            pairs.append((context, continuation))
+        contexts: dict[tuple[int, ...], list[int]] = {}  # a whole (uncut) context -> its requests
+        for i, (context, continuation) in enumerate(pairs):
+            if len(context) + len(continuation) <= L + 1 and len(continuation) <= HEAD_CHUNK:
+                contexts.setdefault(tuple(context), []).append(i)
+        shared = {c: m for c, m in contexts.items() if len({tuple(pairs[i][1]) for i in m}) > 1}
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         with _Counting(self.stats):
-            order = sorted(rows, key=len, reverse=True)  # longest first, as lm_eval: padding stays small
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start : start + self.batch_size]
-                span = max(targets[i][1] for inputs in batch for i in rows[inputs])
-                token_lp, greedy, last_lp, last_argmax = self._score(batch, span)
-                k = token_lp.shape[1]
-                for b, inputs in enumerate(batch):
-                    for i in rows[inputs]:
-                        last, count = targets[i]
-                        lp = float(np.sum(token_lp[b, k - count : k - 1], dtype=np.float64) + last_lp[b, last])
-                        results[i] = (lp, bool(greedy[b, k - count : k - 1].all() and last_argmax[b] == last))
+            if shared:
+                self._score_choices(shared, pairs, results)
+            rest = [i for i in range(len(pairs)) if results[i] is None]
+            self._score_rows(rest, pairs, results)
             self.stats.requests += len(requests)
         return results  # type: ignore[return-value]
+
+    def _score_rows(self, members: list[int], pairs: list, results: list) -> None:
+        """Each request as one row `(context + continuation)[-(L+1):][:-1]`; requests with equal rows share it."""
+        L = self.max_length
+        rows: dict[tuple[int, ...], list[int]] = {}  # model input -> the requests it answers
+        targets = {}
+        for i in members:
+            context, continuation = pairs[i]
+            whole = (context + continuation)[-(L + 1) :]
+            rows.setdefault(tuple(whole[:-1]), []).append(i)
+            targets[i] = (whole[-1], len(continuation))
+        order = sorted(rows, key=len, reverse=True)  # longest first, as lm_eval: padding stays small
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            span = max(targets[i][1] for inputs in batch for i in rows[inputs])
+            token_lp, greedy, last_lp, last_argmax = self._score(batch, span)
+            k = token_lp.shape[1]
+            for b, inputs in enumerate(batch):
+                for i in rows[inputs]:
+                    last, count = targets[i]
+                    lp = float(np.sum(token_lp[b, k - count : k - 1], dtype=np.float64) + last_lp[b, last])
+                    results[i] = (lp, bool(greedy[b, k - count : k - 1].all() and last_argmax[b] == last))
+
+    def _score_choices(self, shared: dict[tuple[int, ...], list[int]], pairs: list, results: list) -> None:
+        """Requests grouped by a shared whole context: `batch_size` contexts at a time, each prefilled once, then
+        its continuations (padded to the batch's most choices and longest continuation) scored over its cache."""
+        cfg = self.model.config
+        order = sorted(shared, key=len, reverse=True)
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            T = _bucket(len(batch[0]), self.max_length)
+            C = max(len(shared[c]) for c in batch)
+            K = 1 << (max(len(pairs[i][1]) for c in batch for i in shared[c]) - 1).bit_length()
+            if cfg.positional in ABSOLUTE_POSITIONAL and T + K > cfg.max_len:
+                continue  # learned positions end before the cache would: these run as rows (`_score_rows`)
+            contexts = np.zeros((self.batch_size, T), np.int32)
+            lengths = np.ones((self.batch_size,), np.int32)
+            continuations = np.zeros((self.batch_size, C, K), np.int32)
+            for b, context in enumerate(batch):
+                contexts[b, : len(context)] = context
+                lengths[b] = len(context)
+                for c, i in enumerate(shared[context]):
+                    continuation = pairs[i][1]
+                    continuations[b, c, : len(continuation)] = continuation
+            self.stats.rows += len(batch)
+            self.stats.tokens += sum(len(c) for c in batch) + sum(len(pairs[i][1]) for c in batch for i in shared[c])
+            self.stats.slots += contexts.size + continuations.size
+            arrays = {"contexts": contexts, "lengths": lengths, "continuations": continuations}
+            if self.mesh is not None:
+                arrays = sharding.shard_batch(arrays, self.mesh)
+            first_lp, first_argmax, token_lp, greedy = jax.device_get(
+                _score_choices_fn(self._graphdef, self._state, **arrays, cache_len=T + K)
+            )
+            for b, context in enumerate(batch):
+                for c, i in enumerate(shared[context]):
+                    continuation = pairs[i][1]
+                    n = len(continuation)
+                    lp = float(first_lp[b, continuation[0]] + np.sum(token_lp[b, c, : n - 1], dtype=np.float64))
+                    results[i] = (lp, bool(first_argmax[b] == continuation[0] and greedy[b, c, : n - 1].all()))
 
     def _score(self, batch: list[tuple[int, ...]], span: int):
         """Runs one batch of model inputs (each at most L tokens) padded to [batch_size, bucket]; the head runs on
@@ -476,22 +536,13 @@ def _generation_request(request, index: int) -> tuple[str, Mapping]:
     return request[0], request[1]
 
 
-def _score_tokens_impl(graphdef, state, tokens, lengths, *, k):
-    """For the last k positions of each row (ending at its last real one, lengths - 1): log p(the next input
-    token) and whether it is the argmax, float32 / bool [B, k] (column k - 1, whose next token is no input, is
-    padding, as are positions before a row's start); and at the last real position the whole log-softmax [B, V]
-    and its argmax [B], for the continuation's last token. The output head runs on these k positions only (the
-    continuations'), HEAD_CHUNK at a time."""
-    model = nnx.merge(graphdef, state)
-    B, T = tokens.shape
-    hidden = model.hidden_states(tokens)  # [B, T, D]
-    rows = jnp.arange(B)[:, None]
-    positions = jnp.clip(lengths[:, None] - k + jnp.arange(k)[None, :], 0, T - 1)  # [B, k]
-    selected = hidden[rows, positions]  # [B, k, D]
-    targets = tokens[rows, jnp.minimum(positions + 1, T - 1)]  # [B, k]
+def _head_logprobs(model, hidden, targets):
+    """log p(targets) and whether each is the argmax, float32 / bool [B, k], from hidden states [B, k, D]: the
+    head's logits [B, chunk, V] exist HEAD_CHUNK positions at a time."""
+    B, k = targets.shape
     chunk = min(k, HEAD_CHUNK)
     n = math.ceil(k / chunk)
-    padded = jnp.pad(selected, ((0, 0), (0, n * chunk - k), (0, 0)))
+    padded = jnp.pad(hidden, ((0, 0), (0, n * chunk - k), (0, 0)))
     padded_targets = jnp.pad(targets, ((0, 0), (0, n * chunk - k)))
 
     def head(args):
@@ -503,9 +554,50 @@ def _score_tokens_impl(graphdef, state, tokens, lengths, *, k):
     split = lambda x: jnp.moveaxis(x.reshape(B, n, chunk, *x.shape[2:]), 1, 0)  # [n, B, chunk, ...]
     picked, greedy = jax.lax.map(head, (split(padded), split(padded_targets)))
     merge = lambda x: jnp.moveaxis(x, 0, 1).reshape(B, n * chunk)[:, :k]
-    last_hidden = hidden[jnp.arange(B), lengths - 1]  # [B, D]
-    last = jax.nn.log_softmax(model.head(last_hidden[:, None]).astype(jnp.float32)[:, 0], axis=-1)  # [B, V]
-    return merge(picked), merge(greedy), last, jnp.argmax(last, axis=-1)
+    return merge(picked), merge(greedy)
+
+
+def _last_logprobs(model, hidden, lengths):
+    """The whole log-softmax [B, V] at each row's last real position (lengths - 1), and its argmax [B]."""
+    last = hidden[jnp.arange(hidden.shape[0]), lengths - 1]  # [B, D]
+    logprobs = jax.nn.log_softmax(model.head(last[:, None]).astype(jnp.float32)[:, 0], axis=-1)
+    return logprobs, jnp.argmax(logprobs, axis=-1)
+
+
+def _score_tokens_impl(graphdef, state, tokens, lengths, *, k):
+    """For the last k positions of each row (ending at its last real one, lengths - 1): log p(the next input
+    token) and whether it is the argmax, float32 / bool [B, k] (column k - 1, whose next token is no input, is
+    padding, as are positions before a row's start); and at the last real position the whole log-softmax [B, V]
+    and its argmax [B], for the continuation's last token. The output head runs on these k positions only (the
+    continuations')."""
+    model = nnx.merge(graphdef, state)
+    B, T = tokens.shape
+    hidden = model.hidden_states(tokens)  # [B, T, D]
+    rows = jnp.arange(B)[:, None]
+    positions = jnp.clip(lengths[:, None] - k + jnp.arange(k)[None, :], 0, T - 1)  # [B, k]
+    targets = tokens[rows, jnp.minimum(positions + 1, T - 1)]  # [B, k]
+    picked, greedy = _head_logprobs(model, hidden[rows, positions], targets)
+    return picked, greedy, *_last_logprobs(model, hidden, lengths)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cache_len"))
+def _score_choices_fn(graphdef, state, contexts, lengths, continuations, *, cache_len):
+    """Contexts [B, T] (right-padded to `lengths`) prefilled once into a KV cache; the cache repeated for each of
+    the C continuations [B, C, K] (right-padded), which then run over it. Returns the log-softmax [B, V] after each
+    context and its argmax [B] (the continuations' first tokens), and log p(continuation[j + 1]) with whether it
+    is the argmax, float32 / bool [B, C, K] (column K - 1 is padding)."""
+    B, C, K = continuations.shape
+    model = nnx.merge(graphdef, state)  # a copy: the caller's model keeps no cache
+    model.init_cache(B, cache_len)
+    valid = jnp.arange(contexts.shape[1])[None, :] < lengths[:, None]
+    hidden = model.hidden_states(contexts, decode=True, valid=valid)  # each cache advances by its context
+    first_lp, first_argmax = _last_logprobs(model, hidden, lengths)
+    reorder_cache(model, jnp.repeat(jnp.arange(B), C))  # [B * C] caches, row b * C + c = context b
+    flat = continuations.reshape(B * C, K)
+    hidden = model.hidden_states(flat, decode=True)  # [B * C, K, D]; right padding is never read
+    targets = jnp.concatenate([flat[:, 1:], flat[:, -1:]], axis=1)
+    picked, greedy = _head_logprobs(model, hidden, targets)
+    return first_lp, first_argmax, picked.reshape(B, C, K), greedy.reshape(B, C, K)
 
 
 _score_tokens = jax.jit(_score_tokens_impl, static_argnames=("graphdef", "k"))

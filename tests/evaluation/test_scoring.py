@@ -152,6 +152,20 @@ def test_batching_bucketing_and_shared_rows_change_nothing(scorer):
     assert scorer.stats.rows == rows_before + 1
 
 
+@pytest.mark.parametrize("fixture", ["llama", "gemma2"])  # gemma2: sliding-window layers (ring-buffer caches)
+def test_choices_over_one_cached_context_equal_one_row_each(fixture, scorer):
+    if fixture != "llama":
+        scorer = evaluation.load(os.path.join(ROOT, "tests", "fixtures", "pretrained", fixture), batch_size=4)
+    encoded = [scorer.encode_pair(*pair) for pair in mc_pairs()[:12]]  # 3 questions, 4 choices each
+    rows_before = scorer.stats.rows
+    shared = scorer.loglikelihood_tokens(encoded)
+    assert scorer.stats.rows == rows_before + 3  # one cached context per question
+    as_rows = [None] * len(encoded)
+    scorer._score_rows(list(range(len(encoded))), encoded, as_rows)
+    np.testing.assert_allclose([lp for lp, _ in shared], [lp for lp, _ in as_rows], atol=2e-5, rtol=0)
+    assert [g for _, g in shared] == [g for _, g in as_rows]
+
+
 def test_long_requests_are_cut_from_the_left(scorer):
     L = scorer.max_length
     context = [1] + [(7 * i) % 90 + 3 for i in range(2 * L)]
