@@ -450,18 +450,22 @@ class Scorer:
                 max_gen_toks = kwargs[alias]
             kwargs.pop(alias, None)
         max_gen_toks = checks.check_positive_int(f"requests[{index}]'s max_gen_toks", max_gen_toks)
-        temperature = kwargs.pop("temperature", 0.0)
+        temperature = float(kwargs.pop("temperature", 0.0))
         do_sample = kwargs.pop("do_sample", None)
-        if do_sample is None:
-            do_sample = bool(temperature)
+        if do_sample is None:  # lm_eval's rule: sampling when a temperature is given
+            do_sample = temperature > 0
         top_k, top_p = kwargs.pop("top_k", None), kwargs.pop("top_p", None)
-        kwargs.pop("max_length", None)
+        if "max_length" in kwargs:
+            raise ValueError(
+                f"requests[{index}] sets max_length (prompt + new tokens in transformers); set max_gen_toks instead."
+            )
         if kwargs:
             raise ValueError(f"requests[{index}] has generation settings jaxformer does not compute: {sorted(kwargs)}.")
         if not do_sample:
-            sampling = (("temperature", 0.0),)
-        else:
-            sampling = (("temperature", float(temperature) or 1.0), ("top_k", top_k), ("top_p", top_p))
+            return tuple(until), max_gen_toks, (("temperature", 0.0),)
+        if temperature <= 0:  # as transformers' generate refuses it
+            raise ValueError(f"requests[{index}] samples (do_sample) at temperature={temperature}; give one > 0.")
+        sampling = (("temperature", temperature), ("top_k", top_k), ("top_p", top_p))
         return tuple(until), max_gen_toks, sampling
 
     def _generate(self, prompts: list[list[int]], until: tuple[str, ...], max_gen_toks: int, sampling: dict):

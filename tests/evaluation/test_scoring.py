@@ -152,7 +152,8 @@ def test_batching_bucketing_and_shared_rows_change_nothing(scorer):
     assert scorer.stats.rows == rows_before + 1
 
 
-@pytest.mark.parametrize("fixture", ["llama", "gemma2"])  # gemma2: sliding-window layers (ring-buffer caches)
+# gemma2: sliding-window layers (ring-buffer caches) and soft-capped logits; slow (another model's compiles)
+@pytest.mark.parametrize("fixture", ["llama", pytest.param("gemma2", marks=pytest.mark.slow)])
 def test_choices_over_one_cached_context_equal_one_row_each(fixture, scorer):
     if fixture != "llama":
         scorer = evaluation.load(os.path.join(ROOT, "tests", "fixtures", "pretrained", fixture), batch_size=4)
@@ -266,6 +267,10 @@ def test_sampled_generation_is_reproducible_and_checked(scorer):
     assert first == again
     with pytest.raises(ValueError, match="repetition_penalty"):
         scorer.generate_until([("x", {"repetition_penalty": 1.1})])
+    with pytest.raises(ValueError, match="max_gen_toks instead"):
+        scorer.generate_until([("x", {"max_length": 20})])
+    with pytest.raises(ValueError, match=r"requests\[0\] samples \(do_sample\) at temperature=0.0"):
+        scorer.generate_until([("x", {"do_sample": True})])
     with pytest.raises(TypeError, match="until"):
         scorer.generate_until([("x", {"until": [3]})])
 
