@@ -143,8 +143,8 @@ class _Counting:
 class Scorer:
     """A decoder-only jaxformer model (`GPT`) with its tokenizer, answering lm_eval's three request kinds.
 
-    model: a `GPT` (e.g. `pretrained.from_pretrained(...)`, `training.trained.load_trained(...)[0]`); used in
-      evaluation mode.
+    model: a `GPT` (e.g. `pretrained.from_pretrained(...)`, `training.trained.load_trained(...)[0]`); scored in
+      evaluation mode (no dropout), on a copy: the model's own mode is left as it is.
     tokenizer: a jaxformer tokenizer (`data.HFTokenizer` for checkpoints; char / byte / SentencePiece for runs
       trained here).
     batch_size: rows per model call (a multiple of the mesh's data x fsdp devices with `mesh`).
@@ -211,8 +211,9 @@ class Scorer:
         self.mesh = mesh
         self.seed = checks.check_int("seed", seed)
         self.stats = Stats()
-        model.eval()
-        self._graphdef, self._state = nnx.split(model)
+        evaluated = nnx.merge(*nnx.split(model))  # a copy in eval mode: the caller's model keeps its mode
+        evaluated.eval()
+        self._graphdef, self._state = nnx.split(evaluated)
         self._prefix_text = None if self.prefix_id is None else self._decode([self.prefix_id], skip_special=False)
 
     # -- text <-> tokens -------------------------------------------------------------------------------------
