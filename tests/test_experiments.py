@@ -234,3 +234,11 @@ def test_bench_eval_smoke_agrees_with_lm_evals_hf_backend(tmp_path):
     assert record["max_loglikelihood_excess_over_1e-6_rel"] < 1e-4, out
     assert record["jaxformer_compiles_per_round"][0] >= 1 and record["jaxformer_compiles_per_round"][-1] == 0
     assert "req/s" in out
+
+
+@pytest.mark.slow
+def test_bench_moe_smoke_variants_agree(tmp_path):
+    out = run_script("experiments/bench_moe.py", "--smoke", "--json", str(tmp_path / "moe.json"))
+    assert "| grouped (blocks of 128) |" in out and "| every expert (dense) |" in out
+    record = json.loads((tmp_path / "moe.json").read_text())
+    assert len(record["agree"]) == 3 and all(v < 1e-4 for v in record["agree"].values()), out
