@@ -52,6 +52,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("kv_heads", "tensor"),
     ("mlp", "tensor"),
     ("head_dim", None),
+    ("expert", None),  # a mixture's stacked experts (nn/moe.py): replicated until the expert mesh axis exists
 )
 # Splitting these is the point of tensor parallelism, so a size the tensor axis does not divide is an error.
 STRICT_AXES = ("heads", "mlp")

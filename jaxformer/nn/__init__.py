@@ -4,6 +4,7 @@ from jaxformer.nn.attention import MultiHeadAttention
 from jaxformer.nn.blocks import BlockConfig, DecoderBlock, EncoderBlock
 from jaxformer.nn.embed import Embed, LearnedPositions
 from jaxformer.nn.feedforward import FeedForward
+from jaxformer.nn.moe import MoEFeedForward
 from jaxformer.nn.norms import BatchNorm, LayerNorm, RMSNorm
 from jaxformer.nn.params import LOGICAL_AXES, logical_axes, logical_param
 
@@ -17,6 +18,7 @@ __all__ = [
     "FeedForward",
     "LayerNorm",
     "LearnedPositions",
+    "MoEFeedForward",
     "MultiHeadAttention",
     "RMSNorm",
     "logical_axes",

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import jax
 from flax import nnx
 
-LOGICAL_AXES = ("embed", "mlp", "heads", "kv_heads", "head_dim", "vocab", None)
+LOGICAL_AXES = ("embed", "mlp", "heads", "kv_heads", "head_dim", "vocab", "expert", None)
 
 Initializer = Callable[..., jax.Array]
 

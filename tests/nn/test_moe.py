@@ -1,0 +1,99 @@
+"""MoEFeedForward: the ops composed with its parameters (float64 reference per token), the shared expert's sigmoid
+gate, GPT-OSS's router bias with top-k-softmax, the capacity path, routing metrics and gradients to the router."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxformer.nn.moe import MoEFeedForward
+
+B, T, D, F, E, K = 2, 5, 8, 16, 4, 2
+
+
+def silu64(z):
+    return z / (1 + np.exp(-z))
+
+
+def reference(layer, x, shared=False):
+    """Per token in float64: the router's choice and the weighted sum of its experts (and the gated shared one)."""
+    x = np.asarray(x, np.float64).reshape(-1, D)
+    router = np.asarray(layer.router[...], np.float64)
+    logits = x @ router + (0 if layer.router_bias is None else np.asarray(layer.router_bias[...], np.float64))
+    w = {n: np.asarray(getattr(layer, n)[...], np.float64) for n in ("w_gate", "w_up", "w_down")}
+    out = np.zeros_like(x)
+    for t, row in enumerate(logits):
+        if layer.routing == "softmax_topk":
+            p = np.exp(row - row.max())
+            p /= p.sum()
+            chosen = np.argsort(-p, kind="stable")[:K]
+            weights = p[chosen] / (p[chosen].sum() if layer.normalize else 1.0)
+        else:
+            chosen = np.argsort(-row, kind="stable")[:K]
+            weights = np.exp(row[chosen] - row[chosen].max())
+            weights /= weights.sum()
+        for e, weight in zip(chosen, weights, strict=True):
+            hidden = silu64(x[t] @ w["w_gate"][e]) * (x[t] @ w["w_up"][e])
+            out[t] += weight * hidden @ w["w_down"][e]
+        if shared:
+            s = layer.shared
+            hidden = silu64(x[t] @ np.asarray(s.w_gate[...], np.float64)) * (x[t] @ np.asarray(s.w_up[...], np.float64))
+            gate = 1 / (1 + np.exp(-(x[t] @ np.asarray(layer.shared_gate[...], np.float64))))
+            out[t] += gate[0] * hidden @ np.asarray(s.w_out[...], np.float64)
+    return out.reshape(B, T, D)
+
+
+def inputs(seed=0):
+    return jnp.asarray(np.random.default_rng(seed).normal(size=(B, T, D)), jnp.float32)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},  # Mixtral
+        {"normalize": False, "shared_d_ff": 12},  # Qwen2-MoE
+        {"routing": "topk_softmax", "router_bias": True},  # GPT-OSS's router
+    ],
+    ids=["mixtral", "qwen2_moe", "gpt_oss"],
+)
+def test_the_layer_equals_a_float64_reference_per_token(options):
+    layer = MoEFeedForward(D, F, E, K, rngs=nnx.Rngs(0), **options)
+    if layer.router_bias is not None:
+        layer.router_bias[...] = jnp.arange(E, dtype=jnp.float32) * 0.3
+    x = inputs()
+    y, aux = layer(x)
+    np.testing.assert_allclose(y, reference(layer, x, shared="shared_d_ff" in options), atol=2e-5)
+    assert aux["router_logits"].shape == (B, T, E) and int(aux["dropped"]) == 0
+    assert float(jnp.sum(aux["tokens_per_expert"])) == pytest.approx(1.0)
+
+
+def test_the_capacity_path_counts_its_drops_and_padding_is_not_counted():
+    layer = MoEFeedForward(D, F, E, K, capacity_factor=0.5, rngs=nnx.Rngs(1))
+    y, aux = layer(inputs(1))
+    assert int(aux["dropped"]) > 0 and y.shape == (B, T, D)
+    valid = np.zeros((B, T), bool)
+    valid[0, :2] = True
+    _, aux = MoEFeedForward(D, F, E, K, rngs=nnx.Rngs(1))(inputs(1), valid=valid)
+    assert float(jnp.sum(aux["tokens_per_expert"])) == pytest.approx(1.0)  # shares of the 2 valid tokens' choices
+
+
+def test_gradients_reach_the_router_and_every_chosen_expert():
+    layer = MoEFeedForward(D, F, E, K, rngs=nnx.Rngs(2))
+    x = inputs(2)
+
+    def loss(layer):
+        y, _ = layer(x)
+        return jnp.sum(y**2)
+
+    grads = nnx.grad(loss)(layer)
+    assert float(jnp.abs(grads.router[...]).max()) > 0
+    assert float(jnp.abs(grads.w_up[...]).max()) > 0
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="experts_per_token"):
+        MoEFeedForward(D, F, E, 5, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="routing"):
+        MoEFeedForward(D, F, E, K, routing="sigmoid", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"\[B, T, D=8\]"):
+        MoEFeedForward(D, F, E, K, rngs=nnx.Rngs(0))(jnp.zeros((B, T, 4)))
