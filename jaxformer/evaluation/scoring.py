@@ -31,24 +31,21 @@ not on the whole context. On a mesh (`mesh=`), each batch is split over its data
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
 import time
 from collections.abc import Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
 from jaxformer import checks, data, sharding
-from jaxformer.decoding import generate_stream, reorder_cache
+from jaxformer.decoding import generate_stream
 from jaxformer.decoding.generate import check_decoder_only
+from jaxformer.evaluation import programs
 from jaxformer.nn.blocks import ABSOLUTE_POSITIONAL
 
 MIN_BUCKET = 16  # the shortest padded length: shorter buckets would only add compiles
-HEAD_CHUNK = 256  # positions whose logits [B, chunk, V] exist at once (a 256k vocabulary would not fit T of them)
 STREAM_CHUNK = 16  # tokens generated between two looks for a stop string
 
 
@@ -311,7 +308,7 @@ class Scorer:
             pairs.append((context, continuation))
         contexts: dict[tuple[int, ...], list[int]] = {}  # a whole (uncut) context -> its requests
         for i, (context, continuation) in enumerate(pairs):
-            if len(context) + len(continuation) <= L + 1 and len(continuation) <= HEAD_CHUNK:
+            if len(context) + len(continuation) <= L + 1 and len(continuation) <= programs.HEAD_CHUNK:
                 contexts.setdefault(tuple(context), []).append(i)
         shared = {c: m for c, m in contexts.items() if len({tuple(pairs[i][1]) for i in m}) > 1}
         results: list[tuple[float, bool] | None] = [None] * len(requests)
@@ -357,23 +354,17 @@ class Scorer:
             K = 1 << (max(len(pairs[i][1]) for c in batch for i in shared[c]) - 1).bit_length()
             if cfg.positional in ABSOLUTE_POSITIONAL and T + K > cfg.max_len:
                 continue  # learned positions end before the cache would: these run as rows (`_score_rows`)
-            contexts = np.zeros((self.batch_size, T), np.int32)
-            lengths = np.ones((self.batch_size,), np.int32)
+            contexts, lengths = self._pad(batch, T)
             continuations = np.zeros((self.batch_size, C, K), np.int32)
             for b, context in enumerate(batch):
-                contexts[b, : len(context)] = context
-                lengths[b] = len(context)
                 for c, i in enumerate(shared[context]):
                     continuation = pairs[i][1]
                     continuations[b, c, : len(continuation)] = continuation
-            self.stats.rows += len(batch)
-            self.stats.tokens += sum(len(c) for c in batch) + sum(len(pairs[i][1]) for c in batch for i in shared[c])
-            self.stats.slots += contexts.size + continuations.size
-            arrays = {"contexts": contexts, "lengths": lengths, "continuations": continuations}
-            if self.mesh is not None:
-                arrays = sharding.shard_batch(arrays, self.mesh)
+                    self.stats.tokens += len(continuation)
+            self.stats.slots += continuations.size
+            placed = self._place({"contexts": contexts, "lengths": lengths, "continuations": continuations})
             first_lp, first_argmax, token_lp, greedy = jax.device_get(
-                _score_choices_fn(self._graphdef, self._state, **arrays, cache_len=T + K)
+                programs.score_choices(self._graphdef, self._state, **placed, cache_len=T + K)
             )
             for b, context in enumerate(batch):
                 for c, i in enumerate(shared[context]):
@@ -387,18 +378,25 @@ class Scorer:
         the last `span` positions of each row (rounded up to a power of two), where the continuations are."""
         T = _bucket(len(batch[0]), self.max_length)
         k = min(1 << (span - 1).bit_length(), T)
-        tokens = np.zeros((self.batch_size, T), np.int32)
+        placed = self._place(dict(zip(("tokens", "lengths"), self._pad(batch, T), strict=True)))
+        return jax.device_get(programs.score_tokens(self._graphdef, self._state, **placed, k=k))
+
+    def _pad(self, sequences: Sequence[Sequence[int]], length: int) -> tuple[np.ndarray, np.ndarray]:
+        """`sequences` right-padded into int32 [batch_size, length] and their lengths [batch_size] (rows past them:
+        zeros of length 1), counted in `stats`."""
+        tokens = np.zeros((self.batch_size, length), np.int32)
         lengths = np.ones((self.batch_size,), np.int32)
-        for b, inputs in enumerate(batch):
-            tokens[b, : len(inputs)] = inputs
-            lengths[b] = len(inputs)
-        self.stats.rows += len(batch)
-        self.stats.tokens += sum(len(inputs) for inputs in batch)
+        for b, sequence in enumerate(sequences):
+            tokens[b, : len(sequence)] = sequence
+            lengths[b] = len(sequence)
+        self.stats.rows += len(sequences)
+        self.stats.tokens += sum(len(sequence) for sequence in sequences)
         self.stats.slots += tokens.size
-        if self.mesh is not None:
-            placed = sharding.shard_batch({"tokens": tokens, "lengths": lengths}, self.mesh)
-            tokens, lengths = placed["tokens"], placed["lengths"]
-        return jax.device_get(_score_tokens(self._graphdef, self._state, tokens, lengths, k=k))
+        return tokens, lengths
+
+    def _place(self, arrays: dict) -> dict:
+        """A batch's arrays split over the mesh's data axes (as the parameters are over the mesh), if any."""
+        return arrays if self.mesh is None else sharding.shard_batch(arrays, self.mesh)
 
     def generate_until(self, requests: Sequence[tuple[str, Mapping]]) -> list[str]:
         """[generated text] for (context, gen_kwargs) requests as lm_eval writes them: `until` (a str or a list
@@ -473,20 +471,12 @@ class Scorer:
         # Prompts padded to a bucket, but never past L - max_gen_toks (which they fit): the cache then holds the
         # new tokens within the model's context.
         P = min(_bucket(max(len(p) for p in prompts), self.max_length), self.max_length - max_gen_toks)
-        tokens = np.zeros((self.batch_size, P), np.int32)
-        lengths = np.ones((self.batch_size,), np.int32)
-        for b, prompt in enumerate(prompts):
-            tokens[b, : len(prompt)] = prompt
-            lengths[b] = len(prompt)
-        self.stats.rows += len(prompts)
-        self.stats.tokens += int(lengths[: len(prompts)].sum())
-        self.stats.slots += tokens.size
+        tokens, lengths = self._pad(prompts, P)
         rng = jax.random.key(self.seed + self.stats.rows)
         out: list[list[int]] = [[] for _ in prompts]
         finished = [False] * len(prompts)
-        if self.mesh is not None:  # the rows split over the data axes, as the parameters are over the mesh
-            placed = sharding.shard_batch({"tokens": tokens, "lengths": lengths}, self.mesh)
-            tokens, lengths = placed["tokens"], placed["lengths"]
+        placed = self._place({"tokens": tokens, "lengths": lengths})
+        tokens, lengths = placed["tokens"], placed["lengths"]
         stream = generate_stream(
             self.model,
             tokens,
@@ -539,70 +529,3 @@ def _generation_request(request, index: int) -> tuple[str, Mapping]:
     if not isinstance(request[1], Mapping):
         raise TypeError(f"requests[{index}]'s generation settings must be a dict; got {type(request[1]).__name__}.")
     return request[0], request[1]
-
-
-def _head_logprobs(model, hidden, targets):
-    """log p(targets) and whether each is the argmax, float32 / bool [B, k], from hidden states [B, k, D]: the
-    head's logits [B, chunk, V] exist HEAD_CHUNK positions at a time."""
-    B, k = targets.shape
-    chunk = min(k, HEAD_CHUNK)
-    n = math.ceil(k / chunk)
-    padded = jnp.pad(hidden, ((0, 0), (0, n * chunk - k), (0, 0)))
-    padded_targets = jnp.pad(targets, ((0, 0), (0, n * chunk - k)))
-
-    def head(args):
-        h, t = args  # [B, chunk, D], [B, chunk]
-        logprobs = jax.nn.log_softmax(model.head(h).astype(jnp.float32), axis=-1)  # [B, chunk, V]
-        picked = jnp.take_along_axis(logprobs, t[..., None], axis=-1)[..., 0]
-        return picked, jnp.argmax(logprobs, axis=-1) == t
-
-    split = lambda x: jnp.moveaxis(x.reshape(B, n, chunk, *x.shape[2:]), 1, 0)  # [n, B, chunk, ...]
-    picked, greedy = jax.lax.map(head, (split(padded), split(padded_targets)))
-    merge = lambda x: jnp.moveaxis(x, 0, 1).reshape(B, n * chunk)[:, :k]
-    return merge(picked), merge(greedy)
-
-
-def _last_logprobs(model, hidden, lengths):
-    """The whole log-softmax [B, V] at each row's last real position (lengths - 1), and its argmax [B]."""
-    last = hidden[jnp.arange(hidden.shape[0]), lengths - 1]  # [B, D]
-    logprobs = jax.nn.log_softmax(model.head(last[:, None]).astype(jnp.float32)[:, 0], axis=-1)
-    return logprobs, jnp.argmax(logprobs, axis=-1)
-
-
-def _score_tokens_impl(graphdef, state, tokens, lengths, *, k):
-    """For the last k positions of each row (ending at its last real one, lengths - 1): log p(the next input
-    token) and whether it is the argmax, float32 / bool [B, k] (column k - 1, whose next token is no input, is
-    padding, as are positions before a row's start); and at the last real position the whole log-softmax [B, V]
-    and its argmax [B], for the continuation's last token. The output head runs on these k positions only (the
-    continuations')."""
-    model = nnx.merge(graphdef, state)
-    B, T = tokens.shape
-    hidden = model.hidden_states(tokens)  # [B, T, D]
-    rows = jnp.arange(B)[:, None]
-    positions = jnp.clip(lengths[:, None] - k + jnp.arange(k)[None, :], 0, T - 1)  # [B, k]
-    targets = tokens[rows, jnp.minimum(positions + 1, T - 1)]  # [B, k]
-    picked, greedy = _head_logprobs(model, hidden[rows, positions], targets)
-    return picked, greedy, *_last_logprobs(model, hidden, lengths)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "cache_len"))
-def _score_choices_fn(graphdef, state, contexts, lengths, continuations, *, cache_len):
-    """Contexts [B, T] (right-padded to `lengths`) prefilled once into a KV cache; the cache repeated for each of
-    the C continuations [B, C, K] (right-padded), which then run over it. Returns the log-softmax [B, V] after each
-    context and its argmax [B] (the continuations' first tokens), and log p(continuation[j + 1]) with whether it
-    is the argmax, float32 / bool [B, C, K] (column K - 1 is padding)."""
-    B, C, K = continuations.shape
-    model = nnx.merge(graphdef, state)  # a copy: the caller's model keeps no cache
-    model.init_cache(B, cache_len)
-    valid = jnp.arange(contexts.shape[1])[None, :] < lengths[:, None]
-    hidden = model.hidden_states(contexts, decode=True, valid=valid)  # each cache advances by its context
-    first_lp, first_argmax = _last_logprobs(model, hidden, lengths)
-    reorder_cache(model, jnp.repeat(jnp.arange(B), C))  # [B * C] caches, row b * C + c = context b
-    flat = continuations.reshape(B * C, K)
-    hidden = model.hidden_states(flat, decode=True)  # [B * C, K, D]; right padding is never read
-    targets = jnp.concatenate([flat[:, 1:], flat[:, -1:]], axis=1)
-    picked, greedy = _head_logprobs(model, hidden, targets)
-    return first_lp, first_argmax, picked.reshape(B, C, K), greedy.reshape(B, C, K)
-
-
-_score_tokens = jax.jit(_score_tokens_impl, static_argnames=("graphdef", "k"))

@@ -70,6 +70,7 @@ def _check_expert_weights(x, experts, weights, w_gate, w_up, w_down):
             f"`experts` and `weights` must both be [T={T}, k]; got {tuple(experts.shape)} and {tuple(weights.shape)}."
         )
     checks.check_integer("experts", experts)
+    checks.check_floating("weights", weights)
     return T, D, w_up.shape[0]
 
 
@@ -161,6 +162,8 @@ def moe_ffn_dense(x, experts, weights, w_gate, w_up, w_down, *, activation: str 
 
 def expert_capacity(tokens: int, k: int, num_experts: int, capacity_factor: float) -> int:
     """Slots per expert: ceil(capacity_factor * tokens * k / E) (GShard / Switch), at least 1."""
+    tokens, k = checks.check_positive_int("tokens", tokens), checks.check_positive_int("k", k)
+    num_experts = checks.check_positive_int("num_experts", num_experts)
     checks.check_real("capacity_factor", capacity_factor, low=0.0, low_open=True)
     return max(1, math.ceil(capacity_factor * tokens * k / num_experts))
 
