@@ -4,13 +4,16 @@ Below the models and above nn (whose parameters carry the logical names), so tha
 (the training runner, the checkpoint loader in `pretrained`, the memory estimate) shares one table without
 importing training.
 
-The mesh has three axes (`MESH_AXES`):
+The mesh has four axes (`MESH_AXES`):
 
     data     data parallelism: the batch is split, parameters are replicated
     fsdp     fully sharded data parallelism: the batch is split AND parameters / optimizer state are split along
              their `embed` axis (all-gathered for each layer's matmuls, gradients reduce-scattered)
     tensor   tensor (Megatron) parallelism: heads and the feed-forward width are split; activations are
              all-reduced after the attention output and the second feed-forward matmul
+    expert   expert parallelism: a mixture of experts' stacked experts are split (each device stores and updates
+             E / n of them), and the batch is split too, as over data; each device routes its own tokens, and a
+             layer's expert weights are gathered for its grouped matmul (nn/moe.py)
 
 Parameters carry logical axis names (jaxformer/nn/params.py); `LOGICAL_AXIS_RULES` is the one table that maps
 them to mesh axes. A dimension whose size the mesh axes do not divide is replicated instead, except the ones
@@ -38,8 +41,10 @@ from jaxformer import checks
 from jaxformer.nn.constraints import Resolver
 from jaxformer.nn.params import logical_axes
 
-MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")  # the batch is split over both: FSDP is data parallelism with sharded state
+MESH_AXES = ("data", "fsdp", "tensor", "expert")
+# The batch is split over these: FSDP is data parallelism with sharded state, and the expert axis carries a share
+# of the batch outside the experts (MaxText's layout).
+BATCH_AXES = ("data", "fsdp", "expert")
 
 # logical axis -> mesh axes it is split over (None: replicated). Order within a tensor matters only in that a
 # mesh axis is used at most once per array (the first logical axis to claim it wins).
@@ -52,14 +57,15 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("kv_heads", "tensor"),
     ("mlp", "tensor"),
     ("head_dim", None),
-    ("expert", None),  # a mixture's stacked experts (nn/moe.py): replicated until the expert mesh axis exists
+    ("expert", "expert"),  # a mixture's stacked experts (nn/moe.py)
 )
 # Splitting these is the point of tensor parallelism, so a size the tensor axis does not divide is an error.
 STRICT_AXES = ("heads", "mlp")
 
 
-def mesh_shape(sizes: dict, num_devices: int) -> tuple[int, int, int]:
-    """(data, fsdp, tensor) from `sizes` (missing axes are 1; one -1 takes the devices left), checked."""
+def mesh_shape(sizes: dict, num_devices: int) -> tuple[int, ...]:
+    """The size of each of `MESH_AXES` (data, fsdp, tensor, expert) from `sizes` (missing axes are 1; one -1
+    takes the devices left), checked."""
     unknown = sorted(set(sizes) - set(MESH_AXES))
     if unknown:
         raise ValueError(f"config.mesh has unknown axes {unknown}; the mesh axes are {MESH_AXES}.")
@@ -80,15 +86,18 @@ def mesh_shape(sizes: dict, num_devices: int) -> tuple[int, int, int]:
     elif fixed != num_devices:
         raise ValueError(
             f"config.mesh {dict(zip(MESH_AXES, shape, strict=True))} uses {fixed} devices but {num_devices} are "
-            f"available; make the product of data x fsdp x tensor {num_devices}, or set one axis to -1."
+            f"available; make the product of data x fsdp x tensor x expert {num_devices}, or set one axis to -1."
         )
     return tuple(shape)
 
 
-def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, *, devices: Sequence | None = None) -> Mesh:
-    """A `Mesh` with axes ("data", "fsdp", "tensor") over `devices` (default: all), -1 filling the rest."""
+def make_mesh(
+    data: int = -1, fsdp: int = 1, tensor: int = 1, *, expert: int = 1, devices: Sequence | None = None
+) -> Mesh:
+    """A `Mesh` with axes `MESH_AXES` ("data", "fsdp", "tensor", "expert") over `devices` (default: all), -1
+    filling the rest."""
     devices = list(jax.devices() if devices is None else devices)
-    shape = mesh_shape({"data": data, "fsdp": fsdp, "tensor": tensor}, len(devices))
+    shape = mesh_shape({"data": data, "fsdp": fsdp, "tensor": tensor, "expert": expert}, len(devices))
     # Auto axes: jit propagates shardings through the model (GSPMD); newer jax defaults make_mesh to Explicit,
     # where every reshape of a sharded activation would need an out_sharding.
     auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
@@ -96,7 +105,7 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, *, devices: Sequen
 
 
 def mesh_from_config(mesh_config) -> Mesh:
-    """The mesh that `config.mesh` (a ConfigDict or dict with `data`, `fsdp`, `tensor`) describes."""
+    """The mesh that `config.mesh` (a ConfigDict or dict with `data`, `fsdp`, `tensor`, `expert`) describes."""
     sizes = dict(mesh_config.to_dict() if hasattr(mesh_config, "to_dict") else mesh_config)
     return make_mesh(**sizes)
 
@@ -112,8 +121,8 @@ def use_mesh(mesh: Mesh):
 
 def activation_resolver(mesh: Mesh) -> Resolver:
     """For `nn.constraints.activation_sharding`: an activation with logical axes is laid out by the same rules
-    table as the parameters. The residual stream ("batch", "length", "embed") is split over data x fsdp on its batch
-    axis; `embed` stays whole, because fsdp is already taken by the batch (one mesh axis per array)."""
+    table as the parameters. The residual stream ("batch", "length", "embed") is split over data x fsdp x expert on
+    its batch axis; `embed` stays whole, because fsdp is already taken by the batch (one mesh axis per array)."""
 
     def resolve(axes, shape):
         return NamedSharding(mesh, logical_to_spec(axes, shape, mesh))
@@ -175,8 +184,8 @@ def check_batch_size(batch_size: int, mesh: Mesh, name: str = "config.batch_size
     ways = math.prod(mesh.shape[a] for a in BATCH_AXES)
     if batch_size % ways:
         raise ValueError(
-            f"{name}={batch_size} is not divisible by the data x fsdp mesh axes ({ways} devices), which split "
-            f"the batch; use a multiple of {ways}."
+            f"{name}={batch_size} is not divisible by the data x fsdp x expert mesh axes ({ways} devices), which "
+            f"split the batch; use a multiple of {ways}."
         )
 
 

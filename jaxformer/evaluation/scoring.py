@@ -144,7 +144,7 @@ class Scorer:
       evaluation mode (no dropout), on a copy: the model's own mode is left as it is.
     tokenizer: a jaxformer tokenizer (`data.HFTokenizer` for checkpoints; char / byte / SentencePiece for runs
       trained here).
-    batch_size: rows per model call (a multiple of the mesh's data x fsdp devices with `mesh`).
+    batch_size: rows per model call (a multiple of the mesh's data x fsdp x expert devices with `mesh`).
     max_length: the context length L (default: the model's `config.max_len`, the checkpoint's
       max_position_embeddings / n_positions, as lm_eval reads it).
     max_gen_toks: new tokens per generation request unless the request says otherwise (lm_eval's default 256).

@@ -17,6 +17,9 @@ from jaxformer.nn.blocks import BlockConfig
 from jaxformer.nn.remat import REMAT_POLICIES
 from jaxformer.ops import RopeScaling
 
+# A sparse config's fields for one of its dense layers (ModelConfig.dense_layers).
+_DENSE_FFN = dict(num_experts=0, expert_d_ff=None, shared_expert_d_ff=None, capacity_factor=None)
+
 # The kinds of layer `ModelConfig.layer_types` names: full causal attention, or within a sliding window.
 LAYER_TYPES = ("global", "local")
 
@@ -51,6 +54,11 @@ class ModelConfig(BlockConfig):
     wide (None: d_ff; Gemma 4's double-wide MLP is 2 d_ff). Per-layer inputs (Gemma 4, `per_layer_input_dim` P >
     0): a second embedding `[per_layer_vocab_size (None: V), L P]` and a projection of the input embedding give
     each layer its own `[B, T, P]` input (models/gpt.py).
+    Mixture of experts (the block fields `num_experts` E > 0, `experts_per_token`, `expert_d_ff`, ...; nn/moe.py):
+    `dense_layers` lists the layers that keep the dense FFN of width `d_ff` (Qwen3-MoE's mlp_only_layers; empty:
+    every layer is sparse). Training adds `router_aux_loss_coef` times the load-balancing loss (Switch / Mixtral,
+    over all sparse layers' tokens as transformers' `load_balancing_loss_func`) and `router_z_loss_coef` times
+    ST-MoE's router z-loss to the task's loss (`GPT.router_losses`).
     Encoder-decoder: `num_decoder_layers` (default `num_layers`). ViT: `image_size`, `patch_size`,
     `num_channels`, `num_classes`. Execution: `scan_layers` (one compiled block, scanned over L: compile time
     independent of depth), `vocab_multiple` (store the embedding / output tables with V rounded up to a multiple
@@ -90,6 +98,9 @@ class ModelConfig(BlockConfig):
     num_kv_shared_layers: int = 0
     kv_shared_d_ff: int | None = None
     per_layer_vocab_size: int | None = None
+    dense_layers: tuple[int, ...] = ()
+    router_aux_loss_coef: float = 0.01
+    router_z_loss_coef: float = 0.0
 
     def __post_init__(self):
         super().__post_init__()
@@ -110,6 +121,7 @@ class ModelConfig(BlockConfig):
             object.__setattr__(self, "final_logit_softcap", cap)
         self._check_layer_types(owner)
         self._check_gemma4(owner)
+        self._check_dense_layers(owner)
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"{owner}.image_size={self.image_size} must be a multiple of patch_size={self.patch_size}."
@@ -176,6 +188,29 @@ class ModelConfig(BlockConfig):
             raise ValueError(f"{owner}.per_layer_vocab_size needs per_layer_input_dim > 0 (the per-layer inputs).")
         self.kv_sources  # noqa: B018  (raises when a shared layer's kind has no earlier layer)
 
+    def _check_dense_layers(self, owner: str) -> None:
+        for name in ("router_aux_loss_coef", "router_z_loss_coef"):
+            object.__setattr__(self, name, checks.check_real(f"{owner}.{name}", getattr(self, name), low=0.0))
+        layers = self.dense_layers
+        if isinstance(layers, str) or not isinstance(layers, list | tuple):
+            raise TypeError(f"{owner}.dense_layers must be a tuple of layer indices; got {layers!r}.")
+        L = self.num_layers
+        layers = tuple(
+            checks.check_int(f"{owner}.dense_layers[{i}]", j, low=0, high=L - 1, expected=f"a layer index in [0, {L})")
+            for i, j in enumerate(layers)
+        )
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"{owner}.dense_layers names a layer twice: {layers}.")
+        if layers and not self.num_experts:
+            raise ValueError(
+                f"{owner}.dense_layers={layers} picks the dense layers of a mixture of experts; num_experts=0."
+            )
+        object.__setattr__(self, "dense_layers", tuple(sorted(layers)))
+
+    def is_sparse(self, index: int) -> bool:
+        """Whether layer `index` has a mixture-of-experts feed-forward."""
+        return bool(self.num_experts) and index not in self.dense_layers
+
     def layer_type(self, index: int) -> str | None:
         """The kind ("global" | "local") of layer `index`; None without `layer_types`."""
         return None if self.layer_types is None else self.layer_types[index]
@@ -198,19 +233,21 @@ class ModelConfig(BlockConfig):
         return tuple(sources)
 
     @property
-    def layer_kinds(self) -> tuple[tuple[str | None, bool], ...] | None:
-        """Per layer (kind, whether it shares another layer's keys and values), or None when every layer is
-        built alike (no `layer_types`, no KV sharing)."""
-        if self.layer_types is None and self.num_kv_shared_layers == 0:
+    def layer_kinds(self) -> tuple[tuple[str | None, bool, bool], ...] | None:
+        """Per layer (kind, whether it shares another layer's keys and values, whether its FFN is a mixture of
+        experts), or None when every layer is built alike (no `layer_types`, no KV sharing, no `dense_layers`)."""
+        if self.layer_types is None and self.num_kv_shared_layers == 0 and not self.dense_layers:
             return None
         first_shared = self.num_layers - self.num_kv_shared_layers
-        return tuple((self.layer_type(i), i >= first_shared) for i in range(self.num_layers))
+        return tuple((self.layer_type(i), i >= first_shared, self.is_sparse(i)) for i in range(self.num_layers))
 
-    def layer_config(self, kind: str | None, kv_shared: bool = False) -> ModelConfig:
+    def layer_config(self, kind: str | None, kv_shared: bool = False, sparse: bool | None = None) -> ModelConfig:
         """The config a layer of `kind` ("global" | "local"; None: the layers of a config without `layer_types`)
         is built from: the window, RoPE and shapes of its kind, `shared_kv` and the FFN width of a KV-shared layer
-        (`kv_shared`), and no per-layer fields."""
-        if kind is None and not kv_shared:
+        (`kv_shared`), no experts when `sparse` is False (a dense layer; None: as the config), and no per-layer
+        fields."""
+        dense = sparse is False and bool(self.num_experts)
+        if kind is None and not kv_shared and not dense:
             return self
         if kind is not None:
             checks.check_choice("kind", kind, LAYER_TYPES)
@@ -233,6 +270,8 @@ class ModelConfig(BlockConfig):
             value_is_key=self.global_value_is_key if is_global else self.value_is_key,
             shared_kv=kv_shared,
             d_ff=(self.kv_shared_d_ff or self.d_ff) if kv_shared else self.d_ff,
+            dense_layers=(),
+            **(_DENSE_FFN if dense else {}),
         )
 
     # -- derived sizes -----------------------------------------------------------------------------------------

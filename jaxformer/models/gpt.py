@@ -15,6 +15,9 @@ from jaxformer.models.embedding import InputEmbedding, check_tokens, check_valid
 from jaxformer.models.stack import BlockStack
 from jaxformer.nn.blocks import ABSOLUTE_POSITIONAL, apply_norm, make_norm
 
+# What `GPT.router_losses` reports of a mixture of experts' routing (the training log's `train_moe_*`).
+ROUTER_METRICS = ("moe_balance_loss", "moe_z_loss", "moe_max_load", "moe_dropped")
+
 
 class OutputHead(nnx.Module):
     """Logits `[B, T, V]` in float32: `x E^T` with the input embedding E when tied, else `x W` (`W [D, V]`).
@@ -77,7 +80,7 @@ class GPT(nnx.Module):
                 "layer's keys and values, which a scan over the layers does not hand out."
             )
         self.blocks = BlockStack(
-            lambda r, kind=(None, False): nn.DecoderBlock(config.layer_config(*kind), rngs=r),
+            lambda r, kind=(None, False, None): nn.DecoderBlock(config.layer_config(*kind), rngs=r),
             config.num_layers,
             scan=config.scan_layers,
             rngs=rngs,
@@ -119,6 +122,26 @@ class GPT(nnx.Module):
         return self.head(
             self.hidden_states(tokens, positions=positions, segment_ids=segment_ids, valid=valid, decode=decode)
         )
+
+    def router_losses(self) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """The auxiliary loss of a mixture of experts after a forward pass, and its metrics; (0, {}) without experts.
+
+            aux = router_aux_loss_coef * E sum_e f_e P_e + router_z_loss_coef * mean_t logsumexp(logits_t)^2
+
+        f_e and P_e over every sparse layer's (valid) tokens of the last call (`nn.router_stats`;
+        `ops.load_balancing_loss_from_stats`). Metrics: `moe_balance_loss` (k when perfectly balanced),
+        `moe_z_loss`, `moe_max_load` (the busiest expert's share of the choices times E: 1 when balanced, E / k
+        at worst; the mean over layers) and `moe_dropped` (the share of assignments over capacity)."""
+        found = nn.router_stats(self)
+        if found is None:
+            return jnp.zeros((), jnp.float32), {}
+        stats, dropped = found
+        cfg = self.config
+        balance = ops.load_balancing_loss_from_stats(stats)
+        z = ops.router_z_loss_from_stats(stats)
+        max_load = jnp.mean(jnp.max(stats.load, axis=-1)) * cfg.num_experts / cfg.experts_per_token
+        metrics = dict(zip(ROUTER_METRICS, (balance, z, max_load, dropped.mean()), strict=True))
+        return cfg.router_aux_loss_coef * balance + cfg.router_z_loss_coef * z, metrics
 
     def per_layer_inputs(self, tokens: jax.Array, embedded: jax.Array) -> jax.Array:
         """Gemma 4's per-layer inputs `[L, B, T, P]` from the tokens `[B, T]` and their embedding `[B, T, D]`:

@@ -4,7 +4,7 @@ from jaxformer.nn.attention import MultiHeadAttention
 from jaxformer.nn.blocks import BlockConfig, DecoderBlock, EncoderBlock
 from jaxformer.nn.embed import Embed, LearnedPositions
 from jaxformer.nn.feedforward import FeedForward
-from jaxformer.nn.moe import MoEFeedForward
+from jaxformer.nn.moe import MoEFeedForward, RoutingStats, router_stats
 from jaxformer.nn.norms import BatchNorm, LayerNorm, RMSNorm
 from jaxformer.nn.params import LOGICAL_AXES, logical_axes, logical_param
 
@@ -21,6 +21,8 @@ __all__ = [
     "MoEFeedForward",
     "MultiHeadAttention",
     "RMSNorm",
+    "RoutingStats",
     "logical_axes",
     "logical_param",
+    "router_stats",
 ]

@@ -19,6 +19,7 @@ from jaxformer import checks, ops
 from jaxformer.nn.attention import ATTENTION_POSITIONAL, MultiHeadAttention, SharedKV
 from jaxformer.nn.attention_dispatch import check_implementation, check_softcap
 from jaxformer.nn.feedforward import FFN_ACTIVATIONS, FeedForward
+from jaxformer.nn.moe import MoEFeedForward
 from jaxformer.nn.norms import BatchNorm, LayerNorm, RMSNorm
 from jaxformer.nn.params import logical_param
 from jaxformer.ops import RopeScaling
@@ -69,6 +70,12 @@ class BlockConfig:
     activation).
     `positional` (learned | sinusoidal | rope | alibi | none): rope and alibi act in the blocks' self-attention;
     learned and sinusoidal positions are added by the model's embedding, so blocks see them as "none".
+    Mixture of experts (`num_experts` E > 0; nn/moe.py): the feed-forward becomes a `MoEFeedForward` of E SwiGLU
+    experts, each `expert_d_ff` wide (None: d_ff), `experts_per_token` k of them per token, chosen by `router`
+    (softmax_topk | topk_softmax; `ops.route`) with `router_normalize` (renormalise the k weights) and
+    `router_bias`; `shared_expert_d_ff` adds Qwen2-MoE's gated shared expert of that width; `capacity_factor`
+    (None: dropless) switches to static expert capacity; `moe_impl` (auto | blocks | ragged_dot) picks the grouped
+    matmul (`ops.moe_ffn`). `activation` stays the FFN of dense layers (ModelConfig.dense_layers).
     `dtype` (computation; a name such as "bfloat16" is accepted), `param_dtype` (storage).
 
     Every field is checked here, once; a bad value raises a ValueError (a TypeError for the wrong kind of value,
@@ -108,6 +115,15 @@ class BlockConfig:
     out_bias: bool | None = None
     mlp_bias: bool | None = None
     attention_impl: str = "xla"
+    num_experts: int = 0
+    experts_per_token: int = 2
+    expert_d_ff: int | None = None
+    shared_expert_d_ff: int | None = None
+    router: str = "softmax_topk"
+    router_normalize: bool = True
+    router_bias: bool = False
+    capacity_factor: float | None = None
+    moe_impl: str = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -191,9 +207,33 @@ class BlockConfig:
                 f"attention_impl={self.attention_impl!r} takes no bias (ALiBi is one); use positional='rope' or "
                 "attention_impl='xla'."
             )
+        self._check_moe(owner)
         # Accept dtype names ("bfloat16") and keep the field hashable; computation and storage are floating.
         for name in ("dtype", "param_dtype"):
             object.__setattr__(self, name, checks.check_float_dtype(f"{owner}.{name}", getattr(self, name)))
+
+    def _check_moe(self, owner: str) -> None:
+        E = checks.check_int(f"{owner}.num_experts", self.num_experts, low=0)
+        object.__setattr__(self, "num_experts", E)
+        self._check_flags("router_normalize", "router_bias")
+        checks.check_choice(f"{owner}.router", self.router, ops.ROUTINGS)
+        checks.check_choice(f"{owner}.moe_impl", self.moe_impl, ops.moe.IMPLEMENTATIONS)
+        for name in ("expert_d_ff", "shared_expert_d_ff"):
+            if getattr(self, name) is not None:
+                self._check_positive_ints(name)
+        if self.capacity_factor is not None:
+            value = checks.check_real(f"{owner}.capacity_factor", self.capacity_factor, low=0.0, low_open=True)
+            object.__setattr__(self, "capacity_factor", value)
+        if E:
+            k = checks.check_int(
+                f"{owner}.experts_per_token", self.experts_per_token, low=1, high=E, expected=f"an int in [1, {E}]"
+            )
+            object.__setattr__(self, "experts_per_token", k)
+        elif self.expert_d_ff is not None or self.shared_expert_d_ff is not None or self.capacity_factor is not None:
+            raise ValueError(
+                f"{owner}.expert_d_ff / shared_expert_d_ff / capacity_factor shape a mixture of experts; set "
+                "num_experts > 0 (or leave them None)."
+            )
 
     def _check_positive_ints(self, *names: str) -> None:
         """Each named field must be a positive int, not a bool (for subclasses' fields too); a NumPy int is
@@ -267,7 +307,24 @@ def make_attention(cfg: BlockConfig, *, cross: bool = False, context_dim: int | 
     )
 
 
-def make_ffn(cfg: BlockConfig, *, rngs: nnx.Rngs) -> FeedForward:
+def make_ffn(cfg: BlockConfig, *, rngs: nnx.Rngs) -> FeedForward | MoEFeedForward:
+    """The block's feed-forward: a `FeedForward`, or with `cfg.num_experts` > 0 a `MoEFeedForward`."""
+    if cfg.num_experts:
+        return MoEFeedForward(
+            cfg.d_model,
+            cfg.expert_d_ff or cfg.d_ff,
+            cfg.num_experts,
+            cfg.experts_per_token,
+            routing=cfg.router,
+            normalize=cfg.router_normalize,
+            router_bias=cfg.router_bias,
+            shared_d_ff=cfg.shared_expert_d_ff,
+            capacity_factor=cfg.capacity_factor,
+            implementation=cfg.moe_impl,
+            dtype=cfg.dtype,
+            param_dtype=cfg.param_dtype,
+            rngs=rngs,
+        )
     return FeedForward(
         cfg.d_model,
         cfg.d_ff,
@@ -362,6 +419,12 @@ class DecoderBlock(nnx.Module):
     def init_cache(self, batch_size: int, max_len: int, dtype=None) -> None:
         self.self_attention.init_cache(batch_size, max_len, dtype)
 
+    def _ffn(self, valid: jax.Array | None):
+        """The feed-forward sublayer; a mixture of experts also takes `valid` (its routing statistics skip padding)."""
+        if isinstance(self.ffn, MoEFeedForward):
+            return lambda h: self.ffn(h, valid)
+        return self.ffn
+
     def __call__(
         self,
         x: jax.Array,
@@ -408,7 +471,7 @@ class DecoderBlock(nnx.Module):
         x = self.self_residual(self_attend, x, valid)
         if self.cross_attention is not None:
             x = self.cross_residual(lambda h: self.cross_attention(h, context, mask=context_mask), x, valid)
-        x = self.ffn_residual(self.ffn, x, valid)
+        x = self.ffn_residual(self._ffn(valid), x, valid)
         if layer_input is not None:
             h = ops.dense("BTD,DP->BTP", x, self.per_layer_gate[...], dtype=self.dtype)
             h = ops.gelu(h) * layer_input.astype(self.dtype)

@@ -52,3 +52,9 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
         raise ValueError(f"constrain: axes {axes} must name each of the {x.ndim} dims of an array of shape {x.shape}.")
     sharding = resolve(axes, tuple(x.shape))
     return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+
+
+def resolved(axes: Sequence[str | None], shape: Sequence[int]) -> jax.sharding.NamedSharding | None:
+    """The sharding the active hints give an array with logical `axes` and `shape` (None when no hints are active)."""
+    resolve = _RESOLVER.get()
+    return None if resolve is None else resolve(tuple(axes), tuple(shape))

@@ -6,10 +6,17 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import PartitionSpec
 
 from jaxformer import checks, ops
+from jaxformer.nn.constraints import resolved
 from jaxformer.nn.feedforward import FeedForward
 from jaxformer.nn.params import logical_param
+
+
+class RoutingStats(nnx.Variable):
+    """What a `MoEFeedForward`'s last call routed (`ops.RouterStats` and the dropped share): written by every call,
+    read by the loss that follows it (`router_stats`). Not a parameter: never trained, never saved as a weight."""
 
 
 class MoEFeedForward(nnx.Module):
@@ -25,10 +32,12 @@ class MoEFeedForward(nnx.Module):
     for Qwen2-MoE; "topk_softmax" for GPT-OSS). capacity_factor: None computes every assignment (`ops.moe_ffn`,
     dropless); a number uses `ops.moe_ffn_capacity`, whose dropped assignments are counted.
 
-    `__call__(x [B, T, D], valid=None)` returns (y `[B, T, D]`, aux), aux a dict: `router_logits` float32
-    `[B, T, E]` (for `ops.load_balancing_loss` / `ops.router_z_loss`), `tokens_per_expert` float32 `[E]` (the
-    share of the valid tokens' k choices each expert got) and `dropped` (assignments dropped by the capacity,
-    int32; 0 when dropless).
+    `__call__(x [B, T, D], valid=None)` returns y `[B, T, D]` and records, in `RoutingStats` variables, the
+    router's statistics over the valid tokens (bool `valid [B, T]`; None: all): `router_load` `[E]` (f_e, the
+    mean number of a token's k choices that went to e), `router_prob` `[E]` (P_e, the mean router probability),
+    `router_z` (mean squared logsumexp of the logits) and `dropped` (the share of the B T k assignments the
+    capacity dropped; 0 when dropless). A model's auxiliary losses are computed from them (`router_stats`,
+    `ops.load_balancing_loss_from_stats`); gradients flow through them within the traced step.
     """
 
     def __init__(
@@ -75,29 +84,68 @@ class MoEFeedForward(nnx.Module):
                 d_model, shared_d_ff, activation="swiglu", dtype=dtype, param_dtype=param_dtype, rngs=rngs
             )
             self.shared_gate = logical_param(rngs, init, (d_model, 1), ("embed", None), param_dtype)
+        self.router_load = RoutingStats(jnp.zeros((E,), jnp.float32))
+        self.router_prob = RoutingStats(jnp.zeros((E,), jnp.float32))
+        self.router_z = RoutingStats(jnp.zeros((), jnp.float32))
+        self.dropped = RoutingStats(jnp.zeros((), jnp.float32))
 
-    def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    def __call__(self, x: jax.Array, valid: jax.Array | None = None) -> jax.Array:
         x = checks.check_array("x", x)
         checks.check_rank("x", x, 3, f"[B, T, D={self.d_model}]")
         B, T, D = x.shape
         if D != self.d_model:
             raise ValueError(f"`x` must be [B, T, D={self.d_model}]; got {tuple(x.shape)}.")
+        if valid is not None and jnp.shape(valid) != (B, T):
+            raise ValueError(f"`valid` must be [B, T] = {(B, T)} like x; got {jnp.shape(valid)}.")
         flat = x.reshape(B * T, D).astype(self.dtype)
         logits = jnp.einsum("ND,DE->NE", flat.astype(jnp.float32), self.router[...].astype(jnp.float32))
         if self.router_bias is not None:
             logits = logits + self.router_bias[...].astype(jnp.float32)
         weights, experts = ops.route(logits, self.experts_per_token, routing=self.routing, normalize=self.normalize)
         w = [v[...].astype(self.dtype) for v in (self.w_gate, self.w_up, self.w_down)]
-        if self.capacity_factor is None:
-            y = ops.moe_ffn(flat, experts, weights, *w, implementation=self.implementation)
-            dropped = jnp.int32(0)
-        else:
-            y, dropped = ops.moe_ffn_capacity(flat, experts, weights, *w, capacity_factor=self.capacity_factor)
+        y, count = self._experts(flat, experts, weights, w)
+        dropped = count.astype(jnp.float32) / experts.size
         if self.shared is not None:
             gate = jax.nn.sigmoid(flat @ self.shared_gate[...].astype(self.dtype))  # [N, 1]
             y = y + gate * self.shared(flat[None])[0]
-        mask = jnp.ones((B * T,), jnp.float32) if valid is None else jnp.asarray(valid, jnp.float32).reshape(-1)
-        choices = jnp.sum(jax.nn.one_hot(experts, self.num_experts, dtype=jnp.float32), axis=1)  # [N, E]
-        share = jnp.einsum("NE,N->E", choices, mask) / jnp.maximum(jnp.sum(mask) * self.experts_per_token, 1.0)
-        aux = {"router_logits": logits.reshape(B, T, -1), "tokens_per_expert": share, "dropped": dropped}
-        return y.reshape(B, T, D).astype(x.dtype), aux
+        flat_valid = None if valid is None else jnp.reshape(valid, (-1,))
+        stats = ops.router_stats(logits, self.experts_per_token, experts=experts, valid=flat_valid)
+        self.router_load[...], self.router_prob[...], self.router_z[...] = stats
+        self.dropped[...] = dropped
+        return y.reshape(B, T, D).astype(x.dtype)
+
+    def _experts(self, x, experts, weights, w):
+        """(the routed FFN of the tokens `[N, D]`, the assignments dropped). Under a sharded step (activation hints
+        on, nn/constraints.py) each shard of the batch routes its own tokens (`jax.shard_map`): no device gathers
+        the others' tokens to sort them; the experts' weights come whole to every device (all-gathered over the
+        expert axis, layer by layer, like FSDP's parameters)."""
+        if self.capacity_factor is None:
+            ffn = lambda x, e, p, *w: (ops.moe_ffn(x, e, p, *w, implementation=self.implementation), jnp.int32(0))
+        else:
+            ffn = lambda x, e, p, *w: ops.moe_ffn_capacity(x, e, p, *w, capacity_factor=self.capacity_factor)
+        sharding = resolved(("batch", None), x.shape)
+        if sharding is None or sharding.spec[0] is None:
+            return ffn(x, experts, weights, *w)
+        rows, whole = PartitionSpec(sharding.spec[0]), PartitionSpec()
+
+        def local(x, e, p, *w):
+            y, count = ffn(x, e, p, *w)
+            return y, count[None]
+
+        y, counts = jax.shard_map(
+            local, mesh=sharding.mesh, in_specs=(rows, rows, rows, *(whole,) * len(w)), out_specs=(rows, rows)
+        )(x, experts, weights, *w)
+        return y, jnp.sum(counts)
+
+
+def router_stats(module: nnx.Module) -> tuple[ops.RouterStats, jax.Array] | None:
+    """The `RoutingStats` of every `MoEFeedForward` in `module` after its last call, stacked: (ops.RouterStats
+    with a leading axis over the sparse layers, `[M, E]` / `[M]`, and the dropped shares `[M]`); None when it
+    has no experts. Scanned layers contribute their stacked `[L, ...]` entries."""
+    layers = [m for _, m in nnx.iter_graph(module) if isinstance(m, MoEFeedForward)]
+    if not layers:
+        return None
+    E = layers[0].num_experts
+    gather = lambda name, *shape: jnp.concatenate([getattr(m, name)[...].reshape(-1, *shape) for m in layers])
+    stats = ops.RouterStats(gather("router_load", E), gather("router_prob", E), gather("router_z"))
+    return stats, gather("dropped")

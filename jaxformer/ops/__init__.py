@@ -27,13 +27,17 @@ from jaxformer.ops.masks import (
 )
 from jaxformer.ops.moe import (
     ROUTINGS,
+    RouterStats,
     expert_capacity,
     load_balancing_loss,
+    load_balancing_loss_from_stats,
     moe_ffn,
     moe_ffn_capacity,
     moe_ffn_dense,
     route,
+    router_stats,
     router_z_loss,
+    router_z_loss_from_stats,
 )
 from jaxformer.ops.norms import layer_norm, rms_norm
 from jaxformer.ops.positions import (
@@ -52,6 +56,7 @@ __all__ = [
     "MASKED_LOGIT",
     "ROUTINGS",
     "RopeScaling",
+    "RouterStats",
     "additive_attention",
     "alibi_bias",
     "alibi_slopes",
@@ -71,6 +76,7 @@ __all__ = [
     "layer_norm",
     "lengths_to_valid",
     "load_balancing_loss",
+    "load_balancing_loss_from_stats",
     "merge_heads",
     "moe_ffn",
     "moe_ffn_capacity",
@@ -82,7 +88,9 @@ __all__ = [
     "rms_norm",
     "rope_frequencies",
     "route",
+    "router_stats",
     "router_z_loss",
+    "router_z_loss_from_stats",
     "segment_mask",
     "silu",
     "sinusoidal_positions",

@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from jaxformer import checks, data, lora, pretrained, sharding
-from jaxformer.models import GPT
+from jaxformer.models import GPT, ROUTER_METRICS
 from jaxformer.training import defaults, multihost, plots
 from jaxformer.training.checkpoints import Checkpointer
 from jaxformer.training.metrics import MetricsLog, perplexity
@@ -140,7 +140,9 @@ def _train(config, workdir: str, mesh, checkpoints: Checkpointer, start: int | N
             t0 = time.perf_counter()
             state, metrics = runner.train_step(state, next(batches))
             # Fetching waits for the step, so the wall time below is the step's.
-            fetched = jax.device_get({k: metrics[k] for k in ("loss", "nll", "grad_norm", *task.train_metrics)})
+            # The task's own metrics, and a mixture of experts' routing (GPT.router_losses) when the model has one.
+            reported = (*task.train_metrics, *(k for k in ROUTER_METRICS if k in metrics))
+            fetched = jax.device_get({k: metrics[k] for k in ("loss", "nll", "grad_norm", *reported)})
             loss, grad_norm = float(fetched["loss"]), float(fetched["grad_norm"])
             if step > start + 1:  # the first step of a process compiles
                 step_times.append(time.perf_counter() - t0)
@@ -150,7 +152,7 @@ def _train(config, workdir: str, mesh, checkpoints: Checkpointer, start: int | N
                 raise stop(f"Gradient norm is {grad_norm}", step)
             train_losses.append(loss)
             train_nlls.append(float(fetched["nll"]))
-            task_metrics.append({k: float(fetched[k]) for k in task.train_metrics})
+            task_metrics.append({k: float(fetched[k]) for k in reported})
             progress.update(1)
             last = step == config.num_steps
             if step % config.log_every == 0 or step % config.eval_every == 0 or last:
@@ -165,7 +167,7 @@ def _train(config, workdir: str, mesh, checkpoints: Checkpointer, start: int | N
                     "accuracy": float(metrics["accuracy"]),
                     "step_ms": step_ms,
                     "tokens_per_s": tokens_per_step / (step_ms / 1e3) if step_times else None,
-                    **{f"train_{k}": float(np.mean([m[k] for m in task_metrics])) for k in task.train_metrics},
+                    **{f"train_{k}": float(np.mean([m[k] for m in task_metrics])) for k in reported},
                 }
                 if step % config.eval_every == 0 or last:
                     host_state = runner.to_host(state)

@@ -36,6 +36,7 @@ from flax import nnx
 from jaxformer import hub, sharding
 from jaxformer.decoding import kv_cache_bytes
 from jaxformer.models import GPT, VARIANTS, ModelConfig
+from jaxformer.nn.params import logical_axes
 from jaxformer.pretrained import hf_config, io
 from jaxformer.training import defaults
 from jaxformer.training.run import build_run
@@ -79,7 +80,12 @@ def memory_report(config: ml_collections.ConfigDict, num_devices: int | None = N
     task, cfg, optimizer = run.task, run.model_config, run.optimizer
     abstract = nnx.eval_shape(run.make_model)
     params = nnx.state(abstract, nnx.Param)  # every parameter: a LoRA model's frozen base and adapters too
-    param_total, param_device = _sharded_bytes(params, sharding.param_specs(params, mesh), mesh)
+    param_specs = sharding.param_specs(params, mesh)
+    param_total, param_device = _sharded_bytes(params, param_specs, mesh)
+    # A mixture's stacked experts (logical axis "expert"), split over the expert mesh axis: most of its weights.
+    is_expert = lambda variable: "expert" in (logical_axes(variable) or ())
+    experts = nnx.filter_state(params, lambda path, variable: is_expert(variable))
+    expert_total, expert_device = _sharded_bytes(experts, sharding.param_specs(experts, mesh), mesh)
     # What trains (state.split_model): every parameter, or a LoRA run's adapters; they alone have optimizer state,
     # gradients and updates.
     _, trained, _, _ = split_model(abstract)
@@ -102,7 +108,7 @@ def memory_report(config: ml_collections.ConfigDict, num_devices: int | None = N
     opt_total, opt_device = _sharded_bytes(opt_state, opt_specs, mesh)
 
     T, layers, V = task.activation_shape(cfg)
-    b = config.batch_size // (mesh.shape["data"] * mesh.shape["fsdp"]) * task.sequences_per_example
+    b = config.batch_size // math.prod(mesh.shape[a] for a in sharding.BATCH_AXES) * task.sequences_per_example
     t = mesh.shape["tensor"]
     width_bytes = np.dtype(cfg.dtype).itemsize / 2  # the formula counts 16-bit activations
     unit = T * b * cfg.d_model * width_bytes
@@ -117,6 +123,8 @@ def memory_report(config: ml_collections.ConfigDict, num_devices: int | None = N
         "trained_parameters": int(sum(math.prod(p.shape) for p in jax.tree.leaves(trained))),
         "param_bytes": param_total,
         "param_bytes_per_device": param_device,
+        "expert_param_bytes": expert_total,
+        "expert_param_bytes_per_device": expert_device,
         "optimizer_bytes": opt_total,
         "optimizer_bytes_per_device": opt_device,
         "remat": cfg.remat,
@@ -192,6 +200,14 @@ def format_report(report: dict) -> str:
         [
             f"{report['parameters']:,} parameters on {report['devices']} devices ({mesh}); per device:",
             f"  parameters        {size(report['param_bytes_per_device']):>12}   (of {size(report['param_bytes'])})",
+            *(
+                [
+                    f"    of which experts {size(report['expert_param_bytes_per_device']):>10}   "
+                    f"(of {size(report['expert_param_bytes'])}, split over expert={report['mesh']['expert']})"
+                ]
+                if report["expert_param_bytes"]
+                else []
+            ),
             f"  optimizer state   {size(report['optimizer_bytes_per_device']):>12}   "
             f"(of {size(report['optimizer_bytes'])})",
             f"  gradients+updates {size(2 * report['trained_bytes_per_device']):>12}   (transient, as the trained "

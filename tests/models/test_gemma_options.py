@@ -18,7 +18,7 @@ from jaxformer.models.embedding import InputEmbedding
 from jaxformer.nn.blocks import DecoderBlock
 from jaxformer.nn.feedforward import FeedForward
 from jaxformer.nn.norms import RMSNorm
-from tests.models.helpers import param_count
+from tests.models.helpers import grouped_scanned_copy, param_count
 
 TOKENS = np.random.default_rng(0).integers(0, 64, size=(2, 11)).astype(np.int32)
 LONG_TOKENS = np.random.default_rng(1).integers(0, 64, size=(1, 128)).astype(np.int32)
@@ -120,27 +120,6 @@ def rebuild(model, **overrides):
     nnx.replace_by_pure_dict(state, nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Cache))))
     nnx.update(copy, state)
     return copy
-
-
-def grouped_scanned_copy(model):
-    """`model` (looped, with `layer_types`) rebuilt with `scan_layers=True` and its parameters: the scanned stack
-    holds `blocks.layers.blocks[j]` stacked over the L // P groups (layer g * P + j in row g), then `blocks.tail[k]`
-    (layer L // P * P + k)."""
-    config = model.config.replace(scan_layers=True)
-    scanned = nnx.eval_shape(lambda: GPT(config, rngs=nnx.Rngs(0)))
-    L, P = config.num_layers, scanned.blocks.period
-    groups = L // P
-    values = nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Cache)))
-    layers = values["blocks"]["layers"]
-    stack = lambda rows: jax.tree.map(lambda *xs: jnp.stack(xs), *[layers[i] for i in rows])
-    values["blocks"] = {"layers": {"blocks": {j: stack(range(j, groups * P, P)) for j in range(P)}}}
-    if L % P:
-        values["blocks"]["tail"] = {k: layers[groups * P + k] for k in range(L % P)}
-    state = nnx.state(scanned)
-    nnx.replace_by_pure_dict(state, values)
-    nnx.update(scanned, state)
-    assert scanned.blocks.scan and param_count(scanned) == param_count(model)
-    return scanned
 
 
 # -- float64 NumPy reference --------------------------------------------------------------------------------------

@@ -61,20 +61,35 @@ def test_the_layer_equals_a_float64_reference_per_token(options):
     if layer.router_bias is not None:
         layer.router_bias[...] = jnp.arange(E, dtype=jnp.float32) * 0.3
     x = inputs()
-    y, aux = layer(x)
+    y = layer(x)
     np.testing.assert_allclose(y, reference(layer, x, shared="shared_d_ff" in options), atol=2e-5)
-    assert aux["router_logits"].shape == (B, T, E) and int(aux["dropped"]) == 0
-    assert float(jnp.sum(aux["tokens_per_expert"])) == pytest.approx(1.0)
+    assert float(layer.dropped[...]) == 0.0
+    assert float(jnp.sum(layer.router_load[...])) == pytest.approx(K)  # each token's k choices
+    assert float(jnp.sum(layer.router_prob[...])) == pytest.approx(1.0)
 
 
-def test_the_capacity_path_counts_its_drops_and_padding_is_not_counted():
-    layer = MoEFeedForward(D, F, E, K, capacity_factor=0.5, rngs=nnx.Rngs(1))
-    y, aux = layer(inputs(1))
-    assert int(aux["dropped"]) > 0 and y.shape == (B, T, D)
+def test_the_recorded_statistics_are_those_of_the_router_logits_over_the_valid_tokens():
+    layer = MoEFeedForward(D, F, E, K, rngs=nnx.Rngs(1))
+    x = inputs(1)
     valid = np.zeros((B, T), bool)
-    valid[0, :2] = True
-    _, aux = MoEFeedForward(D, F, E, K, rngs=nnx.Rngs(1))(inputs(1), valid=valid)
-    assert float(jnp.sum(aux["tokens_per_expert"])) == pytest.approx(1.0)  # shares of the 2 valid tokens' choices
+    valid[0, :2] = valid[1, :4] = True
+    layer(x, valid=valid)
+    logits = np.asarray(x, np.float64)[valid] @ np.asarray(layer.router[...], np.float64)  # the 6 valid tokens
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    chosen = np.argsort(-logits, axis=-1, kind="stable")[:, :K]
+    load = np.stack([np.isin(np.arange(E), c) for c in chosen]).mean(0)
+    z = np.mean((np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)) ** 2)
+    np.testing.assert_allclose(layer.router_load[...], load, atol=1e-6)
+    np.testing.assert_allclose(layer.router_prob[...], p.mean(0), atol=1e-6)
+    np.testing.assert_allclose(layer.router_z[...], z, rtol=1e-5)
+
+
+def test_the_capacity_path_records_the_share_it_dropped():
+    layer = MoEFeedForward(D, F, E, K, capacity_factor=0.5, rngs=nnx.Rngs(1))
+    y = layer(inputs(1))
+    C = -(-int(0.5 * B * T * K) // E)  # ceil(0.5 * 20 / 4) = 3 slots per expert: at most 12 of 20 assignments kept
+    assert y.shape == (B, T, D) and 8 / 20 <= float(layer.dropped[...]) < 1.0 and C == 3
 
 
 def test_gradients_reach_the_router_and_every_chosen_expert():
@@ -82,8 +97,7 @@ def test_gradients_reach_the_router_and_every_chosen_expert():
     x = inputs(2)
 
     def loss(layer):
-        y, _ = layer(x)
-        return jnp.sum(y**2)
+        return jnp.sum(layer(x) ** 2)
 
     grads = nnx.grad(loss)(layer)
     assert float(jnp.abs(grads.router[...]).max()) > 0

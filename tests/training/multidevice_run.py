@@ -30,6 +30,11 @@ SPOT_CHECK = {
     "embedding": ("embed", "tokens", "embedding"),
 }
 
+EXPERT_CHECK = {
+    "experts_up": ("blocks", "layers", 1, "ffn", "w_up"),
+    "router": ("blocks", "layers", 1, "ffn", "router"),
+}
+
 
 def spec_list(array) -> list:
     """The array's PartitionSpec as JSON: a list of None / axis name / list of axis names."""
@@ -38,9 +43,10 @@ def spec_list(array) -> list:
 
 def setup(corpus: str, mesh_arg: str, steps: int):
     """(task, train batches, state, step function, mesh, devices) for a tiny GPT on the mesh "data,fsdp,tensor"
-    (optionally followed by ":pmap" or ":shard_map" for those data-parallel modes, or ":nodropout")."""
+    or "data,fsdp,tensor,expert" (optionally followed by ":pmap" or ":shard_map" for those data-parallel modes,
+    ":nodropout", or ":moe" for a mixture of 4 experts, top-2, in every other layer, dropout off)."""
     mesh_arg, _, mode = mesh_arg.partition(":")
-    data, fsdp, tensor = (int(x) for x in mesh_arg.split(","))
+    data, fsdp, tensor, expert = (*(int(x) for x in mesh_arg.split(",")), 1)[:4]
     config = load_config(CONFIG)
     config.data.update(source="text_file", path=corpus, seq_len=16)
     # Per-device modes draw the same dropout stream on every device, so they are compared without dropout.
@@ -48,10 +54,13 @@ def setup(corpus: str, mesh_arg: str, steps: int):
     # The looped stack: SPOT_CHECK above names layer 0's parameters (the recipe itself scans its layers).
     config.model.update(num_layers=2, num_heads=4, d_model=32, d_ff=64, dropout_rate=dropout, scan_layers=False)
     config.update(batch_size=8, warmup_steps=2, num_steps=steps)
+    if mode == "moe":
+        moe = dict(num_experts=4, experts_per_token=2, expert_d_ff=32, dense_layers=(0,), router_z_loss_coef=1e-3)
+        config.model.update(activation="swiglu", num_layers=2, **moe)
     run = build_run(config)
     task, schedule, optimizer = run.task, run.schedule, run.optimizer
-    devices = jax.devices()[: data * fsdp * tensor]
-    mesh = sharding.make_mesh(data, fsdp, tensor, devices=devices)
+    devices = jax.devices()[: data * fsdp * tensor * expert]
+    mesh = sharding.make_mesh(data, fsdp, tensor, expert=expert, devices=devices)
     parallel = mode if mode in ("pmap", "shard_map") else "jit"
     runner = StepRunner(parallel, run.make_model, optimizer, schedule, task.loss, mesh=mesh)
     step = runner.train_step
@@ -87,22 +96,26 @@ def residual_constraints(hlo: str, shape: str) -> list[str]:
     return sorted(set(found))
 
 
-def train(batches, state, step, steps: int):
+def train(batches, state, step, steps: int, router: list | None = None):
     losses, grad_norms = [], []
     for _ in range(steps):
         state, metrics = step(state, next(batches))
         losses.append(float(metrics["loss"]))
         grad_norms.append(float(metrics["grad_norm"]))
+        if router is not None and "moe_balance_loss" in metrics:
+            router.append(float(metrics["moe_balance_loss"]))
     return state, losses, grad_norms
 
 
 def run(corpus: str, mesh_arg: str, steps: int) -> dict:
     _, batches, state, step, mesh, num_devices = setup(corpus, mesh_arg, steps)
-    state, losses, grad_norms = train(batches, state, step, steps)
+    balance: list[float] = []
+    state, losses, grad_norms = train(batches, state, step, steps, balance)
     if mesh is None:  # pmap
         return {"losses": losses, "grad_norms": grad_norms, "devices": num_devices}
     specs = {}
-    for name, path in SPOT_CHECK.items():
+    checks = EXPERT_CHECK if balance else SPOT_CHECK
+    for name, path in checks.items():
         node = state.params
         for key in path:
             node = node[key]
@@ -115,6 +128,7 @@ def run(corpus: str, mesh_arg: str, steps: int) -> dict:
         "residual_constraints": constraints,
         "losses": losses,
         "grad_norms": grad_norms,
+        "balance_losses": balance,
         "specs": specs,
         "devices": num_devices,
         "opt_specs": [json.loads(s) for s in sorted({json.dumps(spec_list(x)) for x in mu})],

@@ -28,7 +28,7 @@ def test_one_device_holds_everything(corpus):
 def test_fsdp_divides_the_state_and_data_divides_the_activations(corpus):
     one = memory_report(config_for(corpus), num_devices=1)
     fsdp = memory_report(config_for(corpus, data=1, fsdp=-1), num_devices=8)
-    assert fsdp["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+    assert fsdp["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1, "expert": 1}
     # Every matrix splits 8 ways along d_model=128; vectors without an embed axis (the feed-forward biases
     # [mlp]) stay whole, a few percent here.
     assert one["param_bytes"] / 8 < fsdp["param_bytes_per_device"] < one["param_bytes"] / 8 * 1.05
@@ -38,10 +38,31 @@ def test_fsdp_divides_the_state_and_data_divides_the_activations(corpus):
     assert data["activation_bytes_per_device"] == pytest.approx(one["activation_bytes_per_device"] / 8, rel=0.01)
 
 
+def test_the_expert_axis_divides_the_experts_weights(corpus):
+    """moe_shakespeare_char_cpu: 4 layers of 8 SwiGLU experts [8, 128, 256] x 3, split 4 ways over expert; the
+    rest (attention, routers, embeddings) replicated over data x expert."""
+    config = load_config("moe_shakespeare_char_cpu")
+    config.data.update(source="text_file", path=str(corpus))
+    config.update(batch_size=16)
+    one = memory_report(config, num_devices=1)
+    assert one["expert_param_bytes"] == one["expert_param_bytes_per_device"] == 4 * 4 * 8 * 3 * 128 * 256
+    config.mesh.update(data=2, expert=4)
+    split = memory_report(config, num_devices=8)
+    assert split["mesh"] == {"data": 2, "fsdp": 1, "tensor": 1, "expert": 4}
+    assert split["expert_param_bytes_per_device"] == one["expert_param_bytes"] // 4
+    others = one["param_bytes"] - one["expert_param_bytes"]
+    assert split["param_bytes_per_device"] == others + one["expert_param_bytes"] // 4
+    assert "of which experts" in format_report(split) and "of which experts" not in format_report(
+        memory_report(config_for(corpus), num_devices=1)
+    )
+
+
 def test_a_batch_the_mesh_cannot_split_is_named(corpus):
     config = config_for(corpus, data=-1)
     config.batch_size = 12
-    with pytest.raises(ValueError, match=r"config.batch_size=12 is not divisible by the data x fsdp mesh axes \(8"):
+    with pytest.raises(
+        ValueError, match=r"config.batch_size=12 is not divisible by the data x fsdp x expert mesh axes \(8"
+    ):
         memory_report(config, num_devices=8)
 
 

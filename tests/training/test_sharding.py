@@ -15,14 +15,18 @@ from jaxformer import sharding
 
 HERE = pathlib.Path(__file__).resolve().parent
 MESHES = ("1,1,1", "8,1,1", "1,8,1", "2,2,2")  # data, fsdp, tensor (parallel="jit")
+# A tiny GPT with a mixture of 4 experts (top-2, one dense layer, balance and z losses on, dropout off) on one
+# device and on 8 with the experts split 4 and 2 ways: data, fsdp, tensor, expert.
+MOE_MESHES = ("1,1,1,1:moe", "2,1,1,4:moe", "1,2,2,2:moe")
 # pmap / shard_map draw the same dropout stream on every device, so they are compared with dropout off.
 PER_DEVICE = ("8,1,1:pmap", "8,1,1:shard_map")
 
 
 @pytest.fixture
 def runs(corpus):
-    """Six training steps of a tiny GPT (dropout on) on each mesh, in one subprocess with 8 CPU devices."""
-    return multidevice_runs(str(corpus), MESHES)
+    """Six training steps of a tiny GPT (dropout on) on each mesh, and of the MoE one on its meshes, in one
+    subprocess with 8 CPU devices."""
+    return multidevice_runs(str(corpus), MESHES + MOE_MESHES)
 
 
 @pytest.fixture
@@ -102,8 +106,8 @@ def test_the_residual_stream_is_pinned_to_the_batch_sharding(runs, mesh, spec):
     assert runs[mesh]["residual_constraints"] == [spec]
 
 
-def fake_mesh(data=1, fsdp=1, tensor=1):
-    return types.SimpleNamespace(shape={"data": data, "fsdp": fsdp, "tensor": tensor})
+def fake_mesh(data=1, fsdp=1, tensor=1, expert=1):
+    return types.SimpleNamespace(shape={"data": data, "fsdp": fsdp, "tensor": tensor, "expert": expert})
 
 
 def test_logical_axes_map_to_mesh_axes():
@@ -147,14 +151,32 @@ def test_a_mesh_size_that_is_no_number_is_a_type_error():
 
 
 def test_mesh_shape_fills_the_rest():
-    assert sharding.mesh_shape({"data": -1, "fsdp": 2, "tensor": 2}, 8) == (2, 2, 2)
-    assert sharding.mesh_shape({"fsdp": -1}, 8) == (1, 8, 1)
+    assert sharding.mesh_shape({"data": -1, "fsdp": 2, "tensor": 2}, 8) == (2, 2, 2, 1)
+    assert sharding.mesh_shape({"fsdp": -1}, 8) == (1, 8, 1, 1)
+    assert sharding.mesh_shape({"data": -1, "expert": 4}, 8) == (2, 1, 1, 4)
 
 
 def test_batch_not_divisible_by_the_data_axes_is_an_error():
-    with pytest.raises(ValueError, match=r"config.batch_size=12 is not divisible by the data x fsdp mesh axes \(8"):
+    with pytest.raises(
+        ValueError, match=r"config.batch_size=12 is not divisible by the data x fsdp x expert mesh axes \(8"
+    ):
         sharding.check_batch_size(12, fake_mesh(data=2, fsdp=4))
     sharding.check_batch_size(12, fake_mesh(data=2, tensor=4))  # tensor does not split the batch
+
+
+@pytest.mark.parametrize("mesh", MOE_MESHES[1:])
+def test_expert_parallel_meshes_train_to_the_same_losses_as_one_device(runs, mesh):
+    one, run = runs[MOE_MESHES[0]], runs[mesh]
+    assert run["devices"] == 8 and one["devices"] == 1 and one["losses"][-1] < one["losses"][0]
+    assert run["losses"] == pytest.approx(one["losses"], rel=1e-5)
+    assert run["grad_norms"] == pytest.approx(one["grad_norms"], rel=1e-5)
+    assert len(one["balance_losses"]) == 6 and run["balance_losses"] == pytest.approx(one["balance_losses"], rel=1e-5)
+    # The stacked experts [E, D, F] are split over the expert axis (with embed -> fsdp, mlp -> tensor); the
+    # router [D, E] is not (its E is a plain axis).
+    expert_ways = mesh.split(":")[0].split(",")[3]
+    want = {"4": ["expert", None, None], "2": ["expert", "fsdp", "tensor"]}[expert_ways]
+    assert run["specs"]["experts_up"] == want
+    assert run["specs"]["router"] == [None if expert_ways == "4" else "fsdp", None]
 
 
 def test_the_loop_rejects_a_mesh_larger_than_the_machine_before_compiling(tmp_path, corpus):
@@ -164,7 +186,9 @@ def test_the_loop_rejects_a_mesh_larger_than_the_machine_before_compiling(tmp_pa
     config = load_config("shakespeare_char_cpu")
     config.data.update(source="text_file", path=str(corpus))
     config.mesh.data = 2  # this process sees one CPU device
-    with pytest.raises(ValueError, match=r"config.mesh \{'data': 2, 'fsdp': 1, 'tensor': 1\} uses 2 devices but 1"):
+    with pytest.raises(
+        ValueError, match=r"config.mesh \{'data': 2, 'fsdp': 1, 'tensor': 1, 'expert': 1\} uses 2 devices but 1"
+    ):
         train_and_evaluate(config, str(tmp_path))
     assert not (tmp_path / "checkpoints").exists()
 

@@ -98,6 +98,16 @@ def classification_loss(
     return loss, {"nll": nll, "accuracy": accuracy, "tokens": tokens}
 
 
+def add_router_losses(model: nnx.Module, loss: jax.Array, metrics: dict) -> tuple[jax.Array, dict]:
+    """(loss + the mixture of experts' auxiliary loss, metrics with its `moe_*` entries) after `model`'s forward
+    pass (`GPT.router_losses`); unchanged for a model without experts. `nll` stays the data's loss alone."""
+    router_losses = getattr(model, "router_losses", None)
+    if router_losses is None:
+        return loss, metrics
+    aux, router_metrics = router_losses()
+    return loss + aux, {**metrics, **router_metrics}
+
+
 def evaluate_batches(eval_step, state: TrainState, batches, *, with_perplexity: bool = False) -> dict:
     """`val_loss` (mean unsmoothed NLL) and `val_accuracy` over every counted target of `batches`, each batch
     weighted by its `tokens`; plus `val_perplexity` = exp(val_loss) for token-level tasks."""

@@ -38,7 +38,7 @@ from flax import nnx
 from jaxformer import checks, data
 from jaxformer.data import chat, synthetic_chat
 from jaxformer.models import GPT
-from jaxformer.training.tasks.base import Task
+from jaxformer.training.tasks.base import Task, add_router_losses
 from jaxformer.training.tasks.sft import data_files, greedy_replies, load_template, save_template
 
 REFERENCE_FILE = "dpo_reference.npz"
@@ -89,16 +89,20 @@ def dpo_loss(model: nnx.Module, batch: dict, *, beta: float) -> tuple[jax.Array,
     mean = lambda x: jnp.sum(x * valid) / pairs
     loss = mean(-jax.nn.log_sigmoid(margin))
     accuracy = mean((margin > 0).astype(jnp.float32))
-    return loss, {
-        "nll": -jnp.sum(logps[:b] * valid) / jnp.maximum(jnp.sum(counts[:b] * valid), 1.0),
-        "accuracy": accuracy,
-        "tokens": jnp.sum(counts * jnp.concatenate([valid, valid])),
-        "pairs": jnp.sum(valid),
-        "reward_accuracy": accuracy,
-        "reward_margin": mean(margin),
-        "chosen_reward": mean(chosen_reward),
-        "rejected_reward": mean(rejected_reward),
-    }
+    return add_router_losses(
+        model,
+        loss,
+        {
+            "nll": -jnp.sum(logps[:b] * valid) / jnp.maximum(jnp.sum(counts[:b] * valid), 1.0),
+            "accuracy": accuracy,
+            "tokens": jnp.sum(counts * jnp.concatenate([valid, valid])),
+            "pairs": jnp.sum(valid),
+            "reward_accuracy": accuracy,
+            "reward_margin": mean(margin),
+            "chosen_reward": mean(chosen_reward),
+            "rejected_reward": mean(rejected_reward),
+        },
+    )
 
 
 class PreferenceOptimization(Task):

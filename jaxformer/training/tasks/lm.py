@@ -22,7 +22,7 @@ import numpy as np
 from jaxformer import checks, data
 from jaxformer.decoding import generate
 from jaxformer.models import GPT
-from jaxformer.training.tasks.base import Task, classification_loss, evaluate_batches
+from jaxformer.training.tasks.base import Task, add_router_losses, classification_loss, evaluate_batches
 
 
 def load_text(cfg: ml_collections.ConfigDict, split: str) -> str:
@@ -77,10 +77,12 @@ def lm_loss(model: GPT, batch: dict, *, label_smoothing: float = 0.0) -> tuple[j
     """Next-token cross-entropy of a decoder-only LM.
 
     batch: `inputs`, `targets` int `[B, T]`; optional `weights` `[B, T]` (0 = ignore, e.g. padding),
-    `segment_ids` and `positions` `[B, T]` for packed rows. Returns (loss, metrics) as `classification_loss`.
+    `segment_ids` and `positions` `[B, T]` for packed rows. Returns (loss, metrics) as `classification_loss`, plus
+    a mixture of experts' auxiliary loss and metrics (`add_router_losses`).
     """
     logits = model(batch["inputs"], segment_ids=batch.get("segment_ids"), positions=batch.get("positions"))
-    return classification_loss(logits, batch["targets"], batch.get("weights"), label_smoothing=label_smoothing)
+    loss, metrics = classification_loss(logits, batch["targets"], batch.get("weights"), label_smoothing=label_smoothing)
+    return add_router_losses(model, loss, metrics)
 
 
 def sample_text(model: GPT, tokenizer, prompt: str, num_tokens: int, *, seed: int, **sampling) -> str:

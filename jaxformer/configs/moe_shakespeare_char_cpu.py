@@ -1,0 +1,32 @@
+"""A mixture-of-experts character-level GPT on tiny Shakespeare: shakespeare_char_cpu with its feed-forwards
+replaced by 8 SwiGLU experts, 2 per token (Mixtral's router: softmax, top 2, renormalised).
+
+    jaxformer train --config moe_shakespeare_char_cpu --workdir workdir/moe_shakespeare_char_cpu
+
+4 layers, 4 heads, d=128, context 64, batch 12; every layer routes each token to 2 of 8 experts 256 wide, so a
+token meets as many FFN weights (2 x 3 x 128 x 256 per layer) as in a dense SwiGLU 512 wide, with 4x the FFN
+parameters in all. Training adds 0.01 x the load-balancing loss (Switch / Mixtral) and 0.001 x the router z-loss;
+the log reports train_moe_balance_loss (2.0 when balanced), train_moe_max_load (the busiest expert's share x E / k,
+1.0 when balanced) and train_moe_z_loss. Optimiser and schedule as shakespeare_char_cpu (AdamW, lr 1e-3, cosine).
+The claims lab compares it with the dense model of equal active parameters
+(experiments/claims/16_moe_vs_dense.py).
+Expected on the 2-core CPU dev machine: see docs/recipes.md ("moe_shakespeare_char_cpu") for the measured time and
+validation loss.
+"""
+
+import ml_collections
+
+from jaxformer.configs.shakespeare_char_cpu import get_config as dense_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = dense_config()
+    config.name = "moe_shakespeare_char_cpu"
+    config.model.activation = "swiglu"  # the dense layers' FFN (none here) and the experts' form
+    config.model.positional = "learned"
+    config.model.num_experts = 8
+    config.model.experts_per_token = 2
+    config.model.expert_d_ff = 256
+    config.model.router_aux_loss_coef = 0.01
+    config.model.router_z_loss_coef = 0.001
+    return config
