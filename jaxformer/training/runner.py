@@ -198,8 +198,8 @@ def make_shard_map_train_step(
     if others:
         raise ValueError(
             f"parallel='shard_map' is data parallelism only; the mesh also splits {others}. Use parallel='jit' "
-            "for FSDP / tensor / expert parallelism, or set config.mesh.fsdp, config.mesh.tensor and config.mesh.expert "
-            "to 1."
+            "for FSDP / tensor / expert parallelism, or set config.mesh.fsdp, config.mesh.tensor and "
+            "config.mesh.expert to 1."
         )
     step = steps.train_step_fn(graphs, optimizer, schedule, loss_fn, cross_device=AxisReduce())
     # check_vma=False: with it on, jax differentiates a replicated parameter against a per-device loss by summing
