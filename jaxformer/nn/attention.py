@@ -47,6 +47,20 @@ def check_cache_room(index, num_tokens: int, max_len: int) -> None:
         )
 
 
+# The attention kernels that apply attention sinks (`MultiHeadAttention(sinks=True)`).
+SINK_IMPLEMENTATIONS = ("xla", "blockwise")
+
+
+def check_sinks_implementation(implementation: str, sinks: bool) -> None:
+    """Attention sinks need a kernel that applies them (`SINK_IMPLEMENTATIONS`, or "auto", which picks one): an
+    explicit jax_nn, cudnn or pallas with `sinks=True` is a ValueError naming both, never a run without them."""
+    if sinks and implementation not in ("auto", *SINK_IMPLEMENTATIONS):
+        raise ValueError(
+            f"sinks=True (GPT-OSS attention sinks) needs an attention kernel that applies them, and "
+            f"implementation={implementation!r} has none. Use 'auto', 'xla' or 'blockwise'."
+        )
+
+
 class MultiHeadAttention(nnx.Module):
     """Self- or cross-attention with N query heads and K key/value heads (MHA, GQA, MQA).
 
@@ -60,7 +74,10 @@ class MultiHeadAttention(nnx.Module):
     over H on q and k, as in ViT-22B / Gemma / Qwen3, with `qk_norm_epsilon`; `norm_plus_one` scales it by 1 + w
     as Gemma 3), `scale` (the logit scale; None: 1 / sqrt(H); Gemma's query_pre_attn_scalar^-1/2),
     `logit_softcap` (Gemma 2: logits `s = scale q.k` become `cap tanh(s / cap)` before the mask; every kernel
-    applies it, and the ones that cannot (jax_nn, cudnn) refuse it), `v_norm` (an RMSNorm without a scale on
+    applies it, and the ones that cannot (jax_nn, cudnn) refuse it), `sinks` (GPT-OSS's attention sinks: a
+    learned logit per query head, parameter `sinks [N]` (heads) initialised to zeros, that joins every softmax
+    normaliser with no value, see `ops.dot_product_attention`; xla and blockwise apply it, an explicit jax_nn,
+    cudnn or pallas is refused and "auto" picks xla or blockwise), `v_norm` (an RMSNorm without a scale on
     each value head, Gemma 4), `value_is_key` (no `w_v`: the values are the key projection before the key norm
     and RoPE, Gemma 4's global layers), `shared_kv` (no key / value projections or cache at all: each call takes
     the `SharedKV` of an earlier layer as `kv=`, Gemma 4's KV sharing; `return_kv=True` makes a layer return
@@ -102,6 +119,7 @@ class MultiHeadAttention(nnx.Module):
         norm_plus_one: bool = False,
         scale: float | None = None,
         logit_softcap: float | None = None,
+        sinks: bool = False,
         v_norm: bool = False,
         value_is_key: bool = False,
         shared_kv: bool = False,
@@ -136,6 +154,8 @@ class MultiHeadAttention(nnx.Module):
         if logit_softcap is not None:
             logit_softcap = checks.check_positive_real("logit_softcap", logit_softcap)
         attention_dispatch.check_softcap(implementation, logit_softcap)
+        checks.check_flag("sinks", sinks)
+        check_sinks_implementation(implementation, sinks)
         if positional == "rope" and head_dim % 2:
             raise ValueError(f"positional='rope' needs an even head_dim; got {head_dim}.")
         if sliding_window is not None:
@@ -186,6 +206,7 @@ class MultiHeadAttention(nnx.Module):
             self.b_q = self.b_k = self.b_v = None
         out_bias = use_bias if out_bias is None else out_bias
         self.b_o = logical_param(rngs, zeros, (d_model,), ("embed",), param_dtype) if out_bias else None
+        self.sinks = logical_param(rngs, zeros, (N,), ("heads",), param_dtype) if sinks else None
         norm = lambda: RMSNorm(
             H, epsilon=qk_norm_epsilon, plus_one=norm_plus_one, param_dtype=param_dtype, axis="head_dim", rngs=rngs
         )
@@ -499,8 +520,7 @@ class MultiHeadAttention(nnx.Module):
 
     def _attend(self, q, k, v, *, mask, bias, segment_ids, is_causal, decode):
         use_dropout = self.dropout_rate > 0 and not self.deterministic
-        implementation = attention_dispatch.choose(
-            self.implementation,
+        facts = dict(
             dtype=q.dtype,
             head_dim=self.head_dim,
             q_len=q.shape[1],
@@ -513,7 +533,15 @@ class MultiHeadAttention(nnx.Module):
             dropout=use_dropout,
             decode=decode,
         )
+        implementation = attention_dispatch.choose(self.implementation, **facts)
+        if self.sinks is not None and implementation not in SINK_IMPLEMENTATIONS:
+            check_sinks_implementation(self.implementation, True)  # an explicit kernel without sinks: refused
+            # "auto" chose a kernel without sinks (cudnn on a GPU, pallas on a TPU): take the one the CPU would
+            # (blockwise for long sequences without an array mask or bias, else xla); both apply sinks.
+            implementation = attention_dispatch.choose("auto", **facts, backend="cpu")
         logit_options = dict(scale=self.scale, logit_softcap=self.logit_softcap)
+        if self.sinks is not None:
+            logit_options["sinks"] = self.sinks[...]
         structural = implementation in ("blockwise", "pallas")  # these take the window and segments as arguments
         if self.sliding_window is not None and not structural and not decode:
             # (decoding's cache mask has the window already)

@@ -6,6 +6,14 @@
 The cap bounds the scaled logits to (-c, c) smoothly, in float32; it acts before the bias and the mask (as Gemma
 2's reference attention: scale, cap, then add the mask).
 
+Attention sinks (GPT-OSS): one learned logit s_n per query head joins every softmax normaliser of that head but
+has no value, so a row may give part of its weight (or all of it) to "nothing":
+
+    probs[b, n, t, s] = exp(l_s - m) / (sum_s' exp(l_s' - m) + exp(s_n - m)),   m = max(max_s' l_s', s_n)
+
+over the visible keys s of the row (l: the capped, biased logits); the output is sum_s probs v_s, which no longer
+sums the values with weights adding up to 1. The sink is a raw logit: neither scaled, capped nor biased.
+
 Layout is BTNH: query `[B, T, N, H]`, key `[B, S, K, H]`, value `[B, S, K, Hv]`. Query head n reads key/value
 head `n // G` with G = N / K: K == N is multi-head attention, 1 < K < N grouped-query attention (GQA), K == 1
 multi-query attention (MQA). This is the grouping of `jax.nn.dot_product_attention`.
@@ -86,6 +94,36 @@ def soft_cap(logits, cap) -> jax.Array:
     return logits if cap is None else cap * jnp.tanh(logits / cap)
 
 
+def check_sinks(sinks, num_heads: int):
+    """Attention-sink logits: None, or a floating `[N]` array with one logit per query head; returned as float32."""
+    if sinks is None:
+        return None
+    sinks = checks.check_array("sinks", sinks)
+    checks.check_floating("sinks", sinks)
+    if sinks.shape != (num_heads,):
+        raise ValueError(
+            f"`sinks` must have shape [N] = ({num_heads},), one logit per query head; got "
+            f"{checks.shape_str(sinks.shape)}."
+        )
+    return sinks.astype(jnp.float32)
+
+
+def softmax_with_sinks(logits, sinks) -> jax.Array:
+    """softmax over the last axis of float32 logits `[B, K, G, T, S]` whose normaliser also holds exp(sink) of each
+    head (`sinks` float32 `[K, G]`, or None: the plain softmax). The sink's own probability is not returned.
+
+        probs[..., s] = exp(l_s - m) / (sum_s' exp(l_s' - m) + exp(sink - m)),   m = max(max_s' l_s', sink)
+
+    m carries no gradient (it cancels), as in `jax.nn.softmax`; a sink of -inf is no sink."""
+    if sinks is None:
+        return jax.nn.softmax(logits, axis=-1)
+    sink = sinks[None, :, :, None, None]  # [1, K, G, 1, 1]
+    row_max = jnp.max(logits, axis=-1, keepdims=True, initial=MASKED_LOGIT)  # initial: S = 0 has a max too
+    row_max = jax.lax.stop_gradient(jnp.maximum(row_max, sink))
+    unnormalized = jnp.exp(logits - row_max)
+    return unnormalized / (jnp.sum(unnormalized, axis=-1, keepdims=True) + jnp.exp(sink - row_max))
+
+
 def _grouped_logits(query, key, *, mask, bias, scale, is_causal, logit_softcap=None):
     """Masked float32 logits [B, K, G, T, S], and the user mask grouped [B|1, K|1, G|1, T, S] (or None).
 
@@ -121,8 +159,24 @@ def _grouped_logits(query, key, *, mask, bias, scale, is_causal, logit_softcap=N
     return masked_logits(logits, full_mask, clamp=bias is not None), (None if mask is None else full_mask)
 
 
+def _grouped_sinks(sinks, query, key):
+    """`check_sinks` for this query, as float32 `[K, G]` (query head n = k G + g, as the logits), or None."""
+    if sinks is None:
+        return None
+    N, K = query.shape[2], key.shape[2]
+    return check_sinks(sinks, N).reshape(K, N // K)
+
+
 def attention_weights(
-    query, key, *, mask=None, bias=None, scale=None, is_causal=False, logit_softcap: float | None = None
+    query,
+    key,
+    *,
+    mask=None,
+    bias=None,
+    scale=None,
+    is_causal=False,
+    logit_softcap: float | None = None,
+    sinks=None,
 ) -> jax.Array:
     """The attention probabilities `softmax(cap(scale * q . k) + bias)` over keys, for inspection and plots.
 
@@ -137,15 +191,18 @@ def attention_weights(
       is_causal: also apply `causal_mask(T, S)` (query t sees keys s <= t).
       logit_softcap: soft-capping constant c > 0 (Gemma 2): the scaled logits s become `c * tanh(s / c)`
         (float32) before the bias and the mask. None (the default): no cap.
+      sinks: float `[N]`, one attention-sink logit per query head (GPT-OSS): it joins each row's normaliser with
+        no value (see the module docstring). None (the default): no sink.
 
     Returns:
-      float32 `[B, N, T, S]`; each row sums to 1, or is all zeros where the mask leaves nothing to attend to.
+      float32 `[B, N, T, S]`; each row sums to 1 (with sinks: 1 minus the sink's share), or is all zeros where the
+      mask leaves nothing to attend to.
     """
     query, key = checks.check_array("query", query), checks.check_array("key", key)
     logits, mask = _grouped_logits(
         query, key, mask=mask, bias=bias, scale=scale, is_causal=is_causal, logit_softcap=logit_softcap
     )
-    probs = jax.nn.softmax(logits, axis=-1)
+    probs = softmax_with_sinks(logits, _grouped_sinks(sinks, query, key))
     if mask is not None:
         probs = jnp.where(rows_with_keys(mask), probs, 0.0)
     B, K, G, T, S = probs.shape
@@ -164,12 +221,14 @@ def dot_product_attention(
     dropout_rate: float = 0.0,
     dropout_rng=None,
     logit_softcap: float | None = None,
+    sinks=None,
 ) -> jax.Array:
     """Scaled dot-product attention: `softmax(cap(scale * Q K^T) + bias, masked) V`, per query head.
 
         raw[b, n, t, s] = scale * sum_h query[b, t, n, h] * key[b, s, n // G, h]
         logits[b, n, t, s] = cap(raw[b, n, t, s]) + bias[b, n, t, s],   cap(x) = c * tanh(x / c)  (or x)
         probs = softmax over s of logits, restricted to mask[b, n, t, s] == True
+                (with sinks: exp(logits) / (sum_s exp(logits) + exp(sinks[n])), over the allowed s)
         out[b, t, n, :] = sum_s probs[b, n, t, s] * value[b, s, n // G, :]
 
     Args:
@@ -186,9 +245,14 @@ def dot_product_attention(
       logit_softcap: soft-capping constant c > 0 (Gemma 2's attention logit soft-capping): the scaled logits
         become `c * tanh(raw / c)`, in float32, before the bias is added and the mask applied, so that every
         logit but the bias lies in (-c, c). None (the default): no cap.
+      sinks: float `[N]`, one attention-sink logit per query head (GPT-OSS's `sinks`), shared by every batch
+        element and query position: it joins each row's softmax normaliser but has no value, so a row's weights
+        sum to less than 1. It is not scaled, capped nor biased; dropout acts on the key weights only. None (the
+        default): no sink.
 
     Returns:
-      `[B, T, N, Hv]` in the query's dtype. Rows with nothing to attend to are zeros.
+      `[B, T, N, Hv]` in the query's dtype. Rows with nothing to attend to are zeros (with sinks too: all their
+      weight goes to the sink).
     """
     query, key = checks.check_array("query", query), checks.check_array("key", key)
     value = checks.check_array("value", value)
@@ -196,7 +260,7 @@ def dot_product_attention(
         query, key, mask=mask, bias=bias, scale=scale, is_causal=is_causal, logit_softcap=logit_softcap
     )
     checks.check_value(value, query, key)
-    probs = jax.nn.softmax(logits, axis=-1)
+    probs = softmax_with_sinks(logits, _grouped_sinks(sinks, query, key))
     dropout_rate = checks.check_rate("dropout_rate", dropout_rate)
     if dropout_rate > 0.0:
         if dropout_rng is None:

@@ -18,6 +18,11 @@ L = m + log l, and recomputes each block's probabilities p = exp(s - L):
 where x = scale * q k^T is the uncapped logit and cap'(x) = 1 - tanh^2(x / c) = 1 - (s / c)^2 is recomputed from
 the capped tile logits s (cap'(x) = 1 without a cap).
 
+Attention sinks (GPT-OSS; `sinks`, one logit sigma per query head, as in `dot_product_attention`) start each row's
+online softmax from the sink instead of from nothing: m = sigma, l = 1 (exp(sigma - m)), o = 0. L then includes the
+sink, and its gradient is dsigma = -sum_rows exp(sigma - L) rowsum(do * o) (the sink has no value: its weight only
+lowers the others').
+
 Masks are described structurally (causal, key lengths, a sliding window, segment ids) rather than as a `[T, S]`
 array. Causality, the window and the key lengths decide which key blocks a query block can see, and the others
 are skipped: causal attention does about half the work of the dense path. Packed segment ids (non-decreasing
@@ -35,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxformer import checks
-from jaxformer.ops.attention import check_logit_softcap, check_scale, soft_cap
+from jaxformer.ops.attention import check_logit_softcap, check_scale, check_sinks, soft_cap
 from jaxformer.ops.masks import MASKED_LOGIT  # also the start of the running max: exp(m - m') never sees inf - inf
 
 
@@ -156,8 +161,20 @@ def _tile_logits(plan: _Plan, q_tile, k_tile, mask):
     return _mask_logits(_capped_tile_logits(plan, q_tile, k_tile), mask)
 
 
-def _forward(plan: _Plan, q, k, v, kv_lengths, q_segments, kv_segments, kv_of_q=None):
-    """q [B, K, G, Tp, H], k [B, K, Sp, H], v [B, K, Sp, Hv] -> (out f32 [B, K, G, Tp, Hv], lse [B, K, G, Tp])."""
+def _sink_start(sinks, shape):
+    """The running max and sum each row starts from, float32 `shape` = [B, K, G, bq]: (MASKED_LOGIT, 0) without
+    sinks; with sinks [K, G] (m, l) = (sink, 1), the max kept >= MASKED_LOGIT so that a sink of -inf (no sink)
+    gives l = 0 and never inf - inf."""
+    if sinks is None:
+        return jnp.full(shape, MASKED_LOGIT, jnp.float32), jnp.zeros(shape, jnp.float32)
+    sink = jnp.broadcast_to(sinks[None, :, :, None], shape)
+    row_max = jnp.maximum(sink, MASKED_LOGIT)
+    return row_max, jnp.exp(sink - row_max)
+
+
+def _forward(plan: _Plan, q, k, v, kv_lengths, q_segments, kv_segments, kv_of_q=None, sinks=None):
+    """q [B, K, G, Tp, H], k [B, K, Sp, H], v [B, K, Sp, Hv], sinks None or float32 [K, G]
+    -> (out f32 [B, K, G, Tp, Hv], lse [B, K, G, Tp])."""
     B, K, G, Tp, _ = q.shape
     Hv = v.shape[-1]
     kv_limit = _kv_limit(plan, kv_lengths)
@@ -183,13 +200,12 @@ def _forward(plan: _Plan, q, k, v, kv_lengths, q_segments, kv_segments, kv_of_q=
             return new_max, row_sum, correction[..., None] * acc + pv
 
         init = (
-            jnp.full((B, K, G, plan.q_block), MASKED_LOGIT, jnp.float32),
-            jnp.zeros((B, K, G, plan.q_block), jnp.float32),
+            *_sink_start(sinks, (B, K, G, plan.q_block)),
             jnp.zeros((B, K, G, plan.q_block, Hv), jnp.float32),
         )
         lo, hi = _narrow(*_key_block_range(plan, i, kv_limit), kv_of_q, i)
         row_max, row_sum, acc = jax.lax.fori_loop(lo, hi, visit_key_block, init)
-        attended = row_sum > 0.0  # False only for rows that see no key at all: output 0, lse +inf.
+        attended = row_sum > 0.0  # False only for rows that see no key (nor sink) at all: output 0, lse +inf.
         out = acc / jnp.where(attended, row_sum, 1.0)[..., None]
         lse = jnp.where(attended, row_max + jnp.log(jnp.where(attended, row_sum, 1.0)), jnp.inf)
         return out, lse
@@ -201,12 +217,17 @@ def _forward(plan: _Plan, q, k, v, kv_lengths, q_segments, kv_segments, kv_of_q=
     return out, lse
 
 
-def _backward(plan: _Plan, q, k, v, kv_lengths, q_segments, kv_segments, q_of_kv, out, lse, dout):
+def _backward(plan: _Plan, q, k, v, kv_lengths, q_segments, kv_segments, q_of_kv, out, lse, dout, sinks=None):
+    """(dq, dk, dv, dsinks): dsinks float32 [K, G] (None without sinks)."""
     B, K, _, Tp, H = q.shape
     Sp = k.shape[2]
     num_q_blocks = Tp // plan.q_block
     kv_limit = _kv_limit(plan, kv_lengths)
     delta = jnp.sum(dout.astype(jnp.float32) * out, axis=-1)  # rowsum(do * o) [B, K, G, Tp]
+    dsinks = None
+    if sinks is not None:  # d/dsigma: -p_sink delta per row; rows with lse = +inf (none here: l >= 1) give 0
+        sink_probs = jnp.exp(sinks[None, :, :, None] - lse)
+        dsinks = -jnp.sum(sink_probs * delta, axis=(0, 3))
 
     def one_key_block(dq, j):
         kv_start = j * plan.kv_block
@@ -252,23 +273,23 @@ def _backward(plan: _Plan, q, k, v, kv_lengths, q_segments, kv_segments, q_of_kv
     dq, (dk, dv) = jax.lax.scan(one_key_block, jnp.zeros(q.shape, jnp.float32), jnp.arange(Sp // plan.kv_block))
     dk = jnp.moveaxis(dk, 0, 2).reshape(k.shape)
     dv = jnp.moveaxis(dv, 0, 2).reshape(v.shape)
-    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dsinks
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attention(plan, q, k, v, kv_lengths, q_segments, kv_segments, kv_of_q, q_of_kv):
-    return _forward(plan, q, k, v, kv_lengths, q_segments, kv_segments, kv_of_q)[0].astype(q.dtype)
+def _attention(plan, q, k, v, kv_lengths, q_segments, kv_segments, kv_of_q, q_of_kv, sinks):
+    return _forward(plan, q, k, v, kv_lengths, q_segments, kv_segments, kv_of_q, sinks)[0].astype(q.dtype)
 
 
-def _attention_fwd(plan, q, k, v, kv_lengths, q_segments, kv_segments, kv_of_q, q_of_kv):
-    out, lse = _forward(plan, q, k, v, kv_lengths, q_segments, kv_segments, kv_of_q)
-    return out.astype(q.dtype), (q, k, v, kv_lengths, q_segments, kv_segments, q_of_kv, out, lse)
+def _attention_fwd(plan, q, k, v, kv_lengths, q_segments, kv_segments, kv_of_q, q_of_kv, sinks):
+    out, lse = _forward(plan, q, k, v, kv_lengths, q_segments, kv_segments, kv_of_q, sinks)
+    return out.astype(q.dtype), (q, k, v, kv_lengths, q_segments, kv_segments, q_of_kv, out, lse, sinks)
 
 
 def _attention_bwd(plan, residuals, dout):
-    q, k, v, kv_lengths, q_segments, kv_segments, q_of_kv, out, lse = residuals
-    dq, dk, dv = _backward(plan, q, k, v, kv_lengths, q_segments, kv_segments, q_of_kv, out, lse, dout)
-    return dq, dk, dv, None, None, None, None, None
+    q, k, v, kv_lengths, q_segments, kv_segments, q_of_kv, out, lse, sinks = residuals
+    dq, dk, dv, dsinks = _backward(plan, q, k, v, kv_lengths, q_segments, kv_segments, q_of_kv, out, lse, dout, sinks)
+    return dq, dk, dv, None, None, None, None, None, dsinks
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
@@ -295,12 +316,13 @@ def blockwise_attention(
     scale: float | None = None,
     block_size: int = 512,
     logit_softcap: float | None = None,
+    sinks=None,
 ) -> jax.Array:
     """Exact attention computed block by block, never materialising the `[T, S]` matrix (forward or backward).
 
-    Equals `dot_product_attention(query, key, value, mask=..., scale=scale, logit_softcap=logit_softcap)` with
-    the mask described by the arguments below (to float32 rounding), in O((T + S) * H) memory. Blocks that
-    causality, the window, the key lengths or (non-decreasing) segment ids mask fully are skipped.
+    Equals `dot_product_attention(query, key, value, mask=..., scale=scale, logit_softcap=logit_softcap,
+    sinks=sinks)` with the mask described by the arguments below (to float32 rounding), in O((T + S) * H) memory.
+    Blocks that causality, the window, the key lengths or (non-decreasing) segment ids mask fully are skipped.
 
     Args:
       query: `[B, T, N, H]`.
@@ -317,6 +339,9 @@ def blockwise_attention(
       logit_softcap: soft-capping constant c > 0 (Gemma 2): the scaled logits x = scale * q . k become
         `c * tanh(x / c)` (float32) before the mask; the backward pass multiplies their gradient by
         `1 - tanh^2(x / c)`. None (the default): no cap. A static number (not a traced value).
+      sinks: float `[N]`, one attention-sink logit per query head (GPT-OSS): each row's online softmax starts from
+        it (it joins the normaliser, with no value; see `dot_product_attention`). May be traced; differentiable.
+        None (the default): no sink.
 
     Returns:
       `[B, T, N, Hv]` in the query's dtype; rows that see no key are zeros (all of them when S = 0; T = 0 gives an
@@ -347,6 +372,9 @@ def blockwise_attention(
     if q_segments is not None:
         q_segments, kv_segments = q_segments.astype(jnp.int32), kv_segments.astype(jnp.int32)
     G, Hv = N // K, value.shape[-1]
+    sinks = check_sinks(sinks, N)
+    if sinks is not None:
+        sinks = sinks.reshape(K, G)  # query head n = k G + g
     if T == 0 or S == 0:  # no query, or no key to attend to: what the dense path gives (no block to visit)
         return jnp.zeros((B, T, N, Hv), query.dtype)
 
@@ -369,6 +397,6 @@ def blockwise_attention(
         kv_of_q, q_of_kv = _segment_block_ranges(plan, q_segments, kv_segments)
         q_segments = _pad_axis(q_segments, 1, plan.q_block)
         kv_segments = _pad_axis(kv_segments, 1, plan.kv_block, value=-1)
-    out = _attention(plan, q, k, v, kv_lengths, q_segments, kv_segments, kv_of_q, q_of_kv)
+    out = _attention(plan, q, k, v, kv_lengths, q_segments, kv_segments, kv_of_q, q_of_kv, sinks)
     out = out[:, :, :, :T].transpose(0, 3, 1, 2, 4).reshape(B, T, N, Hv)
     return out.astype(query.dtype)

@@ -36,7 +36,7 @@ def sinusoidal_positions(length: int, dim: int, *, base: float = 10000.0) -> jax
     return jnp.asarray(pe, dtype=jnp.float32)
 
 
-ROPE_SCALINGS = ("linear", "llama3", "proportional")
+ROPE_SCALINGS = ("linear", "llama3", "proportional", "yarn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +50,16 @@ class RopeScaling:
                   and those between interpolated: theta_i ((1 - a) / factor + a), a = (L / w_i - low) / (high - low)
     proportional  Gemma 4's partial RoPE: the first floor(fraction * H / 2) pairs turn at theta_i / factor (the
                   exponent still over the full H), the other pairs not at all (theta_i = 0)
+    yarn          YaRN (Peng et al. 2023; GPT-OSS, DeepSeek, Qwen), as transformers' `_compute_yarn_parameters`: with
+                  L = original_max_len, pair i's frequency blends extrapolation and interpolation,
+                      theta_i' = theta_i (1 - r_i) + (theta_i / factor) r_i,   r_i = clip((i - lo) / (hi - lo), 0, 1)
+                  (hi += 0.001 when lo == hi), a ramp over the correction range of pairs
+                      d(beta) = H ln(L / (2 pi beta)) / (2 ln base),   lo = max(d(beta_fast), 0),
+                      hi = min(d(beta_slow), H - 1)
+                  (floor / ceil first when `truncate`): pairs turning more than beta_fast times over L keep
+                  theta_i, those turning fewer than beta_slow times are divided by `factor`. cos and sin are also
+                  multiplied by the attention factor `attention_scaling` (`attention_factor`, default
+                  0.1 ln(factor) + 1, or 1 when factor <= 1), which scales every q . k by its square
     """
 
     kind: str
@@ -58,6 +68,10 @@ class RopeScaling:
     high_freq_factor: float = 4.0
     original_max_len: int = 8192
     fraction: float = 1.0
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    attention_factor: float | None = None
+    truncate: bool = True
 
     def __post_init__(self):
         checks.check_choice("RopeScaling.kind", self.kind, ROPE_SCALINGS)
@@ -73,6 +87,28 @@ class RopeScaling:
             checks.check_positive_int("RopeScaling.original_max_len", self.original_max_len)
         if self.kind == "proportional":
             checks.check_real("RopeScaling.fraction", self.fraction, low=0.0, high=1.0)
+        if self.kind == "yarn":
+            checks.check_positive_real("RopeScaling.beta_fast", self.beta_fast)
+            checks.check_positive_real("RopeScaling.beta_slow", self.beta_slow)
+            if not self.beta_slow < self.beta_fast:
+                raise ValueError(
+                    f"RopeScaling: yarn needs 0 < beta_slow < beta_fast; got beta_fast={self.beta_fast}, "
+                    f"beta_slow={self.beta_slow}."
+                )
+            checks.check_positive_int("RopeScaling.original_max_len", self.original_max_len)
+            if self.attention_factor is not None:
+                checks.check_positive_real("RopeScaling.attention_factor", self.attention_factor, " or None")
+            checks.check_flag("RopeScaling.truncate", self.truncate)
+
+    @property
+    def attention_scaling(self) -> float:
+        """What RoPE multiplies cos and sin by: yarn's attention factor (`attention_factor`, or by default
+        0.1 ln(factor) + 1 when factor > 1, else 1, YaRN's mscale); 1.0 for every other kind."""
+        if self.kind != "yarn":
+            return 1.0
+        if self.attention_factor is not None:
+            return float(self.attention_factor)
+        return 1.0 if self.factor <= 1 else 0.1 * math.log(self.factor) + 1.0
 
 
 def rope_frequencies(head_dim: int, *, base: float = 10000.0, scaling: RopeScaling | None = None) -> np.ndarray:
@@ -92,6 +128,8 @@ def rope_frequencies(head_dim: int, *, base: float = 10000.0, scaling: RopeScali
     if scaling.kind == "proportional":
         rotated = int(scaling.fraction * head_dim // 2)
         return np.where(np.arange(head_dim // 2) < rotated, theta / scaling.factor, 0.0)
+    if scaling.kind == "yarn":
+        return _yarn_frequencies(theta, head_dim, base, scaling)
     wavelength = 2 * np.pi / theta
     length, low, high = scaling.original_max_len, scaling.low_freq_factor, scaling.high_freq_factor
     a = (length / wavelength - low) / (high - low)
@@ -99,6 +137,25 @@ def rope_frequencies(head_dim: int, *, base: float = 10000.0, scaling: RopeScali
     return np.where(
         wavelength < length / high, theta, np.where(wavelength > length / low, theta / scaling.factor, between)
     )
+
+
+def _yarn_frequencies(theta: np.ndarray, head_dim: int, base: float, scaling: RopeScaling) -> np.ndarray:
+    """YaRN's blend of theta (extrapolation) and theta / factor (interpolation), float64 `[H / 2]` (see
+    `RopeScaling`)."""
+    if base == 1.0:
+        raise ValueError("RopeScaling('yarn') needs a RoPE base != 1 (its correction range divides by ln(base)).")
+
+    def correction_dim(rotations: float) -> float:  # the pair index that turns `rotations` times over L
+        return head_dim * math.log(scaling.original_max_len / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = correction_dim(scaling.beta_fast), correction_dim(scaling.beta_slow)
+    if scaling.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_dim - 1)
+    if low == high:
+        high += 0.001  # as transformers: no division by zero
+    ramp = np.clip((np.arange(head_dim // 2, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
+    return theta / scaling.factor * ramp + theta * (1.0 - ramp)
 
 
 def apply_rope(
@@ -120,7 +177,8 @@ def apply_rope(
     with `interleaved=False` (GPT-NeoX / LLaMA "rotate half"). Because rotations compose, the dot product of a
     rotated query at p and a rotated key at p' depends only on p - p'. `scale > 1` is linear position
     interpolation (positions are divided by it) for running at longer contexts; `scaling` rescales the
-    frequencies instead (`RopeScaling`, e.g. Llama 3.1's; `rope_frequencies` gives them).
+    frequencies instead (`RopeScaling`, e.g. Llama 3.1's; `rope_frequencies` gives them). A yarn scaling also
+    multiplies cos and sin by its `attention_scaling` m (so the output is m times a rotation of x).
 
     Args:
       x: floating `[B, T, N, H]` queries or keys, H even.
@@ -148,6 +206,9 @@ def apply_rope(
     angles = (positions.astype(jnp.float32) / scale)[..., None] * inv_freq  # [(B,) T, H / 2]
     angles = angles.reshape((B if positions.ndim == 2 else 1, T, 1, H // 2))  # [B|1, T, 1, H / 2]
     cos, sin = jnp.cos(angles), jnp.sin(angles)
+    attention_scaling = 1.0 if scaling is None else scaling.attention_scaling
+    if attention_scaling != 1.0:  # yarn's attention factor (transformers multiplies its cos and sin tables)
+        cos, sin = cos * attention_scaling, sin * attention_scaling
     xf = x.astype(jnp.float32)
     if interleaved:
         xa, xb = xf[..., 0::2], xf[..., 1::2]

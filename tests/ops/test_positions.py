@@ -314,8 +314,8 @@ def test_llama3_rope_scaling_keeps_high_and_divides_low_frequencies():
 
 
 def test_rope_scaling_refuses_bad_settings():
-    with pytest.raises(ValueError, match=r"RopeScaling.kind='yarn'; choose one of"):
-        positions.RopeScaling("yarn", 2.0)
+    with pytest.raises(ValueError, match=r"RopeScaling.kind='dynamic'; choose one of"):
+        positions.RopeScaling("dynamic", 2.0)
     for factor in (0.0, -2.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match=r"`RopeScaling.factor` must be a finite number > 0"):
             positions.RopeScaling("linear", factor)
@@ -325,6 +325,169 @@ def test_rope_scaling_refuses_bad_settings():
         positions.RopeScaling("llama3", 8.0, low_freq_factor=4.0, high_freq_factor=1.0)
     with pytest.raises(TypeError, match=r"`RopeScaling.low_freq_factor` must be a real number"):
         positions.RopeScaling("llama3", 8.0, low_freq_factor="1")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# YaRN
+
+
+def yarn64(head_dim, base, factor, original, beta_fast=32.0, beta_slow=1.0, truncate=True, attention_factor=None):
+    """(inverse frequencies, attention factor) re-derived in float64 from transformers 5's _compute_yarn_parameters:
+    the correction range of pair indices from the rotation counts beta_fast / beta_slow over the original length,
+    a linear ramp over it blending extrapolation (theta) into interpolation (theta / factor), and mscale."""
+
+    def dim_of(rotations):
+        return head_dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = dim_of(beta_fast), dim_of(beta_slow)
+    if truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = np.clip((np.arange(head_dim // 2, dtype=np.float64) - low) / (high - low), 0, 1)
+    pos_freqs = base ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    extrapolation, interpolation = 1.0 / pos_freqs, 1.0 / (factor * pos_freqs)
+    extrapolation_factor = 1 - ramp
+    inv_freq = interpolation * (1 - extrapolation_factor) + extrapolation * extrapolation_factor
+    if attention_factor is None:
+        attention_factor = 1.0 if factor <= 1 else 0.1 * math.log(factor) + 1.0
+    return inv_freq, attention_factor
+
+
+YARN_CASES = {
+    # GPT-OSS: head_dim 64, rope_theta 150000, factor 32, beta 32 / 1, original 4096, truncate False
+    "gpt_oss": dict(head_dim=64, base=150000.0, factor=32.0, original=4096, truncate=False),
+    "gpt_oss_truncated": dict(head_dim=64, base=150000.0, factor=32.0, original=4096),
+    "small": dict(head_dim=16, base=10000.0, factor=4.0, original=64, beta_fast=8.0, beta_slow=2.0),
+    "explicit_attention_factor": dict(head_dim=32, base=500000.0, factor=8.0, original=1024, attention_factor=1.25),
+    "factor_below_one": dict(head_dim=8, base=100.0, factor=0.5, original=16),
+}
+
+
+def yarn_scaling(case):
+    return positions.RopeScaling(
+        "yarn",
+        case["factor"],
+        original_max_len=case["original"],
+        beta_fast=case.get("beta_fast", 32.0),
+        beta_slow=case.get("beta_slow", 1.0),
+        attention_factor=case.get("attention_factor"),
+        truncate=case.get("truncate", True),
+    )
+
+
+@pytest.mark.parametrize("case", YARN_CASES.values(), ids=YARN_CASES.keys())
+def test_yarn_frequencies_and_attention_factor_are_transformers_formula(case):
+    scaling = yarn_scaling(case)
+    want, factor = yarn64(**case)
+    got = positions.rope_frequencies(case["head_dim"], base=case["base"], scaling=scaling)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert scaling.attention_scaling == pytest.approx(factor, rel=1e-15)
+    theta = case["base"] ** (-np.arange(0, case["head_dim"], 2) / case["head_dim"])
+    # Both ends: the fastest pairs keep theta, the slowest are divided by the factor (ramp clipped to 0 and 1).
+    assert got[0] == theta[0] and got[-1] == pytest.approx(theta[-1] / case["factor"], rel=1e-12)
+
+
+def test_yarn_truncate_rounds_the_correction_range_outward():
+    """GPT-OSS's truncate=False keeps the fractional correction range; True floors its low end and ceils its high
+    end, so some pairs blend differently."""
+    exact = positions.rope_frequencies(64, base=150000.0, scaling=yarn_scaling(YARN_CASES["gpt_oss"]))
+    rounded = positions.rope_frequencies(64, base=150000.0, scaling=yarn_scaling(YARN_CASES["gpt_oss_truncated"]))
+    assert np.any(exact != rounded)
+
+
+@pytest.mark.parametrize("interleaved", [True, False])
+@pytest.mark.parametrize("batched", [False, True])
+def test_apply_rope_with_yarn_rotates_by_its_frequencies_and_scales_by_its_attention_factor(interleaved, batched):
+    """transformers multiplies its cos and sin tables by the attention factor m: the output is m times the rotation
+    at YaRN's frequencies (float64 reference from the formula), so q . k grows by m^2."""
+    case = YARN_CASES["small"]
+    scaling = yarn_scaling(case)
+    inv_freq, m = yarn64(**case)
+    B, T, N, H = 2, 6, 3, case["head_dim"]
+    x = normal(5, (B, T, N, H))
+    pos = np.random.default_rng(6).integers(0, 300, (B, T) if batched else (T,)).astype(np.int32)
+    got = rope_jit(x, pos, base=case["base"], interleaved=interleaved, scaling=scaling)
+    angles = np.broadcast_to(np.asarray(pos, np.float64), (B, T))[:, :, None, None] * inv_freq  # [B, T, 1, H / 2]
+    x64 = np.asarray(x, np.float64)
+    if interleaved:
+        xa, xb = x64[..., 0::2], x64[..., 1::2]
+        want = np.stack([xa * np.cos(angles) - xb * np.sin(angles), xa * np.sin(angles) + xb * np.cos(angles)], -1)
+        want = want.reshape(x.shape)
+    else:
+        xa, xb = x64[..., : H // 2], x64[..., H // 2 :]
+        want = np.concatenate(
+            [xa * np.cos(angles) - xb * np.sin(angles), xa * np.sin(angles) + xb * np.cos(angles)], -1
+        )
+    np.testing.assert_allclose(got, m * want, rtol=2e-5, atol=2e-5)
+    assert m > 1
+    np.testing.assert_allclose(np.linalg.norm(got, axis=-1), m * np.linalg.norm(x, axis=-1), rtol=1e-5)
+
+
+def test_other_scalings_have_no_attention_factor():
+    for scaling in (
+        positions.RopeScaling("linear", 4.0),
+        positions.RopeScaling("llama3", 8.0, original_max_len=64),
+        positions.RopeScaling("proportional", 2.0, fraction=0.5),
+        positions.RopeScaling("linear", 4.0, attention_factor=3.0),  # a yarn field, ignored by the other kinds
+    ):
+        assert scaling.attention_scaling == 1.0
+    x, pos = normal(7, (1, 5, 2, 8)), np.arange(5)
+    # Unchanged: the same numbers as rotating by the scaled frequencies alone (no extra multiply by 1.0).
+    linear = positions.apply_rope(x, pos, scaling=positions.RopeScaling("linear", 4.0))
+    np.testing.assert_array_equal(linear, positions.apply_rope(x, pos, scale=4.0))
+
+
+def test_yarn_refuses_bad_settings():
+    with pytest.raises(ValueError, match=r"yarn needs 0 < beta_slow < beta_fast; got beta_fast=1.0, beta_slow=32.0"):
+        positions.RopeScaling("yarn", 32.0, original_max_len=4096, beta_fast=1.0, beta_slow=32.0)
+    with pytest.raises(ValueError, match=r"`RopeScaling.beta_fast` must be a finite number > 0"):
+        positions.RopeScaling("yarn", 32.0, beta_fast=0.0)
+    with pytest.raises(ValueError, match=r"`RopeScaling.beta_slow` must be a finite number > 0"):
+        positions.RopeScaling("yarn", 32.0, beta_slow=float("nan"))
+    with pytest.raises(ValueError, match=r"`RopeScaling.attention_factor` must be a finite number > 0 or None"):
+        positions.RopeScaling("yarn", 32.0, attention_factor=-1.0)
+    with pytest.raises(ValueError, match=r"`RopeScaling.original_max_len` must be a positive int; got 0"):
+        positions.RopeScaling("yarn", 32.0, original_max_len=0)
+    with pytest.raises(TypeError, match=r"`RopeScaling.truncate` must be True or False; got 'no'"):
+        positions.RopeScaling("yarn", 32.0, truncate="no")
+    with pytest.raises(ValueError, match=r"needs a RoPE base != 1"):
+        positions.rope_frequencies(8, base=1.0, scaling=positions.RopeScaling("yarn", 2.0))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["gpt_oss", "gpt_oss_truncated", "small", "explicit_attention_factor"])
+def test_yarn_equals_transformers_own_rope_init_function(case):
+    """transformers' ROPE_INIT_FUNCTIONS["yarn"] on a small config (float32 torch: to float32 rounding)."""
+    pytest.importorskip("torch")
+    rope_utils = pytest.importorskip("transformers.modeling_rope_utils")
+    from transformers import PretrainedConfig
+
+    case = YARN_CASES[case]
+    rope_parameters = {
+        "rope_type": "yarn",
+        "rope_theta": case["base"],
+        "factor": case["factor"],
+        "original_max_position_embeddings": case["original"],
+        "beta_fast": case.get("beta_fast", 32.0),
+        "beta_slow": case.get("beta_slow", 1.0),
+        "truncate": case.get("truncate", True),
+    }
+    if case.get("attention_factor") is not None:
+        rope_parameters["attention_factor"] = case["attention_factor"]
+    config = PretrainedConfig(
+        hidden_size=case["head_dim"] * 2,
+        num_attention_heads=2,
+        head_dim=case["head_dim"],
+        max_position_embeddings=case["original"] * int(case["factor"]),
+        rope_parameters=rope_parameters,
+    )
+    inv_freq, attention_factor = rope_utils.ROPE_INIT_FUNCTIONS["yarn"](config, "cpu")
+    scaling = yarn_scaling(case)
+    ours = positions.rope_frequencies(case["head_dim"], base=case["base"], scaling=scaling)
+    np.testing.assert_allclose(ours, inv_freq.numpy(), rtol=2e-6)
+    assert scaling.attention_scaling == pytest.approx(attention_factor, rel=1e-12)
 
 
 def test_apply_rope_refuses_a_scaling_that_is_not_a_rope_scaling():
