@@ -16,7 +16,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxformer import checks, ops
-from jaxformer.nn.attention import ATTENTION_POSITIONAL, MultiHeadAttention, SharedKV
+from jaxformer.nn.attention import (
+    ATTENTION_POSITIONAL,
+    MultiHeadAttention,
+    SharedKV,
+    check_sinks_implementation,
+)
 from jaxformer.nn.attention_dispatch import check_implementation, check_softcap
 from jaxformer.nn.feedforward import FFN_ACTIVATIONS, FeedForward
 from jaxformer.nn.moe import MoEFeedForward
@@ -25,6 +30,7 @@ from jaxformer.nn.params import logical_param
 from jaxformer.ops import RopeScaling
 
 NORMS = ("layernorm", "rmsnorm", "batchnorm")
+EXPERT_ACTIVATIONS = ("swiglu", ops.moe.GPTOSS_SWIGLU)  # a mixture's experts: SwiGLU, or GPT-OSS's clamped one
 NORM_POSITIONS = ("pre", "post")
 # Where position information enters: the model adds "learned" / "sinusoidal" positions to its embeddings (absolute
 # positions: a sequence may not be longer than max_len); "rope" and "alibi" act inside each block's self-attention;
@@ -75,7 +81,10 @@ class BlockConfig:
     (softmax_topk | topk_softmax; `ops.route`) with `router_normalize` (renormalise the k weights) and
     `router_bias`; `shared_expert_d_ff` adds Qwen2-MoE's gated shared expert of that width; `capacity_factor`
     (None: dropless) switches to static expert capacity; `moe_impl` (auto | blocks | ragged_dot) picks the grouped
-    matmul (`ops.moe_ffn`). `activation` stays the FFN of dense layers (ModelConfig.dense_layers).
+    matmul (`ops.moe_ffn`). `activation` stays the FFN of dense layers (ModelConfig.dense_layers). GPT-OSS's experts:
+    `expert_bias` (biases on each expert's projections) and `expert_activation` "gptoss_swiglu" (its clamped
+    SwiGLU, `ops.moe.gptoss_swiglu`, with `swiglu_limit` and `swiglu_alpha`; default "swiglu").
+    `attention_sinks`: a learned logit per query head in each attention softmax's normaliser (GPT-OSS; ops.attention).
     `dtype` (computation; a name such as "bfloat16" is accepted), `param_dtype` (storage).
 
     Every field is checked here, once; a bad value raises a ValueError (a TypeError for the wrong kind of value,
@@ -124,6 +133,11 @@ class BlockConfig:
     router_bias: bool = False
     capacity_factor: float | None = None
     moe_impl: str = "auto"
+    expert_bias: bool = False
+    expert_activation: str = "swiglu"
+    swiglu_limit: float = 7.0
+    swiglu_alpha: float = 1.702
+    attention_sinks: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -215,8 +229,12 @@ class BlockConfig:
     def _check_moe(self, owner: str) -> None:
         E = checks.check_int(f"{owner}.num_experts", self.num_experts, low=0)
         object.__setattr__(self, "num_experts", E)
-        self._check_flags("router_normalize", "router_bias")
+        self._check_flags("router_normalize", "router_bias", "expert_bias", "attention_sinks")
         checks.check_choice(f"{owner}.router", self.router, ops.ROUTINGS)
+        checks.check_choice(f"{owner}.expert_activation", self.expert_activation, EXPERT_ACTIVATIONS)
+        check_sinks_implementation(self.attention_impl, self.attention_sinks)
+        for name in ("swiglu_limit", "swiglu_alpha"):
+            object.__setattr__(self, name, checks.check_positive_real(f"{owner}.{name}", getattr(self, name)))
         checks.check_choice(f"{owner}.moe_impl", self.moe_impl, ops.moe.IMPLEMENTATIONS)
         for name in ("expert_d_ff", "shared_expert_d_ff"):
             if getattr(self, name) is not None:
@@ -291,6 +309,7 @@ def make_attention(cfg: BlockConfig, *, cross: bool = False, context_dim: int | 
         norm_plus_one=cfg.norm_plus_one,
         scale=cfg.attention_scale,
         logit_softcap=cfg.attention_logit_softcap,
+        sinks=cfg.attention_sinks and not cross,
         v_norm=cfg.v_norm and not cross,
         value_is_key=cfg.value_is_key and not cross,
         shared_kv=cfg.shared_kv and not cross,
@@ -321,6 +340,10 @@ def make_ffn(cfg: BlockConfig, *, rngs: nnx.Rngs) -> FeedForward | MoEFeedForwar
             shared_d_ff=cfg.shared_expert_d_ff,
             capacity_factor=cfg.capacity_factor,
             implementation=cfg.moe_impl,
+            expert_bias=cfg.expert_bias,
+            activation=cfg.expert_activation,
+            swiglu_limit=cfg.swiglu_limit,
+            swiglu_alpha=cfg.swiglu_alpha,
             dtype=cfg.dtype,
             param_dtype=cfg.param_dtype,
             rngs=rngs,

@@ -3,6 +3,8 @@ of E expert FFNs; an optional shared expert sees every token. The maths is jaxfo
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -12,6 +14,8 @@ from jaxformer import checks, ops
 from jaxformer.nn.constraints import resolved
 from jaxformer.nn.feedforward import FeedForward
 from jaxformer.nn.params import logical_param
+
+_BIASES = ("b_gate", "b_up", "b_down")  # the experts' biases, as ops.moe names them
 
 
 class RoutingStats(nnx.Variable):
@@ -30,7 +34,9 @@ class MoEFeedForward(nnx.Module):
 
     routing / normalize: `ops.route`'s ("softmax_topk" with renormalised weights for Mixtral and Qwen3-MoE, without
     for Qwen2-MoE; "topk_softmax" for GPT-OSS). capacity_factor: None computes every assignment (`ops.moe_ffn`,
-    dropless); a number uses `ops.moe_ffn_capacity`, whose dropped assignments are counted.
+    dropless); a number uses `ops.moe_ffn_capacity`, whose dropped assignments are counted (per batch shard on a
+    mesh). GPT-OSS's experts: `expert_bias` (`b_gate`, `b_up` `[E, F]`, `b_down` `[E, D]`, zeros) and
+    `activation="gptoss_swiglu"` (`ops.moe.gptoss_swiglu` with `swiglu_limit`, `swiglu_alpha`; default "swiglu").
 
     `__call__(x [B, T, D], valid=None)` returns y `[B, T, D]` and records, in `RoutingStats` variables, the
     router's statistics over the valid tokens (bool `valid [B, T]`; None: all): `router_load` `[E]` (f_e, the
@@ -53,6 +59,10 @@ class MoEFeedForward(nnx.Module):
         shared_d_ff: int | None = None,
         capacity_factor: float | None = None,
         implementation: str = "auto",
+        expert_bias: bool = False,
+        activation: str = "swiglu",
+        swiglu_limit: float = ops.moe.GPTOSS_LIMIT,
+        swiglu_alpha: float = ops.moe.GPTOSS_ALPHA,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
@@ -64,6 +74,11 @@ class MoEFeedForward(nnx.Module):
             raise ValueError(f"`routing` must be one of {ops.ROUTINGS}; got {routing!r}.")
         if capacity_factor is not None:
             checks.check_real("capacity_factor", capacity_factor, low=0.0, low_open=True)
+        checks.check_choice("activation", activation, ("swiglu", ops.moe.GPTOSS_SWIGLU))
+        checks.check_flag("expert_bias", expert_bias)
+        # ops.moe's names: the gate's activation of a SwiGLU expert, or GPT-OSS's whole clamped unit.
+        self.activation = "silu" if activation == "swiglu" else activation
+        self.clamp = {} if activation == "swiglu" else {"limit": swiglu_limit, "alpha": swiglu_alpha}
         self.d_model, self.d_ff, self.num_experts, self.experts_per_token = d_model, d_ff, E, k
         self.routing, self.normalize, self.capacity_factor = routing, bool(normalize), capacity_factor
         self.implementation, self.dtype = implementation, checks.check_float_dtype("dtype", dtype)
@@ -77,6 +92,13 @@ class MoEFeedForward(nnx.Module):
         self.w_gate = logical_param(rngs, expert_init, (E, d_model, d_ff), ("expert", "embed", "mlp"), param_dtype)
         self.w_up = logical_param(rngs, expert_init, (E, d_model, d_ff), ("expert", "embed", "mlp"), param_dtype)
         self.w_down = logical_param(rngs, expert_init, (E, d_ff, d_model), ("expert", "mlp", "embed"), param_dtype)
+        if expert_bias:
+            zeros = nnx.initializers.zeros
+            self.b_gate = logical_param(rngs, zeros, (E, d_ff), ("expert", "mlp"), param_dtype)
+            self.b_up = logical_param(rngs, zeros, (E, d_ff), ("expert", "mlp"), param_dtype)
+            self.b_down = logical_param(rngs, zeros, (E, d_model), ("expert", "embed"), param_dtype)
+        else:
+            self.b_gate = self.b_up = self.b_down = None
         if shared_d_ff is None:
             self.shared = self.shared_gate = None
         else:
@@ -103,6 +125,8 @@ class MoEFeedForward(nnx.Module):
             logits = logits + self.router_bias[...].astype(jnp.float32)
         weights, experts = ops.route(logits, self.experts_per_token, routing=self.routing, normalize=self.normalize)
         w = [v[...].astype(self.dtype) for v in (self.w_gate, self.w_up, self.w_down)]
+        if self.b_gate is not None:
+            w += [v[...].astype(self.dtype) for v in (self.b_gate, self.b_up, self.b_down)]
         y, count = self._experts(flat, experts, weights, w)
         dropped = count.astype(jnp.float32) / experts.size
         if self.shared is not None:
@@ -119,10 +143,13 @@ class MoEFeedForward(nnx.Module):
         on, nn/constraints.py) each shard of the batch routes its own tokens (`jax.shard_map`): no device gathers
         the others' tokens to sort them; the experts' weights come whole to every device (all-gathered over the
         expert axis, layer by layer, like FSDP's parameters)."""
+        options = {"activation": self.activation, **self.clamp}
         if self.capacity_factor is None:
-            ffn = lambda x, e, p, *w: (ops.moe_ffn(x, e, p, *w, implementation=self.implementation), jnp.int32(0))
+            routed = lambda *args, **kw: (ops.moe_ffn(*args, **kw, implementation=self.implementation), jnp.int32(0))
         else:
-            ffn = lambda x, e, p, *w: ops.moe_ffn_capacity(x, e, p, *w, capacity_factor=self.capacity_factor)
+            routed = functools.partial(ops.moe_ffn_capacity, capacity_factor=self.capacity_factor)
+        # w: (w_gate, w_up, w_down), then (b_gate, b_up, b_down) when the experts have biases.
+        ffn = lambda x, e, p, *w: routed(x, e, p, *w[:3], **dict(zip(_BIASES, w[3:], strict=False)), **options)
         sharding = resolved(("batch", None), x.shape)
         if sharding is None or sharding.spec[0] is None:
             return ffn(x, experts, weights, *w)

@@ -147,6 +147,9 @@ def test_capacity_routing_reports_the_dropped_share():
         (dict(capacity_factor=0.0), "capacity_factor"),
         (dict(router_aux_loss_coef=-1.0), "router_aux_loss_coef"),
         (dict(moe_impl="megablox"), "moe_impl"),
+        (dict(expert_activation="geglu"), "expert_activation"),
+        (dict(swiglu_limit=0.0), "swiglu_limit"),
+        (dict(attention_sinks=True, attention_impl="cudnn"), "sinks"),
     ],
 )
 def test_bad_moe_fields_are_named(overrides, match):

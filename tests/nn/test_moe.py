@@ -111,3 +111,43 @@ def test_bad_arguments_are_named():
         MoEFeedForward(D, F, E, K, routing="sigmoid", rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"\[B, T, D=8\]"):
         MoEFeedForward(D, F, E, K, rngs=nnx.Rngs(0))(jnp.zeros((B, T, 4)))
+
+
+def test_gpt_oss_experts_have_biases_and_the_clamped_swiglu():
+    """The layer passes its biases and activation to ops.moe: equal to ops.moe_ffn_dense on its own weights."""
+    from jaxformer import ops
+
+    layer = MoEFeedForward(
+        D,
+        F,
+        E,
+        K,
+        routing="topk_softmax",
+        expert_bias=True,
+        activation="gptoss_swiglu",
+        swiglu_limit=0.5,
+        rngs=nnx.Rngs(3),
+    )
+    rng = np.random.default_rng(3)
+    for name in ("b_gate", "b_up", "b_down"):
+        getattr(layer, name)[...] = jnp.asarray(rng.normal(size=getattr(layer, name).shape), jnp.float32)
+    assert layer.b_gate.shape == (E, F) and layer.b_down.shape == (E, D)
+    x = inputs(3) * 3.0  # large enough for the clamp at 0.5 to bite
+    logits = x.reshape(-1, D) @ layer.router[...]
+    weights, experts = ops.route(logits, K, routing="topk_softmax")
+    w = {n: getattr(layer, n)[...] for n in ("w_gate", "w_up", "w_down", "b_gate", "b_up", "b_down")}
+    want = ops.moe_ffn_dense(
+        x.reshape(-1, D),
+        experts,
+        weights,
+        w.pop("w_gate"),
+        w.pop("w_up"),
+        w.pop("w_down"),
+        **w,
+        activation="gptoss_swiglu",
+        limit=0.5,
+        alpha=1.702,
+    )
+    np.testing.assert_allclose(layer(x).reshape(-1, D), want, rtol=1e-5, atol=1e-5)
+    plain = MoEFeedForward(D, F, E, K, routing="topk_softmax", expert_bias=True, rngs=nnx.Rngs(3))
+    assert not np.allclose(plain(x), layer(x))  # the activation is not the plain SwiGLU
