@@ -2,7 +2,7 @@
 
 What it makes
 -------------
-``tests/fixtures/pretrained/<name>/`` for thirteen models, each a real ``save_pretrained`` directory
+``tests/fixtures/pretrained/<name>/`` for sixteen models, each a real ``save_pretrained`` directory
 (``config.json``, safetensors weights, ``generation_config.json`` for the decoder LMs, the tokenizer files
 ``tokenizer.json`` + ``tokenizer_config.json`` where the architecture has one) plus ``reference.npz`` with what
 ``transformers`` (torch, CPU, float32) computes, and ``tests/fixtures/pretrained/README.md``.
@@ -74,20 +74,33 @@ name          class (``architectures[0]``)       what it exercises
                                                  (x)))); config.json written in the Hub's spelling
                                                  (``global_head_dim`` 16, ``num_global_key_value_heads`` 1, no
                                                  ``per_layer_config``: see hub_style_gemma4_config)
+``mixtral``   ``MixtralForCausalLM``             mixture of experts: 2 layers, 4 experts of width 16
+                                                 (``intermediate_size``), top-2 renormalised, GQA 2, untied,
+                                                 ``sliding_window`` null (as Mixtral-8x7B), rope_theta 1e6;
+                                                 saved by transformers in the per-expert layout
+                                                 (``block_sparse_moe.gate`` / ``experts.{e}.w1, w2, w3``)
+``qwen2_moe`` ``Qwen2MoeForCausalLM``            2 sparse layers, 4 experts of width 16
+                                                 (``moe_intermediate_size``), top-2 NOT renormalised
+                                                 (``norm_topk_prob`` False), a shared expert of width 40 with
+                                                 its sigmoid gate, q/k/v biases, untied, rope_theta 1e6
+``qwen3_moe`` ``Qwen3MoeForCausalLM``            3 layers, ``mlp_only_layers`` [1] (layer 1 is a dense MLP of
+                                                 width 48, layers 0 and 2 sparse), 4 experts of width 16,
+                                                 top-2 renormalised (``norm_topk_prob`` True), q/k RMS norm,
+                                                 explicit head_dim 8 != 24 / 4, GQA 2, untied
 ============  =================================  ===========================================================
 
-llama, mistral and qwen3 share one tokenizer: a sentencepiece-style BPE (Metaspace "▁" pre-tokenizer and decoder,
-``<unk>``=0 ``<s>``=1 ``</s>``=2, ``<s>`` prepended, no byte fallback), vocab 96.  qwen2 gets a byte-level one laid
-out as Qwen's tokenizer.json (NFC, Qwen's split regex, ByteLevel), because transformers 5's ``AutoTokenizer``
-rebuilds any ``model_type == "qwen2"`` tokenizer as ``Qwen2Tokenizer`` with exactly that pipeline, ignoring the
-one in tokenizer.json.  The gemma fixtures share a Gemma-style BPE with byte fallback, vocab 352:
-``<pad>``=0 ``<eos>``=1 ``<bos>``=2 ``<unk>``=3 ``<mask>``=4, ``<0x00>``..``<0xFF>`` = 5..260, then 44 characters and
-47 merges; normalizer ``Replace(" ", "▁")`` (no "▁" prepended), ``<bos>`` prepended by the post-processor, decoder
+llama, mistral, qwen3, mixtral and qwen3_moe share one tokenizer: a sentencepiece-style BPE (Metaspace "▁" pre-tokenizer
+and decoder, ``<unk>``=0 ``<s>``=1 ``</s>``=2, ``<s>`` prepended, no byte fallback), vocab 96. qwen2 and qwen2_moe get a
+byte-level one laid out as Qwen's tokenizer.json (NFC, Qwen's split regex, ByteLevel), because transformers 5's
+``AutoTokenizer`` rebuilds any ``model_type == "qwen2"`` tokenizer as ``Qwen2Tokenizer`` with exactly that pipeline,
+ignoring the one in tokenizer.json. The gemma fixtures share a Gemma-style BPE with byte fallback, vocab 352:
+``<pad>``=0 ``<eos>``=1 ``<bos>``=2 ``<unk>``=3 ``<mask>``=4, ``<0x00>``..``<0xFF>`` = 5..260, then 44 characters and 47
+merges; normalizer ``Replace(" ", "▁")`` (no "▁" prepended), ``<bos>`` prepended by the post-processor, decoder
 ``Replace("▁", " ")`` + ``ByteFallback`` + ``Fuse``, exactly as transformers' ``GemmaTokenizer`` (named in
-tokenizer_config.json, as Gemma checkpoints do; ``AutoTokenizer`` rebuilds that pipeline from the vocab / merges)
-builds it (``train_gemma_tokenizer``).  Their ``text`` is ``GEMMA_TEXT``, whose "\n", "C", "5", "é", "€" and emoji
-are not in the vocab and encode as the byte tokens of their UTF-8 bytes (asserted, with decode round trips).
-Every model's vocab size equals its tokenizer's exact size (asserted).
+tokenizer_config.json, as Gemma checkpoints do; ``AutoTokenizer`` rebuilds that pipeline from the vocab / merges) builds
+it (``train_gemma_tokenizer``). Their ``text`` is ``GEMMA_TEXT``, whose "\n", "C", "5", "é", "€" and emoji are not in
+the vocab and encode as the byte tokens of their UTF-8 bytes (asserted, with decode round trips). Every model's vocab
+size equals its tokenizer's exact size (asserted).
 
 Every parameter is re-drawn after the default init so that mistakes show (``redraw_``): embedding tables
 ``N(0, 0.2)``, other matrices ``N(0, 0.35)``, 1-D norm weights ``1 + 0.3 N(0, 1)``, biases ``0.1 N(0, 1)``.  Gemma
@@ -115,6 +128,12 @@ reference.npz
                         last layer's output (BERT has no final norm; each layer ends in LayerNorm) ==
                         ``hidden_states[-1]``.  vit: AFTER the final ``vit.layernorm``, [2, 17, 24]
 ``hidden_states_last``  float32 (vit only): ``hidden_states[-1]`` = the encoder output BEFORE ``vit.layernorm``
+``aux_loss``            float32 [] (mixtral, qwen2_moe, qwen3_moe): transformers' ``outputs.aux_loss`` for
+                        ``input_ids`` with ``output_router_logits=True``: the UNSCALED load-balancing loss
+                        ``load_balancing_loss_func(router_logits, num_experts, top_k, attention_mask)`` over the
+                        sparse layers (not multiplied by ``router_aux_loss_coef``)
+``aux_mask``            int32 [2, 12] (the MoE fixtures): row 1 padded after 9 tokens (right padding)
+``aux_loss_masked``     float32 []: ``aux_loss`` with ``attention_mask=aux_mask`` (padding left out of f and P)
 ``greedy``              int32 [2, 20] (decoder LMs only): the 20 NEW tokens of ``model.generate(input_ids[:, :5],
                         max_new_tokens=20, do_sample=False, pad_token_id=0)`` (no eos; identical to 20 steps of
                         uncached argmax, asserted)
@@ -122,8 +141,8 @@ reference.npz
 ``token_type_ids``      int32 [2, 12] zeros (bert only); both are passed to the model for ``logits`` / ``hidden``
 ``text``                0-d unicode array: ``TEXT`` (not vit; gemma*: ``GEMMA_TEXT``, with byte-fallback characters)
 ``text_ids``            int32: ``AutoTokenizer.from_pretrained(dir)(text)["input_ids"]`` (special tokens as the
-                        fast tokenizer adds them: llama/mistral/qwen3 ``<s>`` first, gemma* ``<bos>`` (2) first,
-                        bert ``[CLS] ... [SEP]``, gpt2 and qwen2 none)
+                        fast tokenizer adds them: llama/mistral/qwen3/mixtral/qwen3_moe ``<s>`` first, gemma*
+                        ``<bos>`` (2) first, bert ``[CLS] ... [SEP]``, gpt2, qwen2 and qwen2_moe none)
 ``text_ids_plain``      int32: ``tokenizers.Tokenizer.from_file(tokenizer.json).encode(text,
                         add_special_tokens=False).ids``
 
@@ -131,7 +150,7 @@ Requirements / regenerating
 ---------------------------
 Needs the optional extras ``pip install transformers torch==2.13.0`` (``tokenizers`` and ``safetensors`` come with
 transformers); they are never needed by the default tests, which only read the files.  The first eight fixtures
-were made with transformers 5.24.0, the gemma ones with 5.25.0 (Gemma 4 needs it), torch 2.13.0.  Regenerate all
+were made with transformers 5.24.0, the gemma and MoE ones with 5.25.0 (Gemma 4 needs it), torch 2.13.0.  Regenerate all
 (overwrites ``tests/fixtures/pretrained/``)::
 
     .venv/bin/python experiments/make_pretrained_fixtures.py
@@ -140,6 +159,11 @@ or only the named fixtures (their directories are replaced, the others left byte
 always lists all of them)::
 
     .venv/bin/python experiments/make_pretrained_fixtures.py gemma gemma2 gemma3 gemma4 gemma4_kv
+    .venv/bin/python experiments/make_pretrained_fixtures.py mixtral qwen2_moe qwen3_moe
+
+The MoE fixtures assert that every token's k-th and (k+1)-th router probabilities differ by more than
+``MIN_ROUTER_MARGIN`` in every sparse layer (on ``input_ids`` and the greedy sequences), so that no float rounding
+can flip an expert choice, and that ``norm_topk_prob`` (qwen2_moe, qwen3_moe) moves the logits.
 
 The output is deterministic (fixed torch / numpy seeds, CPU float32; two runs give byte-identical files).
 """
@@ -180,11 +204,17 @@ from transformers import (
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen2MoeConfig,
+    Qwen2MoeForCausalLM,
     Qwen3Config,
     Qwen3ForCausalLM,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
     ViTConfig,
     ViTForImageClassification,
     ViTModel,
@@ -194,7 +224,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "fixtures" / "pretrained"
 
 BATCH, SEQ = 2, 12
-MAX_TOTAL_KIB = 1700  # size limit of tests/fixtures/pretrained: ~790 KiB for the first 8 fixtures, ~870 for the gemmas
+# size limit of tests/fixtures/pretrained: ~790 KiB for the first 8 fixtures, ~870 for the gemmas, ~330 for the MoEs
+MAX_TOTAL_KIB = 2048
 # tokenizer / model vocab sizes (trained tokenizers hit these exactly; the script asserts model == tokenizer)
 GPT2_VOCAB = 300  # byte-level: 256 bytes + merges + <|endoftext|>
 QWEN_VOCAB = 272  # byte-level: 256 bytes + merges + 3 specials
@@ -207,6 +238,10 @@ HIDDEN = 24
 INTERMEDIATE = 48  # MLP width of every model (!= hidden, so transposed MLP weights fail)
 GEMMA_INTERMEDIATE = 32  # the gemma fixtures' (smaller: they have 2-6 layers; gemma4's KV-shared layers have 64)
 QWEN3_HEAD_DIM = 16  # explicit, != HIDDEN / 4 heads: q_proj is 24 -> 64, o_proj 64 -> 24
+# mixture-of-experts fixtures: 4 experts, top-2, each expert 16 wide (qwen2_moe's shared expert 40)
+NUM_EXPERTS, TOP_K, EXPERT_WIDTH, SHARED_EXPERT_WIDTH = 4, 2, 16, 40
+MOE_NAMES = ("mixtral", "qwen2_moe", "qwen3_moe")
+MIN_ROUTER_MARGIN = 1e-4  # smallest gap allowed between a token's k-th and (k+1)-th router probability
 EMBED_STD, MATRIX_STD = 0.2, 0.35  # see redraw_
 PROMPT_LEN, NEW_TOKENS = 5, 20
 TEXT = "To be, or not to be: that is the question."
@@ -606,6 +641,50 @@ def build(name: str, vocab: int) -> torch.nn.Module:
             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
         )
         return Qwen3ForCausalLM(cfg)
+    if name == "mixtral":
+        cfg = MixtralConfig(
+            **llama_family_common(vocab) | dict(intermediate_size=EXPERT_WIDTH),  # Mixtral's expert width
+            tie_word_embeddings=False,
+            sliding_window=None,
+            num_local_experts=NUM_EXPERTS,
+            num_experts_per_tok=TOP_K,
+            router_jitter_noise=0.0,
+            router_aux_loss_coef=0.02,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        )
+        return MixtralForCausalLM(cfg)
+    if name == "qwen2_moe":
+        cfg = Qwen2MoeConfig(
+            **llama_family_common(vocab) | dict(bos_token_id=vocab - 3),
+            moe_intermediate_size=EXPERT_WIDTH,
+            shared_expert_intermediate_size=SHARED_EXPERT_WIDTH,
+            num_experts=NUM_EXPERTS,
+            num_experts_per_tok=TOP_K,
+            norm_topk_prob=False,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+            qkv_bias=True,
+            tie_word_embeddings=False,  # tied, greedy decoding repeats the last token (see redraw_)
+            use_sliding_window=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        )
+        return Qwen2MoeForCausalLM(cfg)
+    if name == "qwen3_moe":
+        cfg = Qwen3MoeConfig(
+            **llama_family_common(vocab) | dict(num_hidden_layers=3),  # intermediate_size: the dense layer's
+            head_dim=8,  # != 24 / 4: q_proj 24 -> 32, o_proj 32 -> 24
+            moe_intermediate_size=EXPERT_WIDTH,
+            num_experts=NUM_EXPERTS,
+            num_experts_per_tok=TOP_K,
+            norm_topk_prob=True,
+            decoder_sparse_step=1,
+            mlp_only_layers=[1],
+            attention_bias=False,
+            tie_word_embeddings=False,
+            use_sliding_window=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        )
+        return Qwen3MoeForCausalLM(cfg)
     if name == "bert":
         cfg = BertConfig(
             vocab_size=vocab,
@@ -784,6 +863,15 @@ def reference(name: str, model: torch.nn.Module, vocab: int, seed: int) -> dict[
     ref["logits"] = out.logits.numpy()
     ref["hidden"] = base.numpy()
 
+    if name in MOE_NAMES:
+        check_router_margins(name, model, t_ids)
+        ref["aux_loss"] = aux_loss_of(model, t_ids)
+        mask = np.ones((BATCH, SEQ), np.int32)
+        mask[1, 9:] = 0  # right padding: the padded tokens' routing is left out of the loss
+        ref["aux_mask"] = mask
+        ref["aux_loss_masked"] = aux_loss_of(model, t_ids, torch.from_numpy(mask).long())
+        assert abs(ref["aux_loss_masked"] - ref["aux_loss"]) > 1e-4, f"{name}: the mask does not change aux_loss"
+
     if name != "bert":
         prompt = t_ids[:, :PROMPT_LEN]
         gen = model.generate(
@@ -804,7 +892,28 @@ def reference(name: str, model: torch.nn.Module, vocab: int, seed: int) -> dict[
             nxt = model(seq).logits[:, -1].argmax(-1, keepdim=True)
             seq = torch.cat([seq, nxt], dim=1)
         assert torch.equal(seq[:, PROMPT_LEN:], gen[:, PROMPT_LEN:]), f"{name}: cached generate != full forwards"
+        if name in MOE_NAMES:
+            check_router_margins(name, model, gen)
     return ref
+
+
+@torch.no_grad()
+def check_router_margins(name: str, model: torch.nn.Module, ids: torch.Tensor) -> None:
+    """Every token's k-th and (k+1)-th router probabilities differ by > MIN_ROUTER_MARGIN in every sparse layer, so
+    the experts a token goes to cannot depend on float rounding (another implementation picks the same ones)."""
+    logits = model(ids, output_router_logits=True).router_logits
+    assert len(logits) == {"mixtral": 2, "qwen2_moe": 2, "qwen3_moe": 2}[name], (name, len(logits))
+    for layer in logits:
+        top = torch.softmax(layer.float(), dim=-1).topk(TOP_K + 1, dim=-1).values
+        margin = float((top[:, TOP_K - 1] - top[:, TOP_K]).min())
+        assert margin > MIN_ROUTER_MARGIN, f"{name}: router margin {margin} (pick another seed)"
+
+
+@torch.no_grad()
+def aux_loss_of(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor | None = None) -> np.ndarray:
+    """transformers' unscaled load-balancing loss (``outputs.aux_loss``) for ``ids`` (and ``mask``)."""
+    out = model(ids, attention_mask=mask, labels=ids, output_router_logits=True)
+    return np.float32(out.aux_loss.item())
 
 
 def _variant(model: torch.nn.Module, changes: dict, state_changes: dict | None = None, attn: str | None = None):
@@ -845,6 +954,9 @@ def check_config_effects(name: str, model: torch.nn.Module, ref: dict[str, np.nd
         variants.append(("global linear rope scaling", {"rope_parameters": rope}, None))
         rope = GEMMA3_ROPE | {SLIDING: {"rope_type": "default", "rope_theta": 1000000.0}}
         variants.append(("local rope_theta 1e4 (-> 1e6)", {"rope_parameters": rope}, None))
+    if name in ("qwen2_moe", "qwen3_moe"):
+        flip = not model.config.norm_topk_prob
+        variants.append((f"norm_topk_prob {not flip} (-> {flip})", {"norm_topk_prob": flip}, None))
     if name in ("gemma4", "gemma4_kv"):
         scalars = {k: torch.ones_like(v) for k, v in model.state_dict().items() if k.endswith(".layer_scalar")}
         variants.append(("layer_scalar (-> 1)", {}, scalars))
@@ -890,8 +1002,12 @@ NAMES = [
     "gemma3",
     "gemma4",
     "gemma4_kv",
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
 ]  # fixture i gets seed 1000 + i, whichever fixtures a run rebuilds
 TOK_KIND = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen2": "qwen", "qwen3": "llama", "bert": "bert"}
+TOK_KIND |= {"mixtral": "llama", "qwen2_moe": "qwen", "qwen3_moe": "llama"}
 TOK_KIND |= {name: "gemma" for name in NAMES if name.startswith("gemma")}
 
 
@@ -1034,19 +1150,24 @@ def main(argv: list[str] | None = None) -> None:
 README = """\
 # Tiny pretrained-checkpoint fixtures
 
-Random-init (not trained) Hugging Face checkpoints of thirteen architectures / configurations: gpt2, llama,
-mistral, qwen2, qwen3, bert, vit, vit_model (d_model 24, 2 layers, 4 heads) and gemma, gemma2, gemma3, gemma4,
+Random-init (not trained) Hugging Face checkpoints of sixteen architectures / configurations: gpt2, llama,
+mistral, qwen2, qwen3, bert, vit, vit_model (d_model 24, 2 layers, 4 heads), gemma, gemma2, gemma3, gemma4,
 gemma4_kv (d_model 24, 2-6 layers, explicit head dims, sliding window 4, soft-capped logits; Gemma 4 text with
 per-layer inputs, KV sharing, double-wide MLPs, or K = V full-attention layers with another head dim and kv-head
-count). Each is saved with `save_pretrained` (safetensors; llama is sharded with a `model.safetensors.index.json`;
+count) and the mixtures of experts mixtral, qwen2_moe, qwen3_moe (d_model 24, 2-3 layers, 4 experts of width 16,
+top-2; Qwen2-MoE with a gated shared expert and unnormalised top-k weights, Qwen3-MoE with a dense layer from
+`mlp_only_layers`; saved by transformers in the per-expert layout, `experts.{{e}}.w1` / `experts.{{e}}.gate_proj`, ...).
+Each is saved with `save_pretrained` (safetensors; llama is sharded with a `model.safetensors.index.json`;
 gemma4_kv's config.json spells the full-attention head dim / kv heads as the Hub's Gemma 4 configs do,
 `global_head_dim` / `num_global_key_value_heads`, where gemma4 keeps transformers' `per_layer_config`) together with
 its tokenizer (`tokenizer.json` + `tokenizer_config.json`, trained on a short Shakespeare passage; none for vit; the
 gemma fixtures share a Gemma-style BPE with byte fallback) and `reference.npz` holding inputs and the outputs
 transformers computes:
 `input_ids` / `pixel_values`, `logits`, `hidden`, `greedy` (decoder LMs), `attention_mask` / `token_type_ids`
-(bert), `hidden_states_last` (vit), `pooled` (vit_model), `text`, `text_ids`, `text_ids_plain` (the gemma fixtures'
-`text` has characters outside the tokenizer's vocabulary, which encode as `<0xXX>` byte tokens).
+(bert), `hidden_states_last` (vit), `pooled` (vit_model), `aux_loss`, `aux_mask`, `aux_loss_masked` (the MoE
+fixtures: transformers' unscaled load-balancing loss, without and with padding), `text`, `text_ids`,
+`text_ids_plain` (the gemma fixtures' `text` has characters outside the tokenizer's vocabulary, which encode as
+`<0xXX>` byte tokens).
 
 Made by `experiments/make_pretrained_fixtures.py` (its docstring describes every array and config) with torch
 {tt} on CPU in float32 and (each config.json's `transformers_version`):
@@ -1058,7 +1179,7 @@ Regenerate all with
 
 or only some (the others stay untouched), e.g.
 
-    .venv/bin/python experiments/make_pretrained_fixtures.py gemma gemma2 gemma3 gemma4 gemma4_kv
+    .venv/bin/python experiments/make_pretrained_fixtures.py mixtral qwen2_moe qwen3_moe
 
 Loading these files needs neither transformers nor torch.
 """

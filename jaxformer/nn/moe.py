@@ -78,7 +78,8 @@ class MoEFeedForward(nnx.Module):
         checks.check_flag("expert_bias", expert_bias)
         # ops.moe's names: the gate's activation of a SwiGLU expert, or GPT-OSS's whole clamped unit.
         self.activation = "silu" if activation == "swiglu" else activation
-        self.clamp = {} if activation == "swiglu" else {"limit": swiglu_limit, "alpha": swiglu_alpha}
+        # A tuple: module attributes are static (hashed) in the graph definition.
+        self.clamp = () if activation == "swiglu" else (("limit", swiglu_limit), ("alpha", swiglu_alpha))
         self.d_model, self.d_ff, self.num_experts, self.experts_per_token = d_model, d_ff, E, k
         self.routing, self.normalize, self.capacity_factor = routing, bool(normalize), capacity_factor
         self.implementation, self.dtype = implementation, checks.check_float_dtype("dtype", dtype)
@@ -143,7 +144,7 @@ class MoEFeedForward(nnx.Module):
         on, nn/constraints.py) each shard of the batch routes its own tokens (`jax.shard_map`): no device gathers
         the others' tokens to sort them; the experts' weights come whole to every device (all-gathered over the
         expert axis, layer by layer, like FSDP's parameters)."""
-        options = {"activation": self.activation, **self.clamp}
+        options = {"activation": self.activation, **dict(self.clamp)}
         if self.capacity_factor is None:
             routed = lambda *args, **kw: (ops.moe_ffn(*args, **kw, implementation=self.implementation), jnp.int32(0))
         else:

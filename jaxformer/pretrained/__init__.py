@@ -7,8 +7,9 @@
     pretrained.save_pretrained(model, "out/dir", tokenizer=tokenizer)                    # transformers loads it
 
 Supported (`config.json`'s architectures): GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM (sliding window),
-Qwen2ForCausalLM (q/k/v biases), Qwen3ForCausalLM (q/k norms) as `GPT`; BertForMaskedLM and BertModel as `BERT`;
-ViTForImageClassification and ViTModel as `ViT`.
+Qwen2ForCausalLM (q/k/v biases), Qwen3ForCausalLM (q/k norms), the Gemma 1-4 text models, and the mixtures of
+experts MixtralForCausalLM, Qwen2MoeForCausalLM (shared expert) and Qwen3MoeForCausalLM (dense layers) as `GPT`;
+BertForMaskedLM and BertModel as `BERT`; ViTForImageClassification and ViTModel as `ViT`.
 What each needs is a `ModelConfig` option (rotate-half RoPE, Llama-3 RoPE scaling, separate bias switches, norm
 epsilons), so the weights load as they are. A config key or tensor that jaxformer does not compute is refused
 with an error naming it (hf_config.py, weights.py); docs/pretrained.md has the table.
@@ -106,7 +107,7 @@ def load_params(path_or_id: str | os.PathLike, cfg: ModelConfig, *, mesh: Mesh |
         specs = io.flat_params(sharding.param_specs(abstract_params, mesh))
         shardings = {path: NamedSharding(mesh, spec) for path, spec in specs.items()}
     reader = io.TensorReader(io.tensor_files(directory), family)
-    values = io.read_params(reader, weights.rules(family, cfg), abstract, shardings)
+    values = io.read_params(reader, weights.rules(family, cfg, stored=reader.files), abstract, shardings)
     is_abstract = lambda x: isinstance(x, jax.ShapeDtypeStruct)
     return jax.tree_util.tree_map_with_path(lambda p, _: values[io.path_str(p)], abstract_params, is_leaf=is_abstract)
 

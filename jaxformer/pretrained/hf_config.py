@@ -1,5 +1,6 @@
 """Hugging Face `config.json` <-> `ModelConfig`, for the architectures jaxformer reads and writes (Gemma 1-4 in
-hf_gemma.py; the key bookkeeping and RoPE parameters shared by all in hf_keys.py).
+hf_gemma.py; the mixtures of experts Mixtral, Qwen2-MoE and Qwen3-MoE in hf_moe.py; the key bookkeeping and RoPE
+parameters shared by all in hf_keys.py).
 
 Every key of a `config.json` is accounted for: it becomes a `ModelConfig` field, or it must hold the one value
 jaxformer computes the same way (e.g. `hidden_act: "silu"`), or it is listed in `hf_keys.IGNORED` (bookkeeping that does
@@ -10,7 +11,7 @@ a value jaxformer cannot compute, is refused with an error that names it: nothin
 from __future__ import annotations
 
 from jaxformer.models import ModelConfig
-from jaxformer.pretrained import hf_gemma
+from jaxformer.pretrained import hf_gemma, hf_moe
 from jaxformer.pretrained.hf_keys import Keys, rope, rope_dict
 
 # architectures[0] -> jaxformer family. Each family reads the config keys of its `model_type`.
@@ -20,6 +21,9 @@ ARCHITECTURES = {
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
+    "MixtralForCausalLM": "mixtral",
+    "Qwen2MoeForCausalLM": "qwen2_moe",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
     "ViTForImageClassification": "vit",
     "ViTModel": "vit",
     "BertForMaskedLM": "bert",
@@ -30,7 +34,8 @@ ARCHITECTURES = {
     "Gemma4ForCausalLM": "gemma4_text",
 }
 FAMILY_ARCHITECTURE = {family: arch for arch, family in ARCHITECTURES.items()}  # BERT: set by the heads below
-LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3")
+LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3", *hf_moe.MOE_FAMILY)  # rotate-half RoPE, RMSNorm, SwiGLU
+_QWEN = ("qwen2", "qwen3", "qwen2_moe", "qwen3_moe")
 GEMMA_FAMILY = ("gemma", "gemma2", "gemma3_text", "gemma4_text")
 
 
@@ -38,7 +43,8 @@ _GPT2_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu_fast
 
 
 def family_of(hf: dict) -> str:
-    """The jaxformer family (gpt2, llama, mistral, qwen2, qwen3) that `config.json` describes."""
+    """The jaxformer family (gpt2, llama, mistral, qwen2, qwen3, mixtral, qwen2_moe, qwen3_moe, vit, bert, the
+    gemmas) that `config.json` describes."""
     architectures = hf.get("architectures") or []
     known = [a for a in architectures if a in ARCHITECTURES]
     if not known:
@@ -171,23 +177,36 @@ def _vit_fields(keys: Keys, *, classifier: bool) -> dict:
 
 
 def _llama_fields(keys: Keys, family: str) -> dict:
+    """Llama, Mistral (sliding window), Qwen2 (q/k/v biases), Qwen3 (q/k norms) and their mixtures of experts:
+    Mixtral (Mistral's attention), Qwen2-MoE (q/k/v biases as its `qkv_bias` says) and Qwen3-MoE (hf_moe.py)."""
     keys.expect("hidden_act", "silu")
-    keys.expect("mlp_bias", False)
+    moe = family in hf_moe.MOE_FAMILY
+    if not moe:  # the MoE configs have no such keys (transformers ignores them: refused as unknown)
+        keys.expect("mlp_bias", False)
     d_model, num_heads = keys.take("hidden_size"), keys.take("num_attention_heads")
-    rope_base, rope_scaling = rope(keys)
-    attention_bias = keys.take("attention_bias", False)
+    num_layers = keys.take("num_hidden_layers")
+    rope_base, rope_scaling = rope(keys, hf_moe.MIXTRAL_ROPE_THETA if family == "mixtral" else 10000.0)
+    # Mixtral's attention has no biases, Qwen2-MoE's no output bias: their configs have no attention_bias (unknown)
+    attention_bias = False if family in ("mixtral", "qwen2_moe") else keys.take("attention_bias", False)
+    qkv_bias = attention_bias
+    if family == "qwen2":
+        qkv_bias = True
+    if family == "qwen2_moe":
+        qkv_bias = keys.take("qkv_bias", True)
     sliding_window = None
-    if family == "mistral":
+    if family in ("mistral", "mixtral"):
         sliding_window = keys.take("sliding_window", None)
-    if family in ("qwen2", "qwen3"):
+    if family in _QWEN:
         keys.expect("use_sliding_window", False)
         keys.take("sliding_window", None)  # read only when use_sliding_window is True
         keys.take("max_window_layers", None)  # likewise
-        keys.expect("layer_types", None, ["full_attention"] * keys.take("num_hidden_layers"))
-    eps = keys.take("rms_norm_eps", 1e-6)
+        keys.expect("layer_types", None, ["full_attention"] * num_layers)
+    eps = keys.take("rms_norm_eps", 1e-5 if family == "mixtral" else 1e-6)
+    fields = hf_moe.moe_fields(keys, family, num_layers) if moe else {}
     return dict(
+        fields,
         vocab_size=keys.take("vocab_size"),
-        num_layers=keys.take("num_hidden_layers"),
+        num_layers=num_layers,
         d_model=d_model,
         num_heads=num_heads,
         num_kv_heads=keys.take("num_key_value_heads", None) or num_heads,
@@ -204,10 +223,10 @@ def _llama_fields(keys: Keys, family: str) -> dict:
         norm_epsilon=eps,
         activation="swiglu",
         use_bias=False,
-        qkv_bias=True if family == "qwen2" else attention_bias,
+        qkv_bias=qkv_bias,
         out_bias=attention_bias,
         mlp_bias=False,
-        qk_norm=family == "qwen3",
+        qk_norm=family in ("qwen3", "qwen3_moe"),
         qk_norm_epsilon=eps,
         tie_embeddings=keys.take("tie_word_embeddings", family == "qwen2"),
         dropout_rate=0.0,
@@ -262,6 +281,8 @@ def family_for(cfg: ModelConfig, *, vision: bool = False, encoder: bool = False)
     need(cfg.positional == "rope" and not cfg.rope_interleaved, "the Llama family has rotate-half RoPE")
     need(cfg.norm == "rmsnorm" and cfg.activation == "swiglu", "the Llama family has rmsnorm and swiglu")
     need(not cfg.mlp_bias, "mlp_bias=True")
+    if cfg.num_experts:
+        return hf_moe.moe_family(cfg, need)
     if cfg.qk_norm:
         need(cfg.qkv_bias == cfg.out_bias and cfg.sliding_window is None, "Qwen3: one attention bias, no window")
         return "qwen3"
@@ -362,13 +383,19 @@ def from_model_config(cfg: ModelConfig, *, vision: bool = False, encoder: bool =
         "tie_word_embeddings": cfg.tie_embeddings,
         "attention_dropout": cfg.attention_dropout_rate,
     }
+    if family in hf_moe.MOE_FAMILY:
+        out.update(hf_moe.moe_config(cfg, family))
     if family in ("llama", "qwen3"):
         out.update(attention_bias=cfg.out_bias, mlp_bias=False)
-    if family == "mistral":
+    if family == "qwen3_moe":
+        out["attention_bias"] = cfg.out_bias
+    if family == "qwen2_moe":
+        out["qkv_bias"] = cfg.qkv_bias
+    if family in ("mistral", "mixtral"):
         out["sliding_window"] = cfg.sliding_window
-    if family in ("qwen2", "qwen3"):
+    if family in _QWEN:
         out["use_sliding_window"] = False
-    if family == "qwen3" and cfg.qk_norm_epsilon != cfg.norm_epsilon:
+    if family in ("qwen3", "qwen3_moe") and cfg.qk_norm_epsilon != cfg.norm_epsilon:
         raise ValueError(
             f"Qwen3 uses rms_norm_eps for q/k norms too: qk_norm_epsilon={cfg.qk_norm_epsilon} != "
             f"norm_epsilon={cfg.norm_epsilon}."

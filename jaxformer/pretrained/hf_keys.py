@@ -119,14 +119,15 @@ def rope_params(params: dict, where: str = "") -> tuple[float | None, RopeScalin
     return base, RopeScaling(kind, **{names[k]: v for k, v in params.items()})
 
 
-def rope(keys: Keys) -> tuple[float, RopeScaling | None]:
-    """(rope_base, rope_scaling) from `rope_parameters` (transformers >= 5) or `rope_theta` + `rope_scaling`."""
+def rope(keys: Keys, default_base: float = 10000.0) -> tuple[float, RopeScaling | None]:
+    """(rope_base, rope_scaling) from `rope_parameters` (transformers >= 5) or `rope_theta` + `rope_scaling`
+    (`default_base` where neither names a theta: the family's transformers default)."""
     params = dict(keys.take("rope_parameters", None) or {})
     legacy = keys.take("rope_scaling", None)
     if legacy:
         params = {**dict(legacy), **params}
     base, scaling = rope_params(params)
-    return float(base or keys.take("rope_theta", 10000.0)), scaling
+    return float(base or keys.take("rope_theta", default_base)), scaling
 
 
 def rope_dict(base: float, scaling: RopeScaling | None) -> dict[str, Any]:

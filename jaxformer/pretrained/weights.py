@@ -7,6 +7,14 @@ jaxformer's (w_q, w_k, w_v). Layouts:
     torch Linear weight  [out, in]        jaxformer einsum weights  w_q [D, N, H], w_o [N, H, D], w_in [D, F]
     GPT-2 Conv1D weight  [in, out]        (x @ W, so no transpose: only the head split)
 
+Mixtures of experts (Mixtral, Qwen2-MoE, Qwen3-MoE) stack their experts in one parameter each, `w_gate` /
+`w_up` `[E, D, F]`, `w_down` `[E, F, D]`, and the router `[D, E]`. transformers 5 holds them stacked in memory
+(`mlp.experts.gate_up_proj` `[E, 2F, D]`, gate rows first, `mlp.experts.down_proj` `[E, D, F]`, `mlp.gate.weight`
+`[E, D]`) but saves, and the hub's checkpoints hold, one Linear per expert: Mixtral's
+`block_sparse_moe.experts.{e}.w1` (gate) / `w3` (up) / `w2` (down) and `block_sparse_moe.gate`, Qwen-MoE's
+`mlp.experts.{e}.gate_proj` / `up_proj` / `down_proj` and `mlp.gate`. jaxformer writes the per-expert layout and
+reads either (each layer as its tensors are named: `rules(..., stored=names)`).
+
 The rules cover every parameter of the model and every tensor of a checkpoint saved by transformers;
 `io.read_params` refuses a checkpoint with a tensor no rule reads, or a model parameter no rule writes.
 """
@@ -14,7 +22,7 @@ The rules cover every parameter of the model and every tensor of a checkpoint sa
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import jax.numpy as jnp
 
@@ -44,6 +52,21 @@ def _linear_in(param: str, tensor: str, *heads: int) -> Rule:
 def _linear_out(param: str, tensor: str, *heads: int) -> Rule:
     """torch Linear [out = D, in = heads...] <-> jaxformer [heads..., D] (the attention output projection)."""
     return _one(param, tensor, lambda t: t.T.reshape(*heads, t.shape[0]), lambda p: p.reshape(-1, p.shape[-1]).T)
+
+
+def _transposed(param: str, tensor: str) -> Rule:
+    """torch Linear [out, in] <-> jaxformer [in, out]."""
+    return _one(param, tensor, lambda t: t.T, lambda p: p.T)
+
+
+def _per_expert(param: str, tensors: tuple[str, ...]) -> Rule:
+    """E torch Linears [out, in], one per expert <-> jaxformer's stacked [E, in, out]."""
+    return Rule(
+        (param,),
+        tensors,
+        lambda *ts: (jnp.stack([t.T for t in ts]),),
+        lambda p: tuple(p[e].T for e in range(p.shape[0])),
+    )
 
 
 def _bias(param: str, tensor: str, *heads: int) -> Rule:
@@ -82,8 +105,10 @@ def _layer_norm(norm: str, tensor: str) -> list[Rule]:
     return [_one(f"{norm}/scale", f"{tensor}.weight"), _one(f"{norm}/bias", f"{tensor}.bias")]
 
 
-def rules(family: str, cfg: ModelConfig) -> list[Rule]:
-    """Every rule of a `family` model with config `cfg` (the checkpoint names as transformers saves them)."""
+def rules(family: str, cfg: ModelConfig, stored: Collection[str] | None = None) -> list[Rule]:
+    """Every rule of a `family` model with config `cfg` (the checkpoint names as transformers saves them).
+    `stored`: the names a checkpoint being read holds, where a family has more than one layout (a mixture of
+    experts' stacked or per-expert tensors); None: the layout jaxformer writes."""
     if family == "gpt2":
         return _gpt2_rules(cfg)
     if family == "bert":
@@ -92,7 +117,7 @@ def rules(family: str, cfg: ModelConfig) -> list[Rule]:
         return _gemma4_rules(cfg)
     if family.startswith("gemma"):
         return _gemma_rules(cfg)
-    return _vit_rules(cfg) if family == "vit" else _llama_rules(cfg)
+    return _vit_rules(cfg) if family == "vit" else _llama_rules(cfg, family, stored)
 
 
 def _gpt2_rules(cfg: ModelConfig) -> list[Rule]:
@@ -143,7 +168,8 @@ def _decoder_ends(cfg: ModelConfig) -> list[Rule]:
     return out
 
 
-def _llama_rules(cfg: ModelConfig) -> list[Rule]:
+def _llama_rules(cfg: ModelConfig, family: str, stored: Collection[str] | None = None) -> list[Rule]:
+    """The Llama family's, with the sparse layers of its mixtures of experts (`_moe_rules`)."""
     out = _decoder_ends(cfg)
     for i in range(cfg.num_layers):
         m, layer = f"model.layers.{i}", f"blocks/layers/{i}"
@@ -153,15 +179,63 @@ def _llama_rules(cfg: ModelConfig) -> list[Rule]:
         out += [
             _one(f"{layer}/self_residual/norm/scale", f"{m}.input_layernorm.weight"),
             _one(f"{layer}/ffn_residual/norm/scale", f"{m}.post_attention_layernorm.weight"),
-            _linear_in(f"{layer}/ffn/w_gate", f"{m}.mlp.gate_proj.weight", cfg.d_ff),
-            _linear_in(f"{layer}/ffn/w_up", f"{m}.mlp.up_proj.weight", cfg.d_ff),
-            _linear_in(f"{layer}/ffn/w_out", f"{m}.mlp.down_proj.weight", cfg.d_model),
         ]
+        if cfg.is_sparse(i):
+            out += _moe_rules(f"{layer}/ffn", m, family, cfg, stored)
+        else:
+            out += [
+                _linear_in(f"{layer}/ffn/w_gate", f"{m}.mlp.gate_proj.weight", cfg.d_ff),
+                _linear_in(f"{layer}/ffn/w_up", f"{m}.mlp.up_proj.weight", cfg.d_ff),
+                _linear_in(f"{layer}/ffn/w_out", f"{m}.mlp.down_proj.weight", cfg.d_model),
+            ]
         if cfg.qk_norm:
             out += [
                 _one(f"{att}/q_norm/scale", f"{a}.q_norm.weight"),
                 _one(f"{att}/k_norm/scale", f"{a}.k_norm.weight"),
             ]
+    return out
+
+
+def _moe_rules(ffn: str, m: str, family: str, cfg: ModelConfig, stored: Collection[str] | None) -> list[Rule]:
+    """The router, experts and shared expert of the sparse layer `m` ("model.layers.3") as jaxformer's `ffn`
+    (a MoEFeedForward): per expert as transformers saves them, or stacked as it holds them in memory when
+    `stored` has the stacked names."""
+    if stored is not None and f"{m}.mlp.experts.gate_up_proj" in stored:
+
+        def split(gate_up):  # [E, 2F, D], gate rows first -> w_gate, w_up [E, D, F]
+            gate, up = jnp.split(gate_up, 2, axis=1)
+            return gate.transpose(0, 2, 1), up.transpose(0, 2, 1)
+
+        def join(w_gate, w_up):
+            return (jnp.concatenate([w_gate, w_up], axis=-1).transpose(0, 2, 1),)
+
+        swap = lambda t: t.transpose(0, 2, 1)  # [E, D, F] <-> [E, F, D]
+        out = [
+            _transposed(f"{ffn}/router", f"{m}.mlp.gate.weight"),
+            Rule((f"{ffn}/w_gate", f"{ffn}/w_up"), (f"{m}.mlp.experts.gate_up_proj",), split, join),
+            _one(f"{ffn}/w_down", f"{m}.mlp.experts.down_proj", swap, swap),
+        ]
+    else:
+        moe, (gate, up, down) = (
+            (f"{m}.block_sparse_moe", ("w1", "w3", "w2"))
+            if family == "mixtral"
+            else (f"{m}.mlp", ("gate_proj", "up_proj", "down_proj"))
+        )
+        experts = lambda name: tuple(f"{moe}.experts.{e}.{name}.weight" for e in range(cfg.num_experts))
+        out = [
+            _transposed(f"{ffn}/router", f"{moe}.gate.weight"),
+            _per_expert(f"{ffn}/w_gate", experts(gate)),
+            _per_expert(f"{ffn}/w_up", experts(up)),
+            _per_expert(f"{ffn}/w_down", experts(down)),
+        ]
+    if cfg.shared_expert_d_ff is not None:  # Qwen2-MoE
+        shared = f"{m}.mlp.shared_expert"
+        out += [
+            _linear_in(f"{ffn}/shared/w_gate", f"{shared}.gate_proj.weight", cfg.shared_expert_d_ff),
+            _linear_in(f"{ffn}/shared/w_up", f"{shared}.up_proj.weight", cfg.shared_expert_d_ff),
+            _linear_in(f"{ffn}/shared/w_out", f"{shared}.down_proj.weight", cfg.d_model),
+            _transposed(f"{ffn}/shared_gate", f"{m}.mlp.shared_expert_gate.weight"),
+        ]
     return out
 
 
