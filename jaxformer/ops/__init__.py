@@ -48,6 +48,7 @@ from jaxformer.ops.positions import (
     rope_frequencies,
     sinusoidal_positions,
 )
+from jaxformer.ops.ring import ring_attention, ring_positions, unzigzag, zigzag
 from jaxformer.ops.splash import splash_attention
 
 __all__ = [
@@ -85,6 +86,8 @@ __all__ = [
     "no_self_mask",
     "padding_mask",
     "relu",
+    "ring_attention",
+    "ring_positions",
     "rms_norm",
     "rope_frequencies",
     "route",
@@ -98,4 +101,6 @@ __all__ = [
     "splash_attention",
     "split_heads",
     "swiglu",
+    "unzigzag",
+    "zigzag",
 ]
