@@ -2,7 +2,7 @@
 
 What it makes
 -------------
-``tests/fixtures/pretrained/<name>/`` for sixteen models, each a real ``save_pretrained`` directory
+``tests/fixtures/pretrained/<name>/`` for seventeen models, each a real ``save_pretrained`` directory
 (``config.json``, safetensors weights, ``generation_config.json`` for the decoder LMs, the tokenizer files
 ``tokenizer.json`` + ``tokenizer_config.json`` where the architecture has one) plus ``reference.npz`` with what
 ``transformers`` (torch, CPU, float32) computes, and ``tests/fixtures/pretrained/README.md``.
@@ -87,15 +87,26 @@ name          class (``architectures[0]``)       what it exercises
                                                  width 48, layers 0 and 2 sparse), 4 experts of width 16,
                                                  top-2 renormalised (``norm_topk_prob`` True), q/k RMS norm,
                                                  explicit head_dim 8 != 24 / 4, GQA 2, untied
+``gpt_oss``   ``GptOssForCausalLM``              GPT-OSS: d_model 32, 2 layers [sliding, full], window 4, 4
+                                                 heads of head_dim 8, GQA 2, q/k/v/o biases, attention sinks
+                                                 (``sinks`` [4] per layer, drawn N(0, 2)); 4 experts of width
+                                                 16, top-2 (top-k logits, then softmax) with a router bias,
+                                                 expert biases, the clamped SwiGLU with ``swiglu_limit`` 3 and
+                                                 ``swiglu_alpha`` 1.5 (not 7 / 1.702), gate / up INTERLEAVED in
+                                                 ``experts.gate_up_proj`` [E, D, 2F] (gate = [..., ::2]);
+                                                 YaRN (factor 32, beta_fast 32, beta_slow 1, truncate False,
+                                                 original 1024, max positions 32768, theta 1.5e5);
+                                                 ``router_aux_loss_coef`` 0.9, untied; saved as transformers
+                                                 holds it (stacked experts)
 ============  =================================  ===========================================================
 
-llama, mistral, qwen3, mixtral and qwen3_moe share one tokenizer: a sentencepiece-style BPE (Metaspace "▁" pre-tokenizer
-and decoder, ``<unk>``=0 ``<s>``=1 ``</s>``=2, ``<s>`` prepended, no byte fallback), vocab 96. qwen2 and qwen2_moe get a
-byte-level one laid out as Qwen's tokenizer.json (NFC, Qwen's split regex, ByteLevel), because transformers 5's
-``AutoTokenizer`` rebuilds any ``model_type == "qwen2"`` tokenizer as ``Qwen2Tokenizer`` with exactly that pipeline,
-ignoring the one in tokenizer.json. The gemma fixtures share a Gemma-style BPE with byte fallback, vocab 352:
-``<pad>``=0 ``<eos>``=1 ``<bos>``=2 ``<unk>``=3 ``<mask>``=4, ``<0x00>``..``<0xFF>`` = 5..260, then 44 characters and 47
-merges; normalizer ``Replace(" ", "▁")`` (no "▁" prepended), ``<bos>`` prepended by the post-processor, decoder
+llama, mistral, qwen3, mixtral, qwen3_moe and gpt_oss share one tokenizer: a sentencepiece-style BPE (Metaspace "▁"
+pre-tokenizer and decoder, ``<unk>``=0 ``<s>``=1 ``</s>``=2, ``<s>`` prepended, no byte fallback), vocab 96. qwen2 and
+qwen2_moe get a byte-level one laid out as Qwen's tokenizer.json (NFC, Qwen's split regex, ByteLevel), because
+transformers 5's ``AutoTokenizer`` rebuilds any ``model_type == "qwen2"`` tokenizer as ``Qwen2Tokenizer`` with exactly
+that pipeline, ignoring the one in tokenizer.json. The gemma fixtures share a Gemma-style BPE with byte fallback, vocab
+352: ``<pad>``=0 ``<eos>``=1 ``<bos>``=2 ``<unk>``=3 ``<mask>``=4, ``<0x00>``..``<0xFF>`` = 5..260, then 44 characters
+and 47 merges; normalizer ``Replace(" ", "▁")`` (no "▁" prepended), ``<bos>`` prepended by the post-processor, decoder
 ``Replace("▁", " ")`` + ``ByteFallback`` + ``Fuse``, exactly as transformers' ``GemmaTokenizer`` (named in
 tokenizer_config.json, as Gemma checkpoints do; ``AutoTokenizer`` rebuilds that pipeline from the vocab / merges) builds
 it (``train_gemma_tokenizer``). Their ``text`` is ``GEMMA_TEXT``, whose "\n", "C", "5", "é", "€" and emoji are not in
@@ -113,7 +124,9 @@ saved directory loads back to the same logits and config, that AutoTokenizer / t
 ``tokenizers`` agree on ``text``, and (``check_config_effects``) that each knob a fixture is about moves the logits
 by > 1e-2: the llama3 rope scaling; every sliding window (with logits at positions 0-3 unchanged and at 4
 changed); each gemma soft-cap (attention and final, removed one at a time); ``query_pre_attn_scalar``; Gemma 3's
-global linear rope scaling and local rope theta; Gemma 4's ``layer_scalar`` and partial rotary factor.
+global linear rope scaling and local rope theta; Gemma 4's ``layer_scalar`` and partial rotary factor; gpt_oss's
+YaRN (whole, its frequencies alone, its attention factor alone, ``truncate``), swiglu limit and alpha, sinks, router
+and expert biases (``gpt_oss_variants``).
 
 reference.npz
 -------------
@@ -128,7 +141,7 @@ reference.npz
                         last layer's output (BERT has no final norm; each layer ends in LayerNorm) ==
                         ``hidden_states[-1]``.  vit: AFTER the final ``vit.layernorm``, [2, 17, 24]
 ``hidden_states_last``  float32 (vit only): ``hidden_states[-1]`` = the encoder output BEFORE ``vit.layernorm``
-``aux_loss``            float32 [] (mixtral, qwen2_moe, qwen3_moe): transformers' ``outputs.aux_loss`` for
+``aux_loss``            float32 [] (mixtral, qwen2_moe, qwen3_moe, gpt_oss): transformers' ``outputs.aux_loss`` for
                         ``input_ids`` with ``output_router_logits=True``: the UNSCALED load-balancing loss
                         ``load_balancing_loss_func(router_logits, num_experts, top_k, attention_mask)`` over the
                         sparse layers (not multiplied by ``router_aux_loss_coef``)
@@ -141,7 +154,7 @@ reference.npz
 ``token_type_ids``      int32 [2, 12] zeros (bert only); both are passed to the model for ``logits`` / ``hidden``
 ``text``                0-d unicode array: ``TEXT`` (not vit; gemma*: ``GEMMA_TEXT``, with byte-fallback characters)
 ``text_ids``            int32: ``AutoTokenizer.from_pretrained(dir)(text)["input_ids"]`` (special tokens as the
-                        fast tokenizer adds them: llama/mistral/qwen3/mixtral/qwen3_moe ``<s>`` first, gemma*
+                        fast tokenizer adds them: llama/mistral/qwen3/mixtral/qwen3_moe/gpt_oss ``<s>`` first, gemma*
                         ``<bos>`` (2) first, bert ``[CLS] ... [SEP]``, gpt2, qwen2 and qwen2_moe none)
 ``text_ids_plain``      int32: ``tokenizers.Tokenizer.from_file(tokenizer.json).encode(text,
                         add_special_tokens=False).ids``
@@ -150,8 +163,8 @@ Requirements / regenerating
 ---------------------------
 Needs the optional extras ``pip install transformers torch==2.13.0`` (``tokenizers`` and ``safetensors`` come with
 transformers); they are never needed by the default tests, which only read the files.  The first eight fixtures
-were made with transformers 5.24.0, the gemma and MoE ones with 5.25.0 (Gemma 4 needs it), torch 2.13.0.  Regenerate all
-(overwrites ``tests/fixtures/pretrained/``)::
+were made with transformers 5.24.0, the gemma and MoE ones (gpt_oss too) with 5.25.0 (Gemma 4 needs it), torch
+2.13.0.  Regenerate all (overwrites ``tests/fixtures/pretrained/``)::
 
     .venv/bin/python experiments/make_pretrained_fixtures.py
 
@@ -159,9 +172,9 @@ or only the named fixtures (their directories are replaced, the others left byte
 always lists all of them)::
 
     .venv/bin/python experiments/make_pretrained_fixtures.py gemma gemma2 gemma3 gemma4 gemma4_kv
-    .venv/bin/python experiments/make_pretrained_fixtures.py mixtral qwen2_moe qwen3_moe
+    .venv/bin/python experiments/make_pretrained_fixtures.py mixtral qwen2_moe qwen3_moe gpt_oss
 
-The MoE fixtures assert that every token's k-th and (k+1)-th router probabilities differ by more than
+The MoE fixtures assert that every token's k-th and (k+1)-th router probabilities (and logits) differ by more than
 ``MIN_ROUTER_MARGIN`` in every sparse layer (on ``input_ids`` and the greedy sequences), so that no float rounding
 can flip an expert choice, and that ``norm_topk_prob`` (qwen2_moe, qwen3_moe) moves the logits.
 
@@ -200,6 +213,8 @@ from transformers import (
     GemmaTokenizer,
     GPT2Config,
     GPT2LMHeadModel,
+    GptOssConfig,
+    GptOssForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
@@ -224,8 +239,9 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "tests" / "fixtures" / "pretrained"
 
 BATCH, SEQ = 2, 12
-# size limit of tests/fixtures/pretrained: ~790 KiB for the first 8 fixtures, ~870 for the gemmas, ~330 for the MoEs
-MAX_TOTAL_KIB = 2048
+# size limit of tests/fixtures/pretrained: ~790 KiB for the first 8 fixtures, ~870 for the gemmas, ~330 for the MoEs,
+# ~130 for gpt_oss
+MAX_TOTAL_KIB = 2304
 # tokenizer / model vocab sizes (trained tokenizers hit these exactly; the script asserts model == tokenizer)
 GPT2_VOCAB = 300  # byte-level: 256 bytes + merges + <|endoftext|>
 QWEN_VOCAB = 272  # byte-level: 256 bytes + merges + 3 specials
@@ -240,8 +256,23 @@ GEMMA_INTERMEDIATE = 32  # the gemma fixtures' (smaller: they have 2-6 layers; g
 QWEN3_HEAD_DIM = 16  # explicit, != HIDDEN / 4 heads: q_proj is 24 -> 64, o_proj 64 -> 24
 # mixture-of-experts fixtures: 4 experts, top-2, each expert 16 wide (qwen2_moe's shared expert 40)
 NUM_EXPERTS, TOP_K, EXPERT_WIDTH, SHARED_EXPERT_WIDTH = 4, 2, 16, 40
-MOE_NAMES = ("mixtral", "qwen2_moe", "qwen3_moe")
-MIN_ROUTER_MARGIN = 1e-4  # smallest gap allowed between a token's k-th and (k+1)-th router probability
+MOE_NAMES = ("mixtral", "qwen2_moe", "qwen3_moe", "gpt_oss")
+MIN_ROUTER_MARGIN = 1e-4  # smallest gap allowed between a token's k-th and (k+1)-th router probability (and logit)
+# gpt_oss: d_model 32, head_dim 8, attention sinks drawn N(0, SINK_STD), swiglu clamp / gain away from GPT-OSS's
+# 7.0 / 1.702 (so that reading them matters), YaRN as GPT-OSS's (factor 32, beta 32 / 1, truncate False, theta 1.5e5)
+# over an original context of 1024 (GPT-OSS: 4096), where the ramp is fractional on a pair that turns within the
+# fixture's 25 positions (pair 1: 0.39 interpolated; 0.5 with truncate)
+GPT_OSS_HIDDEN, GPT_OSS_HEAD_DIM, GPT_OSS_WINDOW, SINK_STD = 32, 8, 4, 2.0
+GPT_OSS_SWIGLU_LIMIT, GPT_OSS_SWIGLU_ALPHA = 3.0, 1.5
+GPT_OSS_ROPE = {
+    "rope_type": "yarn",
+    "rope_theta": 150000.0,
+    "factor": 32.0,
+    "beta_fast": 32.0,
+    "beta_slow": 1.0,
+    "truncate": False,
+    "original_max_position_embeddings": 1024,
+}
 EMBED_STD, MATRIX_STD = 0.2, 0.35  # see redraw_
 PROMPT_LEN, NEW_TOKENS = 5, 20
 TEXT = "To be, or not to be: that is the question."
@@ -502,8 +533,9 @@ def redraw_(model: torch.nn.Module, seed: int, norm_offset: float = 1.0, post_no
     Matrices larger than the embeddings keep greedy decoding from collapsing onto repeating the last token (the
     tied-embedding self-logit otherwise wins), so ``greedy`` exercises the KV cache and positions.  The only
     persistent buffers (saved in the checkpoint) are Gemma 4's per-layer ``layer_scalar`` [1]: U(0.5, 1.5) (drawn
-    after all parameters, so models without them draw exactly as before).  Any other parameter or persistent buffer
-    is an error.
+    after all parameters, so models without them draw exactly as before).  GPT-OSS's attention ``sinks`` [N] are drawn
+    N(0, SINK_STD); its stacked expert tensors, biases included (``gate_up_proj_bias`` [E, 2F], ``down_proj_bias``
+    [E, D]), are matrices here (N(0, MATRIX_STD)).  Any other parameter or persistent buffer is an error.
     """
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -514,6 +546,8 @@ def redraw_(model: torch.nn.Module, seed: int, norm_offset: float = 1.0, post_no
                 p.copy_((EMBED_STD if is_table else MATRIX_STD) * noise)
             elif name.endswith("bias"):
                 p.copy_(0.1 * noise)
+            elif name.endswith(".sinks"):  # GPT-OSS's attention sinks, one logit per head
+                p.copy_(SINK_STD * noise)
             elif name.endswith("weight"):
                 is_post = any(key in name for key in ("post_attention_layernorm", "post_feedforward_layernorm"))
                 offset = post_norm_offset if post_norm_offset is not None and is_post else norm_offset
@@ -685,6 +719,28 @@ def build(name: str, vocab: int) -> torch.nn.Module:
             rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
         )
         return Qwen3MoeForCausalLM(cfg)
+    if name == "gpt_oss":
+        cfg = GptOssConfig(
+            **llama_family_common(vocab)
+            | dict(
+                hidden_size=GPT_OSS_HIDDEN,
+                intermediate_size=EXPERT_WIDTH,  # the experts' width
+                # YaRN's context: max_position_embeddings = factor * original (else transformers warns)
+                max_position_embeddings=int(GPT_OSS_ROPE["factor"]) * GPT_OSS_ROPE["original_max_position_embeddings"],
+            ),
+            head_dim=GPT_OSS_HEAD_DIM,  # q_proj 32 -> 32, k/v 32 -> 16
+            num_local_experts=NUM_EXPERTS,
+            num_experts_per_tok=TOP_K,
+            layer_types=[SLIDING, FULL],
+            sliding_window=GPT_OSS_WINDOW,
+            attention_bias=True,
+            swiglu_limit=GPT_OSS_SWIGLU_LIMIT,
+            swiglu_alpha=GPT_OSS_SWIGLU_ALPHA,
+            router_aux_loss_coef=0.9,  # gpt-oss-20b / 120b's
+            tie_word_embeddings=False,
+            rope_parameters=dict(GPT_OSS_ROPE),
+        )
+        return GptOssForCausalLM(cfg)
     if name == "bert":
         cfg = BertConfig(
             vocab_size=vocab,
@@ -899,14 +955,16 @@ def reference(name: str, model: torch.nn.Module, vocab: int, seed: int) -> dict[
 
 @torch.no_grad()
 def check_router_margins(name: str, model: torch.nn.Module, ids: torch.Tensor) -> None:
-    """Every token's k-th and (k+1)-th router probabilities differ by > MIN_ROUTER_MARGIN in every sparse layer, so
-    the experts a token goes to cannot depend on float rounding (another implementation picks the same ones)."""
+    """Every token's k-th and (k+1)-th router probabilities (and logits: GPT-OSS takes the top k of its logits)
+    differ by > MIN_ROUTER_MARGIN in every sparse layer, so the experts a token goes to cannot depend on float
+    rounding (another implementation picks the same ones)."""
     logits = model(ids, output_router_logits=True).router_logits
-    assert len(logits) == {"mixtral": 2, "qwen2_moe": 2, "qwen3_moe": 2}[name], (name, len(logits))
+    assert len(logits) == {"mixtral": 2, "qwen2_moe": 2, "qwen3_moe": 2, "gpt_oss": 2}[name], (name, len(logits))
     for layer in logits:
-        top = torch.softmax(layer.float(), dim=-1).topk(TOP_K + 1, dim=-1).values
-        margin = float((top[:, TOP_K - 1] - top[:, TOP_K]).min())
-        assert margin > MIN_ROUTER_MARGIN, f"{name}: router margin {margin} (pick another seed)"
+        for scores in (torch.softmax(layer.float(), dim=-1), layer.float()):
+            top = scores.topk(TOP_K + 1, dim=-1).values
+            margin = float((top[:, TOP_K - 1] - top[:, TOP_K]).min())
+            assert margin > MIN_ROUTER_MARGIN, f"{name}: router margin {margin} (pick another seed)"
 
 
 @torch.no_grad()
@@ -924,6 +982,38 @@ def _variant(model: torch.nn.Module, changes: dict, state_changes: dict | None =
         other.set_attn_implementation(attn)
     other.load_state_dict(model.state_dict() | (state_changes or {}))
     return other
+
+
+def gpt_oss_variants(model: torch.nn.Module) -> list[tuple[str, dict, dict | None]]:
+    """gpt_oss's knobs, each removed alone: the sliding window, YaRN (whole; its frequencies alone, the attention
+    factor pinned and factor 1; its attention factor alone; truncate), the swiglu clamp and gain, and the weights
+    a loader might drop: sinks (-> -1e4, no sink), router and expert biases (-> 0)."""
+    from transformers.modeling_rope_utils import yarn_get_mscale
+
+    state = model.state_dict()
+    zeros = lambda suffix: {k: torch.zeros_like(v) for k, v in state.items() if k.endswith(suffix)}
+    yarn = dict(GPT_OSS_ROPE)
+    return [
+        ("sliding window", {"sliding_window": 64}, None),
+        (
+            "yarn (-> default rope)",
+            {"rope_parameters": {"rope_type": "default", "rope_theta": yarn["rope_theta"]}},
+            None,
+        ),
+        (
+            "yarn frequencies (-> factor 1, same attention factor)",
+            {"rope_parameters": yarn | {"factor": 1.0, "attention_factor": yarn_get_mscale(yarn["factor"])}},
+            None,
+        ),
+        ("yarn attention factor (-> 1)", {"rope_parameters": yarn | {"attention_factor": 1.0}}, None),
+        ("yarn truncate False (-> True)", {"rope_parameters": yarn | {"truncate": True}}, None),
+        (f"swiglu_limit {GPT_OSS_SWIGLU_LIMIT} (-> 1e4)", {"swiglu_limit": 1e4}, None),
+        (f"swiglu_alpha {GPT_OSS_SWIGLU_ALPHA} (-> 1.702)", {"swiglu_alpha": 1.702}, None),
+        ("sinks (-> -1e4)", {}, {k: torch.full_like(v, -1e4) for k, v in state.items() if k.endswith(".sinks")}),
+        ("router bias (-> 0)", {}, zeros(".router.bias")),
+        ("gate_up_proj_bias (-> 0)", {}, zeros(".gate_up_proj_bias")),
+        ("down_proj_bias (-> 0)", {}, zeros(".down_proj_bias")),
+    ]
 
 
 def check_config_effects(name: str, model: torch.nn.Module, ref: dict[str, np.ndarray]) -> str:
@@ -957,6 +1047,8 @@ def check_config_effects(name: str, model: torch.nn.Module, ref: dict[str, np.nd
     if name in ("qwen2_moe", "qwen3_moe"):
         flip = not model.config.norm_topk_prob
         variants.append((f"norm_topk_prob {not flip} (-> {flip})", {"norm_topk_prob": flip}, None))
+    if name == "gpt_oss":
+        variants += gpt_oss_variants(model)
     if name in ("gemma4", "gemma4_kv"):
         scalars = {k: torch.ones_like(v) for k, v in model.state_dict().items() if k.endswith(".layer_scalar")}
         variants.append(("layer_scalar (-> 1)", {}, scalars))
@@ -1005,9 +1097,10 @@ NAMES = [
     "mixtral",
     "qwen2_moe",
     "qwen3_moe",
+    "gpt_oss",
 ]  # fixture i gets seed 1000 + i, whichever fixtures a run rebuilds
 TOK_KIND = {"gpt2": "gpt2", "llama": "llama", "mistral": "llama", "qwen2": "qwen", "qwen3": "llama", "bert": "bert"}
-TOK_KIND |= {"mixtral": "llama", "qwen2_moe": "qwen", "qwen3_moe": "llama"}
+TOK_KIND |= {"mixtral": "llama", "qwen2_moe": "qwen", "qwen3_moe": "llama", "gpt_oss": "llama"}
 TOK_KIND |= {name: "gemma" for name in NAMES if name.startswith("gemma")}
 
 
@@ -1150,13 +1243,16 @@ def main(argv: list[str] | None = None) -> None:
 README = """\
 # Tiny pretrained-checkpoint fixtures
 
-Random-init (not trained) Hugging Face checkpoints of sixteen architectures / configurations: gpt2, llama,
+Random-init (not trained) Hugging Face checkpoints of seventeen architectures / configurations: gpt2, llama,
 mistral, qwen2, qwen3, bert, vit, vit_model (d_model 24, 2 layers, 4 heads), gemma, gemma2, gemma3, gemma4,
 gemma4_kv (d_model 24, 2-6 layers, explicit head dims, sliding window 4, soft-capped logits; Gemma 4 text with
 per-layer inputs, KV sharing, double-wide MLPs, or K = V full-attention layers with another head dim and kv-head
 count) and the mixtures of experts mixtral, qwen2_moe, qwen3_moe (d_model 24, 2-3 layers, 4 experts of width 16,
 top-2; Qwen2-MoE with a gated shared expert and unnormalised top-k weights, Qwen3-MoE with a dense layer from
-`mlp_only_layers`; saved by transformers in the per-expert layout, `experts.{{e}}.w1` / `experts.{{e}}.gate_proj`, ...).
+`mlp_only_layers`; saved by transformers in the per-expert layout, `experts.{{e}}.w1` / `experts.{{e}}.gate_proj`, ...)
+and gpt_oss (GPT-OSS: d_model 32, 2 layers [sliding, full] with window 4, attention sinks, q/k/v/o biases, YaRN,
+4 experts of width 16, top-2 of the biased router logits, expert biases, the clamped SwiGLU with limit 3 / alpha
+1.5, gate and up interleaved in the stacked `experts.gate_up_proj` as transformers saves it).
 Each is saved with `save_pretrained` (safetensors; llama is sharded with a `model.safetensors.index.json`;
 gemma4_kv's config.json spells the full-attention head dim / kv heads as the Hub's Gemma 4 configs do,
 `global_head_dim` / `num_global_key_value_heads`, where gemma4 keeps transformers' `per_layer_config`) together with
@@ -1179,7 +1275,7 @@ Regenerate all with
 
 or only some (the others stay untouched), e.g.
 
-    .venv/bin/python experiments/make_pretrained_fixtures.py mixtral qwen2_moe qwen3_moe
+    .venv/bin/python experiments/make_pretrained_fixtures.py mixtral qwen2_moe qwen3_moe gpt_oss
 
 Loading these files needs neither transformers nor torch.
 """

@@ -8,10 +8,11 @@
 
 Supported (`config.json`'s architectures): GPT2LMHeadModel, LlamaForCausalLM, MistralForCausalLM (sliding window),
 Qwen2ForCausalLM (q/k/v biases), Qwen3ForCausalLM (q/k norms), the Gemma 1-4 text models, and the mixtures of
-experts MixtralForCausalLM, Qwen2MoeForCausalLM (shared expert) and Qwen3MoeForCausalLM (dense layers) as `GPT`;
-BertForMaskedLM and BertModel as `BERT`; ViTForImageClassification and ViTModel as `ViT`.
-What each needs is a `ModelConfig` option (rotate-half RoPE, Llama-3 RoPE scaling, separate bias switches, norm
-epsilons), so the weights load as they are. A config key or tensor that jaxformer does not compute is refused
+experts MixtralForCausalLM, Qwen2MoeForCausalLM (shared expert), Qwen3MoeForCausalLM (dense layers) and
+GptOssForCausalLM (attention sinks, YaRN, biased router and experts) as `GPT`; BertForMaskedLM and BertModel as
+`BERT`; ViTForImageClassification and ViTModel as `ViT`.
+What each needs is a `ModelConfig` option (rotate-half RoPE, Llama-3 and YaRN RoPE scaling, separate bias switches,
+norm epsilons), so the weights load as they are. A config key or tensor that jaxformer does not compute is refused
 with an error naming it (hf_config.py, weights.py); docs/pretrained.md has the table.
 """
 

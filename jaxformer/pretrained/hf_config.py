@@ -1,6 +1,6 @@
 """Hugging Face `config.json` <-> `ModelConfig`, for the architectures jaxformer reads and writes (Gemma 1-4 in
-hf_gemma.py; the mixtures of experts Mixtral, Qwen2-MoE and Qwen3-MoE in hf_moe.py; the key bookkeeping and RoPE
-parameters shared by all in hf_keys.py).
+hf_gemma.py; the mixtures of experts Mixtral, Qwen2-MoE, Qwen3-MoE and GPT-OSS in hf_moe.py; the key bookkeeping and
+RoPE parameters shared by all in hf_keys.py).
 
 Every key of a `config.json` is accounted for: it becomes a `ModelConfig` field, or it must hold the one value
 jaxformer computes the same way (e.g. `hidden_act: "silu"`), or it is listed in `hf_keys.IGNORED` (bookkeeping that does
@@ -24,6 +24,7 @@ ARCHITECTURES = {
     "MixtralForCausalLM": "mixtral",
     "Qwen2MoeForCausalLM": "qwen2_moe",
     "Qwen3MoeForCausalLM": "qwen3_moe",
+    "GptOssForCausalLM": "gpt_oss",
     "ViTForImageClassification": "vit",
     "ViTModel": "vit",
     "BertForMaskedLM": "bert",
@@ -43,8 +44,8 @@ _GPT2_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu_fast
 
 
 def family_of(hf: dict) -> str:
-    """The jaxformer family (gpt2, llama, mistral, qwen2, qwen3, mixtral, qwen2_moe, qwen3_moe, vit, bert, the
-    gemmas) that `config.json` describes."""
+    """The jaxformer family (gpt2, llama, mistral, qwen2, qwen3, mixtral, qwen2_moe, qwen3_moe, gpt_oss, vit, bert,
+    the gemmas) that `config.json` describes."""
     architectures = hf.get("architectures") or []
     known = [a for a in architectures if a in ARCHITECTURES]
     if not known:
@@ -178,39 +179,47 @@ def _vit_fields(keys: Keys, *, classifier: bool) -> dict:
 
 def _llama_fields(keys: Keys, family: str) -> dict:
     """Llama, Mistral (sliding window), Qwen2 (q/k/v biases), Qwen3 (q/k norms) and their mixtures of experts:
-    Mixtral (Mistral's attention), Qwen2-MoE (q/k/v biases as its `qkv_bias` says) and Qwen3-MoE (hf_moe.py)."""
-    keys.expect("hidden_act", "silu")
-    moe = family in hf_moe.MOE_FAMILY
+    Mixtral (Mistral's attention), Qwen2-MoE (q/k/v biases as its `qkv_bias` says), Qwen3-MoE and GPT-OSS (biases,
+    sinks, local / global layers, YaRN; hf_moe.py)."""
+    keys.expect("hidden_act", "silu")  # GPT-OSS's experts have their own clamped SwiGLU; its files say silu
+    moe, gpt_oss = family in hf_moe.MOE_FAMILY, family == "gpt_oss"
     if not moe:  # the MoE configs have no such keys (transformers ignores them: refused as unknown)
         keys.expect("mlp_bias", False)
     d_model, num_heads = keys.take("hidden_size"), keys.take("num_attention_heads")
     num_layers = keys.take("num_hidden_layers")
-    rope_base, rope_scaling = rope(keys, hf_moe.MIXTRAL_ROPE_THETA if family == "mixtral" else 10000.0)
+    if gpt_oss:
+        rope_base, rope_scaling = rope(keys, hf_moe.GPT_OSS_ROPE_THETA, default=hf_moe.GPT_OSS_ROPE)
+    else:
+        rope_base, rope_scaling = rope(keys, hf_moe.MIXTRAL_ROPE_THETA if family == "mixtral" else 10000.0)
     # Mixtral's attention has no biases, Qwen2-MoE's no output bias: their configs have no attention_bias (unknown)
-    attention_bias = False if family in ("mixtral", "qwen2_moe") else keys.take("attention_bias", False)
+    attention_bias = False if family in ("mixtral", "qwen2_moe") else keys.take("attention_bias", gpt_oss)
     qkv_bias = attention_bias
     if family == "qwen2":
         qkv_bias = True
     if family == "qwen2_moe":
         qkv_bias = keys.take("qkv_bias", True)
-    sliding_window = None
+    sliding_window, layers = None, {}
     if family in ("mistral", "mixtral"):
         sliding_window = keys.take("sliding_window", None)
+    if gpt_oss:  # local / global layers
+        layers = hf_moe.gpt_oss_layers(keys, num_layers, rope_scaling)
+        sliding_window = layers.pop("sliding_window")
     if family in _QWEN:
         keys.expect("use_sliding_window", False)
         keys.take("sliding_window", None)  # read only when use_sliding_window is True
         keys.take("max_window_layers", None)  # likewise
         keys.expect("layer_types", None, ["full_attention"] * num_layers)
-    eps = keys.take("rms_norm_eps", 1e-5 if family == "mixtral" else 1e-6)
+    eps = keys.take("rms_norm_eps", 1e-5 if family in ("mixtral", "gpt_oss") else 1e-6)
     fields = hf_moe.moe_fields(keys, family, num_layers) if moe else {}
     return dict(
         fields,
+        **layers,
         vocab_size=keys.take("vocab_size"),
         num_layers=num_layers,
         d_model=d_model,
         num_heads=num_heads,
         num_kv_heads=keys.take("num_key_value_heads", None) or num_heads,
-        head_dim=keys.take("head_dim", None) or d_model // num_heads,
+        head_dim=keys.take("head_dim", hf_moe.GPT_OSS_HEAD_DIM if gpt_oss else None) or d_model // num_heads,
         d_ff=keys.take("intermediate_size"),
         max_len=keys.take("max_position_embeddings"),
         positional="rope",
@@ -245,6 +254,11 @@ def family_for(cfg: ModelConfig, *, vision: bool = False, encoder: bool = False)
         if not condition:
             raise ValueError(f"No Hugging Face architecture computes this ModelConfig: {what}.")
 
+    gpt_oss, gemma = hf_moe.is_gpt_oss(cfg), cfg.norm_plus_one or cfg.activation == "geglu"
+    need(
+        not (gpt_oss and (encoder or vision or cfg.positional == "learned" or gemma)),
+        "attention_sinks / expert_bias / expert_activation='gptoss_swiglu' (GPT-OSS's) outside a rope, rmsnorm decoder",
+    )
     if encoder:
         need(cfg.positional == "learned" and cfg.norm == "layernorm", "BERT: learned positions, layernorm")
         need(cfg.norm_position == "post" and cfg.embed_norm, "BERT: post-norm with a norm after the embeddings")
@@ -262,10 +276,10 @@ def family_for(cfg: ModelConfig, *, vision: bool = False, encoder: bool = False)
         return "vit"
 
     need(cfg.norm_position == "pre", f"norm_position={cfg.norm_position!r} (the decoders are pre-norm)")
-    if cfg.norm_plus_one or cfg.activation == "geglu":
+    if gemma:
         return hf_gemma.gemma_family(cfg, need)
     need(not (cfg.v_norm or cfg.layer_scale or cfg.per_layer_input_dim or cfg.num_kv_shared_layers), "Gemma 4's")
-    need(cfg.layer_types is None, "layer_types (local / global layers are Gemma 2 and 3's)")
+    need(cfg.layer_types is None or gpt_oss, "layer_types (local / global layers are Gemma 2-4's and GPT-OSS's)")
     need(cfg.attention_logit_softcap is None and cfg.final_logit_softcap is None, "logit soft-caps (Gemma 2's)")
     need(cfg.attention_scale is None and not cfg.sandwich_norm, "attention_scale / sandwich_norm (Gemma's)")
     need(not cfg.embed_scale and not cfg.embed_norm and cfg.type_vocab_size == 0, "embed_scale / embed_norm / types")
@@ -281,6 +295,8 @@ def family_for(cfg: ModelConfig, *, vision: bool = False, encoder: bool = False)
     need(cfg.positional == "rope" and not cfg.rope_interleaved, "the Llama family has rotate-half RoPE")
     need(cfg.norm == "rmsnorm" and cfg.activation == "swiglu", "the Llama family has rmsnorm and swiglu")
     need(not cfg.mlp_bias, "mlp_bias=True")
+    if gpt_oss:
+        return hf_moe.gpt_oss_family(cfg, need)
     if cfg.num_experts:
         return hf_moe.moe_family(cfg, need)
     if cfg.qk_norm:

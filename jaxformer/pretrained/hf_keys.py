@@ -1,8 +1,10 @@
 """What reading a Hugging Face `config.json` shares across families: the keys that describe no computation
-(`IGNORED`), `Keys` (every key taken or refused by name) and RoPE parameters both ways."""
+(`IGNORED`), `Keys` (every key taken or refused by name) and RoPE parameters both ways (default, linear, llama3,
+proportional and yarn)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from jaxformer.ops import RopeScaling
@@ -89,8 +91,58 @@ class Keys:
             )
 
 
+# YaRN's keys (transformers' `_compute_yarn_parameters`); mscale / mscale_all_dim only make its attention factor
+_YARN_KEYS = (
+    "factor",
+    "original_max_position_embeddings",
+    "beta_fast",
+    "beta_slow",
+    "truncate",
+    "attention_factor",
+    "mscale",
+    "mscale_all_dim",
+)
+
+
+def _yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """transformers' `yarn_get_mscale`: 0.1 mscale ln(factor) + 1 (1 for factor <= 1)."""
+    return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def _yarn(params: dict, where: str) -> RopeScaling:
+    """RopeScaling('yarn') of a yarn parameter dict, as transformers' `_compute_yarn_parameters` reads it: beta_fast /
+    beta_slow default (also when 0 or null) to 32 / 1, truncate to True; attention_factor, else (mscale and
+    mscale_all_dim both set) mscale(factor, mscale) / mscale(factor, mscale_all_dim), else None (RopeScaling's
+    default, 0.1 ln(factor) + 1: transformers ignores mscale without mscale_all_dim)."""
+    unknown = sorted(set(params) - set(_YARN_KEYS))
+    if unknown:
+        raise ValueError(f"config.json: rope parameters{where} {unknown} are not supported for rope_type 'yarn'.")
+    for key in ("factor", "original_max_position_embeddings"):
+        if params.get(key) is None:
+            raise ValueError(
+                f"config.json: rope parameter {key}={params.get(key)!r}{where} is not supported for rope_type 'yarn'; "
+                "jaxformer needs it given (transformers derives a missing factor from max_position_embeddings)."
+            )
+    factor, truncate = params["factor"], params.get("truncate", True)
+    if not isinstance(truncate, bool):
+        raise ValueError(f"config.json: rope parameter truncate={truncate!r}{where} is not supported; expected a bool.")
+    attention, mscale, mscale_all_dim = (params.get(k) for k in ("attention_factor", "mscale", "mscale_all_dim"))
+    if attention is None and mscale and mscale_all_dim:
+        attention = _yarn_mscale(factor, mscale) / _yarn_mscale(factor, mscale_all_dim)
+    return RopeScaling(
+        "yarn",
+        factor=factor,
+        original_max_len=params["original_max_position_embeddings"],
+        beta_fast=params.get("beta_fast") or 32.0,
+        beta_slow=params.get("beta_slow") or 1.0,
+        attention_factor=attention,
+        truncate=truncate,
+    )
+
+
 def rope_params(params: dict, where: str = "") -> tuple[float | None, RopeScaling | None]:
-    """(rope_theta or None, rope_scaling) of one RoPE parameter dict (`rope_type` default | linear | llama3)."""
+    """(rope_theta or None, rope_scaling) of one RoPE parameter dict (`rope_type` default | linear | llama3 |
+    proportional | yarn)."""
     params = dict(params)
     base = params.pop("rope_theta", None)
     kind = params.pop("rope_type", params.pop("type", "default"))
@@ -100,10 +152,12 @@ def rope_params(params: dict, where: str = "") -> tuple[float | None, RopeScalin
                 f"config.json: rope parameters{where} {sorted(params)} are not supported for rope_type default."
             )
         return base, None
+    if kind == "yarn":
+        return base, _yarn(params, where)
     if kind not in ("linear", "llama3", "proportional"):
         raise ValueError(
             f"config.json: rope_type={kind!r}{where} is not supported; jaxformer computes default, linear, llama3, "
-            "proportional."
+            "proportional, yarn."
         )
     names = {
         "factor": "factor",
@@ -119,13 +173,17 @@ def rope_params(params: dict, where: str = "") -> tuple[float | None, RopeScalin
     return base, RopeScaling(kind, **{names[k]: v for k, v in params.items()})
 
 
-def rope(keys: Keys, default_base: float = 10000.0) -> tuple[float, RopeScaling | None]:
+def rope(keys: Keys, default_base: float = 10000.0, default: dict | None = None) -> tuple[float, RopeScaling | None]:
     """(rope_base, rope_scaling) from `rope_parameters` (transformers >= 5) or `rope_theta` + `rope_scaling`
-    (`default_base` where neither names a theta: the family's transformers default)."""
-    params = dict(keys.take("rope_parameters", None) or {})
+    (`default_base` where neither names a theta: the family's transformers default; `default`: the family's RoPE
+    parameters where the file has neither rope_parameters nor rope_scaling, e.g. GPT-OSS's YaRN)."""
+    given = keys.take("rope_parameters", None)
+    params = dict(given or {})
     legacy = keys.take("rope_scaling", None)
     if legacy:
         params = {**dict(legacy), **params}
+    if given is None and not legacy and default is not None:
+        params = dict(default)
     base, scaling = rope_params(params)
     return float(base or keys.take("rope_theta", default_base)), scaling
 
@@ -143,4 +201,14 @@ def rope_dict(base: float, scaling: RopeScaling | None) -> dict[str, Any]:
                 high_freq_factor=scaling.high_freq_factor,
                 original_max_position_embeddings=scaling.original_max_len,
             )
+        if scaling.kind == "yarn":  # floats where transformers' validation wants them
+            rope.update(
+                factor=float(scaling.factor),
+                original_max_position_embeddings=scaling.original_max_len,
+                beta_fast=float(scaling.beta_fast),
+                beta_slow=float(scaling.beta_slow),
+                truncate=scaling.truncate,
+            )
+            if scaling.attention_factor is not None:
+                rope["attention_factor"] = float(scaling.attention_factor)
     return rope

@@ -7,13 +7,18 @@ jaxformer's (w_q, w_k, w_v). Layouts:
     torch Linear weight  [out, in]        jaxformer einsum weights  w_q [D, N, H], w_o [N, H, D], w_in [D, F]
     GPT-2 Conv1D weight  [in, out]        (x @ W, so no transpose: only the head split)
 
-Mixtures of experts (Mixtral, Qwen2-MoE, Qwen3-MoE) stack their experts in one parameter each, `w_gate` /
+Mixtures of experts (Mixtral, Qwen2-MoE, Qwen3-MoE, GPT-OSS) stack their experts in one parameter each, `w_gate` /
 `w_up` `[E, D, F]`, `w_down` `[E, F, D]`, and the router `[D, E]`. transformers 5 holds them stacked in memory
 (`mlp.experts.gate_up_proj` `[E, 2F, D]`, gate rows first, `mlp.experts.down_proj` `[E, D, F]`, `mlp.gate.weight`
 `[E, D]`) but saves, and the hub's checkpoints hold, one Linear per expert: Mixtral's
 `block_sparse_moe.experts.{e}.w1` (gate) / `w3` (up) / `w2` (down) and `block_sparse_moe.gate`, Qwen-MoE's
 `mlp.experts.{e}.gate_proj` / `up_proj` / `down_proj` and `mlp.gate`. jaxformer writes the per-expert layout and
 reads either (each layer as its tensors are named: `rules(..., stored=names)`).
+
+GPT-OSS has one layout, stacked, in memory and in its files alike: `mlp.router.weight` `[E, D]` and `.bias` `[E]`,
+`mlp.experts.gate_up_proj` `[E, D, 2F]` with gate and up INTERLEAVED along the last axis (gate = `[..., ::2]`,
+up = `[..., 1::2]`), `gate_up_proj_bias` `[E, 2F]` interleaved likewise, `down_proj` `[E, F, D]` and
+`down_proj_bias` `[E, D]` (x @ W: jaxformer's own orientation), and each attention's `self_attn.sinks` `[N]`.
 
 The rules cover every parameter of the model and every tensor of a checkpoint saved by transformers;
 `io.read_params` refuses a checkpoint with a tensor no rule reads, or a model parameter no rule writes.
@@ -169,7 +174,8 @@ def _decoder_ends(cfg: ModelConfig) -> list[Rule]:
 
 
 def _llama_rules(cfg: ModelConfig, family: str, stored: Collection[str] | None = None) -> list[Rule]:
-    """The Llama family's, with the sparse layers of its mixtures of experts (`_moe_rules`)."""
+    """The Llama family's, with the sparse layers of its mixtures of experts (`_moe_rules`) and GPT-OSS's attention
+    sinks."""
     out = _decoder_ends(cfg)
     for i in range(cfg.num_layers):
         m, layer = f"model.layers.{i}", f"blocks/layers/{i}"
@@ -193,13 +199,39 @@ def _llama_rules(cfg: ModelConfig, family: str, stored: Collection[str] | None =
                 _one(f"{att}/q_norm/scale", f"{a}.q_norm.weight"),
                 _one(f"{att}/k_norm/scale", f"{a}.k_norm.weight"),
             ]
+        if cfg.attention_sinks:
+            out.append(_one(f"{att}/sinks", f"{a}.sinks"))
     return out
+
+
+def _deinterleave(t):
+    """GPT-OSS's gate_up [..., 2F], gate and up interleaved -> (gate, up) [..., F]."""
+    return t[..., ::2], t[..., 1::2]
+
+
+def _interleave(gate, up):
+    return (jnp.stack([gate, up], axis=-1).reshape(*gate.shape[:-1], 2 * gate.shape[-1]),)
+
+
+def _gpt_oss_rules(ffn: str, m: str) -> list[Rule]:
+    """GPT-OSS's router and stacked experts, with their biases (see the module docstring)."""
+    e = f"{m}.mlp.experts"
+    return [
+        _transposed(f"{ffn}/router", f"{m}.mlp.router.weight"),
+        _one(f"{ffn}/router_bias", f"{m}.mlp.router.bias"),
+        Rule((f"{ffn}/w_gate", f"{ffn}/w_up"), (f"{e}.gate_up_proj",), _deinterleave, _interleave),
+        Rule((f"{ffn}/b_gate", f"{ffn}/b_up"), (f"{e}.gate_up_proj_bias",), _deinterleave, _interleave),
+        _one(f"{ffn}/w_down", f"{e}.down_proj"),
+        _one(f"{ffn}/b_down", f"{e}.down_proj_bias"),
+    ]
 
 
 def _moe_rules(ffn: str, m: str, family: str, cfg: ModelConfig, stored: Collection[str] | None) -> list[Rule]:
     """The router, experts and shared expert of the sparse layer `m` ("model.layers.3") as jaxformer's `ffn`
     (a MoEFeedForward): per expert as transformers saves them, or stacked as it holds them in memory when
-    `stored` has the stacked names."""
+    `stored` has the stacked names. GPT-OSS: `_gpt_oss_rules`."""
+    if family == "gpt_oss":
+        return _gpt_oss_rules(ffn, m)
     if stored is not None and f"{m}.mlp.experts.gate_up_proj" in stored:
 
         def split(gate_up):  # [E, 2F, D], gate rows first -> w_gate, w_up [E, D, F]

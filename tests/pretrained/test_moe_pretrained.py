@@ -1,7 +1,8 @@
-"""Mixtral, Qwen2-MoE and Qwen3-MoE checkpoints in and out, against tiny fixtures that `transformers` made
+"""Mixtral, Qwen2-MoE, Qwen3-MoE and GPT-OSS checkpoints in and out, against tiny fixtures that `transformers` made
 (experiments/make_pretrained_fixtures.py): logits, greedy generation, the load-balancing loss, save -> load (in
-the per-expert layout transformers saves; the stacked layout it holds in memory loads too), the config keys of
-each family, and every refusal."""
+the per-expert layout transformers saves Mixtral and Qwen-MoE in, the stacked layout it holds them in memory loads
+too; GPT-OSS's one stacked layout with gate / up interleaved), the config keys of each family (GPT-OSS's sinks,
+biases, local / global layers, YaRN), and every refusal."""
 
 import functools
 import json
@@ -18,6 +19,7 @@ from safetensors.flax import load_file
 from jaxformer import pretrained
 from jaxformer.decoding import generate
 from jaxformer.models import GPT, ModelConfig
+from jaxformer.ops import RopeScaling, rope_frequencies
 from jaxformer.pretrained import hf_config, io
 from tests.pretrained.test_pretrained import (
     FIXTURES,
@@ -29,7 +31,8 @@ from tests.pretrained.test_pretrained import (
     rewrite_tensors,
 )
 
-MOES = ["mixtral", "qwen2_moe", "qwen3_moe"]
+PER_EXPERT = ["mixtral", "qwen2_moe", "qwen3_moe"]  # saved one Linear per expert; stacked in transformers' memory
+MOES = [*PER_EXPERT, "gpt_oss"]
 
 # Each fixture loaded once per test process.
 load = functools.cache(lambda name: pretrained.from_pretrained(FIXTURES / name))
@@ -80,7 +83,8 @@ def test_the_load_balancing_loss_equals_transformers_aux_loss(loaded):
 
 
 def test_save_then_load_is_bit_exact_and_rewrites_the_same_tensors(loaded, tmp_path):
-    """The tensors written are transformers' own, names and values: one Linear per expert, as it saves them."""
+    """The tensors written are transformers' own, names and values: one Linear per expert, as it saves them (GPT-OSS:
+    stacked, gate / up interleaved, with the sinks and biases)."""
     name, model = loaded
     out = assert_round_trip(model, name, tmp_path)
     assert pretrained.from_pretrained(out).config == model.config
@@ -107,7 +111,7 @@ def test_the_config_reads_what_each_family_needs():
     ]
 
 
-@pytest.mark.parametrize("name", MOES)
+@pytest.mark.parametrize("name", PER_EXPERT)
 def test_the_config_round_trips(name):
     """config.json -> ModelConfig -> config.json -> the same ModelConfig; the keys written are the family's."""
     cfg = hf_config.to_model_config(fixture_config(name))
@@ -143,7 +147,7 @@ def test_sparse_layers_follow_decoder_sparse_step_and_mlp_only_layers():
     assert hf_config.family_for(dense) == "qwen2"
 
 
-@pytest.mark.parametrize("name", MOES)
+@pytest.mark.parametrize("name", PER_EXPERT)
 def test_hub_style_configs_read_as_transformers_5_saves_them(name):
     """The hub's files (transformers 4) spell the RoPE theta `rope_theta`, the dtype `torch_dtype`, a Qwen3-MoE's
     expert count `num_experts`, and carry `rope_scaling: null` and Qwen's `max_window_layers`."""
@@ -186,7 +190,7 @@ def stacked(tensors: dict) -> None:
         tensors[f"{m}.mlp.experts.down_proj"] = np.stack(down)
 
 
-@pytest.mark.parametrize("name", MOES)
+@pytest.mark.parametrize("name", PER_EXPERT)
 def test_the_stacked_layout_loads_to_the_same_parameters(name, tmp_path):
     d = copy_fixture(name, tmp_path)
     rewrite_tensors(d, stacked)
@@ -274,6 +278,270 @@ def test_save_refuses_a_mixture_of_experts_no_architecture_computes(changes, mes
         hf_config.from_model_config(cfg)
 
 
+# -- GPT-OSS ----------------------------------------------------------------------------------------------------
+
+
+def test_the_gpt_oss_config_reads_what_it_needs():
+    """Sinks, q/k/v/o biases, [sliding, full] layers with window 4 sharing one YaRN RoPE, the router's top-k of its
+    biased logits then softmax, expert biases and the clamped SwiGLU with the file's limit / alpha."""
+    model = load("gpt_oss")
+    cfg = model.config
+    assert (cfg.num_experts, cfg.experts_per_token, cfg.d_ff, cfg.expert_d_ff, cfg.dense_layers) == (4, 2, 16, None, ())
+    assert cfg.router == "topk_softmax" and cfg.router_bias and cfg.expert_bias and cfg.capacity_factor is None
+    assert (cfg.expert_activation, cfg.swiglu_limit, cfg.swiglu_alpha) == ("gptoss_swiglu", 3.0, 1.5)
+    assert cfg.attention_sinks and cfg.qkv_bias and cfg.out_bias and not cfg.qk_norm and not cfg.mlp_bias
+    assert (cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim) == (32, 4, 2, 8)
+    assert cfg.layer_types == ("local", "global") and cfg.sliding_window == 4 and cfg.max_len == 32768
+    yarn = RopeScaling("yarn", factor=32.0, original_max_len=1024, beta_fast=32.0, beta_slow=1.0, truncate=False)
+    assert cfg.rope_base == 150000.0 and cfg.rope_scaling == yarn and cfg.rope_scaling.attention_factor is None
+    assert cfg.local_rope_scaling == yarn and cfg.local_rope_base is None  # the sliding layers turn alike
+    assert cfg.norm == "rmsnorm" and cfg.norm_epsilon == 1e-5 and not cfg.tie_embeddings and not cfg.embed_scale
+    assert cfg.router_aux_loss_coef == 0.9
+    layer = model.blocks.layers[1]
+    assert layer.self_attention.sinks[...].shape == (4,) and np.abs(np.asarray(layer.self_attention.sinks[...])).min()
+    assert layer.ffn.b_gate[...].shape == (4, 16) and layer.ffn.b_down[...].shape == (4, 32)
+
+
+def test_gpt_oss_gate_and_up_are_interleaved_in_gate_up_proj():
+    """gate = gate_up_proj[..., ::2], up = gate_up_proj[..., 1::2] (weights and biases); down_proj is x @ W."""
+    tensors = load_file(FIXTURES / "gpt_oss" / "model.safetensors")
+    ffn = load("gpt_oss").blocks.layers[0].ffn
+    e = "model.layers.0.mlp.experts"
+    np.testing.assert_array_equal(np.asarray(ffn.w_gate[...]), np.asarray(tensors[f"{e}.gate_up_proj"])[..., ::2])
+    np.testing.assert_array_equal(np.asarray(ffn.w_up[...]), np.asarray(tensors[f"{e}.gate_up_proj"])[..., 1::2])
+    np.testing.assert_array_equal(np.asarray(ffn.b_up[...]), np.asarray(tensors[f"{e}.gate_up_proj_bias"])[..., 1::2])
+    np.testing.assert_array_equal(np.asarray(ffn.w_down[...]), np.asarray(tensors[f"{e}.down_proj"]))
+    router = np.asarray(tensors["model.layers.0.mlp.router.weight"])
+    np.testing.assert_array_equal(np.asarray(ffn.router[...]), router.T)
+
+
+def test_the_gpt_oss_config_round_trips():
+    """config.json -> ModelConfig -> config.json -> the same ModelConfig, with GPT-OSS's own keys and its YaRN
+    parameters written back as the fixture has them."""
+    hf = fixture_config("gpt_oss")
+    cfg = hf_config.to_model_config(hf)
+    written = hf_config.from_model_config(cfg)
+    assert hf_config.to_model_config(written) == cfg
+    assert written["architectures"] == ["GptOssForCausalLM"] and written["model_type"] == "gpt_oss"
+    same = (
+        "num_local_experts",
+        "num_experts_per_tok",
+        "intermediate_size",
+        "swiglu_limit",
+        "swiglu_alpha",
+        "attention_bias",
+        "layer_types",
+        "sliding_window",
+        "router_aux_loss_coef",
+        "head_dim",
+        "rms_norm_eps",
+        "rope_parameters",
+        "tie_word_embeddings",
+        "max_position_embeddings",
+    )
+    assert {k: written[k] for k in same} == {k: hf[k] for k in same}
+    assert not {"num_experts", "moe_intermediate_size", "norm_topk_prob", "mlp_bias"} & set(written)
+
+
+def gpt_oss_hub_config() -> dict:
+    """The fixture's config as the hub's GPT-OSS files spell it (transformers 4.55): `rope_scaling` + `rope_theta`,
+    `torch_dtype`, OpenAI's `experts_per_token` and `initial_context_length`."""
+    hf = {k: v for k, v in fixture_config("gpt_oss").items() if k not in ("rope_parameters", "dtype")}
+    rope = dict(fixture_config("gpt_oss")["rope_parameters"])
+    hf |= {"rope_theta": rope.pop("rope_theta"), "rope_scaling": rope, "torch_dtype": "float32"}
+    return hf | {"experts_per_token": 2, "initial_context_length": 1024}
+
+
+def test_a_hub_style_gpt_oss_config_reads_the_same():
+    assert hf_config.to_model_config(gpt_oss_hub_config()) == load("gpt_oss").config
+    # transformers' defaults where the file says nothing: alternating sliding / full layers from layer 0
+    hf = {k: v for k, v in gpt_oss_hub_config().items() if k != "layer_types"}
+    assert hf_config.to_model_config(hf).layer_types == ("local", "global")
+
+
+def test_gpt_oss_defaults_are_transformers():
+    """GptOssConfig's defaults: YaRN (factor 32, beta 32 / 1, truncate False, original 4096) at theta 150000 when
+    neither rope_parameters nor rope_scaling is given (only rope_theta: the same YaRN at that theta), head_dim 64,
+    attention_bias True, window 128, swiglu 7 / 1.702, 128 experts top-4, router_aux_loss_coef 0.001."""
+    drop = ("rope_parameters", "head_dim", "attention_bias", "sliding_window", "swiglu_limit", "swiglu_alpha")
+    drop += ("num_local_experts", "num_experts_per_tok", "router_aux_loss_coef", "rms_norm_eps")
+    hf = {k: v for k, v in fixture_config("gpt_oss").items() if k not in drop}
+    cfg = hf_config.to_model_config(hf)
+    yarn = RopeScaling("yarn", factor=32.0, original_max_len=4096, beta_fast=32.0, beta_slow=1.0, truncate=False)
+    assert cfg.rope_base == 150000.0 and cfg.rope_scaling == cfg.local_rope_scaling == yarn
+    assert cfg.head_dim == 64 and cfg.qkv_bias and cfg.out_bias and cfg.sliding_window == 128
+    assert (cfg.swiglu_limit, cfg.swiglu_alpha, cfg.num_experts, cfg.experts_per_token) == (7.0, 1.702, 128, 4)
+    assert cfg.router_aux_loss_coef == 0.001 and cfg.norm_epsilon == 1e-5
+    assert hf_config.to_model_config(hf | {"rope_theta": 1e4}).rope_scaling == yarn
+    assert hf_config.to_model_config(hf | {"rope_theta": 1e4}).rope_base == 1e4
+    default = {"rope_type": "default", "rope_theta": 1e4}  # given rope_parameters are read as they are
+    assert hf_config.to_model_config(hf | {"rope_parameters": default}).rope_scaling is None
+    assert hf_config.to_model_config(hf | {"num_experts": 6}).num_experts == 6  # transformers' attribute_map
+
+
+def test_gpt_oss_layer_types_all_full_or_all_sliding():
+    """Only full layers: no window; only sliding ones: every layer windowed (no layer_types). Either writes the
+    layer_types back, and a window transformers needs even when no layer uses it."""
+    hf = fixture_config("gpt_oss")
+    full = hf_config.to_model_config(hf | {"layer_types": ["full_attention"] * 2})
+    assert full.layer_types is None and full.sliding_window is None and full.local_rope_scaling is None
+    written = hf_config.from_model_config(full)
+    assert written["layer_types"] == ["full_attention"] * 2 and written["sliding_window"] == 128
+    assert hf_config.to_model_config(written) == full
+    sliding = hf_config.to_model_config(hf | {"layer_types": ["sliding_attention"] * 2})
+    assert sliding.layer_types is None and sliding.sliding_window == 4
+    written = hf_config.from_model_config(sliding)
+    assert written["layer_types"] == ["sliding_attention"] * 2 and written["sliding_window"] == 4
+    assert hf_config.to_model_config(written) == sliding
+
+
+@pytest.mark.parametrize(
+    ("rope", "expected"),
+    [
+        # attention_factor from mscale / mscale_all_dim as transformers computes it (both given), else the default
+        (dict(mscale=2.0, mscale_all_dim=1.0), (0.2 * np.log(32) + 1) / (0.1 * np.log(32) + 1)),
+        (dict(mscale=2.0), None),
+        (dict(attention_factor=1.5, mscale=2.0, mscale_all_dim=1.0), 1.5),
+        (dict(beta_fast=None, beta_slow=0), None),  # transformers' `or 32` / `or 1`
+    ],
+)
+def test_yarn_parameters_read_as_transformers_computes_them(rope, expected):
+    base = {"rope_type": "yarn", "rope_theta": 1e4, "factor": 32.0, "original_max_position_embeddings": 1024}
+    cfg = hf_config.to_model_config(fixture_config("gpt_oss") | {"rope_parameters": base | rope})
+    scaling = cfg.rope_scaling
+    assert (scaling.beta_fast, scaling.beta_slow, scaling.truncate) == (32.0, 1.0, True)
+    if expected is None:
+        assert scaling.attention_factor is None
+    else:
+        np.testing.assert_allclose(scaling.attention_factor, expected, rtol=1e-12)
+    written = hf_config.from_model_config(cfg)["rope_parameters"]
+    assert (
+        not {"mscale", "mscale_all_dim"} & set(written)
+        and hf_config.to_model_config(fixture_config("gpt_oss") | {"rope_parameters": written}) == cfg
+    )
+
+
+def test_a_llama_yarn_rope_reads_and_writes():
+    """YaRN is read for every Llama-family file (Qwen2.5's long-context configs: legacy `type`)."""
+    rope = {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}
+    hf = {k: v for k, v in fixture_config("qwen3_moe").items() if k != "rope_parameters"}
+    cfg = hf_config.to_model_config(hf | {"rope_scaling": rope, "rope_theta": 1e6})
+    assert cfg.rope_scaling == RopeScaling("yarn", factor=4.0, original_max_len=16) and cfg.rope_base == 1e6
+    written = hf_config.from_model_config(cfg)["rope_parameters"]
+    assert written == {
+        "rope_type": "yarn",
+        "rope_theta": 1e6,
+        "factor": 4.0,
+        "original_max_position_embeddings": 16,
+        "beta_fast": 32.0,
+        "beta_slow": 1.0,
+        "truncate": True,
+    }
+
+
+def test_a_jaxformer_gpt_oss_model_saves_and_loads_bit_exactly(tmp_path):
+    """A GPT-OSS model jaxformer built (random init, sinks and biases drawn non-zero) is written in transformers'
+    layout, gate / up interleaved, and comes back the same."""
+    cfg = hf_config.to_model_config(fixture_config("gpt_oss"))
+    cfg = cfg.replace(num_layers=3, layer_types=None, local_rope_scaling=None, expert_d_ff=8)
+    model = GPT(cfg, rngs=nnx.Rngs(1))
+    state = nnx.state(model, nnx.Param)
+    leaves = jax.tree.leaves(state)
+    keys = jax.random.split(jax.random.key(0), len(leaves))
+    nnx.update(
+        model,
+        jax.tree.unflatten(
+            jax.tree.structure(state),
+            [leaf + 0.1 * jax.random.normal(k, leaf.shape, leaf.dtype) for leaf, k in zip(leaves, keys, strict=True)],
+        ),
+    )
+    out = pathlib.Path(pretrained.save_pretrained(model, tmp_path / "gpt_oss"))
+    hf = json.loads((out / "config.json").read_text())
+    assert hf["layer_types"] == ["sliding_attention"] * 3 and hf["intermediate_size"] == 8
+    written = load_file(out / "model.safetensors")
+    ffn = model.blocks.layers[2].ffn
+    gate_up = np.asarray(written["model.layers.2.mlp.experts.gate_up_proj"])
+    assert gate_up.shape == (4, 32, 16)
+    np.testing.assert_array_equal(gate_up[..., ::2], np.asarray(ffn.w_gate[...]))
+    np.testing.assert_array_equal(gate_up[..., 1::2], np.asarray(ffn.w_up[...]))
+    bias = np.asarray(written["model.layers.2.mlp.experts.gate_up_proj_bias"])
+    np.testing.assert_array_equal(bias[..., ::2], np.asarray(ffn.b_gate[...]))
+    again = pretrained.from_pretrained(out)
+    assert again.config == cfg.replace(d_ff=8, expert_d_ff=None)
+    for a, b in zip(params(model), params(again), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"hidden_act": "gelu"}, r"hidden_act='gelu' is not supported for gpt_oss models"),
+        (
+            {"quantization_config": {"quant_method": "mxfp4"}},
+            r"quantization_config \(quant_method='mxfp4'\) is not supported; .* MXFP4: dequantize",
+        ),
+        ({"experts_per_token": 4}, r"experts_per_token=4 and num_experts_per_tok=2 disagree"),
+        ({"num_local_experts": 4, "num_experts": 8}, r"num_experts=8 and num_local_experts=4 disagree"),
+        ({"num_experts_per_tok": 5}, r"num_experts_per_tok=5 is not supported; .* an int in \[1, 4\]"),
+        ({"layer_types": ["sliding_attention", "chunked_attention"]}, r"layer_types=\[.*\] is not supported"),
+        ({"layer_types": ["sliding_attention"]}, r"layer_types=\['sliding_attention'\] is not supported.*\(2 layers\)"),
+        ({"sliding_window": 0}, r"sliding_window=0 is not supported; jaxformer expects an int >= 1"),
+        ({"use_sliding_window": True}, r"keys jaxformer does not support: \['use_sliding_window'\]"),
+        ({"mlp_bias": False}, r"keys jaxformer does not support: \['mlp_bias'\]"),
+    ],
+)
+def test_an_unsupported_gpt_oss_config_is_refused_by_name(changes, message, tmp_path):
+    d = copy_fixture("gpt_oss", tmp_path)
+    edit_config(d, **changes)
+    with pytest.raises(ValueError, match=message):
+        pretrained.from_pretrained(d)
+
+
+YARN = {"rope_type": "yarn", "factor": 32.0, "original_max_position_embeddings": 1024}
+
+
+@pytest.mark.parametrize(
+    ("rope", "message"),
+    [
+        (YARN | {"partial_rotary_factor": 0.5}, r"rope parameters \['partial_rotary_factor'\] are not supported for "),
+        (YARN | {"factor": None}, r"rope parameter factor=None is not supported for rope_type 'yarn'"),
+        ({"rope_type": "yarn", "factor": 4.0}, r"original_max_position_embeddings=None is not supported"),
+        (YARN | {"truncate": "no"}, r"rope parameter truncate='no' is not supported; expected a bool"),
+        ({"rope_type": "longrope", "factor": 4.0}, r"rope_type='longrope' is not supported; .* proportional, yarn"),
+    ],
+)
+def test_an_unsupported_rope_is_refused_by_name(rope, message):
+    with pytest.raises(ValueError, match=message):
+        hf_config.to_model_config(fixture_config("gpt_oss") | {"rope_parameters": rope})
+
+
+def test_a_missing_sink_is_named(tmp_path):
+    d = copy_fixture("gpt_oss", tmp_path)
+    rewrite_tensors(d, lambda t: t.pop("model.layers.1.self_attn.sinks"))
+    with pytest.raises(ValueError, match=r"lacks tensor 'model.layers.1.self_attn.sinks'"):
+        pretrained.from_pretrained(d)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (dict(attention_sinks=False), r"attention_sinks=False, expert_bias=True, .*\(GPT-OSS has all three"),
+        (dict(router="softmax_topk"), r"router='softmax_topk', router_bias=True \(GPT-OSS routes topk_softmax"),
+        (dict(capacity_factor=2.0), r"capacity_factor=2\.0 \(transformers computes every expert assignment"),
+        (dict(dense_layers=(1,)), r"dense_layers=\(1,\).* every layer a mixture of experts"),
+        (dict(out_bias=False), r"qkv_bias=True, out_bias=False, qk_norm=False \(GPT-OSS: one attention_bias"),
+        (dict(local_rope_scaling=None), r"local_rope_scaling=None \(GPT-OSS turns every layer with the one RoPE"),
+        (dict(local_rope_base=1e4), r"local_rope_base=10000\.0, .* one RoPE"),
+        (dict(activation="geglu"), r"expert_activation='gptoss_swiglu' \(GPT-OSS's\) outside a rope, rmsnorm"),
+        (dict(num_experts=0, dense_layers=()), r"num_experts=0, dense_layers=\(\)"),
+    ],
+)
+def test_save_refuses_a_gpt_oss_no_architecture_computes(changes, message):
+    cfg = load("gpt_oss").config.replace(**changes)
+    with pytest.raises(ValueError, match=f"No Hugging Face architecture computes this ModelConfig: .*{message}"):
+        hf_config.from_model_config(cfg)
+
+
 # -- against transformers itself (slow) --------------------------------------------------------------------------
 
 
@@ -318,7 +586,7 @@ def test_the_load_balancing_loss_equals_transformers_computing_it(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", MOES)
+@pytest.mark.parametrize("name", PER_EXPERT)
 def test_the_stacked_layout_transformers_writes_loads(name, tmp_path):
     """`save_pretrained(save_original_format=False)` writes the experts as transformers holds them (stacked)."""
     transformers = pytest.importorskip("transformers")
@@ -328,3 +596,48 @@ def test_the_stacked_layout_transformers_writes_loads(name, tmp_path):
     assert "model.layers.0.mlp.experts.gate_up_proj" in written and not any(".experts.0." in k for k in written)
     for a, b in zip(params(load(name)), params(pretrained.from_pretrained(tmp_path / name)), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "rope",
+    [
+        {},  # the fixture's: truncate False
+        {"truncate": True},
+        {"mscale": 2.0, "mscale_all_dim": 1.0},
+        {"mscale": 2.0},
+        {"attention_factor": 1.5, "beta_fast": 16.0, "beta_slow": 2.0},
+        {"beta_fast": None, "beta_slow": 0, "truncate": True},
+    ],
+)
+def test_yarn_frequencies_and_attention_factor_equal_transformers(rope):
+    """jaxformer's RopeScaling('yarn') from a config's rope_parameters turns at transformers' inv_freq and scales
+    cos / sin by its attention_scaling (`_compute_yarn_parameters` on the same GptOssConfig)."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("torch")
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    hf = fixture_config("gpt_oss")
+    hf = hf | {"rope_parameters": hf["rope_parameters"] | rope}
+    inv_freq, attention = ROPE_INIT_FUNCTIONS["yarn"](transformers.GptOssConfig.from_dict(hf))
+    cfg = hf_config.to_model_config(hf)
+    ours = rope_frequencies(cfg.head_dim, base=cfg.rope_base, scaling=cfg.rope_scaling)
+    np.testing.assert_allclose(ours, inv_freq.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(cfg.rope_scaling.attention_scaling, attention, rtol=1e-12)
+
+
+@pytest.mark.slow
+def test_transformers_gpt_oss_configs_read_with_every_key_accounted_for(tmp_path):
+    """The config.json transformers writes for GptOssConfig's defaults reads (no key refused) to those defaults, and
+    transformers reads the hub-style spelling to the fixture's RoPE, as jaxformer does."""
+    transformers = pytest.importorskip("transformers")
+    small = dict(vocab_size=96, hidden_size=32, num_hidden_layers=4, num_attention_heads=8, intermediate_size=16)
+    transformers.GptOssConfig(**small).save_pretrained(tmp_path)
+    hf = json.loads((tmp_path / "config.json").read_text()) | {"architectures": ["GptOssForCausalLM"]}
+    cfg = hf_config.to_model_config(hf)
+    yarn = RopeScaling("yarn", factor=32.0, original_max_len=4096, beta_fast=32.0, beta_slow=1.0, truncate=False)
+    assert cfg.rope_scaling == yarn and cfg.rope_base == 150000.0 and cfg.head_dim == 64
+    assert cfg.layer_types == ("local", "global") * 2 and cfg.sliding_window == 128
+    assert (cfg.num_experts, cfg.experts_per_token, cfg.swiglu_limit, cfg.swiglu_alpha) == (128, 4, 7.0, 1.702)
+    hub = transformers.GptOssConfig.from_dict(gpt_oss_hub_config())
+    assert hub.rope_parameters == fixture_config("gpt_oss")["rope_parameters"]
