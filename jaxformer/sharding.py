@@ -4,7 +4,7 @@ Below the models and above nn (whose parameters carry the logical names), so tha
 (the training runner, the checkpoint loader in `pretrained`, the memory estimate) shares one table without
 importing training.
 
-The mesh has four axes (`MESH_AXES`):
+The mesh has five axes (`MESH_AXES`):
 
     data     data parallelism: the batch is split, parameters are replicated
     fsdp     fully sharded data parallelism: the batch is split AND parameters / optimizer state are split along
@@ -14,12 +14,15 @@ The mesh has four axes (`MESH_AXES`):
     expert   expert parallelism: a mixture of experts' stacked experts are split (each device stores and updates
              E / n of them), and the batch is split too, as over data; each device routes its own tokens, and a
              layer's expert weights are gathered for its grouped matmul (nn/moe.py)
+    context  context (sequence) parallelism: activations are split along the sequence ("length"), batches on
+             their token axis; self-attention runs as ring attention over this axis (nn/attention.py,
+             ops/ring.py). The batch is not split over it, and parameters are replicated over it
 
 Parameters carry logical axis names (jaxformer/nn/params.py); `LOGICAL_AXIS_RULES` is the one table that maps
 them to mesh axes. A dimension whose size the mesh axes do not divide is replicated instead, except the ones
 tensor parallelism exists for (`heads`, `mlp`), where that is a config error.
 
-    mesh = mesh_from_config(config.mesh)           # {"data": -1, "fsdp": 1, "tensor": 1} by default
+    mesh = mesh_from_config(config.mesh)           # {"data": -1, "fsdp": 1, "tensor": 1, ...} by default
     specs = param_specs(abstract_params, mesh)     # PartitionSpec per parameter, from the rules
 
 The train state is built into these shardings by the step runner (`training/runner.py::init_state`).
@@ -41,16 +44,17 @@ from jaxformer import checks
 from jaxformer.nn.constraints import Resolver
 from jaxformer.nn.params import logical_axes
 
-MESH_AXES = ("data", "fsdp", "tensor", "expert")
+MESH_AXES = ("data", "fsdp", "tensor", "expert", "context")
 # The batch is split over these: FSDP is data parallelism with sharded state, and the expert axis carries a share
 # of the batch outside the experts (MaxText's layout).
 BATCH_AXES = ("data", "fsdp", "expert")
+CONTEXT_AXIS = "context"  # splits the sequence (not the batch): context parallelism, ring attention
 
 # logical axis -> mesh axes it is split over (None: replicated). Order within a tensor matters only in that a
 # mesh axis is used at most once per array (the first logical axis to claim it wins).
 LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("batch", BATCH_AXES),
-    ("length", None),
+    ("length", "context"),  # the sequence of activations [B, T, ...] and of token batches (context parallelism)
     ("embed", "fsdp"),
     ("vocab", "tensor"),
     ("heads", "tensor"),
@@ -64,8 +68,8 @@ STRICT_AXES = ("heads", "mlp")
 
 
 def mesh_shape(sizes: dict, num_devices: int) -> tuple[int, ...]:
-    """The size of each of `MESH_AXES` (data, fsdp, tensor, expert) from `sizes` (missing axes are 1; one -1
-    takes the devices left), checked."""
+    """The size of each of `MESH_AXES` (data, fsdp, tensor, expert, context) from `sizes` (missing axes are 1;
+    one -1 takes the devices left), checked."""
     unknown = sorted(set(sizes) - set(MESH_AXES))
     if unknown:
         raise ValueError(f"config.mesh has unknown axes {unknown}; the mesh axes are {MESH_AXES}.")
@@ -86,18 +90,26 @@ def mesh_shape(sizes: dict, num_devices: int) -> tuple[int, ...]:
     elif fixed != num_devices:
         raise ValueError(
             f"config.mesh {dict(zip(MESH_AXES, shape, strict=True))} uses {fixed} devices but {num_devices} are "
-            f"available; make the product of data x fsdp x tensor x expert {num_devices}, or set one axis to -1."
+            f"available; make the product of data x fsdp x tensor x expert x context {num_devices}, or set one axis "
+            "to -1."
         )
     return tuple(shape)
 
 
 def make_mesh(
-    data: int = -1, fsdp: int = 1, tensor: int = 1, *, expert: int = 1, devices: Sequence | None = None
+    data: int = -1,
+    fsdp: int = 1,
+    tensor: int = 1,
+    *,
+    expert: int = 1,
+    context: int = 1,
+    devices: Sequence | None = None,
 ) -> Mesh:
-    """A `Mesh` with axes `MESH_AXES` ("data", "fsdp", "tensor", "expert") over `devices` (default: all), -1
-    filling the rest."""
+    """A `Mesh` with axes `MESH_AXES` ("data", "fsdp", "tensor", "expert", "context") over `devices` (default:
+    all), -1 filling the rest."""
     devices = list(jax.devices() if devices is None else devices)
-    shape = mesh_shape({"data": data, "fsdp": fsdp, "tensor": tensor, "expert": expert}, len(devices))
+    sizes = {"data": data, "fsdp": fsdp, "tensor": tensor, "expert": expert, "context": context}
+    shape = mesh_shape(sizes, len(devices))
     # Auto axes: jit propagates shardings through the model (GSPMD); newer jax defaults make_mesh to Explicit,
     # where every reshape of a sharded activation would need an out_sharding.
     auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
@@ -105,7 +117,8 @@ def make_mesh(
 
 
 def mesh_from_config(mesh_config) -> Mesh:
-    """The mesh that `config.mesh` (a ConfigDict or dict with `data`, `fsdp`, `tensor`, `expert`) describes."""
+    """The mesh that `config.mesh` (a ConfigDict or dict with `data`, `fsdp`, `tensor`, `expert`, `context`)
+    describes."""
     sizes = dict(mesh_config.to_dict() if hasattr(mesh_config, "to_dict") else mesh_config)
     return make_mesh(**sizes)
 
@@ -143,7 +156,8 @@ def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh
     for name, size in zip(axes, shape, strict=True):
         target = rules.get(name) if name is not None else None
         target = (target,) if isinstance(target, str) else tuple(target or ())
-        target = tuple(a for a in target if a not in used and mesh.shape[a] > 1)
+        # (.get: a mesh built without some of MESH_AXES, e.g. an older four-axis one, has them as size 1)
+        target = tuple(a for a in target if a not in used and mesh.shape.get(a, 1) > 1)
         ways = math.prod(mesh.shape[a] for a in target)
         if target and size % ways:
             if name in STRICT_AXES:
@@ -175,9 +189,28 @@ def named(mesh: Mesh, specs):
     return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Batches are split along their first (batch) axis over `BATCH_AXES`, replicated over `tensor`."""
+def context_ways(mesh) -> int:
+    """How many ways the mesh's `context` axis splits the sequence (1: no context parallelism; also for a mesh
+    without that axis)."""
+    return int(mesh.shape.get(CONTEXT_AXIS, 1))
+
+
+def batch_sharding(mesh: Mesh, shape: Sequence[int] | None = None) -> NamedSharding:
+    """Batches are split along their first (batch) axis over `BATCH_AXES`, replicated over `tensor`.
+
+    With context parallelism (`context_ways(mesh) > 1`), an array of `shape` [B, T] (token ids, targets, weights,
+    segment ids, positions) is also split along T over `context`, as the activations are ("length"), when the
+    context axis divides T; anything else (labels [B], images [B, H, W, C], a T it does not divide) is replicated
+    over it. Without `shape`: the rows' sharding, `[BATCH_AXES]` alone (what a 1-D array gets).
+    """
+    if shape is not None and len(shape) == 2 and context_ways(mesh) > 1 and shape[1] % context_ways(mesh) == 0:
+        return NamedSharding(mesh, PartitionSpec(BATCH_AXES, CONTEXT_AXIS))
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def batch_shardings(batch, mesh: Mesh):
+    """`batch_sharding` of every array of a (global) batch tree, by its shape."""
+    return jax.tree.map(lambda x: batch_sharding(mesh, np.shape(x)), batch)
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, name: str = "config.batch_size") -> None:
@@ -211,7 +244,8 @@ def process_rows(mesh: Mesh, batch_size: int) -> slice:
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
-    """Puts a global host batch (a dict of arrays with a leading batch axis) on the mesh, split over `BATCH_AXES`.
+    """Puts a global host batch (a dict of arrays with a leading batch axis) on the mesh, split over `BATCH_AXES`
+    (and [B, T] arrays over `context` on T: `batch_sharding`).
 
     Every process passes the same global batch and contributes only the rows its devices hold (`process_rows`);
     with one process this is a plain `device_put` of the whole batch. Training input, which reads only this
@@ -227,6 +261,12 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
 
 def shard_process_batch(batch: dict, mesh: Mesh) -> dict:
     """Assembles the global batch from each process's rows (`process_rows`) with
-    `jax.make_array_from_process_local_data`; the global batch has process_count times this process's rows."""
-    sharding = batch_sharding(mesh)
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+    `jax.make_array_from_process_local_data`; the global batch has process_count times this process's rows.
+    Each array is laid out by `batch_sharding` of its shape (with context parallelism [B, T] arrays are split
+    on T too: each process passes whole sequences of its rows)."""
+
+    def place(x):
+        x = np.asarray(x)
+        return jax.make_array_from_process_local_data(batch_sharding(mesh, x.shape), x)
+
+    return jax.tree.map(place, batch)

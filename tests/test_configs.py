@@ -25,6 +25,7 @@ RECIPES = [
     "gemma_lora_shakespeare",
     "gpt2_finetune_shakespeare",
     "lora_tiny_cpu",
+    "moe_shakespeare_char_cpu",
     "seq2seq_toy",
     "shakespeare_char",
     "shakespeare_char_cpu",
@@ -119,7 +120,7 @@ def test_jaxformer_memory_by_name_with_overrides(tmp_path):
         [sys.executable, "-m", "jaxformer.cli", "memory", *args], capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "parameters on 8 devices (data=1 x fsdp=8 x tensor=1)" in out.stdout
+    assert "parameters on 8 devices (data=1 x fsdp=8 x tensor=1 x expert=1 x context=1)" in out.stdout
 
 
 def test_every_documented_config_name_is_a_recipe():

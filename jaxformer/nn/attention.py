@@ -12,6 +12,7 @@ from flax import nnx
 
 from jaxformer import checks, ops
 from jaxformer.nn import attention_dispatch, lora
+from jaxformer.nn.constraints import resolved
 from jaxformer.nn.norms import RMSNorm
 from jaxformer.nn.params import logical_param
 
@@ -102,6 +103,13 @@ class MultiHeadAttention(nnx.Module):
 
     Empty sequences are allowed with every implementation: T = 0 gives `[B, 0, D]`, cross-attention over S = 0
     keys attends to nothing (zeros before the output projection).
+
+    Context parallelism: under a sharded training step whose activation hints split the sequence ("length") over
+    a mesh axis (`config.mesh.context` > 1; nn/constraints.py, sharding.py), self-attention runs as
+    `ops.ring_attention` inside `jax.shard_map` over that axis instead of `implementation` (batch and heads mapped
+    as the hints lay them out), with the layer's causality, sliding window and segment ids on global positions.
+    What ring attention cannot do there (an ALiBi bias, sinks, `logit_softcap`, attention dropout, an array
+    `mask`, `decode`) is a ValueError naming it.
     """
 
     def __init__(
@@ -518,8 +526,70 @@ class MultiHeadAttention(nnx.Module):
             key_positions,
         )
 
+    def _context_shardings(self, q, k):
+        """(q's sharding, k's sharding) when the active activation hints (a sharded training step,
+        nn/constraints.py) split the sequence ("length") over a mesh axis (context parallelism); else None."""
+        q_sharding = resolved(("batch", "length", "heads", "head_dim"), q.shape)
+        if q_sharding is None or len(q_sharding.spec) < 2 or q_sharding.spec[1] is None:
+            return None
+        return q_sharding, resolved(("batch", "length", "kv_heads", "head_dim"), k.shape)
+
+    def _ring_attend(self, q, k, v, shardings, *, mask, bias, segment_ids, is_causal, decode, use_dropout):
+        """Self-attention over a sequence split on the context mesh axis: `ops.ring_attention` inside
+        `jax.shard_map` (batch and heads mapped as the hints lay them out), with the causality, sliding window and
+        segment ids the layer would otherwise apply. RoPE was applied before, on the global positions."""
+        q_sharding, k_sharding = shardings
+        axis = q_sharding.spec[1]
+        unsupported = [
+            (decode, "decode=True (a KV cache)"),
+            (bias is not None, f"positional={self.positional!r} (an attention bias)"),
+            (self.sinks is not None, "sinks=True (attention sinks)"),
+            (self.logit_softcap is not None, f"logit_softcap={self.logit_softcap}"),
+            (use_dropout, f"dropout_rate={self.dropout_rate} (attention dropout)"),
+            (mask is not None, "an array `mask` (padding `valid` included; pack with segment_ids instead)"),
+        ]
+        refused = [name for flag, name in unsupported if flag]
+        if refused:
+            raise ValueError(
+                f"Context parallelism (the sequence split over mesh axis {axis!r}: config.mesh.context > 1) runs "
+                f"self-attention as ring attention, which does not support {', '.join(refused)} yet. Set "
+                "config.mesh.context to 1, or change the model."
+            )
+        if k_sharding is None or tuple(k_sharding.spec[:2]) != tuple(q_sharding.spec[:2]):
+            raise ValueError(
+                f"Context parallelism splits queries of shape {tuple(q.shape)} on their sequence over {axis!r}, but "
+                f"not the keys of shape {tuple(k.shape)}: ring attention is for self-attention over one sequence."
+            )
+        batch = q_sharding.spec[0]
+        # Heads split over tensor stay split when the key / value heads are split alike (query head n reads key
+        # head n // G on the same device); otherwise every device of that axis attends over all heads.
+        heads = q_sharding.spec[2] if q_sharding.spec[2] == k_sharding.spec[2] else None
+        spec = jax.sharding.PartitionSpec(batch, axis, heads, None)
+        ids_spec = jax.sharding.PartitionSpec(batch, axis)
+        ring = dict(axis_name=axis, causal=is_causal, window=self.sliding_window, scale=self.scale)
+        if segment_ids is None:
+            local = lambda q, k, v: ops.ring_attention(q, k, v, **ring)
+            args, in_specs = (q, k, v), (spec, spec, spec)
+        else:
+            local = lambda q, k, v, ids: ops.ring_attention(q, k, v, segment_ids=ids, **ring)
+            args, in_specs = (q, k, v, segment_ids), (spec, spec, spec, ids_spec)
+        return jax.shard_map(local, mesh=q_sharding.mesh, in_specs=in_specs, out_specs=spec)(*args)
+
     def _attend(self, q, k, v, *, mask, bias, segment_ids, is_causal, decode):
         use_dropout = self.dropout_rate > 0 and not self.deterministic
+        if (shardings := self._context_shardings(q, k)) is not None:
+            return self._ring_attend(
+                q,
+                k,
+                v,
+                shardings,
+                mask=mask,
+                bias=bias,
+                segment_ids=segment_ids,
+                is_causal=is_causal,
+                decode=decode,
+                use_dropout=use_dropout,
+            )
         facts = dict(
             dtype=q.dtype,
             head_dim=self.head_dim,

@@ -75,12 +75,14 @@ def default_config(task: str = "lm") -> ml_collections.ConfigDict:
     config.optimizer.clip_norm = 1.0  # 0 = no clipping
     config.optimizer.grad_accum_steps = 1
 
-    # Devices (jaxformer/sharding.py): data x fsdp x tensor x expert must use every device; -1 takes the rest.
+    # Devices (jaxformer/sharding.py): data x fsdp x tensor x expert x context must use every device; -1 takes the
+    # rest. context > 1 splits each sequence over that many devices (ring attention; parallel="jit", GPT models).
     config.mesh = ml_collections.ConfigDict()
     config.mesh.data = -1
     config.mesh.fsdp = 1
     config.mesh.tensor = 1
     config.mesh.expert = 1
+    config.mesh.context = 1
     config.parallel = "jit"  # or "pmap" / "shard_map": per-device data parallelism (training/runner.py)
     config.distributed = False  # multi-host: jax.distributed.initialize() first (training/multihost.py)
 

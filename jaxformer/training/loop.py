@@ -69,6 +69,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def _train(config, workdir: str, mesh, checkpoints: Checkpointer, start: int | None) -> dict:
     leader = multihost.is_leader()
     run = build_run(config)
+    check_context_config(config, mesh, run.model_config)
     task = run.task
     if leader:
         task.save_assets(workdir)
@@ -334,6 +335,40 @@ def check_loop_config(config: ml_collections.ConfigDict) -> None:
     the field)."""
     for name in ("num_steps", "batch_size", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
         checks.check_positive_int(f"config.{name}", config[name])
+
+
+def check_context_config(config: ml_collections.ConfigDict, mesh, model_config) -> None:
+    """Context parallelism (`config.mesh.context` > 1: sequences split over devices, self-attention as ring
+    attention) is for language-model training (task "lm") under parallel="jit" on one process, with a
+    `config.data.seq_len` it divides and attention that ring attention computes; anything else is a ValueError
+    naming the setting, before anything compiles."""
+    ways = sharding.context_ways(mesh)
+    if ways == 1:
+        return
+    fix = "or set config.mesh.context=1"
+    if config.task != "lm":
+        raise ValueError(f"config.mesh.context={ways} is for task='lm' (GPT language models); got {config.task!r}.")
+    if config.parallel != "jit":
+        raise ValueError(f"config.mesh.context={ways} needs parallel='jit'; got {config.parallel!r} ({fix}).")
+    if jax.process_count() > 1:
+        raise ValueError(f"config.mesh.context={ways} is single-process for now (multi-host is not tested); {fix}.")
+    if config.data.seq_len % ways:
+        raise ValueError(
+            f"config.data.seq_len={config.data.seq_len} is not divisible by config.mesh.context={ways}, which splits "
+            f"every sequence; use a multiple of {ways}, {fix}."
+        )
+    unsupported = [
+        (model_config.positional == "alibi", "model.positional='alibi'"),
+        (model_config.attention_sinks, "model.attention_sinks"),
+        (model_config.attention_logit_softcap is not None, "model.attention_logit_softcap"),
+        (model_config.attention_dropout_rate > 0, "model.attention_dropout_rate > 0"),
+    ]
+    refused = [name for flag, name in unsupported if flag]
+    if refused:
+        raise ValueError(
+            f"config.mesh.context={ways} runs self-attention as ring attention, which does not support "
+            f"{', '.join(refused)} yet; change the model, {fix}."
+        )
 
 
 def _progress(start: int, total: int, *, enabled: bool = True):

@@ -9,7 +9,9 @@ following Korthikanti et al. 2022 ("Reducing activation recomputation", eq. 2 wi
     per layer  T * b * D * (10 + 24 / t + 5 * N * T / (D * t))   bytes at 16 bits; x2 at 32 bits
     plus the logits and their gradient, 2 * b * T * V / t * 4 bytes (float32),
 
-with b the per-device batch (B / (data * fsdp)), T the sequence length, D the width, N the heads. With
+with b the per-device batch (B / (data * fsdp * expert)), T the sequence length, D the width, N the heads. With
+context parallelism (`mesh.context` = c > 1) each device holds T / c of every sequence: T above is that share
+(ring attention keeps no score matrix, and its tiles are T / c square). With
 `model.remat` a layer keeps less (units of T * b * D bytes at 16 bits, a = N T / D):
 
     full            2                 the block's input only
@@ -108,6 +110,7 @@ def memory_report(config: ml_collections.ConfigDict, num_devices: int | None = N
     opt_total, opt_device = _sharded_bytes(opt_state, opt_specs, mesh)
 
     T, layers, V = task.activation_shape(cfg)
+    T = T / mesh.shape.get(sharding.CONTEXT_AXIS, 1)  # context parallelism: each device's share of the sequence
     b = config.batch_size // math.prod(mesh.shape[a] for a in sharding.BATCH_AXES) * task.sequences_per_example
     t = mesh.shape["tensor"]
     width_bytes = np.dtype(cfg.dtype).itemsize / 2  # the formula counts 16-bit activations

@@ -109,11 +109,17 @@ def make_train_step(
     `batch_sharding`, the step is compiled for them and returns the new state with the same shardings, so a
     sharded run never re-lays out its state between steps; metrics come back replicated. The model's activation
     hints are then on, pinning the residual stream to the batch sharding's mesh (else the state's).
+
+    With a `context` mesh axis (context parallelism) one sharding cannot fit every array of a batch ([B, T] token
+    arrays are split on T, [B] ones are not: `sharding.batch_sharding`), so the step takes the batch as placed
+    (`sharding.shard_batch` / `shard_process_batch`).
     """
     train_step = steps.train_step_fn(graphs, optimizer, schedule, loss_fn)
     if state_shardings is None:
         return jax.jit(train_step, donate_argnums=0)
     mesh = (batch_sharding if batch_sharding is not None else jax.tree.leaves(state_shardings)[0]).mesh
+    if sharding.context_ways(mesh) > 1:
+        batch_sharding = None  # as placed
     return jax.jit(
         with_activation_hints(train_step, mesh),
         in_shardings=(state_shardings, batch_sharding),
@@ -242,6 +248,11 @@ class StepRunner:
         mesh: Mesh,
     ):
         self.parallel, self.mesh = check_parallel(parallel), mesh
+        if parallel != "jit" and sharding.context_ways(mesh) > 1:
+            raise ValueError(
+                f"config.mesh.context={sharding.context_ways(mesh)} (context parallelism: ring attention over the "
+                f"sequence) needs parallel='jit'; got parallel={parallel!r}. Set config.mesh.context to 1 for it."
+            )
         # pmap copies an ordinary one-device state to every device itself; the other modes lay it out on the mesh.
         devices = list(mesh.devices.flat)
         self.state_mesh = sharding.make_mesh(1, 1, 1, devices=devices[:1]) if parallel == "pmap" else mesh

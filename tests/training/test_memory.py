@@ -28,7 +28,7 @@ def test_one_device_holds_everything(corpus):
 def test_fsdp_divides_the_state_and_data_divides_the_activations(corpus):
     one = memory_report(config_for(corpus), num_devices=1)
     fsdp = memory_report(config_for(corpus, data=1, fsdp=-1), num_devices=8)
-    assert fsdp["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1, "expert": 1}
+    assert fsdp["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1, "expert": 1, "context": 1}
     # Every matrix splits 8 ways along d_model=128; vectors without an embed axis (the feed-forward biases
     # [mlp]) stay whole, a few percent here.
     assert one["param_bytes"] / 8 < fsdp["param_bytes_per_device"] < one["param_bytes"] / 8 * 1.05
@@ -48,7 +48,7 @@ def test_the_expert_axis_divides_the_experts_weights(corpus):
     assert one["expert_param_bytes"] == one["expert_param_bytes_per_device"] == 4 * 4 * 8 * 3 * 128 * 256
     config.mesh.update(data=2, expert=4)
     split = memory_report(config, num_devices=8)
-    assert split["mesh"] == {"data": 2, "fsdp": 1, "tensor": 1, "expert": 4}
+    assert split["mesh"] == {"data": 2, "fsdp": 1, "tensor": 1, "expert": 4, "context": 1}
     assert split["expert_param_bytes_per_device"] == one["expert_param_bytes"] // 4
     others = one["param_bytes"] - one["expert_param_bytes"]
     assert split["param_bytes_per_device"] == others + one["expert_param_bytes"] // 4

@@ -151,9 +151,9 @@ def test_a_mesh_size_that_is_no_number_is_a_type_error():
 
 
 def test_mesh_shape_fills_the_rest():
-    assert sharding.mesh_shape({"data": -1, "fsdp": 2, "tensor": 2}, 8) == (2, 2, 2, 1)
-    assert sharding.mesh_shape({"fsdp": -1}, 8) == (1, 8, 1, 1)
-    assert sharding.mesh_shape({"data": -1, "expert": 4}, 8) == (2, 1, 1, 4)
+    assert sharding.mesh_shape({"data": -1, "fsdp": 2, "tensor": 2}, 8) == (2, 2, 2, 1, 1)
+    assert sharding.mesh_shape({"fsdp": -1}, 8) == (1, 8, 1, 1, 1)
+    assert sharding.mesh_shape({"data": -1, "expert": 4}, 8) == (2, 1, 1, 4, 1)
 
 
 def test_batch_not_divisible_by_the_data_axes_is_an_error():
@@ -187,7 +187,8 @@ def test_the_loop_rejects_a_mesh_larger_than_the_machine_before_compiling(tmp_pa
     config.data.update(source="text_file", path=str(corpus))
     config.mesh.data = 2  # this process sees one CPU device
     with pytest.raises(
-        ValueError, match=r"config.mesh \{'data': 2, 'fsdp': 1, 'tensor': 1, 'expert': 1\} uses 2 devices but 1"
+        ValueError,
+        match=r"config.mesh \{'data': 2, 'fsdp': 1, 'tensor': 1, 'expert': 1, 'context': 1\} uses 2 devices but 1",
     ):
         train_and_evaluate(config, str(tmp_path))
     assert not (tmp_path / "checkpoints").exists()

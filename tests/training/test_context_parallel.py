@@ -1,0 +1,211 @@
+"""Context parallelism: the `context` mesh axis splits sequences, and self-attention runs as ring attention.
+
+The end-to-end check trains a tiny rotary GPT (a sliding-window layer and a global one, grouped-query heads,
+packed rows with segment ids) on 8 fake CPU devices in one subprocess (context_parallel_run.py) and compares each
+mesh's losses and gradient norms with one device's.
+"""
+
+import functools
+import json
+import pathlib
+import subprocess
+import sys
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import AbstractMesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxformer import nn, ops, sharding
+from jaxformer.configs import load_config
+from jaxformer.nn.constraints import activation_sharding
+from jaxformer.training import defaults
+from jaxformer.training.memory import memory_report
+from jaxformer.training.runner import StepRunner
+
+HERE = pathlib.Path(__file__).resolve().parent
+CONTEXT_MESHES = ("data=2,context=4", "context=8")
+
+
+@functools.cache
+def context_runs(corpus: str, meshes: tuple[str, ...]) -> dict:
+    out = subprocess.run(
+        [sys.executable, str(HERE / "context_parallel_run.py"), corpus, *meshes],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _assert_same_training(runs, mesh):
+    reference = runs["data=1"]
+    assert runs[mesh]["devices"] == 8 and reference["devices"] == 1
+    assert len(reference["losses"]) == 6 and reference["losses"][-1] < reference["losses"][0]
+    assert reference["max_segments"] > 1  # the rows are packed: segment ids reach ring attention
+    assert runs[mesh]["losses"] == pytest.approx(reference["losses"], rel=1e-5)
+    assert runs[mesh]["grad_norms"] == pytest.approx(reference["grad_norms"], rel=1e-5)
+    assert runs[mesh]["ring"] and not reference["ring"]  # ring attention's ppermute is in the step
+    assert runs[mesh]["batch_spec"] == [["data", "fsdp", "expert"], "context"]  # tokens split on T
+
+
+@pytest.mark.parametrize("mesh", CONTEXT_MESHES)
+def test_context_parallel_meshes_train_to_the_same_losses_as_one_device(corpus, mesh):
+    _assert_same_training(context_runs(str(corpus), ("data=1", *CONTEXT_MESHES)), mesh)
+
+
+@pytest.mark.slow
+def test_tensor_and_context_parallelism_together_train_to_the_same_losses(corpus):
+    # Heads split over tensor (4 query heads over 2 key/value heads, 2 ways) inside the ring's shard_map.
+    _assert_same_training(
+        context_runs(str(corpus), ("data=1", "data=2,tensor=2,context=2")), "data=2,tensor=2,context=2"
+    )
+
+
+# -- the mesh and the rules ----------------------------------------------------------------------------------------
+
+
+def abstract_mesh(**sizes) -> AbstractMesh:
+    shape = sharding.mesh_shape(sizes, int(np.prod(list(sizes.values()))))
+    return AbstractMesh(shape, sharding.MESH_AXES)
+
+
+def test_the_context_axis_is_a_mesh_axis_of_size_one_by_default():
+    assert sharding.MESH_AXES[-1] == "context" and "context" not in sharding.BATCH_AXES
+    assert defaults.default_config().mesh.context == 1
+    assert sharding.mesh_shape({"data": -1, "context": 4}, 8) == (2, 1, 1, 1, 4)
+    assert sharding.make_mesh(1, devices=jax.devices()[:1]).shape["context"] == 1
+    with pytest.raises(ValueError, match=r"x context 8, or set one axis"):
+        sharding.mesh_shape({"data": 2, "context": 2}, 8)
+    with pytest.raises(ValueError, match=r"`config.mesh.context` must be a positive int or -1"):
+        sharding.mesh_shape({"context": 0}, 8)
+
+
+def test_activations_and_token_batches_are_split_on_the_sequence_not_the_batch():
+    mesh = abstract_mesh(data=2, context=4)
+    assert sharding.logical_to_spec(("batch", "length", "embed"), (8, 32, 16), mesh) == P("data", "context", None)
+    # A length the context axis does not divide is replicated (e.g. an eval batch of another length).
+    assert sharding.logical_to_spec(("batch", "length", "embed"), (8, 30, 16), mesh) == P("data", None, None)
+    assert sharding.batch_sharding(mesh, (8, 32)).spec == P(sharding.BATCH_AXES, "context")
+    for shape in [(8,), (8, 30), (8, 28, 28, 1)]:  # labels, a length it does not divide, images
+        assert sharding.batch_sharding(mesh, shape).spec == P(sharding.BATCH_AXES)
+    assert sharding.batch_sharding(mesh).spec == P(sharding.BATCH_AXES)
+    # The batch is not split over context.
+    sharding.check_batch_size(2, mesh)
+    # Without context parallelism token arrays are split on the batch only, as before.
+    assert sharding.batch_sharding(abstract_mesh(data=8), (8, 32)).spec == P(sharding.BATCH_AXES)
+
+
+def test_per_device_modes_refuse_a_context_axis():
+    mesh = types.SimpleNamespace(shape={"data": 2, "context": 4})
+    for parallel in ("pmap", "shard_map"):
+        with pytest.raises(ValueError, match=r"config.mesh.context=4 .* needs parallel='jit'"):
+            StepRunner(parallel, None, None, None, None, mesh=mesh)
+
+
+# -- the attention layer ----------------------------------------------------------------------------------------------
+
+
+def _context_hints(mesh):
+    """Activation hints that split "length" over the (size-1) context axis of `mesh`: the ring path on one device."""
+    return activation_sharding(
+        lambda axes, shape: NamedSharding(mesh, P(*("context" if a == "length" else None for a in axes)))
+    )
+
+
+def test_attention_under_context_hints_runs_ring_attention_with_the_layers_masks(monkeypatch):
+    calls = []
+    ring_attention = ops.ring_attention
+    monkeypatch.setattr(ops, "ring_attention", lambda *a, **kw: calls.append(kw) or ring_attention(*a, **kw))
+    mesh = sharding.make_mesh(1, devices=jax.devices()[:1])
+    layer = nn.MultiHeadAttention(
+        32, 4, num_kv_heads=2, positional="rope", sliding_window=5, scale=0.3, rngs=nnx.Rngs(0)
+    )
+    x = jax.random.normal(jax.random.key(1), (2, 12, 32))
+    ids = jnp.asarray(np.repeat([[1, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3]], 2, axis=0), jnp.int32)
+    expected = layer(x, is_causal=True, segment_ids=ids)
+
+    def ring(x):
+        with _context_hints(mesh):
+            return layer(x, is_causal=True, segment_ids=ids)
+
+    with sharding.use_mesh(mesh):
+        out = jax.jit(ring)(x)
+    assert calls == [dict(axis_name="context", causal=True, window=5, scale=0.3, segment_ids=calls[0]["segment_ids"])]
+    np.testing.assert_allclose(out, expected, atol=2e-6)
+
+
+@pytest.mark.parametrize(
+    ("options", "call", "message"),
+    [
+        (dict(positional="alibi"), {}, r"positional='alibi' \(an attention bias\)"),
+        (dict(sinks=True), {}, r"sinks=True"),
+        (dict(logit_softcap=30.0), {}, r"logit_softcap=30.0"),
+        (dict(dropout_rate=0.1), {}, r"dropout_rate=0.1 \(attention dropout\)"),
+        ({}, dict(mask=jnp.ones((2, 1, 8, 8), bool)), r"an array `mask`"),
+        ({}, dict(decode=True), r"decode=True \(a KV cache\)"),
+    ],
+)
+def test_what_ring_attention_cannot_do_is_refused_by_name(options, call, message):
+    mesh = sharding.make_mesh(1, devices=jax.devices()[:1])
+    layer = nn.MultiHeadAttention(32, 4, rngs=nnx.Rngs(0), **options)
+    if call.get("decode"):
+        layer.init_cache(2, 8)
+    x = jnp.ones((2, 8, 32))
+    with sharding.use_mesh(mesh), _context_hints(mesh):
+        with pytest.raises(ValueError, match=r"Context parallelism .* does not support " + message):
+            layer(x, is_causal=True, **call)
+
+
+# -- memory -------------------------------------------------------------------------------------------------------
+
+
+def test_context_parallelism_divides_the_activation_estimate(corpus):
+    def report(num_devices, **mesh):
+        config = load_config("shakespeare_char_cpu")
+        config.data.update(source="text_file", path=str(corpus))
+        config.update(batch_size=8)
+        config.mesh.update(data=1, **mesh)
+        return memory_report(config, num_devices=num_devices)
+
+    one, split = report(1), report(8, context=8)
+    assert split["mesh"]["context"] == 8
+    assert split["param_bytes_per_device"] == one["param_bytes_per_device"]  # parameters are not split over context
+    ratio = split["activation_bytes_per_device"] / one["activation_bytes_per_device"]
+    # T / 8 per device: the terms linear in T shrink 8 times, attention's T^2 term 64 times.
+    assert 1 / 64 < ratio <= 1 / 8 + 1e-6
+    assert ratio > 1 / 8 * 0.5
+
+
+# -- the training config ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "model", "message"),
+    [
+        (dict(task="mlm"), {}, r"config.mesh.context=4 is for task='lm'"),
+        (dict(parallel="pmap"), {}, r"config.mesh.context=4 needs parallel='jit'"),
+        (dict(seq_len=30), {}, r"config.data.seq_len=30 is not divisible by config.mesh.context=4"),
+        ({}, dict(positional="alibi"), r"does not support model.positional='alibi' yet"),
+        ({}, dict(attention_logit_softcap=50.0), r"does not support model.attention_logit_softcap yet"),
+        ({}, dict(attention_dropout_rate=0.1), r"does not support model.attention_dropout_rate > 0 yet"),
+    ],
+)
+def test_the_loop_refuses_what_context_parallelism_cannot_train_by_name(change, model, message):
+    from jaxformer.models import ModelConfig
+    from jaxformer.training.loop import check_context_config
+
+    config = defaults.default_config()
+    config.data.seq_len = change.pop("seq_len", 32)
+    config.update(change)
+    model_config = ModelConfig.variant("gpt2-tiny").replace(**{"positional": "rope", **model})
+    mesh = abstract_mesh(data=2, context=4)
+    with pytest.raises(ValueError, match=message):
+        check_context_config(config, mesh, model_config)
+    check_context_config(defaults.default_config(), mesh, ModelConfig.variant("gpt2-tiny"))  # fine: lm, jit, 64 / 4
+    check_context_config(config, abstract_mesh(data=8), model_config)  # no context axis: nothing to check
