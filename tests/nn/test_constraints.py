@@ -32,7 +32,11 @@ def test_the_residual_stream_is_constrained_entering_the_stack_and_after_every_b
     with activation_sharding(record):
         got = model(tokens)
     # Unrolled: the stack's input and each of the 3 blocks' outputs. Scanned: the input and the one scanned block.
-    assert seen == [(RESIDUAL_AXES, (2, 5, cfg.d_model))] * (2 if scan else 4)
+    residual = [entry for entry in seen if entry[0] == RESIDUAL_AXES]
+    assert residual == [(RESIDUAL_AXES, (2, 5, cfg.d_model))] * (2 if scan else 4)
+    # Besides, each attention asks how its queries are laid out (is the sequence split? context parallelism).
+    queries = [entry for entry in seen if entry[0] != RESIDUAL_AXES]
+    assert queries == [(("batch", "length", "heads", "head_dim"), (2, 5, 4, 16))] * (1 if scan else 3)
     np.testing.assert_array_equal(got, want)
     assert constrain(want, RESIDUAL_AXES) is want  # the context is gone again
 
