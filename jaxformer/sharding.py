@@ -40,8 +40,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxformer import checks
-from jaxformer.nn.constraints import Resolver
+from jaxformer import checks, ops
+from jaxformer.nn.constraints import SEQUENCE_LAYOUTS, Resolver
 from jaxformer.nn.params import logical_axes
 
 MESH_AXES = ("data", "fsdp", "tensor", "expert", "context")
@@ -243,9 +243,9 @@ def process_rows(mesh: Mesh, batch_size: int) -> slice:
     return rows
 
 
-def shard_batch(batch: dict, mesh: Mesh) -> dict:
+def shard_batch(batch: dict, mesh: Mesh, *, sequence_layout: str = "contiguous") -> dict:
     """Puts a global host batch (a dict of arrays with a leading batch axis) on the mesh, split over `BATCH_AXES`
-    (and [B, T] arrays over `context` on T: `batch_sharding`).
+    (and [B, T] arrays over `context` on T, in `sequence_layout` order: `batch_sharding`, `shard_process_batch`).
 
     Every process passes the same global batch and contributes only the rows its devices hold (`process_rows`);
     with one process this is a plain `device_put` of the whole batch. Training input, which reads only this
@@ -256,17 +256,26 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
         x = np.asarray(x)
         return x[process_rows(mesh, x.shape[0])]
 
-    return shard_process_batch(jax.tree.map(rows, batch), mesh)
+    return shard_process_batch(jax.tree.map(rows, batch), mesh, sequence_layout=sequence_layout)
 
 
-def shard_process_batch(batch: dict, mesh: Mesh) -> dict:
+def shard_process_batch(batch: dict, mesh: Mesh, *, sequence_layout: str = "contiguous") -> dict:
     """Assembles the global batch from each process's rows (`process_rows`) with
     `jax.make_array_from_process_local_data`; the global batch has process_count times this process's rows.
     Each array is laid out by `batch_sharding` of its shape (with context parallelism [B, T] arrays are split
-    on T too: each process passes whole sequences of its rows)."""
+    on T too: each process passes whole sequences of its rows).
+
+    `sequence_layout="zigzag"`: the arrays split on T are first put in ring attention's load-balanced order
+    (`ops.zigzag` over the context ways: device i holds chunks i and 2c - 1 - i of the 2c chunks of T), the order
+    the model then reads them in (`nn.constraints.activation_sharding(sequence_layout=)`); "contiguous" keeps it.
+    """
+    layout = checks.check_choice("sequence_layout", sequence_layout, SEQUENCE_LAYOUTS)
 
     def place(x):
         x = np.asarray(x)
-        return jax.make_array_from_process_local_data(batch_sharding(mesh, x.shape), x)
+        sharding = batch_sharding(mesh, x.shape)
+        if layout == "zigzag" and CONTEXT_AXIS in sharding.spec:
+            x = ops.zigzag(x, context_ways(mesh), axis=1)  # NumPy in, NumPy out
+        return jax.make_array_from_process_local_data(sharding, x)
 
     return jax.tree.map(place, batch)

@@ -418,6 +418,30 @@ VARIANTS: dict[str, dict[str, Any]] = {
         qk_norm=True,
         **_GEMMA,
     ),
+    # Llama 3.2 1B (Meta 2024): 1.24B; GQA 32 / 8 heads, RoPE base 500k with Llama 3's scaling (factor 32 from
+    # 8192 to 131072 tokens), tied embeddings. The shape for sizing (`jaxformer memory`); weights load with init_from.
+    "llama3.2-1b": dict(
+        vocab_size=128256,
+        num_layers=16,
+        d_model=2048,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=64,
+        d_ff=8192,
+        max_len=131072,
+        positional="rope",
+        rope_base=500000.0,
+        rope_interleaved=False,
+        rope_scaling=RopeScaling("llama3", factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0),
+        norm="rmsnorm",
+        norm_position="pre",
+        norm_epsilon=1e-5,
+        qk_norm_epsilon=1e-5,
+        activation="swiglu",
+        use_bias=False,
+        tie_embeddings=True,
+        dropout_rate=0.0,
+    ),
     "vit-tiny": dict(
         num_layers=2, d_model=64, num_heads=4, d_ff=256, max_len=17, image_size=32, patch_size=8, num_classes=10, **_VIT
     ),

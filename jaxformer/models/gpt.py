@@ -14,6 +14,7 @@ from jaxformer.models.config import ModelConfig
 from jaxformer.models.embedding import InputEmbedding, check_tokens, check_valid
 from jaxformer.models.stack import BlockStack
 from jaxformer.nn.blocks import ABSOLUTE_POSITIONAL, apply_norm, make_norm
+from jaxformer.nn.constraints import sequence_positions
 
 # What `GPT.router_losses` reports of a mixture of experts' routing (the training log's `train_moe_*`).
 ROUTER_METRICS = ("moe_balance_loss", "moe_z_loss", "moe_max_load", "moe_dropped")
@@ -181,6 +182,8 @@ class GPT(nnx.Module):
             index = self.blocks.cache_index(T)  # raises if the T tokens would not fit the cache
             if positions is None:
                 positions = index[:, None] + jnp.arange(T, dtype=jnp.int32)[None, :]
+        elif positions is None:  # a sequence split over devices in zigzag order: its positions follow (else None)
+            positions = sequence_positions(*tokens.shape)
         # Segment ids go to attention as they are: blockwise / pallas then need no [B, T, T] mask array (and
         # blockwise skips the key blocks of other documents). Decoding takes `valid` as right padding: the cache
         # advances by each row's real tokens, and causality hides the padding keys (no mask needed).

@@ -12,7 +12,7 @@ from flax import nnx
 
 from jaxformer import checks, ops
 from jaxformer.nn import attention_dispatch, lora
-from jaxformer.nn.constraints import resolved
+from jaxformer.nn.constraints import resolved, sequence_split
 from jaxformer.nn.norms import RMSNorm
 from jaxformer.nn.params import logical_param
 
@@ -107,9 +107,9 @@ class MultiHeadAttention(nnx.Module):
     Context parallelism: under a sharded training step whose activation hints split the sequence ("length") over
     a mesh axis (`config.mesh.context` > 1; nn/constraints.py, sharding.py), self-attention runs as
     `ops.ring_attention` inside `jax.shard_map` over that axis instead of `implementation` (batch and heads mapped
-    as the hints lay them out), with the layer's causality, sliding window and segment ids on global positions.
-    What ring attention cannot do there (an ALiBi bias, sinks, `logit_softcap`, attention dropout, an array
-    `mask`, `decode`) is a ValueError naming it.
+    as the hints lay them out, the sequence in the hints' layout: contiguous or zigzag), with the layer's
+    causality, sliding window, soft-cap and segment ids on global positions. What ring attention cannot do there
+    (an ALiBi bias, sinks, attention dropout, an array `mask`, `decode`) is a ValueError naming it.
     """
 
     def __init__(
@@ -544,7 +544,6 @@ class MultiHeadAttention(nnx.Module):
             (decode, "decode=True (a KV cache)"),
             (bias is not None, f"positional={self.positional!r} (an attention bias)"),
             (self.sinks is not None, "sinks=True (attention sinks)"),
-            (self.logit_softcap is not None, f"logit_softcap={self.logit_softcap}"),
             (use_dropout, f"dropout_rate={self.dropout_rate} (attention dropout)"),
             (mask is not None, "an array `mask` (padding `valid` included; pack with segment_ids instead)"),
         ]
@@ -566,7 +565,15 @@ class MultiHeadAttention(nnx.Module):
         heads = q_sharding.spec[2] if q_sharding.spec[2] == k_sharding.spec[2] else None
         spec = jax.sharding.PartitionSpec(batch, axis, heads, None)
         ids_spec = jax.sharding.PartitionSpec(batch, axis)
-        ring = dict(axis_name=axis, causal=is_causal, window=self.sliding_window, scale=self.scale)
+        _, _, layout = sequence_split(q.shape[0], q.shape[1])
+        ring = dict(
+            axis_name=axis,
+            causal=is_causal,
+            window=self.sliding_window,
+            scale=self.scale,
+            logit_softcap=self.logit_softcap,
+            layout=layout,
+        )
         if segment_ids is None:
             local = lambda q, k, v: ops.ring_attention(q, k, v, **ring)
             args, in_specs = (q, k, v), (spec, spec, spec)

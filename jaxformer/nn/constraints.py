@@ -13,33 +13,49 @@ Why: under `jax.jit` the compiler (GSPMD / Shardy) propagates shardings from the
 FSDP or tensor parallelism it may choose to keep an activation split along `embed` or replicated, paying extra
 collectives. Pinning the residual stream to "batch split over data x fsdp" at every block boundary is the layout
 MaxText and the scaling playbook use.
+
+Context parallelism: when the rules split "length" over a mesh axis, each device holds a slice of every sequence,
+in the order `sequence_layout` gives ("contiguous" or ring attention's load-balanced "zigzag", ops/ring.py). The
+attention layers read it to run ring attention with that layout, and models' default positions follow it
+(`sequence_positions`), so that a batch laid out in zigzag order (`ops.zigzag`) trains as the plain one would.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from collections.abc import Callable, Iterator, Sequence
 
 import jax
+import jax.numpy as jnp
+
+from jaxformer import ops
 
 Resolver = Callable[[tuple[str | None, ...], tuple[int, ...]], "jax.sharding.Sharding | None"]
 
 # The resolver is read while a function is traced, so a context variable (not a global) keeps concurrent traces in
 # other threads unaffected.
 _RESOLVER: contextvars.ContextVar[Resolver | None] = contextvars.ContextVar("activation_sharding", default=None)
+_LAYOUT: contextvars.ContextVar[str] = contextvars.ContextVar("sequence_layout", default="contiguous")
+SEQUENCE_LAYOUTS = ("contiguous", "zigzag")  # = ops.ring.LAYOUTS
 
 RESIDUAL_AXES = ("batch", "length", "embed")  # the residual stream [B, T, D] between blocks
 
 
 @contextlib.contextmanager
-def activation_sharding(resolve: Resolver | None) -> Iterator[None]:
-    """Within this context, `constrain` pins activations to `resolve(axes, shape)` (None: no hints)."""
-    token = _RESOLVER.set(resolve)
+def activation_sharding(resolve: Resolver | None, *, sequence_layout: str = "contiguous") -> Iterator[None]:
+    """Within this context, `constrain` pins activations to `resolve(axes, shape)` (None: no hints), and a sequence
+    split over devices ("length" resolved onto a mesh axis) is in `sequence_layout` order ("contiguous" or
+    "zigzag", see the module docstring)."""
+    if sequence_layout not in SEQUENCE_LAYOUTS:
+        raise ValueError(f"sequence_layout={sequence_layout!r}; choose one of {SEQUENCE_LAYOUTS}.")
+    tokens = _RESOLVER.set(resolve), _LAYOUT.set(sequence_layout)
     try:
         yield
     finally:
-        _RESOLVER.reset(token)
+        _RESOLVER.reset(tokens[0])
+        _LAYOUT.reset(tokens[1])
 
 
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
@@ -58,3 +74,25 @@ def resolved(axes: Sequence[str | None], shape: Sequence[int]) -> jax.sharding.N
     """The sharding the active hints give an array with logical `axes` and `shape` (None when no hints are active)."""
     resolve = _RESOLVER.get()
     return None if resolve is None else resolve(tuple(axes), tuple(shape))
+
+
+def sequence_split(batch: int, length: int) -> tuple[str, int, str] | None:
+    """(mesh axis, its size, layout) when the active hints split a `[batch, length, ...]` activation's sequence over
+    a mesh axis (context parallelism); None otherwise."""
+    spec = resolved(("batch", "length"), (batch, length))
+    if spec is None or len(spec.spec) < 2 or spec.spec[1] is None:
+        return None
+    axis = spec.spec[1]
+    size = spec.mesh.shape[axis] if isinstance(axis, str) else math.prod(spec.mesh.shape[a] for a in axis)
+    return axis, size, _LAYOUT.get()
+
+
+def sequence_positions(batch: int, length: int) -> jax.Array | None:
+    """Default positions int32 `[batch, length]` of a sequence in the active hints' layout: the global order
+    `arange(length)` laid out in zigzag order when the sequence is split over n devices in that layout
+    (`ops.zigzag(arange, n)`); None when positions are plain `arange(length)` (no split, or contiguous)."""
+    split = sequence_split(batch, length)
+    if split is None or split[2] == "contiguous":
+        return None
+    positions = ops.zigzag(jnp.arange(length, dtype=jnp.int32)[None], split[1], axis=1)
+    return jnp.broadcast_to(positions, (batch, length))

@@ -7,12 +7,16 @@ j = (i - s) mod n and folds it into the online softmax of its own queries (Liu, 
 Attention with Blockwise Transformers"). With running row max m, normaliser l and unnormalised output o (started
 at m = MASKED_LOGIT, l = 0, o = 0), one step does, for the local queries q and the visiting block (k_j, v_j):
 
-    s = scale * q k_j^T                      (masked entries -> MASKED_LOGIT, their p -> 0)
+    s = scale * q k_j^T                      (masked entries -> MASKED_LOGIT, their p -> 0; with a soft-cap c,
+                                              s -> c tanh(s / c) first, and the backward's ds gains the factor
+                                              1 - tanh^2(s / c))
     m' = max(m, rowmax(s));   p = exp(s - m')
     l' = exp(m - m') l + rowsum(p);   o' = exp(m - m') o + p v_j
 
-and the output is o / l (0 for a row that saw no key), as `blockwise_attention`'s forward does per key block. No
-device ever holds more than its own `[T_local, S_local]` tile of scores, nor more than one visiting key/value block.
+and the output is o / l (0 for a row that saw no key), as `blockwise_attention`'s forward does per key block.
+Within a step the visiting block is folded in `block_size` keys at a time (the same update per key block), so no
+device ever holds more than `[T_local, block_size]` scores, nor more than one visiting key/value block: memory per
+device is linear in T_local = T / n.
 
 The backward pass (a custom VJP) saves only the output o and the row log-sum-exp L = m + log l, and rings again.
 With delta = rowsum(do * o) computed locally, each step recomputes the tile's probabilities p = exp(s - L) and
@@ -30,11 +34,12 @@ Positions and masks. Query and key slices are laid out over the global sequence 
 
 Causality and the sliding window compare global positions (the window as `sliding_window_mask` /
 `blockwise_attention`: causal t - window < s <= t, otherwise |t - s| < window); segment ids compare the query's id
-with the visiting key's id (the key ids travel with k and v). Steps whose whole tile is masked are skipped at run
-time (`lax.cond`): with a causal contiguous layout device i computes i + 1 of the n steps, so the last device does
-all n and the first only one. Zigzag balances that: for j < i only the first half of the visiting keys (chunk j) is
-visible to any local query, and for j > i only the second half of the local queries (chunk 2n - 1 - i) sees any
-key, so every device computes its own (diagonal) tile and n - 1 half tiles.
+with the visiting key's id (the key ids travel with k and v). Key blocks whose whole tile is masked are skipped at
+run time (`lax.cond`; a far block under a sliding window, another document): with a causal contiguous layout
+device i computes i + 1 of the n steps, so the last device does all n and the first only one. Zigzag balances
+that: for j < i only the first half of the visiting keys (chunk j) is visible to any local query, and for j > i
+only the second half of the local queries (chunk 2n - 1 - i) sees any key, so every device computes its own
+(diagonal) tile and n - 1 half tiles.
 """
 
 from __future__ import annotations
@@ -44,12 +49,14 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxformer import checks
-from jaxformer.ops.attention import check_scale
+from jaxformer.ops.attention import check_logit_softcap, check_scale, soft_cap
 from jaxformer.ops.masks import MASKED_LOGIT
 
 LAYOUTS = ("contiguous", "zigzag")
+DEFAULT_BLOCK = 512  # key columns per block inside a ring step, at most (the largest divisor of the tile's width)
 
 
 class _Ring(NamedTuple):
@@ -62,6 +69,8 @@ class _Ring(NamedTuple):
     q_len: int  # T_local
     kv_len: int  # S_local
     causal: bool
+    softcap: float | None  # logits -> softcap * tanh(logits / softcap) (Gemma 2), before the mask
+    block_size: int | None  # key columns per block inside a step (None: `_key_block`'s default)
     # Key s is visible from query t iff  t - left <= s <= t + right  (None = unbounded on that side).
     left: int | None
     right: int | None
@@ -88,9 +97,11 @@ def _check_zigzag_args(x, n, axis):
 
 
 def _permute_chunks(x, order: list[int], axis: int):
+    """x's chunks along `axis` in `order`: NumPy in, NumPy out (a host batch stays on the host); else jax."""
+    xp = np if isinstance(x, np.ndarray) else jnp
     chunk = x.shape[axis] // len(order)
     chunks = x.reshape((*x.shape[:axis], len(order), chunk, *x.shape[axis + 1 :]))
-    chunks = jnp.take(chunks, jnp.asarray(order), axis=axis)
+    chunks = xp.take(chunks, xp.asarray(order), axis=axis)
     return chunks.reshape(x.shape)
 
 
@@ -108,7 +119,7 @@ def zigzag(x, n: int, axis: int = 1) -> jax.Array:
       axis: the sequence axis.
 
     Returns:
-      x with its chunks reordered (same shape and dtype).
+      x with its chunks reordered (same shape and dtype; a NumPy array for a NumPy input).
     """
     x, n, axis = _check_zigzag_args(x, n, axis)
     return _permute_chunks(x, _zigzag_order(n), axis)
@@ -236,17 +247,38 @@ def _branch(ring: _Ring, index, source):
     return jnp.where(source == index, 0, jnp.where(source < index, 1, 2)).astype(jnp.int32)
 
 
+def _key_block(ring: _Ring, width: int) -> int:
+    """The key block a tile of `width` key columns is computed in: `ring.block_size` (which must divide it), or
+    by default the largest divisor of width up to DEFAULT_BLOCK."""
+    if ring.block_size is not None:
+        return ring.block_size
+    return max(d for d in range(1, min(width, DEFAULT_BLOCK) + 1) if width % d == 0)
+
+
 def _run_tile(ring: _Ring, compute, state, tile_args, rows, cols, check_future, index, source):
-    """compute(state, rows, cols, mask) on one tile, skipped (state unchanged) when its mask hides every pair."""
+    """compute(state, rows, start, size, mask) over the tile's key blocks [start, start + size) in turn (an online
+    softmax: the scores held at once are `[rows, size]`, not the whole tile), each skipped (state unchanged) when
+    its mask hides every pair."""
     q_ids, k_ids = tile_args
     q_pos = _positions(ring.layout, index, ring.n, ring.q_len)[rows]
-    k_pos = _positions(ring.layout, source, ring.n, ring.kv_len)[cols]
+    first, stop, _ = cols.indices(ring.kv_len)
+    k_pos = _positions(ring.layout, source, ring.n, ring.kv_len)[first:stop]
     if q_ids is not None:
         q_ids, k_ids = _take(q_ids, rows, 1), _take(k_ids, cols, 1)
-    mask = _tile_mask(ring, q_pos, k_pos, q_ids, k_ids, check_future)
-    if mask is None:
-        return compute(state, rows, cols, None)
-    return jax.lax.cond(jnp.any(mask), lambda st: compute(st, rows, cols, mask), lambda st: st, state)
+    size = _key_block(ring, stop - first)
+
+    def block(j, st):
+        offset = j * size
+        pos = jax.lax.dynamic_slice_in_dim(k_pos, offset, size)
+        ids = None if k_ids is None else jax.lax.dynamic_slice_in_dim(k_ids, offset, size, axis=1)
+        mask = _tile_mask(ring, q_pos, pos, q_ids, ids, check_future)
+        if mask is None:
+            return compute(st, rows, first + offset, size, None)
+        return jax.lax.cond(jnp.any(mask), lambda st: compute(st, rows, first + offset, size, mask), lambda st: st, st)
+
+    if size == stop - first:
+        return block(0, state)
+    return jax.lax.fori_loop(0, (stop - first) // size, block, state)
 
 
 def _step(ring: _Ring, compute, state, tile_args, index, src):
@@ -274,10 +306,14 @@ def _forward(ring: _Ring, q, k, v, q_ids, k_ids):
     index = jax.lax.axis_index(ring.axis_name)
     refs = (q, k, v, q_ids, k_ids, index)
 
-    def compute(state, rows, cols, mask):
+    def compute(state, rows, start, size, mask):
         row_max, row_sum, acc, k, v = state
-        q_tile, k_tile, v_tile = _take(q, rows, 3), _take(k, cols, 2), _take(v, cols, 2)
-        logits = jnp.einsum("BKGqH,BKkH->BKGqk", q_tile, k_tile, preferred_element_type=jnp.float32) * ring.scale
+        q_tile = _take(q, rows, 3)
+        k_tile, v_tile = (jax.lax.dynamic_slice_in_dim(x, start, size, axis=2) for x in (k, v))
+        logits = soft_cap(
+            jnp.einsum("BKGqH,BKkH->BKGqk", q_tile, k_tile, preferred_element_type=jnp.float32) * ring.scale,
+            ring.softcap,
+        )
         if mask is not None:
             logits = jnp.where(mask, logits, MASKED_LOGIT)
         old_max = _take(row_max, rows, 3)
@@ -319,23 +355,32 @@ def _backward(ring: _Ring, q, k, v, q_ids, k_ids, out, lse, dout):
     refs = (q, k, v, q_ids, k_ids, index)
     delta = jnp.sum(dout.astype(jnp.float32) * out, axis=-1)  # rowsum(do * o) [B, K, G, T]
 
-    def compute(state, rows, cols, mask):
+    def compute(state, rows, start, size, mask):
         dq, k, v, dk, dv = state
-        q_tile, do_tile, k_tile, v_tile = _take(q, rows, 3), _take(dout, rows, 3), _take(k, cols, 2), _take(v, cols, 2)
-        logits = jnp.einsum("BKGqH,BKkH->BKGqk", q_tile, k_tile, preferred_element_type=jnp.float32) * ring.scale
-        if mask is not None:
-            logits = jnp.where(mask, logits, MASKED_LOGIT)
+        q_tile, do_tile = _take(q, rows, 3), _take(dout, rows, 3)
+        k_tile, v_tile = (jax.lax.dynamic_slice_in_dim(x, start, size, axis=2) for x in (k, v))
+        capped = soft_cap(
+            jnp.einsum("BKGqH,BKkH->BKGqk", q_tile, k_tile, preferred_element_type=jnp.float32) * ring.scale,
+            ring.softcap,
+        )
+        logits = capped if mask is None else jnp.where(mask, capped, MASKED_LOGIT)
         probs = jnp.exp(logits - _take(lse, rows, 3)[..., None])  # rows that see nothing: lse = +inf, p = 0
         if mask is not None:
             probs = jnp.where(mask, probs, 0.0)
         dv_tile = jnp.einsum("BKGqk,BKGqH->BKkH", probs.astype(dout.dtype), do_tile, preferred_element_type=jnp.float32)
         dprobs = jnp.einsum("BKGqH,BKkH->BKGqk", do_tile, v_tile, preferred_element_type=jnp.float32)
-        dlogits = (probs * (dprobs - _take(delta, rows, 3)[..., None]) * ring.scale).astype(q.dtype)
+        dlogits = probs * (dprobs - _take(delta, rows, 3)[..., None]) * ring.scale
+        if ring.softcap is not None:  # d(c tanh(x / c)) / dx = 1 - (capped / c)^2 (masked entries have p = 0)
+            dlogits = dlogits * (1.0 - jnp.square(capped / ring.softcap))
+        dlogits = dlogits.astype(q.dtype)
         dk_tile = jnp.einsum("BKGqk,BKGqH->BKkH", dlogits, q_tile, preferred_element_type=jnp.float32)
         dq_tile = jnp.einsum("BKGqk,BKkH->BKGqH", dlogits, k_tile, preferred_element_type=jnp.float32)
         dq = _put(dq, rows, _take(dq, rows, 3) + dq_tile, 3)
-        dk = _put(dk, cols, _take(dk, cols, 2) + dk_tile, 2)
-        return dq, k, v, dk, _put(dv, cols, _take(dv, cols, 2) + dv_tile, 2)
+        dk, dv = (
+            jax.lax.dynamic_update_slice_in_dim(x, jax.lax.dynamic_slice_in_dim(x, start, size, 2) + x_tile, start, 2)
+            for x, x_tile in ((dk, dk_tile), (dv, dv_tile))
+        )
+        return dq, k, v, dk, dv
 
     def visit(dq, k, v, k_ids, dk, dv, s):
         source = (index - s) % ring.n
@@ -385,7 +430,9 @@ def ring_attention(
     segment_ids=None,
     window: int | None = None,
     scale: float | None = None,
+    logit_softcap: float | None = None,
     layout: str = "contiguous",
+    block_size: int | None = None,
 ) -> jax.Array:
     """Exact attention over a sequence split across the devices of mesh axis `axis_name` (call inside shard_map).
 
@@ -406,10 +453,17 @@ def ring_attention(
       window: sliding window, as `sliding_window_mask(window=window, causal=causal)` on global positions: causal
         `t - window < s <= t`, otherwise `|t - s| < window`. Needs S_local == T_local.
       scale: logit scale, a number > 0; defaults to `1 / sqrt(H)`.
+      logit_softcap: c > 0 soft-caps the scaled logits, `s -> c tanh(s / c)` before the mask (Gemma 2), as
+        `dot_product_attention(logit_softcap=c)`; None (default) leaves them alone.
       layout: how the global sequence is split: "contiguous" (device i holds positions
         `[i T_local, (i + 1) T_local)`) or "zigzag" (device i holds chunks i and 2n - 1 - i of the 2n chunks of
         T_local / 2; lay the inputs out with `zigzag`, which balances causal work over the devices). Only causal
         and window masks depend on it.
+      block_size: key columns per block within a ring step: each step folds its visiting block into the online
+        softmax `block_size` keys at a time, so a device holds `[T_local, block_size]` scores at once (memory linear
+        in T_local), and blocks whose mask hides every pair are skipped. Must divide S_local (and S_local / 2 with
+        a causal zigzag layout, whose steps see half blocks). Default: the largest divisor of the step's width up
+        to 512.
 
     Returns:
       `[B, T_local, N, Hv]` in the query's dtype, this device's slice of the output; a row that sees no key is
@@ -421,6 +475,8 @@ def ring_attention(
     causal = checks.check_flag("causal", causal)
     layout = checks.check_choice("layout", layout, LAYOUTS)
     scale = float(check_scale(scale, H))
+    logit_softcap = check_logit_softcap(logit_softcap)
+    logit_softcap = None if logit_softcap is None else float(logit_softcap)
     if window is not None:
         window = checks.check_positive_int("window", window)
     if (causal or window is not None) and T != S:
@@ -434,6 +490,15 @@ def ring_attention(
             "layout='zigzag' holds two chunks per device, so T_local and S_local must be even; got query shape "
             f"{checks.shape_str(query.shape)} and key shape {checks.shape_str(key.shape)}."
         )
+    if block_size is not None:
+        block_size = checks.check_positive_int("block_size", block_size)
+        widths = [S // 2] if layout == "zigzag" and causal else []
+        if any(w % block_size for w in [S, *widths]):
+            raise ValueError(
+                f"block_size={block_size} must divide the key columns of every ring step: S_local={S}"
+                + (f" and its half {S // 2} (causal zigzag)" if widths else "")
+                + f"; key shape {checks.shape_str(key.shape)}."
+            )
     q_ids, k_ids = checks.check_segment_ids(segment_ids, B, T, S)
     if q_ids is not None:
         q_ids, k_ids = q_ids.astype(jnp.int32), k_ids.astype(jnp.int32)
@@ -450,6 +515,8 @@ def ring_attention(
         q_len=T,
         kv_len=S,
         causal=causal,
+        softcap=logit_softcap,
+        block_size=block_size,
         left=None if window is None else window - 1,
         right=0 if causal else (None if window is None else window - 1),
     )

@@ -83,6 +83,9 @@ def default_config(task: str = "lm") -> ml_collections.ConfigDict:
     config.mesh.tensor = 1
     config.mesh.expert = 1
     config.mesh.context = 1
+    # With context > 1: how each sequence is cut over the context devices. "zigzag" (device i holds chunks i and
+    # 2c - 1 - i of 2c: every device does the same causal work) or "contiguous" (device i holds chunk i).
+    config.sequence_layout = "zigzag"
     config.parallel = "jit"  # or "pmap" / "shard_map": per-device data parallelism (training/runner.py)
     config.distributed = False  # multi-host: jax.distributed.initialize() first (training/multihost.py)
 

@@ -73,7 +73,15 @@ def _train(config, workdir: str, mesh, checkpoints: Checkpointer, start: int | N
     task = run.task
     if leader:
         task.save_assets(workdir)
-    runner = StepRunner(config.parallel, run.make_model, run.optimizer, run.schedule, task.loss, mesh=mesh)
+    runner = StepRunner(
+        config.parallel,
+        run.make_model,
+        run.optimizer,
+        run.schedule,
+        task.loss,
+        mesh=mesh,
+        sequence_layout=config.sequence_layout,
+    )
     graphs, state = runner.graphs, runner.initial_state
     # A fresh run from pretrained weights (a resume restores its own); a LoRA run's frozen base, always.
     params = run.initial_params(runner.state_mesh) if start is None or run.is_lora else None
@@ -352,15 +360,17 @@ def check_context_config(config: ml_collections.ConfigDict, mesh, model_config) 
         raise ValueError(f"config.mesh.context={ways} needs parallel='jit'; got {config.parallel!r} ({fix}).")
     if jax.process_count() > 1:
         raise ValueError(f"config.mesh.context={ways} is single-process for now (multi-host is not tested); {fix}.")
-    if config.data.seq_len % ways:
+    layout = checks.check_choice("config.sequence_layout", config.sequence_layout, sharding.SEQUENCE_LAYOUTS)
+    pieces = 2 * ways if layout == "zigzag" else ways  # zigzag: two chunks per device
+    if config.data.seq_len % pieces:
         raise ValueError(
-            f"config.data.seq_len={config.data.seq_len} is not divisible by config.mesh.context={ways}, which splits "
-            f"every sequence; use a multiple of {ways}, {fix}."
+            f"config.data.seq_len={config.data.seq_len} is not divisible by {pieces}: config.mesh.context={ways} "
+            f"cuts every sequence into {pieces} chunks (config.sequence_layout={layout!r}); use a multiple of "
+            f"{pieces}, {fix}."
         )
     unsupported = [
         (model_config.positional == "alibi", "model.positional='alibi'"),
         (model_config.attention_sinks, "model.attention_sinks"),
-        (model_config.attention_logit_softcap is not None, "model.attention_logit_softcap"),
         (model_config.attention_dropout_rate > 0, "model.attention_dropout_rate > 0"),
     ]
     refused = [name for flag, name in unsupported if flag]

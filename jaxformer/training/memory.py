@@ -9,9 +9,12 @@ following Korthikanti et al. 2022 ("Reducing activation recomputation", eq. 2 wi
     per layer  T * b * D * (10 + 24 / t + 5 * N * T / (D * t))   bytes at 16 bits; x2 at 32 bits
     plus the logits and their gradient, 2 * b * T * V / t * 4 bytes (float32),
 
-with b the per-device batch (B / (data * fsdp * expert)), T the sequence length, D the width, N the heads. With
-context parallelism (`mesh.context` = c > 1) each device holds T / c of every sequence: T above is that share
-(ring attention keeps no score matrix, and its tiles are T / c square). With
+with b the per-device batch (B / (data * fsdp * expert)), T the sequence length, D the width, N the heads. The
+term 5 N T / D is attention's T x T scores, probabilities and dropout mask: it counts only for kernels that keep
+them (`model.attention_impl` "xla" or "jax_nn", and "auto", which is that on short CPU sequences: an upper bound
+where "auto" picks a flash kernel). Blockwise, cuDNN and Pallas kernels keep none, and neither does ring attention:
+with context parallelism (`mesh.context` = c > 1) each device holds T / c of every sequence (T above is that share)
+and its scores only in `[T / c, block]` tiles. With
 `model.remat` a layer keeps less (units of T * b * D bytes at 16 bits, a = N T / D):
 
     full            2                 the block's input only
@@ -43,6 +46,9 @@ from jaxformer.pretrained import hf_config, io
 from jaxformer.training import defaults
 from jaxformer.training.run import build_run
 from jaxformer.training.state import split_model
+
+# Attention kernels that keep the T x T scores for the backward pass ("auto": XLA's on short CPU sequences).
+SCORE_KEEPING_KERNELS = ("auto", "xla", "jax_nn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,10 +121,14 @@ def memory_report(config: ml_collections.ConfigDict, num_devices: int | None = N
     t = mesh.shape["tensor"]
     width_bytes = np.dtype(cfg.dtype).itemsize / 2  # the formula counts 16-bit activations
     unit = T * b * cfg.d_model * width_bytes
-    a = cfg.num_heads * T / cfg.d_model
+    ring = mesh.shape.get(sharding.CONTEXT_AXIS, 1) > 1
+    scores_kept = not ring and cfg.attention_impl in SCORE_KEEPING_KERNELS
+    a = cfg.num_heads * T / cfg.d_model if scores_kept else 0.0
     kept, recomputed = _kept_per_layer(cfg.remat, a, t)
     logits = 2 * b * T * V / t * 4
     activations = int((layers * kept + recomputed) * unit + logits)
+    without_scores = _kept_per_layer(cfg.remat, 0.0, t)
+    score_bytes = activations - int((layers * without_scores[0] + without_scores[1]) * unit + logits)
     return {
         "devices": num_devices,
         "mesh": mesh.shape,
@@ -132,6 +142,8 @@ def memory_report(config: ml_collections.ConfigDict, num_devices: int | None = N
         "optimizer_bytes_per_device": opt_device,
         "remat": cfg.remat,
         "activation_bytes_per_device": activations,
+        "attention_score_bytes_per_device": score_bytes,  # part of the activations (0: a kernel that keeps none)
+        "attention": "ring" if ring else cfg.attention_impl,
         "trained_bytes_per_device": trained_device,
         # + the gradients and updates of what trains
         "total_bytes_per_device": param_device + opt_device + 2 * trained_device + activations,
@@ -217,6 +229,12 @@ def format_report(report: dict) -> str:
             f"parameters: {report['trained_parameters']:,})",
             f"  activations       {size(report['activation_bytes_per_device']):>12}   "
             f"(estimate, backward pass, remat={report['remat']})",
+            f"    of which scores {size(report['attention_score_bytes_per_device']):>12}   "
+            + (
+                f"(attention's T x T scores: attention_impl={report['attention']!r} keeps them)"
+                if report["attention_score_bytes_per_device"]
+                else f"(attention={report['attention']!r} keeps no T x T scores)"
+            ),
             f"  total             {size(report['total_bytes_per_device']):>12}",
         ]
     )

@@ -30,7 +30,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxformer import checks, sharding
-from jaxformer.nn.constraints import activation_sharding
+from jaxformer.nn.constraints import SEQUENCE_LAYOUTS, activation_sharding
 from jaxformer.training import steps
 from jaxformer.training.schedules import Schedule
 from jaxformer.training.state import Graphs, TrainState, split_model, train_state
@@ -83,12 +83,13 @@ def init_state(
     return graphs, state, shardings
 
 
-def with_activation_hints(step: Callable, mesh: Mesh) -> Callable:
-    """`step` traced with the model's activation sharding hints (nn/constraints.py) resolved on `mesh`."""
+def with_activation_hints(step: Callable, mesh: Mesh, sequence_layout: str = "contiguous") -> Callable:
+    """`step` traced with the model's activation sharding hints (nn/constraints.py) resolved on `mesh`, sequences
+    split over the context axis in `sequence_layout` order."""
 
     @functools.wraps(step)
     def hinted(*args):
-        with activation_sharding(sharding.activation_resolver(mesh)):
+        with activation_sharding(sharding.activation_resolver(mesh), sequence_layout=sequence_layout):
             return step(*args)
 
     return hinted
@@ -102,6 +103,7 @@ def make_train_step(
     *,
     state_shardings=None,
     batch_sharding=None,
+    sequence_layout: str = "contiguous",
 ) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
     """The jitted `steps.train_step_fn`. The incoming TrainState is donated: its buffers are reused.
 
@@ -112,7 +114,7 @@ def make_train_step(
 
     With a `context` mesh axis (context parallelism) one sharding cannot fit every array of a batch ([B, T] token
     arrays are split on T, [B] ones are not: `sharding.batch_sharding`), so the step takes the batch as placed
-    (`sharding.shard_batch` / `shard_process_batch`).
+    (`sharding.shard_batch` / `shard_process_batch`), its sequences in `sequence_layout` order.
     """
     train_step = steps.train_step_fn(graphs, optimizer, schedule, loss_fn)
     if state_shardings is None:
@@ -121,17 +123,19 @@ def make_train_step(
     if sharding.context_ways(mesh) > 1:
         batch_sharding = None  # as placed
     return jax.jit(
-        with_activation_hints(train_step, mesh),
+        with_activation_hints(train_step, mesh, sequence_layout),
         in_shardings=(state_shardings, batch_sharding),
         out_shardings=(state_shardings, None),
         donate_argnums=0,
     )
 
 
-def make_eval_step(graphs: Graphs, loss_fn: steps.LossFn, *, mesh: Mesh | None = None) -> Callable:
+def make_eval_step(
+    graphs: Graphs, loss_fn: steps.LossFn, *, mesh: Mesh | None = None, sequence_layout: str = "contiguous"
+) -> Callable:
     """The jitted `steps.eval_step_fn`; with a `mesh`, the model's activation hints are on (as in training)."""
     eval_step = steps.eval_step_fn(graphs, loss_fn)
-    return jax.jit(eval_step if mesh is None else with_activation_hints(eval_step, mesh))
+    return jax.jit(eval_step if mesh is None else with_activation_hints(eval_step, mesh, sequence_layout))
 
 
 # -- per device: pmap and shard_map --------------------------------------------------------------------------------
@@ -234,7 +238,9 @@ class StepRunner:
     Host layout (`initial_state`, `to_host`): what checkpoints, evaluation and sampling use; a TrainState laid out
     on `mesh` by the rules table (pmap: on one device). Step layout (`to_devices`): what `train_step` takes and
     returns (pmap: a copy per device). Train batches hold this process's rows of the global batch (what the input
-    pipeline reads, `sharding.process_rows`); eval batches are global. The runner places both.
+    pipeline reads, `sharding.process_rows`); eval batches are global. The runner places both: with a context
+    mesh axis their [B, T] arrays are split on T in `sequence_layout` order ("zigzag": ring attention's
+    load-balanced order, `sharding.shard_process_batch`), and the model follows that order.
     """
 
     def __init__(
@@ -246,8 +252,10 @@ class StepRunner:
         loss_fn: steps.LossFn,
         *,
         mesh: Mesh,
+        sequence_layout: str = "contiguous",
     ):
         self.parallel, self.mesh = check_parallel(parallel), mesh
+        self.sequence_layout = checks.check_choice("sequence_layout", sequence_layout, SEQUENCE_LAYOUTS)
         if parallel != "jit" and sharding.context_ways(mesh) > 1:
             raise ValueError(
                 f"config.mesh.context={sharding.context_ways(mesh)} (context parallelism: ring attention over the "
@@ -265,6 +273,7 @@ class StepRunner:
                 loss_fn,
                 state_shardings=self.state_shardings,
                 batch_sharding=sharding.batch_sharding(mesh),
+                sequence_layout=self.sequence_layout,
             )
             self._train = self._on_mesh(step)
         elif parallel == "shard_map":
@@ -278,7 +287,12 @@ class StepRunner:
 
             self._train = step
         # pmap's state lives on one device between steps' layouts, so its eval step runs there without hints.
-        self._eval = make_eval_step(self.graphs, loss_fn, mesh=None if parallel == "pmap" else self.state_mesh)
+        self._eval = make_eval_step(
+            self.graphs,
+            loss_fn,
+            mesh=None if parallel == "pmap" else self.state_mesh,
+            sequence_layout=self.sequence_layout,
+        )
 
     def _on_mesh(self, step: Callable) -> Callable:
         """`step` on a host batch laid out over the mesh, run with the mesh as jax's ambient mesh.
@@ -289,7 +303,7 @@ class StepRunner:
 
         def run(state, batch):
             with sharding.use_mesh(self.mesh):
-                return step(state, sharding.shard_process_batch(batch, self.mesh))
+                return step(state, sharding.shard_process_batch(batch, self.mesh, sequence_layout=self.sequence_layout))
 
         return run
 
@@ -300,7 +314,7 @@ class StepRunner:
 
     def eval_step(self, state: TrainState, batch: dict) -> dict:
         """The eval metrics of a global host batch; `state` in the host layout (`to_host`)."""
-        return self._eval(state, sharding.shard_batch(batch, self.state_mesh))
+        return self._eval(state, sharding.shard_batch(batch, self.state_mesh, sequence_layout=self.sequence_layout))
 
     def to_devices(self, state: TrainState) -> TrainState:
         """The step's layout of a host-layout state (pmap: a copy on every device; otherwise unchanged)."""

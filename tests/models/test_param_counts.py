@@ -21,6 +21,8 @@ def variant_count(model_class, name, **overrides):
         # Google's Gemma 2 2B and Gemma 3 1B checkpoints (Hugging Face counts): 2.61B and 1.0B.
         (GPT, "gemma2-2b", 2_614_341_888, 2.61e9),
         (GPT, "gemma3-1b", 999_885_952, 1.0e9),
+        # Meta's Llama 3.2 1B (Hugging Face count): 1.24B.
+        (GPT, "llama3.2-1b", 1_235_814_400, 1.24e9),
         # Vaswani et al. 2017, Table 3: "big" 213M.
         (Transformer, "transformer-big", 214_245_376, 213e6),
     ],

@@ -106,7 +106,9 @@ def test_blockwise_and_auto_apply_the_sinks_as_xla_does(implementation, window):
         D, N, num_kv_heads=K, sinks=True, sliding_window=window, implementation=implementation, rngs=nnx.Rngs(0)
     )
     nnx.update(other, nnx.state(ref))
-    np.testing.assert_allclose(other(X, is_causal=True), ref(X, is_causal=True), rtol=1e-5, atol=1e-5)
+    # Outputs reach ~50: the kernels' summation orders differ by float32 rounding of that (4.6e-5 seen on an
+    # AVX-512 EPYC), hence atol 1e-4 as for the packed call below.
+    np.testing.assert_allclose(other(X, is_causal=True), ref(X, is_causal=True), rtol=1e-5, atol=1e-4)
     segments = np.array([[0, 0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1, 1]], np.int32)
     np.testing.assert_allclose(
         other(X, is_causal=True, segment_ids=segments),

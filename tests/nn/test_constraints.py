@@ -34,9 +34,11 @@ def test_the_residual_stream_is_constrained_entering_the_stack_and_after_every_b
     # Unrolled: the stack's input and each of the 3 blocks' outputs. Scanned: the input and the one scanned block.
     residual = [entry for entry in seen if entry[0] == RESIDUAL_AXES]
     assert residual == [(RESIDUAL_AXES, (2, 5, cfg.d_model))] * (2 if scan else 4)
-    # Besides, each attention asks how its queries are laid out (is the sequence split? context parallelism).
+    # Besides, the model asks once whether its sequence is split (its default positions follow the layout), and
+    # each attention how its queries are laid out (context parallelism: ring attention).
     queries = [entry for entry in seen if entry[0] != RESIDUAL_AXES]
-    assert queries == [(("batch", "length", "heads", "head_dim"), (2, 5, 4, 16))] * (1 if scan else 3)
+    assert queries[0] == (("batch", "length"), (2, 5))
+    assert queries[1:] == [(("batch", "length", "heads", "head_dim"), (2, 5, 4, 16))] * (1 if scan else 3)
     np.testing.assert_array_equal(got, want)
     assert constrain(want, RESIDUAL_AXES) is want  # the context is gone again
 

@@ -27,7 +27,8 @@ AUTO = jax.sharding.AxisType.Auto
 H = 8
 
 # name -> settings: mesh (data, context) (default: 8 on context), global B (2) and T (64), heads N / K (4 / 4),
-# causal, layout, window, segment ids, scale. One program each (forward + backward): the default list stays short.
+# causal, layout, window, segment ids, scale, soft-cap, key block. One program each (forward + backward): the
+# default list stays short.
 CASES = {
     "causal_contiguous": dict(causal=True),
     "causal_zigzag": dict(causal=True, layout="zigzag", T=128, hlo=True),  # T = 128: its program is inspected
@@ -36,6 +37,11 @@ CASES = {
     "window_causal_contiguous": dict(causal=True, window=11),
     "window_gqa_causal_zigzag": dict(causal=True, layout="zigzag", window=11, heads=(4, 2)),
     "empty_rows": dict(segments="empty_rows"),
+    "softcap_causal_zigzag_gqa": dict(causal=True, layout="zigzag", heads=(4, 2), softcap=2.0),
+    # T_local = 16 folded 4 keys at a time (half tiles: 2 blocks), a window that skips far blocks; program inspected
+    "blocks_causal_zigzag_window_segments": dict(
+        T=128, causal=True, layout="zigzag", window=11, segments="packed", block=4, hlo=True
+    ),
     "mesh_2x4_causal_zigzag_segments": dict(mesh=(2, 4), causal=True, layout="zigzag", segments="packed"),
 }
 # More combinations and longer sequences (`-m slow`).
@@ -51,6 +57,8 @@ SLOW_CASES = {
         T=256, causal=True, layout="zigzag", window=37, segments="packed", heads=(8, 2)
     ),
     "long_causal_contiguous_scale_mqa": dict(T=256, causal=True, scale=0.3, heads=(4, 1)),
+    "softcap_noncausal_window_segments": dict(window=9, segments="unsorted", softcap=1.5, scale=0.9),
+    "blocks_noncausal_contiguous_gqa": dict(heads=(4, 2), block=2, segments="unsorted"),
 }
 
 
@@ -106,17 +114,19 @@ def reference_mask(B, T, causal, window, ids):
     return mask
 
 
-def reference_grads(q, k, v, w, mask, scale):
-    """float64 (out, dq, dk, dv) of sum(attention(q, k, v) * w)."""
+def reference_grads(q, k, v, w, mask, scale, softcap=None):
+    """float64 (out, dq, dk, dv) of sum(attention(q, k, v) * w), the logits soft-capped at `softcap` (None: not)."""
     q, k, v, w = (np.asarray(x, np.float64) for x in (q, k, v, w))
     N, K = q.shape[2], k.shape[2]
     G = N // K
-    probs = reference.attention_probs(q, k, mask=mask, scale=scale)  # [B, N, T, S]
+    probs = reference.attention_probs(q, k, mask=mask, scale=scale, softcap=softcap)  # [B, N, T, S]
     k_rep, v_rep = np.repeat(k, G, axis=2), np.repeat(v, G, axis=2)
     out = np.einsum("bnts,bsnh->btnh", probs, v_rep)
     dv = np.einsum("bnts,btnh->bsnh", probs, w)
     dprobs = np.einsum("btnh,bsnh->bnts", w, v_rep)
     dlogits = probs * (dprobs - np.sum(dprobs * probs, axis=-1, keepdims=True)) * scale
+    if softcap is not None:  # through c tanh(x / c): 1 - tanh^2
+        dlogits *= 1.0 - np.tanh(np.einsum("btnh,bsnh->bnts", q, k_rep) * scale / softcap) ** 2
     dq = np.einsum("bnts,bsnh->btnh", dlogits, k_rep)
     dk = np.einsum("bnts,btnh->bsnh", dlogits, q)
 
@@ -132,14 +142,24 @@ def make_mesh(shape):
     return jax.make_mesh(shape, ("data", "context"), axis_types=(AUTO, AUTO))
 
 
-def ring_function(mesh, *, causal, window, layout, scale, paired):
+def ring_function(mesh, *, causal, window, layout, scale, softcap, block, paired):
     """jit(shard_map) of (q, k, v, ids, w) -> (out, dq, dk, dv): the vjp of ring attention with cotangent w."""
     batch = "data" if "data" in mesh.axis_names else None
     seq, ids_spec = P(batch, "context"), P(batch, "context")
 
     def attend(q, k, v, ids):
         return ops.ring_attention(
-            q, k, v, axis_name="context", causal=causal, window=window, layout=layout, scale=scale, segment_ids=ids
+            q,
+            k,
+            v,
+            axis_name="context",
+            causal=causal,
+            window=window,
+            layout=layout,
+            scale=scale,
+            logit_softcap=softcap,
+            block_size=block,
+            segment_ids=ids,
         )
 
     def local(q, k, v, ids, w):
@@ -157,20 +177,23 @@ def run_case(name, settings, rng):
     n = mesh.shape["context"]
     N, K = settings.get("heads", (4, 4))
     causal, window = settings.get("causal", False), settings.get("window")
-    layout, scale = settings.get("layout", "contiguous"), settings.get("scale")
+    layout, scale, softcap = settings.get("layout", "contiguous"), settings.get("scale"), settings.get("softcap")
     q = rng.standard_normal((B, T, N, H)).astype(np.float32)
     k = rng.standard_normal((B, T, K, H)).astype(np.float32)
     v = rng.standard_normal((B, T, K, H)).astype(np.float32)
     w = rng.standard_normal((B, T, N, H)).astype(np.float32)
     ids = None if "segments" not in settings else segment_ids(settings["segments"], B, T, rng)
     mask = reference_mask(B, T, causal, window, ids)
-    want = reference_grads(q, k, v, w, mask, 1 / np.sqrt(H) if scale is None else scale)
+    want = reference_grads(q, k, v, w, mask, 1 / np.sqrt(H) if scale is None else scale, softcap)
 
     def lay(x):
         return None if x is None else to_layout(x, n, layout)
 
     paired = None if ids is None else isinstance(ids, tuple)
-    fn = ring_function(mesh, causal=causal, window=window, layout=layout, scale=scale, paired=paired)
+    block = settings.get("block")
+    fn = ring_function(
+        mesh, causal=causal, window=window, layout=layout, scale=scale, softcap=softcap, block=block, paired=paired
+    )
     args = (lay(q), lay(k), lay(v), lay(ids), lay(w))
     start = time.perf_counter()
     compiled = fn.lower(*args).compile()
@@ -180,7 +203,7 @@ def run_case(name, settings, rng):
     errors = {key: float(np.max(np.abs(g - r))) for key, g, r in zip(("out", "dq", "dk", "dv"), got, want, strict=True)}
     result = {"errors": errors, "finite": all(bool(np.isfinite(g).all()) for g in got), "seconds": seconds}
     if settings.get("hlo"):
-        result["hlo"] = hlo_check(compiled.as_text(), T, B, N, H, n)
+        result["hlo"] = hlo_check(compiled.as_text(), T, B, N, H, n, block)
     if settings.get("segments") == "empty_rows":
         empty = ~mask.any(axis=-1)[:, 0]  # [B, T]
         result["empty_rows"] = int(empty.sum())
@@ -188,9 +211,10 @@ def run_case(name, settings, rng):
     return result
 
 
-def hlo_check(ring_text, T, B, N, H, n):
+def hlo_check(ring_text, T, B, N, H, n, block=None):
     """Whether the compiled ring program (forward + backward, given as text) holds any array with a global T x T
-    pair of dimensions, and whether the dense path's program for the same causal attention does."""
+    pair of dimensions, and whether the dense path's program for the same causal attention does; the shapes of
+    its score tiles (dot outputs [..., queries, keys])."""
     square = re.compile(rf"(?<![0-9]){T}[x,]{T}(?![0-9])")  # HLO "f32[2,4,128,128]" / MLIR "2x4x128x128"
     local = re.compile(rf"(?<![0-9]){T // n}[x,]{T // n}(?![0-9])")  # one [T_local, S_local] tile
 
@@ -209,6 +233,7 @@ def hlo_check(ring_text, T, B, N, H, n):
         # the causal zigzag half tiles: all T_local queries x the first T_local / 2 keys, and the reverse
         "ring_half_tiles": all(any(d.endswith(f",{a},{b}") for d in dots) for a, b in ((tl, tl // 2), (tl // 2, tl))),
         "dense_square": bool(square.search(dense_text)),
+        "dot_shapes": sorted(dots),
     }
 
 

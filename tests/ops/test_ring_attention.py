@@ -27,6 +27,8 @@ DEFAULT_CASES = (
     "window_causal_contiguous",
     "window_gqa_causal_zigzag",
     "empty_rows",
+    "softcap_causal_zigzag_gqa",
+    "blocks_causal_zigzag_window_segments",
     "mesh_2x4_causal_zigzag_segments",
 )
 SLOW_CASES = (
@@ -39,6 +41,8 @@ SLOW_CASES = (
     "mesh_4x2_noncausal_window_segments",
     "long_causal_zigzag_window_segments",
     "long_causal_contiguous_scale_mqa",
+    "softcap_noncausal_window_segments",
+    "blocks_noncausal_contiguous_gqa",
 )
 OUT_ATOL, GRAD_ATOL = 2e-5, 1e-4
 
@@ -75,7 +79,7 @@ def test_ring_attention_equals_full_attention_values_and_gradients(runs, name):
     assert_matches_reference(runs["cases"][name])
 
 
-@pytest.mark.slow  # nine more programs: more mask combinations, T = 256, a (4, 2) mesh (~40 s)
+@pytest.mark.slow  # eleven more programs: more mask, soft-cap and block combinations, T = 256, a (4, 2) mesh (~40 s)
 @pytest.mark.parametrize("name", SLOW_CASES)
 def test_ring_attention_more_cases(name):
     assert_matches_reference(multidevice_runs(SLOW_CASES)["cases"][name])
@@ -94,6 +98,19 @@ def test_compiled_program_holds_no_global_square_array(runs):
     assert hlo["dense_square"]  # the check sees a T x T array where there is one
     assert hlo["ring_square"] == []
     assert hlo["ring_local_tile"] and hlo["ring_half_tiles"] and hlo["ring_collective_permutes"] > 0
+
+
+def test_key_blocks_bound_the_scores_a_device_holds(runs):
+    """block_size=4 with T_local = 16: the score tiles of the program (dot outputs [B, N, queries, keys]; the other
+    dots end in the head size 8) are [16, 4] and the half tiles' [8, 4]: no [16, 16] or [8, 16] tile is left."""
+    case = runs["cases"]["blocks_causal_zigzag_window_segments"]
+    assert_matches_reference(case)
+    shapes = [tuple(map(int, shape.split(","))) for shape in case["hlo"]["dot_shapes"]]
+    assert {shape[-1] for shape in shapes} == {4, 8}  # head size 8; key blocks of 4
+    assert {shape[-2:] for shape in shapes if shape[-1] != 8} == {(16, 4), (8, 4)}
+    # Without blocks the same program's score tiles are whole: [16, 16] and the half tiles [8, 16] (and [16, 8]).
+    assert (16, 16) in {tuple(map(int, s.split(",")))[-2:] for s in runs["cases"]["causal_zigzag"]["hlo"]["dot_shapes"]}
+    assert case["hlo"]["ring_square"] == []
 
 
 def causal_work(positions: np.ndarray):
@@ -147,7 +164,7 @@ def one_device_ring(**kwargs):
     return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(spec,) * 5, out_specs=(spec,) * 4))
 
 
-def dense_reference(q, k, v, ids, w, *, causal=False, window=None, scale=None):
+def dense_reference(q, k, v, ids, w, *, causal=False, window=None, scale=None, logit_softcap=None):
     T = q.shape[1]
     masks = [ops.segment_mask(ids)]
     if causal:
@@ -155,7 +172,8 @@ def dense_reference(q, k, v, ids, w, *, causal=False, window=None, scale=None):
     if window is not None:
         masks.append(ops.sliding_window_mask(T, window=window, causal=causal))
     mask = ops.combine_masks(*masks)
-    out, vjp = jax.vjp(lambda q, k, v: ops.dot_product_attention(q, k, v, mask=mask, scale=scale), q, k, v)
+    attend = lambda q, k, v: ops.dot_product_attention(q, k, v, mask=mask, scale=scale, logit_softcap=logit_softcap)
+    out, vjp = jax.vjp(attend, q, k, v)
     return (out, *vjp(w))
 
 
@@ -164,8 +182,10 @@ def dense_reference(q, k, v, ids, w, *, causal=False, window=None, scale=None):
     [
         dict(causal=True, window=5, layout="zigzag"),
         dict(causal=False, scale=0.2, layout="contiguous"),
+        dict(causal=True, layout="contiguous", logit_softcap=0.7),
+        dict(causal=True, window=4, layout="contiguous", block_size=3),
     ],
-    ids=["causal_window_zigzag", "noncausal_scale"],
+    ids=["causal_window_zigzag", "noncausal_scale", "causal_softcap", "causal_window_blocks"],
 )
 def test_one_device_ring_is_full_attention(kwargs):
     """n = 1: no shift; the one step is the whole (masked) tile. GQA (4 query heads over 2) and packed segments."""
@@ -175,7 +195,7 @@ def test_one_device_ring_is_full_attention(kwargs):
     k, v = (jnp.asarray(rng.standard_normal((B, T, K, H)), jnp.float32) for _ in range(2))
     ids = jnp.asarray(np.cumsum(rng.random((B, T)) < 0.25, axis=1), jnp.int32)
     got = one_device_ring(**kwargs)(q, k, v, ids, w)
-    reference_kwargs = {key: val for key, val in kwargs.items() if key != "layout"}
+    reference_kwargs = {key: val for key, val in kwargs.items() if key not in ("layout", "block_size")}
     want = dense_reference(q, k, v, ids, w, **reference_kwargs)
     for name, g, r, atol in zip(("out", "dq", "dk", "dv"), got, want, (OUT_ATOL,) + (GRAD_ATOL,) * 3, strict=True):
         np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=atol, rtol=0, err_msg=name)
@@ -192,6 +212,8 @@ def test_zigzag_order_and_inverse():
     y = np.arange(24).reshape(4, 6)
     np.testing.assert_array_equal(np.asarray(ops.unzigzag(ops.zigzag(y, 3, axis=-1), 3, axis=-1)), y)
     np.testing.assert_array_equal(np.asarray(ops.zigzag(y, 1, axis=0)), y)  # n = 1: chunks 0 and 1, in order
+    assert isinstance(ops.zigzag(x, 2), np.ndarray)  # a host batch stays on the host
+    assert isinstance(ops.zigzag(jnp.asarray(x), 2), jax.Array)
 
 
 def test_zigzag_needs_a_multiple_of_2n():
@@ -236,5 +258,11 @@ def test_bad_options_are_named():
         ops.ring_attention(*qkv(), layout="ring")
     with pytest.raises(ValueError, match=r"`window` must be a positive int; got 0"):
         ops.ring_attention(*qkv(), window=0)
+    with pytest.raises(ValueError, match=r"block_size=3 must divide .* S_local=8; key shape \(2, 8, 2, 8\)"):
+        ops.ring_attention(*qkv(), block_size=3)
+    with pytest.raises(ValueError, match=r"block_size=8 must divide .* S_local=8 and its half 4 \(causal zigzag\)"):
+        ops.ring_attention(*qkv(), block_size=8, causal=True, layout="zigzag")
+    with pytest.raises(ValueError, match=r"logit_softcap"):
+        ops.ring_attention(*qkv(), logit_softcap=-1.0)
     with pytest.raises(TypeError, match=r"`causal` must be True or False"):
         ops.ring_attention(*qkv(), causal=1)

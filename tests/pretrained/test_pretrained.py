@@ -84,6 +84,49 @@ def test_the_config_reads_what_the_architecture_needs():
     assert qwen3.qk_norm and qwen3.head_dim * qwen3.num_heads != qwen3.d_model
 
 
+# meta-llama/Llama-3.2-1B's config.json (copied from the hub): the `llama3.2-1b` variant is its shape.
+LLAMA_3_2_1B = {
+    "architectures": ["LlamaForCausalLM"],
+    "attention_bias": False,
+    "attention_dropout": 0.0,
+    "bos_token_id": 128000,
+    "eos_token_id": 128001,
+    "head_dim": 64,
+    "hidden_act": "silu",
+    "hidden_size": 2048,
+    "initializer_range": 0.02,
+    "intermediate_size": 8192,
+    "max_position_embeddings": 131072,
+    "mlp_bias": False,
+    "model_type": "llama",
+    "num_attention_heads": 32,
+    "num_hidden_layers": 16,
+    "num_key_value_heads": 8,
+    "pretraining_tp": 1,
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": {
+        "factor": 32.0,
+        "high_freq_factor": 4.0,
+        "low_freq_factor": 1.0,
+        "original_max_position_embeddings": 8192,
+        "rope_type": "llama3",
+    },
+    "rope_theta": 500000.0,
+    "tie_word_embeddings": True,
+    "torch_dtype": "bfloat16",
+    "transformers_version": "4.45.0.dev0",
+    "use_cache": True,
+    "vocab_size": 128256,
+}
+
+
+def test_the_llama_variant_is_the_shape_of_llama_3_2_1b():
+    from jaxformer.models import ModelConfig
+    from jaxformer.pretrained import hf_config
+
+    assert hf_config.to_model_config(LLAMA_3_2_1B) == ModelConfig.variant("llama3.2-1b")
+
+
 @pytest.mark.parametrize("name", DECODERS)
 def test_save_then_load_is_bit_exact_and_rewrites_the_same_tensors(name, tmp_path):
     model = pretrained.from_pretrained(FIXTURES / name)
@@ -146,7 +189,7 @@ def test_tokenizer_encodes_as_transformers(name):
 def test_a_loaded_model_loads_onto_a_mesh_of_eight_devices():
     script = f"""
 import os
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"  # + conftest's
 import jax, numpy as np
 from jaxformer import pretrained
 from jaxformer import sharding

@@ -1,12 +1,14 @@
 """Run by test_context_parallel.py in a subprocess with 8 fake CPU devices: trains a tiny rotary GPT (2 layers,
 seq_len 32: layer 0 local with a sliding window of 8, layer 1 global; 4 query heads over 2 key/value heads;
-batches packed with segment ids and per-document positions) for 6 steps on each mesh given as an argument and
+batches packed with segment ids and per-document positions) for 6 steps on each run given as an argument and
 prints one JSON object on the last line:
-{mesh: {"losses": [...], "grad_norms": [...], "devices": n, "ring": bool, "batch_spec": [...], ...}}.
+{run: {"losses": [...], "grad_norms": [...], "devices": n, "ring": bool, "batch_spec": [...], ...}}.
 
-    python tests/training/context_parallel_run.py CORPUS data=1 data=2,context=4 context=8
+    python tests/training/context_parallel_run.py CORPUS data=1 data=2,context=4 context=8:contiguous
 
-A mesh is "axis=size,..." over sharding.MESH_AXES (missing axes 1).
+A run is "axis=size,...[:option...]": the mesh over sharding.MESH_AXES (missing axes 1), then options:
+"contiguous" (the sequence layout; default config.sequence_layout, zigzag), "plain" (unpacked rows: no segment
+ids, no positions, so the model's default positions are used), "softcap" (attention logits soft-capped at 5).
 """
 
 import json
@@ -21,21 +23,34 @@ import numpy as np
 from jaxformer import sharding
 from jaxformer.configs import load_config
 from jaxformer.data import pipeline
+from jaxformer.training.loop import check_context_config
 from jaxformer.training.run import build_run
 from jaxformer.training.runner import StepRunner, make_train_step
 
+OPTIONS = ("contiguous", "plain", "softcap")
 
-def setup(corpus: str, mesh_arg: str):
+
+def setup(corpus: str, run_arg: str):
+    mesh_arg, *options = run_arg.split(":")
+    assert set(options) <= set(OPTIONS), options
     sizes = {axis: int(size) for axis, size in (part.split("=") for part in mesh_arg.split(","))}
     config = load_config("shakespeare_char_cpu")
     config.data.update(source="text_file", path=corpus, seq_len=32)
     model = dict(num_layers=2, num_heads=4, num_kv_heads=2, d_model=32, d_ff=64, dropout_rate=0.0)
     model.update(positional="rope", sliding_window=8, layer_types=("local", "global"), scan_layers=False, remat="none")
+    if "softcap" in options:
+        model.update(attention_logit_softcap=5.0)
     config.model.update(model)
     config.update(batch_size=8, warmup_steps=2, num_steps=6)
+    if "contiguous" in options:
+        config.sequence_layout = "contiguous"
     run = build_run(config)
     mesh = sharding.make_mesh(**{"data": 1, **sizes}, devices=jax.devices()[: _count(sizes)])
-    runner = StepRunner("jit", run.make_model, run.optimizer, run.schedule, run.task.loss, mesh=mesh)
+    check_context_config(config, mesh, run.model_config)
+    layout = config.sequence_layout
+    runner = StepRunner(
+        "jit", run.make_model, run.optimizer, run.schedule, run.task.loss, mesh=mesh, sequence_layout=layout
+    )
     lower = make_train_step(
         runner.graphs,
         run.optimizer,
@@ -43,8 +58,11 @@ def setup(corpus: str, mesh_arg: str):
         run.task.loss,
         state_shardings=runner.state_shardings,
         batch_sharding=sharding.batch_sharding(mesh),
+        sequence_layout=layout,
     ).lower
-    return runner, mesh, lower, map(packed, enumerate(pipeline.iterator(run.task.train_data())))
+    batches = enumerate(pipeline.iterator(run.task.train_data()))
+    batches = (batch for _, batch in batches) if "plain" in options else map(packed, batches)
+    return runner, mesh, layout, lower, batches
 
 
 def packed(numbered):
@@ -68,22 +86,29 @@ def _count(sizes: dict) -> int:
     return n
 
 
-def run(corpus: str, mesh_arg: str, steps: int = 6) -> dict:
-    runner, mesh, lower, batches = setup(corpus, mesh_arg)
+def run(corpus: str, run_arg: str, steps: int = 6) -> dict:
+    runner, mesh, layout, lower, batches = setup(corpus, run_arg)
     state = runner.to_devices(runner.initial_state)
     losses, grad_norms, segments = [], [], 0
     for _ in range(steps):
         batch = next(batches)
-        segments = max(segments, int(batch["segment_ids"].max()))
+        segments = max(segments, int(batch["segment_ids"].max()) if "segment_ids" in batch else 1)
         state, metrics = runner.train_step(state, batch)
         losses.append(float(metrics["loss"]))
         grad_norms.append(float(metrics["grad_norm"]))
-    placed = sharding.shard_batch(next(batches), mesh)
+    eval_batch = next(batches)
+    eval_loss = float(runner.eval_step(runner.to_host(state), eval_batch)["loss"])
+    placed = sharding.shard_batch(eval_batch, mesh, sequence_layout=layout)
     with sharding.use_mesh(mesh):
         hlo = lower(state, placed).as_text()
     return {
         "losses": losses,
         "grad_norms": grad_norms,
+        "eval_loss": eval_loss,
+        "layout": layout,
+        # the first row of tokens as device 0 holds them (zigzag: chunks 0 and 2c - 1 of the sequence)
+        "device0_inputs": np.asarray(placed["inputs"].addressable_shards[0].data)[0].tolist(),
+        "inputs": np.asarray(eval_batch["inputs"])[0].tolist(),
         "devices": mesh.devices.size,
         # ring attention's ppermute (collective_permute) in the compiled step
         "ring": "collective_permute" in hlo,

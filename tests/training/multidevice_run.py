@@ -1,13 +1,18 @@
 """Run by test_sharding.py in a subprocess with 8 fake CPU devices: trains a tiny GPT for a few steps on each mesh
 given as an argument and prints one JSON object {mesh: {"losses": [...], "specs": {...}}} on the last line.
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/training/multidevice_run.py CORPUS 1,1,1 8,1,1
+    python tests/training/multidevice_run.py CORPUS 1,1,1 8,1,1 1,8,1 "1,8,1->1,1,1" "1,8,1->2,2,2"
+
+An argument "SOURCE->TARGET" (SOURCE one of the meshes) checkpoints SOURCE's run halfway, restores the checkpoint
+onto the TARGET mesh and trains the second half there (cross_mesh below; in one process, TARGET reuses the step run()
+compiled for it); the JSON's "SOURCE->TARGET" holds what it found.
 """
 
 import json
 import os
 import re
 import sys
+import tempfile
 
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 
@@ -19,9 +24,11 @@ from jaxformer.configs import load_config
 from jaxformer.data import pipeline
 from jaxformer.training.checkpoints import Checkpointer
 from jaxformer.training.run import build_run
-from jaxformer.training.runner import StepRunner, make_train_step
+from jaxformer.training.runner import StepRunner
 
 CONFIG = "shakespeare_char_cpu"  # a recipe of jaxformer.configs
+STEPS = 6
+SAVE_AT = 3  # "SOURCE->TARGET": SOURCE's checkpoint; TARGET trains steps 4 to 6 from it
 SPOT_CHECK = {
     "w_qkv": ("blocks", "layers", 0, "self_attention", "w_q"),
     "w_o": ("blocks", "layers", 0, "self_attention", "w_o"),
@@ -65,19 +72,24 @@ def setup(corpus: str, mesh_arg: str, steps: int):
     runner = StepRunner(parallel, run.make_model, optimizer, schedule, task.loss, mesh=mesh)
     step = runner.train_step
     state = runner.to_devices(runner.initial_state)
-    if parallel == "jit":  # for inspecting the compiled program: the same step, lowered
-        jitted = make_train_step(
-            runner.graphs,
-            optimizer,
-            schedule,
-            task.loss,
-            state_shardings=runner.state_shardings,
-            batch_sharding=sharding.batch_sharding(mesh),
-        )
-        step = _Lowerable(runner.train_step, lambda s, b: jitted.lower(s, sharding.shard_batch(b, mesh)).as_text())
+    if parallel == "jit":  # for inspecting the compiled program: the runner's own jitted step, lowered
+        jitted = runner_jit(runner)
+
+        def lower(s, b):
+            with sharding.use_mesh(mesh):  # as the runner calls it: the trace it cached is reused
+                return jitted.lower(s, sharding.shard_process_batch(b, mesh)).as_text()
+
+        step = _Lowerable(runner.train_step, lower)
     # pmap's state lives on one device, not on the mesh.
     batches = pipeline.iterator(task.train_data())
     return task, batches, state, step, (None if mode == "pmap" else mesh), len(devices)
+
+
+def runner_jit(runner: StepRunner):
+    """The `jax.jit` object a parallel="jit" runner's train step calls (in the closure of its mesh wrapper)."""
+    found = [c.cell_contents for c in runner._train.__closure__ or () if hasattr(c.cell_contents, "lower")]
+    assert len(found) == 1, "StepRunner's jit step is no longer where multidevice_run.py looks for it"
+    return found[0]
 
 
 class _Lowerable:
@@ -107,10 +119,28 @@ def train(batches, state, step, steps: int, router: list | None = None):
     return state, losses, grad_norms
 
 
-def run(corpus: str, mesh_arg: str, steps: int) -> dict:
-    _, batches, state, step, mesh, num_devices = setup(corpus, mesh_arg, steps)
+# Per mesh: (task, the initial state as an abstract template, the step compiled there, the mesh); see cross_mesh.
+SETUPS: dict[str, tuple] = {}
+SAVED: dict[str, list] = {}  # checkpoint directory -> the parameters it was saved with, on the host
+
+
+def abstract(state):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+def run(corpus: str, mesh_arg: str, checkpoints: str | None = None) -> dict:
+    """STEPS steps on the mesh; with a `checkpoints` directory, the state is saved after SAVE_AT of them."""
+    task, batches, state, step, mesh, num_devices = setup(corpus, mesh_arg, STEPS)
+    if mesh is not None:
+        SETUPS[mesh_arg] = (task, abstract(state), step, mesh)
     balance: list[float] = []
-    state, losses, grad_norms = train(batches, state, step, steps, balance)
+    state, losses, grad_norms = train(batches, state, step, SAVE_AT if checkpoints else STEPS, balance)
+    if checkpoints:
+        with Checkpointer(checkpoints) as saver:
+            saver.save(SAVE_AT, state, data_iterator=batches, config={})
+        SAVED[checkpoints] = [np.asarray(x) for x in jax.tree.leaves(state.params)]
+        state, more_losses, more_norms = train(batches, state, step, STEPS - SAVE_AT, balance)
+        losses, grad_norms = losses + more_losses, grad_norms + more_norms
     if mesh is None:  # pmap
         return {"losses": losses, "grad_norms": grad_norms, "devices": num_devices}
     specs = {}
@@ -135,36 +165,36 @@ def run(corpus: str, mesh_arg: str, steps: int) -> dict:
     }
 
 
-def cross_mesh(corpus: str, directory: str, source: str, targets: list[str]) -> dict:
-    """Trains 5 steps on `source`, checkpoints, restores onto each target mesh and trains 5 more there; the
-    source run also goes on for 5 steps. Returns whether each restore gave identical parameters, and the losses."""
-    _, batches, state, step, mesh, _ = setup(corpus, source, 10)
-    state, _, _ = train(batches, state, step, 5)
-    with Checkpointer(directory) as checkpoints:
-        checkpoints.save(5, state, data_iterator=batches, config={})
-    saved = [np.asarray(x) for x in jax.tree.leaves(state.params)]
-    _, continued, _ = train(batches, state, step, 5)
-    result = {source: continued}
-    for target in targets:
-        _, batches, template, step, mesh, _ = setup(corpus, target, 10)
-        with Checkpointer(directory) as checkpoints:
-            restored, _ = checkpoints.restore(template, 5, data_iterator=batches)
-        same = all(
-            np.array_equal(a, np.asarray(b)) for a, b in zip(saved, jax.tree.leaves(restored.params), strict=True)
-        )
-        layouts = {
-            x.sharding.spec == y.sharding.spec
-            for x, y in zip(jax.tree.leaves(restored), jax.tree.leaves(template), strict=True)
-        }
-        _, losses, _ = train(batches, restored, step, 5)
-        result[target] = {"identical_params": same, "target_shardings": layouts == {True}, "losses": losses}
-    return result
+def cross_mesh(corpus: str, checkpoints: str, target: str) -> dict:
+    """Restores the checkpoint that run() saved after SAVE_AT steps onto the `target` mesh (against its template's
+    shardings) and trains the remaining steps there, with the step run() compiled for `target` if it ran there.
+    Returns whether the parameters came back bit-identical and in the target's shardings, and the losses."""
+    if target not in SETUPS:
+        task, _, state, step, mesh, _ = setup(corpus, target, STEPS)
+        SETUPS[target] = (task, abstract(state), step, mesh)
+    task, template, step, mesh = SETUPS[target]
+    batches = pipeline.iterator(task.train_data())
+    with Checkpointer(checkpoints) as saver:
+        restored, _ = saver.restore(template, SAVE_AT, data_iterator=batches)
+    same = all(
+        np.array_equal(a, np.asarray(b))
+        for a, b in zip(SAVED[checkpoints], jax.tree.leaves(restored.params), strict=True)
+    )
+    layouts = {
+        x.sharding.spec == y.sharding.spec
+        for x, y in zip(jax.tree.leaves(restored), jax.tree.leaves(template), strict=True)
+    }
+    _, losses, _ = train(batches, restored, step, STEPS - SAVE_AT)
+    return {"identical_params": same, "target_shardings": layouts == {True}, "losses": losses}
 
 
-if __name__ == "__main__":
-    if sys.argv[1] == "--cross-mesh":  # --cross-mesh CORPUS DIR SOURCE TARGET...
-        corpus, directory, source, *targets = sys.argv[2:]
-        print(json.dumps(cross_mesh(corpus, directory, source, targets)))
-    else:  # CORPUS MESH...
-        corpus, *meshes = sys.argv[1:]
-        print(json.dumps({m: run(corpus, m, 6) for m in meshes}))
+if __name__ == "__main__":  # CORPUS MESH... [SOURCE->TARGET...]
+    corpus, *args = sys.argv[1:]
+    meshes = [a for a in args if "->" not in a]
+    restores = [a.split("->") for a in args if "->" in a]
+    sources = {source for source, _ in restores}
+    with tempfile.TemporaryDirectory(prefix="jaxformer-multidevice-") as directory:
+        results = {m: run(corpus, m, os.path.join(directory, m) if m in sources else None) for m in meshes}
+        for source, target in restores:
+            results[f"{source}->{target}"] = cross_mesh(corpus, os.path.join(directory, source), target)
+    print(json.dumps(results))

@@ -1,12 +1,14 @@
 """Context parallelism: the `context` mesh axis splits sequences, and self-attention runs as ring attention.
 
 The end-to-end check trains a tiny rotary GPT (a sliding-window layer and a global one, grouped-query heads,
-packed rows with segment ids) on 8 fake CPU devices in one subprocess (context_parallel_run.py) and compares each
-mesh's losses and gradient norms with one device's.
+packed rows with segment ids, or plain rows with the model's default positions and soft-capped logits) on 8 fake
+CPU devices in one subprocess (context_parallel_run.py) and compares each mesh's losses, gradient norms and eval
+loss with one device's, in both sequence layouts.
 """
 
 import functools
 import json
+import math
 import pathlib
 import subprocess
 import sys
@@ -28,7 +30,9 @@ from jaxformer.training.memory import memory_report
 from jaxformer.training.runner import StepRunner
 
 HERE = pathlib.Path(__file__).resolve().parent
-CONTEXT_MESHES = ("data=2,context=4", "context=8")
+# mesh[:options] (context_parallel_run.py): zigzag unless "contiguous"; "plain" rows use the default positions.
+CONTEXT_RUNS = ("data=2,context=4", "context=8:contiguous", "context=8:plain:softcap")
+SLOW_CONTEXT_RUNS = ("data=2,context=4:contiguous:plain", "data=2,tensor=2,context=2", "context=4:plain:softcap")
 
 
 @functools.cache
@@ -43,28 +47,51 @@ def context_runs(corpus: str, meshes: tuple[str, ...]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _assert_same_training(runs, mesh):
-    reference = runs["data=1"]
-    assert runs[mesh]["devices"] == 8 and reference["devices"] == 1
+def reference_of(run: str) -> str:
+    """The one-device run with the same rows and model: mesh data=1, the layout option dropped."""
+    options = [o for o in run.split(":")[1:] if o != "contiguous"]
+    return ":".join(["data=1", *options])
+
+
+def with_references(runs: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys([*map(reference_of, runs), *runs]))
+
+
+def _assert_same_training(runs, run):
+    got, reference = runs[run], runs[reference_of(run)]
+    assert got["devices"] == math.prod(int(p.split("=")[1]) for p in run.split(":")[0].split(","))
+    assert reference["devices"] == 1
     assert len(reference["losses"]) == 6 and reference["losses"][-1] < reference["losses"][0]
-    assert reference["max_segments"] > 1  # the rows are packed: segment ids reach ring attention
-    assert runs[mesh]["losses"] == pytest.approx(reference["losses"], rel=1e-5)
-    assert runs[mesh]["grad_norms"] == pytest.approx(reference["grad_norms"], rel=1e-5)
-    assert runs[mesh]["ring"] and not reference["ring"]  # ring attention's ppermute is in the step
-    assert runs[mesh]["batch_spec"] == [["data", "fsdp", "expert"], "context"]  # tokens split on T
+    if "plain" not in run:
+        assert reference["max_segments"] > 1  # the rows are packed: segment ids reach ring attention
+    assert got["losses"] == pytest.approx(reference["losses"], rel=1e-5)
+    assert got["grad_norms"] == pytest.approx(reference["grad_norms"], rel=1e-5)
+    assert got["eval_loss"] == pytest.approx(reference["eval_loss"], rel=1e-5)
+    assert got["ring"] and not reference["ring"]  # ring attention's ppermute is in the step
+    assert got["batch_spec"] == [["data", "fsdp", "expert"], "context"]  # tokens split on T
+    # Device 0 holds chunk 0 of each sequence, and with zigzag also the last chunk (of 2c).
+    inputs, c = got["inputs"], dict(p.split("=") for p in run.split(":")[0].split(",")).get("context")
+    c = int(c)
+    chunk = len(inputs) // (2 * c)
+    if got["layout"] == "zigzag":
+        assert got["device0_inputs"] == inputs[:chunk] + inputs[-chunk:]
+    else:
+        assert got["device0_inputs"] == inputs[: 2 * chunk]
 
 
-@pytest.mark.parametrize("mesh", CONTEXT_MESHES)
-def test_context_parallel_meshes_train_to_the_same_losses_as_one_device(corpus, mesh):
-    _assert_same_training(context_runs(str(corpus), ("data=1", *CONTEXT_MESHES)), mesh)
+@pytest.mark.parametrize("run", CONTEXT_RUNS)
+def test_context_parallel_meshes_train_to_the_same_losses_as_one_device(corpus, run):
+    runs = context_runs(str(corpus), with_references(CONTEXT_RUNS))
+    assert runs[run]["layout"] == ("contiguous" if "contiguous" in run else "zigzag")  # zigzag by default
+    _assert_same_training(runs, run)
 
 
 @pytest.mark.slow
-def test_tensor_and_context_parallelism_together_train_to_the_same_losses(corpus):
-    # Heads split over tensor (4 query heads over 2 key/value heads, 2 ways) inside the ring's shard_map.
-    _assert_same_training(
-        context_runs(str(corpus), ("data=1", "data=2,tensor=2,context=2")), "data=2,tensor=2,context=2"
-    )
+@pytest.mark.parametrize("run", SLOW_CONTEXT_RUNS)
+def test_more_context_parallel_meshes_train_to_the_same_losses(corpus, run):
+    # data=2,tensor=2,context=2: heads split over tensor (4 query heads over 2 key/value heads, 2 ways) inside the
+    # ring's shard_map.
+    _assert_same_training(context_runs(str(corpus), with_references(SLOW_CONTEXT_RUNS)), run)
 
 
 # -- the mesh and the rules ----------------------------------------------------------------------------------------
@@ -136,7 +163,8 @@ def test_attention_under_context_hints_runs_ring_attention_with_the_layers_masks
 
     with sharding.use_mesh(mesh):
         out = jax.jit(ring)(x)
-    assert calls == [dict(axis_name="context", causal=True, window=5, scale=0.3, segment_ids=calls[0]["segment_ids"])]
+    ring_args = dict(axis_name="context", causal=True, window=5, scale=0.3, logit_softcap=None, layout="contiguous")
+    assert calls == [dict(**ring_args, segment_ids=calls[0]["segment_ids"])]
     np.testing.assert_allclose(out, expected, atol=2e-6)
 
 
@@ -145,7 +173,6 @@ def test_attention_under_context_hints_runs_ring_attention_with_the_layers_masks
     [
         (dict(positional="alibi"), {}, r"positional='alibi' \(an attention bias\)"),
         (dict(sinks=True), {}, r"sinks=True"),
-        (dict(logit_softcap=30.0), {}, r"logit_softcap=30.0"),
         (dict(dropout_rate=0.1), {}, r"dropout_rate=0.1 \(attention dropout\)"),
         ({}, dict(mask=jnp.ones((2, 1, 8, 8), bool)), r"an array `mask`"),
         ({}, dict(decode=True), r"decode=True \(a KV cache\)"),
@@ -166,20 +193,25 @@ def test_what_ring_attention_cannot_do_is_refused_by_name(options, call, message
 
 
 def test_context_parallelism_divides_the_activation_estimate(corpus):
-    def report(num_devices, **mesh):
+    def report(num_devices, attention_impl="auto", **mesh):
         config = load_config("shakespeare_char_cpu")
         config.data.update(source="text_file", path=str(corpus))
         config.update(batch_size=8)
         config.mesh.update(data=1, **mesh)
+        config.model.attention_impl = attention_impl
         return memory_report(config, num_devices=num_devices)
 
-    one, split = report(1), report(8, context=8)
+    one, split, blockwise = report(1), report(8, context=8), report(1, attention_impl="blockwise")
     assert split["mesh"]["context"] == 8
     assert split["param_bytes_per_device"] == one["param_bytes_per_device"]  # parameters are not split over context
-    ratio = split["activation_bytes_per_device"] / one["activation_bytes_per_device"]
-    # T / 8 per device: the terms linear in T shrink 8 times, attention's T^2 term 64 times.
-    assert 1 / 64 < ratio <= 1 / 8 + 1e-6
-    assert ratio > 1 / 8 * 0.5
+    # One device with attention_impl "auto" counts the T x T scores; ring attention keeps none, and T / 8 tokens.
+    assert one["attention"] == "auto" and one["attention_score_bytes_per_device"] > 0
+    assert split["attention"] == "ring" and split["attention_score_bytes_per_device"] == 0
+    linear = one["activation_bytes_per_device"] - one["attention_score_bytes_per_device"]
+    assert split["activation_bytes_per_device"] == pytest.approx(linear / 8, rel=1e-6)
+    # A blockwise kernel on one device keeps no scores either.
+    assert blockwise["attention_score_bytes_per_device"] == 0
+    assert blockwise["activation_bytes_per_device"] == linear
 
 
 # -- the training config ------------------------------------------------------------------------------------------
@@ -190,9 +222,14 @@ def test_context_parallelism_divides_the_activation_estimate(corpus):
     [
         (dict(task="mlm"), {}, r"config.mesh.context=4 is for task='lm'"),
         (dict(parallel="pmap"), {}, r"config.mesh.context=4 needs parallel='jit'"),
-        (dict(seq_len=30), {}, r"config.data.seq_len=30 is not divisible by config.mesh.context=4"),
+        (dict(seq_len=36), {}, r"seq_len=36 is not divisible by 8: config.mesh.context=4 cuts every sequence into 8"),
+        (
+            dict(seq_len=30, sequence_layout="contiguous"),
+            {},
+            r"seq_len=30 is not divisible by 4: .* \(config.sequence_layout='contiguous'\)",
+        ),
+        (dict(sequence_layout="ring"), {}, r"config.sequence_layout='ring'; choose one of \('contiguous', 'zigzag'\)"),
         ({}, dict(positional="alibi"), r"does not support model.positional='alibi' yet"),
-        ({}, dict(attention_logit_softcap=50.0), r"does not support model.attention_logit_softcap yet"),
         ({}, dict(attention_dropout_rate=0.1), r"does not support model.attention_dropout_rate > 0 yet"),
     ],
 )
@@ -207,5 +244,6 @@ def test_the_loop_refuses_what_context_parallelism_cannot_train_by_name(change, 
     mesh = abstract_mesh(data=2, context=4)
     with pytest.raises(ValueError, match=message):
         check_context_config(config, mesh, model_config)
-    check_context_config(defaults.default_config(), mesh, ModelConfig.variant("gpt2-tiny"))  # fine: lm, jit, 64 / 4
+    # fine: lm, jit, 64 / (2 x 4)
+    check_context_config(defaults.default_config(), mesh, ModelConfig.variant("gpt2-tiny"))
     check_context_config(config, abstract_mesh(data=8), model_config)  # no context axis: nothing to check

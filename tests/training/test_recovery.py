@@ -96,18 +96,9 @@ def reference_run(base: str, corpus: str) -> tuple[pathlib.Path, pathlib.Path]:
     return workdir, at_8
 
 
-# Three kinds of damage in the default run (a checksum mismatch, a missing item, a save that never finished); the
-# truncated file and garbage metadata with `make test-all`.
-SLOW_FAULTS = ("truncate", "garbage_metadata")
-
-
-@pytest.mark.parametrize(
-    "fault", [pytest.param(f, marks=pytest.mark.slow) if f in SLOW_FAULTS else f for f in sorted(FAULTS)]
-)
-def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_resume_is_exact(fault, tmp_path, corpus, uninterrupted):
-    reference, at_8 = uninterrupted
-    workdir = tmp_path / "run"
-    shutil.copytree(at_8, workdir)
+def damage_and_move_aside(fault: str, workdir: pathlib.Path) -> None:
+    """`fault` done to checkpoint 8 of `workdir` (a copy of the reference run as a kill after step 8 leaves it):
+    verify names it, and the search for the newest intact step moves it aside and finds 4."""
     FAULTS[fault](workdir, 8)
     with Checkpointer(workdir / "checkpoints") as checkpoints, pytest.raises(DamagedCheckpointError):
         checkpoints.verify(8)
@@ -118,6 +109,29 @@ def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_resume_is_exact(faul
     assert re.search(r"Checkpoint 8 is damaged: .+ Moved it to .+checkpoints\.damaged/8\.\d+T\d+Z", messages[0])
     moved = list((workdir / "checkpoints.damaged").iterdir())
     assert len(moved) == 1 and moved[0].name.startswith("8.")  # kept, never deleted
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_a_damaged_newest_checkpoint_is_found_and_moved_aside(fault, tmp_path, uninterrupted):
+    _, at_8 = uninterrupted
+    shutil.copytree(at_8, tmp_path / "run")
+    damage_and_move_aside(fault, tmp_path / "run")
+
+
+# Every kind of damage is found and moved aside by default (above); the resume after it, which then starts from the
+# same intact step 4 whatever the damage was, runs by default after a checksum mismatch (flip_a_byte) and after
+# the other four with `make test-all`.
+SLOW_FAULTS = ("truncate", "garbage_metadata", "missing_item", "unfinished_save")
+
+
+@pytest.mark.parametrize(
+    "fault", [pytest.param(f, marks=pytest.mark.slow) if f in SLOW_FAULTS else f for f in sorted(FAULTS)]
+)
+def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_resume_is_exact(fault, tmp_path, corpus, uninterrupted):
+    reference, at_8 = uninterrupted
+    workdir = tmp_path / "run"
+    shutil.copytree(at_8, workdir)
+    damage_and_move_aside(fault, workdir)
     train_and_evaluate(tiny_config(corpus), str(workdir))  # resumes from 4
     assert rows_without_timing(workdir) == rows_without_timing(reference)
     model, _, _ = load_trained(str(workdir))
