@@ -258,28 +258,43 @@ def _memory(argv: list[str]) -> None:
     argv = _resolve_config(argv)
     _define_config(argv)
     flags.DEFINE_integer("devices", 0, "Devices to size the run for (default: the devices jax sees).")
-    flags.DEFINE_string("model", None, "Instead of --config: a ModelConfig variant, checkpoint directory or hub id.")
-    flags.DEFINE_integer("cache_len", 0, "With --model: the KV cache's length in tokens.")
+    flags.DEFINE_string(
+        "model",
+        None,
+        "A ModelConfig variant, checkpoint directory or hub id: with --cache_len, its KV cache; with --config, the "
+        "run of --config with this architecture (e.g. llama3.2-1b at a long seq_len).",
+    )
+    flags.DEFINE_integer("cache_len", 0, "With --model alone: the KV cache's length in tokens.")
     flags.DEFINE_integer("batch_size", 1, "With --model: the sequences the KV cache holds.")
     flags.DEFINE_string("dtype", "bfloat16", "With --model: the cache's dtype.")
     flags.register_multi_flags_validator(
-        ["config", "model"],
-        lambda v: (v["config"] is None) != (v["model"] is None),
-        message="pass exactly one of --config (a training run) and --model (an architecture's KV cache)",
+        ["config", "model", "cache_len"],
+        lambda v: (v["config"] is not None and v["cache_len"] == 0) or (v["config"] is None and v["model"] is not None),
+        message="pass --config (a training run, optionally with --model: its architecture) or --model with "
+        "--cache_len (an architecture's KV cache)",
     )
-    flags.register_validator(
-        "cache_len", lambda v: v > 0 or flags.FLAGS["model"].value is None, "--model needs --cache_len N > 0"
+    flags.register_multi_flags_validator(
+        ["config", "model", "cache_len"],
+        lambda v: v["config"] is not None or v["cache_len"] > 0,
+        message="--model without --config needs --cache_len N > 0",
     )
 
     def main(_):
-        from jaxformer.training.memory import format_kv_report, format_report, kv_cache_report, memory_report
+        from jaxformer.training.memory import (
+            format_kv_report,
+            format_report,
+            kv_cache_report,
+            memory_report,
+            with_architecture,
+        )
 
         _quiet()
         f = flags.FLAGS
-        if f.model is not None:
+        if f.config is None:
             print(format_kv_report(kv_cache_report(f.model, f.cache_len, batch_size=f.batch_size, dtype=f.dtype)))
             return
-        print(format_report(memory_report(f.config, f.devices or None)))
+        config = f.config if f.model is None else with_architecture(f.config, f.model)
+        print(format_report(memory_report(config, f.devices or None)))
 
     app.run(main, argv=argv)
 

@@ -121,6 +121,25 @@ def test_jaxformer_memory_by_name_with_overrides(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "parameters on 8 devices (data=1 x fsdp=8 x tensor=1 x expert=1 x context=1)" in out.stdout
+    # --model with --config: the run with a published architecture; with neither --config nor --cache_len: an error
+    args = ["--config", "shakespeare_char_cpu", "--model", "llama3.2-1b", "--devices", "8", "--config.mesh.data=1"]
+    args += ["--config.mesh.context=8", "--config.data.source=text_file", f"--config.data.path={corpus}"]
+    args += ["--config.batch_size=1", "--config.data.seq_len=4096"]
+    for extra, expected in [
+        ([], "1,235,814,400 parameters on 8 devices (data=1 x fsdp=1 x tensor=1 x expert=1 x context=8)"),
+        (["--cache_len", "64"], "pass --config (a training run, optionally with --model"),
+    ]:
+        out = subprocess.run(
+            [sys.executable, "-m", "jaxformer.cli", "memory", *args, *extra],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert expected in out.stdout + out.stderr, out.stderr[-3000:]
+    out = subprocess.run(
+        [sys.executable, "-m", "jaxformer.cli", "memory", "--model", "gpt2-tiny"], capture_output=True, text=True
+    )
+    assert out.returncode != 0 and "--model without --config needs --cache_len N > 0" in out.stderr
 
 
 def test_every_documented_config_name_is_a_recipe():

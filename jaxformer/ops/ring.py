@@ -249,10 +249,12 @@ def _branch(ring: _Ring, index, source):
 
 def _key_block(ring: _Ring, width: int) -> int:
     """The key block a tile of `width` key columns is computed in: `ring.block_size` (which must divide it), or
-    by default the largest divisor of width up to DEFAULT_BLOCK."""
+    by default the largest divisor of width up to DEFAULT_BLOCK; the whole width when that divisor is under 64
+    (a prime width, say: blocks that small would cost more than the tile's memory saves)."""
     if ring.block_size is not None:
         return ring.block_size
-    return max(d for d in range(1, min(width, DEFAULT_BLOCK) + 1) if width % d == 0)
+    block = max(d for d in range(1, min(width, DEFAULT_BLOCK) + 1) if width % d == 0)
+    return block if block >= min(width, 64) else width
 
 
 def _run_tile(ring: _Ring, compute, state, tile_args, rows, cols, check_future, index, source):
@@ -463,7 +465,7 @@ def ring_attention(
         softmax `block_size` keys at a time, so a device holds `[T_local, block_size]` scores at once (memory linear
         in T_local), and blocks whose mask hides every pair are skipped. Must divide S_local (and S_local / 2 with
         a causal zigzag layout, whose steps see half blocks). Default: the largest divisor of the step's width up
-        to 512.
+        to 512 (the whole width when that is under 64: a prime width).
 
     Returns:
       `[B, T_local, N, Hv]` in the query's dtype, this device's slice of the output; a row that sees no key is

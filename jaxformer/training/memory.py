@@ -150,6 +150,28 @@ def memory_report(config: ml_collections.ConfigDict, num_devices: int | None = N
     }
 
 
+# What `with_architecture` keeps of a run's model settings: how it computes, not what.
+EXECUTION_SETTINGS = ("dtype", "param_dtype", "scan_layers", "remat", "attention_impl")
+
+
+def with_architecture(config: ml_collections.ConfigDict, model: str) -> ml_collections.ConfigDict:
+    """A copy of the run `config` with the architecture `model` (`jaxformer memory --config ... --model ...`): a
+    ModelConfig variant name (its vocabulary and context, at least what the data needs; the run's execution
+    settings, `EXECUTION_SETTINGS`, kept), or a checkpoint directory / hub id (`config.init_from`: its config.json).
+    For sizing a run of a published shape on the run's data and mesh, e.g. Llama 3.2 1B at 131,072 tokens."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    if model not in VARIANTS:
+        config.init_from = model
+        return config
+    shape = ModelConfig.variant(model)
+    settings = {k: v for k, v in config.model.to_dict().items() if k in EXECUTION_SETTINGS}
+    seq_len = config.data.get("seq_len", 0) if "data" in config else 0
+    config.model = ml_collections.ConfigDict(
+        dict(settings, variant=model, vocab_size=shape.vocab_size, max_len=max(shape.max_len, seq_len))
+    )
+    return config
+
+
 def kv_cache_report(model: str, cache_len: int, *, batch_size: int = 1, dtype="bfloat16") -> dict:
     """The KV cache of `model` (a `ModelConfig` variant name, or a Hugging Face checkpoint directory / hub id: its
     config.json) for `batch_size` sequences of `cache_len` tokens in `dtype`: `decoding.kv_cache_bytes` plus the

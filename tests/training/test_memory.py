@@ -113,3 +113,39 @@ def test_kv_cache_of_a_checkpoint_counts_shared_layers_as_empty():
     # layers: local, local, global (head_dim 16), local, then two KV-shared layers with no cache
     assert [n for n, _ in report["layers"]] == [4, 4, 64, 4, 0, 0]
     assert report["shared_layers"] == 2 and report["bytes"] < report["full_bytes"]
+
+
+def test_a_run_sized_with_a_published_architecture(corpus):
+    """`jaxformer memory --config ... --model llama3.2-1b`: the run's data, mesh and execution settings with the
+    variant's shape and vocabulary; at 131,072 tokens, ring attention over 8 devices holds an eighth of what one
+    device with blockwise attention holds (no T x T scores either way), one device with XLA's attention the scores."""
+    from jaxformer.training.memory import with_architecture
+
+    def report(devices, attention_impl, **mesh):
+        config = config_for(corpus, data=1, **mesh)
+        config.data.seq_len = 131072
+        config.batch_size = 1
+        config.model.update(dtype="bfloat16", remat="full", attention_impl=attention_impl)
+        sized = with_architecture(config, "llama3.2-1b")
+        assert sized.model.to_dict() == dict(
+            dtype="bfloat16",
+            remat="full",
+            scan_layers=True,
+            attention_impl=attention_impl,
+            variant="llama3.2-1b",
+            vocab_size=128256,
+            max_len=131072,
+        )
+        assert config.model.num_layers == 4  # the run's config is not changed
+        return memory_report(sized, num_devices=devices)
+
+    dense, blockwise, ring = report(1, "xla"), report(1, "blockwise"), report(8, "xla", context=8)
+    assert dense["parameters"] == blockwise["parameters"] == ring["parameters"] == 1_235_814_400
+    assert ring["param_bytes_per_device"] == blockwise["param_bytes_per_device"]  # replicated over context
+    assert ring["activation_bytes_per_device"] == pytest.approx(blockwise["activation_bytes_per_device"] / 8)
+    assert blockwise["attention_score_bytes_per_device"] == ring["attention_score_bytes_per_device"] == 0
+    # XLA's attention: 5 N T / D units of T b D bytes (16-bit), with full remat for the one layer recomputed at a
+    # time: 5 x 32 heads x 131072^2 bytes = 2.5 TiB.
+    assert dense["attention_score_bytes_per_device"] == pytest.approx(5 * 32 * 131072**2, rel=1e-6)
+    # a checkpoint directory or hub id becomes init_from
+    assert with_architecture(config_for(corpus), "some/checkpoint").init_from == "some/checkpoint"
