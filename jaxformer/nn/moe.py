@@ -11,7 +11,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec
 
 from jaxformer import checks, ops
-from jaxformer.nn.constraints import resolved
+from jaxformer.nn.constraints import resolved, sequence_split
 from jaxformer.nn.feedforward import FeedForward
 from jaxformer.nn.params import logical_param
 
@@ -128,7 +128,7 @@ class MoEFeedForward(nnx.Module):
         w = [v[...].astype(self.dtype) for v in (self.w_gate, self.w_up, self.w_down)]
         if self.b_gate is not None:
             w += [v[...].astype(self.dtype) for v in (self.b_gate, self.b_up, self.b_down)]
-        y, count = self._experts(flat, experts, weights, w)
+        y, count = self._experts(flat, experts, weights, w, sequence_split(B, T))
         dropped = count.astype(jnp.float32) / experts.size
         if self.shared is not None:
             gate = jax.nn.sigmoid(flat @ self.shared_gate[...].astype(self.dtype))  # [N, 1]
@@ -139,11 +139,13 @@ class MoEFeedForward(nnx.Module):
         self.dropped[...] = dropped
         return y.reshape(B, T, D).astype(x.dtype)
 
-    def _experts(self, x, experts, weights, w):
+    def _experts(self, x, experts, weights, w, split=None):
         """(the routed FFN of the tokens `[N, D]`, the assignments dropped). Under a sharded step (activation hints
         on, nn/constraints.py) each shard of the batch routes its own tokens (`jax.shard_map`): no device gathers
         the others' tokens to sort them; the experts' weights come whole to every device (all-gathered over the
-        expert axis, layer by layer, like FSDP's parameters)."""
+        expert axis, layer by layer, like FSDP's parameters). With the sequence split too (context parallelism:
+        `split` = (mesh axis, ...), `sequence_split`), each device routes its own slice of its rows' tokens: the
+        flattened [B T] rows are split over the batch axes and then that axis."""
         options = {"activation": self.activation, **dict(self.clamp)}
         if self.capacity_factor is None:
             routed = lambda *args, **kw: (ops.moe_ffn(*args, **kw, implementation=self.implementation), jnp.int32(0))
@@ -152,9 +154,12 @@ class MoEFeedForward(nnx.Module):
         # w: (w_gate, w_up, w_down), then (b_gate, b_up, b_down) when the experts have biases.
         ffn = lambda x, e, p, *w: routed(x, e, p, *w[:3], **dict(zip(_BIASES, w[3:], strict=False)), **options)
         sharding = resolved(("batch", None), x.shape)
-        if sharding is None or sharding.spec[0] is None:
+        batch = () if sharding is None or sharding.spec[0] is None else sharding.spec[0]
+        batch = (batch,) if isinstance(batch, str) else tuple(batch)
+        row_axes = batch + (() if split is None else (split[0],))
+        if not row_axes:
             return ffn(x, experts, weights, *w)
-        rows, whole = PartitionSpec(sharding.spec[0]), PartitionSpec()
+        rows, whole = PartitionSpec(row_axes), PartitionSpec()
 
         def local(x, e, p, *w):
             y, count = ffn(x, e, p, *w)

@@ -8,7 +8,8 @@ prints one JSON object on the last line:
 
 A run is "axis=size,...[:option...]": the mesh over sharding.MESH_AXES (missing axes 1), then options:
 "contiguous" (the sequence layout; default config.sequence_layout, zigzag), "plain" (unpacked rows: no segment
-ids, no positions, so the model's default positions are used), "softcap" (attention logits soft-capped at 5).
+ids, no positions, so the model's default positions are used), "softcap" (attention logits soft-capped at 5),
+"moe" (the second layer a mixture of 4 experts, top-2, with the balance and z losses).
 """
 
 import json
@@ -27,7 +28,7 @@ from jaxformer.training.loop import check_context_config
 from jaxformer.training.run import build_run
 from jaxformer.training.runner import StepRunner, make_train_step
 
-OPTIONS = ("contiguous", "plain", "softcap")
+OPTIONS = ("contiguous", "plain", "softcap", "moe")
 
 
 def setup(corpus: str, run_arg: str):
@@ -40,6 +41,9 @@ def setup(corpus: str, run_arg: str):
     model.update(positional="rope", sliding_window=8, layer_types=("local", "global"), scan_layers=False, remat="none")
     if "softcap" in options:
         model.update(attention_logit_softcap=5.0)
+    if "moe" in options:  # 4 SwiGLU experts, top-2, layer 0 dense; balance and z losses on
+        model.update(activation="swiglu", num_experts=4, experts_per_token=2, expert_d_ff=32, dense_layers=(0,))
+        model.update(router_z_loss_coef=0.001)
     config.model.update(model)
     config.update(batch_size=8, warmup_steps=2, num_steps=6)
     if "contiguous" in options:
@@ -89,13 +93,14 @@ def _count(sizes: dict) -> int:
 def run(corpus: str, run_arg: str, steps: int = 6) -> dict:
     runner, mesh, layout, lower, batches = setup(corpus, run_arg)
     state = runner.to_devices(runner.initial_state)
-    losses, grad_norms, segments = [], [], 0
+    losses, grad_norms, balance, segments = [], [], [], 0
     for _ in range(steps):
         batch = next(batches)
         segments = max(segments, int(batch["segment_ids"].max()) if "segment_ids" in batch else 1)
         state, metrics = runner.train_step(state, batch)
         losses.append(float(metrics["loss"]))
         grad_norms.append(float(metrics["grad_norm"]))
+        balance.append(float(metrics.get("moe_balance_loss", 0.0)))
     eval_batch = next(batches)
     eval_loss = float(runner.eval_step(runner.to_host(state), eval_batch)["loss"])
     placed = sharding.shard_batch(eval_batch, mesh, sequence_layout=layout)
@@ -105,6 +110,7 @@ def run(corpus: str, run_arg: str, steps: int = 6) -> dict:
         "losses": losses,
         "grad_norms": grad_norms,
         "eval_loss": eval_loss,
+        "balance_losses": balance,
         "layout": layout,
         # the first row of tokens as device 0 holds them (zigzag: chunks 0 and 2c - 1 of the sequence)
         "device0_inputs": np.asarray(placed["inputs"].addressable_shards[0].data)[0].tolist(),

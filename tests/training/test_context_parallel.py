@@ -39,6 +39,8 @@ SLOW_CONTEXT_RUNS = (
     "data=2,context=4:contiguous:plain",
     "data=2,tensor=2,context=2",
     "context=4:plain:softcap",
+    "data=2,context=4:moe",  # a mixture of experts: each device routes its slice of its rows' tokens
+    "expert=2,context=4:moe",
 )
 
 
@@ -74,6 +76,9 @@ def _assert_same_training(runs, run):
     assert got["losses"] == pytest.approx(reference["losses"], rel=1e-5)
     assert got["grad_norms"] == pytest.approx(reference["grad_norms"], rel=1e-5)
     assert got["eval_loss"] == pytest.approx(reference["eval_loss"], rel=1e-5)
+    assert got["balance_losses"] == pytest.approx(reference["balance_losses"], rel=1e-5)
+    if "moe" in run:
+        assert min(reference["balance_losses"]) > 0
     assert got["ring"] and not reference["ring"]  # ring attention's ppermute is in the step
     assert got["batch_spec"] == [["data", "fsdp", "expert"], "context"]  # tokens split on T
     # Device 0 holds chunk 0 of each sequence, and with zigzag also the last chunk (of 2c).
@@ -172,6 +177,29 @@ def test_attention_under_context_hints_runs_ring_attention_with_the_layers_masks
         out = jax.jit(ring)(x)
     ring_args = dict(axis_name="context", causal=True, window=5, scale=0.3, logit_softcap=None, layout="contiguous")
     assert calls == [dict(**ring_args, segment_ids=calls[0]["segment_ids"])]
+    np.testing.assert_allclose(out, expected, atol=2e-6)
+
+
+def test_a_mixture_of_experts_routes_each_devices_slice_of_the_sequence(monkeypatch):
+    """Under context parallelism the MoE layer's shard_map splits the flattened [B T] tokens over the batch axes and
+    then the sequence's axis (here: only "context"), so no device routes another's tokens; the output is the
+    layer's own."""
+    specs = []
+    shard_map = jax.shard_map
+    monkeypatch.setattr(jax, "shard_map", lambda f, **kw: specs.append(kw["in_specs"]) or shard_map(f, **kw))
+    mesh = sharding.make_mesh(1, devices=jax.devices()[:1])
+    layer = nn.MoEFeedForward(16, 32, num_experts=4, experts_per_token=2, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(2), (2, 8, 16))
+    expected = layer(x)
+
+    @nnx.jit  # (the layer records its routing statistics: a traced module, not a closure)
+    def routed(layer, x):
+        with _context_hints(mesh):
+            return layer(x)
+
+    with sharding.use_mesh(mesh):
+        out = routed(layer, x)
+    assert specs and specs[0][0] == P(("context",))
     np.testing.assert_allclose(out, expected, atol=2e-6)
 
 
