@@ -108,8 +108,8 @@ class MultiHeadAttention(nnx.Module):
     a mesh axis (`config.mesh.context` > 1; nn/constraints.py, sharding.py), self-attention runs as
     `ops.ring_attention` inside `jax.shard_map` over that axis instead of `implementation` (batch and heads mapped
     as the hints lay them out, the sequence in the hints' layout: contiguous or zigzag), with the layer's
-    causality, sliding window, soft-cap and segment ids on global positions. What ring attention cannot do there
-    (an ALiBi bias, sinks, attention dropout, an array `mask`, `decode`) is a ValueError naming it.
+    causality, sliding window, soft-cap, sinks and segment ids on global positions. What ring attention cannot do
+    there (an ALiBi bias, attention dropout, an array `mask`, `decode`) is a ValueError naming it.
     """
 
     def __init__(
@@ -543,7 +543,6 @@ class MultiHeadAttention(nnx.Module):
         unsupported = [
             (decode, "decode=True (a KV cache)"),
             (bias is not None, f"positional={self.positional!r} (an attention bias)"),
-            (self.sinks is not None, "sinks=True (attention sinks)"),
             (use_dropout, f"dropout_rate={self.dropout_rate} (attention dropout)"),
             (mask is not None, "an array `mask` (padding `valid` included; pack with segment_ids instead)"),
         ]
@@ -574,12 +573,17 @@ class MultiHeadAttention(nnx.Module):
             logit_softcap=self.logit_softcap,
             layout=layout,
         )
-        if segment_ids is None:
-            local = lambda q, k, v: ops.ring_attention(q, k, v, **ring)
-            args, in_specs = (q, k, v), (spec, spec, spec)
-        else:
-            local = lambda q, k, v, ids: ops.ring_attention(q, k, v, segment_ids=ids, **ring)
-            args, in_specs = (q, k, v, segment_ids), (spec, spec, spec, ids_spec)
+        # The optional inputs by keyword: segment ids split like the tokens, sinks [N] like the heads.
+        optional = {"segment_ids": (segment_ids, ids_spec)}
+        if self.sinks is not None:
+            optional["sinks"] = (self.sinks[...], jax.sharding.PartitionSpec(heads))
+        names = [name for name, (x, _) in optional.items() if x is not None]
+
+        def local(q, k, v, *rest):
+            return ops.ring_attention(q, k, v, **dict(zip(names, rest, strict=True)), **ring)
+
+        args = (q, k, v, *(optional[name][0] for name in names))
+        in_specs = (spec, spec, spec, *(optional[name][1] for name in names))
         return jax.shard_map(local, mesh=q_sharding.mesh, in_specs=in_specs, out_specs=spec)(*args)
 
     def _attend(self, q, k, v, *, mask, bias, segment_ids, is_causal, decode):

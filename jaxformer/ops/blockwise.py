@@ -161,7 +161,7 @@ def _tile_logits(plan: _Plan, q_tile, k_tile, mask):
     return _mask_logits(_capped_tile_logits(plan, q_tile, k_tile), mask)
 
 
-def _sink_start(sinks, shape):
+def sink_start(sinks, shape):
     """The running max and sum each row starts from, float32 `shape` = [B, K, G, bq]: (MASKED_LOGIT, 0) without
     sinks; with sinks [K, G] (m, l) = (sink, 1), the max kept >= MASKED_LOGIT so that a sink of -inf (no sink)
     gives l = 0 and never inf - inf."""
@@ -200,7 +200,7 @@ def _forward(plan: _Plan, q, k, v, kv_lengths, q_segments, kv_segments, kv_of_q=
             return new_max, row_sum, correction[..., None] * acc + pv
 
         init = (
-            *_sink_start(sinks, (B, K, G, plan.q_block)),
+            *sink_start(sinks, (B, K, G, plan.q_block)),
             jnp.zeros((B, K, G, plan.q_block, Hv), jnp.float32),
         )
         lo, hi = _narrow(*_key_block_range(plan, i, kv_limit), kv_of_q, i)

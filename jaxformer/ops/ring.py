@@ -52,7 +52,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxformer import checks
-from jaxformer.ops.attention import check_logit_softcap, check_scale, soft_cap
+from jaxformer.ops.attention import check_logit_softcap, check_scale, check_sinks, soft_cap
+from jaxformer.ops.blockwise import sink_start
 from jaxformer.ops.masks import MASKED_LOGIT
 
 LAYOUTS = ("contiguous", "zigzag")
@@ -301,7 +302,7 @@ def _shift(ring: _Ring, *xs):
     return tuple(None if x is None else jax.lax.ppermute(x, ring.axis_name, perm) for x in xs)
 
 
-def _forward(ring: _Ring, q, k, v, q_ids, k_ids):
+def _forward(ring: _Ring, q, k, v, q_ids, k_ids, sinks=None):
     """q [B, K, G, T, H], k [B, K, S, H], v [B, K, S, Hv], ids int32 [B, T] / [B, S] or None
     -> (out f32 [B, K, G, T, Hv], lse f32 [B, K, G, T])."""
     B, K, G, T, _ = q.shape
@@ -336,26 +337,28 @@ def _forward(ring: _Ring, q, k, v, q_ids, k_ids):
         *stats, _, _ = _step(ring, compute, (*stats, k, v), (q_ids, k_ids), index, source)
         return tuple(_vary_like(x, *refs) for x in stats), visiting
 
-    stats = (
-        jnp.full((B, K, G, T), MASKED_LOGIT, jnp.float32),
-        jnp.zeros((B, K, G, T), jnp.float32),
-        jnp.zeros((B, K, G, T, v.shape[-1]), jnp.float32),
-    )
+    stats = (*sink_start(sinks, (B, K, G, T)), jnp.zeros((B, K, G, T, v.shape[-1]), jnp.float32))
     stats = tuple(_vary_like(x, *refs) for x in stats)
     stats, (k, v, k_ids) = jax.lax.fori_loop(0, ring.n - 1, step, (stats, (k, v, k_ids)))
     source = (index - (ring.n - 1)) % ring.n  # the last block: computed, not sent on
     row_max, row_sum, acc, _, _ = _step(ring, compute, (*stats, k, v), (q_ids, k_ids), index, source)
-    attended = row_sum > 0.0  # False only for rows that saw no key at all: output 0, lse +inf.
+    attended = row_sum > 0.0  # False only for rows that saw no key (nor sink) at all: output 0, lse +inf.
     out = acc / jnp.where(attended, row_sum, 1.0)[..., None]
     lse = jnp.where(attended, row_max + jnp.log(jnp.where(attended, row_sum, 1.0)), jnp.inf)
     return out, lse
 
 
-def _backward(ring: _Ring, q, k, v, q_ids, k_ids, out, lse, dout):
-    """(dq, dk, dv) in the dtypes of q, k, v; dk and dv ring with their block and come home after n shifts."""
+def _backward(ring: _Ring, q, k, v, q_ids, k_ids, sinks, out, lse, dout):
+    """(dq, dk, dv) in the dtypes of q, k, v, and dsinks float32 [K, G] (None without sinks); dk and dv ring with
+    their block and come home after n shifts."""
     index = jax.lax.axis_index(ring.axis_name)
     refs = (q, k, v, q_ids, k_ids, index)
     delta = jnp.sum(dout.astype(jnp.float32) * out, axis=-1)  # rowsum(do * o) [B, K, G, T]
+    dsinks = None
+    if sinks is not None:  # d/dsigma = -sum over rows of p_sink delta: this device's rows, then summed over the mesh
+        dsinks = -jnp.sum(jnp.exp(sinks[None, :, :, None] - lse) * delta, axis=(0, 3))
+        over = tuple(sorted(_varying_axes(dsinks) - _varying_axes(sinks)))
+        dsinks = jax.lax.psum(dsinks, over) if over else dsinks
 
     def compute(state, rows, start, size, mask):
         dq, k, v, dk, dv = state
@@ -401,22 +404,22 @@ def _backward(ring: _Ring, q, k, v, q_ids, k_ids, out, lse, dout):
     dq, dk, dv = visit(dq, k, v, k_ids, dk, dv, ring.n - 1)
     if ring.n > 1:  # block (index + 1)'s accumulators, after its last visit here, go home
         dk, dv = _shift(ring, dk, dv)
-    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dsinks
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _ring_attention(ring, q, k, v, q_ids, k_ids):
-    return _forward(ring, q, k, v, q_ids, k_ids)[0].astype(q.dtype)
+def _ring_attention(ring, q, k, v, q_ids, k_ids, sinks):
+    return _forward(ring, q, k, v, q_ids, k_ids, sinks)[0].astype(q.dtype)
 
 
-def _ring_attention_fwd(ring, q, k, v, q_ids, k_ids):
-    out, lse = _forward(ring, q, k, v, q_ids, k_ids)
-    return out.astype(q.dtype), (q, k, v, q_ids, k_ids, out, lse)
+def _ring_attention_fwd(ring, q, k, v, q_ids, k_ids, sinks):
+    out, lse = _forward(ring, q, k, v, q_ids, k_ids, sinks)
+    return out.astype(q.dtype), (q, k, v, q_ids, k_ids, sinks, out, lse)
 
 
 def _ring_attention_bwd(ring, residuals, dout):
-    dq, dk, dv = _backward(ring, *residuals, dout)
-    return dq, dk, dv, None, None
+    dq, dk, dv, dsinks = _backward(ring, *residuals, dout)
+    return dq, dk, dv, None, None, dsinks
 
 
 _ring_attention.defvjp(_ring_attention_fwd, _ring_attention_bwd)
@@ -433,6 +436,7 @@ def ring_attention(
     window: int | None = None,
     scale: float | None = None,
     logit_softcap: float | None = None,
+    sinks=None,
     layout: str = "contiguous",
     block_size: int | None = None,
 ) -> jax.Array:
@@ -457,6 +461,9 @@ def ring_attention(
       scale: logit scale, a number > 0; defaults to `1 / sqrt(H)`.
       logit_softcap: c > 0 soft-caps the scaled logits, `s -> c tanh(s / c)` before the mask (Gemma 2), as
         `dot_product_attention(logit_softcap=c)`; None (default) leaves them alone.
+      sinks: float `[N]`, one attention-sink logit per query head (GPT-OSS), as `dot_product_attention(sinks=)`:
+        each row's softmax normaliser also holds exp(sink), which attends to nothing. Replicated (or split like
+        the heads); its gradient is summed over the devices that share it.
       layout: how the global sequence is split: "contiguous" (device i holds positions
         `[i T_local, (i + 1) T_local)`) or "zigzag" (device i holds chunks i and 2n - 1 - i of the 2n chunks of
         T_local / 2; lay the inputs out with `zigzag`, which balances causal work over the devices). Only causal
@@ -479,6 +486,7 @@ def ring_attention(
     scale = float(check_scale(scale, H))
     logit_softcap = check_logit_softcap(logit_softcap)
     logit_softcap = None if logit_softcap is None else float(logit_softcap)
+    sinks = check_sinks(sinks, N)
     if window is not None:
         window = checks.check_positive_int("window", window)
     if (causal or window is not None) and T != S:
@@ -525,5 +533,6 @@ def ring_attention(
     # BTNH -> [B, K, G, T, H] / [B, K, S, H]: heads lead so that each tile is a batched matmul (query head
     # n = k G + g reads key/value head k).
     q = query.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4)
-    out = _ring_attention(ring, q, key.transpose(0, 2, 1, 3), value.transpose(0, 2, 1, 3), q_ids, k_ids)
+    sinks = None if sinks is None else sinks.reshape(K, G)
+    out = _ring_attention(ring, q, key.transpose(0, 2, 1, 3), value.transpose(0, 2, 1, 3), q_ids, k_ids, sinks)
     return out.transpose(0, 3, 1, 2, 4).reshape(B, T, N, Hv)

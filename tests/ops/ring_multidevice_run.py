@@ -38,6 +38,10 @@ CASES = {
     "window_gqa_causal_zigzag": dict(causal=True, layout="zigzag", window=11, heads=(4, 2)),
     "empty_rows": dict(segments="empty_rows"),
     "softcap_causal_zigzag_gqa": dict(causal=True, layout="zigzag", heads=(4, 2), softcap=2.0),
+    # GPT-OSS: sinks with a window and packed documents, GQA, key blocks; on a (data, context) mesh
+    "sinks_causal_zigzag_window_segments": dict(
+        mesh=(2, 4), causal=True, layout="zigzag", window=9, segments="packed", heads=(4, 2), sinks=True, block=2
+    ),
     # T_local = 16 folded 4 keys at a time (half tiles: 2 blocks), a window that skips far blocks; program inspected
     "blocks_causal_zigzag_window_segments": dict(
         T=128, causal=True, layout="zigzag", window=11, segments="packed", block=4, hlo=True
@@ -59,6 +63,7 @@ SLOW_CASES = {
     "long_causal_contiguous_scale_mqa": dict(T=256, causal=True, scale=0.3, heads=(4, 1)),
     "softcap_noncausal_window_segments": dict(window=9, segments="unsorted", softcap=1.5, scale=0.9),
     "blocks_noncausal_contiguous_gqa": dict(heads=(4, 2), block=2, segments="unsorted"),
+    "sinks_noncausal_empty_rows": dict(segments="empty_rows", sinks=True),
 }
 
 
@@ -114,12 +119,31 @@ def reference_mask(B, T, causal, window, ids):
     return mask
 
 
-def reference_grads(q, k, v, w, mask, scale, softcap=None):
-    """float64 (out, dq, dk, dv) of sum(attention(q, k, v) * w), the logits soft-capped at `softcap` (None: not)."""
+def sink_probs(q, k, mask, scale, softcap, sinks):
+    """float64 ([B, N, T, S] key probabilities, [B, N, T] the sink's) of softmax(logits | sink): each row's
+    normaliser also holds exp(sink_n) (GPT-OSS); a row with no visible key gives all its weight to the sink."""
+    G = q.shape[2] // k.shape[2]
+    logits = np.einsum("btnh,bsnh->bnts", q, np.repeat(k, G, axis=2)) * scale
+    if softcap is not None:
+        logits = softcap * np.tanh(logits / softcap)
+    logits = np.where(mask, logits, -np.inf)
+    sink = np.asarray(sinks, np.float64)[None, :, None]  # [1, N, 1]
+    top = np.maximum(logits.max(axis=-1), sink)  # [B, N, T]
+    weights = np.exp(logits - top[..., None])
+    total = weights.sum(axis=-1) + np.exp(sink - top)
+    return weights / total[..., None], np.exp(sink - top) / total
+
+
+def reference_grads(q, k, v, w, mask, scale, softcap=None, sinks=None):
+    """float64 (out, dq, dk, dv[, dsinks]) of sum(attention(q, k, v) * w), the logits soft-capped at `softcap`
+    (None: not), with attention sinks `sinks` [N] (None: none; else their gradient comes last)."""
     q, k, v, w = (np.asarray(x, np.float64) for x in (q, k, v, w))
     N, K = q.shape[2], k.shape[2]
     G = N // K
-    probs = reference.attention_probs(q, k, mask=mask, scale=scale, softcap=softcap)  # [B, N, T, S]
+    if sinks is None:
+        probs = reference.attention_probs(q, k, mask=mask, scale=scale, softcap=softcap)  # [B, N, T, S]
+    else:
+        probs, p_sink = sink_probs(q, k, mask, scale, softcap, sinks)
     k_rep, v_rep = np.repeat(k, G, axis=2), np.repeat(v, G, axis=2)
     out = np.einsum("bnts,bsnh->btnh", probs, v_rep)
     dv = np.einsum("bnts,btnh->bsnh", probs, w)
@@ -133,6 +157,10 @@ def reference_grads(q, k, v, w, mask, scale, softcap=None):
     def fold(x):  # query head n = k G + g reads key/value head k
         return x.reshape(*x.shape[:2], K, G, x.shape[-1]).sum(axis=3)
 
+    if sinks is not None:  # d sink_n = -sum_{b, t} p_sink (w . out)
+        dsinks = -np.einsum("bnt,btn->n", p_sink, np.sum(w * out, axis=-1))
+        return out, dq, fold(dk), fold(dv), dsinks
+
     return out, dq, fold(dk), fold(dv)
 
 
@@ -142,12 +170,13 @@ def make_mesh(shape):
     return jax.make_mesh(shape, ("data", "context"), axis_types=(AUTO, AUTO))
 
 
-def ring_function(mesh, *, causal, window, layout, scale, softcap, block, paired):
-    """jit(shard_map) of (q, k, v, ids, w) -> (out, dq, dk, dv): the vjp of ring attention with cotangent w."""
+def ring_function(mesh, *, causal, window, layout, scale, softcap, block, paired, sinks=False):
+    """jit(shard_map) of (q, k, v, ids, w[, sinks]) -> (out, dq, dk, dv[, dsinks]): the vjp of ring attention with
+    cotangent w (sinks replicated, their gradient too)."""
     batch = "data" if "data" in mesh.axis_names else None
     seq, ids_spec = P(batch, "context"), P(batch, "context")
 
-    def attend(q, k, v, ids):
+    def attend(q, k, v, ids, sinks=None):
         return ops.ring_attention(
             q,
             k,
@@ -160,15 +189,18 @@ def ring_function(mesh, *, causal, window, layout, scale, softcap, block, paired
             logit_softcap=softcap,
             block_size=block,
             segment_ids=ids,
+            sinks=sinks,
         )
 
-    def local(q, k, v, ids, w):
-        out, vjp = jax.vjp(lambda q, k, v: attend(q, k, v, ids), q, k, v)
+    def local(q, k, v, ids, w, *sinks):
+        out, vjp = jax.vjp(lambda q, k, v, *sinks: attend(q, k, v, ids, *sinks), q, k, v, *sinks)
         return (out, *vjp(w))
 
     ids_specs = None if paired is None else ((ids_spec, ids_spec) if paired else ids_spec)
-    mapped = jax.shard_map(local, mesh=mesh, in_specs=(seq, seq, seq, ids_specs, seq), out_specs=(seq,) * 4)
-    return jax.jit(mapped)
+    in_specs, out_specs = (seq, seq, seq, ids_specs, seq), (seq,) * 4
+    if sinks:
+        in_specs, out_specs = (*in_specs, P()), (*out_specs, P())
+    return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=out_specs))
 
 
 def run_case(name, settings, rng):
@@ -184,7 +216,8 @@ def run_case(name, settings, rng):
     w = rng.standard_normal((B, T, N, H)).astype(np.float32)
     ids = None if "segments" not in settings else segment_ids(settings["segments"], B, T, rng)
     mask = reference_mask(B, T, causal, window, ids)
-    want = reference_grads(q, k, v, w, mask, 1 / np.sqrt(H) if scale is None else scale, softcap)
+    sinks = None if "sinks" not in settings else rng.standard_normal(N).astype(np.float32) + 1.0
+    want = reference_grads(q, k, v, w, mask, 1 / np.sqrt(H) if scale is None else scale, softcap, sinks)
 
     def lay(x):
         return None if x is None else to_layout(x, n, layout)
@@ -192,15 +225,24 @@ def run_case(name, settings, rng):
     paired = None if ids is None else isinstance(ids, tuple)
     block = settings.get("block")
     fn = ring_function(
-        mesh, causal=causal, window=window, layout=layout, scale=scale, softcap=softcap, block=block, paired=paired
+        mesh,
+        causal=causal,
+        window=window,
+        layout=layout,
+        scale=scale,
+        softcap=softcap,
+        block=block,
+        paired=paired,
+        sinks=sinks is not None,
     )
-    args = (lay(q), lay(k), lay(v), lay(ids), lay(w))
+    args = (lay(q), lay(k), lay(v), lay(ids), lay(w), *(() if sinks is None else (sinks,)))
     start = time.perf_counter()
     compiled = fn.lower(*args).compile()
     got = jax.block_until_ready(compiled(*args))
     seconds = time.perf_counter() - start
-    got = [from_layout(np.asarray(x), n, layout) for x in got]
-    errors = {key: float(np.max(np.abs(g - r))) for key, g, r in zip(("out", "dq", "dk", "dv"), got, want, strict=True)}
+    got = [from_layout(np.asarray(x), n, layout) for x in got[:4]] + [np.asarray(x) for x in got[4:]]
+    names = ("out", "dq", "dk", "dv", "dsinks")[: len(want)]
+    errors = {key: float(np.max(np.abs(g - r))) for key, g, r in zip(names, got, want, strict=True)}
     result = {"errors": errors, "finite": all(bool(np.isfinite(g).all()) for g in got), "seconds": seconds}
     if settings.get("hlo"):
         result["hlo"] = hlo_check(compiled.as_text(), T, B, N, H, n, block)

@@ -9,7 +9,8 @@ prints one JSON object on the last line:
 A run is "axis=size,...[:option...]": the mesh over sharding.MESH_AXES (missing axes 1), then options:
 "contiguous" (the sequence layout; default config.sequence_layout, zigzag), "plain" (unpacked rows: no segment
 ids, no positions, so the model's default positions are used), "softcap" (attention logits soft-capped at 5),
-"moe" (the second layer a mixture of 4 experts, top-2, with the balance and z losses).
+"sinks" (GPT-OSS's attention sinks), "moe" (the second layer a mixture of 4 experts, top-2, with the balance
+and z losses).
 """
 
 import json
@@ -28,7 +29,7 @@ from jaxformer.training.loop import check_context_config
 from jaxformer.training.run import build_run
 from jaxformer.training.runner import StepRunner, make_train_step
 
-OPTIONS = ("contiguous", "plain", "softcap", "moe")
+OPTIONS = ("contiguous", "plain", "softcap", "sinks", "moe")
 
 
 def setup(corpus: str, run_arg: str):
@@ -41,6 +42,8 @@ def setup(corpus: str, run_arg: str):
     model.update(positional="rope", sliding_window=8, layer_types=("local", "global"), scan_layers=False, remat="none")
     if "softcap" in options:
         model.update(attention_logit_softcap=5.0)
+    if "sinks" in options:
+        model.update(attention_sinks=True)
     if "moe" in options:  # 4 SwiGLU experts, top-2, layer 0 dense; balance and z losses on
         model.update(activation="swiglu", num_experts=4, experts_per_token=2, expert_d_ff=32, dense_layers=(0,))
         model.update(router_z_loss_coef=0.001)

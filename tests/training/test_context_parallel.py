@@ -31,9 +31,10 @@ from jaxformer.training.runner import StepRunner
 
 HERE = pathlib.Path(__file__).resolve().parent
 # mesh[:options] (context_parallel_run.py): zigzag unless "contiguous"; "plain" rows use the default positions.
-# Default: zigzag with packed rows, zigzag with the default positions and a soft-cap (one subprocess, 4 programs);
+# Default: zigzag with packed rows, zigzag with the default positions, a soft-cap and sinks (one subprocess, 4
+# programs);
 # the contiguous layout trains end to end with -m slow (and its positions and masks are checked in tests/ops).
-CONTEXT_RUNS = ("data=2,context=4", "context=8:plain:softcap")
+CONTEXT_RUNS = ("data=2,context=4", "context=8:plain:softcap:sinks")
 SLOW_CONTEXT_RUNS = (
     "context=8:contiguous",
     "data=2,context=4:contiguous:plain",
@@ -207,7 +208,6 @@ def test_a_mixture_of_experts_routes_each_devices_slice_of_the_sequence(monkeypa
     ("options", "call", "message"),
     [
         (dict(positional="alibi"), {}, r"positional='alibi' \(an attention bias\)"),
-        (dict(sinks=True), {}, r"sinks=True"),
         (dict(dropout_rate=0.1), {}, r"dropout_rate=0.1 \(attention dropout\)"),
         ({}, dict(mask=jnp.ones((2, 1, 8, 8), bool)), r"an array `mask`"),
         ({}, dict(decode=True), r"decode=True \(a KV cache\)"),
