@@ -108,8 +108,9 @@ class MultiHeadAttention(nnx.Module):
     a mesh axis (`config.mesh.context` > 1; nn/constraints.py, sharding.py), self-attention runs as
     `ops.ring_attention` inside `jax.shard_map` over that axis instead of `implementation` (batch and heads mapped
     as the hints lay them out, the sequence in the hints' layout: contiguous or zigzag), with the layer's
-    causality, sliding window, soft-cap, sinks and segment ids on global positions. What ring attention cannot do
-    there (an ALiBi bias, attention dropout, an array `mask`, `decode`) is a ValueError naming it.
+    causality, sliding window, soft-cap, sinks, ALiBi (on the layer's positions) and segment ids on global
+    positions. What ring attention cannot do there (attention dropout, an array `mask`, `decode`) is a ValueError
+    naming it.
     """
 
     def __init__(
@@ -374,6 +375,9 @@ class MultiHeadAttention(nnx.Module):
             key_positions = jnp.arange(k.shape[1])[None, :] if kv.key_positions is None else kv.key_positions
             if decode:
                 mask, is_causal = kv.mask, False
+        elif context is None and not decode:  # self-attention: each key is a query's token, at its position
+            # (per-document positions of packed rows too, for ALiBi's distances)
+            key_positions = positions if positions.ndim == 2 else positions[None, :]
         else:
             key_positions = jnp.arange(k.shape[1])[None, :]  # [1|B, S]: where each key sits in the sequence
         if decode and kv is None:
@@ -382,14 +386,10 @@ class MultiHeadAttention(nnx.Module):
             k, v, mask, overflow, key_positions = update(k, v, mask, offset, count)
             is_causal = False  # the cache mask is causal already
         shared = SharedKV(k, v, mask, key_positions, offset) if decode else SharedKV(k, v)
-        bias = None
+        alibi = None  # ALiBi's (query positions [B, T], key positions [B, S]): the bias is made where it is used
         if self.positional == "alibi":
-            # ops.alibi_bias with arbitrary per-example query positions (a cache index, or `positions`), which
-            # its scalar `offset` cannot express: -slope_n * |query position - key position|.
-            q_pos = positions if positions.ndim == 2 else jnp.broadcast_to(positions, (B, T))
-            distance = jnp.abs(q_pos[:, None, :, None] - key_positions[:, None, None, :]).astype(jnp.float32)
-            bias = -jnp.asarray(ops.alibi_slopes(self.num_heads))[None, :, None, None] * distance
-        out = self._attend(q, k, v, mask=mask, bias=bias, segment_ids=segment_ids, is_causal=is_causal, decode=decode)
+            alibi = (positions if positions.ndim == 2 else jnp.broadcast_to(positions, (B, T)), key_positions)
+        out = self._attend(q, k, v, mask=mask, alibi=alibi, segment_ids=segment_ids, is_causal=is_causal, decode=decode)
         out = lora.dense("BTNH,NHD->BTD", out, self.w_o, lora.adapter(self, "w_o"), dtype=self.dtype)
         out = out if self.b_o is None else out + self.b_o[...].astype(self.dtype)
         if overflow is not None:  # (traced) writes past the cache: NaN, never a clamped or wrapped result
@@ -534,15 +534,15 @@ class MultiHeadAttention(nnx.Module):
             return None
         return q_sharding, resolved(("batch", "length", "kv_heads", "head_dim"), k.shape)
 
-    def _ring_attend(self, q, k, v, shardings, *, mask, bias, segment_ids, is_causal, decode, use_dropout):
+    def _ring_attend(self, q, k, v, shardings, *, mask, alibi, segment_ids, is_causal, decode, use_dropout):
         """Self-attention over a sequence split on the context mesh axis: `ops.ring_attention` inside
-        `jax.shard_map` (batch and heads mapped as the hints lay them out), with the causality, sliding window and
-        segment ids the layer would otherwise apply. RoPE was applied before, on the global positions."""
+        `jax.shard_map` (batch and heads mapped as the hints lay them out), with the causality, sliding window,
+        soft-cap, sinks, ALiBi and segment ids the layer would otherwise apply. RoPE was applied before, on the
+        global positions."""
         q_sharding, k_sharding = shardings
         axis = q_sharding.spec[1]
         unsupported = [
             (decode, "decode=True (a KV cache)"),
-            (bias is not None, f"positional={self.positional!r} (an attention bias)"),
             (use_dropout, f"dropout_rate={self.dropout_rate} (attention dropout)"),
             (mask is not None, "an array `mask` (padding `valid` included; pack with segment_ids instead)"),
         ]
@@ -562,6 +562,8 @@ class MultiHeadAttention(nnx.Module):
         # Heads split over tensor stay split when the key / value heads are split alike (query head n reads key
         # head n // G on the same device); otherwise every device of that axis attends over all heads.
         heads = q_sharding.spec[2] if q_sharding.spec[2] == k_sharding.spec[2] else None
+        if alibi is not None:  # ALiBi's slopes are static per query head: every device takes all heads
+            heads = None
         spec = jax.sharding.PartitionSpec(batch, axis, heads, None)
         ids_spec = jax.sharding.PartitionSpec(batch, axis)
         _, _, layout = sequence_split(q.shape[0], q.shape[1])
@@ -574,7 +576,10 @@ class MultiHeadAttention(nnx.Module):
             layout=layout,
         )
         # The optional inputs by keyword: segment ids split like the tokens, sinks [N] like the heads.
-        optional = {"segment_ids": (segment_ids, ids_spec)}
+        optional = {"segment_ids": (segment_ids, ids_spec), "positions": (None, ids_spec)}
+        if alibi is not None:  # the queries' positions; the keys' are the same (self-attention), ringing with them
+            optional["positions"] = (alibi[0], ids_spec)
+            ring["alibi_slopes"] = ops.alibi_slopes(self.num_heads)
         if self.sinks is not None:
             optional["sinks"] = (self.sinks[...], jax.sharding.PartitionSpec(heads))
         names = [name for name, (x, _) in optional.items() if x is not None]
@@ -586,7 +591,7 @@ class MultiHeadAttention(nnx.Module):
         in_specs = (spec, spec, spec, *(optional[name][1] for name in names))
         return jax.shard_map(local, mesh=q_sharding.mesh, in_specs=in_specs, out_specs=spec)(*args)
 
-    def _attend(self, q, k, v, *, mask, bias, segment_ids, is_causal, decode):
+    def _attend(self, q, k, v, *, mask, alibi, segment_ids, is_causal, decode):
         use_dropout = self.dropout_rate > 0 and not self.deterministic
         if (shardings := self._context_shardings(q, k)) is not None:
             return self._ring_attend(
@@ -595,12 +600,18 @@ class MultiHeadAttention(nnx.Module):
                 v,
                 shardings,
                 mask=mask,
-                bias=bias,
+                alibi=alibi,
                 segment_ids=segment_ids,
                 is_causal=is_causal,
                 decode=decode,
                 use_dropout=use_dropout,
             )
+        bias = None
+        if alibi is not None:  # ops.alibi_bias with per-example query positions (a cache index, `positions`), which
+            # its scalar `offset` cannot express: -slope_n * |query position - key position|.
+            q_pos, key_positions = alibi
+            distance = jnp.abs(q_pos[:, None, :, None] - key_positions[:, None, None, :]).astype(jnp.float32)
+            bias = -jnp.asarray(ops.alibi_slopes(self.num_heads))[None, :, None, None] * distance
         facts = dict(
             dtype=q.dtype,
             head_dim=self.head_dim,

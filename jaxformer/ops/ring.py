@@ -72,6 +72,7 @@ class _Ring(NamedTuple):
     causal: bool
     softcap: float | None  # logits -> softcap * tanh(logits / softcap) (Gemma 2), before the mask
     block_size: int | None  # key columns per block inside a step (None: `_key_block`'s default)
+    alibi: tuple[tuple[float, ...], ...] | None  # ALiBi slopes [K][G]: logits - slope |q_pos - k_pos| (None: none)
     # Key s is visible from query t iff  t - left <= s <= t + right  (None = unbounded on that side).
     left: int | None
     right: int | None
@@ -258,16 +259,26 @@ def _key_block(ring: _Ring, width: int) -> int:
     return block if block >= min(width, 64) else width
 
 
+def _alibi_bias(ring: _Ring, q_pos, k_pos):
+    """ALiBi's bias of one tile, float32 [B|1, K, G, t, s]: -slope_n |q_pos - k_pos| (`ops.alibi_bias`), from the
+    positions int32 [B|1, t] and [B|1, s]; `ring.alibi` holds the slopes as [K][G] (query head n = k G + g)."""
+    slopes = jnp.asarray(ring.alibi, jnp.float32)[None, :, :, None, None]  # [1, K, G, 1, 1]
+    distance = jnp.abs(q_pos[:, :, None] - k_pos[:, None, :]).astype(jnp.float32)  # [B|1, t, s]
+    return -slopes * distance[:, None, None]
+
+
 def _run_tile(ring: _Ring, compute, state, tile_args, rows, cols, check_future, index, source):
-    """compute(state, rows, start, size, mask) over the tile's key blocks [start, start + size) in turn (an online
-    softmax: the scores held at once are `[rows, size]`, not the whole tile), each skipped (state unchanged) when
-    its mask hides every pair."""
-    q_ids, k_ids = tile_args
+    """compute(state, rows, start, size, mask, bias) over the tile's key blocks [start, start + size) in turn (an
+    online softmax: the scores held at once are `[rows, size]`, not the whole tile), each skipped (state unchanged)
+    when its mask hides every pair. `tile_args` = ((q_ids, q_alibi_pos), (k_ids, k_alibi_pos)), None where unused."""
+    (q_ids, q_ap), (k_ids, k_ap) = tile_args
     q_pos = _positions(ring.layout, index, ring.n, ring.q_len)[rows]
     first, stop, _ = cols.indices(ring.kv_len)
     k_pos = _positions(ring.layout, source, ring.n, ring.kv_len)[first:stop]
     if q_ids is not None:
         q_ids, k_ids = _take(q_ids, rows, 1), _take(k_ids, cols, 1)
+    if q_ap is not None:
+        q_ap, k_ap = _take(q_ap, rows, 1), _take(k_ap, cols, 1)
     size = _key_block(ring, stop - first)
 
     def block(j, st):
@@ -275,9 +286,11 @@ def _run_tile(ring: _Ring, compute, state, tile_args, rows, cols, check_future, 
         pos = jax.lax.dynamic_slice_in_dim(k_pos, offset, size)
         ids = None if k_ids is None else jax.lax.dynamic_slice_in_dim(k_ids, offset, size, axis=1)
         mask = _tile_mask(ring, q_pos, pos, q_ids, ids, check_future)
-        if mask is None:
-            return compute(st, rows, first + offset, size, None)
-        return jax.lax.cond(jnp.any(mask), lambda st: compute(st, rows, first + offset, size, mask), lambda st: st, st)
+        bias = None
+        if q_ap is not None:
+            bias = _alibi_bias(ring, q_ap, jax.lax.dynamic_slice_in_dim(k_ap, offset, size, axis=1))
+        run = lambda st: compute(st, rows, first + offset, size, mask, bias)
+        return run(st) if mask is None else jax.lax.cond(jnp.any(mask), run, lambda st: st, st)
 
     if size == stop - first:
         return block(0, state)
@@ -302,14 +315,14 @@ def _shift(ring: _Ring, *xs):
     return tuple(None if x is None else jax.lax.ppermute(x, ring.axis_name, perm) for x in xs)
 
 
-def _forward(ring: _Ring, q, k, v, q_ids, k_ids, sinks=None):
-    """q [B, K, G, T, H], k [B, K, S, H], v [B, K, S, Hv], ids int32 [B, T] / [B, S] or None
-    -> (out f32 [B, K, G, T, Hv], lse f32 [B, K, G, T])."""
+def _forward(ring: _Ring, q, k, v, q_meta, k_meta, sinks=None):
+    """q [B, K, G, T, H], k [B, K, S, H], v [B, K, S, Hv], q_meta / k_meta (segment ids, ALiBi positions) int32
+    [B|1, T] / [B|1, S] or None each -> (out f32 [B, K, G, T, Hv], lse f32 [B, K, G, T])."""
     B, K, G, T, _ = q.shape
     index = jax.lax.axis_index(ring.axis_name)
-    refs = (q, k, v, q_ids, k_ids, index)
+    refs = (q, k, v, *q_meta, *k_meta, index)
 
-    def compute(state, rows, start, size, mask):
+    def compute(state, rows, start, size, mask, bias):
         row_max, row_sum, acc, k, v = state
         q_tile = _take(q, rows, 3)
         k_tile, v_tile = (jax.lax.dynamic_slice_in_dim(x, start, size, axis=2) for x in (k, v))
@@ -317,6 +330,8 @@ def _forward(ring: _Ring, q, k, v, q_ids, k_ids, sinks=None):
             jnp.einsum("BKGqH,BKkH->BKGqk", q_tile, k_tile, preferred_element_type=jnp.float32) * ring.scale,
             ring.softcap,
         )
+        if bias is not None:  # after the soft-cap, as dot_product_attention's bias
+            logits = logits + bias
         if mask is not None:
             logits = jnp.where(mask, logits, MASKED_LOGIT)
         old_max = _take(row_max, rows, 3)
@@ -331,28 +346,28 @@ def _forward(ring: _Ring, q, k, v, q_ids, k_ids, sinks=None):
         return _put(row_max, rows, new_max, 3), row_sum, acc, k, v
 
     def step(s, carry):
-        stats, (k, v, k_ids) = carry
+        stats, (k, v, k_meta) = carry
         source = (index - s) % ring.n
-        visiting = _shift(ring, k, v, k_ids)  # sent before the compute, which does not need it: may overlap
-        *stats, _, _ = _step(ring, compute, (*stats, k, v), (q_ids, k_ids), index, source)
-        return tuple(_vary_like(x, *refs) for x in stats), visiting
+        visiting = _shift(ring, k, v, *k_meta)  # sent before the compute, which does not need it: may overlap
+        *stats, _, _ = _step(ring, compute, (*stats, k, v), (q_meta, k_meta), index, source)
+        return tuple(_vary_like(x, *refs) for x in stats), (*visiting[:2], visiting[2:])
 
     stats = (*sink_start(sinks, (B, K, G, T)), jnp.zeros((B, K, G, T, v.shape[-1]), jnp.float32))
     stats = tuple(_vary_like(x, *refs) for x in stats)
-    stats, (k, v, k_ids) = jax.lax.fori_loop(0, ring.n - 1, step, (stats, (k, v, k_ids)))
+    stats, (k, v, k_meta) = jax.lax.fori_loop(0, ring.n - 1, step, (stats, (k, v, k_meta)))
     source = (index - (ring.n - 1)) % ring.n  # the last block: computed, not sent on
-    row_max, row_sum, acc, _, _ = _step(ring, compute, (*stats, k, v), (q_ids, k_ids), index, source)
+    row_max, row_sum, acc, _, _ = _step(ring, compute, (*stats, k, v), (q_meta, k_meta), index, source)
     attended = row_sum > 0.0  # False only for rows that saw no key (nor sink) at all: output 0, lse +inf.
     out = acc / jnp.where(attended, row_sum, 1.0)[..., None]
     lse = jnp.where(attended, row_max + jnp.log(jnp.where(attended, row_sum, 1.0)), jnp.inf)
     return out, lse
 
 
-def _backward(ring: _Ring, q, k, v, q_ids, k_ids, sinks, out, lse, dout):
+def _backward(ring: _Ring, q, k, v, q_meta, k_meta, sinks, out, lse, dout):
     """(dq, dk, dv) in the dtypes of q, k, v, and dsinks float32 [K, G] (None without sinks); dk and dv ring with
     their block and come home after n shifts."""
     index = jax.lax.axis_index(ring.axis_name)
-    refs = (q, k, v, q_ids, k_ids, index)
+    refs = (q, k, v, *q_meta, *k_meta, index)
     delta = jnp.sum(dout.astype(jnp.float32) * out, axis=-1)  # rowsum(do * o) [B, K, G, T]
     dsinks = None
     if sinks is not None:  # d/dsigma = -sum over rows of p_sink delta: this device's rows, then summed over the mesh
@@ -360,7 +375,7 @@ def _backward(ring: _Ring, q, k, v, q_ids, k_ids, sinks, out, lse, dout):
         over = tuple(sorted(_varying_axes(dsinks) - _varying_axes(sinks)))
         dsinks = jax.lax.psum(dsinks, over) if over else dsinks
 
-    def compute(state, rows, start, size, mask):
+    def compute(state, rows, start, size, mask, bias):
         dq, k, v, dk, dv = state
         q_tile, do_tile = _take(q, rows, 3), _take(dout, rows, 3)
         k_tile, v_tile = (jax.lax.dynamic_slice_in_dim(x, start, size, axis=2) for x in (k, v))
@@ -368,7 +383,8 @@ def _backward(ring: _Ring, q, k, v, q_ids, k_ids, sinks, out, lse, dout):
             jnp.einsum("BKGqH,BKkH->BKGqk", q_tile, k_tile, preferred_element_type=jnp.float32) * ring.scale,
             ring.softcap,
         )
-        logits = capped if mask is None else jnp.where(mask, capped, MASKED_LOGIT)
+        logits = capped if bias is None else capped + bias  # the bias is a constant: no gradient through it
+        logits = logits if mask is None else jnp.where(mask, logits, MASKED_LOGIT)
         probs = jnp.exp(logits - _take(lse, rows, 3)[..., None])  # rows that see nothing: lse = +inf, p = 0
         if mask is not None:
             probs = jnp.where(mask, probs, 0.0)
@@ -387,39 +403,41 @@ def _backward(ring: _Ring, q, k, v, q_ids, k_ids, sinks, out, lse, dout):
         )
         return dq, k, v, dk, dv
 
-    def visit(dq, k, v, k_ids, dk, dv, s):
+    def visit(dq, k, v, k_meta, dk, dv, s):
         source = (index - s) % ring.n
-        dq, _, _, dk, dv = _step(ring, compute, (dq, k, v, dk, dv), (q_ids, k_ids), index, source)
+        dq, _, _, dk, dv = _step(ring, compute, (dq, k, v, dk, dv), (q_meta, k_meta), index, source)
         return tuple(_vary_like(x, *refs) for x in (dq, dk, dv))
 
     def step(s, carry):
-        dq, (k, v, k_ids, dk, dv) = carry
-        k_next, v_next, ids_next = _shift(ring, k, v, k_ids)  # independent of this step's compute
-        dq, dk, dv = visit(dq, k, v, k_ids, dk, dv, s)
+        dq, (k, v, k_meta, dk, dv) = carry
+        k_next, v_next, *meta_next = _shift(ring, k, v, *k_meta)  # independent of this step's compute
+        dq, dk, dv = visit(dq, k, v, k_meta, dk, dv, s)
         dk, dv = _shift(ring, dk, dv)  # the accumulators follow their block
-        return dq, (k_next, v_next, ids_next, dk, dv)
+        return dq, (k_next, v_next, tuple(meta_next), dk, dv)
 
     zeros = [_vary_like(jnp.zeros(x.shape, jnp.float32), *refs) for x in (q, k, v)]
-    dq, (k, v, k_ids, dk, dv) = jax.lax.fori_loop(0, ring.n - 1, step, (zeros[0], (k, v, k_ids, *zeros[1:])))
-    dq, dk, dv = visit(dq, k, v, k_ids, dk, dv, ring.n - 1)
+    dq, (k, v, k_meta, dk, dv) = jax.lax.fori_loop(0, ring.n - 1, step, (zeros[0], (k, v, k_meta, *zeros[1:])))
+    dq, dk, dv = visit(dq, k, v, k_meta, dk, dv, ring.n - 1)
     if ring.n > 1:  # block (index + 1)'s accumulators, after its last visit here, go home
         dk, dv = _shift(ring, dk, dv)
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dsinks
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _ring_attention(ring, q, k, v, q_ids, k_ids, sinks):
-    return _forward(ring, q, k, v, q_ids, k_ids, sinks)[0].astype(q.dtype)
+def _ring_attention(ring, q, k, v, q_meta, k_meta, sinks):
+    return _forward(ring, q, k, v, q_meta, k_meta, sinks)[0].astype(q.dtype)
 
 
-def _ring_attention_fwd(ring, q, k, v, q_ids, k_ids, sinks):
-    out, lse = _forward(ring, q, k, v, q_ids, k_ids, sinks)
-    return out.astype(q.dtype), (q, k, v, q_ids, k_ids, sinks, out, lse)
+def _ring_attention_fwd(ring, q, k, v, q_meta, k_meta, sinks):
+    out, lse = _forward(ring, q, k, v, q_meta, k_meta, sinks)
+    return out.astype(q.dtype), (q, k, v, q_meta, k_meta, sinks, out, lse)
 
 
 def _ring_attention_bwd(ring, residuals, dout):
     dq, dk, dv, dsinks = _backward(ring, *residuals, dout)
-    return dq, dk, dv, None, None, dsinks
+    q_meta, k_meta = residuals[3], residuals[4]
+    no_grad = lambda meta: tuple(None for _ in meta)  # integer ids and positions
+    return dq, dk, dv, no_grad(q_meta), no_grad(k_meta), dsinks
 
 
 _ring_attention.defvjp(_ring_attention_fwd, _ring_attention_bwd)
@@ -437,6 +455,8 @@ def ring_attention(
     scale: float | None = None,
     logit_softcap: float | None = None,
     sinks=None,
+    alibi_slopes=None,
+    positions=None,
     layout: str = "contiguous",
     block_size: int | None = None,
 ) -> jax.Array:
@@ -444,7 +464,7 @@ def ring_attention(
 
     Equals `dot_product_attention` on the gathered global sequence (to float32 rounding), forward and backward,
     with the mask described by the arguments below, while each device holds only its own slice of the queries, one
-    visiting key/value block and `[T_local, S_local]` tiles of scores: the key/value blocks ring around the n devices
+    visiting key/value block and `[T_local, block_size]` tiles of scores: the key/value blocks ring around the n devices
     of `axis_name` (`jax.lax.ppermute`, n - 1 shifts forward; the backward shifts them again, with their dk / dv
     accumulators). See the module docstring for the maths.
 
@@ -464,6 +484,12 @@ def ring_attention(
       sinks: float `[N]`, one attention-sink logit per query head (GPT-OSS), as `dot_product_attention(sinks=)`:
         each row's softmax normaliser also holds exp(sink), which attends to nothing. Replicated (or split like
         the heads); its gradient is summed over the devices that share it.
+      alibi_slopes: ALiBi (Press et al. 2022), concrete floats `[N]` (`ops.alibi_slopes(N)`): the bias
+        `-slope_n |p_t - p_s|` is added to the (soft-capped) logits, as `dot_product_attention(bias=...)` with
+        `ops.alibi_bias`. Needs S_local == T_local.
+      positions: with `alibi_slopes`, int `[B, T_local]` sharded like the query: the positions the bias measures
+        (per-document positions of packed rows, say); the key side's ring with the keys. Default: the global
+        positions of the layout (`ring_positions`).
       layout: how the global sequence is split: "contiguous" (device i holds positions
         `[i T_local, (i + 1) T_local)`) or "zigzag" (device i holds chunks i and 2n - 1 - i of the 2n chunks of
         T_local / 2; lay the inputs out with `zigzag`, which balances causal work over the devices). Only causal
@@ -487,6 +513,26 @@ def ring_attention(
     logit_softcap = check_logit_softcap(logit_softcap)
     logit_softcap = None if logit_softcap is None else float(logit_softcap)
     sinks = check_sinks(sinks, N)
+    alibi = None
+    if alibi_slopes is not None:
+        slopes = np.asarray(alibi_slopes, np.float64)
+        if slopes.shape != (N,) or not np.all(np.isfinite(slopes)):
+            raise ValueError(f"`alibi_slopes` must be {N} finite numbers (one per query head); got {alibi_slopes!r}.")
+        if T != S:
+            raise ValueError(
+                f"ring_attention with `alibi_slopes` measures distances within one sequence: T_local={T} must equal "
+                f"S_local={S}."
+            )
+        alibi = tuple(tuple(float(x) for x in row) for row in slopes.reshape(K, N // K))
+    if positions is not None:
+        if alibi is None:
+            raise ValueError("`positions` is what the ALiBi bias measures: pass it with `alibi_slopes`.")
+        positions = checks.check_array("positions", positions)
+        if positions.shape != (B, T) or not jnp.issubdtype(positions.dtype, jnp.integer):
+            raise ValueError(
+                f"`positions` must be int [B={B}, T_local={T}] like the query; got {positions.dtype} "
+                f"{checks.shape_str(positions.shape)}."
+            )
     if window is not None:
         window = checks.check_positive_int("window", window)
     if (causal or window is not None) and T != S:
@@ -527,6 +573,7 @@ def ring_attention(
         causal=causal,
         softcap=logit_softcap,
         block_size=block_size,
+        alibi=alibi,
         left=None if window is None else window - 1,
         right=0 if causal else (None if window is None else window - 1),
     )
@@ -534,5 +581,11 @@ def ring_attention(
     # n = k G + g reads key/value head k).
     q = query.reshape(B, T, K, G, H).transpose(0, 2, 3, 1, 4)
     sinks = None if sinks is None else sinks.reshape(K, G)
-    out = _ring_attention(ring, q, key.transpose(0, 2, 1, 3), value.transpose(0, 2, 1, 3), q_ids, k_ids, sinks)
+    q_pos = None
+    if alibi is not None:
+        q_pos = positions.astype(jnp.int32) if positions is not None else None
+        if q_pos is None:
+            q_pos = _positions(layout, jax.lax.axis_index(axis_name), n, T)[None]
+    meta = ((q_ids, q_pos), (k_ids, q_pos))  # self-attention: the keys' positions are the queries'
+    out = _ring_attention(ring, q, key.transpose(0, 2, 1, 3), value.transpose(0, 2, 1, 3), *meta, sinks)
     return out.transpose(0, 3, 1, 2, 4).reshape(B, T, N, Hv)

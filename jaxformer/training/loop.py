@@ -369,7 +369,6 @@ def check_context_config(config: ml_collections.ConfigDict, mesh, model_config) 
             f"{pieces}, {fix}."
         )
     unsupported = [
-        (model_config.positional == "alibi", "model.positional='alibi'"),
         (model_config.attention_dropout_rate > 0, "model.attention_dropout_rate > 0"),
     ]
     refused = [name for flag, name in unsupported if flag]

@@ -119,6 +119,19 @@ def test_cached_decoding_with_a_sliding_window(positional):
 
 
 @pytest.mark.parametrize("positional", ["rope", "alibi"])
+def test_packed_documents_with_their_own_positions_equal_each_document_alone(positional):
+    """Two documents in one row (segment ids, positions restarting at the second): each one's output equals the
+    layer on that document alone, ALiBi's distances included (its keys sit at their tokens' positions)."""
+    m = randomize(nn.MultiHeadAttention(D, N, num_kv_heads=K, positional=positional, rngs=nnx.Rngs(0)))
+    x = np.random.default_rng(5).normal(size=(1, 7, D)).astype(np.float32)
+    ids = np.array([[0, 0, 0, 1, 1, 1, 1]], np.int32)
+    positions = np.array([[0, 1, 2, 0, 1, 2, 3]], np.int32)
+    packed = m(x, is_causal=True, segment_ids=ids, positions=positions)
+    np.testing.assert_allclose(packed[:, :3], m(x[:, :3], is_causal=True), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(packed[:, 3:], m(x[:, 3:], is_causal=True), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("positional", ["rope", "alibi"])
 def test_a_window_shorter_than_the_cache_decodes_from_a_ring_of_window_entries(positional):
     """Right-padded rows of 5 and 2 real tokens, prefilled at once (valid= marks them), then 3 steps of one token:
     each row equals its own teacher-forced pass, though the cache holds only the last W = 3 keys."""

@@ -38,6 +38,11 @@ CASES = {
     "window_gqa_causal_zigzag": dict(causal=True, layout="zigzag", window=11, heads=(4, 2)),
     "empty_rows": dict(segments="empty_rows"),
     "softcap_causal_zigzag_gqa": dict(causal=True, layout="zigzag", heads=(4, 2), softcap=2.0),
+    # ALiBi (BLOOM, MPT): on the layout's global positions, and on positions passed in (per packed document)
+    "alibi_causal_zigzag": dict(causal=True, layout="zigzag", alibi="global", heads=(4, 2)),
+    "alibi_given_positions_causal_zigzag_softcap": dict(
+        causal=True, layout="zigzag", alibi="given", segments="packed", softcap=3.0
+    ),
     # GPT-OSS: sinks with a window and packed documents, GQA, key blocks; on a (data, context) mesh
     "sinks_causal_zigzag_window_segments": dict(
         mesh=(2, 4), causal=True, layout="zigzag", window=9, segments="packed", heads=(4, 2), sinks=True, block=2
@@ -64,6 +69,7 @@ SLOW_CASES = {
     "softcap_noncausal_window_segments": dict(window=9, segments="unsorted", softcap=1.5, scale=0.9),
     "blocks_noncausal_contiguous_gqa": dict(heads=(4, 2), block=2, segments="unsorted"),
     "sinks_noncausal_empty_rows": dict(segments="empty_rows", sinks=True),
+    "alibi_noncausal_window_contiguous": dict(alibi="global", window=13, heads=(6, 3), block=4),
 }
 
 
@@ -134,14 +140,14 @@ def sink_probs(q, k, mask, scale, softcap, sinks):
     return weights / total[..., None], np.exp(sink - top) / total
 
 
-def reference_grads(q, k, v, w, mask, scale, softcap=None, sinks=None):
+def reference_grads(q, k, v, w, mask, scale, softcap=None, sinks=None, bias=None):
     """float64 (out, dq, dk, dv[, dsinks]) of sum(attention(q, k, v) * w), the logits soft-capped at `softcap`
     (None: not), with attention sinks `sinks` [N] (None: none; else their gradient comes last)."""
     q, k, v, w = (np.asarray(x, np.float64) for x in (q, k, v, w))
     N, K = q.shape[2], k.shape[2]
     G = N // K
     if sinks is None:
-        probs = reference.attention_probs(q, k, mask=mask, scale=scale, softcap=softcap)  # [B, N, T, S]
+        probs = reference.attention_probs(q, k, mask=mask, bias=bias, scale=scale, softcap=softcap)  # [B, N, T, S]
     else:
         probs, p_sink = sink_probs(q, k, mask, scale, softcap, sinks)
     k_rep, v_rep = np.repeat(k, G, axis=2), np.repeat(v, G, axis=2)
@@ -170,13 +176,13 @@ def make_mesh(shape):
     return jax.make_mesh(shape, ("data", "context"), axis_types=(AUTO, AUTO))
 
 
-def ring_function(mesh, *, causal, window, layout, scale, softcap, block, paired, sinks=False):
-    """jit(shard_map) of (q, k, v, ids, w[, sinks]) -> (out, dq, dk, dv[, dsinks]): the vjp of ring attention with
-    cotangent w (sinks replicated, their gradient too)."""
+def ring_function(mesh, *, causal, window, layout, scale, softcap, block, paired, sinks=False, alibi=None):
+    """jit(shard_map) of (q, k, v, ids, w, positions[, sinks]) -> (out, dq, dk, dv[, dsinks]): the vjp of ring
+    attention with cotangent w (sinks replicated, their gradient too; positions for ALiBi, or None)."""
     batch = "data" if "data" in mesh.axis_names else None
     seq, ids_spec = P(batch, "context"), P(batch, "context")
 
-    def attend(q, k, v, ids, sinks=None):
+    def attend(q, k, v, ids, positions, sinks=None):
         return ops.ring_attention(
             q,
             k,
@@ -190,14 +196,16 @@ def ring_function(mesh, *, causal, window, layout, scale, softcap, block, paired
             block_size=block,
             segment_ids=ids,
             sinks=sinks,
+            alibi_slopes=alibi,
+            positions=positions,
         )
 
-    def local(q, k, v, ids, w, *sinks):
-        out, vjp = jax.vjp(lambda q, k, v, *sinks: attend(q, k, v, ids, *sinks), q, k, v, *sinks)
+    def local(q, k, v, ids, w, positions, *sinks):
+        out, vjp = jax.vjp(lambda q, k, v, *sinks: attend(q, k, v, ids, positions, *sinks), q, k, v, *sinks)
         return (out, *vjp(w))
 
     ids_specs = None if paired is None else ((ids_spec, ids_spec) if paired else ids_spec)
-    in_specs, out_specs = (seq, seq, seq, ids_specs, seq), (seq,) * 4
+    in_specs, out_specs = (seq, seq, seq, ids_specs, seq, ids_spec), (seq,) * 4
     if sinks:
         in_specs, out_specs = (*in_specs, P()), (*out_specs, P())
     return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=out_specs))
@@ -217,7 +225,15 @@ def run_case(name, settings, rng):
     ids = None if "segments" not in settings else segment_ids(settings["segments"], B, T, rng)
     mask = reference_mask(B, T, causal, window, ids)
     sinks = None if "sinks" not in settings else rng.standard_normal(N).astype(np.float32) + 1.0
-    want = reference_grads(q, k, v, w, mask, 1 / np.sqrt(H) if scale is None else scale, softcap, sinks)
+    alibi, positions, bias = settings.get("alibi"), None, None
+    if alibi is not None:  # "global": the layout's positions (the default); "given": others, passed as `positions`
+        positions = np.broadcast_to(np.arange(T), (B, T)).astype(np.int32)
+        if alibi == "given":  # per packed document and 3 apart: distances no default could give
+            starts = np.concatenate([np.ones((B, 1), bool), ids[:, 1:] != ids[:, :-1]], axis=1)
+            positions = 3 * (positions - np.maximum.accumulate(np.where(starts, np.arange(T), 0), axis=1))
+        distance = np.abs(positions[:, None, :, None] - positions[:, None, None, :]).astype(np.float64)
+        bias = -np.asarray(ops.alibi_slopes(N), np.float64)[None, :, None, None] * distance
+    want = reference_grads(q, k, v, w, mask, 1 / np.sqrt(H) if scale is None else scale, softcap, sinks, bias)
 
     def lay(x):
         return None if x is None else to_layout(x, n, layout)
@@ -234,8 +250,10 @@ def run_case(name, settings, rng):
         block=block,
         paired=paired,
         sinks=sinks is not None,
+        alibi=None if alibi is None else ops.alibi_slopes(N),
     )
-    args = (lay(q), lay(k), lay(v), lay(ids), lay(w), *(() if sinks is None else (sinks,)))
+    given = positions if alibi == "given" else None  # "global": ring_attention's default positions
+    args = (lay(q), lay(k), lay(v), lay(ids), lay(w), lay(given), *(() if sinks is None else (sinks,)))
     start = time.perf_counter()
     compiled = fn.lower(*args).compile()
     got = jax.block_until_ready(compiled(*args))

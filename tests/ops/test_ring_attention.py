@@ -30,6 +30,8 @@ DEFAULT_CASES = (
     "softcap_causal_zigzag_gqa",
     "blocks_causal_zigzag_window_segments",
     "sinks_causal_zigzag_window_segments",
+    "alibi_causal_zigzag",
+    "alibi_given_positions_causal_zigzag_softcap",
     "mesh_2x4_causal_zigzag_segments",
 )
 SLOW_CASES = (
@@ -45,6 +47,7 @@ SLOW_CASES = (
     "softcap_noncausal_window_segments",
     "blocks_noncausal_contiguous_gqa",
     "sinks_noncausal_empty_rows",
+    "alibi_noncausal_window_contiguous",
 )
 OUT_ATOL, GRAD_ATOL = 2e-5, 1e-4
 
@@ -81,7 +84,7 @@ def test_ring_attention_equals_full_attention_values_and_gradients(runs, name):
     assert_matches_reference(runs["cases"][name])
 
 
-# Twelve more programs: more mask, soft-cap, block and sink combinations, T = 256, a (4, 2) mesh (~10-40 s).
+# Thirteen more programs: more mask, soft-cap, block, sink and ALiBi combinations, T = 256, a (4, 2) mesh (~10-40 s).
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SLOW_CASES)
 def test_ring_attention_more_cases(name):

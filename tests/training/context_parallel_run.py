@@ -9,8 +9,8 @@ prints one JSON object on the last line:
 A run is "axis=size,...[:option...]": the mesh over sharding.MESH_AXES (missing axes 1), then options:
 "contiguous" (the sequence layout; default config.sequence_layout, zigzag), "plain" (unpacked rows: no segment
 ids, no positions, so the model's default positions are used), "softcap" (attention logits soft-capped at 5),
-"sinks" (GPT-OSS's attention sinks), "moe" (the second layer a mixture of 4 experts, top-2, with the balance
-and z losses).
+"sinks" (GPT-OSS's attention sinks), "alibi" (ALiBi instead of RoPE), "moe" (the second layer a mixture of 4
+experts, top-2, with the balance and z losses).
 """
 
 import json
@@ -29,7 +29,7 @@ from jaxformer.training.loop import check_context_config
 from jaxformer.training.run import build_run
 from jaxformer.training.runner import StepRunner, make_train_step
 
-OPTIONS = ("contiguous", "plain", "softcap", "sinks", "moe")
+OPTIONS = ("contiguous", "plain", "softcap", "sinks", "alibi", "moe")
 
 
 def setup(corpus: str, run_arg: str):
@@ -44,6 +44,8 @@ def setup(corpus: str, run_arg: str):
         model.update(attention_logit_softcap=5.0)
     if "sinks" in options:
         model.update(attention_sinks=True)
+    if "alibi" in options:  # instead of RoPE
+        model.update(positional="alibi")
     if "moe" in options:  # 4 SwiGLU experts, top-2, layer 0 dense; balance and z losses on
         model.update(activation="swiglu", num_experts=4, experts_per_token=2, expert_d_ff=32, dense_layers=(0,))
         model.update(router_z_loss_coef=0.001)

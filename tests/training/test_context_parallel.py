@@ -40,6 +40,8 @@ SLOW_CONTEXT_RUNS = (
     "data=2,context=4:contiguous:plain",
     "data=2,tensor=2,context=2",
     "context=4:plain:softcap",
+    "context=8:alibi",  # packed rows: ALiBi on the per-document positions
+    "data=2,context=4:contiguous:plain:alibi",
     "data=2,context=4:moe",  # a mixture of experts: each device routes its slice of its rows' tokens
     "expert=2,context=4:moe",
 )
@@ -158,25 +160,31 @@ def _context_hints(mesh):
     )
 
 
-def test_attention_under_context_hints_runs_ring_attention_with_the_layers_masks(monkeypatch):
+@pytest.mark.parametrize("positional", ["rope", "alibi"])
+def test_attention_under_context_hints_runs_ring_attention_with_the_layers_masks(monkeypatch, positional):
     calls = []
     ring_attention = ops.ring_attention
     monkeypatch.setattr(ops, "ring_attention", lambda *a, **kw: calls.append(kw) or ring_attention(*a, **kw))
     mesh = sharding.make_mesh(1, devices=jax.devices()[:1])
     layer = nn.MultiHeadAttention(
-        32, 4, num_kv_heads=2, positional="rope", sliding_window=5, scale=0.3, rngs=nnx.Rngs(0)
+        32, 4, num_kv_heads=2, positional=positional, sliding_window=5, scale=0.3, rngs=nnx.Rngs(0)
     )
     x = jax.random.normal(jax.random.key(1), (2, 12, 32))
     ids = jnp.asarray(np.repeat([[1, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3]], 2, axis=0), jnp.int32)
-    expected = layer(x, is_causal=True, segment_ids=ids)
+    # per-document positions, 2 apart (ALiBi measures these, not the global ones)
+    positions = 2 * jnp.asarray(np.repeat([[0, 1, 2, 3, 4, 0, 1, 2, 3, 0, 1, 2]], 2, axis=0), jnp.int32)
+    expected = layer(x, is_causal=True, segment_ids=ids, positions=positions)
 
     def ring(x):
         with _context_hints(mesh):
-            return layer(x, is_causal=True, segment_ids=ids)
+            return layer(x, is_causal=True, segment_ids=ids, positions=positions)
 
     with sharding.use_mesh(mesh):
         out = jax.jit(ring)(x)
     ring_args = dict(axis_name="context", causal=True, window=5, scale=0.3, logit_softcap=None, layout="contiguous")
+    if positional == "alibi":
+        ring_args.update(alibi_slopes=calls[0]["alibi_slopes"], positions=calls[0]["positions"])
+        np.testing.assert_array_equal(calls[0]["alibi_slopes"], ops.alibi_slopes(4))
     assert calls == [dict(**ring_args, segment_ids=calls[0]["segment_ids"])]
     np.testing.assert_allclose(out, expected, atol=2e-6)
 
@@ -207,7 +215,6 @@ def test_a_mixture_of_experts_routes_each_devices_slice_of_the_sequence(monkeypa
 @pytest.mark.parametrize(
     ("options", "call", "message"),
     [
-        (dict(positional="alibi"), {}, r"positional='alibi' \(an attention bias\)"),
         (dict(dropout_rate=0.1), {}, r"dropout_rate=0.1 \(attention dropout\)"),
         ({}, dict(mask=jnp.ones((2, 1, 8, 8), bool)), r"an array `mask`"),
         ({}, dict(decode=True), r"decode=True \(a KV cache\)"),
@@ -264,7 +271,6 @@ def test_context_parallelism_divides_the_activation_estimate(corpus):
             r"seq_len=30 is not divisible by 4: .* \(config.sequence_layout='contiguous'\)",
         ),
         (dict(sequence_layout="ring"), {}, r"config.sequence_layout='ring'; choose one of \('contiguous', 'zigzag'\)"),
-        ({}, dict(positional="alibi"), r"does not support model.positional='alibi' yet"),
         ({}, dict(attention_dropout_rate=0.1), r"does not support model.attention_dropout_rate > 0 yet"),
     ],
 )
