@@ -588,7 +588,8 @@ notebook(
 parameter's logical axes (`embed`, `heads`, `mlp`, `vocab`, ...) to mesh axes. We build three meshes, look at
 where the parameters go, train a few steps on one mesh, save an orbax checkpoint with
 `jaxformer.training.checkpoints.Checkpointer`, restore it onto a different mesh, and size runs with
-`jaxformer memory`.
+`jaxformer memory`. Last, long sequences: the `context` axis splits each sequence over the devices and attention
+becomes ring attention.
 """,
     """
 FAKE_DEVICES = 8  # on a CPU runtime: how many devices XLA pretends to have
@@ -598,6 +599,7 @@ SEQ_LEN = 64
 STEPS = 20  # training steps before the checkpoint
 CONTINUE_STEPS = 5  # training steps after restoring on the other mesh
 WORKDIR = "workdir/06_sharding"
+RING_T = 4096  # the sequence ring attention splits over the devices (a multiple of 2 x the device count)
 """,
     [
         md("""
@@ -753,6 +755,52 @@ for mesh_sizes in ({"data": -1, "fsdp": 1, "tensor": 1}, {"data": 1, "fsdp": -1,
                    {"data": 2, "fsdp": 2, "tensor": 2}):
     big.mesh.update(mesh_sizes)
     print(format_report(memory_report(big, num_devices=8)), end="\\n\\n")
+"""),
+        md("""
+## Long sequences: the `context` axis and ring attention
+
+Past one device's memory the sequence itself must be split. `ops.ring_attention`, called inside `jax.shard_map`
+over the axis that splits the sequence, keeps each device's queries and passes the key / value blocks around the
+ring of devices, folding each into an online softmax: exact attention, and no device ever holds the whole
+sequence's keys or a T x T score block. In the `"zigzag"` layout device i holds chunks i and 2n - 1 - i of the
+sequence cut in 2n, so causal work is balanced; `ops.zigzag` lays a global array out that way.
+"""),
+        code("""
+from jax.sharding import PartitionSpec as P
+
+from jaxformer import ops
+
+ring_mesh = sharding.make_mesh(1, context=n)  # the sequence over every device
+split = P(None, "context")  # [B, T, N, H]: T over the context axis
+ring = jax.jit(jax.shard_map(
+    lambda q, k, v: ops.ring_attention(q, k, v, axis_name="context", causal=True, layout="zigzag"),
+    mesh=ring_mesh, in_specs=(split, split, split), out_specs=split,
+))
+q, k, v = (jax.random.normal(key, (1, RING_T, NUM_HEADS, 32)) for key in jax.random.split(jax.random.key(0), 3))
+out = ops.unzigzag(ring(*(ops.zigzag(x, n) for x in (q, k, v))), n)  # back in sequence order
+exact = ops.blockwise_attention(q, k, v, is_causal=True)  # one device, O(T) memory
+print(f"T={RING_T} over {n} devices: max |ring - one device| = {float(jax.numpy.abs(out - exact).max()):.1e}")
+"""),
+        md("""
+In training, `config.mesh.context = c` does all of that by itself: batches are split on the sequence (in zigzag
+order), every attention layer runs ring attention, and the losses equal one device's. `jaxformer memory` shows
+what it buys; here the shape of Llama 3.2 1B (`--model llama3.2-1b`) at 131,072 tokens, bfloat16, full remat, on
+one device and with the sequence over 8:
+
+    jaxformer memory --config shakespeare_char_cpu --model llama3.2-1b --config.data.seq_len=131072 \\
+        --config.batch_size=1 --config.model.dtype=bfloat16 --config.model.remat=full \\
+        --config.mesh.data=1 --config.mesh.context=8 --devices 8
+"""),
+        code("""
+from jaxformer.training.memory import with_architecture
+
+long = load_config("shakespeare_char_cpu")
+long.data.seq_len, long.batch_size = 131072, 1
+long.model.update(dtype="bfloat16", remat="full", attention_impl="blockwise")
+long = with_architecture(long, "llama3.2-1b")
+for context in (1, 8):
+    long.mesh.update(data=1, context=context)
+    print(format_report(memory_report(long, num_devices=context)), end="\\n\\n")
 """),
     ],
     data=True,

@@ -31,7 +31,7 @@ TINY = {
     "04_claims_tour": dict(CLAIMS=["01_scaling", "05_masks"], SIZE="tiny"),
     "05_scaling_laws": dict(SIZES=[(1, 16), (1, 32), (2, 32)], STEPS=30, BATCH_SIZE=8, SEQ_LEN=32),
     "06_sharding_and_checkpoints": dict(
-        D_MODEL=32, NUM_LAYERS=1, NUM_HEADS=4, BATCH_SIZE=8, SEQ_LEN=16, STEPS=3, CONTINUE_STEPS=2
+        D_MODEL=32, NUM_LAYERS=1, NUM_HEADS=4, BATCH_SIZE=8, SEQ_LEN=16, STEPS=3, CONTINUE_STEPS=2, RING_T=256
     ),
     # The committed GPT-2-shaped fixture (made by transformers) instead of the hub's GPT-2.
     "07_pretrained_gpt2": dict(
