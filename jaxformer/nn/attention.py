@@ -12,7 +12,7 @@ from flax import nnx
 
 from jaxformer import checks, ops
 from jaxformer.nn import attention_dispatch, lora
-from jaxformer.nn.constraints import resolved, sequence_split
+from jaxformer.nn.context_attention import context_shardings, ring_self_attention
 from jaxformer.nn.norms import RMSNorm
 from jaxformer.nn.params import logical_param
 
@@ -526,85 +526,24 @@ class MultiHeadAttention(nnx.Module):
             key_positions,
         )
 
-    def _context_shardings(self, q, k):
-        """(q's sharding, k's sharding) when the active activation hints (a sharded training step,
-        nn/constraints.py) split the sequence ("length") over a mesh axis (context parallelism); else None."""
-        q_sharding = resolved(("batch", "length", "heads", "head_dim"), q.shape)
-        if q_sharding is None or len(q_sharding.spec) < 2 or q_sharding.spec[1] is None:
-            return None
-        return q_sharding, resolved(("batch", "length", "kv_heads", "head_dim"), k.shape)
-
-    def _ring_attend(self, q, k, v, shardings, *, mask, alibi, segment_ids, is_causal, decode, use_dropout):
-        """Self-attention over a sequence split on the context mesh axis: `ops.ring_attention` inside
-        `jax.shard_map` (batch and heads mapped as the hints lay them out), with the causality, sliding window,
-        soft-cap, sinks, ALiBi and segment ids the layer would otherwise apply. RoPE was applied before, on the
-        global positions."""
-        q_sharding, k_sharding = shardings
-        axis = q_sharding.spec[1]
-        unsupported = [
-            (decode, "decode=True (a KV cache)"),
-            (use_dropout, f"dropout_rate={self.dropout_rate} (attention dropout)"),
-            (mask is not None, "an array `mask` (padding `valid` included; pack with segment_ids instead)"),
-        ]
-        refused = [name for flag, name in unsupported if flag]
-        if refused:
-            raise ValueError(
-                f"Context parallelism (the sequence split over mesh axis {axis!r}: config.mesh.context > 1) runs "
-                f"self-attention as ring attention, which does not support {', '.join(refused)} yet. Set "
-                "config.mesh.context to 1, or change the model."
-            )
-        if k_sharding is None or tuple(k_sharding.spec[:2]) != tuple(q_sharding.spec[:2]):
-            raise ValueError(
-                f"Context parallelism splits queries of shape {tuple(q.shape)} on their sequence over {axis!r}, but "
-                f"not the keys of shape {tuple(k.shape)}: ring attention is for self-attention over one sequence."
-            )
-        batch = q_sharding.spec[0]
-        # Heads split over tensor stay split when the key / value heads are split alike (query head n reads key
-        # head n // G on the same device); otherwise every device of that axis attends over all heads.
-        heads = q_sharding.spec[2] if q_sharding.spec[2] == k_sharding.spec[2] else None
-        if alibi is not None:  # ALiBi's slopes are static per query head: every device takes all heads
-            heads = None
-        spec = jax.sharding.PartitionSpec(batch, axis, heads, None)
-        ids_spec = jax.sharding.PartitionSpec(batch, axis)
-        _, _, layout = sequence_split(q.shape[0], q.shape[1])
-        ring = dict(
-            axis_name=axis,
-            causal=is_causal,
-            window=self.sliding_window,
-            scale=self.scale,
-            logit_softcap=self.logit_softcap,
-            layout=layout,
-        )
-        # The optional inputs by keyword: segment ids split like the tokens, sinks [N] like the heads.
-        optional = {"segment_ids": (segment_ids, ids_spec), "positions": (None, ids_spec)}
-        if alibi is not None:  # the queries' positions; the keys' are the same (self-attention), ringing with them
-            optional["positions"] = (alibi[0], ids_spec)
-            ring["alibi_slopes"] = ops.alibi_slopes(self.num_heads)
-        if self.sinks is not None:
-            optional["sinks"] = (self.sinks[...], jax.sharding.PartitionSpec(heads))
-        names = [name for name, (x, _) in optional.items() if x is not None]
-
-        def local(q, k, v, *rest):
-            return ops.ring_attention(q, k, v, **dict(zip(names, rest, strict=True)), **ring)
-
-        args = (q, k, v, *(optional[name][0] for name in names))
-        in_specs = (spec, spec, spec, *(optional[name][1] for name in names))
-        return jax.shard_map(local, mesh=q_sharding.mesh, in_specs=in_specs, out_specs=spec)(*args)
-
     def _attend(self, q, k, v, *, mask, alibi, segment_ids, is_causal, decode):
         use_dropout = self.dropout_rate > 0 and not self.deterministic
-        if (shardings := self._context_shardings(q, k)) is not None:
-            return self._ring_attend(
+        if (shardings := context_shardings(q, k)) is not None:  # the sequence split over devices: ring attention
+            return ring_self_attention(
                 q,
                 k,
                 v,
                 shardings,
-                mask=mask,
+                causal=is_causal,
+                window=self.sliding_window,
+                scale=self.scale,
+                logit_softcap=self.logit_softcap,
+                sinks=None if self.sinks is None else self.sinks[...],
                 alibi=alibi,
                 segment_ids=segment_ids,
-                is_causal=is_causal,
+                mask=mask,
                 decode=decode,
-                use_dropout=use_dropout,
+                dropout_rate=self.dropout_rate if use_dropout else 0.0,
             )
         bias = None
         if alibi is not None:  # ops.alibi_bias with per-example query positions (a cache index, `positions`), which
