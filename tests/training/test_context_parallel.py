@@ -9,7 +9,6 @@ loss with one device's, in both sequence layouts.
 import functools
 import json
 import math
-import os
 import pathlib
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from jaxformer.nn.constraints import activation_sharding
 from jaxformer.training import defaults
 from jaxformer.training.memory import memory_report
 from jaxformer.training.runner import StepRunner
+from tests.training.cli_runs import train_metrics
 
 HERE = pathlib.Path(__file__).resolve().parent
 # mesh[:options] (context_parallel_run.py): zigzag unless "contiguous"; "plain" rows use the default positions.
@@ -114,40 +114,11 @@ def test_more_context_parallel_meshes_train_to_the_same_losses(corpus, run):
 def test_jaxformer_train_with_a_context_axis_logs_the_metrics_of_one_device(tmp_path, corpus):
     """`jaxformer train --config.mesh.context=4` on 8 CPU devices (data 2 x context 4, zigzag): the loop's checks,
     evaluation, checkpoints and sampling run with the sequence split, and every metrics row equals one device's."""
+    meshes = {"one": ["--config.mesh.data=1"], "context": ["--config.mesh.data=2", "--config.mesh.context=4"]}
     rows = {}
-    for name, mesh in {
-        "one": ["--config.mesh.data=1"],
-        "context": ["--config.mesh.data=2", "--config.mesh.context=4"],
-    }.items():
-        workdir = tmp_path / name
-        args = [
-            "--config=shakespeare_char_cpu",
-            f"--workdir={workdir}",
-            "--config.data.source=text_file",
-            f"--config.data.path={corpus}",
-            "--config.num_steps=8",
-            "--config.log_every=4",
-            "--config.eval_every=8",
-            "--config.checkpoint_every=8",
-            "--config.warmup_steps=2",
-            "--config.batch_size=8",
-            "--config.data.seq_len=32",
-            "--config.model.num_layers=1",
-            "--config.model.d_model=32",
-            "--config.model.d_ff=64",
-            "--config.sample.num_tokens=8",
-            *mesh,
-        ]
-        flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8".strip()
-        devices = 1 if name == "one" else 8
-        env = {**os.environ, "XLA_FLAGS": flags.replace("count=8", f"count={devices}")}
-        out = subprocess.run([sys.executable, "-m", "jaxformer.train", *args], env=env, capture_output=True, text=True)
-        assert out.returncode == 0, out.stderr[-3000:]
-        lines = (workdir / "metrics.jsonl").read_text().splitlines()
-        rows[name] = [
-            {k: v for k, v in json.loads(line).items() if k not in ("step_ms", "tokens_per_s")} for line in lines
-        ]
-        assert (workdir / "samples.txt").exists()
+    for name, mesh in meshes.items():
+        rows[name] = train_metrics(tmp_path / name, corpus, mesh, devices=1 if name == "one" else 8, seq_len=32)
+        assert (tmp_path / name / "samples.txt").exists()
     assert [r["step"] for r in rows["one"]] == [4, 8] and "val_loss" in rows["one"][-1]
     for want, got in zip(rows["one"], rows["context"], strict=True):
         assert got == pytest.approx(want, rel=1e-5)

@@ -2,7 +2,6 @@
 
 import functools
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from jaxformer import sharding
+from tests.training.cli_runs import train_metrics
 
 HERE = pathlib.Path(__file__).resolve().parent
 MESHES = ("1,1,1", "8,1,1", "1,8,1", "2,2,2")  # data, fsdp, tensor (parallel="jit")
@@ -213,38 +213,11 @@ def test_a_checkpoint_restores_onto_another_mesh_and_trains_on_identically(runs,
 @pytest.mark.slow  # three CLI runs on 8 devices (~70 s); the same steps are compared directly in the default run
 def test_the_loop_trains_identically_with_jit_pmap_and_shard_map(tmp_path, corpus):
     """`jaxformer train --config.parallel=...` end to end on 8 CPU devices (dropout off): equal metrics rows."""
-    rows = {}
     meshes = {"jit": ["--config.mesh.data=1", "--config.mesh.fsdp=-1"], "pmap": [], "shard_map": []}  # FSDP for jit
-    for parallel, mesh in meshes.items():
-        workdir = tmp_path / parallel
-        args = [
-            "--config=shakespeare_char_cpu",
-            f"--workdir={workdir}",
-            "--config.data.source=text_file",
-            f"--config.data.path={corpus}",
-            "--config.num_steps=8",
-            "--config.log_every=4",
-            "--config.eval_every=8",
-            "--config.checkpoint_every=8",
-            "--config.warmup_steps=2",
-            "--config.batch_size=8",
-            "--config.data.seq_len=16",
-            "--config.model.num_layers=1",
-            "--config.model.d_model=32",
-            "--config.model.d_ff=64",
-            "--config.sample.num_tokens=8",
-            f"--config.parallel={parallel}",
-        ]
-        args += mesh
-        # Added to this run's flags (tests/conftest.py's optimisation level: compiles ~2x faster, same numerics).
-        flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8".strip()
-        env = {**os.environ, "XLA_FLAGS": flags}
-        out = subprocess.run([sys.executable, "-m", "jaxformer.train", *args], env=env, capture_output=True, text=True)
-        assert out.returncode == 0, out.stderr[-3000:]
-        lines = (workdir / "metrics.jsonl").read_text().splitlines()
-        rows[parallel] = [
-            {k: v for k, v in json.loads(line).items() if k not in ("step_ms", "tokens_per_s")} for line in lines
-        ]
+    rows = {
+        parallel: train_metrics(tmp_path / parallel, corpus, [*mesh, f"--config.parallel={parallel}"])
+        for parallel, mesh in meshes.items()
+    }
     assert [r["step"] for r in rows["jit"]] == [4, 8] and "val_loss" in rows["jit"][-1]
     for parallel in ("pmap", "shard_map"):
         for want, got in zip(rows["jit"], rows[parallel], strict=True):
